@@ -1,0 +1,119 @@
+"""Byte-exact check of a captured log against the writer's stream.
+
+``raw`` logs must equal the stream. ``stamped`` logs (corral) must have, on every line,
+the prefix ``<RFC 3339 UTC µs> <pid> O `` (format checked, pid = the writer's), and equal
+the stream once the prefixes are stripped; the timestamps must not go backwards (checked
+on the first and last line of every 8 MiB block). Only when the fast comparison fails are
+the lines parsed one by one to count what was lost, duplicated, reordered or corrupted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.writer import lines
+
+BLOCK = 8 * 1024 * 1024
+_TS = rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
+
+
+@dataclass
+class LogCheck:
+    file_bytes: int = 0
+    lines: int = 0
+    identical: bool = False
+    lost: int = 0
+    duplicated: int = 0
+    reordered: int = 0
+    corrupt: int = 0
+    bad_prefix: int = 0
+    ts_backwards: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.identical and not (self.bad_prefix or self.ts_backwards)
+
+
+def _blocks(files: Sequence[Path]) -> Iterator[bytes]:
+    """Whole lines, about BLOCK bytes at a time, across all files in order."""
+    carry = b""
+    for path in files:
+        with open(path, "rb") as f:
+            while chunk := f.read(BLOCK):
+                chunk = carry + chunk
+                cut = chunk.rfind(b"\n") + 1
+                carry = chunk[cut:]
+                if cut:
+                    yield chunk[:cut]
+    if carry:
+        yield carry
+
+
+def check(files: Sequence[Path], total_lines: int, stamped_pid: int | None) -> LogCheck:
+    """Compare ``files`` (concatenated) with lines 0..total_lines-1 of the writer."""
+    res = LogCheck(file_bytes=sum(p.stat().st_size for p in files))
+    prefix = None
+    if stamped_pid is not None:
+        prefix = re.compile(rb"^" + _TS + rb" %d O " % stamped_pid, re.M)
+    expected = memoryview(_expected(total_lines))
+    pos, last_ts, same = 0, b"", True
+    for block in _blocks(files):
+        n = block.count(b"\n")
+        res.lines += n
+        if prefix is not None:
+            first_ts, last = block[:27], block[block.rfind(b"\n", 0, len(block) - 1) + 1 :][:27]
+            if first_ts < last_ts:
+                res.ts_backwards += 1
+            last_ts = last
+            block, hits = prefix.subn(b"", block)
+            res.bad_prefix += n - hits
+        if same and expected[pos : pos + len(block)] != block:
+            same = False
+        pos += len(block)
+    res.identical = same and pos == len(expected)
+    if not res.identical:
+        _count_damage(res, files, total_lines, prefix)
+    return res
+
+
+_CACHE: dict[int, bytes] = {}
+
+
+def _expected(total: int) -> bytes:
+    if total not in _CACHE:
+        _CACHE.clear()
+        out = bytearray()
+        for start in range(0, total, 100_000):
+            out += lines(start, min(100_000, total - start))
+        _CACHE[total] = bytes(out)
+    return _CACHE[total]
+
+
+def _count_damage(
+    res: LogCheck, files: Sequence[Path], total: int, prefix: re.Pattern[bytes] | None
+) -> None:
+    """Slow path: parse every line to count lost / duplicated / reordered / corrupt ones."""
+    seen = bytearray(total)
+    prev = -1
+    for block in _blocks(files):
+        if prefix is not None:
+            block = prefix.sub(b"", block)
+        for line in block.split(b"\n")[:-1]:
+            try:
+                num = int(line[:10])
+            except ValueError:
+                res.corrupt += 1
+                continue
+            if not 0 <= num < total or line + b"\n" != lines(num, 1):
+                res.corrupt += 1
+                continue
+            if seen[num]:
+                res.duplicated += 1
+            seen[num] = 1
+            if num < prev:
+                res.reordered += 1
+            prev = num
+    res.lost = total - sum(seen)

@@ -1,0 +1,73 @@
+"""supervisord 4.3 from PyPI, in its own venv, at its fastest restart settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from bench.peers.base import Peer, Service
+from bench.peers.setup import pip_venv
+
+VERSION = "4.3.0"
+
+
+class Supervisord(Peer):
+    name = "supervisord"
+    bin: ClassVar[Path]
+
+    @classmethod
+    def install(cls, scratch: Path) -> str:
+        venv = pip_venv(scratch, "supervisord", [f"supervisor=={VERSION}"])
+        cls.bin = venv / "bin"
+        return f"supervisor {VERSION}"
+
+    def render(self, services: Sequence[Service]) -> dict[str, str]:
+        r = self.root
+        head = f"""[unix_http_server]
+file={r}/supervisor.sock
+
+[supervisord]
+nodaemon=true
+loglevel=warn
+logfile={r}/supervisord.log
+pidfile={r}/supervisord.pid
+childlogdir={r}
+minfds={max(1024, 8 * len(services))}
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{r}/supervisor.sock
+"""
+        progs = []
+        for s in services:
+            out = (
+                f"stdout_logfile={r}/logs/{s.name}.log\nstdout_logfile_maxbytes=0\n"
+                "stdout_logfile_backups=0\nstderr_logfile=NONE"
+                if s.capture
+                else "stdout_logfile=NONE\nstderr_logfile=NONE"
+            )
+            progs.append(
+                f"""
+[program:{s.name}]
+command={" ".join(s.argv)}
+autostart=true
+autorestart=true
+startsecs=0
+startretries=1000000
+stopwaitsecs=5
+{out}
+"""
+            )
+        return {"supervisord.conf": head + "".join(progs), "logs/.keep": ""}
+
+    def launch_argv(self) -> list[str]:
+        return [str(self.bin / "supervisord"), "-c", str(self.root / "supervisord.conf")]
+
+    def status_argv(self) -> list[str]:
+        return [str(self.bin / "supervisorctl"), "-c", str(self.root / "supervisord.conf"), "status"]
+
+    def log_files(self, service: Service) -> list[Path]:
+        return [self.root / "logs" / f"{service.name}.log"]

@@ -1,0 +1,176 @@
+"""The HTTP API: one ASGI application for the local socket (and, later, remote TLS).
+
+Routes call :class:`corral.supervisor.facade.Facade` and nothing else of the supervisor.
+Every error is ``{"error": {"code", "message"}}`` with the status of
+:mod:`corral.errors`; no traceback ever leaves the process.  See ``docs/api.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from corral import __version__
+from corral.errors import CorralError, SpecError
+from corral.supervisor.facade import Facade
+
+from .models import ErrorResponse, LoadRequest, ScaleRequest
+
+KEEPALIVE = 15.0
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 404, 409, 422, 502, 503)}
+
+
+def _error(status: int, code: str, message: str,
+           problems: list[str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if problems is not None and len(problems) > 1:
+        body["problems"] = problems
+    return JSONResponse({"error": body}, status_code=status)
+
+
+def _sse(payload: Any) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+def create_app(facade: Facade) -> FastAPI:
+    """Build the application around ``facade``."""
+    app = FastAPI(title="corral", version=__version__,
+                  description="Process launcher and multi-service supervisor.")
+
+    @app.exception_handler(CorralError)
+    async def corral_error(request: Request, exc: CorralError) -> JSONResponse:
+        problems = exc.problems if isinstance(exc, SpecError) else None
+        return _error(exc.status, exc.code, exc.message, problems)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(400, "bad_request", f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else "bad_request"
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        print(f"corral-supervisor: internal error on {request.url.path}: {exc!r}",
+              file=sys.stderr)
+        return _error(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
+
+    @app.get("/v1/status", tags=["supervisor"])
+    async def status() -> dict[str, Any]:
+        """The supervisor: versions, pids, state directory, uptime, service counts."""
+        return facade.status()
+
+    @app.post("/v1/supervisor/restart", status_code=202, tags=["supervisor"])
+    async def restart_supervisor() -> dict[str, str]:
+        """Start a new supervisor process; services keep running and are reattached."""
+        facade.restart_supervisor()
+        return {"result": "restarting"}
+
+    @app.post("/v1/supervisor/stop", status_code=202, tags=["supervisor"])
+    async def stop_supervisor() -> dict[str, str]:
+        """Stop every service (reverse load order), then the supervisor and the launcher."""
+        facade.stop_supervisor()
+        return {"result": "stopping"}
+
+    @app.get("/v1/services", tags=["services"])
+    async def services() -> list[dict[str, Any]]:
+        """Every loaded service with its state, pid, restarts, health and instances."""
+        return facade.services()
+
+    @app.post("/v1/services", tags=["services"], responses=_ERRORS)
+    async def load(body: LoadRequest) -> dict[str, Any]:
+        """Load a service, or update it (restarting it only if its spec changed)."""
+        spec = facade.parse_spec(body.spec, body.yaml, body.source)
+        result = await facade.load(spec)
+        return {"result": result, "service": facade.service(spec.name)}
+
+    @app.get("/v1/services/{name}", tags=["services"], responses=_ERRORS)
+    async def service(name: str) -> dict[str, Any]:
+        """One service's status."""
+        return facade.service(name)
+
+    @app.delete("/v1/services/{name}", tags=["services"], responses=_ERRORS)
+    async def unload(name: str) -> dict[str, str]:
+        """Stop a service's instances and forget it."""
+        await facade.unload(name)
+        return {"result": "unloaded"}
+
+    @app.post("/v1/services/{name}/start", tags=["services"], responses=_ERRORS)
+    async def start(name: str) -> dict[str, Any]:
+        """Want the service up; returns once its instances are spawned."""
+        await facade.start(name)
+        return facade.service(name)
+
+    @app.post("/v1/services/{name}/stop", tags=["services"], responses=_ERRORS)
+    async def stop(name: str) -> dict[str, Any]:
+        """Want the service down; returns once every instance has stopped."""
+        await facade.stop(name)
+        return facade.service(name)
+
+    @app.post("/v1/services/{name}/restart", tags=["services"], responses=_ERRORS)
+    async def restart(name: str) -> dict[str, Any]:
+        """Stop then start every instance."""
+        await facade.restart(name)
+        return facade.service(name)
+
+    @app.post("/v1/services/{name}/scale", tags=["services"], responses=_ERRORS)
+    async def scale(name: str, body: ScaleRequest) -> dict[str, Any]:
+        """Change the number of instances without touching those that stay."""
+        await facade.scale(name, body.instances)
+        return facade.service(name)
+
+    @app.get("/v1/services/{name}/logs", tags=["logs"], responses=_ERRORS)
+    async def logs(name: str, n: int = Query(100, ge=0, le=100_000),
+                   follow: bool = False) -> Any:
+        """The last ``n`` log records; with ``follow=1``, a stream of server-sent events."""
+        if not follow:
+            return {"lines": facade.log_tail(name, n)}
+        lines = facade.log_follow(name, n)
+
+        async def stream() -> AsyncIterator[bytes]:
+            async for line in lines:
+                yield _sse({"line": line})
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.get("/v1/events", tags=["events"], responses=_ERRORS)
+    async def events(n: int = Query(100, ge=0, le=2000), follow: bool = False,
+                     service: str | None = None) -> Any:
+        """Recent events; with ``follow=1``, those and then new ones as server-sent events."""
+        recent = facade.events(n, service)
+        if not follow:
+            return {"events": recent}
+        queue = facade.subscribe()
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                for past in recent:
+                    yield _sse(past)
+                while True:
+                    event: dict[str, Any] | None
+                    try:
+                        event = await asyncio.wait_for(queue.get(), KEEPALIVE)
+                    except TimeoutError:
+                        yield b": keepalive\n\n"
+                        continue
+                    if event is None:
+                        return  # too slow: dropped; the client reconnects
+                    if service is None or event["service"] == service:
+                        yield _sse(event)
+            finally:
+                facade.unsubscribe(queue)
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    return app

@@ -1,0 +1,191 @@
+"""Turning API objects into lines a person reads: tables, durations, colours, event lines.
+
+Contract: pure functions of their arguments (the current time is passed in as ``now``, epoch
+seconds); colour escapes appear only when the caller passes ``colour=True`` (the CLI does so
+only when stdout is a terminal and ``NO_COLOR`` is unset).  Missing fields render as ``-``, so
+an older or newer server never breaks a table.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from corral.cli.common import Json
+
+
+#: SGR codes per state: up green, starting/stopping yellow, backoff/unhealthy magenta,
+#: failed red, down dim.
+STATE_COLOURS = {"up": "32", "starting": "33", "stopping": "33", "backoff": "35",
+                 "unhealthy": "35", "failed": "31", "down": "2"}
+RUNNING = frozenset({"starting", "up", "unhealthy", "stopping"})
+#: A cell is its text, or its text and an SGR code to paint it with.
+Cell = str | tuple[str, str]
+
+
+def paint(text: str, sgr: str | None, colour: bool) -> str:
+    """Wrap ``text`` in an SGR escape when ``colour`` is on and ``sgr`` is given."""
+    return f"\033[{sgr}m{text}\033[0m" if colour and sgr else text
+
+
+def state_cell(state: Json) -> Cell:
+    """A state name with its colour."""
+    text = str(state or "-")
+    code = STATE_COLOURS.get(text)
+    return (text, code) if code else text
+
+
+def duration(seconds: float | None) -> str:
+    """Human duration: ``0.4s``, ``12s``, ``3m12s``, ``2h05m``, ``3d04h``; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    if seconds < 0:
+        seconds = 0.0
+    if seconds < 1:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Cell]], colour: bool) -> list[str]:
+    """Left-aligned columns two spaces apart; widths ignore colour escapes; no trailing blanks."""
+    plain = [[c if isinstance(c, str) else c[0] for c in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in plain if i < len(row)) for i in range(len(header))]
+    lines = []
+    for row in [list(header), *rows]:
+        cells = []
+        for i, cell in enumerate(row):
+            text, sgr = (cell, None) if isinstance(cell, str) else cell
+            pad = "" if i == len(row) - 1 else " " * (widths[i] - len(text))
+            cells.append(paint(text, sgr, colour) + pad)
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def exit_text(last_exit: Json) -> str:
+    """``exited with code 1`` / ``killed by SIGKILL`` / ``stopped (graceful)``; ``""`` if none."""
+    if not isinstance(last_exit, dict):
+        return ""
+    sig = last_exit.get("signal")
+    if sig is not None:
+        text = f"killed by {_signal_name(sig)}"
+    elif last_exit.get("exit_code") is not None:
+        text = f"exited with code {last_exit['exit_code']}"
+    else:
+        text = "exited"
+    stop = last_exit.get("stop")
+    return f"{text} ({stop} stop)" if stop else text
+
+
+def note(obj: Json, now: float) -> str:
+    """The NOTE column: next restart and why, else the reason, else the last exit."""
+    reason = str(obj.get("reason") or "")
+    last = exit_text(obj.get("last_exit"))
+    when = obj.get("next_restart_at")
+    if when:
+        left = _epoch(str(when))
+        prefix = f"restart in {duration(left - now)}" if left is not None else f"restart at {when}"
+        why = reason or last
+        return f"{prefix}: {why}" if why else prefix
+    if obj.get("state") in RUNNING:
+        return reason
+    return reason or last
+
+
+def service_rows(svc: Json, now: float) -> list[list[Cell]]:
+    """One table row for a service, plus indented rows per instance when it has several."""
+    instances = svc.get("instance_list") or []
+    count = svc.get("instances")
+    if instances:
+        ready = sum(1 for i in instances if i.get("state") == "up")
+        inst = f"{ready}/{count if count is not None else len(instances)}"
+    else:
+        inst = _text(count)
+    rows: list[list[Cell]] = [[
+        _text(svc.get("name")), state_cell(svc.get("state")), _text(svc.get("desired")),
+        _text(svc.get("pid")), inst, _text(svc.get("restarts")), _text(svc.get("health")),
+        _uptime(svc), note(svc, now)]]
+    if len(instances) > 1:
+        for i in instances:
+            rows.append([
+                f"  [{_text(i.get('index'))}]", state_cell(i.get("state")), "",
+                _text(i.get("pid")), "", _text(i.get("restarts")), _text(i.get("health")),
+                _uptime(i), note(i, now)])
+    return rows
+
+
+STATUS_HEADER = ("NAME", "STATE", "DESIRED", "PID", "INST", "RESTARTS", "HEALTH", "UPTIME", "NOTE")
+
+
+def service_table(services: Sequence[Json], now: float, colour: bool) -> list[str]:
+    """The ``svc status`` table (header included) for a list of service status objects."""
+    rows = [row for svc in services for row in service_rows(svc, now)]
+    return table(STATUS_HEADER, rows, colour)
+
+
+def supervisor_lines(status: Json) -> list[str]:
+    """The ``sup status`` block: aligned ``label  value`` lines."""
+    counts = status.get("services") or {}
+    up, total = counts.get("up", 0), counts.get("total", 0)
+    others = ", ".join(f"{n} {k}" for k, n in counts.items() if k not in ("up", "total") and n)
+    services = f"{up} up / {total} total" + (f" ({others})" if others else "")
+    pairs = [("launcher pid", _text(status.get("launcher_pid"))),
+             ("supervisor pid", _text(status.get("supervisor_pid"))),
+             ("state dir", _text(status.get("state_dir"))),
+             ("version", _text(status.get("version"))),
+             ("uptime", duration(status.get("uptime_s"))),
+             ("services", services)]
+    width = max(len(label) for label, _ in pairs)
+    return [f"{label.ljust(width)}  {value}" for label, value in pairs]
+
+
+def event_line(event: Json, colour: bool) -> str:
+    """``2026-11-21 23:59:01.123 web[0] exit up->backoff exited with code 1`` (times in UTC)."""
+    at = str(event.get("at") or "-")
+    at = at.replace("T", " ").removesuffix("Z")[:23]
+    who = _text(event.get("service"))
+    if event.get("instance") is not None:
+        who += f"[{event['instance']}]"
+    parts = [at, who, _text(event.get("kind"))]
+    src, dst = event.get("from"), event.get("to")
+    if src or dst:
+        parts.append(f"{src or '-'}->" + paint(str(dst or "-"), STATE_COLOURS.get(str(dst)), colour))
+    if event.get("reason"):
+        parts.append(str(event["reason"]))
+    return " ".join(parts)
+
+
+def _text(value: Json) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _uptime(obj: Json) -> str:
+    return duration(obj.get("uptime_s")) if obj.get("state") in RUNNING else "-"
+
+
+def _epoch(stamp: str) -> float | None:
+    """Epoch seconds of an RFC 3339 time, or None when it cannot be read."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
+
+
+def _signal_name(sig: Json) -> str:
+    if isinstance(sig, str):
+        return sig if sig.startswith("SIG") else f"SIG{sig}"
+    import signal
+
+    try:
+        return signal.Signals(int(sig)).name
+    except (ValueError, TypeError):
+        return f"signal {sig}"

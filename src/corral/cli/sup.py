@@ -1,0 +1,133 @@
+"""``corral sup run | status | restart | stop``: the supervisor itself.
+
+``sup run`` resolves the state directory and *execs* ``python -m corral.launcher`` (it imports
+nothing of the launcher); the others talk to ``/v1/status`` and ``/v1/supervisor/*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from corral.cli.common import EXIT_OK, CliError, Context, add_parser
+from corral.cli.render import supervisor_lines
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
+if TYPE_CHECKING:
+    from typing import Any
+
+STOP_WAIT = 120.0
+_POLL = 0.1
+
+
+def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add ``sup`` and its sub-commands."""
+    sup = add_parser(subparsers, "sup", "run and control the supervisor",
+                     "Run the launcher and supervisor, or ask the running one for its status,\n"
+                     "to restart (services keep running) or to stop (services stop too).",
+                     """
+  corral sup run --state-dir /srv/corral
+  corral sup status
+  corral sup restart
+  corral sup stop --timeout 300""", parents)
+    verbs = sup.add_subparsers(dest="sup_verb", metavar="SUBCOMMAND", required=True)
+
+    p = add_parser(verbs, "run", "run a launcher and supervisor in the foreground",
+                   "Resolve the state directory, then replace this process with the launcher\n"
+                   "(python -m corral.launcher), which starts the supervisor and keeps it\n"
+                   "running. Use it as a systemd ExecStart= or a container ENTRYPOINT.",
+                   """
+  corral sup run
+  corral sup run --state-dir /srv/corral --target /etc/corral/target.yaml
+  corral sup run --override-name staging --listen-http 0.0.0.0:9631""", parents)
+    p.add_argument("--listen-http", metavar="ADDR",
+                   help="also serve the API on TCP ADDR (host:port), with TLS and a token")
+    p.add_argument("--target", metavar="FILE", help="desired state to apply at start")
+    p.set_defaults(handler=cmd_run)
+
+    p = add_parser(verbs, "status", "show the supervisor's status",
+                   "Show the launcher and supervisor pids, the state directory, the uptime\n"
+                   "and how many services are up.",
+                   """
+  corral sup status
+  corral sup status --json | jq .supervisor_pid""", parents)
+    p.add_argument("--json", action="store_true", help="print the API's JSON object")
+    p.set_defaults(handler=cmd_status)
+
+    p = add_parser(verbs, "restart", "restart the supervisor (services keep running)",
+                   "Ask the launcher to start a new supervisor, which reattaches to the running\n"
+                   "services without restarting them. This is how an upgrade takes effect.",
+                   """
+  pip install -U corral && corral sup restart""", parents)
+    p.set_defaults(handler=cmd_restart)
+
+    p = add_parser(verbs, "stop", "stop every service, the supervisor and the launcher",
+                   "Stop the services (in reverse load order, each within its stop timeout),\n"
+                   "then the supervisor and the launcher. Waits until the API stops answering.",
+                   """
+  corral sup stop
+  corral sup stop --no-wait
+  corral sup stop --timeout 300""", parents)
+    p.add_argument("--no-wait", action="store_true", help="return once the stop is accepted")
+    p.add_argument("--timeout", type=float, default=STOP_WAIT, metavar="SECONDS",
+                   help=f"how long to wait for the stop (default {STOP_WAIT:g})")
+    p.set_defaults(handler=cmd_stop)
+
+
+def launcher_argv(args: argparse.Namespace, ctx: Context) -> list[str]:
+    """The launcher's command line for ``sup run`` (``--state-dir`` always resolved)."""
+    argv = [sys.executable, "-m", "corral.launcher", "--state-dir", str(ctx.state_dir)]
+    if args.target:
+        argv += ["--target", args.target]
+    if args.listen_http:
+        argv += ["--listen-http", args.listen_http]
+    return argv
+
+
+def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
+    """Exec the launcher; never returns (raises :class:`CliError` if the exec fails)."""
+    argv = launcher_argv(args, ctx)
+    ctx.stdout.flush()
+    ctx.stderr.flush()
+    try:
+        os.execv(argv[0], argv)
+    except OSError as exc:
+        raise CliError(f"cannot start the launcher ({argv[0]}): {exc.strerror or exc}") from None
+
+
+def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
+    """``GET /v1/status``."""
+    _, status = ctx.client().request("GET", "/v1/status")
+    if args.json:
+        ctx.out(json.dumps(status, indent=2))
+    else:
+        for line in supervisor_lines(status):
+            ctx.out(line)
+    return EXIT_OK
+
+
+def cmd_restart(args: argparse.Namespace, ctx: Context) -> int:
+    """``POST /v1/supervisor/restart``."""
+    ctx.client().request("POST", "/v1/supervisor/restart")
+    ctx.out("restarting (services keep running)")
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
+    """``POST /v1/supervisor/stop``, then poll until ``api.sock`` stops answering."""
+    client = ctx.client()
+    client.request("POST", "/v1/supervisor/stop")
+    if args.no_wait:
+        ctx.out("stopping")
+        return EXIT_OK
+    deadline = time.monotonic() + args.timeout
+    while client.answers():
+        if time.monotonic() >= deadline:
+            raise CliError(f"the supervisor still answers after {args.timeout:g}s; it may still "
+                           "be stopping services (check: corral sup status)")
+        time.sleep(_POLL)
+    ctx.out("stopped")
+    return EXIT_OK

@@ -1,0 +1,90 @@
+"""The one exception tree of corral.  LEAF: imports the stdlib only.
+
+Every error that can reach a user derives from :class:`CorralError` and carries a
+stable ``code`` (used as the API's error code) and a message a person can act on::
+
+    CorralError                 code            HTTP
+    ├── SpecError               invalid_spec    422   bad target, spec or option (names file, line, field)
+    ├── NotFound                not_found       404   no such service, instance, secret or resource
+    ├── Conflict                conflict        409   the request clashes with the current state
+    ├── LauncherError           launcher_error  502   the launcher refused a request (carries its code)
+    │   └── SpawnFailed         spawn_failed    422   the command could not be started (missing binary, user)
+    ├── Unavailable             unavailable     503   the supervisor or launcher cannot be reached
+    └── AuthError               unauthorized    401   missing or wrong token
+
+The CLI turns any of them into one line on stderr and a non-zero exit; the API turns
+them into ``{"error": {"code": ..., "message": ...}}`` with the status above.
+"""
+
+from __future__ import annotations
+
+
+class CorralError(Exception):
+    """Base of every error corral reports to a user."""
+
+    code = "error"
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SpecError(CorralError):
+    """A target, spec file or option is invalid.  ``problems`` lists each one."""
+
+    code = "invalid_spec"
+    status = 422
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems if problems is not None else [message]
+
+
+class NotFound(CorralError):
+    """A named thing (service, instance, secret, resource) does not exist."""
+
+    code = "not_found"
+    status = 404
+
+
+class Conflict(CorralError):
+    """The request is valid but clashes with the current state."""
+
+    code = "conflict"
+    status = 409
+
+
+class LauncherError(CorralError):
+    """The launcher answered a request with an ``Error`` frame."""
+
+    code = "launcher_error"
+    status = 502
+
+    def __init__(self, launcher_code: str, message: str) -> None:
+        super().__init__(message)
+        self.launcher_code = launcher_code
+
+
+class SpawnFailed(LauncherError):
+    """A service's command could not be started at all (not an exit of the child)."""
+
+    code = "spawn_failed"
+    status = 422
+
+
+class Unavailable(CorralError):
+    """The supervisor or the launcher cannot be reached right now."""
+
+    code = "unavailable"
+    status = 503
+
+
+class AuthError(CorralError):
+    """A request came without a valid token."""
+
+    code = "unauthorized"
+    status = 401

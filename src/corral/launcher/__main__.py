@@ -1,0 +1,45 @@
+"""``python -m corral.launcher --state-dir D [supervisor options]``: run the launcher.
+
+Normally started by ``corral sup run``, which execs it so that the launcher is the
+foreground process (a systemd unit's main process, or a container's PID 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from corral.protocol import paths
+
+from .pid1 import Launcher, take_lock
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="corral-launcher")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--target", help="target file the supervisor applies at start")
+    parser.add_argument("--listen-http", help="also serve the API on this TCP address")
+    args = parser.parse_args(argv)
+    state_dir = paths.resolve_state_dir(args.state_dir)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths.logs_dir(state_dir).mkdir(exist_ok=True, mode=0o750)
+    except OSError as exc:
+        print(f"corral: cannot create state directory {state_dir}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    lock = take_lock(state_dir)
+    sup_args: list[str] = []
+    if args.target:
+        sup_args += ["--target", os.path.abspath(args.target)]
+    if args.listen_http:
+        sup_args += ["--listen-http", args.listen_http]
+    try:
+        return Launcher(state_dir, sup_args).run()
+    finally:
+        os.close(lock)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,512 @@
+"""The launcher: owns every service process, (re)starts the supervisor, may be PID 1.
+
+STDLIB ONLY (it imports :mod:`corral.protocol` and nothing else of corral), so that it
+stays small, starts fast, and never has to change when the supervisor is upgraded.
+
+The launcher never decides anything.  It spawns, signals and reaps on the supervisor's
+behalf, writes service output to log files, and reports exits.  Its loop waits on one
+``selectors`` selector: the supervisor's socket, every service pipe, and a self-pipe
+that signal handlers write to (``signal.set_wakeup_fd``).  Handlers only record the
+signal; the loop dispatches.  Exits are found by reaping on SIGCHLD, never by polling.
+
+Reaping uses ``waitpid(-1, WNOHANG)`` until nothing is left, so orphaned grandchildren
+(the launcher is a child subreaper, or PID 1) are reaped too, and the status of a managed
+child is looked up by pid and never lost to the orphan reaper.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import heapq
+import itertools
+import os
+import selectors
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from corral.protocol import messages as m
+from corral.protocol import paths
+
+from .output import LogFile, PipeReader
+from .server import ExitQueue, Link, Message
+from .spawn import SpawnError, SpawnRequest, spawn
+
+_PR_SET_CHILD_SUBREAPER = 36
+# Fallback stop when no supervisor can do it: TERM, then KILL after this long.
+FALLBACK_STOP_TIMEOUT = 10.0
+# A supervisor that lived less than this "died young": the next start backs off.
+SUP_YOUNG = 10.0
+SUP_BACKOFF_MIN = 0.1
+SUP_BACKOFF_MAX = 5.0
+
+
+@dataclass
+class Child:
+    """A service process the launcher started."""
+
+    name: str
+    pid: int
+    argv: list[str]
+    started_at: float
+    proc: subprocess.Popen[bytes]
+    readers: list[PipeReader]
+    terminate_waiters: list[Any] = field(default_factory=list)
+    killed: bool = False
+
+
+@dataclass
+class SupervisorProc:
+    """The current supervisor process and its link."""
+
+    proc: subprocess.Popen[bytes]
+    link: Link
+    started_at: float
+
+
+class Launcher:
+    """Runs until told to stop; :meth:`run` returns the launcher's exit code."""
+
+    def __init__(self, state_dir: Path, sup_args: list[str]) -> None:
+        self.state_dir = state_dir
+        self.sup_args = sup_args
+        self.sel = selectors.DefaultSelector()
+        self.children: dict[int, Child] = {}
+        self.spawns: Counter[str] = Counter()
+        self.logs: dict[str, LogFile] = {}
+        self.exits = ExitQueue()
+        self.recent_exits: dict[int, Message] = {}
+        self.sup: SupervisorProc | None = None
+        self.sup_backoff = 0.0
+        self.timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_ids = itertools.count()
+        self.signals: list[int] = []
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.exit_code: int | None = None
+        self.started_at = time.time()
+        self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+
+    # ----------------------------------------------------------------- main loop
+    def run(self) -> int:
+        """Start the supervisor and serve until shutdown; return the exit code."""
+        self._install_signals()
+        if os.getpid() != 1:
+            _set_child_subreaper()
+        self.start_supervisor()
+        while self.exit_code is None:
+            timeout = None
+            if self.timers:
+                timeout = max(0.0, self.timers[0][0] - time.monotonic())
+            for key, mask in self.sel.select(timeout):
+                self._guard(key.data, mask)
+            self._run_timers()
+            self._dispatch_signals()
+        return self.exit_code
+
+    @staticmethod
+    def _guard(callback: Callable[..., None], *args: Any) -> None:
+        """Run a loop callback; a bug in one must never take the launcher down."""
+        try:
+            callback(*args)
+        except Exception as exc:
+            import traceback
+            print(f"corral-launcher: internal error (please report): {exc!r}", file=sys.stderr)
+            traceback.print_exc()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        heapq.heappush(self.timers, (time.monotonic() + delay, next(self._timer_ids), callback))
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, callback = heapq.heappop(self.timers)
+            self._guard(callback)
+
+    # ------------------------------------------------------------------- signals
+    def _install_signals(self) -> None:
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_r = rfd
+        signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                    signal.SIGQUIT):
+            signal.signal(sig, self._record_signal)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self.sel.register(rfd, selectors.EVENT_READ, self._drain_wakeup)
+
+    def _record_signal(self, signum: int, frame: object) -> None:
+        self.signals.append(signum)  # only record: the loop dispatches
+
+    def _drain_wakeup(self, mask: int) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _dispatch_signals(self) -> None:
+        while self.signals:
+            signum = self.signals.pop(0)
+            self._guard(self._on_signal, signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGCHLD:
+            self.reap()
+        elif signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            self.begin_shutdown(force=self.stopping)
+        elif signum == signal.SIGHUP and self.sup is not None:
+            _kill(self.sup.proc.pid, signal.SIGHUP)
+
+    # ---------------------------------------------------------------- supervisor
+    def supervisor_argv(self) -> list[str]:
+        """``CORRAL_SUP_BINARY`` (a path or a command line), else this Python's supervisor."""
+        override = os.environ.get(m.ENV_SUP_BINARY)
+        base = shlex.split(override) if override else [sys.executable, "-m", "corral.supervisor"]
+        return [*base, "--state-dir", str(self.state_dir), *self.sup_args]
+
+    def start_supervisor(self) -> None:
+        if self.stopping or self.sup is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        env[m.ENV_LAUNCHER_FD] = str(theirs.fileno())
+        try:
+            proc = subprocess.Popen(self.supervisor_argv(), stdin=self.devnull, env=env,
+                                    pass_fds=(theirs.fileno(),), start_new_session=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            print(f"corral-launcher: cannot start the supervisor: {exc}", file=sys.stderr)
+            ours.close()
+            theirs.close()
+            self._schedule_supervisor(young=True)
+            return
+        theirs.close()
+        link = Link(ours, self.handle_request)
+        self.sup = SupervisorProc(proc=proc, link=link, started_at=time.monotonic())
+        self.sel.register(link.fileno(), selectors.EVENT_READ, self._on_link)
+
+    def _on_link(self, mask: int) -> None:
+        sup = self.sup
+        if sup is None:
+            return
+        if mask & selectors.EVENT_READ:
+            sup.link.on_readable()
+        if mask & selectors.EVENT_WRITE:
+            sup.link.flush()
+        self._update_link_interest()
+
+    def _update_link_interest(self) -> None:
+        sup = self.sup
+        if sup is None:
+            return
+        if sup.link.closed:
+            self._forget_link(sup.link)
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if sup.link.wants_write else 0)
+        self.sel.modify(sup.link.fileno(), events, self._on_link)
+
+    def _forget_link(self, link: Link) -> None:
+        try:
+            self.sel.unregister(link.fd)
+        except (KeyError, ValueError):
+            pass
+
+    def send(self, message: Message) -> None:
+        if self.sup is not None and not self.sup.link.closed:
+            self.sup.link.send(message)
+            self.sup.link.flush()
+            self._update_link_interest()
+
+    def _on_supervisor_exit(self, status: int) -> None:
+        sup = self.sup
+        assert sup is not None
+        sup.proc.returncode = os.waitstatus_to_exitcode(status)
+        code = sup.proc.returncode
+        lived = time.monotonic() - sup.started_at
+        self._forget_link(sup.link)
+        sup.link.close()
+        self.sup = None
+        if self.stopping:
+            self._stop_remaining()
+            return
+        if code in (m.EXIT_DONE, m.EXIT_FATAL):
+            why = "is done" if code == m.EXIT_DONE else "hit a fatal error"
+            print(f"corral-launcher: the supervisor {why} (exit {code}); stopping services",
+                  file=sys.stderr)
+            self.begin_shutdown(force=False, final_code=0 if code == m.EXIT_DONE else code)
+            return
+        if code != 0:
+            print(f"corral-launcher: the supervisor died ({_describe(code)}); restarting it",
+                  file=sys.stderr)
+        self._schedule_supervisor(young=code != 0 and lived < SUP_YOUNG)
+
+    def _schedule_supervisor(self, young: bool) -> None:
+        if young:
+            self.sup_backoff = min(SUP_BACKOFF_MAX, max(SUP_BACKOFF_MIN, self.sup_backoff * 2))
+        else:
+            self.sup_backoff = 0.0
+        self.call_later(self.sup_backoff, self.start_supervisor)
+
+    # ------------------------------------------------------------------ requests
+    def handle_request(self, msg: Message) -> Message | None:
+        """Answer one request from the supervisor (see :mod:`corral.protocol.messages`)."""
+        kind, rid = msg.get("type"), msg.get("id")
+        if kind == m.HELLO:
+            assert self.sup is not None
+            self.sup.link.greeted = True
+            self.sup_backoff = 0.0 if self.sup_backoff <= SUP_BACKOFF_MIN else self.sup_backoff
+            self.call_later(0, self._replay_exits)
+            if self.stopping:
+                self.call_later(0, lambda: self.send({"type": m.SHUTDOWN}))
+            return {"type": m.HELLO_OK, "id": rid, "version": m.PROTOCOL_VERSION,
+                    "launcher_pid": os.getpid(), "started_at": self.started_at}
+        if kind == m.SPAWN:
+            return self._spawn(msg)
+        if kind == m.SIGNAL:
+            return self._signal(msg)
+        if kind == m.TERMINATE:
+            return self._terminate(msg)
+        if kind == m.LIST:
+            return {"type": m.CHILDREN, "id": rid, "children": [
+                {"name": c.name, "pid": c.pid, "started_at": c.started_at, "argv": c.argv,
+                 "spawns": self.spawns[c.name]} for c in self.children.values()]}
+        if kind == m.ACK:
+            self.exits.ack(msg.get("seq"))
+            return None
+        return m.error(rid, m.E_BAD_REQUEST, f"unknown message type {kind!r}")
+
+    def _replay_exits(self) -> None:
+        for message in self.exits.pending():
+            self.send(message)
+
+    def _spawn(self, msg: Message) -> Message:
+        rid = msg.get("id")
+        if self.stopping:
+            return m.error(rid, m.E_BAD_REQUEST, "the launcher is shutting down")
+        log = msg.get("log") or {}
+        try:
+            req = SpawnRequest.parse(msg)
+            path = log.get("path") if isinstance(log, dict) else None
+            if not isinstance(path, str) or not path:
+                raise SpawnError(m.E_BAD_REQUEST, "Spawn needs 'log': {'path': ...}")
+            started = spawn(req, self.devnull)
+        except SpawnError as exc:
+            return m.error(rid, exc.code, exc.message)
+        logfile = self.logs.get(path)
+        if logfile is None:
+            logfile = self.logs[path] = LogFile(path, 10 * 1024 * 1024, 5)
+        logfile.max_bytes = int(log.get("max_bytes") or logfile.max_bytes)
+        logfile.keep = int(log.get("keep", logfile.keep))
+        stamped = log.get("format", "stamped") != "raw"
+        pid = started.proc.pid
+        readers = [PipeReader(started.stdout, pid, b"O", logfile, stamped),
+                   PipeReader(started.stderr, pid, b"E", logfile, stamped)]
+        for reader in readers:
+            logfile.users += 1
+            self.sel.register(reader.fd, selectors.EVENT_READ, self._pipe_callback(reader))
+        child = Child(name=req.name, pid=pid, argv=req.argv, started_at=time.time(),
+                      proc=started.proc, readers=readers)
+        self.children[pid] = child
+        self.spawns[req.name] += 1
+        return {"type": m.SPAWNED, "id": rid, "pid": pid, "started_at": child.started_at}
+
+    def _pipe_callback(self, reader: PipeReader) -> Callable[[int], None]:
+        def on_readable(mask: int) -> None:
+            if not reader.read():
+                self.sel.unregister(reader.fd)
+                os.close(reader.fd)
+                reader.log.users -= 1
+                if reader.log.users <= 0:
+                    reader.log.close()
+        return on_readable
+
+    def _signal(self, msg: Message) -> Message:
+        rid, pid = msg.get("id"), msg.get("pid")
+        try:
+            signum = m.signal_number(msg.get("signal", "TERM"))
+        except ValueError as exc:
+            return m.error(rid, m.E_BAD_REQUEST, str(exc))
+        if not isinstance(pid, int) or pid not in self.children:
+            return m.error(rid, m.E_NO_SUCH_PROCESS, f"no service process with pid {pid}")
+        if msg.get("group"):
+            _killpg(pid, signum)
+        else:
+            _kill(pid, signum)
+        return {"type": m.OK, "id": rid}
+
+    def _terminate(self, msg: Message) -> Message | None:
+        rid, pid, timeout = msg.get("id"), msg.get("pid"), msg.get("timeout", 8.0)
+        try:
+            signum = m.signal_number(msg.get("signal", "TERM"))
+        except ValueError as exc:
+            return m.error(rid, m.E_BAD_REQUEST, str(exc))
+        if not isinstance(timeout, (int, float)) or timeout < 0:
+            return m.error(rid, m.E_BAD_REQUEST, "'timeout' must be a number >= 0")
+        child = self.children.get(pid) if isinstance(pid, int) else None
+        if child is None:
+            done = self.recent_exits.get(pid) if isinstance(pid, int) else None
+            return {"type": m.TERMINATED, "id": rid, "method": m.ALREADY_EXITED,
+                    "exit_code": done.get("exit_code") if done else None,
+                    "signal": done.get("signal") if done else None}
+        child.terminate_waiters.append(rid)
+        _killpg(child.pid, signum)
+        if signum not in (signal.SIGKILL, signal.SIGCONT):
+            _killpg(child.pid, signal.SIGCONT)  # a stopped process must see the signal
+
+        def escalate() -> None:
+            if self.children.get(child.pid) is child:
+                child.killed = True
+                _killpg(child.pid, signal.SIGKILL)
+        self.call_later(float(timeout), escalate)
+        return None
+
+    # ------------------------------------------------------------------- reaping
+    def reap(self) -> None:
+        """Reap every child that has exited: supervisor, services and orphans alike."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self.sup is not None and pid == self.sup.proc.pid:
+                self._on_supervisor_exit(status)
+            elif pid in self.children:
+                self._on_child_exit(self.children.pop(pid), status)
+            # anything else is an orphan that was re-parented to us: reaped, nothing to tell
+
+    def _on_child_exit(self, child: Child, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        child.proc.returncode = code  # so subprocess never tries to wait for it
+        # Leftovers of the process group (grandchildren) go with their leader, as with
+        # systemd's control-group kill: a restarted service must find its ports free.
+        _killpg(child.pid, signal.SIGKILL)
+        for reader in child.readers:
+            reader.drain()
+        exited: Message = {
+            "type": m.EXITED, "name": child.name, "pid": child.pid, "at": time.time(),
+            "exit_code": code if code >= 0 else None,
+            "signal": m.signal_name(-code) if code < 0 else None,
+        }
+        self.recent_exits[child.pid] = exited
+        if len(self.recent_exits) > 1000:
+            self.recent_exits.pop(next(iter(self.recent_exits)))
+        for rid in child.terminate_waiters:
+            self.send({"type": m.TERMINATED, "id": rid,
+                       "method": m.KILLED if child.killed else m.GRACEFUL,
+                       "exit_code": exited["exit_code"], "signal": exited["signal"]})
+        self.exits.add(exited)
+        if self.sup is not None and self.sup.link.greeted:
+            self.send(exited)
+        if self.stopping and not self.children and self.sup is None:
+            self.exit_code = self.final_code
+
+    # ------------------------------------------------------------------ shutdown
+    final_code = 0
+
+    def begin_shutdown(self, force: bool, final_code: int = 0) -> None:
+        """Graceful: ask the supervisor to stop services; else stop them ourselves.
+
+        A second TERM/INT (``force``) kills every process group at once.
+        """
+        if force:
+            print("corral-launcher: forced shutdown: killing every service", file=sys.stderr)
+            for child in self.children.values():
+                _killpg(child.pid, signal.SIGKILL)
+            if self.sup is not None:
+                _kill(self.sup.proc.pid, signal.SIGKILL)
+            return
+        if self.stopping:
+            return
+        self.stopping = True
+        self.final_code = final_code
+        bound = float(os.environ.get("CORRAL_SHUTDOWN_TIMEOUT", "90"))
+        if self.sup is not None and not self.sup.link.closed:
+            # Queued now even before Hello: the supervisor reads it once it is greeted.
+            if self.sup.link.greeted:
+                self.send({"type": m.SHUTDOWN})
+            self.call_later(bound, self._shutdown_overdue)
+        else:
+            if self.sup is not None:
+                _kill(self.sup.proc.pid, signal.SIGKILL)
+            self._stop_remaining()
+
+    def _shutdown_overdue(self) -> None:
+        if self.sup is not None:
+            print("corral-launcher: the supervisor did not finish stopping in time; "
+                  "killing it", file=sys.stderr)
+            _kill(self.sup.proc.pid, signal.SIGKILL)
+
+    def _stop_remaining(self) -> None:
+        """Stop services the supervisor did not (reverse start order), then exit."""
+        if not self.children:
+            if self.sup is None:
+                self.exit_code = self.final_code
+            return
+        for child in reversed(list(self.children.values())):
+            _killpg(child.pid, signal.SIGTERM)
+            _killpg(child.pid, signal.SIGCONT)
+
+        def kill_rest() -> None:
+            for child in self.children.values():
+                _killpg(child.pid, signal.SIGKILL)
+        self.call_later(FALLBACK_STOP_TIMEOUT, kill_rest)
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _killpg(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _describe(code: int) -> str:
+    return f"exit code {code}" if code >= 0 else f"killed by SIG{m.signal_name(-code)}"
+
+
+def _set_child_subreaper() -> None:
+    """Become the reaper of orphaned descendants (what PID 1 does for everyone)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        print("corral-launcher: cannot become a child subreaper; orphaned grandchildren "
+              "will be reaped by init", file=sys.stderr)
+
+
+def take_lock(state_dir: Path) -> int:
+    """Hold ``<state>/LOCK`` for the launcher's lifetime; one launcher per directory.
+
+    Error handling: if another launcher holds it, print one line and exit 1.
+    """
+    fd = os.open(paths.lock_file(state_dir), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        print(f"corral: another launcher (pid {other}) is already running on {state_dir}; "
+              "stop it first with: corral sup stop --state-dir " + str(state_dir),
+              file=sys.stderr)
+        raise SystemExit(1) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

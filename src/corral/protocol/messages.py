@@ -1,0 +1,102 @@
+"""Message types, error codes and process contracts of the launcher protocol.  STDLIB ONLY.
+
+Requests (supervisor -> launcher) carry an ``id`` that the reply echoes, so requests
+may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
+
+    Hello{version}                         -> HelloOk{version, launcher_pid}
+    Spawn{name, argv, env, cwd, user?, group?, umask?, rlimits?, log{path, format,
+          max_bytes, keep}}                -> Spawned{pid, started_at} | Error{code, message}
+    Signal{pid, signal, group?}            -> Ok | Error{NoSuchProcess}
+    Terminate{pid, signal, timeout}        -> Terminated{exit_code?, signal?, method}
+    List{}                                 -> Children{children: [{name, pid, started_at,
+                                                                   argv, spawns}]}
+    Exited{name, pid, exit_code?, signal?, at}          (unasked; queued while no
+                                                          supervisor is connected)
+    Shutdown{}                                          (unasked; stop everything, exit 84)
+
+Times (``started_at``, ``at``) are Unix epoch seconds as floats.  Signals are names
+without the ``SIG`` prefix (``"TERM"``).
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+# Request types.
+HELLO = "Hello"
+SPAWN = "Spawn"
+SIGNAL = "Signal"
+TERMINATE = "Terminate"
+LIST = "List"
+ACK = "Ack"
+# Reply types.
+HELLO_OK = "HelloOk"
+SPAWNED = "Spawned"
+OK = "Ok"
+TERMINATED = "Terminated"
+CHILDREN = "Children"
+ERROR = "Error"
+# Unasked, launcher -> supervisor.
+EXITED = "Exited"
+SHUTDOWN = "Shutdown"
+
+REQUEST_TYPES = frozenset({HELLO, SPAWN, SIGNAL, TERMINATE, LIST, ACK})
+
+# Error codes a person (or the supervisor) can act on.
+E_USER_NOT_FOUND = "UserNotFound"
+E_GROUP_NOT_FOUND = "GroupNotFound"
+E_EXEC_FAILED = "ExecFailed"
+E_NO_SUCH_PROCESS = "NoSuchProcess"
+E_BAD_REQUEST = "BadRequest"
+
+# How Terminate ended.
+ALREADY_EXITED = "already_exited"
+GRACEFUL = "graceful"
+KILLED = "killed"
+
+# Supervisor exit codes (Habitat's contract).
+EXIT_DONE = 84
+"""The supervisor is done: stop all services; the launcher exits 0."""
+EXIT_FATAL = 86
+"""The supervisor hit a fatal error: stop all services; the launcher exits 86."""
+
+# Environment shared between launcher and supervisor.
+ENV_LAUNCHER_FD = "CORRAL_LAUNCHER_FD"
+ENV_SUP_BINARY = "CORRAL_SUP_BINARY"
+
+
+def error(request_id: Any, code: str, message: str) -> dict[str, Any]:
+    """Build an ``Error`` reply."""
+    return {"type": ERROR, "id": request_id, "code": code, "message": message}
+
+
+def signal_number(name: str | int) -> int:
+    """Map ``"TERM"``, ``"SIGTERM"`` or ``15`` to a signal number.
+
+    Raises:
+        ValueError: not a signal this system knows.
+    """
+    if isinstance(name, int) and not isinstance(name, bool):
+        return int(_signal.Signals(name))
+    if isinstance(name, str):
+        text = name.upper()
+        if text.isdigit():
+            return int(_signal.Signals(int(text)))
+        if not text.startswith("SIG"):
+            text = "SIG" + text
+        try:
+            return int(_signal.Signals[text])
+        except KeyError:
+            pass
+    raise ValueError(f"unknown signal {name!r}")
+
+
+def signal_name(number: int) -> str:
+    """Map a signal number to its name without ``SIG`` (``15`` -> ``"TERM"``)."""
+    try:
+        return _signal.Signals(number).name.removeprefix("SIG")
+    except ValueError:
+        return str(number)

@@ -1,0 +1,48 @@
+"""Where a corral instance keeps its state.  STDLIB ONLY.
+
+The launcher, the supervisor and the CLI resolve the state directory the same way:
+``--state-dir``, then ``$CORRAL_HOME``, then ``/var/lib/corral/<name>`` as root or
+``$XDG_STATE_HOME/corral/<name>`` (``~/.local/state/corral/<name>``) otherwise, where
+``<name>`` is ``--override-name`` (default ``default``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_NAME = "default"
+
+
+def resolve_state_dir(state_dir: str | None, name: str | None = None) -> Path:
+    """Return the absolute state directory for these options (it may not exist yet)."""
+    if state_dir:
+        return Path(state_dir).expanduser().absolute()
+    home = os.environ.get("CORRAL_HOME")
+    if home:
+        return Path(home).expanduser().absolute()
+    name = name or DEFAULT_NAME
+    if os.geteuid() == 0:
+        return Path("/var/lib/corral") / name
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg).absolute() / "corral" / name
+
+
+def api_socket(state_dir: Path) -> Path:
+    """The local API's Unix socket (mode 0600)."""
+    return state_dir / "api.sock"
+
+
+def lock_file(state_dir: Path) -> Path:
+    """The launcher's lock: one launcher per state directory."""
+    return state_dir / "LOCK"
+
+
+def logs_dir(state_dir: Path) -> Path:
+    """Where the launcher writes ``<service>.log`` and its rotations."""
+    return state_dir / "logs"
+
+
+def run_dir(state_dir: Path) -> Path:
+    """Parent of every instance's fresh working directory."""
+    return state_dir / "run"

@@ -1,0 +1,97 @@
+"""Runtime records: one :class:`Instance` per running copy, one :class:`Service` per spec."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.spec import ProcessSpec
+from corral.states import Desired, HealthState, ServiceState
+
+from .events import rfc3339
+from .policy import Streak
+
+# Order used to summarise several instances in one state: the least healthy wins.
+_SEVERITY = [ServiceState.FAILED, ServiceState.BACKOFF, ServiceState.UNHEALTHY,
+             ServiceState.STOPPING, ServiceState.STARTING, ServiceState.UP, ServiceState.DOWN]
+
+
+@dataclass
+class Instance:
+    """What the supervisor knows of one instance; rebuilt from the launcher after a restart."""
+
+    service: str
+    index: int
+    state: ServiceState = ServiceState.DOWN
+    pid: int | None = None
+    started_at: float | None = None
+    spawns: int = 0
+    streak: Streak = field(default_factory=Streak)
+    settled: bool = False
+    delay: float = 0.0
+    next_restart_at: float | None = None
+    reason: str = ""
+    last_exit: dict[str, Any] | None = None
+    health: HealthState = HealthState.UNKNOWN
+    timer: asyncio.TimerHandle | None = None
+    spawned: asyncio.Future[None] | None = None
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def launcher_name(self) -> str:
+        """The child's name at the launcher: ``<service>/<index>``."""
+        return f"{self.service}/{self.index}"
+
+    @property
+    def restarts(self) -> int:
+        return max(0, self.spawns - 1)
+
+    def uptime(self) -> float | None:
+        if self.pid is None or self.started_at is None:
+            return None
+        return max(0.0, time.time() - self.started_at)
+
+    def as_dict(self) -> dict[str, Any]:
+        uptime = self.uptime()
+        return {
+            "index": self.index, "state": self.state.value, "pid": self.pid,
+            "restarts": self.restarts,
+            "uptime_s": round(uptime, 3) if uptime is not None else None,
+            "started_at": rfc3339(self.started_at) if self.started_at and self.pid else None,
+            "health": self.health.value, "reason": self.reason,
+            "next_restart_at": rfc3339(self.next_restart_at) if self.next_restart_at else None,
+            "last_exit": self.last_exit,
+        }
+
+
+@dataclass
+class Service:
+    """A loaded spec, what the user wants of it, and its instances by index."""
+
+    spec: ProcessSpec
+    desired: Desired = Desired.UP
+    instances: dict[int, Instance] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        ordered = [self.instances[i] for i in sorted(self.instances)]
+        states = [inst.state for inst in ordered]
+        state = min(states, key=_SEVERITY.index) if states else ServiceState.DOWN
+        first = ordered[0] if ordered else None
+        live = [i for i in ordered if i.pid is not None]
+        uptime = first.uptime() if first is not None else None
+        return {
+            "name": self.spec.name, "state": state.value, "desired": self.desired.value,
+            "pid": first.pid if first is not None else None,
+            "instances": self.spec.instances, "running": len(live),
+            "restarts": sum(i.restarts for i in ordered),
+            "health": first.health.value if first is not None else HealthState.UNKNOWN.value,
+            "uptime_s": round(uptime, 3) if uptime is not None else None,
+            "reason": first.reason if first is not None else "",
+            "next_restart_at": (rfc3339(first.next_restart_at)
+                                if first is not None and first.next_restart_at else None),
+            "last_exit": first.last_exit if first is not None else None,
+            "command": self.spec.argv,
+            "instance_list": [i.as_dict() for i in ordered],
+        }

@@ -1,0 +1,127 @@
+"""The supervisor's end of the launcher protocol (asyncio).
+
+Requests are pipelined: each gets an ``id`` and a future that the reader task resolves
+when the reply with that ``id`` arrives.  The frame is written synchronously in the
+calling coroutine's step, so a restart decided in the exit handler reaches the launcher
+without waiting for another turn of the loop.  Unasked ``Exited`` frames are handed to
+``on_exit`` and acknowledged after it returns; ``Shutdown`` calls ``on_shutdown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from corral.errors import LauncherError, SpawnFailed, Unavailable
+from corral.protocol import framing
+from corral.protocol import messages as m
+
+Message = dict[str, Any]
+
+_SPAWN_CODES = {m.E_EXEC_FAILED, m.E_USER_NOT_FOUND, m.E_GROUP_NOT_FOUND}
+
+
+class LauncherClient:
+    """A connected launcher.  Create with :meth:`connect`."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 on_exit: Callable[[Message], None], on_shutdown: Callable[[], None],
+                 on_lost: Callable[[], None]) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._on_exit = on_exit
+        self._on_shutdown = on_shutdown
+        self._on_lost = on_lost
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.launcher_pid = 0
+        self.launcher_started_at = 0.0
+
+    @classmethod
+    async def connect(cls, sock: socket.socket, on_exit: Callable[[Message], None],
+                      on_shutdown: Callable[[], None],
+                      on_lost: Callable[[], None]) -> LauncherClient:
+        """Wrap the inherited socket, start reading, and say ``Hello``."""
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=framing.MAX_FRAME)
+        client = cls(reader, writer, on_exit, on_shutdown, on_lost)
+        client._task = asyncio.create_task(client._read_loop(), name="launcher-reader")
+        reply = await client.request({"type": m.HELLO, "version": m.PROTOCOL_VERSION})
+        client.launcher_pid = int(reply.get("launcher_pid", 0))
+        client.launcher_started_at = float(reply.get("started_at", 0.0))
+        return client
+
+    def send_request(self, message: Message) -> asyncio.Future[Message]:
+        """Write a request now; return the future of its reply."""
+        if self._writer.is_closing():
+            raise Unavailable("the launcher connection is closed")
+        rid = next(self._ids)
+        message["id"] = rid
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        self._writer.write(framing.encode(message))
+        return future
+
+    async def request(self, message: Message) -> Message:
+        """Send a request and wait for its reply.
+
+        Raises:
+            SpawnFailed: a ``Spawn`` was refused (missing binary, user, group).
+            LauncherError: any other ``Error`` reply.
+            Unavailable: the connection was lost first.
+        """
+        return check(await self.send_request(message))
+
+    async def list_children(self) -> list[Message]:
+        reply = await self.request({"type": m.LIST})
+        children = reply.get("children", [])
+        return children if isinstance(children, list) else []
+
+    async def _read_loop(self) -> None:
+        decoder = framing.Decoder()
+        try:
+            while True:
+                data = await self._reader.read(1024 * 1024)
+                if not data:
+                    break
+                for message in decoder.feed(data):
+                    self._dispatch(message)
+        except (ConnectionError, framing.FrameError):
+            pass
+        finally:
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(Unavailable("lost the connection to the launcher"))
+            self._pending.clear()
+            self._on_lost()
+
+    def _dispatch(self, message: Message) -> None:
+        kind = message.get("type")
+        rid = message.get("id")
+        if rid is not None and rid in self._pending:
+            future = self._pending.pop(rid)
+            if not future.done():
+                future.set_result(message)
+        elif kind == m.EXITED:
+            self._on_exit(message)
+            if not self._writer.is_closing():
+                self._writer.write(framing.encode({"type": m.ACK, "seq": message.get("seq")}))
+        elif kind == m.SHUTDOWN:
+            self._on_shutdown()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def check(reply: Message) -> Message:
+    """Raise the matching error for an ``Error`` reply; return any other reply."""
+    if reply.get("type") != m.ERROR:
+        return reply
+    code = str(reply.get("code", "Error"))
+    message = str(reply.get("message", "the launcher refused the request"))
+    if code in _SPAWN_CODES:
+        raise SpawnFailed(code, message)
+    raise LauncherError(code, message)

@@ -1,0 +1,481 @@
+"""The supervisor's control loop: feeds events to the machine and runs its actions.
+
+Everything here runs on one asyncio loop.  Exit reports from the launcher arrive in
+:meth:`Supervisor.on_exit`, are classified by :mod:`.policy`, and go through
+:func:`.machine.step`; the resulting actions (spawn, terminate, schedule, cancel) are the
+only places that talk to the launcher.  After anything that can change what is wanted or
+what runs, :func:`.reconcile.plan` says which instances to start, stop or drop.
+
+Desired state lives in the state directory: ``target.yaml`` (the loaded specs, in load
+order) and ``desired.json`` (which services the user stopped).  Both are written
+atomically before a command returns, so a supervisor started after a crash, or after a
+full ``sup stop`` + ``sup run``, wants exactly what the user last asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
+from typing import Any
+
+from corral.errors import Conflict, CorralError, NotFound, SpawnFailed, SpecError
+from corral.protocol import messages as m
+from corral.protocol import paths
+from corral.spec import ProcessSpec, Target, load_target, validate_target
+from corral.states import Desired, HealthState, ServiceState
+
+from . import machine, policy, reconcile, statefile
+from .events import EventLog, rfc3339
+from .instance import Instance, Service
+from .launcher_client import LauncherClient, Message, check
+from .machine import Action, Event
+
+_EXIT_EVENTS = {
+    policy.Verdict.RESTART_NOW: Event.EXIT_RESTART,
+    policy.Verdict.RESTART_LATER: Event.EXIT_BACKOFF,
+    policy.Verdict.STAY_DOWN: Event.EXIT_DOWN,
+    policy.Verdict.GIVE_UP: Event.EXIT_GIVE_UP,
+}
+
+
+class Supervisor:
+    """Keeps the loaded services in their desired state through a launcher.
+
+    Args:
+        state_dir: the state directory (``target.yaml``, ``desired.json``, ``logs/``).
+        uniform: randomness for backoff jitter (deterministic in tests).
+    """
+
+    def __init__(self, state_dir: Path,
+                 uniform: Callable[[float, float], float] = random.uniform) -> None:
+        self.state_dir = state_dir
+        self.uniform = uniform
+        self.services: dict[str, Service] = {}
+        self.events = EventLog()
+        self.launcher: LauncherClient | None = None
+        self.started_at = time.time()
+        self.exit_code: asyncio.Future[int] | None = None
+        self._booting = True
+        self._early_exits: dict[str, Message] = {}
+        self._base_env = {k: v for k, v in os.environ.items() if k != m.ENV_LAUNCHER_FD}
+        self._stopping_all = False
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    # ------------------------------------------------------------------ start up
+    def load_state(self, target_file: Path | None = None) -> None:
+        """Read ``target.yaml`` and ``desired.json`` (and ``--target`` on first start)."""
+        path = self.state_dir / "target.yaml"
+        if path.exists():
+            target = load_target(path.read_text(), str(path))
+        elif target_file is not None:
+            target = load_target(target_file.read_text(), str(target_file))
+        else:
+            target = Target()
+        down = set(statefile.read_json(self.state_dir / "desired.json", {}).get("down", []))
+        for spec in target.processes:
+            desired = Desired.DOWN if spec.name in down else Desired.UP
+            self.services[spec.name] = Service(spec=spec, desired=desired)
+        if not path.exists() and target.processes:
+            self.save()
+
+    async def attach(self, launcher: LauncherClient) -> None:
+        """Adopt the launcher's children (same PIDs, no restart), then reconcile."""
+        self.launcher = launcher
+        children = await launcher.list_children()
+        for child in children:
+            self._adopt(child)
+        running = {str(c.get("name")) for c in children}
+        self._booting = False
+        for name, exited in self._early_exits.items():
+            if name not in running:
+                self._replay_exit(exited)
+        self._early_exits.clear()
+        self.reconcile()
+
+    def _adopt(self, child: Message) -> None:
+        name, _, index_text = str(child.get("name", "")).rpartition("/")
+        service = self.services.get(name)
+        pid = int(child["pid"])
+        index = int(index_text) if index_text.isdigit() else -1
+        if (service is None or service.desired is Desired.DOWN
+                or not 0 <= index < service.spec.instances or index in service.instances):
+            # Not wanted any more (unloaded or stopped while no supervisor ran): stop it.
+            self._terminate_pid(pid, service.spec if service else None)
+            return
+        inst = Instance(service=name, index=index, state=ServiceState.UP, pid=pid,
+                        started_at=float(child.get("started_at", time.time())),
+                        spawns=int(child.get("spawns", 1)), reason="adopted")
+        service.instances[index] = inst
+        self.events.emit(name, "adopt", f"adopted pid {pid} after a supervisor restart",
+                         instance=index, pid=pid, to=inst.state.value)
+
+    def _replay_exit(self, exited: Message) -> None:
+        """An instance exited while no supervisor ran: apply its restart policy now."""
+        name, _, index_text = str(exited.get("name", "")).rpartition("/")
+        service = self.services.get(name)
+        if service is None or not index_text.isdigit() or service.desired is Desired.DOWN:
+            return
+        index = int(index_text)
+        if index >= service.spec.instances:
+            return
+        inst = service.instances.setdefault(index, Instance(service=name, index=index))
+        decision = policy.decide(service.spec.restart, exited.get("exit_code"),
+                                 exited.get("signal"), service.spec.restart.cooldown,
+                                 inst.streak, self.uniform)
+        inst.last_exit = _exit_record(exited, None)
+        inst.reason = decision.reason
+        if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
+            inst.settled = True
+            inst.state = (ServiceState.FAILED if decision.verdict is policy.Verdict.GIVE_UP
+                          else ServiceState.DOWN)
+        self.events.emit(name, "exit", f"{decision.reason} (while no supervisor ran)",
+                         instance=index, pid=exited.get("pid"),
+                         exit_code=exited.get("exit_code"), signal=exited.get("signal"))
+
+    # ------------------------------------------------------------ launcher events
+    def on_exit(self, exited: Message) -> None:
+        """The launcher reports an exit: classify it and feed the machine."""
+        if self._booting:
+            self._early_exits[str(exited.get("name"))] = exited
+            return
+        inst = self._find(str(exited.get("name", "")), exited.get("pid"))
+        if inst is None:
+            return  # a replayed exit we already handled, or of a process we stopped
+        service = self.services[inst.service]
+        if inst.state is ServiceState.STOPPING:
+            return  # the Terminate reply records it
+        ran_for = time.time() - (inst.started_at or time.time())
+        decision = policy.decide(service.spec.restart, exited.get("exit_code"),
+                                 exited.get("signal"), ran_for, inst.streak, self.uniform)
+        inst.streak = decision.streak
+        inst.delay = decision.delay
+        inst.last_exit = _exit_record(exited, None)
+        inst.pid = None
+        if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
+            inst.settled = True
+        self.events.emit(inst.service, "exit", decision.reason, instance=inst.index,
+                         pid=exited.get("pid"), exit_code=exited.get("exit_code"),
+                         signal=exited.get("signal"), delay_s=decision.delay)
+        self.feed(inst, _EXIT_EVENTS[decision.verdict], decision.reason)
+
+    def _find(self, name: str, pid: Any) -> Instance | None:
+        service_name, _, index_text = name.rpartition("/")
+        service = self.services.get(service_name)
+        if service is None or not index_text.isdigit():
+            return None
+        inst = service.instances.get(int(index_text))
+        if inst is None or inst.pid != pid:
+            return None
+        return inst
+
+    # ------------------------------------------------------------------- machine
+    def feed(self, inst: Instance, event: Event, reason: str) -> None:
+        """Step the instance's machine and run the actions it returns."""
+        before = inst.state
+        after, actions = machine.step(before, event)
+        inst.state = after
+        if after is not before:
+            inst.reason = reason
+            self.events.emit(inst.service, "state", reason, instance=inst.index,
+                             from_=before.value, to=after.value, pid=inst.pid)
+        for action in actions:
+            if action is Action.SPAWN:
+                self._spawn(inst)
+            elif action is Action.TERMINATE:
+                self._terminate(inst)
+            elif action is Action.SCHEDULE:
+                self._schedule(inst)
+            elif action is Action.CANCEL:
+                self._cancel(inst)
+        if after in (ServiceState.DOWN, ServiceState.FAILED):
+            inst.stopped.set()
+            if after is not before:
+                self.reconcile()
+
+    def _spawn(self, inst: Instance) -> None:
+        service = self.services[inst.service]
+        spec = service.spec
+        assert self.launcher is not None
+        cwd = spec.cwd
+        if cwd is None:
+            workdir = paths.run_dir(self.state_dir) / spec.name / str(inst.index)
+            workdir.mkdir(parents=True, exist_ok=True)
+            cwd = str(workdir)
+        env = dict(self._base_env)
+        env.update(spec.env)
+        env["CORRAL_SERVICE"] = spec.name
+        env["CORRAL_INSTANCE"] = str(inst.index)
+        request: Message = {
+            "type": m.SPAWN, "name": inst.launcher_name, "argv": spec.argv, "env": env,
+            "cwd": cwd, "user": spec.user, "group": spec.group,
+            "umask": int(spec.umask, 8) if spec.umask else None, "rlimits": dict(spec.rlimits),
+            "log": {"path": str(paths.logs_dir(self.state_dir) / f"{spec.name}.log"),
+                    "format": spec.logs.format, "max_bytes": spec.logs.max_bytes,
+                    "keep": spec.logs.keep},
+        }
+        inst.stopped.clear()
+        inst.next_restart_at = None
+        future = self.launcher.send_request(request)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        inst.spawned = done
+        self._background(self._spawned(inst, future, done))
+
+    async def _spawned(self, inst: Instance, reply: asyncio.Future[Message],
+                       done: asyncio.Future[None]) -> None:
+        try:
+            answer = check(await reply)
+        except CorralError as exc:
+            service = self.services.get(inst.service)
+            if not done.done():
+                done.set_exception(exc)
+                done.exception()  # mark retrieved: a caller may not be waiting
+            if inst.state is ServiceState.STOPPING:
+                self.feed(inst, Event.STOPPED, "stopped before it started")
+            if service is None or inst.state is not ServiceState.STARTING:
+                return
+            decision = policy.decide_spawn_failure(service.spec.restart, inst.streak,
+                                                   str(exc), self.uniform)
+            inst.streak, inst.delay = decision.streak, decision.delay
+            if decision.verdict is policy.Verdict.GIVE_UP:
+                inst.settled = True
+            self.events.emit(inst.service, "spawn_failed", decision.reason,
+                             instance=inst.index, delay_s=decision.delay)
+            self.feed(inst, _EXIT_EVENTS[decision.verdict], decision.reason)
+            return
+        inst.pid = int(answer["pid"])
+        inst.started_at = float(answer.get("started_at", time.time()))
+        inst.spawns += 1
+        inst.settled = False
+        inst.health = HealthState.UNKNOWN
+        if not done.done():
+            done.set_result(None)
+        self.events.emit(inst.service, "spawn", f"spawned pid {inst.pid}", instance=inst.index,
+                         pid=inst.pid)
+        if inst.state is ServiceState.STARTING:
+            self.feed(inst, Event.READY, f"running as pid {inst.pid}")
+        elif inst.state is ServiceState.STOPPING:
+            self._terminate(inst)  # a stop came while the spawn was on its way
+
+    def _terminate(self, inst: Instance) -> None:
+        if inst.pid is None:
+            # The spawn has not answered yet; _spawned terminates once it has a pid.
+            if inst.spawned is None or inst.spawned.done():
+                self.feed(inst, Event.STOPPED, "stopped before it started")
+            return
+        spec = self.services[inst.service].spec
+        assert self.launcher is not None
+        future = self.launcher.send_request({"type": m.TERMINATE, "pid": inst.pid,
+                                             "signal": spec.stop.signal,
+                                             "timeout": spec.stop.timeout})
+        self._background(self._terminated(inst, future))
+
+    async def _terminated(self, inst: Instance, reply: asyncio.Future[Message]) -> None:
+        try:
+            answer = await reply
+        except CorralError:
+            return
+        method = str(answer.get("method", m.ALREADY_EXITED))
+        answer["pid"] = inst.pid
+        inst.last_exit = _exit_record(answer, method)
+        self.events.emit(inst.service, "stop", f"stopped ({method.replace('_', ' ')})",
+                         instance=inst.index, pid=inst.pid, exit_code=answer.get("exit_code"),
+                         signal=answer.get("signal"))
+        inst.pid = None
+        self.feed(inst, Event.STOPPED, f"stopped ({method.replace('_', ' ')})")
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task kept referenced until it ends (asyncio keeps weak ones)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _terminate_pid(self, pid: int, spec: ProcessSpec | None) -> None:
+        assert self.launcher is not None
+        self.launcher.send_request({"type": m.TERMINATE, "pid": pid,
+                                    "signal": spec.stop.signal if spec else "TERM",
+                                    "timeout": spec.stop.timeout if spec else 8.0})
+
+    def _schedule(self, inst: Instance) -> None:
+        self._cancel(inst)
+        inst.next_restart_at = time.time() + inst.delay
+        inst.timer = asyncio.get_running_loop().call_later(
+            inst.delay, lambda: self.feed(inst, Event.TIMER, "backoff over; restarting"))
+        self.events.emit(inst.service, "restart_scheduled",
+                         f"restart in {inst.delay:.2f}s", instance=inst.index,
+                         delay_s=round(inst.delay, 3))
+
+    def _cancel(self, inst: Instance) -> None:
+        if inst.timer is not None:
+            inst.timer.cancel()
+            inst.timer = None
+        inst.next_restart_at = None
+
+    # ----------------------------------------------------------------- reconcile
+    def reconcile(self) -> None:
+        """Start, stop or drop instances until what runs matches what is wanted."""
+        if self._booting or self.launcher is None or self._stopping_all:
+            return
+        wanted = {name: reconcile.Want(s.spec.instances, s.desired is Desired.UP)
+                  for name, s in self.services.items()}
+        observed = {(name, i.index): reconcile.Seen(i.state, i.settled)
+                    for name, s in self.services.items() for i in s.instances.values()}
+        for step in reconcile.plan(wanted, observed):
+            service = self.services[step.service]
+            if step.verb is reconcile.Verb.START:
+                inst = service.instances.setdefault(
+                    step.index, Instance(service=step.service, index=step.index))
+                self.feed(inst, Event.START, "starting")
+            else:
+                inst = service.instances[step.index]
+                if inst.state in (ServiceState.DOWN, ServiceState.FAILED):
+                    if step.verb is reconcile.Verb.DROP:
+                        del service.instances[step.index]
+                    continue
+                self.feed(inst, Event.STOP, "stopping")
+
+    # ------------------------------------------------------------------ commands
+    def get(self, name: str) -> Service:
+        service = self.services.get(name)
+        if service is None:
+            loaded = ", ".join(self.services) or "none"
+            raise NotFound(f"no service named {name!r} (loaded: {loaded})")
+        return service
+
+    def save(self) -> None:
+        """Persist the desired state atomically."""
+        target = Target(processes=[s.spec for s in self.services.values()])
+        statefile.atomic_write(self.state_dir / "target.yaml", target.to_yaml().encode())
+        statefile.write_json(self.state_dir / "desired.json", {
+            "down": sorted(n for n, s in self.services.items() if s.desired is Desired.DOWN)})
+
+    async def load(self, spec: ProcessSpec) -> str:
+        """Add or update a service; returns ``added``, ``updated`` or ``unchanged``.
+
+        Error handling: a new service whose first spawn fails (missing binary, unknown
+        user) is removed again and :class:`SpawnFailed` is raised: nothing changed.
+        """
+        self._check_dependencies(spec)
+        existing = self.services.get(spec.name)
+        if existing is not None:
+            if existing.spec == spec:
+                return "unchanged"
+            only_scale = existing.spec.model_copy(update={"instances": spec.instances}) == spec
+            existing.spec = spec
+            self.save()
+            self.events.emit(spec.name, "update", "spec changed" if not only_scale
+                             else f"scaled to {spec.instances}")
+            if not only_scale:
+                await self._stop_instances(existing, existing.instances.values())
+            self.reconcile()
+            await self._wait_stopped(existing)
+            await self._wait_spawned(existing)
+            return "updated"
+        service = Service(spec=spec)
+        self.services[spec.name] = service
+        self.events.emit(spec.name, "load", "loaded")
+        self.reconcile()
+        try:
+            await self._wait_spawned(service)
+        except SpawnFailed:
+            await self._remove(service)
+            raise
+        self.save()
+        return "added"
+
+    def _check_dependencies(self, spec: ProcessSpec) -> None:
+        others = [s.spec.to_dict() for n, s in self.services.items() if n != spec.name]
+        # Validating the would-be target checks dependencies (unknown names, cycles).
+        validate_target({"processes": [*others, spec.to_dict()]}, spec.name)
+
+    async def unload(self, name: str) -> None:
+        service = self.get(name)
+        await self._remove(service)
+        self.save()
+        self.events.emit(name, "unload", "unloaded")
+
+    async def _remove(self, service: Service) -> None:
+        service.desired = Desired.DOWN
+        await self._stop_instances(service, list(service.instances.values()))
+        self.services.pop(service.spec.name, None)
+
+    async def start(self, name: str) -> None:
+        service = self.get(name)
+        service.desired = Desired.UP
+        for inst in service.instances.values():
+            inst.settled = False
+            if inst.state is ServiceState.FAILED:
+                inst.streak = policy.Streak()
+        self.save()
+        self.reconcile()
+        await self._wait_spawned(service)
+
+    async def stop(self, name: str) -> None:
+        service = self.get(name)
+        service.desired = Desired.DOWN
+        self.save()
+        self.reconcile()
+        await self._wait_stopped(service)
+
+    async def restart(self, name: str) -> None:
+        service = self.get(name)
+        service.desired = Desired.UP
+        self.save()
+        await self._stop_instances(service, list(service.instances.values()))
+        for inst in service.instances.values():
+            inst.settled = False
+        self.reconcile()
+        await self._wait_spawned(service)
+
+    async def scale(self, name: str, instances: int) -> None:
+        service = self.get(name)
+        if not 0 <= instances <= 1000:
+            raise SpecError(f"instances must be between 0 and 1000, not {instances}")
+        await self.load(service.spec.model_copy(update={"instances": instances}))
+        if service.desired is Desired.UP:
+            await self._wait_spawned(service)
+
+    async def _stop_instances(self, service: Service, instances: Iterable[Instance]) -> None:
+        chosen = list(instances)
+        for inst in chosen:
+            if inst.state not in (ServiceState.DOWN, ServiceState.FAILED, ServiceState.STOPPING):
+                self.feed(inst, Event.STOP, "stopping")
+        await asyncio.gather(*(inst.stopped.wait() for inst in chosen
+                               if inst.state is ServiceState.STOPPING))
+
+    async def _wait_stopped(self, service: Service) -> None:
+        await asyncio.gather(*(inst.stopped.wait() for inst in list(service.instances.values())
+                               if inst.state is ServiceState.STOPPING))
+
+    async def _wait_spawned(self, service: Service) -> None:
+        futures = [i.spawned for i in service.instances.values()
+                   if i.spawned is not None and i.state is ServiceState.STARTING]
+        for future in futures:
+            await asyncio.shield(future)
+
+    async def stop_all(self) -> None:
+        """Stop every service in reverse load order (the desired state is kept)."""
+        self._stopping_all = True
+        for service in reversed(list(self.services.values())):
+            live = [i for i in service.instances.values()
+                    if i.state not in (ServiceState.DOWN, ServiceState.FAILED)]
+            for inst in live:
+                if inst.state is ServiceState.BACKOFF:
+                    self.feed(inst, Event.STOP, "shutting down")
+            await self._stop_instances(service, live)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [s.as_dict() for s in self.services.values()]
+
+    def conflict_if_stopping(self) -> None:
+        if self._stopping_all:
+            raise Conflict("the supervisor is shutting down")
+
+
+def _exit_record(message: Message, stop: str | None) -> dict[str, Any]:
+    return {"exit_code": message.get("exit_code"), "signal": message.get("signal"),
+            "at": rfc3339(float(message.get("at", time.time()))), "stop": stop,
+            "pid": message.get("pid")}

@@ -1,0 +1,72 @@
+"""The lifecycle of one service instance as a transition table.  PURE.
+
+``step(state, event) -> (state, actions)``.  The asyncio loop (:mod:`.loop`) feeds it
+events and runs the actions it returns; it never changes an instance's state any other
+way.  Exits are classified by :mod:`.policy` *before* they reach the table, so the table
+needs no guards: ``EXIT_RESTART`` (now), ``EXIT_BACKOFF`` (later), ``EXIT_DOWN`` (policy
+says stay down) and ``EXIT_GIVE_UP`` (too many quick restarts).
+
+A pair that is not in the table is ignored: the state stays and nothing is done (for
+example a late ``READY`` after a stop).  ``tests/unit/test_machine.py`` checks every cell.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from corral.states import ServiceState as S
+
+
+class Event(StrEnum):
+    """Something that happened to an instance, or something a user asked of it."""
+
+    START = "start"            # the user (or reconcile) wants it running
+    STOP = "stop"              # the user (or reconcile) wants it stopped
+    SPAWNED = "spawned"        # the launcher started the process
+    READY = "ready"            # readiness reached (at once for readiness: started)
+    UNHEALTHY = "unhealthy"    # health checks failed `retries` times
+    HEALTHY = "healthy"        # a health check passed again
+    EXIT_RESTART = "exit_restart"
+    EXIT_BACKOFF = "exit_backoff"
+    EXIT_DOWN = "exit_down"
+    EXIT_GIVE_UP = "exit_give_up"
+    STOPPED = "stopped"        # a Terminate finished
+    TIMER = "timer"            # the backoff delay is over
+
+
+class Action(StrEnum):
+    """What the loop must do after a transition."""
+
+    SPAWN = "spawn"
+    TERMINATE = "terminate"
+    SCHEDULE = "schedule"      # arm the backoff timer (delay from the policy)
+    CANCEL = "cancel"          # disarm it
+
+
+_LIVE = (S.STARTING, S.UP, S.UNHEALTHY)
+_EXITS = {
+    Event.EXIT_RESTART: (S.STARTING, (Action.SPAWN,)),
+    Event.EXIT_BACKOFF: (S.BACKOFF, (Action.SCHEDULE,)),
+    Event.EXIT_DOWN: (S.DOWN, ()),
+    Event.EXIT_GIVE_UP: (S.FAILED, ()),
+}
+
+TABLE: dict[tuple[S, Event], tuple[S, tuple[Action, ...]]] = {
+    (S.DOWN, Event.START): (S.STARTING, (Action.SPAWN,)),
+    (S.FAILED, Event.START): (S.STARTING, (Action.SPAWN,)),
+    (S.FAILED, Event.STOP): (S.DOWN, ()),
+    (S.BACKOFF, Event.TIMER): (S.STARTING, (Action.SPAWN,)),
+    (S.BACKOFF, Event.STOP): (S.DOWN, (Action.CANCEL,)),
+    (S.BACKOFF, Event.START): (S.STARTING, (Action.CANCEL, Action.SPAWN)),
+    (S.STARTING, Event.READY): (S.UP, ()),
+    (S.UP, Event.UNHEALTHY): (S.UNHEALTHY, ()),
+    (S.UNHEALTHY, Event.HEALTHY): (S.UP, ()),
+    (S.STOPPING, Event.STOPPED): (S.DOWN, ()),
+    **{(state, Event.STOP): (S.STOPPING, (Action.TERMINATE,)) for state in _LIVE},
+    **{(state, event): result for state in _LIVE for event, result in _EXITS.items()},
+}
+
+
+def step(state: S, event: Event) -> tuple[S, tuple[Action, ...]]:
+    """Return the next state and the actions to run; unknown pairs change nothing."""
+    return TABLE.get((state, event), (state, ()))

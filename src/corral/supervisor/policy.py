@@ -1,0 +1,106 @@
+"""Restart decisions: what to do when an instance exits.  PURE (clock and randomness injected).
+
+The rules, after Habitat and systemd:
+
+- the policy (``always`` / ``on-failure`` / ``never``) may be overridden per exit code;
+- an instance that ran at least ``cooldown`` is restarted at once, and its streak of
+  young deaths is forgotten;
+- one that dies young restarts at once the first time, then backs off with decorrelated
+  jitter, ``delay = min(backoff_max, uniform(backoff_min, previous * 3))``, so a crash loop
+  costs little and many crashing services do not restart in lock step;
+- ``max_restarts`` (when set) bounds the young deaths in a row; past it the instance is
+  ``failed`` and stays down until a user starts it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from corral.spec import RestartSpec
+
+Uniform = Callable[[float, float], float]
+
+
+class Verdict(StrEnum):
+    """What the supervisor does after an exit."""
+
+    RESTART_NOW = "restart_now"
+    RESTART_LATER = "restart_later"
+    STAY_DOWN = "stay_down"
+    GIVE_UP = "give_up"
+
+
+@dataclass(frozen=True)
+class Streak:
+    """Memory of recent young deaths of one instance."""
+
+    young_deaths: int = 0
+    last_delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict, its delay in seconds, the reason in words, and the new streak."""
+
+    verdict: Verdict
+    delay: float
+    reason: str
+    streak: Streak
+
+
+def describe_exit(exit_code: int | None, signal: str | None) -> str:
+    """``exited with code 1`` / ``killed by SIGKILL``."""
+    if signal:
+        return f"killed by SIG{signal}"
+    return f"exited with code {exit_code}"
+
+
+def decide(spec: RestartSpec, exit_code: int | None, signal: str | None, ran_for: float,
+           streak: Streak, uniform: Uniform = random.uniform) -> Decision:
+    """Decide what follows an exit after ``ran_for`` seconds of life.
+
+    Args:
+        spec: the service's restart settings.
+        exit_code: the exit status, or None when a signal ended the process.
+        signal: the signal's name without ``SIG``, or None.
+        ran_for: seconds between spawn and exit.
+        streak: the instance's young-death memory before this exit.
+        uniform: ``random.uniform`` or a deterministic stand-in for tests.
+    """
+    what = describe_exit(exit_code, signal)
+    policy = spec.policy
+    if exit_code is not None and exit_code in spec.exit_codes:
+        policy = spec.exit_codes[exit_code]
+    failed = signal is not None or exit_code != 0
+    if policy == "never" or (policy == "on-failure" and not failed):
+        return Decision(Verdict.STAY_DOWN, 0.0, f"{what}; restart policy {policy}", Streak())
+    if ran_for >= spec.cooldown:
+        return Decision(Verdict.RESTART_NOW, 0.0, f"{what}; restarting", Streak())
+    deaths = streak.young_deaths + 1
+    if spec.max_restarts is not None and deaths > spec.max_restarts:
+        return Decision(Verdict.GIVE_UP, 0.0,
+                        f"{what}; gave up after {spec.max_restarts} quick restarts in a row",
+                        Streak(deaths, streak.last_delay))
+    if deaths == 1:
+        return Decision(Verdict.RESTART_NOW, 0.0, f"{what}; restarting", Streak(deaths, 0.0))
+    previous = max(streak.last_delay, spec.backoff_min)
+    delay = min(spec.backoff_max, uniform(spec.backoff_min, previous * 3))
+    return Decision(Verdict.RESTART_LATER, delay,
+                    f"{what} after {ran_for:.1f}s; restarting in {delay:.1f}s",
+                    Streak(deaths, delay))
+
+
+def decide_spawn_failure(spec: RestartSpec, streak: Streak, why: str,
+                         uniform: Uniform = random.uniform) -> Decision:
+    """A spawn was refused (e.g. the binary vanished): back off, never retry at once."""
+    deaths = streak.young_deaths + 1
+    if spec.max_restarts is not None and deaths > spec.max_restarts:
+        return Decision(Verdict.GIVE_UP, 0.0, f"cannot start: {why}; gave up",
+                        Streak(deaths, streak.last_delay))
+    previous = max(streak.last_delay, spec.backoff_min, 0.1)
+    delay = min(spec.backoff_max, uniform(max(spec.backoff_min, 0.1), previous * 3))
+    return Decision(Verdict.RESTART_LATER, delay,
+                    f"cannot start: {why}; retrying in {delay:.1f}s", Streak(deaths, delay))

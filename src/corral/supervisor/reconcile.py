@@ -1,0 +1,67 @@
+"""Reconcile: compare what is wanted with what is observed, and say what to do.  PURE.
+
+``plan(wanted, observed)`` returns steps the loop carries out; calling it again after
+they are done returns nothing (it converges).  ``settled`` instances are those the
+restart policy left down on purpose (``never``, ``on-failure`` after success, or
+``failed``): they are not started again until a user asks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from corral.states import ServiceState as S
+
+
+class Verb(StrEnum):
+    START = "start"   # create the instance if needed and start it
+    STOP = "stop"     # stop it (it is kept, e.g. a stopped service)
+    DROP = "drop"     # stop it if needed, then forget it (scaled down or unloaded)
+
+
+@dataclass(frozen=True)
+class Want:
+    """A loaded service: how many instances, and whether the user wants them running."""
+
+    instances: int
+    up: bool
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One existing instance."""
+
+    state: S
+    settled: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    verb: Verb
+    service: str
+    index: int
+
+
+_STOPPABLE = frozenset({S.STARTING, S.UP, S.UNHEALTHY, S.BACKOFF, S.FAILED})
+
+
+def plan(wanted: Mapping[str, Want], observed: Mapping[tuple[str, int], Seen]) -> list[Step]:
+    """The steps that bring ``observed`` to ``wanted``, in service then instance order."""
+    steps: list[Step] = []
+    for (service, index), seen in observed.items():
+        want = wanted.get(service)
+        if want is None or index >= want.instances:
+            if seen.state != S.STOPPING:
+                steps.append(Step(Verb.DROP, service, index))
+        elif not want.up and seen.state in _STOPPABLE:
+            steps.append(Step(Verb.STOP, service, index))
+    for service, want in wanted.items():
+        if not want.up:
+            continue
+        for index in range(want.instances):
+            have = observed.get((service, index))
+            if have is None or (have.state == S.DOWN and not have.settled):
+                steps.append(Step(Verb.START, service, index))
+    return steps

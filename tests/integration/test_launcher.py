@@ -1,0 +1,170 @@
+"""The launcher on its own: the state-dir lock, the supervisor exit-code and signal
+contracts (with a stand-in supervisor), PID 1 duties."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import PY, Corral, pid_alive, wait_for
+
+FAKE = Path(__file__).with_name("fake_supervisor.py")
+
+
+def launcher(tmp_path: Path, codes: str, spawn: list[str] | None = None,
+             wait: bool = False) -> tuple[subprocess.Popen[bytes], Path]:
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "exit_codes").write_text(codes)
+    if spawn:
+        (fake / "spawn").write_text(json.dumps(spawn))
+    if wait:
+        (fake / "wait").write_text("")
+    env = {**os.environ, "CORRAL_SUP_BINARY": f"{PY} {FAKE}", "FAKE_SUP_DIR": str(fake)}
+    with (tmp_path / "launcher.err").open("wb") as err:
+        proc = subprocess.Popen([PY, "-m", "corral", "sup", "run", "--state-dir",
+                                 str(tmp_path / "state")], env=env, stderr=err)
+    return proc, fake
+
+
+def spawned_pid(fake: Path) -> int:
+    reply = wait_for(lambda: (fake / "spawned").exists() and (fake / "spawned").read_text(),
+                     what="the fake supervisor's spawn")
+    return int(json.loads(reply)["pid"])
+
+
+def test_second_launcher_on_same_state_dir_is_refused(corral: Corral) -> None:
+    """A second `sup run` on a busy state directory prints one line, exits non-zero, and
+    the first launcher runs on untouched."""
+    before = corral.sup_status()
+    result = subprocess.run([PY, "-m", "corral", "sup", "run", "--state-dir",
+                             str(corral.state_dir)], capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "already running" in lines[0] and str(corral.state_dir) in lines[0]
+    assert corral.sup_status()["launcher_pid"] == before["launcher_pid"]
+    assert corral.sup_status()["supervisor_pid"] == before["supervisor_pid"]
+
+
+def test_supervisor_exit_84_stops_services_and_launcher_exits_0(tmp_path: Path) -> None:
+    """Exit 84 from the supervisor means done: services are stopped, the launcher exits 0."""
+    proc, fake = launcher(tmp_path, "84", spawn=["sleep", "1000"], wait=True)
+    pid = spawned_pid(fake)
+    assert pid_alive(pid)
+    (fake / "wait").unlink()
+    assert proc.wait(30) == 0
+    assert not pid_alive(pid)
+
+
+def test_supervisor_exit_86_is_fatal_and_the_launcher_exits_86(tmp_path: Path) -> None:
+    """Exit 86 from the supervisor stops services and the launcher exits 86."""
+    proc, fake = launcher(tmp_path, "86", spawn=["sleep", "1000"], wait=True)
+    pid = spawned_pid(fake)
+    (fake / "wait").unlink()
+    assert proc.wait(30) == 86
+    assert not pid_alive(pid)
+
+
+@pytest.mark.parametrize("code", ["0", "3", "-9"])
+def test_other_supervisor_exits_restart_it_and_leave_services_alone(tmp_path: Path,
+                                                                     code: str) -> None:
+    """Any other exit (0 included, or a crash) starts a new supervisor; services keep running."""
+    proc, fake = launcher(tmp_path, f"{code} -1", spawn=["sleep", "1000"], wait=True)
+    pid = spawned_pid(fake)
+    first = int((fake / "starts").read_text().split()[0])
+    if code == "-9":
+        os.kill(first, signal.SIGKILL)
+    else:
+        (fake / "wait").unlink()
+    wait_for(lambda: len((fake / "starts").read_text().split()) >= 2, what="a second supervisor")
+    assert pid_alive(pid), "the service must survive a supervisor restart"
+    proc.send_signal(signal.SIGTERM)  # the second supervisor answers Shutdown with 84
+    assert proc.wait(30) == 0
+    assert not pid_alive(pid)
+
+
+def test_term_asks_the_supervisor_to_shut_down(tmp_path: Path) -> None:
+    """SIGTERM to the launcher sends Shutdown to the supervisor, which exits 84 -> exit 0."""
+    proc, fake = launcher(tmp_path, "-1", spawn=["sleep", "1000"])
+    pid = spawned_pid(fake)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert (fake / "shutdown").read_text() == "yes"
+    assert not pid_alive(pid)
+
+
+def test_hup_is_forwarded_to_the_supervisor(tmp_path: Path) -> None:
+    """SIGHUP to the launcher reaches the supervisor."""
+    proc, fake = launcher(tmp_path, "-1")
+    wait_for(lambda: (fake / "starts").exists(), what="the supervisor to start")
+    wait_for(lambda: (proc.send_signal(signal.SIGHUP), (fake / "hup").exists())[1],
+             what="the supervisor to see SIGHUP", interval=0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_launcher_as_pid1_reaps_orphans(tmp_path: Path) -> None:
+    """Run as PID 1 of a new PID namespace, the launcher reaps orphaned grandchildren:
+    no zombie stays, and the service's own exit is still reported."""
+    unshare = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"])
+    if unshare.returncode != 0:
+        pytest.skip("cannot create a PID namespace here")
+    # The service forks 20 short-lived children and exits from under them: their parent
+    # is gone, so they are re-parented to PID 1 (the launcher) when they exit.
+    script = ("import os,time\n"
+              "for i in range(20):\n"
+              "    if os.fork()==0:\n"
+              "        time.sleep(0.2); os._exit(0)\n"
+              "os._exit(7)\n")
+    probe = ("import os,time\n"
+             "time.sleep(1.5)\n"
+             "z=[p for p in os.listdir('/proc') if p.isdigit() and "
+             "open(f'/proc/{p}/stat').read().rsplit(')',1)[1].split()[0]=='Z']\n"
+             "print('ZOMBIES', len(z), flush=True)\n")
+    state = tmp_path / "state"
+    env = {**os.environ, "CORRAL_HOME": str(state)}
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", PY, "-m", "corral",
+                             "sup", "run", "--state-dir", str(state)], env=env,
+                            start_new_session=True)
+    try:
+        c = Corral(state)
+        wait_for(c.answers, 30, "the API")
+        assert c.sup_status()["launcher_pid"] == 1
+        c.ok("svc", "load", "forker", "--restart", "never", "--", PY, "-c", script)
+        c.ok("svc", "load", "probe", "--restart", "never", "--", PY, "-c", probe)
+        wait_for(lambda: any("ZOMBIES" in line for line in c.log_lines("probe")), 30,
+                 "the zombie probe")
+        assert any(line.endswith("ZOMBIES 0") for line in c.log_lines("probe"))
+        forker = c.status("forker")
+        assert forker["last_exit"]["exit_code"] == 7
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_no_supervisor_running_gives_a_clear_error(tmp_path: Path) -> None:
+    """With no supervisor, the CLI says where it looked and how to start one (exit 111)."""
+    state = tmp_path / "nothing-here"
+    result = subprocess.run([PY, "-m", "corral", "--state-dir", str(state), "svc", "status"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 111
+    assert result.stderr.count("\n") == 1
+    assert str(state) in result.stderr and "corral sup run" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_api_socket_is_private(corral: Corral) -> None:
+    """The local API socket is mode 0600."""
+    assert (corral.state_dir / "api.sock").stat().st_mode & 0o777 == 0o600
+    _ = sys  # keep the import used for PY

@@ -1,0 +1,183 @@
+"""Services through the CLI: load, status, logs, restart policy, stop, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+from .conftest import PY, Corral, pid_alive, wait_for
+
+STAMPED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z (\d+) ([OE]) (.*)$")
+
+
+def test_load_status_and_logs(corral: Corral) -> None:
+    """A loaded service runs as the launcher's child with stdin /dev/null, its own process
+    group, and its output stamped in its log; `svc status --json` has DESIGN's fields."""
+    code = ("import os,sys; print('out', os.getpgid(0)==os.getpid(), flush=True); "
+            "print('err', file=sys.stderr, flush=True); "
+            "print('stdin', os.readlink('/proc/self/fd/0'), flush=True); "
+            "import time; time.sleep(1000)")
+    out = corral.ok("svc", "load", "web", "--env", "GREETING=hi", "--", PY, "-c", code)
+    assert "web" in out and "added" in out
+    status = corral.status("web")
+    for field in ("name", "state", "desired", "pid", "instances", "restarts", "health",
+                  "uptime_s"):
+        assert field in status
+    assert status["state"] == "up" and status["desired"] == "up" and status["restarts"] == 0
+    assert status["health"] in ("ok", "warning", "critical", "unknown")
+    pid = status["pid"]
+    with open(f"/proc/{pid}/stat") as f:
+        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+    assert ppid == corral.sup_status()["launcher_pid"]
+    lines = wait_for(lambda: len(corral.log_lines("web")) >= 3 and corral.log_lines("web"),
+                     what="three log records")
+    records = [STAMPED.match(line) for line in lines]
+    assert all(records), lines
+    texts = {(r.group(2), r.group(3)) for r in records if r}
+    assert ("O", "out True") in texts and ("E", "err") in texts and ("O", "stdin /dev/null") in texts
+    assert all(int(r.group(1)) == pid for r in records if r)
+    shown = corral.ok("logs", "web", "-n", "2").splitlines()
+    assert shown == lines[-2:]
+
+
+def test_loading_a_missing_command_fails_at_once(corral: Corral) -> None:
+    """A command that does not exist is refused with the spawn error; nothing is loaded."""
+    result = corral.run("svc", "load", "ghost", "--", "/no/such/binary", "--flag")
+    assert result.returncode != 0
+    assert "/no/such/binary" in result.stderr and result.stderr.count("\n") == 1
+    assert corral.status() == []
+
+
+def test_killed_service_restarts_at_once(corral: Corral) -> None:
+    """SIGKILL of a service: a new process runs, restarts counts it, an event says why."""
+    corral.ok("svc", "load", "sleeper", "--", "sleep", "1000")
+    first = corral.status("sleeper")["pid"]
+    os.kill(first, signal.SIGKILL)
+    status = wait_for(lambda: (s := corral.status("sleeper"))["pid"] not in (None, first)
+                      and s["state"] == "up" and s, what="a new pid")
+    assert status["restarts"] == 1
+    assert status["last_exit"]["signal"] == "KILL"
+    events = [json.loads(line) for line in
+              corral.ok("events", "--service", "sleeper", "--json").splitlines()]
+    assert any(e["kind"] == "exit" and "SIGKILL" in e["reason"] for e in events)
+
+
+def test_crash_loop_backs_off_then_fails_at_max_restarts(corral: Corral, tmp_path: Path) -> None:
+    """A service that keeps dying young backs off (next_restart_at visible) and is marked
+    failed, with the reason, once max_restarts is reached."""
+    spec = tmp_path / "crash.yaml"
+    spec.write_text(f"name: crasher\ncommand: [{PY}, -c, 'raise SystemExit(3)']\n"
+                    "restart: {backoff_min: 200ms, backoff_max: 400ms, max_restarts: 3}\n")
+    corral.ok("svc", "load", "-f", str(spec))
+    wait_for(lambda: corral.status("crasher")["state"] == "backoff"
+             and corral.status("crasher")["next_restart_at"], what="backoff with a next restart")
+    failed = corral.wait_state("crasher", "failed")
+    assert "gave up" in failed["reason"] and "code 3" in failed["reason"]
+    assert failed["restarts"] == 3
+    human = corral.ok("svc", "status")
+    assert "crasher" in human and "failed" in human
+
+
+def test_restart_policies(corral: Corral) -> None:
+    """`never` leaves a finished service down; `on-failure` restarts only failures."""
+    corral.ok("svc", "load", "once", "--restart", "never", "--", PY, "-c", "pass")
+    down = corral.wait_state("once", "down")
+    assert down["last_exit"]["exit_code"] == 0 and "never" in down["reason"]
+    corral.ok("svc", "load", "okjob", "--restart", "on-failure", "--", PY, "-c", "pass")
+    assert corral.wait_state("okjob", "down")["restarts"] == 0
+    corral.ok("svc", "load", "badjob", "--restart", "on-failure", "--", PY, "-c",
+              "import os,time; p='/tmp/' + os.environ['CORRAL_SERVICE'] + str(os.getppid());"
+              "n=os.path.exists(p); open(p,'a').close(); time.sleep(0.1);"
+              "raise SystemExit(0 if n else 1)")
+    restarted = corral.wait_state("badjob", "down")
+    assert restarted["restarts"] == 1 and restarted["last_exit"]["exit_code"] == 0
+
+
+def test_stop_start_and_stop_results(corral: Corral) -> None:
+    """`svc stop` signals the whole group (grandchildren too); a process that ignores TERM
+    is killed after stop_timeout; the result is shown; `svc start` brings it back."""
+    code = ("import os,signal,subprocess,sys,time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+            "c=subprocess.Popen(['sleep','1000']); print('child', c.pid, flush=True);"
+            "time.sleep(1000)")
+    corral.ok("svc", "load", "stubborn", "--stop-timeout", "0.5s", "--", PY, "-c", code)
+    line = wait_for(lambda: [x for x in corral.log_lines("stubborn") if " child " in x],
+                    what="the grandchild's pid")[0]
+    grandchild = int(line.rsplit(" ", 1)[1])
+    parent = corral.status("stubborn")["pid"]
+    stopped = json.loads(corral.ok("svc", "status", "--json", "stubborn"))  # still up
+    assert stopped[0]["state"] == "up"
+    corral.ok("svc", "stop", "stubborn")
+    status = corral.status("stubborn")
+    assert status["state"] == "down" and status["desired"] == "down"
+    assert status["last_exit"]["stop"] == "killed"
+    assert not pid_alive(parent) and not pid_alive(grandchild)
+    corral.ok("svc", "load", "polite", "--", "sleep", "1000")
+    corral.ok("svc", "stop", "polite")
+    assert corral.status("polite")["last_exit"]["stop"] == "graceful"
+    corral.ok("svc", "start", "polite")
+    assert corral.status("polite")["state"] == "up"
+    first = corral.status("polite")["pid"]
+    corral.ok("svc", "restart", "polite")
+    assert corral.status("polite")["pid"] != first
+
+
+def test_load_again_updates_only_on_change(corral: Corral, tmp_path: Path) -> None:
+    """Loading the same spec again changes nothing; a changed spec restarts it."""
+    spec = tmp_path / "svc.yaml"
+    spec.write_text("name: app\ncommand: [sleep, '1000']\n")
+    corral.ok("svc", "load", "-f", str(spec))
+    pid = corral.status("app")["pid"]
+    assert "unchanged" in corral.ok("svc", "load", "-f", str(spec))
+    assert corral.status("app")["pid"] == pid
+    spec.write_text("name: app\ncommand: [sleep, '2000']\n")
+    assert "updated" in corral.ok("svc", "load", "-f", str(spec))
+    assert corral.status("app")["pid"] != pid
+    assert corral.status("app")["command"] == ["sleep", "2000"]
+
+
+def test_bad_input_is_one_line_and_changes_nothing(corral: Corral, tmp_path: Path) -> None:
+    """Invalid names, unknown services, bad signals, negative timeouts, bad YAML: one clear
+    line (or one line per problem), non-zero exit, no traceback, nothing changed."""
+    corral.ok("svc", "load", "keep", "--", "sleep", "1000")
+    before = (corral.state_dir / "target.yaml").read_bytes()
+    pid = corral.status("keep")["pid"]
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("name: x\ncommand: [sleep\n")
+    unknown_field = tmp_path / "unknown.yaml"
+    unknown_field.write_text("name: x\ncommand: [sleep, '1']\nrestrat: {policy: never}\n")
+    cases = [
+        ("svc", "load", "Bad_Name!", "--", "sleep", "1"),
+        ("svc", "stop", "nosuch"),
+        ("svc", "start", "nosuch"),
+        ("svc", "status", "nosuch"),
+        ("logs", "nosuch"),
+        ("svc", "load", "x", "--stop-signal", "SIGNOPE", "--", "sleep", "1"),
+        ("svc", "load", "x", "--stop-timeout", "-3s", "--", "sleep", "1"),
+        ("svc", "load", "-f", str(bad_yaml)),
+        ("svc", "load", "-f", str(unknown_field)),
+    ]
+    for args in cases:
+        result = corral.run(*args)
+        assert result.returncode != 0, args
+        assert "Traceback" not in result.stderr, args
+        assert result.stderr.startswith("corral: "), (args, result.stderr)
+        assert result.stdout == "", args
+    unknown = corral.run("svc", "load", "-f", str(unknown_field)).stderr
+    assert "unknown.yaml:3" in unknown and "restrat" in unknown
+    assert "bad.yaml:" in corral.run("svc", "load", "-f", str(bad_yaml)).stderr
+    assert (corral.state_dir / "target.yaml").read_bytes() == before
+    assert [s["name"] for s in corral.status()] == ["keep"]
+    assert corral.status("keep")["pid"] == pid
+
+
+def test_unload_stops_and_forgets(corral: Corral) -> None:
+    """`svc unload` stops the service's processes and removes it from the target."""
+    corral.ok("svc", "load", "temp", "--", "sleep", "1000")
+    pid = corral.status("temp")["pid"]
+    corral.ok("svc", "unload", "temp")
+    assert not pid_alive(pid)
+    assert corral.status() == []
+    assert "temp" not in (corral.state_dir / "target.yaml").read_text()

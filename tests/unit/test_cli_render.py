@@ -1,0 +1,114 @@
+"""Rendering of status tables, durations, notes and event lines (pure functions, no I/O)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from datetime import datetime
+
+import pytest
+
+from corral.cli import render
+from corral.cli.common import Context
+
+NOW = datetime.fromisoformat("2026-11-22T00:00:00Z").timestamp()
+
+SERVICES = [
+    {"name": "web", "state": "up", "desired": "up", "pid": 1234, "instances": 2, "restarts": 1,
+     "health": "ok", "uptime_s": 192.4, "reason": "spawned", "next_restart_at": None,
+     "last_exit": None,
+     "instance_list": [
+         {"index": 0, "state": "up", "pid": 1234, "restarts": 0, "uptime_s": 192.4,
+          "health": "ok", "reason": "spawned", "next_restart_at": None, "last_exit": None},
+         {"index": 1, "state": "backoff", "pid": None, "restarts": 1, "uptime_s": None,
+          "health": "unknown", "reason": "exited with code 1",
+          "next_restart_at": "2026-11-22T00:00:04Z",
+          "last_exit": {"exit_code": 1, "signal": None, "at": "x", "stop": None}}]},
+    {"name": "db", "state": "down", "desired": "down", "pid": None, "instances": 1,
+     "restarts": 0, "health": "unknown", "uptime_s": None, "reason": None,
+     "next_restart_at": None,
+     "last_exit": {"exit_code": None, "signal": 15, "at": "x", "stop": "graceful"},
+     "instance_list": []},
+]
+
+
+def test_status_table_without_colour() -> None:
+    """The table has a header, aligned columns, indented instance rows and no escapes."""
+    lines = render.service_table(SERVICES, NOW, colour=False)
+    assert lines == [
+        "NAME   STATE    DESIRED  PID   INST  RESTARTS  HEALTH   UPTIME  NOTE",
+        "web    up       up       1234  1/2   1         ok       3m12s   spawned",
+        "  [0]  up                1234        0         ok       3m12s   spawned",
+        "  [1]  backoff           -           1         unknown  -       restart in 4s: exited with code 1",
+        "db     down     down     -     1     0         unknown  -       killed by SIGTERM (graceful stop)",
+    ]
+    assert not any("\033" in line for line in lines)
+
+
+def test_status_table_with_colour_keeps_alignment() -> None:
+    """With colour on, states are painted and the columns still line up."""
+    lines = render.service_table(SERVICES, NOW, colour=True)
+    assert "\033[32mup\033[0m       up" in lines[1]
+    assert "\033[35mbackoff\033[0m" in lines[3]
+    assert "\033[2mdown\033[0m" in lines[4]
+    plain = [line.replace("\033[32m", "").replace("\033[35m", "").replace("\033[2m", "")
+             .replace("\033[0m", "") for line in lines]
+    assert plain == render.service_table(SERVICES, NOW, colour=False)
+
+
+def test_table_tolerates_missing_fields() -> None:
+    """A status object with unknown or missing fields renders dashes, not a KeyError."""
+    lines = render.service_table([{"name": "x"}], NOW, colour=False)
+    assert lines[1].split() == ["x", "-", "-", "-", "-", "-", "-", "-"]
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (None, "-"), (0.42, "0.4s"), (12.9, "12s"), (192, "3m12s"), (7500, "2h05m"),
+    (3 * 86400 + 4 * 3600 + 59, "3d04h"), (-3, "0.0s"),
+])
+def test_duration(seconds: float | None, text: str) -> None:
+    """Durations read like ``3m12s``."""
+    assert render.duration(seconds) == text
+
+
+def test_event_line() -> None:
+    """An event reads ``date time.ms service[i] kind from->to reason`` in UTC."""
+    event = {"seq": 17, "at": "2026-11-21T23:59:01.123456Z", "service": "web", "instance": 0,
+             "kind": "exit", "from": "up", "to": "backoff", "reason": "exited with code 1"}
+    assert render.event_line(event, colour=False) == (
+        "2026-11-21 23:59:01.123 web[0] exit up->backoff exited with code 1")
+    assert render.event_line({"at": "2026-11-21T23:59:01.5Z", "service": "db", "kind": "load",
+                              "instance": None}, colour=False) == "2026-11-21 23:59:01.5 db load"
+
+
+def test_supervisor_lines_are_aligned() -> None:
+    """``sup status`` lines share one label width."""
+    lines = render.supervisor_lines({"launcher_pid": 1, "supervisor_pid": 2, "state_dir": "/s",
+                                     "version": "0.1.0", "uptime_s": 5,
+                                     "services": {"total": 1, "up": 1}})
+    assert lines[0] == "launcher pid    1"
+    assert lines[-1] == "services        1 up / 1 total"
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream, no_color, term, expected", [
+    (io.StringIO(), None, "xterm", False),
+    (_Tty(), None, "xterm", True),
+    (_Tty(), "1", "xterm", False),
+    (_Tty(), "", "xterm", True),
+    (_Tty(), None, "dumb", False),
+])
+def test_colour_only_on_a_terminal_without_no_color(
+        monkeypatch: pytest.MonkeyPatch, stream: io.StringIO, no_color: str | None, term: str,
+        expected: bool) -> None:
+    """Colour is on only for a terminal, with NO_COLOR unset or empty and TERM not dumb."""
+    if no_color is None:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+    else:
+        monkeypatch.setenv("NO_COLOR", no_color)
+    monkeypatch.setenv("TERM", term)
+    assert Context(argparse.Namespace(), stdout=stream).colour is expected
