@@ -37,6 +37,7 @@ def call(message):
 
 
 call({"type": "Hello", "id": 1, "version": 1})
+(here / f"greeted{starts}").write_text("yes")
 spawn = here / "spawn"
 if starts == 1 and spawn.exists():
     reply = call({"type": "Spawn", "id": 2, "name": "svc/0", "argv": json.loads(spawn.read_text()),

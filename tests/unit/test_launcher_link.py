@@ -239,9 +239,6 @@ def test_oversized_reply_becomes_an_error(pair: tuple[socket.socket, Peer],
     assert not link.closed
 
 
-@pytest.mark.xfail(strict=True, reason="Link.send only catches FrameError: a reply that json "
-                   "cannot encode raises TypeError out of on_readable and the request is "
-                   "never answered")
 def test_unencodable_reply_becomes_an_error(pair: tuple[socket.socket, Peer]) -> None:
     """A handler bug that returns an unencodable reply still gets the request an Error reply."""
     link, peer = make_link(pair, lambda message: {"type": m.OK, "id": message["id"],
@@ -561,9 +558,6 @@ def test_spawn_then_list_and_signal(launcher: Launcher, tmp_path: Path,
     _forget_children(launcher)
 
 
-@pytest.mark.xfail(strict=True, reason="Launcher._spawn converts log.max_bytes/keep with int() "
-                   "after the child is started: a bad value raises ValueError out of "
-                   "handle_request and leaves a running child the launcher does not track")
 @pytest.mark.parametrize("log", [{"max_bytes": "lots"}, {"keep": "few"}, {"keep": None}])
 def test_spawn_with_bad_log_settings_starts_nothing(launcher: Launcher, tmp_path: Path,
                                                     spawned: list[Started],

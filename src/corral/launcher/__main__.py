@@ -31,12 +31,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     lock = take_lock(state_dir)
     sup_args: list[str] = []
+    first: list[str] = []
     if args.target:
-        sup_args += ["--target", os.path.abspath(args.target)]
+        first += ["--target", os.path.abspath(args.target)]
     if args.listen_http:
         sup_args += ["--listen-http", args.listen_http]
     try:
-        return Launcher(state_dir, sup_args).run()
+        return Launcher(state_dir, sup_args, first).run()
     finally:
         os.close(lock)
 

@@ -77,9 +77,13 @@ class SupervisorProc:
 class Launcher:
     """Runs until told to stop; :meth:`run` returns the launcher's exit code."""
 
-    def __init__(self, state_dir: Path, sup_args: list[str]) -> None:
+    def __init__(self, state_dir: Path, sup_args: list[str],
+                 first_sup_args: list[str] | None = None) -> None:
         self.state_dir = state_dir
         self.sup_args = sup_args
+        # Given to the first supervisor only (``--target``): later ones, after a crash or
+        # an upgrade, must rebuild from the state directory, not re-apply the file.
+        self.first_sup_args = first_sup_args or []
         self.sel = selectors.DefaultSelector()
         self.children: dict[int, Child] = {}
         self.spawns: Counter[str] = Counter()
@@ -172,7 +176,8 @@ class Launcher:
         """``CORRAL_SUP_BINARY`` (a path or a command line), else this Python's supervisor."""
         override = os.environ.get(m.ENV_SUP_BINARY)
         base = shlex.split(override) if override else [sys.executable, "-m", "corral.supervisor"]
-        return [*base, "--state-dir", str(self.state_dir), *self.sup_args]
+        first, self.first_sup_args = self.first_sup_args, []
+        return [*base, "--state-dir", str(self.state_dir), *self.sup_args, *first]
 
     def start_supervisor(self) -> None:
         if self.stopping or self.sup is not None:
@@ -292,21 +297,17 @@ class Launcher:
         rid = msg.get("id")
         if self.stopping:
             return m.error(rid, m.E_BAD_REQUEST, "the launcher is shutting down")
-        log = msg.get("log") or {}
+        log = msg.get("log")
         try:
             req = SpawnRequest.parse(msg)
-            path = log.get("path") if isinstance(log, dict) else None
-            if not isinstance(path, str) or not path:
-                raise SpawnError(m.E_BAD_REQUEST, "Spawn needs 'log': {'path': ...}")
+            path, max_bytes, keep, stamped = _log_settings(log)
             started = spawn(req, self.devnull)
         except SpawnError as exc:
             return m.error(rid, exc.code, exc.message)
         logfile = self.logs.get(path)
         if logfile is None:
-            logfile = self.logs[path] = LogFile(path, 10 * 1024 * 1024, 5)
-        logfile.max_bytes = int(log.get("max_bytes") or logfile.max_bytes)
-        logfile.keep = int(log.get("keep", logfile.keep))
-        stamped = log.get("format", "stamped") != "raw"
+            logfile = self.logs[path] = LogFile(path, max_bytes, keep)
+        logfile.max_bytes, logfile.keep = max_bytes, keep
         pid = started.proc.pid
         readers = [PipeReader(started.stdout, pid, b"O", logfile, stamped),
                    PipeReader(started.stderr, pid, b"E", logfile, stamped)]
@@ -461,6 +462,22 @@ class Launcher:
             for child in self.children.values():
                 _killpg(child.pid, signal.SIGKILL)
         self.call_later(FALLBACK_STOP_TIMEOUT, kill_rest)
+
+
+def _log_settings(log: Any) -> tuple[str, int, int, bool]:
+    """Check a Spawn's ``log`` object: (path, max_bytes, keep, stamped)."""
+    if not isinstance(log, dict) or not isinstance(log.get("path"), str) or not log["path"]:
+        raise SpawnError(m.E_BAD_REQUEST, "Spawn needs 'log': {'path': ...}")
+    max_bytes = log.get("max_bytes", 10 * 1024 * 1024)
+    keep = log.get("keep", 5)
+    fmt = log.get("format", "stamped")
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 4096:
+        raise SpawnError(m.E_BAD_REQUEST, "'log.max_bytes' must be an integer >= 4096")
+    if not isinstance(keep, int) or isinstance(keep, bool) or not 0 <= keep <= 1000:
+        raise SpawnError(m.E_BAD_REQUEST, "'log.keep' must be an integer 0..1000")
+    if fmt not in ("stamped", "raw"):
+        raise SpawnError(m.E_BAD_REQUEST, "'log.format' must be 'stamped' or 'raw'")
+    return log["path"], max_bytes, keep, fmt == "stamped"
 
 
 def _kill(pid: int, signum: int) -> None:

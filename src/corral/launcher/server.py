@@ -115,8 +115,9 @@ class Link:
             return
         try:
             self._out += framing.encode(message)
-        except framing.FrameError as exc:
-            self._out += framing.encode(m.error(message.get("id"), m.E_BAD_REQUEST, str(exc)))
+        except (framing.FrameError, TypeError, ValueError) as exc:
+            self._out += framing.encode(m.error(message.get("id"), m.E_BAD_REQUEST,
+                                                f"cannot encode the reply: {exc}"))
 
     def flush(self) -> None:
         """Send as much of the queued output as the socket takes now."""

@@ -67,19 +67,24 @@ class Supervisor:
 
     # ------------------------------------------------------------------ start up
     def load_state(self, target_file: Path | None = None) -> None:
-        """Read ``target.yaml`` and ``desired.json`` (and ``--target`` on first start)."""
+        """Read ``target.yaml`` and ``desired.json``; ``target_file`` (``sup run --target``)
+        replaces the stored target when given."""
         path = self.state_dir / "target.yaml"
-        if path.exists():
+        if target_file is not None:
+            try:
+                text = target_file.read_text()
+            except OSError as exc:
+                raise SpecError(f"cannot read target {target_file}: {exc.strerror}") from None
+            target = load_target(text, str(target_file))
+        elif path.exists():
             target = load_target(path.read_text(), str(path))
-        elif target_file is not None:
-            target = load_target(target_file.read_text(), str(target_file))
         else:
             target = Target()
         down = set(statefile.read_json(self.state_dir / "desired.json", {}).get("down", []))
         for spec in target.processes:
             desired = Desired.DOWN if spec.name in down else Desired.UP
             self.services[spec.name] = Service(spec=spec, desired=desired)
-        if not path.exists() and target.processes:
+        if target_file is not None:
             self.save()
 
     async def attach(self, launcher: LauncherClient) -> None:
