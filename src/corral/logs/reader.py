@@ -3,7 +3,7 @@
 The launcher appends to ``<service>.log`` and rotates it to ``.1`` ... ``.keep``.  A
 tail reads backwards from the current file into older ones until it has ``n`` lines.
 A follower polls the file's size (the launcher is another process, so there is no event
-to wait on without inotify; 0.2 s is well under a person's notice) and notices rotation
+to wait on without inotify; 0.1 s is well under a person's notice) and notices rotation
 by the inode changing: it then finishes the renamed file before switching.
 """
 
@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-FOLLOW_INTERVAL = 0.2
+FOLLOW_INTERVAL = 0.1
 _BLOCK = 64 * 1024
 
 
@@ -52,6 +52,26 @@ def tail(path: Path, n: int, keep: int = 20) -> list[str]:
     return [line.decode(errors="replace") for line in lines[-n:]]
 
 
+def _newer_rotations(path: Path, inode: int, limit: int = 1000) -> list[bytes]:
+    """Contents of the rotated files newer than the one with ``inode``, oldest first."""
+    newer: list[Path] = []
+    for index in range(1, limit):
+        rotated = path.with_name(f"{path.name}.{index}")
+        try:
+            if os.stat(rotated).st_ino == inode:
+                break
+        except FileNotFoundError:
+            return []  # ours is gone already: nothing reliable to add
+        newer.append(rotated)
+    contents = []
+    for rotated in reversed(newer):
+        try:
+            contents.append(rotated.read_bytes())
+        except FileNotFoundError:
+            pass
+    return contents
+
+
 async def follow(path: Path, n: int) -> AsyncIterator[str]:
     """Yield the last ``n`` lines, then every new line as it is written, forever."""
     for line in tail(path, n):
@@ -80,7 +100,18 @@ async def follow(path: Path, n: int) -> AsyncIterator[str]:
                 current = -1
             if current != inode and current != -1:
                 if handle is not None:
-                    handle.close()  # the old file was fully read above
+                    # Lines written between our last read and the rotation are still
+                    # in the renamed file: finish it before switching.
+                    rest = handle.read()
+                    handle.close()
+                    # Several rotations may have happened since the last look: the
+                    # files between ours and the new one hold lines too.
+                    for between in _newer_rotations(path, inode):
+                        rest += between
+                    if rest:
+                        *complete, carry = (carry + rest).split(b"\n")
+                        for raw in complete:
+                            yield raw.decode(errors="replace")
                 handle = path.open("rb")
                 inode = current
                 continue
