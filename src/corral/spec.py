@@ -756,3 +756,27 @@ def _path(loc: Loc) -> str:
             continue
         out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
     return out
+
+
+# Fields the format accepts (it is shared with later versions) but that this version does
+# not act on yet.  Refusing them is honest: a health check that never runs would be worse
+# than an error.
+_NOT_YET = ("health", "watchdog", "limits", "resources", "before", "receives", "depends_on")
+
+
+def check_supported(target: Target, source: str) -> None:
+    """Raise :class:`SpecError` naming anything in ``target`` this version cannot honour yet."""
+    problems = []
+    for spec in target.processes:
+        given = spec.to_dict()
+        problems += [f"{source}: {spec.name}.{key}: not supported by this version of corral yet"
+                     for key in _NOT_YET if key in given]
+        if spec.readiness != "started":
+            problems.append(f"{source}: {spec.name}.readiness: only 'started' is supported yet")
+    if target.services:
+        problems.append(f"{source}: services: the load balancer is not supported by this "
+                        "version of corral yet")
+    if problems:
+        raise SpecError(problems[0] if len(problems) == 1
+                        else f"{len(problems)} problems in {source}:\n" + "\n".join(problems),
+                        problems)

@@ -154,9 +154,17 @@ def test_sup_run_execs_the_launcher(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
     monkeypatch.setattr(os, "execv", fake_execv)
     monkeypatch.setenv("CORRAL_HOME", str(tmp_path))
-    assert cli("sup", "run", "--target", "t.yaml", "--listen-http", "0.0.0.0:9631")[0] == 0
+    target = tmp_path / "t.yaml"
+    target.write_text("processes: [{name: a, command: [sleep, '1']}]\n")
+    assert cli("sup", "run", "--target", str(target))[0] == 0
     assert calls == [[sys.executable, "-m", "corral.launcher", "--state-dir", str(tmp_path),
-                      "--target", "t.yaml", "--listen-http", "0.0.0.0:9631"]]
+                      "--target", str(target)]]
+
+
+def test_sup_run_refuses_what_is_not_built(tmp_path: Path) -> None:
+    """Remote access is not built yet: `--listen-http` is refused rather than ignored."""
+    code, _, err = cli("sup", "run", "--state-dir", str(tmp_path), "--listen-http", ":9631")
+    assert code == 1 and "--listen-http" in err
 
 
 def test_sup_run_exec_failure_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

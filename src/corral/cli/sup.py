@@ -90,14 +90,14 @@ def launcher_argv(args: argparse.Namespace, ctx: Context) -> list[str]:
 def check_target(path: str) -> None:
     """Raise :class:`CliError` naming every problem of the target file at ``path``."""
     from corral.errors import SpecError  # only `sup run --target` pays for pydantic
-    from corral.spec import load_target
+    from corral.spec import check_supported, load_target
     try:
         with open(path) as f:
             text = f.read()
     except OSError as exc:
         raise CliError(f"cannot read target {path}: {exc.strerror}") from None
     try:
-        load_target(text, path)
+        check_supported(load_target(text, path), path)
     except SpecError as exc:
         raise CliError(exc.message.splitlines()[0], exc.problems) from None
 
@@ -108,6 +108,9 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     A ``--target`` file is validated here first, so a bad file is one clear error and
     nothing starts (rather than a supervisor that keeps failing to load it).
     """
+    if args.listen_http:
+        raise CliError("remote access (--listen-http, TLS and tokens) is not built in this "
+                       "version yet; use the local socket")
     if args.target:
         check_target(args.target)
     argv = launcher_argv(args, ctx)

@@ -25,7 +25,7 @@ from typing import Any
 from corral.errors import Conflict, CorralError, NotFound, SpawnFailed, SpecError
 from corral.protocol import messages as m
 from corral.protocol import paths
-from corral.spec import ProcessSpec, Target, load_target, validate_target
+from corral.spec import ProcessSpec, Target, check_supported, load_target, validate_target
 from corral.states import Desired, HealthState, ServiceState
 
 from . import machine, policy, reconcile, statefile
@@ -80,6 +80,7 @@ class Supervisor:
             target = load_target(path.read_text(), str(path))
         else:
             target = Target()
+        check_supported(target, str(target_file or path))
         down = set(statefile.read_json(self.state_dir / "desired.json", {}).get("down", []))
         for spec in target.processes:
             desired = Desired.DOWN if spec.name in down else Desired.UP
@@ -363,6 +364,7 @@ class Supervisor:
         Error handling: a new service whose first spawn fails (missing binary, unknown
         user) is removed again and :class:`SpawnFailed` is raised: nothing changed.
         """
+        check_supported(Target(processes=[spec]), spec.name)
         self._check_dependencies(spec)
         existing = self.services.get(spec.name)
         if existing is not None:
