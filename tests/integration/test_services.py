@@ -181,3 +181,45 @@ def test_unload_stops_and_forgets(corral: Corral) -> None:
     assert not pid_alive(pid)
     assert corral.status() == []
     assert "temp" not in (corral.state_dir / "target.yaml").read_text()
+
+
+def test_scale_keeps_the_instances_that_stay(corral: Corral) -> None:
+    """`svc scale` adds or removes instances without touching the ones that stay; each
+    instance has CORRAL_INSTANCE in its env."""
+    corral.ok("svc", "load", "pool", "--instances", "2", "--", PY, "-u", "-c",
+              "import os,time; print('instance', os.environ['CORRAL_INSTANCE']); time.sleep(1000)")
+    wait_for(lambda: corral.status("pool")["running"] == 2, what="two instances")
+    before = {i["index"]: i["pid"] for i in corral.status("pool")["instance_list"]}
+    corral.ok("svc", "scale", "pool", "3")
+    status = wait_for(lambda: (s := corral.status("pool"))["running"] == 3 and s,
+                      what="three instances")
+    after = {i["index"]: i["pid"] for i in status["instance_list"]}
+    assert after[0] == before[0] and after[1] == before[1]
+    corral.ok("svc", "scale", "pool", "1")
+    status = wait_for(lambda: (s := corral.status("pool"))["running"] == 1 and s,
+                      what="one instance")
+    assert status["instance_list"][0]["pid"] == before[0]
+    assert not pid_alive(before[1]) and not pid_alive(after[2])
+    texts = {line.split(" ", 3)[3] for line in corral.log_lines("pool")}
+    assert {"instance 0", "instance 1", "instance 2"} <= texts
+
+
+def test_events_follow_streams_new_events(corral: Corral) -> None:
+    """`corral events -f` prints events as they happen."""
+    import subprocess
+    import sys
+    follower = subprocess.Popen([sys.executable, "-m", "corral", "events", "-f", "--json"],
+                                stdout=subprocess.PIPE, text=True, env=corral.env)
+    try:
+        corral.ok("svc", "load", "watched", "--", "sleep", "1000")
+        assert follower.stdout is not None
+        for line in follower.stdout:
+            event = json.loads(line)
+            if event["service"] == "watched" and event["kind"] == "spawn":
+                assert event["pid"] == corral.status("watched")["pid"]
+                break
+    finally:
+        follower.terminate()
+        follower.wait(10)
+        if follower.stdout is not None:
+            follower.stdout.close()

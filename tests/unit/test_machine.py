@@ -1,0 +1,98 @@
+"""Tests of the instance state machine (corral.supervisor.machine), one case per table cell.
+
+The expectation table below is written out by hand, not derived from ``machine.TABLE``, so
+that any change to the lifecycle shows up as a failing cell here.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from corral.states import ServiceState as S
+from corral.supervisor.machine import Action, Event, step
+
+A, E = Action, Event  # short names keep the table below readable
+
+# Every (state, event) pair that changes something.  Any pair not listed must leave the
+# state as it is and ask for no action.
+EXPECTED: dict[tuple[S, E], tuple[S, tuple[A, ...]]] = {
+    # down: only a start does anything
+    (S.DOWN, E.START): (S.STARTING, (A.SPAWN,)),
+    # starting
+    (S.STARTING, E.STOP): (S.STOPPING, (A.TERMINATE,)),
+    (S.STARTING, E.READY): (S.UP, ()),
+    (S.STARTING, E.EXIT_RESTART): (S.STARTING, (A.SPAWN,)),
+    (S.STARTING, E.EXIT_BACKOFF): (S.BACKOFF, (A.SCHEDULE,)),
+    (S.STARTING, E.EXIT_DOWN): (S.DOWN, ()),
+    (S.STARTING, E.EXIT_GIVE_UP): (S.FAILED, ()),
+    # up
+    (S.UP, E.STOP): (S.STOPPING, (A.TERMINATE,)),
+    (S.UP, E.UNHEALTHY): (S.UNHEALTHY, ()),
+    (S.UP, E.EXIT_RESTART): (S.STARTING, (A.SPAWN,)),
+    (S.UP, E.EXIT_BACKOFF): (S.BACKOFF, (A.SCHEDULE,)),
+    (S.UP, E.EXIT_DOWN): (S.DOWN, ()),
+    (S.UP, E.EXIT_GIVE_UP): (S.FAILED, ()),
+    # unhealthy
+    (S.UNHEALTHY, E.STOP): (S.STOPPING, (A.TERMINATE,)),
+    (S.UNHEALTHY, E.HEALTHY): (S.UP, ()),
+    (S.UNHEALTHY, E.EXIT_RESTART): (S.STARTING, (A.SPAWN,)),
+    (S.UNHEALTHY, E.EXIT_BACKOFF): (S.BACKOFF, (A.SCHEDULE,)),
+    (S.UNHEALTHY, E.EXIT_DOWN): (S.DOWN, ()),
+    (S.UNHEALTHY, E.EXIT_GIVE_UP): (S.FAILED, ()),
+    # stopping: only the end of the Terminate moves it on
+    (S.STOPPING, E.STOPPED): (S.DOWN, ()),
+    # backoff
+    (S.BACKOFF, E.TIMER): (S.STARTING, (A.SPAWN,)),
+    (S.BACKOFF, E.STOP): (S.DOWN, (A.CANCEL,)),
+    (S.BACKOFF, E.START): (S.STARTING, (A.CANCEL, A.SPAWN)),
+    # failed: stays down until a user starts (or stops) it
+    (S.FAILED, E.START): (S.STARTING, (A.SPAWN,)),
+    (S.FAILED, E.STOP): (S.DOWN, ()),
+}
+
+ALL_PAIRS = list(itertools.product(S, E))
+
+
+@pytest.mark.parametrize(("state", "event"), ALL_PAIRS, ids=[f"{s}-{e}" for s, e in ALL_PAIRS])
+def test_every_cell(state: S, event: E) -> None:
+    """Each (state, event) pair leads to the documented state and actions, or changes nothing."""
+    assert step(state, event) == EXPECTED.get((state, event), (state, ()))
+
+
+def test_expectations_cover_real_states_and_events() -> None:
+    """The hand-written table names only real states and events (no typo hides a cell)."""
+    assert set(EXPECTED) <= set(ALL_PAIRS)
+
+
+@pytest.mark.parametrize("state", [S.STARTING, S.UP, S.UNHEALTHY])
+def test_late_events_after_a_stop_are_ignored(state: S) -> None:
+    """Once stopping, a late ready, health or exit event neither restarts nor moves it."""
+    stopping, actions = step(state, E.STOP)
+    assert (stopping, actions) == (S.STOPPING, (A.TERMINATE,))
+    for late in (E.READY, E.HEALTHY, E.UNHEALTHY, E.EXIT_RESTART, E.EXIT_BACKOFF, E.TIMER,
+                 E.START):
+        assert step(stopping, late) == (S.STOPPING, ())
+    assert step(stopping, E.STOPPED) == (S.DOWN, ())
+
+
+def test_crash_loop_walk() -> None:
+    """A start, a crash with backoff, the timer, readiness and a stop walk the expected path."""
+    state = S.DOWN
+    trail = []
+    for event in (E.START, E.SPAWNED, E.EXIT_BACKOFF, E.TIMER, E.READY, E.UNHEALTHY,
+                  E.HEALTHY, E.STOP, E.STOPPED):
+        state, actions = step(state, event)
+        trail.append((state, actions))
+    assert trail == [
+        (S.STARTING, (A.SPAWN,)),
+        (S.STARTING, ()),
+        (S.BACKOFF, (A.SCHEDULE,)),
+        (S.STARTING, (A.SPAWN,)),
+        (S.UP, ()),
+        (S.UNHEALTHY, ()),
+        (S.UP, ()),
+        (S.STOPPING, (A.TERMINATE,)),
+        (S.DOWN, ()),
+    ]
