@@ -558,11 +558,12 @@ def test_spawn_then_list_and_signal(launcher: Launcher, tmp_path: Path,
     _forget_children(launcher)
 
 
-@pytest.mark.parametrize("log", [{"max_bytes": "lots"}, {"keep": "few"}, {"keep": None}])
+@pytest.mark.parametrize("log", [{"max_bytes": "lots"}, {"keep": "few"}, {"keep": None},
+                                 {"keep": -1}, {"max_bytes": True}, {"format": "json"}])
 def test_spawn_with_bad_log_settings_starts_nothing(launcher: Launcher, tmp_path: Path,
                                                     spawned: list[Started],
                                                     log: dict[str, Any]) -> None:
-    """A Spawn whose log size or keep count is not a number is refused before any child runs."""
+    """A Spawn with an invalid log size, keep count or format is refused before any child runs."""
     request = spawn_request(tmp_path, log={"path": str(tmp_path / "web.log"), **log})
     try:
         reply = launcher.handle_request(request)

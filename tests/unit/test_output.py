@@ -239,9 +239,6 @@ def test_many_short_lines_and_one_100k_line_keep_every_byte_in_order(
     assert got == [*before, long_line[:MAX_LINE], long_line[MAX_LINE:], *after]
 
 
-@pytest.mark.xfail(strict=True, reason="PipeReader._write_long passes 3 iovecs per record to "
-                   "LogFile.write, whose single os.writev fails with EINVAL past IOV_MAX (1024): "
-                   "a chunk with a long line and more than ~340 lines is dropped entirely")
 def test_thousands_of_short_lines_and_one_100k_line_keep_every_byte_in_order(
         pipe: Pipe, log_path: Path) -> None:
     """A chunk of thousands of short lines around one 100 KiB line is logged in full."""
@@ -277,9 +274,6 @@ def test_line_of_exactly_64k_in_two_reads_is_one_record(pipe: Pipe, log_path: Pa
     assert texts(log_path) == [line, b"next"]
 
 
-@pytest.mark.xfail(strict=True, reason="PipeReader._stamp writes a >64 KiB partial line out "
-                   "whole (remainder included) when the chunk has no newline, so the newline "
-                   "that arrives next ends an empty line and a phantom empty record is logged")
 def test_long_line_whose_newline_comes_later_adds_no_empty_record(
         pipe: Pipe, log_path: Path) -> None:
     """A 70 KiB line whose newline arrives in the next read logs no extra empty record."""
@@ -397,8 +391,6 @@ def test_failed_write_is_reported_once_and_retried(tmp_path: Path,
     assert (blocker / "web.log").read_bytes() == b"kept\n"
 
 
-@pytest.mark.xfail(strict=True, reason="LogFile._open calls os.makedirs(os.path.dirname(path)), "
-                   "which raises for a bare file name (dirname ''), so every write is dropped")
 def test_log_path_without_directory_is_written(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A log path given as a bare file name is written in the current directory."""

@@ -32,6 +32,10 @@ MAX_LINE = 64 * 1024
 # Every window of this many bytes must hold a newline for all lines to be <= MAX_LINE.
 _WINDOW = MAX_LINE // 2
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+try:
+    IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))
+except (ValueError, OSError):
+    IOV_MAX = 1024
 
 _second_cache: tuple[int, bytes] = (-1, b"")
 
@@ -72,7 +76,7 @@ class LogFile:
         self._failing = False
 
     def _open(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                            0o640)
         self._size = os.fstat(self._fd).st_size
@@ -91,6 +95,8 @@ class LogFile:
         total = sum(len(p) for p in pieces)
         if total == 0:
             return
+        if len(pieces) > IOV_MAX:  # writev refuses more pieces than that (EINVAL)
+            pieces = [b"".join(pieces)]
         try:
             if self._fd < 0:
                 self._open()
@@ -195,8 +201,10 @@ class PipeReader:
         if last < 0:
             self._carry = data
             if len(data) > MAX_LINE:
-                self._carry = b""
-                self._write_long([data])
+                # Write whole 64 KiB records; hold the rest (at least one byte) for later.
+                cut = len(data) - (len(data) % MAX_LINE or MAX_LINE)
+                self._carry = data[cut:]
+                self._write_long([data[:cut]])
             return
         self._carry = data[last + 1:]
         body = data[:last]
@@ -207,7 +215,7 @@ class PipeReader:
             self.log.write([prefix, body.replace(b"\n", b"\n" + prefix), b"\n"])
             self._remember(body[-MAX_LINE:])
         if len(self._carry) > MAX_LINE:
-            keep = len(self._carry) % MAX_LINE
+            keep = len(self._carry) % MAX_LINE or MAX_LINE
             cut = len(self._carry) - keep
             head, self._carry = self._carry[:cut], self._carry[cut:]
             self._write_long([head])

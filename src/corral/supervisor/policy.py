@@ -101,6 +101,6 @@ def decide_spawn_failure(spec: RestartSpec, streak: Streak, why: str,
         return Decision(Verdict.GIVE_UP, 0.0, f"cannot start: {why}; gave up",
                         Streak(deaths, streak.last_delay))
     previous = max(streak.last_delay, spec.backoff_min, 0.1)
-    delay = min(spec.backoff_max, uniform(max(spec.backoff_min, 0.1), previous * 3))
+    delay = max(0.1, min(spec.backoff_max, uniform(max(spec.backoff_min, 0.1), previous * 3)))
     return Decision(Verdict.RESTART_LATER, delay,
                     f"cannot start: {why}; retrying in {delay:.1f}s", Streak(deaths, delay))
