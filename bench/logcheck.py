@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.writer import lines
+from bench.writer import LINE_BYTES, build, lines
 
 BLOCK = 8 * 1024 * 1024
 _TS = rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
@@ -85,11 +85,19 @@ _CACHE: dict[int, bytes] = {}
 def _expected(total: int) -> bytes:
     if total not in _CACHE:
         _CACHE.clear()
-        out = bytearray()
-        for start in range(0, total, 100_000):
-            out += lines(start, min(100_000, total - start))
-        _CACHE[total] = bytes(out)
+        _CACHE[total] = bytes(build(total))
     return _CACHE[total]
+
+
+def data_file(directory: Path, total: int) -> Path:
+    """The writer's input (lines 0..total-1), written once per line count."""
+    path = directory / f"lines-{total}.bin"
+    if not path.exists() or path.stat().st_size != total * LINE_BYTES:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(_expected(total))
+        tmp.replace(path)
+    return path
 
 
 def _count_damage(

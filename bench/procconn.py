@@ -46,11 +46,12 @@ _RCVBUF = 32 * 1024 * 1024
 class ProcEvent:
     """One process event. ``argv`` is read from /proc at exec time (empty if gone)."""
 
-    kind: str  # "exec" | "exit"
+    kind: str  # "exec" | "exit" | "fork" (pid = the child)
     pid: int
     ts_ns: int
     argv: tuple[str, ...] = ()
     exit_code: int = 0  # raw wait status for "exit"
+    ppid: int = 0  # parent for "fork"
 
 
 EventFilter = Callable[[ProcEvent], bool]
@@ -177,7 +178,11 @@ class ProcListener:
             length = _NLMSG_HDR.unpack_from(data, off)[0]
             what, _cpu, ts = _EV_HDR.unpack_from(data, off + _EV_OFFSET)
             body = off + _EV_OFFSET + _EV_HDR.size
-            if what == PROC_EVENT_EXEC:
+            if what == PROC_EVENT_FORK:
+                _ppid, ptgid, cpid, ctgid = struct.unpack_from("=iiii", data, body)
+                if cpid == ctgid:
+                    yield ProcEvent("fork", ctgid, ts, ppid=ptgid)
+            elif what == PROC_EVENT_EXEC:
                 pid, tgid = struct.unpack_from("=ii", data, body)
                 if pid == tgid:
                     yield ProcEvent("exec", tgid, ts, read_argv(tgid))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import threading
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -44,6 +46,28 @@ class Results:
             self.not_measured.append((workload, peer, " ".join(reason.split())[:400]))
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("_lock", None)
-        return d
+        with self._lock:
+            return {f.name: _plain(getattr(self, f.name))
+                    for f in fields(self) if not f.name.startswith("_")}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Results:
+        res = cls(**{k: v for k, v in d.items() if k != "tables"})
+        res.not_measured = [tuple(x) for x in res.not_measured]  # type: ignore[misc]
+        res.tables = {k: Table(**t) for k, t in d.get("tables", {}).items()}
+        return res
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Table):
+        return asdict(v)
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    return v
+
+
+def say(msg: str) -> None:
+    """Progress line on stderr."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)

@@ -1,10 +1,11 @@
 """Log workload writer: run as a service under each supervisor (stdlib only).
 
-``python writer.py LINES READY_FILE`` pre-builds LINES numbered 100-byte lines, writes
-its pid to READY_FILE, waits for SIGUSR1 (the go signal), writes everything to stdout
-in 64 KiB writes, then stays alive so that nobody restarts it.
+``python writer.py DATA_FILE READY_FILE`` reads the pre-built stream of numbered 100-byte
+lines (made once per run by :func:`build`) into memory, writes its pid to READY_FILE,
+waits for SIGUSR1 (the go signal), writes everything to stdout in 64 KiB writes, then
+stays alive so that nobody restarts it.
 
-The checker imports :func:`lines` to rebuild the expected stream.
+The checker uses :func:`lines` / :func:`build` to know the expected stream.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ def build(total: int, block: int = 100_000) -> bytearray:
 
 
 def main() -> None:
-    total, ready = int(sys.argv[1]), sys.argv[2]
+    source, ready = sys.argv[1], sys.argv[2]
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-    data = memoryview(build(total))
+    with open(source, "rb") as f:
+        data = memoryview(f.read())
     tmp = ready + ".tmp"
     with open(tmp, "w") as f:
         f.write(str(os.getpid()))

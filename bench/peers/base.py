@@ -48,6 +48,8 @@ class Peer(ABC):
     name: ClassVar[str]
     #: minimum life of a child before it is killed (s6/runit throttle younger ones)
     restart_min_wait: ClassVar[float] = 0.3
+    #: exit codes of the status command that are an answer (supervisorctl: 3 = not all up)
+    status_ok_rc: ClassVar[frozenset[int]] = frozenset({0})
 
     def __init__(self, scratch: Path, tag: str) -> None:
         self.scratch = scratch

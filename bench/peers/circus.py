@@ -36,7 +36,6 @@ class Circus(Peer):
 check_delay = {self.check_delay:g}
 endpoint = {self._endpoint()}
 pubsub_endpoint = ipc://{r}/pubsub
-stats_endpoint = ipc://{r}/stats
 loglevel = warning
 """
         for s in services:

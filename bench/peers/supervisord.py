@@ -15,6 +15,7 @@ VERSION = "4.3.0"
 class Supervisord(Peer):
     name = "supervisord"
     bin: ClassVar[Path]
+    status_ok_rc = frozenset({0, 3})
 
     @classmethod
     def install(cls, scratch: Path) -> str:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.logcheck import check
+from bench.logcheck import check, data_file
 from bench.peers.base import Peer, PeerUnavailableError, Service
 from bench.results import Results
 from bench.writer import LINE_BYTES
@@ -28,8 +28,8 @@ COLUMNS = ["peer", "format", "seconds", "MB/s", "writer bytes", "file bytes", "i
            "lost", "duplicated", "reordered", "corrupt", "bad prefix"]
 
 
-def writer_service(lines: int, ready: Path) -> Service:
-    return Service("w0", (sys.executable, WRITER, str(lines), str(ready)), capture=True)
+def writer_service(data: Path, ready: Path) -> Service:
+    return Service("w0", (sys.executable, WRITER, str(data), str(ready)), capture=True)
 
 
 def wait_ready(ready: Path, timeout: float, alive: Callable[[], bool]) -> int:
@@ -69,7 +69,7 @@ def wait_size(files: Callable[[], list[Path]], want: int, timeout: float) -> flo
 def measure(peer: Peer, lines: int, fmt: str, results: Results) -> None:
     """One log run on ``peer``; adds a row or a "not measured"."""
     ready = peer.root / "ready"
-    svc = writer_service(lines, ready)
+    svc = writer_service(data_file(peer.scratch, lines), ready)
     try:
         peer.prepare([svc])
         peer.start()
@@ -96,16 +96,17 @@ def measure(peer: Peer, lines: int, fmt: str, results: Results) -> None:
     _row(results, peer.label, fmt, t1 - t0, lines, res)
 
 
-def baseline(root: Path, lines: int, results: Results) -> None:
+def baseline(scratch: Path, lines: int, results: Results) -> None:
     """``writer > file``: the physical limit of this machine."""
+    root = scratch / "runs" / "baseline"
     root.mkdir(parents=True, exist_ok=True)
     out, ready = root / "baseline.log", root / "ready"
     for p in (out, ready):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
     with open(out, "wb") as f:
-        proc = subprocess.Popen([sys.executable, WRITER, str(lines), str(ready)], stdout=f,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, WRITER, str(data_file(scratch, lines)),
+                                 str(ready)], stdout=f, stdin=subprocess.DEVNULL)
     try:
         pid = wait_ready(ready, 120, lambda: proc.poll() is None)
         os.sync()

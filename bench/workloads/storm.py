@@ -49,14 +49,14 @@ def run(make: Callable[[], Peer], seconds: float, listener: ProcListener,
                 time.sleep(max(0.0, next_at - now))
                 next_at += STATUS_EVERY_S
                 try:
-                    dt, rc, _ = peer.status(timeout=10)
+                    dt, rc, _ = peer.status(timeout=max(1.0, end + 1.0 - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     failures += 1
                     continue
                 times.append(dt * 1000)
-                failures += rc != 0
+                failures += rc not in peer.status_ok_rc
             cpu, elapsed = window.percent(peer.own_pids())
-            restarts = len(sub.drain())
+            restarts = len({e.pid for e in sub.drain()})
             if not peer.alive():
                 raise PeerUnavailableError("supervisor died during the storm: "
                                            + peer.supervisor_output())
@@ -67,7 +67,7 @@ def run(make: Callable[[], Peer], seconds: float, listener: ProcListener,
         results.fail("storm", peer.label, f"{type(e).__name__}: {e}")
         return
     finally:
-        peer.stop(timeout=60)
+        peer.cleanup()
     results.add_row("storm", {
         "peer": peer.label, "seconds": round(elapsed, 1), "restarts/s": round(restarts / elapsed),
         "supervisor CPU %": round(cpu, 1), "status p50 ms": round(median(times), 1),

@@ -1,0 +1,63 @@
+"""``python -m bench all [--quick] [--only W,...] [--peers P,...]`` (run from the repo root).
+
+Installs or finds the peers under /tmp/corral-bench (supervisor and circus in their own
+venvs, pm2 from npm, s6 and runit from apt, corral from this tree in a venv), runs the
+workloads on each and writes docs/benchmarks.md. Needs root (proc connector, apt-get).
+Not part of CI. ``--quick`` is meant to finish in under 5 minutes once the peers are
+installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench import report
+from bench.peers import PEERS
+from bench.runner import WORKLOADS, Options, Runner, save_json, say
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _csv(choices: list[str]) -> object:
+    def parse(text: str) -> list[str]:
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        bad = [x for x in items if x not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"unknown: {', '.join(bad)} (choose from {', '.join(choices)})")
+        return items
+    return parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    ap.add_argument("command", choices=["all"], help="run the workloads and write the report")
+    ap.add_argument("--quick", action="store_true", help="fewer samples, N up to 1,000")
+    ap.add_argument("--only", type=_csv(WORKLOADS), default=list(WORKLOADS),
+                    help=f"workloads, comma-separated ({','.join(WORKLOADS)})")
+    ap.add_argument("--peers", type=_csv(list(PEERS)), default=list(PEERS),
+                    help=f"supervisors, comma-separated ({','.join(PEERS)})")
+    ap.add_argument("--scratch", type=Path, default=Path("/tmp/corral-bench"),
+                    help="where peers are installed and run")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: needs root (netlink proc connector, apt-get)", file=sys.stderr)
+        return 2
+    opts = Options(quick=args.quick, only=args.only, peers=args.peers, scratch=args.scratch,
+                   seed=args.seed)
+    results = Runner(opts).run()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    save_json(results, ROOT / "bench" / "results" / f"{stamp}.json")
+    report.write(results, args.out)
+    say(f"wrote {args.out} (total {results.options.get('total seconds')} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
