@@ -10,19 +10,22 @@ installed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import report
 from bench.peers import PEERS
-from bench.runner import WORKLOADS, Options, Runner, save_json, say
+from bench.results import Results, say
+from bench.runner import WORKLOADS, Options, Runner, save_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _csv(choices: list[str]) -> object:
+def _csv(choices: list[str]) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         items = [x.strip() for x in text.split(",") if x.strip()]
         bad = [x for x in items if x not in choices]
@@ -35,7 +38,10 @@ def _csv(choices: list[str]) -> object:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    ap.add_argument("command", choices=["all"], help="run the workloads and write the report")
+    ap.add_argument("command", choices=["all", "report"],
+                    help="all: run the workloads and write the report; "
+                         "report: re-render it from a saved results JSON")
+    ap.add_argument("results", nargs="?", type=Path, help="for `report`: bench/results/*.json")
     ap.add_argument("--quick", action="store_true", help="fewer samples, N up to 1,000")
     ap.add_argument("--only", type=_csv(WORKLOADS), default=list(WORKLOADS),
                     help=f"workloads, comma-separated ({','.join(WORKLOADS)})")
@@ -46,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.command == "report":
+        if args.results is None:
+            ap.error("report needs a results JSON file")
+        res = Results.from_json(json.loads(args.results.read_text()))
+        report.write(res, args.out)
+        say(f"wrote {args.out}")
+        return 0
     if os.geteuid() != 0:
         print("bench: needs root (netlink proc connector, apt-get)", file=sys.stderr)
         return 2

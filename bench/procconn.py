@@ -111,7 +111,7 @@ class ProcListener:
         self._sock.bind((0, CN_IDX_PROC))
         self._subs: list[Subscription] = []
         self._lock = threading.Lock()
-        self._stop = False
+        self._stop = threading.Event()
         self.overflows = 0
         self.events_seen = 0
         self._thread = threading.Thread(target=self._run, name="procconn", daemon=True)
@@ -125,9 +125,9 @@ class ProcListener:
         self.close()
 
     def close(self) -> None:
-        if self._stop:
+        if self._stop.is_set():
             return
-        self._stop = True
+        self._stop.set()
         with contextlib.suppress(OSError):
             self._control(PROC_CN_MCAST_IGNORE)
         with contextlib.suppress(OSError):
@@ -153,7 +153,7 @@ class ProcListener:
 
     def _run(self) -> None:
         self._sock.settimeout(0.2)
-        while not self._stop:
+        while not self._stop.is_set():
             try:
                 data = self._sock.recv(65536)
             except TimeoutError:
@@ -162,7 +162,7 @@ class ProcListener:
                 if e.errno == errno.ENOBUFS:
                     self.overflows += 1
                     continue
-                if self._stop:
+                if self._stop.is_set():
                     return
                 raise
             for ev in self._parse(data):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -43,7 +44,8 @@ class Results:
     def fail(self, workload: str, peer: str, reason: str) -> None:
         """Record "not measured: reason" for one peer in one workload."""
         with self._lock:
-            self.not_measured.append((workload, peer, " ".join(reason.split())[:400]))
+            clean = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", reason)
+            self.not_measured.append((workload, peer, " ".join(clean.split())[:400]))
 
     def to_json(self) -> dict[str, Any]:
         with self._lock:

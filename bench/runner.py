@@ -48,6 +48,11 @@ class Options:
         return 2_000_000 if self.quick else 10_000_000
 
     @property
+    def log_budget_s(self) -> float:
+        """Stop repeating a log run (3 at most) once the runs took this long."""
+        return 2.0 if self.quick else 20.0
+
+    @property
     def storm_s(self) -> float:
         return 15.0 if self.quick else 60.0
 
@@ -64,7 +69,7 @@ class Runner:
 
     def make(self, name: str, tag: str, **kw: str) -> Callable[[], Peer]:
         cls = self.classes[name]
-        return lambda: cls(self.opts.scratch, tag, **kw)  # type: ignore[call-arg]
+        return lambda: cls(self.opts.scratch, tag, **kw)
 
     def run(self) -> Results:
         t0 = time.monotonic()
@@ -149,10 +154,11 @@ class Runner:
                 for fmt in ("stamped", "raw"):
                     say(f"logs: corral {fmt}")
                     logs.measure(self.make(name, f"logs-{fmt}", log_format=fmt)(), lines, fmt,
-                                 self.results)
+                                 self.results, budget_s=self.opts.log_budget_s)
             else:
                 say(f"logs: {name}")
-                logs.measure(self.make(name, "logs")(), lines, "raw", self.results)
+                logs.measure(self.make(name, "logs")(), lines, "raw", self.results,
+                             budget_s=self.opts.log_budget_s)
 
     def w_storm(self, listener: ProcListener) -> None:
         for name in self.ordered():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ def machine() -> dict[str, str]:
         "python": f"{platform.python_version()} ({sys.executable})",
         "load average at start": " ".join(f"{x:.2f}" for x in load),
         "pid_max": _read("/proc/sys/kernel/pid_max"),
+        "RLIMIT_NOFILE (soft/hard)": "/".join(map(str, resource.getrlimit(resource.RLIMIT_NOFILE))),
         "git": _git(),
     }
 

@@ -1,7 +1,7 @@
 """corral itself, from this tree (``pip install -e``) in the bench's own venv.
 
 Settings: ``restart: {policy: always, cooldown: 50ms, backoff_min: 0s}`` (a death after
-50 ms is not "young", so it restarts at once) and ``logs: {max_bytes: 4GiB}`` (no rotation
+50 ms is not "young", so it restarts at once) and ``logs: {max_bytes: 8GiB}`` (no rotation
 during the log test). Cold start goes through ``sup run --target``; if this corral has no
 ``--target`` yet, the services are loaded one by one with ``svc load -f`` instead.
 """
@@ -63,12 +63,12 @@ class Corral(Peer):
             "name": s.name,
             "command": list(s.argv),
             "restart": {"policy": "always", "cooldown": "50ms", "backoff_min": "0s"},
-            "logs": {"format": self.log_format, "max_bytes": "4GiB"},
+            "logs": {"format": self.log_format, "max_bytes": "8GiB"},
         }
 
     def render(self, services: Sequence[Service]) -> dict[str, str]:
-        files = {"target.yaml": json.dumps({"processes": [self.entry(s) for s in services]},
-                                           indent=1) + "\n"}
+        entries = ",\n".join("  " + json.dumps(self.entry(s)) for s in services)
+        files = {"target.yaml": '{"processes": [\n' + entries + "\n]}\n"}
         for s in services:
             files[f"specs/{s.name}.yaml"] = json.dumps(self.entry(s)) + "\n"
         return files

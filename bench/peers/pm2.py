@@ -64,5 +64,14 @@ class Pm2(Peer):
         subprocess.run([self._pm2(), "kill"], env=self.env(), capture_output=True,
                        timeout=300, check=False)
 
+    def supervisor_output(self, limit: int = 400) -> str:
+        """The daemon's last error line (e.g. ``spawn /usr/bin/sleep EMFILE``), if any."""
+        try:
+            lines = (self.root / "pm2home" / "pm2.log").read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        errors = [ln for ln in lines if "PM2 error: Error:" in ln]
+        return (errors[-1] if errors else super().supervisor_output())[-limit:]
+
     def log_files(self, service: Service) -> list[Path]:
         return [self.root / "logs" / f"{service.name}.log"]

@@ -27,7 +27,7 @@ class Runit(Peer):
             files[f"{d}/run"] = f"#!/bin/sh\nexec {shlex.join(s.argv)}\n"
             if s.capture:
                 files[f"{d}/log/run"] = f"#!/bin/sh\nexec svlogd {self.root}/logs/{s.name}\n"
-                files[f"logs/{s.name}/config"] = "s100000000\nn20\n"
+                files[f"logs/{s.name}/config"] = "s100000000\nn100\n"
         return files
 
     def launch_argv(self) -> list[str]:

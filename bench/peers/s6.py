@@ -39,7 +39,7 @@ class S6(Peer):
             files[f"{d}/notification-fd"] = "3\n"
             if s.capture:
                 files[f"{d}/log/run"] = (
-                    f"#!/bin/sh\nexec s6-log n20 s100000000 {self.root}/logs/{s.name}\n"
+                    f"#!/bin/sh\nexec s6-log n100 s100000000 {self.root}/logs/{s.name}\n"
                 )
                 files[f"logs/{s.name}/.keep"] = ""
         return files

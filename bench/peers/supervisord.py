@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -34,7 +35,7 @@ loglevel=warn
 logfile={r}/supervisord.log
 pidfile={r}/supervisord.pid
 childlogdir={r}
-minfds={max(1024, 8 * len(services))}
+minfds={_minfds(len(services))}
 
 [rpcinterface:supervisor]
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
@@ -72,3 +73,11 @@ stopwaitsecs=5
 
     def log_files(self, service: Service) -> list[Path]:
         return [self.root / "logs" / f"{service.name}.log"]
+
+
+def _minfds(n: int) -> int:
+    """peer-bench's max(1024, 8N), but no more than this host's hard RLIMIT_NOFILE
+    (supervisord refuses to start when it cannot get minfds; it needs ~3 per child)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    want = max(1024, 8 * n)
+    return want if hard == resource.RLIM_INFINITY else min(want, hard)

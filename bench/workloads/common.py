@@ -35,9 +35,12 @@ class ColdStart:
 
 
 def cold_start(
-    peer: Peer, services: Sequence[Service], listener: ProcListener, timeout: float
+    peer: Peer, services: Sequence[Service], listener: ProcListener, timeout: float,
+    stall: float = 30.0,
 ) -> ColdStart:
-    """prepare + start ``peer``; seconds from start until every service's sleep exec'd."""
+    """prepare + start ``peer``; seconds from start until every service's sleep exec'd.
+
+    Gives up after ``timeout`` s, or ``stall`` s without a new service once some started."""
     marks = {s.argv[-1] for s in services}
     peer.prepare(services)
     res = ColdStart(0.0)
@@ -45,14 +48,18 @@ def cold_start(
         t0 = time.monotonic_ns()
         peer.start()
         deadline = time.monotonic() + timeout
+        progress = time.monotonic()
         while len(res.pids) < len(marks):
             ev = sub.get(0.5)
+            now = time.monotonic()
             if ev is not None:
                 res.pids[ev.argv[-1]] = ev.pid
                 res.exec_ts[ev.argv[-1]] = ev.ts_ns
-            elif time.monotonic() > deadline:
+                progress = now
+            elif now > deadline or (res.pids and now - progress > stall):
                 raise PeerUnavailableError(
-                    f"only {len(res.pids)}/{len(marks)} services running after {timeout:.0f} s"
+                    f"only {len(res.pids)}/{len(marks)} services running after "
+                    f"{now - t0 / 1e9:.0f} s: " + peer.supervisor_output()
                 )
             elif not peer.alive():
                 raise PeerUnavailableError("supervisor exited: " + peer.supervisor_output())

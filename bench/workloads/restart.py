@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from bench import procs
-from bench.peers.base import Peer, sleep_service
+from bench.peers.base import Peer, PeerUnavailableError, sleep_service
 from bench.procconn import ProcEvent, ProcListener, Subscription
 from bench.results import Results
 from bench.workloads.common import (
@@ -35,7 +35,8 @@ from bench.workloads.common import (
 )
 
 TURN_HOLD_S = 0.05  # a kill keeps the turn at most this long
-SAME_PID_GRACE_S = 0.005  # s6/runit: `sh ./run` execs `sleep` in the same pid
+SAME_PID_GRACE_S = 0.005
+MAX_FAILURES = 3  # kills with no restart within 10 s before the peer is given up  # s6/runit: `sh ./run` execs `sleep` in the same pid
 
 
 @dataclass
@@ -150,6 +151,10 @@ def run_peer(
             watch.discard(pid)
             if new is None:
                 out.failures += 1
+                if not peer.alive() or out.failures >= MAX_FAILURES:
+                    raise PeerUnavailableError(
+                        f"no restart after {out.failures} kill(s); supervisor "
+                        f"{'alive' if peer.alive() else 'gone'}: {peer.supervisor_output()}")
                 kids[marker] = (_refind(marker), due(time.monotonic_ns()))
                 continue
             out.latency_ms.append((new.ts_ns - t_kill) / 1e6)

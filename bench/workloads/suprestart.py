@@ -12,6 +12,7 @@ more recovery samples.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -80,6 +81,7 @@ def run(peer: Corral, lines: int, extra_kills: int, listener: ProcListener,
         return
     finally:
         peer.stop(timeout=60)
+        shutil.rmtree(peer.root / "state" / "logs", ignore_errors=True)
     results.add_row("suprestart", {
         "peer": peer.label, "kills": len(recovery),
         "recovery median ms": round(median(recovery) * 1000),
