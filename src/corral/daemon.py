@@ -43,10 +43,6 @@ def _bind_api(state_dir: Path) -> socket.socket:
 
 async def serve(state_dir: Path, target_file: Path | None) -> int:
     """Run the supervisor until it is told to stop or restart; return its exit code."""
-    import uvicorn
-
-    from corral.api.app import create_app
-
     supervisor = Supervisor(state_dir)
     supervisor.load_state(target_file)
     loop = asyncio.get_running_loop()
@@ -81,6 +77,12 @@ async def serve(state_dir: Path, target_file: Path | None) -> int:
         # The launcher coordinates shutdown; a stray signal must not kill us mid-stop.
         loop.add_signal_handler(sig, lambda: None)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
+
+    # Imported only now: services are already started (or adopted) while the API stack,
+    # the heaviest import of the supervisor, loads.
+    import uvicorn
+
+    from corral.api.app import create_app
 
     api = _bind_api(state_dir)
     config = uvicorn.Config(create_app(Facade(supervisor, request_exit)), log_level="warning",

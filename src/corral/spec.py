@@ -607,6 +607,28 @@ _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
+_FastBase: type = getattr(yaml, "CSafeLoader", _Loader)
+
+
+class _FastLoader(_FastBase):  # type: ignore[misc]
+    """libyaml's parser with the same resolvers: for the common case of a valid file."""
+
+
+_FastLoader.yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
+
+
+def _fast(model: type[M], text: str) -> M | None:
+    """Parse and validate with libyaml; None if anything is wrong (the slow path then
+    composes the node tree to name the line of every problem)."""
+    try:
+        data = yaml.load(text, Loader=_FastLoader)  # a SafeLoader subclass: safe
+        if model is Target and data is None:
+            data = {}
+        return model.model_validate(data) if isinstance(data, dict) else None
+    except (yaml.YAMLError, ValidationError):
+        return None
+
+
 _TYPES = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string"}
 _TYPES |= {"list": "a list", "dict": "a mapping", "model": "a mapping"}
 _PLAIN = {"missing": "required field is missing", "int_from_float": "must be a whole number"}
@@ -623,6 +645,9 @@ def load_target(text: str, source: str) -> Target:
 
     Raises SpecError naming ``source``, the line and the field of every problem.
     """
+    fast = _fast(Target, text)
+    if fast is not None:
+        return fast
     data, node = _compose(text, source)
     return _validate(Target, {} if data is None else data, source, node)
 
@@ -632,6 +657,9 @@ def load_process(text: str, source: str) -> ProcessSpec:
 
     Raises SpecError naming ``source``, the line and the field of every problem.
     """
+    fast = _fast(ProcessSpec, text)
+    if fast is not None:
+        return fast
     data, node = _compose(text, source)
     return _validate(ProcessSpec, data, source, node)
 

@@ -196,6 +196,11 @@ class PipeReader:
             self._carry = b""
 
     def _stamp(self, chunk: bytes) -> None:
+        last = chunk.rfind(b"\n")
+        if (last >= 0 and len(self._carry) + chunk.find(b"\n") <= MAX_LINE
+                and len(chunk) - last - 1 <= MAX_LINE and _lines_fit(chunk, last)):
+            self._stamp_fast(chunk, last)
+            return
         data = self._carry + chunk if self._carry else chunk
         last = data.rfind(b"\n")
         if last < 0:
@@ -220,6 +225,18 @@ class PipeReader:
             head, self._carry = self._carry[:cut], self._carry[cut:]
             self._write_long([head])
 
+    def _stamp_fast(self, chunk: bytes, last: int) -> None:
+        """The hot path: no line too long.  One ``replace`` over the chunk as read and one
+        ``writev``; the held partial line and the chunk are never concatenated, and the
+        tail after the last newline is cut off with a memoryview rather than copied out."""
+        prefix = timestamp() + self._tail
+        stamped = chunk.replace(b"\n", b"\n" + prefix)
+        tail = len(chunk) - last - 1
+        end = len(stamped) - tail - len(prefix)
+        self.log.write([prefix, self._carry, memoryview(stamped)[:end]])
+        self._remember(chunk[max(0, last - 4096):last])
+        self._carry = chunk[last + 1:]
+
     def _write_long(self, lines: list[bytes]) -> None:
         """Slow path: some line is longer than MAX_LINE; split each into records."""
         prefix = timestamp() + self._tail
@@ -240,16 +257,16 @@ class PipeReader:
         self._remember(chunk.rstrip(b"\n")[-4096:])
 
 
-def _lines_fit(body: bytes) -> bool:
-    """True if no line in ``body`` is longer than MAX_LINE, checked per window, not per line.
+def _lines_fit(body: bytes, end: int | None = None) -> bool:
+    """True if no line in ``body[:end]`` is longer than MAX_LINE, checked per window, not per line.
 
     A line of 2 x _WINDOW bytes or more would contain a whole aligned window, so it is
     enough that every whole window holds a newline and that the last line is short.
     """
-    size = len(body)
+    size = len(body) if end is None else end
     if size <= MAX_LINE:
         return True
-    if body.rfind(b"\n") < size - MAX_LINE:
+    if body.rfind(b"\n", 0, size) < size - MAX_LINE:
         return False
     return all(body.find(b"\n", start, start + _WINDOW) >= 0
                for start in range(0, size - _WINDOW + 1, _WINDOW))

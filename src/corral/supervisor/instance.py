@@ -38,6 +38,7 @@ class Instance:
     timer: asyncio.TimerHandle | None = None
     spawned: asyncio.Future[None] | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    request: tuple[ProcessSpec, bytes] | None = None
 
     @property
     def launcher_name(self) -> str:

@@ -15,6 +15,7 @@ full ``sup stop`` + ``sup run``, wants exactly what the user last asked for.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
@@ -86,7 +87,9 @@ class Supervisor:
             desired = Desired.DOWN if spec.name in down else Desired.UP
             self.services[spec.name] = Service(spec=spec, desired=desired)
         if target_file is not None:
-            self.save()
+            stored = load_target(path.read_text(), str(path)) if path.exists() else None
+            if stored != target:
+                self.save()
 
     async def attach(self, launcher: LauncherClient) -> None:
         """Adopt the launcher's children (same PIDs, no restart), then reconcile."""
@@ -186,8 +189,7 @@ class Supervisor:
         inst.state = after
         if after is not before:
             inst.reason = reason
-            self.events.emit(inst.service, "state", reason, instance=inst.index,
-                             from_=before.value, to=after.value, pid=inst.pid)
+        # Actions first: a restart's Spawn is on the wire before any bookkeeping.
         for action in actions:
             if action is Action.SPAWN:
                 self._spawn(inst)
@@ -197,15 +199,29 @@ class Supervisor:
                 self._schedule(inst)
             elif action is Action.CANCEL:
                 self._cancel(inst)
+        if after is not before:
+            self.events.emit(inst.service, "state", reason, instance=inst.index,
+                             from_=before.value, to=after.value, pid=inst.pid)
         if after in (ServiceState.DOWN, ServiceState.FAILED):
             inst.stopped.set()
             if after is not before:
                 self.reconcile()
 
     def _spawn(self, inst: Instance) -> None:
-        service = self.services[inst.service]
-        spec = service.spec
+        spec = self.services[inst.service].spec
         assert self.launcher is not None
+        # The encoded request is kept per instance and spec: a restart costs one frame
+        # write, not an environment copy, a mkdir and a JSON encoding.
+        if inst.request is None or inst.request[0] is not spec:
+            inst.request = (spec, self._spawn_request(inst, spec))
+        inst.stopped.clear()
+        inst.next_restart_at = None
+        future = self.launcher.send_encoded(inst.request[1])
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        inst.spawned = done
+        self._background(self._spawned(inst, future, done))
+
+    def _spawn_request(self, inst: Instance, spec: ProcessSpec) -> bytes:
         cwd = spec.cwd
         if cwd is None:
             workdir = paths.run_dir(self.state_dir) / spec.name / str(inst.index)
@@ -223,18 +239,14 @@ class Supervisor:
                     "format": spec.logs.format, "max_bytes": spec.logs.max_bytes,
                     "keep": spec.logs.keep},
         }
-        inst.stopped.clear()
-        inst.next_restart_at = None
-        future = self.launcher.send_request(request)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        inst.spawned = done
-        self._background(self._spawned(inst, future, done))
+        return json.dumps(request, separators=(",", ":")).encode()
 
     async def _spawned(self, inst: Instance, reply: asyncio.Future[Message],
                        done: asyncio.Future[None]) -> None:
         try:
             answer = check(await reply)
         except CorralError as exc:
+            inst.request = None  # rebuild it (and its working directory) next time
             service = self.services.get(inst.service)
             if not done.done():
                 done.set_exception(exc)
