@@ -789,7 +789,7 @@ def _path(loc: Loc) -> str:
 # Fields the format accepts (it is shared with later versions) but that this version does
 # not act on yet.  Refusing them is honest: a health check that never runs would be worse
 # than an error.
-_NOT_YET = ("health", "watchdog", "limits", "resources", "before", "receives", "depends_on")
+_NOT_YET = ("watchdog", "limits", "resources", "before", "receives", "depends_on")
 
 
 def check_supported(target: Target, source: str) -> None:
@@ -799,8 +799,12 @@ def check_supported(target: Target, source: str) -> None:
         given = spec.to_dict()
         problems += [f"{source}: {spec.name}.{key}: not supported by this version of corral yet"
                      for key in _NOT_YET if key in given]
-        if spec.readiness != "started":
-            problems.append(f"{source}: {spec.name}.readiness: only 'started' is supported yet")
+        if spec.readiness == "notify":
+            problems.append(f"{source}: {spec.name}.readiness: 'notify' is not supported by "
+                            "this version of corral yet (use started or health)")
+        if spec.health is not None and spec.health.http is not None and spec.health.http.service:
+            problems.append(f"{source}: {spec.name}.health.http.service: checks through a "
+                            "load-balancer service need the balancer, not built yet; give port")
     if target.services:
         problems.append(f"{source}: services: the load balancer is not supported by this "
                         "version of corral yet")

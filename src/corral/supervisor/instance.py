@@ -12,6 +12,7 @@ from corral.states import Desired, HealthState, ServiceState
 
 from .events import rfc3339
 from .policy import Streak
+from .watch import HealthWatch
 
 # Order used to summarise several instances in one state: the least healthy wins.
 _SEVERITY = [ServiceState.FAILED, ServiceState.BACKOFF, ServiceState.UNHEALTHY,
@@ -39,6 +40,8 @@ class Instance:
     spawned: asyncio.Future[None] | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     request: tuple[ProcessSpec, bytes] | None = None
+    watch: HealthWatch | None = None
+    failures: int = 0
 
     @property
     def launcher_name(self) -> str:

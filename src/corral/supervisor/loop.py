@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import Conflict, CorralError, NotFound, SpawnFailed, SpecError
+from corral.health.probes import Result
 from corral.protocol import messages as m
 from corral.protocol import paths
 from corral.spec import ProcessSpec, Target, check_supported, load_target, validate_target
@@ -34,6 +35,7 @@ from .events import EventLog, rfc3339
 from .instance import Instance, Service
 from .launcher_client import LauncherClient, Message, check
 from .machine import Action, Event
+from .watch import HealthWatch
 
 _EXIT_EVENTS = {
     policy.Verdict.RESTART_NOW: Event.EXIT_RESTART,
@@ -65,6 +67,7 @@ class Supervisor:
         self._base_env = {k: v for k, v in os.environ.items() if k != m.ENV_LAUNCHER_FD}
         self._stopping_all = False
         self._tasks: set[asyncio.Future[None]] = set()
+        self._adopted_watch: list[Instance] = []
 
     # ------------------------------------------------------------------ start up
     def load_state(self, target_file: Path | None = None) -> None:
@@ -103,6 +106,9 @@ class Supervisor:
             if name not in running:
                 self._replay_exit(exited)
         self._early_exits.clear()
+        for inst in self._adopted_watch:
+            self._watch(inst, self.services[inst.service].spec)
+        self._adopted_watch.clear()
         self.reconcile()
 
     def _adopt(self, child: Message) -> None:
@@ -119,6 +125,8 @@ class Supervisor:
                         started_at=float(child.get("started_at", time.time())),
                         spawns=int(child.get("spawns", 1)), reason="adopted")
         service.instances[index] = inst
+        if service.spec.health is not None:
+            self._adopted_watch.append(inst)
         self.events.emit(name, "adopt", f"adopted pid {pid} after a supervisor restart",
                          instance=index, pid=pid, to=inst.state.value)
 
@@ -164,6 +172,7 @@ class Supervisor:
         inst.delay = decision.delay
         inst.last_exit = _exit_record(exited, None)
         inst.pid = None
+        self._unwatch(inst)
         if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
             inst.settled = True
         self.events.emit(inst.service, "exit", decision.reason, instance=inst.index,
@@ -221,16 +230,23 @@ class Supervisor:
         inst.spawned = done
         self._background(self._spawned(inst, future, done))
 
-    def _spawn_request(self, inst: Instance, spec: ProcessSpec) -> bytes:
-        cwd = spec.cwd
-        if cwd is None:
-            workdir = paths.run_dir(self.state_dir) / spec.name / str(inst.index)
-            workdir.mkdir(parents=True, exist_ok=True)
-            cwd = str(workdir)
+    def _instance_env(self, inst: Instance, spec: ProcessSpec) -> dict[str, str]:
         env = dict(self._base_env)
         env.update(spec.env)
         env["CORRAL_SERVICE"] = spec.name
         env["CORRAL_INSTANCE"] = str(inst.index)
+        return env
+
+    def _instance_cwd(self, inst: Instance, spec: ProcessSpec) -> str:
+        if spec.cwd is not None:
+            return spec.cwd
+        workdir = paths.run_dir(self.state_dir) / spec.name / str(inst.index)
+        workdir.mkdir(parents=True, exist_ok=True)
+        return str(workdir)
+
+    def _spawn_request(self, inst: Instance, spec: ProcessSpec) -> bytes:
+        cwd = self._instance_cwd(inst, spec)
+        env = self._instance_env(inst, spec)
         request: Message = {
             "type": m.SPAWN, "name": inst.launcher_name, "argv": spec.argv, "env": env,
             "cwd": cwd, "user": spec.user, "group": spec.group,
@@ -273,12 +289,60 @@ class Supervisor:
             done.set_result(None)
         self.events.emit(inst.service, "spawn", f"spawned pid {inst.pid}", instance=inst.index,
                          pid=inst.pid)
-        if inst.state is ServiceState.STARTING:
+        spec = self.services[inst.service].spec
+        if spec.health is not None and inst.state is ServiceState.STARTING:
+            self._watch(inst, spec)
+        if inst.state is ServiceState.STARTING and spec.readiness == "started":
             self.feed(inst, Event.READY, f"running as pid {inst.pid}")
         elif inst.state is ServiceState.STOPPING:
             self._terminate(inst)  # a stop came while the spawn was on its way
 
+    def _watch(self, inst: Instance, spec: ProcessSpec) -> None:
+        assert spec.health is not None and inst.pid is not None
+        self._unwatch(inst)
+        inst.failures = 0
+        inst.watch = HealthWatch(spec.health, inst.pid, self._instance_env(inst, spec),
+                                 self._instance_cwd(inst, spec),
+                                 lambda pid, result: self._on_health(inst, pid, result)).start()
+
+    def _unwatch(self, inst: Instance) -> None:
+        if inst.watch is not None:
+            inst.watch.stop()
+            inst.watch = None
+
+    def _on_health(self, inst: Instance, pid: int, result: Result) -> None:
+        """A probe finished: update health, readiness and, past `retries`, restart."""
+        if inst.pid != pid or inst.state not in (ServiceState.STARTING, ServiceState.UP,
+                                                  ServiceState.UNHEALTHY):
+            return
+        health = self.services[inst.service].spec.health
+        assert health is not None
+        if result.state is not inst.health:
+            self.events.emit(inst.service, "health", f"health {result.state.value}: "
+                             f"{result.detail}", instance=inst.index, pid=pid)
+        inst.health = result.state
+        if result.state in (HealthState.OK, HealthState.WARNING):
+            inst.failures = 0
+            if inst.state is ServiceState.STARTING:
+                self.feed(inst, Event.READY, f"ready: {result.detail}")
+            elif inst.state is ServiceState.UNHEALTHY:
+                self.feed(inst, Event.HEALTHY, f"healthy again: {result.detail}")
+            return
+        inst.failures += 1
+        if inst.failures < health.retries:
+            return
+        why = f"unhealthy after {inst.failures} failed checks: {result.detail}"
+        if inst.state is ServiceState.UP:
+            self.events.emit(inst.service, "health", why, instance=inst.index, pid=pid)
+            self.feed(inst, Event.UNHEALTHY, why)
+        if health.restart_on_unhealthy:
+            inst.failures = 0
+            self.events.emit(inst.service, "restart_scheduled", f"restarting: {why}",
+                             instance=inst.index, pid=pid, delay_s=0.0)
+            self.feed(inst, Event.STOP, f"restarting: {why}")
+
     def _terminate(self, inst: Instance) -> None:
+        self._unwatch(inst)
         if inst.pid is None:
             # The spawn has not answered yet; _spawned terminates once it has a pid.
             if inst.spawned is None or inst.spawned.done():

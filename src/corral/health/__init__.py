@@ -1,0 +1,1 @@
+"""Health probes: what the supervisor asks of a running instance, always under a timeout."""

@@ -1,0 +1,108 @@
+"""Health probes: ``http``, ``tcp`` and ``exec``, each bounded by the check's timeout.
+
+A probe never runs on the control loop's time: it is a coroutine the checker awaits under
+``asyncio.wait_for``, so a check that hangs costs its own task only.  Results use
+Habitat's codes: an ``exec`` check exits 0 (ok), 1 (warning), 2 (critical) or anything
+else (unknown); ``http`` is ok on a 2xx answer and critical otherwise; ``tcp`` is ok when
+the connection is accepted.  A probe that times out is critical.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from corral.spec import HealthSpec
+from corral.states import HealthState
+
+_EXEC_CODES = {0: HealthState.OK, 1: HealthState.WARNING, 2: HealthState.CRITICAL}
+
+
+@dataclass(frozen=True)
+class Result:
+    """One probe's verdict and a few words on why."""
+
+    state: HealthState
+    detail: str
+
+
+async def probe(spec: HealthSpec, env: Mapping[str, str], cwd: str | None,
+                host: str = "127.0.0.1") -> Result:
+    """Run the check once, never longer than ``spec.timeout`` seconds."""
+    try:
+        return await asyncio.wait_for(_run(spec, env, cwd, host), spec.timeout)
+    except TimeoutError:
+        return Result(HealthState.CRITICAL, f"{spec.kind} check timed out after "
+                                            f"{spec.timeout:g}s")
+
+
+async def _run(spec: HealthSpec, env: Mapping[str, str], cwd: str | None,
+               host: str) -> Result:
+    if spec.tcp is not None:
+        return await _tcp(host, spec.tcp.port)
+    if spec.http is not None and spec.http.port is not None:
+        return await _http(host, spec.http.port, spec.http.path)
+    assert spec.exec is not None
+    return await _exec(spec.exec, env, cwd)
+
+
+async def _tcp(host: str, port: int) -> Result:
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except OSError as exc:
+        return Result(HealthState.CRITICAL, f"tcp {host}:{port}: {exc.strerror or exc}")
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return Result(HealthState.OK, f"tcp {host}:{port} accepted")
+
+
+async def _http(host: str, port: int, path: str) -> Result:
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+    except OSError as exc:
+        return Result(HealthState.CRITICAL, f"GET {path} on port {port}: "
+                                            f"{exc.strerror or exc}")
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n"
+                     "User-Agent: corral-health\r\n\r\n".encode())
+        status_line = await reader.readline()
+    except OSError as exc:
+        return Result(HealthState.CRITICAL, f"GET {path} on port {port}: {exc}")
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    parts = status_line.decode("latin-1").split()
+    code = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
+    if 200 <= code < 300:
+        return Result(HealthState.OK, f"GET {path} -> {code}")
+    shown = code or "no HTTP answer"
+    return Result(HealthState.CRITICAL, f"GET {path} on port {port} -> {shown}")
+
+
+async def _exec(argv: list[str], env: Mapping[str, str], cwd: str | None) -> Result:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True)
+    except OSError as exc:
+        return Result(HealthState.UNKNOWN, f"cannot run {argv[0]}: {exc.strerror or exc}")
+    try:
+        output, _ = await proc.communicate()
+    except asyncio.CancelledError:
+        # Timed out (or shutting down): the check and anything it started must go.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            await asyncio.shield(proc.wait())
+        raise
+    code = proc.returncode if proc.returncode is not None else -1
+    text = output.decode(errors="replace").strip().splitlines()
+    last = text[-1][:200] if text else ""
+    state = _EXEC_CODES.get(code, HealthState.UNKNOWN)
+    return Result(state, f"check exited {code}" + (f": {last}" if last else ""))

@@ -1,0 +1,123 @@
+"""Health checks: probes, status, readiness through health, restart when unhealthy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+from .conftest import PY, Corral, wait_for
+
+# An HTTP server whose /health answers 200 until the file `sick` exists in its cwd.
+SERVER = """
+import http.server, os, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        code = 500 if os.path.exists('sick') else 200
+        self.send_response(code); self.end_headers(); self.wfile.write(b'ok')
+    def log_message(self, *a): pass
+print('listening', flush=True)
+http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def load(corral: Corral, tmp_path: Path, name: str, body: str) -> None:
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(f"name: {name}\n" + body)
+    corral.ok("svc", "load", "-f", str(spec))
+
+
+def events(corral: Corral, name: str) -> list[dict]:
+    return [json.loads(x) for x in
+            corral.ok("events", "--service", name, "--json", "-n", "500").splitlines()]
+
+
+def test_http_health_gates_readiness_and_restarts_when_unhealthy(corral: Corral,
+                                                                  tmp_path: Path) -> None:
+    """With `readiness: health` an instance is `starting` until its HTTP check passes, then
+    `up` with health ok; when the check keeps failing it is restarted, with the reason."""
+    port = free_port()
+    script = tmp_path / "server.py"
+    script.write_text(SERVER)
+    load(corral, tmp_path, "api",
+         f"command: [{PY}, {script}, '{port}']\ncwd: {tmp_path}\nreadiness: health\n"
+         f"health: {{http: {{port: {port}, path: /health}}, interval: 200ms, timeout: 1s,"
+         f" retries: 2}}\n")
+    up = corral.wait_state("api", "up")
+    assert up["health"] == "ok"
+    first = up["pid"]
+    (tmp_path / "sick").write_text("")
+    try:
+        wait_for(lambda: any(e["kind"] == "health" and "unhealthy" in e["reason"]
+                             for e in events(corral, "api")), what="an unhealthy event")
+        restarted = wait_for(lambda: (s := corral.status("api"))["pid"] not in (None, first)
+                             and s, what="a restart of the unhealthy instance")
+    finally:
+        (tmp_path / "sick").unlink()
+    assert restarted["restarts"] >= 1
+    assert corral.wait_state("api", "up")["health"] == "ok"
+
+
+def test_exec_check_codes_show_in_status(corral: Corral, tmp_path: Path) -> None:
+    """An exec check's exit code maps to Habitat's health: 1 is warning, 2 critical."""
+    flag = tmp_path / "code"
+    flag.write_text("1")
+    load(corral, tmp_path, "job",
+         "command: [sleep, '1000']\n"
+         f"health: {{exec: [sh, -c, 'exit $(cat {flag})'], interval: 200ms, retries: 1000,"
+         " restart_on_unhealthy: false}\n")
+    wait_for(lambda: corral.status("job")["health"] == "warning", what="warning")
+    flag.write_text("2")
+    wait_for(lambda: corral.status("job")["health"] == "critical", what="critical")
+    flag.write_text("0")
+    wait_for(lambda: corral.status("job")["health"] == "ok", what="ok")
+
+
+def test_a_hanging_check_delays_nothing_else(corral: Corral, tmp_path: Path) -> None:
+    """While one service's check hangs, another killed service is restarted at once."""
+    load(corral, tmp_path, "hangs",
+         "command: [sleep, '1000']\n"
+         "health: {exec: [sleep, '1000'], interval: 1s, timeout: 1h, retries: 3}\n")
+    corral.ok("svc", "load", "other", "--", "sleep", "1000")
+    wait_for(lambda: any(p.endswith("sleep 1000") for p in _cmdlines()), what="the check")
+    pid = corral.status("other")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    status = wait_for(lambda: (s := corral.status("other"))["pid"] not in (None, pid) and s,
+                      what="the other service's restart")
+    assert status["state"] == "up"
+    assert corral.status("hangs")["health"] == "unknown"  # its first check is still running
+
+
+def test_tcp_check_and_a_dead_port(corral: Corral, tmp_path: Path) -> None:
+    """A tcp check is ok while the port accepts and critical when nothing listens."""
+    port = free_port()
+    load(corral, tmp_path, "listener",
+         f"command: [{PY}, -c, 'import socket,time; s=socket.socket(); "
+         f"s.bind((\"127.0.0.1\", {port})); s.listen(); time.sleep(1000)']\n"
+         f"health: {{tcp: {{port: {port}}}, interval: 200ms}}\n")
+    wait_for(lambda: corral.status("listener")["health"] == "ok", what="tcp ok")
+    load(corral, tmp_path, "nolistener",
+         f"command: [sleep, '1000']\nhealth: {{tcp: {{port: {free_port()}}}, interval: 200ms,"
+         " restart_on_unhealthy: false}\n")
+    wait_for(lambda: corral.status("nolistener")["health"] == "critical", what="tcp critical")
+    corral.wait_state("nolistener", "unhealthy")  # shown, but not restarted
+
+
+def _cmdlines() -> list[str]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                text = Path(f"/proc/{pid}/cmdline").read_text()
+                out.append(text.replace("\0", " ").strip())
+            except OSError:
+                pass
+    return out
