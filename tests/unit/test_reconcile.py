@@ -181,3 +181,10 @@ def test_several_services_at_once() -> None:
         [start("web", 1), stop("db", 0), drop("old", 0), drop("worker", 1)],
         key=lambda s: (s.verb, s.service, s.index))
     assert len(steps) == len(set(steps))
+
+
+def test_blocked_instances_wait_instead_of_starting() -> None:
+    """An instance whose dependencies are not ready gets a WAIT step, never a START."""
+    from corral.supervisor.reconcile import Step, Verb, Want, plan
+    steps = plan({"app": Want(2, True, ("db",))}, {})
+    assert steps == [Step(Verb.WAIT, "app", 0), Step(Verb.WAIT, "app", 1)]

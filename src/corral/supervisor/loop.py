@@ -215,6 +215,9 @@ class Supervisor:
             inst.stopped.set()
             if after is not before:
                 self.reconcile()
+        elif after is ServiceState.UP and before is not after \
+                and inst.service in self._depended_on():
+            self.reconcile()  # a dependent may be waiting for this one
 
     def _spawn(self, inst: Instance) -> None:
         spec = self.services[inst.service].spec
@@ -401,13 +404,19 @@ class Supervisor:
         """Start, stop or drop instances until what runs matches what is wanted."""
         if self._booting or self.launcher is None or self._stopping_all:
             return
-        wanted = {name: reconcile.Want(s.spec.instances, s.desired is Desired.UP)
+        wanted = {name: reconcile.Want(s.spec.instances, s.desired is Desired.UP,
+                                       self._blocked_by(s))
                   for name, s in self.services.items()}
         observed = {(name, i.index): reconcile.Seen(i.state, i.settled)
                     for name, s in self.services.items() for i in s.instances.values()}
         for step in reconcile.plan(wanted, observed):
             service = self.services[step.service]
-            if step.verb is reconcile.Verb.START:
+            if step.verb is reconcile.Verb.WAIT:
+                inst = service.instances.setdefault(
+                    step.index, Instance(service=step.service, index=step.index))
+                inst.reason = "waiting for " + ", ".join(self._blocked_by(service)) + \
+                    " to be ready"
+            elif step.verb is reconcile.Verb.START:
                 inst = service.instances.setdefault(
                     step.index, Instance(service=step.service, index=step.index))
                 self.feed(inst, Event.START, "starting")
@@ -418,6 +427,43 @@ class Supervisor:
                         del service.instances[step.index]
                     continue
                 self.feed(inst, Event.STOP, "stopping")
+
+    def _blocked_by(self, service: Service) -> tuple[str, ...]:
+        """The dependencies of ``service`` whose instances are not all ready."""
+        blocked = []
+        for name in service.spec.depends_on:
+            dep = self.services.get(name)
+            if dep is None or not self._ready(dep):
+                blocked.append(name)
+        return tuple(blocked)
+
+    @staticmethod
+    def _ready(service: Service) -> bool:
+        ready = [i for i in service.instances.values()
+                 if i.state in (ServiceState.UP, ServiceState.UNHEALTHY)]
+        return service.desired is Desired.UP and len(ready) >= service.spec.instances
+
+    def _depended_on(self) -> set[str]:
+        return {d for s in self.services.values() for d in s.spec.depends_on}
+
+    def stop_order(self) -> list[Service]:
+        """Services in the order to stop them: dependents before their dependencies,
+        otherwise last loaded first."""
+        order: list[Service] = []
+        placed: set[str] = set()
+        remaining = list(reversed(self.services.values()))
+        users = {n: {s.spec.name for s in self.services.values() if n in s.spec.depends_on}
+                 for n in self.services}
+        while remaining:
+            for service in remaining:
+                if users[service.spec.name] <= placed:
+                    break
+            else:  # unreachable for a validated (acyclic) target; keep going anyway
+                service = remaining[0]
+            remaining.remove(service)
+            placed.add(service.spec.name)
+            order.append(service)
+        return order
 
     # ------------------------------------------------------------------ commands
     def get(self, name: str) -> Service:
@@ -440,7 +486,7 @@ class Supervisor:
         Error handling: a new service whose first spawn fails (missing binary, unknown
         user) is removed again and :class:`SpawnFailed` is raised: nothing changed.
         """
-        check_supported(Target(processes=[spec]), spec.name)
+        check_supported(spec, spec.name)
         self._check_dependencies(spec)
         existing = self.services.get(spec.name)
         if existing is not None:
@@ -476,6 +522,11 @@ class Supervisor:
 
     async def unload(self, name: str) -> None:
         service = self.get(name)
+        users = sorted(s.spec.name for s in self.services.values()
+                       if name in s.spec.depends_on)
+        if users:
+            raise Conflict(f"{name} cannot be unloaded: {', '.join(users)} depend on it; "
+                           "unload or change those first")
         await self._remove(service)
         self.save()
         self.events.emit(name, "unload", "unloaded")
@@ -542,7 +593,7 @@ class Supervisor:
     async def stop_all(self) -> None:
         """Stop every service in reverse load order (the desired state is kept)."""
         self._stopping_all = True
-        for service in reversed(list(self.services.values())):
+        for service in self.stop_order():
             live = [i for i in service.instances.values()
                     if i.state not in (ServiceState.DOWN, ServiceState.FAILED)]
             for inst in live:

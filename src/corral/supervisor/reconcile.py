@@ -1,7 +1,8 @@
 """Reconcile: compare what is wanted with what is observed, and say what to do.  PURE.
 
 ``plan(wanted, observed)`` returns steps the loop carries out; calling it again after
-they are done returns nothing (it converges).  ``settled`` instances are those the
+they are done returns nothing but ``WAIT`` steps for instances whose dependencies are not
+ready yet (it converges).  ``settled`` instances are those the
 restart policy left down on purpose (``never``, ``on-failure`` after success, or
 ``failed``): they are not started again until a user asks.
 """
@@ -19,6 +20,7 @@ class Verb(StrEnum):
     START = "start"   # create the instance if needed and start it
     STOP = "stop"     # stop it (it is kept, e.g. a stopped service)
     DROP = "drop"     # stop it if needed, then forget it (scaled down or unloaded)
+    WAIT = "wait"     # it should start, but a dependency is not ready yet
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class Want:
 
     instances: int
     up: bool
+    blocked_by: tuple[str, ...] = ()  # dependencies not ready yet
 
 
 @dataclass(frozen=True)
@@ -63,5 +66,6 @@ def plan(wanted: Mapping[str, Want], observed: Mapping[tuple[str, int], Seen]) -
         for index in range(want.instances):
             have = observed.get((service, index))
             if have is None or (have.state == S.DOWN and not have.settled):
-                steps.append(Step(Verb.START, service, index))
+                verb = Verb.WAIT if want.blocked_by else Verb.START
+                steps.append(Step(verb, service, index))
     return steps
