@@ -800,9 +800,6 @@ def check_supported(target: Target | ProcessSpec, source: str) -> None:
         given = spec.to_dict()
         problems += [f"{source}: {spec.name}.{key}: not supported by this version of corral yet"
                      for key in _NOT_YET if key in given]
-        if spec.readiness == "notify":
-            problems.append(f"{source}: {spec.name}.readiness: 'notify' is not supported by "
-                            "this version of corral yet (use started or health)")
         if spec.health is not None and spec.health.http is not None and spec.health.http.service:
             problems.append(f"{source}: {spec.name}.health.http.service: checks through a "
                             "load-balancer service need the balancer, not built yet; give port")

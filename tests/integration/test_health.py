@@ -121,3 +121,29 @@ def _cmdlines() -> list[str]:
             except OSError:
                 pass
     return out
+
+
+def test_notify_readiness_with_systemd_notify(corral: Corral, tmp_path: Path) -> None:
+    """With `readiness: notify` an instance is `starting` until it sends READY=1 to
+    NOTIFY_SOCKET; the real `systemd-notify --ready` works."""
+    flag = tmp_path / "go"
+    load(corral, tmp_path, "daemon",
+         f"command: 'while [ ! -f {flag} ]; do sleep 0.05; done; systemd-notify --ready;"
+         " exec sleep 1000'\nreadiness: notify\n")
+    status = corral.status("daemon")
+    assert status["state"] == "starting" and status["pid"] is not None
+    flag.write_text("")
+    up = corral.wait_state("daemon", "up")
+    assert "READY=1" in up["reason"]
+
+
+def test_notify_readiness_survives_a_restart(corral: Corral, tmp_path: Path) -> None:
+    """After a crash the restarted instance reports readiness on the same socket."""
+    load(corral, tmp_path, "pinger",
+         f"command: [{PY}, -c, 'import os,socket,time; s=socket.socket(socket.AF_UNIX,"
+         " socket.SOCK_DGRAM); a=os.environ[\"NOTIFY_SOCKET\"]; s.sendto(b\"READY=1\\n\","
+         " \"\\0\"+a[1:]); time.sleep(1000)']\nreadiness: notify\n")
+    first = corral.wait_state("pinger", "up")["pid"]
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: (s := corral.status("pinger"))["pid"] not in (None, first)
+             and s["state"] == "up", what="the restarted instance to be ready")

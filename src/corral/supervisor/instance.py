@@ -11,6 +11,7 @@ from corral.spec import ProcessSpec
 from corral.states import Desired, HealthState, ServiceState
 
 from .events import rfc3339
+from .notify import NotifySocket
 from .policy import Streak
 from .watch import HealthWatch
 
@@ -41,6 +42,7 @@ class Instance:
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     request: tuple[ProcessSpec, bytes] | None = None
     watch: HealthWatch | None = None
+    notify: NotifySocket | None = None
     failures: int = 0
 
     @property

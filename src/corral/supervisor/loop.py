@@ -30,7 +30,7 @@ from corral.protocol import paths
 from corral.spec import ProcessSpec, Target, check_supported, load_target, validate_target
 from corral.states import Desired, HealthState, ServiceState
 
-from . import machine, policy, reconcile, statefile
+from . import machine, notify, policy, reconcile, statefile
 from .events import EventLog, rfc3339
 from .instance import Instance, Service
 from .launcher_client import LauncherClient, Message, check
@@ -213,6 +213,9 @@ class Supervisor:
                              from_=before.value, to=after.value, pid=inst.pid)
         if after in (ServiceState.DOWN, ServiceState.FAILED):
             inst.stopped.set()
+            if inst.notify is not None:
+                inst.notify.close()
+                inst.notify = None
             if after is not before:
                 self.reconcile()
         elif after is ServiceState.UP and before is not after \
@@ -226,6 +229,8 @@ class Supervisor:
         # write, not an environment copy, a mkdir and a JSON encoding.
         if inst.request is None or inst.request[0] is not spec:
             inst.request = (spec, self._spawn_request(inst, spec))
+        if spec.readiness == "notify" and inst.notify is None:
+            self._listen_notify(inst, spec)
         inst.stopped.clear()
         inst.next_restart_at = None
         future = self.launcher.send_encoded(inst.request[1])
@@ -250,6 +255,8 @@ class Supervisor:
     def _spawn_request(self, inst: Instance, spec: ProcessSpec) -> bytes:
         cwd = self._instance_cwd(inst, spec)
         env = self._instance_env(inst, spec)
+        if spec.readiness == "notify":
+            env["NOTIFY_SOCKET"] = notify.socket_name(self.state_dir, spec.name, inst.index)
         request: Message = {
             "type": m.SPAWN, "name": inst.launcher_name, "argv": spec.argv, "env": env,
             "cwd": cwd, "user": spec.user, "group": spec.group,
@@ -299,6 +306,19 @@ class Supervisor:
             self.feed(inst, Event.READY, f"running as pid {inst.pid}")
         elif inst.state is ServiceState.STOPPING:
             self._terminate(inst)  # a stop came while the spawn was on its way
+
+    def _listen_notify(self, inst: Instance, spec: ProcessSpec) -> None:
+        name = notify.socket_name(self.state_dir, spec.name, inst.index)
+        try:
+            inst.notify = notify.NotifySocket(name, lambda f: self._on_notify(inst, f))
+        except OSError as exc:
+            self.events.emit(inst.service, "state", f"cannot listen on NOTIFY_SOCKET {name}: "
+                             f"{exc.strerror}; readiness will never be reported",
+                             instance=inst.index)
+
+    def _on_notify(self, inst: Instance, fields: notify.Fields) -> None:
+        if fields.get("READY") == "1" and inst.state is ServiceState.STARTING:
+            self.feed(inst, Event.READY, "ready (READY=1 on NOTIFY_SOCKET)")
 
     def _watch(self, inst: Instance, spec: ProcessSpec) -> None:
         assert spec.health is not None and inst.pid is not None
