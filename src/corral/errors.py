@@ -10,6 +10,7 @@ stable ``code`` (used as the API's error code) and a message a person can act on
     ├── LauncherError           launcher_error  502   the launcher refused a request (carries its code)
     │   └── SpawnFailed         spawn_failed    422   the command could not be started (missing binary, user)
     ├── Unavailable             unavailable     503   the supervisor or launcher cannot be reached
+    ├── NotReady                not_ready       504   a service did not become ready in time
     └── AuthError               unauthorized    401   missing or wrong token
 
 The CLI turns any of them into one line on stderr and a non-zero exit; the API turns
@@ -81,6 +82,20 @@ class Unavailable(CorralError):
 
     code = "unavailable"
     status = 503
+
+
+class NotReady(CorralError):
+    """``--wait`` ran out, or the service failed, before every instance was ready.
+
+    ``details`` holds the last log lines, for the person to see why.
+    """
+
+    code = "not_ready"
+    status = 504
+
+    def __init__(self, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
 
 
 class AuthError(CorralError):

@@ -147,3 +147,26 @@ def test_notify_readiness_survives_a_restart(corral: Corral, tmp_path: Path) -> 
     os.kill(first, signal.SIGKILL)
     wait_for(lambda: (s := corral.status("pinger"))["pid"] not in (None, first)
              and s["state"] == "up", what="the restarted instance to be ready")
+
+
+def test_wait_returns_when_ready_and_fails_with_the_last_lines(corral: Corral,
+                                                               tmp_path: Path) -> None:
+    """`svc load --wait` returns once the service is ready; one that never gets ready
+    fails after the timeout with a clear line and its last log lines."""
+    port = free_port()
+    script = tmp_path / "server.py"
+    script.write_text(SERVER)
+    load_spec = tmp_path / "ok.yaml"
+    load_spec.write_text(f"name: ok\ncommand: [{PY}, {script}, '{port}']\ncwd: {tmp_path}\n"
+                         f"readiness: health\nhealth: {{http: {{port: {port}}}, interval: 100ms}}\n")
+    out = corral.ok("svc", "load", "-f", str(load_spec), "--wait", "30")
+    assert "added" in out
+    assert corral.status("ok")["state"] == "up"
+    never = tmp_path / "never.yaml"
+    never.write_text(f"name: never\ncommand: [{PY}, -u, -c, 'import time; print(\"booting\");"
+                     " time.sleep(1000)']\nreadiness: notify\n")
+    result = corral.run("svc", "load", "-f", str(never), "--wait", "1")
+    assert result.returncode == 1
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("corral: never did not become ready within 1s (starting")
+    assert "booting" in result.stderr

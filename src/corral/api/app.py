@@ -19,12 +19,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from corral import __version__
-from corral.errors import CorralError, SpecError
+from corral.errors import CorralError, NotReady, SpecError
 from corral.supervisor.facade import Facade
 
 from .models import ErrorResponse, LoadRequest, ScaleRequest
 
 KEEPALIVE = 15.0
+_WAIT = Query(None, ge=0, le=86400, description="seconds to wait for readiness")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 404, 409, 422, 502, 503)}
 
@@ -49,6 +50,8 @@ def create_app(facade: Facade) -> FastAPI:
     @app.exception_handler(CorralError)
     async def corral_error(request: Request, exc: CorralError) -> JSONResponse:
         problems = exc.problems if isinstance(exc, SpecError) else None
+        if isinstance(exc, NotReady) and exc.details:
+            problems = ["last log lines:", *exc.details]
         return _error(exc.status, exc.code, exc.message, problems)
 
     @app.exception_handler(RequestValidationError)
@@ -91,10 +94,12 @@ def create_app(facade: Facade) -> FastAPI:
         return facade.services()
 
     @app.post("/v1/services", tags=["services"], responses=_ERRORS)
-    async def load(body: LoadRequest) -> dict[str, Any]:
-        """Load a service, or update it (restarting it only if its spec changed)."""
+    async def load(body: LoadRequest, wait: float | None = _WAIT) -> dict[str, Any]:
+        """Load a service, or update it (restarting it only if its spec changed).
+        With ``wait``, return only once it is ready (or fail after that many seconds)."""
         spec = facade.parse_spec(body.spec, body.yaml, body.source)
         result = await facade.load(spec)
+        await facade.wait_ready(spec.name, wait)
         return {"result": result, "service": facade.service(spec.name)}
 
     @app.get("/v1/services/{name}", tags=["services"], responses=_ERRORS)
@@ -109,9 +114,11 @@ def create_app(facade: Facade) -> FastAPI:
         return {"result": "unloaded"}
 
     @app.post("/v1/services/{name}/start", tags=["services"], responses=_ERRORS)
-    async def start(name: str) -> dict[str, Any]:
-        """Want the service up; returns once its instances are spawned."""
+    async def start(name: str, wait: float | None = _WAIT) -> dict[str, Any]:
+        """Want the service up; returns once its instances are spawned (with ``wait``:
+        ready, or fail after that many seconds)."""
         await facade.start(name)
+        await facade.wait_ready(name, wait)
         return facade.service(name)
 
     @app.post("/v1/services/{name}/stop", tags=["services"], responses=_ERRORS)
@@ -121,9 +128,10 @@ def create_app(facade: Facade) -> FastAPI:
         return facade.service(name)
 
     @app.post("/v1/services/{name}/restart", tags=["services"], responses=_ERRORS)
-    async def restart(name: str) -> dict[str, Any]:
-        """Stop then start every instance."""
+    async def restart(name: str, wait: float | None = _WAIT) -> dict[str, Any]:
+        """Stop then start every instance (with ``wait``: until they are ready)."""
         await facade.restart(name)
+        await facade.wait_ready(name, wait)
         return facade.service(name)
 
     @app.post("/v1/services/{name}/scale", tags=["services"], responses=_ERRORS)

@@ -56,6 +56,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     ):
         p = add_parser(verbs, name, help_, desc, f"\n  corral svc {example}", parents)
         p.add_argument("name", metavar="NAME", help="service name")
+        if name in ("start", "restart"):
+            _add_wait(p)
         p.set_defaults(handler=cmd_action, action=name)
 
     p = add_parser(verbs, "scale", "change a service's number of instances",
@@ -105,6 +107,7 @@ def _register_load(verbs: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="seconds or a duration like 30s before KILL (default 8s)")
     p.add_argument("--instances", metavar="N", type=non_negative_int, help="instances to run")
     p.add_argument("--log-format", choices=("stamped", "raw"), help="log record format")
+    _add_wait(p)
     p.set_defaults(handler=cmd_load, takes_tail=True)
 
 
@@ -177,10 +180,26 @@ _SPEC_OPTIONS = ("restart", "cwd", "user", "group", "stop_signal", "stop_timeout
                  "log_format")
 
 
+def _add_wait(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", metavar="SECONDS", nargs="?", type=float, const=60.0,
+                   help="return only once every instance is ready (default 60 s); fail "
+                        "with the last log lines if it is not")
+
+
+def _wait_query(args: argparse.Namespace) -> str:
+    wait = getattr(args, "wait", None)
+    if wait is None:
+        return ""
+    if wait < 0:
+        raise UsageError(f"--wait must be a number of seconds >= 0, not {wait:g}")
+    return f"?wait={wait:g}"
+
+
 def cmd_load(args: argparse.Namespace, ctx: Context) -> int:
     """``POST /v1/services``; prints ``web: added (pid 1234)``."""
     body = load_body(args)
-    _, answer = ctx.client().request("POST", "/v1/services", body, timeout=None)
+    _, answer = ctx.client().request("POST", "/v1/services" + _wait_query(args), body,
+                                     timeout=None)
     svc = answer.get("service") or {}
     where = f" (pid {svc['pid']})" if svc.get("pid") is not None else ""
     ctx.out(f"{svc.get('name', args.name)}: {answer.get('result', 'loaded')}{where}")
@@ -195,7 +214,7 @@ def cmd_action(args: argparse.Namespace, ctx: Context) -> int:
         _, answer = client.request("DELETE", path, timeout=None)
         ctx.out(f"{args.name}: {answer.get('result', 'unloaded') if answer else 'unloaded'}")
         return EXIT_OK
-    _, svc = client.request("POST", f"{path}/{args.action}", timeout=None)
+    _, svc = client.request("POST", f"{path}/{args.action}{_wait_query(args)}", timeout=None)
     done = {"start": "started", "stop": "stopped", "restart": "restarted"}[args.action]
     ctx.out(f"{args.name}: {done}, {_state_pid(svc)}")
     return EXIT_OK

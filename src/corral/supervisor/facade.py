@@ -113,6 +113,10 @@ class Facade:
         self._sup.conflict_if_stopping()
         await self._sup.scale(name, instances)
 
+    async def wait_ready(self, name: str, timeout: float | None) -> None:
+        if timeout is not None:
+            await self._sup.wait_ready(name, timeout)
+
     def restart_supervisor(self) -> None:
         self._request_exit(0)
 

@@ -23,8 +23,9 @@ from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
-from corral.errors import Conflict, CorralError, NotFound, SpawnFailed, SpecError
+from corral.errors import Conflict, CorralError, NotFound, NotReady, SpawnFailed, SpecError
 from corral.health.probes import Result
+from corral.logs.reader import tail
 from corral.protocol import messages as m
 from corral.protocol import paths
 from corral.spec import ProcessSpec, Target, check_supported, load_target, validate_target
@@ -68,6 +69,7 @@ class Supervisor:
         self._stopping_all = False
         self._tasks: set[asyncio.Future[None]] = set()
         self._adopted_watch: list[Instance] = []
+        self._state_waiters: list[asyncio.Future[None]] = []
 
     # ------------------------------------------------------------------ start up
     def load_state(self, target_file: Path | None = None) -> None:
@@ -211,6 +213,10 @@ class Supervisor:
         if after is not before:
             self.events.emit(inst.service, "state", reason, instance=inst.index,
                              from_=before.value, to=after.value, pid=inst.pid)
+            for waiter in self._state_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._state_waiters.clear()
         if after in (ServiceState.DOWN, ServiceState.FAILED):
             inst.stopped.set()
             if inst.notify is not None:
@@ -609,6 +615,39 @@ class Supervisor:
                    if i.spawned is not None and i.state is ServiceState.STARTING]
         for future in futures:
             await asyncio.shield(future)
+
+    async def wait_ready(self, name: str, timeout: float) -> None:
+        """Return once every instance of ``name`` is ready (up or unhealthy).
+
+        Raises:
+            NotReady: an instance failed or went down for good, or ``timeout`` passed;
+                the message says which state and why, ``details`` the last log lines.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            service = self.get(name)
+            insts = list(service.instances.values())
+            ready = [i for i in insts if i.state in (ServiceState.UP, ServiceState.UNHEALTHY)]
+            if len(ready) >= service.spec.instances:
+                return
+            stuck = [i for i in insts if i.state is ServiceState.FAILED
+                     or (i.state is ServiceState.DOWN and i.settled)]
+            remaining = deadline - loop.time()
+            if stuck or remaining <= 0 or service.desired is Desired.DOWN:
+                pending = stuck or [i for i in insts if i not in ready] or insts
+                state = (f"{pending[0].state.value}: {pending[0].reason}" if pending
+                         else "no instance")
+                when = "" if stuck else f" within {timeout:g}s"
+                log = paths.logs_dir(self.state_dir) / f"{name}.log"
+                raise NotReady(f"{name} did not become ready{when} ({state})",
+                               tail(log, 5, service.spec.logs.keep))
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._state_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                pass
 
     async def stop_all(self) -> None:
         """Stop every service in reverse load order (the desired state is kept)."""
