@@ -223,3 +223,16 @@ def test_events_follow_streams_new_events(corral: Corral) -> None:
         follower.wait(10)
         if follower.stdout is not None:
             follower.stdout.close()
+
+
+def test_exit_event_carries_the_last_lines(corral: Corral) -> None:
+    """The exit event says how the process ended and shows its last output lines."""
+    corral.ok("svc", "load", "dies", "--restart", "never", "--", PY, "-c",
+              "import sys; print('starting up'); print('config missing', file=sys.stderr);"
+              " sys.exit(4)")
+    corral.wait_state("dies", "down")
+    exits = [json.loads(x) for x in corral.ok("events", "--service", "dies", "--json")
+             .splitlines() if json.loads(x)["kind"] == "exit"]
+    assert exits[-1]["exit_code"] == 4
+    assert "config missing" in exits[-1]["last_lines"]
+    assert "starting up" in exits[-1]["last_lines"]

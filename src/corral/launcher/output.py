@@ -25,10 +25,12 @@ import fcntl
 import os
 import sys
 import time
+from collections import deque
 
 READ_SIZE = 1024 * 1024
 PIPE_SIZE = 1024 * 1024
 MAX_LINE = 64 * 1024
+RECENT = 5
 # Every window of this many bytes must hold a newline for all lines to be <= MAX_LINE.
 _WINDOW = MAX_LINE // 2
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -144,13 +146,15 @@ class PipeReader:
     flushing any partial last line as a record of its own.
     """
 
-    def __init__(self, fd: int, pid: int, tag: bytes, log: LogFile, stamped: bool) -> None:
+    def __init__(self, fd: int, pid: int, tag: bytes, log: LogFile, stamped: bool,
+                 recent: deque[bytes] | None = None) -> None:
         self.fd = fd
         self.log = log
         self.stamped = stamped
         self._tail = b" %d %s " % (pid, tag)
         self._carry = b""
-        self.recent: list[bytes] = []  # the last complete lines, for exit reports
+        # The last lines (shared by a child's two pipes), for the exit report.
+        self.recent: deque[bytes] = recent if recent is not None else deque(maxlen=RECENT)
 
     def read(self) -> bool:
         """Read one chunk; return False when the pipe is closed (EOF)."""
@@ -250,8 +254,7 @@ class PipeReader:
             self._remember(lines[-1][-MAX_LINE:])
 
     def _remember(self, text: bytes) -> None:
-        lines = text.rsplit(b"\n", 10)[-10:]
-        self.recent = (self.recent + lines)[-10:]
+        self.recent.extend(text.rsplit(b"\n", RECENT)[-RECENT:])
 
     def _remember_raw(self, chunk: bytes) -> None:
         self._remember(chunk.rstrip(b"\n")[-4096:])

@@ -29,7 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +38,7 @@ from typing import Any
 from corral.protocol import messages as m
 from corral.protocol import paths
 
-from .output import LogFile, PipeReader
+from .output import RECENT, LogFile, PipeReader
 from .server import ExitQueue, Link, Message
 from .spawn import SpawnError, SpawnRequest, spawn
 
@@ -309,8 +309,9 @@ class Launcher:
             logfile = self.logs[path] = LogFile(path, max_bytes, keep)
         logfile.max_bytes, logfile.keep = max_bytes, keep
         pid = started.proc.pid
-        readers = [PipeReader(started.stdout, pid, b"O", logfile, stamped),
-                   PipeReader(started.stderr, pid, b"E", logfile, stamped)]
+        recent: deque[bytes] = deque(maxlen=RECENT)
+        readers = [PipeReader(started.stdout, pid, b"O", logfile, stamped, recent),
+                   PipeReader(started.stderr, pid, b"E", logfile, stamped, recent)]
         for reader in readers:
             logfile.users += 1
             self.sel.register(reader.fd, selectors.EVENT_READ, self._pipe_callback(reader))
@@ -398,6 +399,8 @@ class Launcher:
             "type": m.EXITED, "name": child.name, "pid": child.pid, "at": time.time(),
             "exit_code": code if code >= 0 else None,
             "signal": m.signal_name(-code) if code < 0 else None,
+            "last_lines": [line[:1000].decode(errors="replace")
+                           for line in child.readers[0].recent if line],
         }
         self.recent_exits[child.pid] = exited
         if len(self.recent_exits) > 1000:

@@ -179,7 +179,8 @@ class Supervisor:
             inst.settled = True
         self.events.emit(inst.service, "exit", decision.reason, instance=inst.index,
                          pid=exited.get("pid"), exit_code=exited.get("exit_code"),
-                         signal=exited.get("signal"), delay_s=decision.delay)
+                         signal=exited.get("signal"), delay_s=decision.delay,
+                         last_lines=exited.get("last_lines") or [])
         self.feed(inst, _EXIT_EVENTS[decision.verdict], decision.reason)
 
     def _find(self, name: str, pid: Any) -> Instance | None:
