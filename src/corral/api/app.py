@@ -140,6 +140,11 @@ def create_app(facade: Facade) -> FastAPI:
         await facade.scale(name, body.instances)
         return facade.service(name)
 
+    @app.get("/v1/services/{name}/history", tags=["services"], responses=_ERRORS)
+    async def history(name: str) -> dict[str, Any]:
+        """CPU % and RSS of each instance, one point every 10 s for the last hour."""
+        return facade.history(name)
+
     @app.get("/v1/services/{name}/logs", tags=["logs"], responses=_ERRORS)
     async def logs(name: str, n: int = Query(100, ge=0, le=100_000),
                    follow: bool = False) -> Any:

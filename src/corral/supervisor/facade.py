@@ -57,6 +57,14 @@ class Facade:
     def service(self, name: str) -> dict[str, Any]:
         return self._sup.get(name).as_dict()
 
+    def history(self, name: str) -> dict[str, Any]:
+        """CPU and RSS points of the last hour, per instance (for charts)."""
+        service = self._sup.get(name)
+        return {"name": name, "instances": [
+            {"index": i.index, "points": [{"at": rfc3339(t), "cpu": c, "rss": r}
+                                          for t, c, r in i.history]}
+            for i in sorted(service.instances.values(), key=lambda i: i.index)]}
+
     def events(self, n: int, service: str | None) -> list[Event]:
         if service is not None:
             self._sup.get(service)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,10 @@ from .events import rfc3339
 from .notify import NotifySocket
 from .policy import Streak
 from .watch import HealthWatch
+
+# Resource history: one point every HISTORY_STEP seconds, for the last hour.
+HISTORY_STEP = 10.0
+HISTORY_POINTS = 360
 
 # Order used to summarise several instances in one state: the least healthy wins.
 _SEVERITY = [ServiceState.FAILED, ServiceState.BACKOFF, ServiceState.UNHEALTHY,
@@ -42,6 +47,12 @@ class Instance:
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     request: tuple[ProcessSpec, bytes] | None = None
     watch: HealthWatch | None = None
+    cpu: float | None = None          # percent of one core, over the last sample period
+    rss: int | None = None            # bytes, whole process tree
+    sampled: tuple[float, float] | None = None   # (monotonic time, cpu seconds) last seen
+    over_limit_since: float | None = None
+    history: deque[tuple[float, float, int]] = field(
+        default_factory=lambda: deque(maxlen=HISTORY_POINTS))
     notify: NotifySocket | None = None
     failures: int = 0
 
@@ -67,6 +78,8 @@ class Instance:
             "uptime_s": round(uptime, 3) if uptime is not None else None,
             "started_at": rfc3339(self.started_at) if self.started_at and self.pid else None,
             "health": self.health.value, "reason": self.reason,
+            "cpu": round(self.cpu, 1) if self.cpu is not None and self.pid else None,
+            "rss": self.rss if self.pid else None,
             "next_restart_at": rfc3339(self.next_restart_at) if self.next_restart_at else None,
             "last_exit": self.last_exit,
         }
@@ -92,6 +105,8 @@ class Service:
             "pid": first.pid if first is not None else None,
             "instances": self.spec.instances, "running": len(live),
             "restarts": sum(i.restarts for i in ordered),
+            "cpu": round(sum(i.cpu or 0.0 for i in live), 1) if live else None,
+            "rss": sum(i.rss or 0 for i in live) if live else None,
             "health": first.health.value if first is not None else HealthState.UNKNOWN.value,
             "uptime_s": round(uptime, 3) if uptime is not None else None,
             "reason": first.reason if first is not None else "",

@@ -1,0 +1,1 @@
+"""Resource sampling of service process trees."""
