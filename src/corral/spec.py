@@ -299,6 +299,26 @@ class StopSpec(_Spec):
     timeout: Seconds = 8.0
 
 
+class HooksSpec(_Spec):
+    """Shell commands around an instance's life (after Habitat's hooks), each bounded by
+    ``timeout``: ``init`` before a start that a user or the target asked for (a failure
+    backs off like a crash), ``post_run`` once ready, ``post_stop`` after a stop,
+    ``reload`` for ``svc reload`` (or ``reload_signal``, sent to the main process)."""
+
+    init: NonEmpty | None = None
+    post_run: NonEmpty | None = None
+    post_stop: NonEmpty | None = None
+    reload: NonEmpty | None = None
+    reload_signal: Annotated[str, BeforeValidator(parse_signal)] | None = None
+    timeout: Positive = 30.0
+
+    @model_validator(mode="after")
+    def _one_reload(self) -> Self:
+        if self.reload is not None and self.reload_signal is not None:
+            _fail([((), "give reload or reload_signal, not both")])
+        return self
+
+
 class HttpCheck(_Spec):
     """GET ``path`` on a port, or on the port allocated for a service the process receives."""
 
@@ -399,6 +419,7 @@ class ProcessSpec(_Spec):
     stop: StopSpec = StopSpec()
     logs: LogSpec = LogSpec()
     limits: LimitsSpec = LimitsSpec()
+    hooks: HooksSpec = HooksSpec()
     depends_on: list[str] = []
     user: NonEmpty | None = None
     group: NonEmpty | None = None

@@ -134,6 +134,12 @@ def create_app(facade: Facade) -> FastAPI:
         await facade.wait_ready(name, wait)
         return facade.service(name)
 
+    @app.post("/v1/services/{name}/reload", tags=["services"], responses=_ERRORS)
+    async def reload(name: str) -> dict[str, Any]:
+        """Run the reload hook, or send the reload signal, to every running instance."""
+        await facade.reload(name)
+        return facade.service(name)
+
     @app.post("/v1/services/{name}/scale", tags=["services"], responses=_ERRORS)
     async def scale(name: str, body: ScaleRequest) -> dict[str, Any]:
         """Change the number of instances without touching those that stay."""

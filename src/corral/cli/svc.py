@@ -53,6 +53,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
          "the service loaded with desired state down.", "stop web"),
         ("restart", "restart a service's instances",
          "Stop and start every instance of the service.", "restart web"),
+        ("reload", "reload a service's configuration without a restart",
+         "Run the service's reload hook (hooks.reload), or send it hooks.reload_signal,\n"
+         "in every running instance. Fails if the service has neither.", "reload web"),
     ):
         p = add_parser(verbs, name, help_, desc, f"\n  corral svc {example}", parents)
         p.add_argument("name", metavar="NAME", help="service name")
@@ -215,7 +218,8 @@ def cmd_action(args: argparse.Namespace, ctx: Context) -> int:
         ctx.out(f"{args.name}: {answer.get('result', 'unloaded') if answer else 'unloaded'}")
         return EXIT_OK
     _, svc = client.request("POST", f"{path}/{args.action}{_wait_query(args)}", timeout=None)
-    done = {"start": "started", "stop": "stopped", "restart": "restarted"}[args.action]
+    done = {"start": "started", "stop": "stopped", "restart": "restarted",
+            "reload": "reloaded"}[args.action]
     ctx.out(f"{args.name}: {done}, {_state_pid(svc)}")
     return EXIT_OK
 

@@ -45,8 +45,10 @@ from .spawn import SpawnError, SpawnRequest, spawn
 _PR_SET_CHILD_SUBREAPER = 36
 # Fallback stop when no supervisor can do it: TERM, then KILL after this long.
 FALLBACK_STOP_TIMEOUT = 10.0
-# A supervisor that lived less than this "died young": the next start backs off.
-SUP_YOUNG = 10.0
+# A supervisor "died young" if it never said Hello, or died within this long after it:
+# the next start backs off.  One that got going and was killed later (an admin's kill -9,
+# the OOM killer) is restarted at once: that is the path the services' API waits on.
+SUP_YOUNG = 1.0
 SUP_BACKOFF_MIN = 0.1
 SUP_BACKOFF_MAX = 5.0
 
@@ -72,6 +74,7 @@ class SupervisorProc:
     proc: subprocess.Popen[bytes]
     link: Link
     started_at: float
+    greeted_at: float | None = None
 
 
 class Launcher:
@@ -236,7 +239,8 @@ class Launcher:
         assert sup is not None
         sup.proc.returncode = os.waitstatus_to_exitcode(status)
         code = sup.proc.returncode
-        lived = time.monotonic() - sup.started_at
+        greeted = sup.greeted_at
+        young = greeted is None or time.monotonic() - greeted < SUP_YOUNG
         self._forget_link(sup.link)
         sup.link.close()
         self.sup = None
@@ -252,7 +256,7 @@ class Launcher:
         if code != 0:
             print(f"corral-launcher: the supervisor died ({_describe(code)}); restarting it",
                   file=sys.stderr)
-        self._schedule_supervisor(young=code != 0 and lived < SUP_YOUNG)
+        self._schedule_supervisor(young=code != 0 and young)
 
     def _schedule_supervisor(self, young: bool) -> None:
         if young:
@@ -268,7 +272,7 @@ class Launcher:
         if kind == m.HELLO:
             assert self.sup is not None
             self.sup.link.greeted = True
-            self.sup_backoff = 0.0 if self.sup_backoff <= SUP_BACKOFF_MIN else self.sup_backoff
+            self.sup.greeted_at = time.monotonic()
             self.call_later(0, self._replay_exits)
             if self.stopping:
                 self.call_later(0, lambda: self.send({"type": m.SHUTDOWN}))

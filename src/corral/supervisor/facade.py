@@ -117,6 +117,10 @@ class Facade:
         self._sup.conflict_if_stopping()
         await self._sup.restart(name)
 
+    async def reload(self, name: str) -> None:
+        self._sup.conflict_if_stopping()
+        await self._sup.reload(name)
+
     async def scale(self, name: str, instances: int) -> None:
         self._sup.conflict_if_stopping()
         await self._sup.scale(name, instances)

@@ -51,6 +51,7 @@ class Instance:
     rss: int | None = None            # bytes, whole process tree
     sampled: tuple[float, float] | None = None   # (monotonic time, cpu seconds) last seen
     over_limit_since: float | None = None
+    init_done: bool = False
     history: deque[tuple[float, float, int]] = field(
         default_factory=lambda: deque(maxlen=HISTORY_POINTS))
     notify: NotifySocket | None = None

@@ -41,6 +41,7 @@ from corral.states import Desired, HealthState, ServiceState
 
 from . import machine, notify, policy, reconcile, statefile
 from .events import EventLog, rfc3339
+from .hooks import HookResult, run_hook
 from .instance import HISTORY_STEP, Instance, Service
 from .launcher_client import LauncherClient, Message, check
 from .machine import Action, Event
@@ -210,6 +211,8 @@ class Supervisor:
         before = inst.state
         after, actions = machine.step(before, event)
         inst.state = after
+        if event is Event.START:
+            inst.init_done = False  # a start asked for (not a crash restart) runs init
         if after is not before:
             inst.reason = reason
         # Actions first: a restart's Spawn is on the wire before any bookkeeping.
@@ -229,6 +232,13 @@ class Supervisor:
                 if not waiter.done():
                     waiter.set_result(None)
             self._state_waiters.clear()
+        hooks = self.services[inst.service].spec.hooks if inst.service in self.services \
+            else None
+        if hooks is not None and after is not before:
+            if before is ServiceState.STARTING and after is ServiceState.UP and hooks.post_run:
+                self._background(self._hook_later(inst, "post_run", hooks.post_run))
+            if event is Event.STOPPED and hooks.post_stop:
+                self._background(self._hook_later(inst, "post_stop", hooks.post_stop))
         if after in (ServiceState.DOWN, ServiceState.FAILED):
             inst.stopped.set()
             if inst.notify is not None:
@@ -251,10 +261,51 @@ class Supervisor:
             self._listen_notify(inst, spec)
         inst.stopped.clear()
         inst.next_restart_at = None
-        future = self.launcher.send_encoded(inst.request[1])
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         inst.spawned = done
+        if spec.hooks.init is not None and not inst.init_done:
+            self._background(self._init_then_spawn(inst, spec, spec.hooks.init, done))
+            return
+        future = self.launcher.send_encoded(inst.request[1])
         self._background(self._spawned(inst, future, done))
+
+    async def _init_then_spawn(self, inst: Instance, spec: ProcessSpec, command: str,
+                               done: asyncio.Future[None]) -> None:
+        """The init hook runs before a start a user or the target asked for; a failure
+        backs off like a crash (so a broken init does not spin)."""
+        result = await self._hook(inst, spec, "init", command)
+        if inst.state is not ServiceState.STARTING or self.launcher is None:
+            if not done.done():
+                done.set_result(None)
+            if inst.state is ServiceState.STOPPING:
+                self.feed(inst, Event.STOPPED, "stopped before it started")
+            return
+        if not result.ok:
+            if not done.done():
+                done.set_result(None)
+            decision = policy.decide_spawn_failure(spec.restart, inst.streak, result.summary,
+                                                   self.uniform)
+            inst.streak, inst.delay = decision.streak, decision.delay
+            if decision.verdict is policy.Verdict.GIVE_UP:
+                inst.settled = True
+            self.feed(inst, _EXIT_EVENTS[decision.verdict], decision.reason)
+            return
+        inst.init_done = True
+        assert inst.request is not None
+        future = self.launcher.send_encoded(inst.request[1])
+        await self._spawned(inst, future, done)
+
+    async def _hook(self, inst: Instance, spec: ProcessSpec, hook: str,
+                    command: str) -> HookResult:
+        env = self._instance_env(inst, spec)
+        if inst.pid is not None:
+            env["CORRAL_PID"] = str(inst.pid)
+        result = await run_hook(hook, command, env=env, cwd=self._instance_cwd(inst, spec),
+                                user=spec.user, group=spec.group, timeout=spec.hooks.timeout,
+                                log=paths.logs_dir(self.state_dir) / f"{spec.name}.log")
+        self.events.emit(inst.service, "hook", result.summary, instance=inst.index,
+                         pid=inst.pid, last_lines=result.output)
+        return result
 
     def _instance_env(self, inst: Instance, spec: ProcessSpec) -> dict[str, str]:
         env = dict(self._base_env)
@@ -324,6 +375,40 @@ class Supervisor:
             self.feed(inst, Event.READY, f"running as pid {inst.pid}")
         elif inst.state is ServiceState.STOPPING:
             self._terminate(inst)  # a stop came while the spawn was on its way
+
+    async def _hook_later(self, inst: Instance, hook: str, command: str) -> None:
+        service = self.services.get(inst.service)
+        if service is not None:
+            await self._hook(inst, service.spec, hook, command)
+
+    async def reload(self, name: str) -> None:
+        """Run the reload hook (or send ``reload_signal``) for every running instance.
+
+        Raises:
+            Conflict: the service has neither, or no running instance.
+        """
+        service = self.get(name)
+        hooks = service.spec.hooks
+        if hooks.reload is None and hooks.reload_signal is None:
+            raise Conflict(f"{name} has no reload hook: add hooks.reload (a command) or "
+                           "hooks.reload_signal (e.g. HUP), or use: corral svc restart " + name)
+        live = [i for i in service.instances.values() if i.pid is not None]
+        if not live:
+            raise Conflict(f"{name} has no running instance to reload")
+        failed = []
+        for inst in live:
+            if hooks.reload is not None:
+                result = await self._hook(inst, service.spec, "reload", hooks.reload)
+                if not result.ok:
+                    failed.append(f"instance {inst.index}: {result.summary}")
+            else:
+                assert self.launcher is not None and inst.pid is not None
+                await self.launcher.request({"type": m.SIGNAL, "pid": inst.pid,
+                                             "signal": hooks.reload_signal})
+                self.events.emit(name, "reload", f"sent SIG{hooks.reload_signal}",
+                                 instance=inst.index, pid=inst.pid)
+        if failed:
+            raise Conflict(f"reload of {name} failed: " + "; ".join(failed))
 
     def _listen_notify(self, inst: Instance, spec: ProcessSpec) -> None:
         name = notify.socket_name(self.state_dir, spec.name, inst.index)

@@ -1,0 +1,75 @@
+"""Running a service's hooks: ``/bin/sh -c`` as the service's user, with its environment
+and working directory, never longer than the hook's timeout, output into the service's log.
+
+A hook runs in a task of its own, so a slow hook delays nothing but its instance.  Its
+output is appended to ``<state>/logs/<service>.log`` once it ends, as stamped records
+tagged ``[hook NAME]``, in one write (``O_APPEND``, so it never splits a record the
+launcher is writing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .events import rfc3339
+
+
+@dataclass(frozen=True)
+class HookResult:
+    ok: bool
+    summary: str
+    output: list[str]
+
+
+async def run_hook(hook: str, command: str, *, env: Mapping[str, str], cwd: str,
+                   user: str | None, group: str | None, timeout: float,
+                   log: Path) -> HookResult:
+    """Run one hook; the result says how it ended (exit status, timeout or spawn error)."""
+    started = time.monotonic()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", command, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=dict(env),
+            cwd=cwd, start_new_session=True, user=user, group=group)
+    except (OSError, ValueError) as exc:
+        return HookResult(False, f"hook {hook} could not start: {exc}", [])
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        code = proc.returncode
+        timed_out = False
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = await proc.communicate()
+        code, timed_out = None, True
+    lines = output.decode(errors="replace").splitlines()
+    _append(log, proc.pid, hook, lines)
+    took = time.monotonic() - started
+    if timed_out:
+        return HookResult(False, f"hook {hook} timed out after {timeout:g}s", lines[-5:])
+    if code == 0:
+        return HookResult(True, f"hook {hook} succeeded in {took:.2f}s", lines[-5:])
+    what = f"killed by signal {-code}" if code is not None and code < 0 else f"exited {code}"
+    return HookResult(False, f"hook {hook} {what}", lines[-5:])
+
+
+def _append(log: Path, pid: int, hook: str, lines: list[str]) -> None:
+    if not lines:
+        return
+    prefix = f"{rfc3339(time.time())} {pid} E [hook {hook}] "
+    data = "".join(prefix + line[:65000] + "\n" for line in lines).encode()
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError:
+        return
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
