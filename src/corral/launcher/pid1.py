@@ -45,8 +45,8 @@ from .spawn import SpawnError, SpawnRequest, spawn
 _PR_SET_CHILD_SUBREAPER = 36
 # Fallback stop when no supervisor can do it: TERM, then KILL after this long.
 FALLBACK_STOP_TIMEOUT = 10.0
-# A supervisor "died young" if it never said Hello, or died within this long after it:
-# the next start backs off.  One that got going and was killed later (an admin's kill -9,
+# A supervisor "died young" if it never said Hello (the backoff doubles from 0.1 s to 5 s
+# while that goes on), or died within this long after it (restarted after 0.1 s).  One that got going and was killed later (an admin's kill -9,
 # the OOM killer) is restarted at once: that is the path the services' API waits on.
 SUP_YOUNG = 1.0
 SUP_BACKOFF_MIN = 0.1
@@ -273,6 +273,8 @@ class Launcher:
             assert self.sup is not None
             self.sup.link.greeted = True
             self.sup.greeted_at = time.monotonic()
+            # It started well: only supervisors that keep failing before Hello back off.
+            self.sup_backoff = 0.0
             self.call_later(0, self._replay_exits)
             if self.stopping:
                 self.call_later(0, lambda: self.send({"type": m.SHUTDOWN}))
