@@ -81,6 +81,7 @@ class Supervisor:
         self._tasks: set[asyncio.Future[None]] = set()
         self._adopted_watch: list[Instance] = []
         self._state_waiters: list[asyncio.Future[None]] = []
+        self._depended: frozenset[str] | None = None  # see _depended_on
 
     # ------------------------------------------------------------------ start up
     def load_state(self, target_file: Path | None = None) -> None:
@@ -247,7 +248,7 @@ class Supervisor:
             if after is not before:
                 self.reconcile()
         elif after is ServiceState.UP and before is not after \
-                and inst.service in self._depended_on():
+                and self.services[inst.service].spec.name in self._depended_on():
             self.reconcile()  # a dependent may be waiting for this one
 
     def _spawn(self, inst: Instance) -> None:
@@ -621,8 +622,13 @@ class Supervisor:
                  if i.state in (ServiceState.UP, ServiceState.UNHEALTHY)]
         return service.desired is Desired.UP and len(ready) >= service.spec.instances
 
-    def _depended_on(self) -> set[str]:
-        return {d for s in self.services.values() for d in s.spec.depends_on}
+    def _depended_on(self) -> frozenset[str]:
+        """Names some service depends on; rebuilt only when the loaded specs change (this
+        is asked on every transition to up, hundreds of times a second in a crash storm)."""
+        if self._depended is None:
+            self._depended = frozenset(d for s in self.services.values()
+                                       for d in s.spec.depends_on)
+        return self._depended
 
     def stop_order(self) -> list[Service]:
         """Services in the order to stop them: dependents before their dependencies,
@@ -672,6 +678,7 @@ class Supervisor:
                 return "unchanged"
             only_scale = existing.spec.model_copy(update={"instances": spec.instances}) == spec
             existing.spec = spec
+            self._depended = None
             self.save()
             self.events.emit(spec.name, "update", "spec changed" if not only_scale
                              else f"scaled to {spec.instances}")
@@ -683,6 +690,7 @@ class Supervisor:
             return "updated"
         service = Service(spec=spec)
         self.services[spec.name] = service
+        self._depended = None
         self.events.emit(spec.name, "load", "loaded")
         self.reconcile()
         try:
@@ -713,6 +721,7 @@ class Supervisor:
         service.desired = Desired.DOWN
         await self._stop_instances(service, list(service.instances.values()))
         self.services.pop(service.spec.name, None)
+        self._depended = None
 
     async def start(self, name: str) -> None:
         service = self.get(name)
