@@ -36,11 +36,11 @@ def test_status_table_without_colour() -> None:
     """The table has a header, aligned columns, indented instance rows and no escapes."""
     lines = render.service_table(SERVICES, NOW, colour=False)
     assert lines == [
-        "NAME   STATE    DESIRED  PID   INST  RESTARTS  HEALTH   UPTIME  NOTE",
-        "web    up       up       1234  1/2   1         ok       3m12s   spawned",
-        "  [0]  up                1234        0         ok       3m12s   spawned",
-        "  [1]  backoff           -           1         unknown  -       restart in 4s: exited with code 1",
-        "db     down     down     -     1     0         unknown  -       killed by SIGTERM (graceful stop)",
+        "NAME   STATE    DESIRED  PID   INST  RESTARTS  HEALTH   CPU  MEM  UPTIME  NOTE",
+        "web    up       up       1234  1/2   1         ok       -    -    3m12s   spawned",
+        "  [0]  up                1234        0         ok       -    -    3m12s   spawned",
+        "  [1]  backoff           -           1         unknown  -    -    -       restart in 4s: exited with code 1",
+        "db     down     down     -     1     0         unknown  -    -    -       killed by SIGTERM (graceful stop)",
     ]
     assert not any("\033" in line for line in lines)
 
@@ -59,7 +59,14 @@ def test_status_table_with_colour_keeps_alignment() -> None:
 def test_table_tolerates_missing_fields() -> None:
     """A status object with unknown or missing fields renders dashes, not a KeyError."""
     lines = render.service_table([{"name": "x"}], NOW, colour=False)
-    assert lines[1].split() == ["x", "-", "-", "-", "-", "-", "-", "-"]
+    assert lines[1].split() == ["x", "-", "-", "-", "-", "-", "-", "-", "-", "-"]
+
+
+def test_cpu_and_memory_columns() -> None:
+    """CPU is shown as a whole percentage and RSS in binary units."""
+    lines = render.service_table([{"name": "x", "state": "up", "cpu": 12.34, "rss": 52428800}],
+                                 NOW, colour=False)
+    assert lines[1].split()[7:9] == ["12%", "50.0M"]
 
 
 @pytest.mark.parametrize("seconds, text", [
@@ -112,3 +119,12 @@ def test_colour_only_on_a_terminal_without_no_color(
         monkeypatch.setenv("NO_COLOR", no_color)
     monkeypatch.setenv("TERM", term)
     assert Context(argparse.Namespace(), stdout=stream).colour is expected
+
+
+def test_exit_event_shows_the_last_lines() -> None:
+    """A human event line for an exit is followed by the process's last output lines."""
+    line = render.event_line({"at": "2026-11-21T23:59:01.123456Z", "service": "web",
+                              "instance": 0, "kind": "exit", "reason": "exited with code 1",
+                              "last_lines": ["booting", "config missing"]}, colour=False)
+    assert line.splitlines() == ["2026-11-21 23:59:01.123 web[0] exit exited with code 1",
+                                 "    | booting", "    | config missing"]

@@ -111,17 +111,18 @@ def service_rows(svc: Json, now: float) -> list[list[Cell]]:
     rows: list[list[Cell]] = [[
         _text(svc.get("name")), state_cell(svc.get("state")), _text(svc.get("desired")),
         _text(svc.get("pid")), inst, _text(svc.get("restarts")), _text(svc.get("health")),
-        _uptime(svc), note(svc, now)]]
+        _cpu(svc), _rss(svc), _uptime(svc), note(svc, now)]]
     if len(instances) > 1:
         for i in instances:
             rows.append([
                 f"  [{_text(i.get('index'))}]", state_cell(i.get("state")), "",
                 _text(i.get("pid")), "", _text(i.get("restarts")), _text(i.get("health")),
-                _uptime(i), note(i, now)])
+                _cpu(i), _rss(i), _uptime(i), note(i, now)])
     return rows
 
 
-STATUS_HEADER = ("NAME", "STATE", "DESIRED", "PID", "INST", "RESTARTS", "HEALTH", "UPTIME", "NOTE")
+STATUS_HEADER = ("NAME", "STATE", "DESIRED", "PID", "INST", "RESTARTS", "HEALTH", "CPU", "MEM",
+                 "UPTIME", "NOTE")
 
 
 def service_table(services: Sequence[Json], now: float, colour: bool) -> list[str]:
@@ -159,7 +160,27 @@ def event_line(event: Json, colour: bool) -> str:
         parts.append(f"{src or '-'}->" + paint(str(dst or "-"), STATE_COLOURS.get(str(dst)), colour))
     if event.get("reason"):
         parts.append(str(event["reason"]))
-    return " ".join(parts)
+    lines = event.get("last_lines")
+    tail = "".join(f"\n    | {line}" for line in lines[-5:]) if isinstance(lines, list) else ""
+    return " ".join(parts) + tail
+
+
+def _cpu(obj: Json) -> str:
+    cpu = obj.get("cpu")
+    return f"{cpu:.0f}%" if isinstance(cpu, (int, float)) else "-"
+
+
+def _rss(obj: Json) -> str:
+    """Resident memory in binary units, e.g. ``12.3M``."""
+    rss = obj.get("rss")
+    if not isinstance(rss, int):
+        return "-"
+    size = float(rss)
+    for unit in ("B", "K", "M", "G"):
+        if size < 1024 or unit == "G":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return "-"
 
 
 def _text(value: Json) -> str:
