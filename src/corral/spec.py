@@ -810,7 +810,7 @@ def _path(loc: Loc) -> str:
 # Fields the format accepts (it is shared with later versions) but that this version does
 # not act on yet.  Refusing them is honest: a health check that never runs would be worse
 # than an error.
-_NOT_YET = ("watchdog", "resources", "before", "receives")
+_NOT_YET = ("resources", "before", "receives")
 
 
 def check_supported(target: Target | ProcessSpec, source: str) -> None:

@@ -170,3 +170,28 @@ def test_wait_returns_when_ready_and_fails_with_the_last_lines(corral: Corral,
     first = result.stderr.splitlines()[0]
     assert first.startswith("corral: never did not become ready within 1s (starting")
     assert "booting" in result.stderr
+
+
+def test_watchdog_restarts_a_process_that_stops_pinging(corral: Corral, tmp_path: Path) -> None:
+    """With `watchdog`, a process that stops sending WATCHDOG=1 is restarted with an event;
+    one that keeps pinging is left alone."""
+    script = tmp_path / "dog.py"
+    script.write_text(
+        "import os, socket, sys, time\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        "addr = '\\0' + os.environ['NOTIFY_SOCKET'][1:]\n"
+        "assert os.environ['WATCHDOG_USEC'] == '500000'\n"
+        "pings = int(sys.argv[1])\n"
+        "while True:\n"
+        "    if pings:\n"
+        "        s.sendto(b'WATCHDOG=1', addr); pings -= 1\n"
+        "    time.sleep(0.1)\n")
+    load(corral, tmp_path, "stuck", f"command: [{PY}, {script}, '3']\nwatchdog: 500ms\n")
+    load(corral, tmp_path, "alive", f"command: [{PY}, {script}, '1000000']\nwatchdog: 500ms\n")
+    first = corral.status("stuck")["pid"]
+    event = wait_for(lambda: [e for e in events(corral, "stuck") if e["kind"] == "watchdog"],
+                     30, "a watchdog event")[0]
+    assert "WATCHDOG=1" in event["reason"] and event["pid"] == first
+    wait_for(lambda: corral.status("stuck")["pid"] not in (None, first), 30, "a restart")
+    assert not [e for e in events(corral, "alive") if e["kind"] == "watchdog"]
+    assert corral.status("alive")["restarts"] == 0

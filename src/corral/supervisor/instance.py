@@ -52,6 +52,7 @@ class Instance:
     sampled: tuple[float, float] | None = None   # (monotonic time, cpu seconds) last seen
     over_limit_since: float | None = None
     init_done: bool = False
+    dog: asyncio.TimerHandle | None = None   # the watchdog countdown
     history: deque[tuple[float, float, int]] = field(
         default_factory=lambda: deque(maxlen=HISTORY_POINTS))
     notify: NotifySocket | None = None

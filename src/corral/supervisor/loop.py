@@ -123,6 +123,13 @@ class Supervisor:
         for inst in self._adopted_watch:
             self._watch(inst, self.services[inst.service].spec)
         self._adopted_watch.clear()
+        for service in self.services.values():
+            if service.spec.watchdog is None:
+                continue
+            for inst in service.instances.values():
+                if inst.pid is not None:  # adopted: keep watching it
+                    self._listen_notify(inst, service.spec)
+                    self._arm_watchdog(inst, service.spec)
         self._background(self.monitor())
         self.reconcile()
 
@@ -258,7 +265,7 @@ class Supervisor:
         # write, not an environment copy, a mkdir and a JSON encoding.
         if inst.request is None or inst.request[0] is not spec:
             inst.request = (spec, self._spawn_request(inst, spec))
-        if spec.readiness == "notify" and inst.notify is None:
+        if (spec.readiness == "notify" or spec.watchdog is not None) and inst.notify is None:
             self._listen_notify(inst, spec)
         inst.stopped.clear()
         inst.next_restart_at = None
@@ -325,8 +332,10 @@ class Supervisor:
     def _spawn_request(self, inst: Instance, spec: ProcessSpec) -> bytes:
         cwd = self._instance_cwd(inst, spec)
         env = self._instance_env(inst, spec)
-        if spec.readiness == "notify":
+        if spec.readiness == "notify" or spec.watchdog is not None:
             env["NOTIFY_SOCKET"] = notify.socket_name(self.state_dir, spec.name, inst.index)
+        if spec.watchdog is not None:
+            env["WATCHDOG_USEC"] = str(int(spec.watchdog * 1_000_000))
         request: Message = {
             "type": m.SPAWN, "name": inst.launcher_name, "argv": spec.argv, "env": env,
             "cwd": cwd, "user": spec.user, "group": spec.group,
@@ -372,6 +381,8 @@ class Supervisor:
         spec = self.services[inst.service].spec
         if spec.health is not None and inst.state is ServiceState.STARTING:
             self._watch(inst, spec)
+        if spec.watchdog is not None and inst.state is ServiceState.STARTING:
+            self._arm_watchdog(inst, spec)
         if inst.state is ServiceState.STARTING and spec.readiness == "started":
             self.feed(inst, Event.READY, f"running as pid {inst.pid}")
         elif inst.state is ServiceState.STOPPING:
@@ -421,18 +432,46 @@ class Supervisor:
                              instance=inst.index)
 
     def _on_notify(self, inst: Instance, fields: notify.Fields) -> None:
-        if fields.get("READY") == "1" and inst.state is ServiceState.STARTING:
+        service = self.services.get(inst.service)
+        if service is None:
+            return
+        if (fields.get("READY") == "1" and inst.state is ServiceState.STARTING
+                and service.spec.readiness == "notify"):
             self.feed(inst, Event.READY, "ready (READY=1 on NOTIFY_SOCKET)")
+        if fields.get("WATCHDOG") == "1" and inst.dog is not None:
+            self._arm_watchdog(inst, service.spec)
+
+    def _arm_watchdog(self, inst: Instance, spec: ProcessSpec) -> None:
+        """(Re)start the watchdog countdown: no WATCHDOG=1 within ``watchdog`` -> restart."""
+        if inst.dog is not None:
+            inst.dog.cancel()
+        assert spec.watchdog is not None
+        pid = inst.pid
+
+        def expired() -> None:
+            inst.dog = None
+            if inst.pid != pid or inst.state not in (ServiceState.STARTING, ServiceState.UP,
+                                                      ServiceState.UNHEALTHY):
+                return
+            why = f"no WATCHDOG=1 for {spec.watchdog:g}s"
+            self.events.emit(inst.service, "watchdog", f"restarting: {why}",
+                             instance=inst.index, pid=pid)
+            self.feed(inst, Event.STOP, f"restarting: {why}")
+        inst.dog = asyncio.get_running_loop().call_later(spec.watchdog, expired)
 
     def _watch(self, inst: Instance, spec: ProcessSpec) -> None:
         assert spec.health is not None and inst.pid is not None
-        self._unwatch(inst)
+        if inst.watch is not None:
+            inst.watch.stop()
         inst.failures = 0
         inst.watch = HealthWatch(spec.health, inst.pid, self._instance_env(inst, spec),
                                  self._instance_cwd(inst, spec),
                                  lambda pid, result: self._on_health(inst, pid, result)).start()
 
     def _unwatch(self, inst: Instance) -> None:
+        if inst.dog is not None:
+            inst.dog.cancel()
+            inst.dog = None
         if inst.watch is not None:
             inst.watch.stop()
             inst.watch = None
