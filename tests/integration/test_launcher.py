@@ -115,18 +115,30 @@ def test_launcher_as_pid1_reaps_orphans(tmp_path: Path) -> None:
     unshare = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"])
     if unshare.returncode != 0:
         pytest.skip("cannot create a PID namespace here")
-    # The service forks 20 short-lived children and exits from under them: their parent
-    # is gone, so they are re-parented to PID 1 (the launcher) when they exit.
+    # The service forks 20 children that leave its process group (as daemons do, so the
+    # launcher's group sweep does not touch them), records their pids, and exits: they are
+    # re-parented to PID 1 (the launcher), and exit a moment later.
+    pids = tmp_path / "orphans"
     script = ("import os,time\n"
+              "kids=[]\n"
               "for i in range(20):\n"
-              "    if os.fork()==0:\n"
-              "        time.sleep(0.2); os._exit(0)\n"
+              "    pid=os.fork()\n"
+              "    if pid==0:\n"
+              "        os.setsid(); time.sleep(0.3); os._exit(0)\n"
+              "    kids.append(pid)\n"
+              f"open({str(pids)!r},'w').write(' '.join(map(str,kids)))\n"
               "os._exit(7)\n")
+    # The probe, inside the namespace, polls (with a deadline) until every orphan's /proc
+    # entry is gone: a zombie keeps its entry until someone reaps it.
     probe = ("import os,time\n"
-             "time.sleep(1.5)\n"
-             "z=[p for p in os.listdir('/proc') if p.isdigit() and "
-             "open(f'/proc/{p}/stat').read().rsplit(')',1)[1].split()[0]=='Z']\n"
-             "print('ZOMBIES', len(z), flush=True)\n")
+             f"p={str(pids)!r}\n"
+             "deadline=time.monotonic()+20\n"
+             "while not os.path.exists(p) and time.monotonic()<deadline: time.sleep(0.05)\n"
+             "kids=open(p).read().split()\n"
+             "left=kids\n"
+             "while left and time.monotonic()<deadline:\n"
+             "    left=[k for k in kids if os.path.exists(f'/proc/{k}')]; time.sleep(0.05)\n"
+             "print('ORPHANS', len(kids), 'LEFT', len(left), flush=True)\n")
     state = tmp_path / "state"
     env = {**os.environ, "CORRAL_HOME": str(state)}
     proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", PY, "-m", "corral",
@@ -138,9 +150,9 @@ def test_launcher_as_pid1_reaps_orphans(tmp_path: Path) -> None:
         assert c.sup_status()["launcher_pid"] == 1
         c.ok("svc", "load", "forker", "--restart", "never", "--", PY, "-c", script)
         c.ok("svc", "load", "probe", "--restart", "never", "--", PY, "-c", probe)
-        wait_for(lambda: any("ZOMBIES" in line for line in c.log_lines("probe")), 30,
-                 "the zombie probe")
-        assert any(line.endswith("ZOMBIES 0") for line in c.log_lines("probe"))
+        wait_for(lambda: any("ORPHANS" in line for line in c.log_lines("probe")), 30,
+                 "the orphan probe")
+        assert any(line.endswith("ORPHANS 20 LEFT 0") for line in c.log_lines("probe"))
         forker = c.status("forker")
         assert forker["last_exit"]["exit_code"] == 7
     finally:
