@@ -1,0 +1,553 @@
+"""The data path: one listener per service, connections piped to a backend.  STDLIB ONLY.
+
+Shape (chosen by measurement, see docs/benchmarks.md): every connection is two
+:class:`asyncio.Protocol` halves writing straight into each other's transport, with flow
+control — when one side's write buffer passes its high-water mark, the other side stops
+reading until it drains.  No streams, no per-chunk task, no copy beyond the transport's.
+
+Per connection: accept, choose a backend (:mod:`.choice`), connect to it (bounded by
+:data:`CONNECT_TIMEOUT`), then wrap the client socket.  The client's bytes that arrive
+while connecting stay in the kernel's receive buffer, so nothing is lost.  A refused or
+timed-out connect is retried on another backend; only when none is left does the client
+see its connection closed (counted as ``no_backend``).
+
+Error handling: the accept loop treats EMFILE, ENFILE, ENOBUFS and ENOMEM as overload —
+it stops accepting, waits (10 ms doubling to 1 s) and tries again; pending connections
+wait in the kernel's backlog meanwhile.  Any other accept error is counted and reported
+in the figures, never raised.  A backend's connections are counted per backend, so a
+drain can tell when they are all gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from .choice import ACTIVE, DRAINING, Balance, Chooser
+
+#: A backend that neither accepts nor refuses within this is treated as refusing.
+CONNECT_TIMEOUT = 3.0
+#: Accept errors that mean "out of resources for now": back off and retry (after trio's
+#: serve_listeners).  EMFILE/ENFILE: no file descriptor; ENOBUFS/ENOMEM: kernel memory.
+CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+BACKOFF_MIN = 0.01
+BACKOFF_MAX = 1.0
+#: Accept at most this many connections per readiness event, so one busy listener cannot
+#: starve the transports on the same loop.
+ACCEPT_BATCH = 64
+BACKLOG = 1024
+#: Write buffer limits of each half: above HIGH the other half stops reading.
+WRITE_HIGH = 256 * 1024
+WRITE_LOW = 64 * 1024
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """One backend as the controller sends it."""
+
+    id: str
+    host: str
+    port: int
+    state: str = ACTIVE
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """One service as the controller sends it: where to listen and where to send."""
+
+    name: str
+    host: str
+    port: int
+    balance: Balance = "round-robin"
+    drain_timeout: float = 30.0
+    backends: tuple[BackendConfig, ...] = ()
+
+
+@dataclass(eq=False)
+class Backend:
+    """A backend's live state and figures."""
+
+    id: str
+    host: str
+    port: int
+    state: str = ACTIVE
+    active: int = 0
+    total: int = 0
+    refused: int = 0
+    conns: set[_Client] = field(default_factory=set)
+    drain_timer: asyncio.TimerHandle | None = None
+
+    def figures(self) -> dict[str, Any]:
+        return {"id": self.id, "address": f"{self.host}:{self.port}", "state": self.state,
+                "active": self.active, "total": self.total, "refused": self.refused}
+
+    def close_all(self) -> None:
+        """Drain timeout: close whatever is still open."""
+        self.drain_timer = None
+        for client in list(self.conns):
+            client.abort()
+
+
+class Service:
+    """One service: its listener, its backends, its figures."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.chooser = Chooser(config.balance)
+        self.backends: list[Backend] = []
+        self.retired: list[Backend] = []  # removed from the set, still finishing connections
+        self.sock: socket.socket | None = None
+        self.bind_error: str | None = None
+        self.active = 0
+        self.total = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.errors: dict[str, int] = {}
+        self.last_error: str | None = None
+        self.overloaded = 0
+        self._loop = asyncio.get_running_loop()
+        self._backoff = BACKOFF_MIN
+        self._paused = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ config
+    def update(self, config: ServiceConfig) -> None:
+        """Apply a new backend set (same name).  Listening is handled by the caller."""
+        self.config = config
+        if config.balance != self.chooser.balance:
+            self.chooser = Chooser(config.balance)
+        old = {b.id: b for b in self.backends}
+        fresh: list[Backend] = []
+        for bc in config.backends:
+            backend = old.pop(bc.id, None)
+            if backend is None or (backend.host, backend.port) != (bc.host, bc.port):
+                if backend is not None:
+                    self._retire(backend)
+                backend = next((b for b in self.retired if b.id == bc.id
+                                and (b.host, b.port) == (bc.host, bc.port)), None)
+                if backend is not None:
+                    self.retired.remove(backend)
+                else:
+                    backend = Backend(bc.id, bc.host, bc.port)
+            self._set_state(backend, bc.state)
+            fresh.append(backend)
+        for backend in old.values():
+            self._retire(backend)
+        self.backends = fresh
+
+    def _set_state(self, backend: Backend, state: str) -> None:
+        if state == backend.state:
+            return
+        backend.state = state
+        if state == DRAINING:
+            self._start_drain(backend)
+        elif backend.drain_timer is not None:
+            backend.drain_timer.cancel()
+            backend.drain_timer = None
+
+    def _start_drain(self, backend: Backend) -> None:
+        if backend.drain_timer is None:
+            backend.drain_timer = self._loop.call_later(self.config.drain_timeout,
+                                                        backend.close_all)
+
+    def _retire(self, backend: Backend) -> None:
+        """A backend left the set: it drains like a draining one, then is forgotten."""
+        backend.state = DRAINING
+        if backend.active:
+            self._start_drain(backend)
+            self.retired.append(backend)
+        elif backend.drain_timer is not None:
+            backend.drain_timer.cancel()
+
+    def find(self, backend_id: str) -> Backend | None:
+        for backend in (*self.backends, *self.retired):
+            if backend.id == backend_id:
+                return backend
+        return None
+
+    def drained(self, backend_id: str) -> bool:
+        """True when the backend has no open connection (or is unknown)."""
+        backend = self.find(backend_id)
+        return backend is None or backend.active == 0
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "on": f"{self.config.host}:{self.config.port}",
+            "balance": self.config.balance, "listening": self.sock is not None,
+            "bind_error": self.bind_error, "active": self.active, "total": self.total,
+            "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+            "errors": dict(self.errors), "last_error": self.last_error,
+            "overloaded": self.overloaded,
+            "backends": [b.figures() for b in (*self.backends, *self.retired)],
+        }
+
+    def count_error(self, kind: str, detail: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.last_error = detail
+
+    # ------------------------------------------------------------------ listening
+    def listen(self, sock: socket.socket) -> None:
+        """Start accepting on an already bound and listening non-blocking socket."""
+        self.sock = sock
+        self.bind_error = None
+        self._loop.add_reader(sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        """Stop listening.  Open connections go on; they are closed by the drain timers."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self.sock is not None:
+            if not self._paused:
+                self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
+    def shutdown(self, grace: float) -> None:
+        """Stop listening and close every connection after ``grace`` seconds."""
+        self.close()
+        for backend in (*self.backends, *self.retired):
+            if backend.drain_timer is not None:
+                backend.drain_timer.cancel()
+            backend.drain_timer = self._loop.call_later(grace, backend.close_all)
+
+    def _accept(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in CAPACITY_ERRNOS:
+                    self._overload(exc)
+                else:
+                    # ECONNABORTED and friends: the peer left before we took it.
+                    self.count_error("accept", f"accept: {exc.strerror or exc}")
+                return
+            self._backoff = BACKOFF_MIN
+            self._start(conn)
+
+    def _overload(self, exc: OSError) -> None:
+        self.overloaded += 1
+        self.count_error("overload", f"accept: {exc.strerror or exc}; pausing "
+                                     f"{self._backoff * 1000:.0f} ms")
+        assert self.sock is not None
+        self._loop.remove_reader(self.sock.fileno())
+        self._paused = True
+        self._retry = self._loop.call_later(self._backoff, self._resume)
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+
+    def _resume(self) -> None:
+        self._retry = None
+        self._paused = False
+        if self.sock is not None:
+            self._loop.add_reader(self.sock.fileno(), self._accept)
+
+    def _start(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (a unix socket in tests) or already reset
+        task = self._loop.create_task(self._serve(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        tried: set[str] = set()
+        client = _Client(self)
+        while True:
+            backend = self.chooser.choose(self.backends, tried)
+            if backend is None:
+                self.count_error("no_backend", "no backend could take the connection"
+                                 + (f" (refused by {', '.join(sorted(tried))})" if tried else ""))
+                conn.close()
+                return
+            backend.active += 1
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    transport, upstream = await self._loop.create_connection(
+                        lambda: _Upstream(client), backend.host, backend.port)
+            except (OSError, TimeoutError) as exc:
+                backend.active -= 1
+                backend.refused += 1
+                tried.add(backend.id)
+                reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror
+                self.count_error("refused", f"backend {backend.id} ({backend.host}:"
+                                            f"{backend.port}): {reason or exc}")
+                continue
+            break
+        try:
+            transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+            client.attach(backend, upstream)
+            await self._loop.connect_accepted_socket(lambda: client, conn)
+        except OSError as exc:
+            self.count_error("client", f"client: {exc.strerror or exc}")
+            transport.abort()
+            client.finish()
+
+
+class _Client(asyncio.Protocol):
+    """The client half: bytes in go to the backend; it does the connection's accounting."""
+
+    __slots__ = ("backend", "done", "eof", "pending", "service", "transport", "upstream")
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.backend: Backend | None = None
+        self.upstream: _Upstream | None = None
+        self.transport: asyncio.Transport | None = None
+        self.pending: list[bytes] = []  # from the backend before the client was wrapped
+        self.eof = False
+        self.done = False
+
+    def attach(self, backend: Backend, upstream: _Upstream) -> None:
+        self.backend = backend
+        self.upstream = upstream
+        backend.total += 1
+        backend.conns.add(self)
+        self.service.active += 1
+        self.service.total += 1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        upstream = self.upstream
+        assert upstream is not None
+        if self.pending:
+            transport.writelines(self.pending)
+            self.pending.clear()
+            if upstream.transport is not None:
+                upstream.transport.resume_reading()  # paused while the client was not there
+        if upstream.lost:
+            transport.close()
+        elif upstream.eof:
+            transport.write_eof()
+
+    def data_received(self, data: bytes) -> None:
+        self.service.bytes_in += len(data)
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None:
+            if upstream.eof:
+                upstream.transport.close()
+                return False
+            if not upstream.transport.is_closing():
+                upstream.transport.write_eof()
+        return True  # half-close: the backend may still answer
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.close()
+        self.finish()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.abort()
+
+    def finish(self) -> None:
+        """Account for the end of the connection, once."""
+        if self.done:
+            return
+        self.done = True
+        backend = self.backend
+        if backend is not None:
+            backend.active -= 1
+            backend.conns.discard(self)
+            if backend.active == 0 and backend.drain_timer is not None \
+                    and backend in self.service.retired:
+                backend.drain_timer.cancel()
+                self.service.retired.remove(backend)
+        self.service.active -= 1
+
+
+class _Upstream(asyncio.Protocol):
+    """The backend half: bytes in go to the client (buffered until it is wrapped)."""
+
+    __slots__ = ("client", "eof", "lost", "transport")
+
+    def __init__(self, client: _Client) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.eof = False
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        client.service.bytes_out += len(data)
+        if client.transport is not None:
+            client.transport.write(data)
+        else:
+            # The backend spoke first, before the client socket was wrapped: keep it,
+            # and stop reading until the client is there (its connection_made resumes).
+            client.pending.append(data)
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        client = self.client.transport
+        if client is not None:
+            if self.client.eof:
+                client.close()
+                return False
+            if not client.is_closing():
+                client.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.client.transport is not None:
+            self.client.transport.close()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind and listen on ``host:port`` (non-blocking).
+
+    Raises:
+        OSError: with a ``strerror`` a person can act on (see :func:`bind_reason`).
+    """
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        # Without SO_REUSEADDR a restarted balancer could not bind while the old
+        # connections sit in TIME_WAIT; it does not allow two live listeners.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_reason(exc: OSError, host: str, port: int) -> str:
+    """One line saying why ``host:port`` cannot be bound, and what to do."""
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where}: the address is already in use"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {where}: {host} is not an address of this host"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"cannot listen on {where}: permission denied (ports below 1024 need root "
+                "or CAP_NET_BIND_SERVICE)")
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {where}: cannot resolve {host!r}"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
+
+
+class Proxy:
+    """Every service of the balancer, configured as a whole.
+
+    ``configure`` is idempotent: a service whose address did not change keeps its
+    listening socket (no connection is refused during a reconfiguration), new services
+    are bound, removed ones stop listening and their connections drain.
+    """
+
+    def __init__(self, bind_socket: Callable[[str, int], socket.socket] = bind) -> None:
+        self.services: dict[str, Service] = {}
+        self.started_at = time.time()
+        self._bind = bind_socket
+
+    def configure(self, configs: list[ServiceConfig]) -> dict[str, str | None]:
+        """Apply the whole set.  Returns each service's bind error (``None``: listening)."""
+        wanted = {c.name: c for c in configs}
+        for name in [n for n in self.services if n not in wanted]:
+            gone = self.services.pop(name)
+            gone.update(ServiceConfig(gone.name, gone.config.host, gone.config.port,
+                                      gone.config.balance, gone.config.drain_timeout))
+            gone.close()
+        # Free moved addresses first, so two services may swap or take over an address.
+        for config in configs:
+            service = self.services.get(config.name)
+            if service is not None and (service.config.host, service.config.port) != \
+                    (config.host, config.port):
+                service.close()
+        result: dict[str, str | None] = {}
+        for config in configs:
+            service = self.services.get(config.name)
+            if service is None:
+                service = self.services[config.name] = Service(config)
+            service.update(config)
+            if service.sock is None:
+                try:
+                    service.listen(self._bind(config.host, config.port))
+                except OSError as exc:
+                    service.bind_error = bind_reason(exc, config.host, config.port)
+            result[config.name] = service.bind_error
+        return result
+
+    def probe(self, configs: list[ServiceConfig]) -> dict[str, str | None]:
+        """Whether each service's address could be bound now (without keeping it).
+
+        An address a service already listens on counts as bindable."""
+        held = {(s.config.host, s.config.port) for s in self.services.values() if s.sock}
+        result: dict[str, str | None] = {}
+        for config in configs:
+            if (config.host, config.port) in held:
+                result[config.name] = None
+                continue
+            try:
+                self._bind(config.host, config.port).close()
+                result[config.name] = None
+            except OSError as exc:
+                result[config.name] = bind_reason(exc, config.host, config.port)
+        return result
+
+    def drained(self, service: str, backend_id: str) -> bool:
+        found = self.services.get(service)
+        return found is None or found.drained(backend_id)
+
+    def stats(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "started_at": self.started_at,
+                "services": [s.figures() for s in self.services.values()]}
+
+    def shutdown(self, grace: float) -> None:
+        for service in self.services.values():
+            service.shutdown(grace)
+
+    @property
+    def active(self) -> int:
+        return sum(s.active for s in self.services.values())
+
+
