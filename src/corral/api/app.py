@@ -22,6 +22,7 @@ from corral import __version__
 from corral.errors import CorralError, NotReady, SpecError
 from corral.supervisor.facade import Facade
 
+from .metrics import metrics_router
 from .models import ErrorResponse, LoadRequest, ScaleRequest
 
 KEEPALIVE = 15.0
@@ -192,4 +193,5 @@ def create_app(facade: Facade) -> FastAPI:
                 facade.unsubscribe(queue)
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    app.include_router(metrics_router(facade))
     return app

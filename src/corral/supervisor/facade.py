@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from corral import __version__
 from corral.errors import SpecError
 from corral.logs import reader
@@ -69,6 +71,32 @@ class Facade:
         if service is not None:
             self._sup.get(service)
         return self._sup.events.recent(n, service)
+
+    def event_count(self) -> int:
+        """Events recorded since this supervisor started (the last event's ``seq``)."""
+        last = self._sup.events.recent(1)
+        return int(last[0]["seq"]) if last else 0
+
+    def own_processes(self) -> list[dict[str, Any]]:
+        """CPU seconds, RSS and uptime of the supervisor and the launcher themselves
+        (for ``/metrics``); a process that cannot be read is left out."""
+        launcher = self._sup.launcher
+        pids = [("supervisor", os.getpid())]
+        if launcher is not None and launcher.launcher_pid:
+            pids.append(("launcher", launcher.launcher_pid))
+        figures = []
+        for role, pid in pids:
+            try:
+                proc = psutil.Process(pid)
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    figures.append({"process": role, "pid": pid,
+                                    "cpu_seconds": times.user + times.system,
+                                    "rss_bytes": proc.memory_info().rss,
+                                    "uptime_s": max(0.0, time.time() - proc.create_time())})
+            except psutil.Error:
+                continue
+        return figures
 
     def subscribe(self) -> asyncio.Queue[Event | None]:
         return self._sup.events.subscribe()
