@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from corral.errors import CorralError
 from corral.protocol import messages as m
@@ -21,6 +23,12 @@ from corral.protocol import paths
 from corral.supervisor.facade import Facade
 from corral.supervisor.launcher_client import LauncherClient
 from corral.supervisor.loop import Supervisor
+
+if TYPE_CHECKING:
+    from corral.api.tls import RemoteAccess
+
+#: Seconds between attempts to bind the ``--listen-http`` address while it is taken.
+REMOTE_RETRY = 2.0
 
 
 def _bind_api(state_dir: Path) -> socket.socket:
@@ -41,8 +49,57 @@ def _bind_api(state_dir: Path) -> socket.socket:
     return sock
 
 
-async def serve(state_dir: Path, target_file: Path | None) -> int:
-    """Run the supervisor until it is told to stop or restart; return its exit code."""
+def _bind_tcp(host: str, port: int) -> socket.socket:
+    """Bind and listen on ``host:port`` (the remote API); raises :class:`OSError`."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        # A restarted supervisor rebinds while the old one's connections sit in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def _serve_remote(server: Any, remote: RemoteAccess) -> None:
+    """Serve ``server`` (TLS + token) on the ``--listen-http`` address until it exits.
+
+    If the address cannot be bound (taken, or not ours), say so once and retry every
+    :data:`REMOTE_RETRY` seconds: the services and the local socket keep working meanwhile,
+    where exiting would only make the launcher restart us into the same failure.
+    """
+    said = False
+    while not server.should_exit:
+        try:
+            sock = _bind_tcp(remote.host, remote.port)
+        except OSError as exc:
+            if not said:
+                print(f"corral-supervisor: cannot listen on {remote.host}:{remote.port} "
+                      f"({exc.strerror or exc}); the API stays on api.sock only, retrying "
+                      f"every {REMOTE_RETRY:g}s", file=sys.stderr)
+                said = True
+            await asyncio.sleep(REMOTE_RETRY)
+            continue
+        if said:
+            print(f"corral-supervisor: now listening on {remote.host}:{remote.port}",
+                  file=sys.stderr)
+        with sock:
+            await server.serve(sockets=[sock])
+        return
+
+
+async def serve(state_dir: Path, target_file: Path | None, listen_http: str | None = None,
+                metrics_public: bool = False) -> int:
+    """Run the supervisor until it is told to stop or restart; return its exit code.
+
+    With ``listen_http`` (``HOST:PORT``), the same application is also served there over
+    TLS, behind the bearer token (the material is made on first start under ``tls/``);
+    ``metrics_public`` lets ``GET /metrics`` through that listener without a token.
+    """
     supervisor = Supervisor(state_dir)
     supervisor.load_state(target_file)
     loop = asyncio.get_running_loop()
@@ -83,18 +140,42 @@ async def serve(state_dir: Path, target_file: Path | None) -> int:
     import uvicorn
 
     from corral.api.app import create_app
+    from corral.api.auth import TokenAuth
+    from corral.api.tls import RemoteAccess
 
+    remote = RemoteAccess.setup(state_dir, listen_http) if listen_http else None
+    app = create_app(Facade(supervisor, request_exit), remote)
+    remote_server: Any = None
+    remote_task: asyncio.Task[None] | None = None
+    if remote is not None:
+        remote_server = uvicorn.Server(uvicorn.Config(
+            TokenAuth(app, remote.token, metrics_public), log_level="warning",
+            lifespan="off", access_log=False, timeout_graceful_shutdown=1,
+            ssl_certfile=str(remote.paths.server_cert),
+            ssl_keyfile=str(remote.paths.server_key)))
+        # uvicorn installs SIGINT/SIGTERM handlers per server and restores them in its own
+        # order on exit; with two servers on one loop that juggling is wrong, and the
+        # launcher, not a signal, tells this process to stop.
+        setattr(remote_server, "capture_signals", contextlib.nullcontext)  # noqa: B010
+        remote_task = asyncio.create_task(_serve_remote(remote_server, remote))
     api = _bind_api(state_dir)
-    config = uvicorn.Config(create_app(Facade(supervisor, request_exit)), log_level="warning",
+    config = uvicorn.Config(app, log_level="warning",
                             lifespan="off", access_log=False, timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     server_task = asyncio.create_task(server.serve(sockets=[api]))
     code = await done
     server.should_exit = True
+    if remote_server is not None:
+        remote_server.should_exit = True
     try:
         await asyncio.wait_for(server_task, 3)
     except TimeoutError:
         server.force_exit = True
+    if remote_task is not None:
+        try:
+            await asyncio.wait_for(remote_task, 3)
+        except TimeoutError:
+            pass  # wait_for cancelled it
     launcher.close()
     return code
 
@@ -104,10 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--target")
     parser.add_argument("--listen-http")
+    parser.add_argument("--metrics-public", action="store_true")
     args = parser.parse_args(argv)
     state_dir = paths.resolve_state_dir(args.state_dir)
     try:
-        return asyncio.run(serve(state_dir, Path(args.target) if args.target else None))
+        return asyncio.run(serve(state_dir, Path(args.target) if args.target else None,
+                                 args.listen_http, args.metrics_public))
     except CorralError as exc:
         print(f"corral-supervisor: {exc}", file=sys.stderr)
         return 1

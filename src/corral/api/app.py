@@ -23,7 +23,9 @@ from corral.errors import CorralError, NotReady, SpecError
 from corral.supervisor.facade import Facade
 
 from .metrics import metrics_router
+from .auth import auth_routes
 from .models import ErrorResponse, LoadRequest, ScaleRequest
+from .tls import RemoteAccess
 
 KEEPALIVE = 15.0
 _WAIT = Query(None, ge=0, le=86400, description="seconds to wait for readiness")
@@ -43,8 +45,13 @@ def _sse(payload: Any) -> bytes:
     return f"data: {json.dumps(payload)}\n\n".encode()
 
 
-def create_app(facade: Facade) -> FastAPI:
-    """Build the application around ``facade``."""
+def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
+    """Build the application around ``facade``.
+
+    ``remote`` is the TCP listener's TLS material and token (``--listen-http``), for the
+    auth endpoints; without it they answer 409.  The token check itself is not here: it
+    wraps this app only on the TCP listener (:class:`corral.api.auth.TokenAuth`).
+    """
     app = FastAPI(title="corral", version=__version__,
                   description="Process launcher and multi-service supervisor.")
 
@@ -194,4 +201,5 @@ def create_app(facade: Facade) -> FastAPI:
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     app.include_router(metrics_router(facade))
+    app.include_router(auth_routes(remote))
     return app

@@ -1,4 +1,5 @@
-"""A tiny HTTP/1.1 client over the supervisor's AF_UNIX socket (stdlib ``socket`` + ``json``).
+"""A tiny HTTP/1.1 client over the supervisor's AF_UNIX socket (stdlib ``socket`` + ``json``),
+or over TCP + TLS to a remote supervisor (``--remote NAME``: :class:`RemoteAuth`).
 
 Why not ``http.client``: it pulls in ``ssl`` and ``email`` and roughly doubles the CLI's start
 time (reference/feasibility.md §3).  This client does exactly what the CLI needs:
@@ -10,7 +11,14 @@ time (reference/feasibility.md §3).  This client does exactly what the CLI need
   raises :class:`ApiError` for 4xx/5xx, carrying the API's ``{"error": {code, message}}``;
 * :meth:`Client.stream` yields the JSON object of each server-sent event's ``data:`` field.
 
-Errors: :class:`UnreachableError` (exit 111) when nothing accepts on the socket; :class:`ApiError`
+Remote: the TLS context trusts only the CA of the auth file (no system CAs) and checks the
+name ``server_name`` (``corral``, in every corral server certificate), whatever address is
+dialled; every request carries ``Authorization: Bearer <token>``.  ``ssl`` and ``yaml`` are
+imported only then, so the local path keeps its start-up time.
+
+Errors: :class:`UnreachableError` (exit 111) when nothing accepts on the socket (or the remote
+address); :class:`UntrustedServerError` (exit 111) when a remote's certificate does not chain
+to the pinned CA; :class:`ApiError`
 (exit 1) for an error answer; :class:`ProtocolError` (exit 1) when the answer is not HTTP/JSON
 or the connection drops mid-answer.
 """
@@ -26,7 +34,9 @@ from corral.cli.common import EXIT_UNREACHABLE, CliError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    import ssl
+    from collections.abc import Callable, Iterator
+    from typing import BinaryIO
 
     from corral.cli.common import Json
 CONNECT_TIMEOUT = 5.0
@@ -52,6 +62,23 @@ class UnreachableError(CliError):
         self.reason = reason
 
 
+class RemoteUnreachableError(UnreachableError):
+    """No supervisor accepts connections (or TLS) at a remote auth file's address (exit 111)."""
+
+    def __init__(self, auth: RemoteAuth, reason: str) -> None:
+        CliError.__init__(self, f"cannot reach the supervisor at {auth.host} ({reason}); "
+                                f"remote {auth.name!r} from {auth.path}")
+        self.socket_path = ""
+        self.reason = reason
+
+
+class UntrustedServerError(CliError):
+    """The server's certificate does not chain to the pinned CA: refuse to talk (exit 111)."""
+
+    code = "untrusted_server"
+    exit_code = EXIT_UNREACHABLE
+
+
 class ApiError(CliError):
     """The API answered 4xx/5xx; ``code``/``message``/``problems`` come from its error body."""
 
@@ -68,12 +95,121 @@ class ProtocolError(CliError):
     code = "protocol_error"
 
 
-class Client:
-    """Talks HTTP/1.1 to one Unix socket; every call opens and closes its own connection."""
+def auth_file(name: str) -> str:
+    """Where the auth file of remote ``name`` lives: ``name`` itself when it is a path (has
+    a ``/`` or ends in ``.yaml``/``.yml``), else ``$XDG_CONFIG_HOME/corral/auth/NAME.yaml``
+    (``~/.config/corral/auth/NAME.yaml``)."""
+    if "/" in name or name.endswith((".yaml", ".yml")):
+        return os.path.expanduser(name)
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return os.path.join(config, "corral", "auth", f"{name}.yaml")
 
-    def __init__(self, socket_path: str, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+
+def render_auth(auth: dict[str, str], name: str) -> str:
+    """The client auth file for ``auth`` (``GET /v1/auth/client``'s answer), as YAML.
+
+    Written by hand rather than by a YAML library: a fixed, commented layout, with the CA
+    as a literal block so that it stays a readable PEM.
+    """
+    path = auth_file(name)
+    home = os.path.expanduser("~")
+    shown = "~" + path[len(home):] if path.startswith(home + "/") else path
+    ca = "".join(f"  {line}\n" for line in auth["ca_cert"].strip().splitlines())
+    return (f"# corral client auth for {auth.get('hostname') or auth['host']}; keep it private\n"
+            f"# (mode 0600). Save it as {shown}, then: corral --remote {name} svc status\n"
+            f"host: {json.dumps(auth['host'])}\n"
+            f"server_name: {json.dumps(auth.get('server_name') or 'corral')}\n"
+            f"token: {json.dumps(auth['token'])}\n"
+            f"ca_cert: |\n{ca}")
+
+
+class RemoteAuth:
+    """A client auth file: the address to dial, the name the certificate must carry, the
+    pinned CA certificate (PEM) and the bearer token.  The token never appears in a repr."""
+
+    def __init__(self, name: str, path: str, host: str, server_name: str, ca_cert: str,
+                 token: str) -> None:
+        self.name = name
+        self.path = path
+        self.host = host
+        self.server_name = server_name
+        self.ca_cert = ca_cert
+        self.token = token
+        address, _, port = host.rpartition(":")
+        self.address = address[1:-1] if address.startswith("[") else address
+        self.port = int(port) if port.isdigit() else 0
+        if not self.address or not 0 < self.port < 65536:
+            raise CliError(f"{path}: host {host!r} is not HOST:PORT")
+
+    def __repr__(self) -> str:
+        return f"RemoteAuth(name={self.name!r}, path={self.path!r}, host={self.host!r})"
+
+    @classmethod
+    def load(cls, name: str) -> RemoteAuth:
+        """Read the auth file of remote ``name`` (see :func:`auth_file`).
+
+        Raises :class:`CliError` naming the file: missing, unreadable, not YAML, or a field
+        missing or not text.
+        """
+        path = auth_file(name)
+        try:
+            with open(path) as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise CliError(f"no auth file for remote {name!r} at {path}; on that host, run: "
+                           f"corral print-auth --name {name} (and save its output there)") from None
+        except OSError as exc:
+            raise CliError(f"cannot read the auth file {path}: {exc.strerror}") from None
+        import yaml  # only remote use pays for it
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise CliError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        if not isinstance(data, dict):
+            raise CliError(f"{path}: expected the fields host, token and ca_cert "
+                           "(as printed by corral print-auth)")
+        for key in ("host", "token", "ca_cert"):
+            if not isinstance(data.get(key), str) or not data[key].strip():
+                raise CliError(f"{path}: field {key!r} is missing or not text "
+                               "(as printed by corral print-auth)")
+        server_name = data.get("server_name") or "corral"
+        return cls(os.path.basename(path).rsplit(".", 1)[0] if "/" in name else name, path,
+                   data["host"].strip(), str(server_name), data["ca_cert"],
+                   data["token"].strip())
+
+    def save(self, auth: dict[str, str]) -> None:
+        """Rewrite this file (mode 0600, atomically) with ``auth`` (e.g. after a rotation),
+        keeping the address this client dials."""
+        text = render_auth({**auth, "host": self.host, "server_name": self.server_name},
+                           self.name)
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise CliError(f"cannot rewrite the auth file {self.path}: {exc.strerror}") from None
+
+
+class Client:
+    """Talks HTTP/1.1 to one Unix socket, or HTTPS to a remote (:meth:`over_tls`); every
+    call opens and closes its own connection."""
+
+    def __init__(self, socket_path: str, connect_timeout: float = CONNECT_TIMEOUT,
+                 auth: RemoteAuth | None = None) -> None:
         self.socket_path = socket_path
         self.connect_timeout = connect_timeout
+        self.auth = auth
+        self._tls: ssl.SSLContext | None = None
+
+    @classmethod
+    def over_tls(cls, auth: RemoteAuth, connect_timeout: float = CONNECT_TIMEOUT) -> Client:
+        """A client for a remote supervisor: TLS pinned to the auth file's CA, and its token."""
+        return cls("", connect_timeout, auth)
 
     def request(self, method: str, path: str, body: Json = None,
                 timeout: float | None = READ_TIMEOUT) -> tuple[int, Json]:
@@ -88,7 +224,7 @@ class Client:
             raw = b"".join(_body_pieces(f, headers, status))
         data = _decode_json(raw, status)
         if status >= 400:
-            raise _api_error(status, data, raw)
+            raise self._error(status, data, raw)
         return status, data
 
     def stream(self, path: str) -> Iterator[Json]:
@@ -101,7 +237,7 @@ class Client:
             status, headers = _read_head(f)
             if status >= 300:
                 raw = b"".join(_body_pieces(f, headers, status))
-                raise _api_error(status, _decode_json(raw, status), raw)
+                raise self._error(status, _decode_json(raw, status), raw)
             ctype = headers.get("content-type", "")
             if not ctype.startswith("text/event-stream"):
                 raise ProtocolError(f"expected an event stream from {path}, got {ctype or '?'}")
@@ -124,7 +260,47 @@ class Client:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _error(self, status: int, data: Json, raw: bytes) -> ApiError:
+        error = _api_error(status, data, raw)
+        if status == 401 and self.auth is not None:
+            error = ApiError(401, error.code,
+                             f"the supervisor at {self.auth.host} refused the token in "
+                             f"{self.auth.path} (was it rotated? on that host, run: corral "
+                             f"print-auth --name {self.auth.name}, and save its output there)")
+        return error
+
+    def _connect_tls(self, auth: RemoteAuth) -> socket.socket:
+        """Connect to the remote and complete a TLS handshake that trusts only its CA."""
+        import ssl  # only remote use pays for it
+
+        if self._tls is None:
+            try:
+                self._tls = ssl.create_default_context(cadata=auth.ca_cert)
+            except (ssl.SSLError, ValueError):
+                raise CliError(f"{auth.path}: ca_cert is not a PEM certificate "
+                               "(as printed by corral print-auth)") from None
+        try:
+            raw = socket.create_connection((auth.address, auth.port), self.connect_timeout)
+        except TimeoutError:
+            raise RemoteUnreachableError(auth, "no answer to the connection") from None
+        except OSError as exc:
+            raise RemoteUnreachableError(auth, exc.strerror or str(exc)) from None
+        try:
+            return self._tls.wrap_socket(raw, server_hostname=auth.server_name)
+        except ssl.SSLCertVerificationError as exc:
+            raw.close()
+            raise UntrustedServerError(
+                f"refusing the server at {auth.host}: its certificate "
+                f"{exc.verify_message or 'does not verify'} against the CA pinned in "
+                f"{auth.path} (a different corral, or someone in the middle)") from None
+        except (ssl.SSLError, OSError) as exc:
+            raw.close()
+            reason = getattr(exc, "reason", None) or exc.strerror or str(exc) or "closed"
+            raise RemoteUnreachableError(auth, f"TLS handshake failed: {reason}") from None
+
     def _connect(self) -> socket.socket:
+        if self.auth is not None:
+            return self._connect_tls(self.auth)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.connect_timeout)
         try:
@@ -150,8 +326,11 @@ class Client:
     def _send(self, method: str, path: str, body: Json, timeout: float | None,
               accept: str) -> socket.socket:
         payload = b"" if body is None else json.dumps(body).encode()
-        head = (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: corral-cli\r\n"
+        host = "localhost" if self.auth is None else self.auth.host
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: corral-cli\r\n"
                 f"Accept: {accept}\r\nConnection: close\r\n")
+        if self.auth is not None:
+            head += f"Authorization: Bearer {self.auth.token}\r\n"
         if body is not None or method in ("POST", "PUT", "PATCH"):
             head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
         sock = self._connect()
@@ -200,7 +379,7 @@ def _read_head(f: BufferedReader) -> tuple[int, dict[str, str]]:
                 return status, headers
     except TimeoutError:
         raise ProtocolError("the supervisor did not answer in time") from None
-    except ConnectionError as exc:
+    except OSError as exc:  # ConnectionError, or a TLS error over a remote connection
         raise ProtocolError(f"the supervisor closed the connection ({exc})") from None
 
 
@@ -227,7 +406,7 @@ def _body_pieces(f: BufferedReader, headers: dict[str, str], status: int) -> Ite
                 yield piece
     except TimeoutError:
         raise ProtocolError("the supervisor stopped answering mid-way") from None
-    except ConnectionError as exc:
+    except OSError as exc:  # ConnectionError, or a TLS error over a remote connection
         raise ProtocolError(f"the supervisor closed the connection ({exc})") from None
 
 
@@ -310,3 +489,120 @@ def _shell_quote(text: str) -> str:
     if text and all(ch.isalnum() or ch in "/._-+:@%=," for ch in text):
         return text
     return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+# -- streaming transfers (resources) -----------------------------------------------------
+# Separate from Client.request: bodies of any size go through a fixed-size buffer, never
+# whole into memory.  The request head is built here (a binary body), with the same Host and
+# Authorization as Client._send: keep the two in step.
+
+TRANSFER_CHUNK = 1024 * 1024
+
+
+def _transfer_head(client: Client, method: str, path: str, accept: str,
+                   extra: str = "") -> bytes:
+    host = "localhost" if client.auth is None else client.auth.host
+    head = (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: corral-cli\r\n"
+            f"Accept: {accept}\r\nConnection: close\r\n{extra}")
+    if client.auth is not None:
+        head += f"Authorization: Bearer {client.auth.token}\r\n"
+    return (head + "\r\n").encode("latin-1")
+
+
+def upload(client: Client, path: str, source: BinaryIO, size: int | None,
+           progress: Callable[[int], None] | None = None) -> Json:
+    """POST ``source``'s bytes to ``path``; return the decoded JSON answer (raise on 4xx/5xx).
+
+    ``size`` known (a regular file): sent with ``Content-Length``, exactly ``size`` bytes (a
+    file that shrinks meanwhile raises :class:`CliError`); ``None`` (a pipe): sent chunked.
+    ``progress(bytes_sent)`` is called after each piece.  Memory: one buffer of
+    :data:`TRANSFER_CHUNK` bytes at a time.
+    """
+    length = (f"Content-Length: {size}\r\n" if size is not None
+              else "Transfer-Encoding: chunked\r\n")
+    head = _transfer_head(client, "POST", path, "application/json",
+                          "Content-Type: application/octet-stream\r\n" + length)
+    sock = client._connect()
+    with sock:
+        sock.settimeout(None)  # the server may take a while to fsync a large file
+        sent = 0
+        try:
+            sock.sendall(head)
+            while size is None or sent < size:
+                want = TRANSFER_CHUNK if size is None else min(TRANSFER_CHUNK, size - sent)
+                piece = source.read(want)
+                if not piece:
+                    break
+                n = len(piece)
+                if size is None:
+                    sock.sendall(b"%x\r\n" % n + piece + b"\r\n")
+                else:
+                    sock.sendall(piece)
+                sent += n
+                if progress is not None:
+                    progress(sent)
+            if size is None:
+                sock.sendall(b"0\r\n\r\n")
+            elif sent < size:
+                raise CliError(f"the file shrank while it was sent ({sent} of {size} bytes)")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered early (a refusal) and closed: read its answer
+        with sock.makefile("rb") as f:
+            status, headers = _read_head(f)
+            raw = b"".join(_body_pieces(f, headers, status))
+    data = _decode_json(raw, status)
+    if status >= 400:
+        raise client._error(status, data, raw)
+    if size is not None and sent < size:
+        raise ProtocolError("the supervisor closed the connection before the upload ended")
+    return data
+
+
+class Download:
+    """A streamed GET: ``with Download(client, path) as d: for piece in d.pieces(): ...``.
+
+    Entering sends the request and reads the head (raising :class:`ApiError` for 4xx/5xx);
+    ``headers`` are then available (names lower-cased); leaving closes the connection.
+    """
+
+    def __init__(self, client: Client, path: str, timeout: float | None = READ_TIMEOUT) -> None:
+        self.client = client
+        self.path = path
+        self.timeout = timeout
+        self.headers: dict[str, str] = {}
+        self._sock: socket.socket | None = None
+        self._file: BufferedReader | None = None
+        self._status = 0
+
+    def __enter__(self) -> Download:
+        sock = self.client._connect()
+        try:
+            sock.settimeout(self.timeout)
+            sock.sendall(_transfer_head(self.client, "GET", self.path,
+                                        "application/octet-stream"))
+            f = sock.makefile("rb")
+        except OSError as exc:
+            sock.close()
+            raise ProtocolError(f"the supervisor closed the connection ({exc})") from None
+        self._sock, self._file = sock, f
+        try:
+            self._status, self.headers = _read_head(f)
+            if self._status >= 300:
+                raw = b"".join(_body_pieces(f, self.headers, self._status))
+                raise self.client._error(self._status, _decode_json(raw, self._status), raw)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def pieces(self) -> Iterator[bytes]:
+        """The body as it arrives (pieces of at most 64 KiB)."""
+        assert self._file is not None, "use Download in a with statement"
+        yield from _body_pieces(self._file, self.headers, self._status)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._sock is not None:
+            self._sock.close()
+        self._file = self._sock = None

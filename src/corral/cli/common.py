@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILED = 1  # the request was refused or failed (API 4xx/5xx), or "not running"
 EXIT_USAGE = 100  # bad command line
-EXIT_UNREACHABLE = 111  # no supervisor answers on api.sock
+EXIT_UNREACHABLE = 111  # no supervisor answers on api.sock (or at the remote address)
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
@@ -113,6 +113,10 @@ def common_options() -> Parser:
                             "/var/lib/corral/NAME as root, ~/.local/state/corral/NAME otherwise)")
     group.add_argument("--override-name", metavar="N", default=argparse.SUPPRESS,
                        help="instance name used in the default state directory (default: default)")
+    group.add_argument("--remote", metavar="NAME", default=argparse.SUPPRESS,
+                       help="act on a remote supervisor over HTTPS, as described by "
+                            "~/.config/corral/auth/NAME.yaml (from corral print-auth) or a "
+                            "path to such a file (default: $CORRAL_REMOTE; '' for local)")
     return common
 
 
@@ -125,6 +129,17 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is negative")
     return value
+
+
+def split_host_port(text: str, what: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[V6]:PORT`` for IPv6); raise :class:`UsageError` naming ``what``."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{what} {text!r}: expected HOST:PORT with a port from 1 to 65535 "
+                         "(e.g. 0.0.0.0:9631 or [::1]:9631)")
+    return host, int(port)
 
 
 def quote_segment(text: str) -> str:
@@ -160,10 +175,32 @@ class Context:
                                                 getattr(self.args, "override_name", None))
         return self._state_dir
 
+    @property
+    def remote(self) -> str | None:
+        """The remote to act on: ``--remote``, else ``$CORRAL_REMOTE`` unless ``--state-dir``
+        was given (an explicit local choice beats the environment); ``''`` means local.
+
+        Raises :class:`UsageError` when both ``--remote`` and ``--state-dir`` are given.
+        """
+        name: str | None = getattr(self.args, "remote", None)
+        if name is not None:
+            if name and getattr(self.args, "state_dir", None):
+                raise UsageError("--remote and --state-dir name different supervisors; "
+                                 "give one of them")
+            return name or None
+        if getattr(self.args, "state_dir", None):
+            return None
+        return os.environ.get("CORRAL_REMOTE") or None
+
     def client(self) -> Client:
-        """A client for this state directory's ``api.sock``."""
+        """A client for the remote named by :attr:`remote`, else for ``api.sock``."""
         from corral.cli.client import Client
 
+        remote = self.remote
+        if remote:
+            from corral.cli.client import RemoteAuth
+
+            return Client.over_tls(RemoteAuth.load(remote))
         return Client(str(api_socket(self.state_dir)))
 
     def out(self, line: str = "") -> None:

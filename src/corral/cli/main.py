@@ -46,8 +46,9 @@ VERBS = {
     "svc": "load, control and inspect services",
     "logs": "show or follow a service's output",
     "events": "show or follow state changes",
+    "print-auth": "print a client auth file for remote access",
 }
-_GLOBAL_OPTIONS_WITH_VALUE = ("--state-dir", "--override-name")
+_GLOBAL_OPTIONS_WITH_VALUE = ("--state-dir", "--override-name", "--remote")
 
 DESCRIPTION = """\
 corral keeps a host's processes running: a launcher owns the processes, a supervisor decides
@@ -60,6 +61,7 @@ Examples:
   corral svc status                      a table of every service
   corral logs web -f                     follow a service's output
   corral events -f                       follow state changes
+  corral --remote web1 svc status        the same, on another host (see: corral print-auth)
 
 Exit codes: 0 ok, 1 refused/failed/not running, 100 usage error, 111 no supervisor answers."""
 
@@ -80,7 +82,8 @@ def build_parser(only: str | None = None) -> Parser:
                                        parser_class=Parser)
     for name, help_ in VERBS.items():
         if only is None or name == only:
-            importlib.import_module(f"corral.cli.{name}").register(subparsers, [common])
+            module = name.replace("-", "_")  # print-auth lives in corral.cli.print_auth
+            importlib.import_module(f"corral.cli.{module}").register(subparsers, [common])
         else:
             subparsers.add_parser(name, help=help_, add_help=False)
     return parser

@@ -1,4 +1,4 @@
-"""``corral sup run | status | restart | stop``: the supervisor itself.
+"""``corral sup run | status | restart | stop | rotate-token``: the supervisor itself.
 
 ``sup run`` resolves the state directory and *execs* ``python -m corral.launcher`` (it imports
 nothing of the launcher); the others talk to ``/v1/status`` and ``/v1/supervisor/*``.
@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from corral.cli.common import EXIT_OK, CliError, Context, add_parser
+from corral.cli.common import EXIT_OK, CliError, Context, UsageError, add_parser
 from corral.cli.render import supervisor_lines
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
@@ -32,7 +32,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
   corral sup run --state-dir /srv/corral
   corral sup status
   corral sup restart
-  corral sup stop --timeout 300""", parents)
+  corral sup stop --timeout 300
+  corral sup rotate-token""", parents)
     verbs = sup.add_subparsers(dest="sup_verb", metavar="SUBCOMMAND", required=True)
 
     p = add_parser(verbs, "run", "run a launcher and supervisor in the foreground",
@@ -45,6 +46,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
   corral sup run --override-name staging --listen-http 0.0.0.0:9631""", parents)
     p.add_argument("--listen-http", metavar="ADDR",
                    help="also serve the API on TCP ADDR (host:port), with TLS and a token")
+    p.add_argument("--metrics-public", action="store_true",
+                   help="let GET /metrics through the --listen-http address without a token")
     p.add_argument("--target", metavar="FILE", help="desired state to apply at start")
     p.set_defaults(handler=cmd_run)
 
@@ -76,6 +79,20 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help=f"how long to wait for the stop (default {STOP_WAIT:g})")
     p.set_defaults(handler=cmd_stop)
 
+    p = add_parser(verbs, "rotate-token", "replace the remote API token",
+                   "Replace the token of the --listen-http listener: the old one stops working\n"
+                   "at once, the new one works at once (no restart). Prints the new client auth\n"
+                   "file (as corral print-auth does) for every client to save. Run through\n"
+                   "--remote NAME, it also rewrites that client's auth file.",
+                   """
+  corral sup rotate-token --name web1 > web1.yaml
+  corral --remote web1 sup rotate-token""", parents)
+    p.add_argument("--name", metavar="NAME",
+                   help="the remote's name on the client (default: the host's name)")
+    p.add_argument("--host", metavar="HOST[:PORT]", help="the address clients dial")
+    p.add_argument("--json", action="store_true", help="print the API's JSON object")
+    p.set_defaults(handler=cmd_rotate_token)
+
 
 def launcher_argv(args: argparse.Namespace, ctx: Context) -> list[str]:
     """The launcher's command line for ``sup run`` (``--state-dir`` always resolved)."""
@@ -84,6 +101,8 @@ def launcher_argv(args: argparse.Namespace, ctx: Context) -> list[str]:
         argv += ["--target", args.target]
     if args.listen_http:
         argv += ["--listen-http", args.listen_http]
+    if args.metrics_public:
+        argv.append("--metrics-public")
     return argv
 
 
@@ -109,8 +128,11 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     nothing starts (rather than a supervisor that keeps failing to load it).
     """
     if args.listen_http:
-        raise CliError("remote access (--listen-http, TLS and tokens) is not built in this "
-                       "version yet; use the local socket")
+        from corral.cli.common import split_host_port
+        split_host_port(args.listen_http, "--listen-http")
+    if args.metrics_public and not args.listen_http:
+        raise UsageError("--metrics-public applies to the --listen-http address; give both "
+                         "(the local socket never asks for a token)")
     if args.target:
         check_target(args.target)
     argv = launcher_argv(args, ctx)
@@ -137,6 +159,23 @@ def cmd_restart(args: argparse.Namespace, ctx: Context) -> int:
     """``POST /v1/supervisor/restart``."""
     ctx.client().request("POST", "/v1/supervisor/restart")
     ctx.out("restarting (services keep running)")
+    return EXIT_OK
+
+
+def cmd_rotate_token(args: argparse.Namespace, ctx: Context) -> int:
+    """``POST /v1/auth/token``; print the new auth file, or update ``--remote``'s own."""
+    from corral.cli.print_auth import print_auth
+
+    client = ctx.client()
+    _, auth = client.request("POST", "/v1/auth/token")
+    if client.auth is not None:
+        client.auth.save(auth)  # else this very client is locked out by its own rotation
+        ctx.out(f"token rotated: the old one no longer works; updated {client.auth.path} "
+                "(other clients need the new file: corral print-auth)")
+        return EXIT_OK
+    print_auth(ctx, auth, args)
+    ctx.stderr.write("token rotated: the old one no longer works; give clients the new "
+                     "auth file above\n")
     return EXIT_OK
 
 

@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--target", help="target file the supervisor applies at start")
     parser.add_argument("--listen-http", help="also serve the API on this TCP address")
+    parser.add_argument("--metrics-public", action="store_true",
+                        help="serve /metrics on the TCP address without a token")
     args = parser.parse_args(argv)
     state_dir = paths.resolve_state_dir(args.state_dir)
     try:
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         first += ["--target", os.path.abspath(args.target)]
     if args.listen_http:
         sup_args += ["--listen-http", args.listen_http]
+    if args.metrics_public:  # like --listen-http: given to every supervisor, not the first
+        sup_args.append("--metrics-public")
     try:
         return Launcher(state_dir, sup_args, first).run()
     finally:
