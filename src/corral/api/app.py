@@ -24,9 +24,7 @@ from corral.supervisor.facade import Facade
 
 from .auth import auth_routes
 from .metrics import metrics_router
-from .auth import auth_routes
 from .models import ErrorResponse, LoadRequest, ScaleRequest
-from .tls import RemoteAccess
 from .tls import RemoteAccess
 
 KEEPALIVE = 15.0
@@ -203,6 +201,5 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     app.include_router(metrics_router(facade))
-    app.include_router(auth_routes(remote))
     app.include_router(auth_routes(remote))
     return app
