@@ -6,11 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from corral.protocol import framing
 
 from .conftest import PY, Corral, pid_alive, wait_for
 
@@ -179,3 +184,127 @@ def test_api_socket_is_private(corral: Corral) -> None:
     """The local API socket is mode 0600."""
     assert (corral.state_dir / "api.sock").stat().st_mode & 0o777 == 0o600
     _ = sys  # keep the import used for PY
+
+
+# ------------------------------------------------------------------ protocol, first hand
+# A stand-in supervisor that relays the launcher's socket to a Unix socket the test
+# connects to, so a test speaks the launcher protocol itself (Spawn, Listen, List...).
+# It exits 84 (done) when the test hangs up, so the launcher stops everything and exits 0.
+RELAY = """
+import os, selectors, socket, sys
+path = os.environ["RELAY_SOCK"]
+up = socket.socket(fileno=int(os.environ["CORRAL_LAUNCHER_FD"]))
+try:
+    os.unlink(path)
+except FileNotFoundError:
+    pass
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path + ".tmp")
+os.rename(path + ".tmp", path)
+srv.listen(1)
+down, _ = srv.accept()
+sel = selectors.DefaultSelector()
+sel.register(up, selectors.EVENT_READ, down)
+sel.register(down, selectors.EVENT_READ, up)
+while True:
+    for key, _ in sel.select():
+        data = key.fileobj.recv(1 << 20)
+        if not data:
+            sys.exit(84 if key.fileobj is down else 0)
+        key.data.sendall(data)
+"""
+
+
+class DirectLauncher:
+    """A real launcher whose "supervisor" is the test, through :data:`RELAY`."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str] | None = None) -> None:
+        relay = tmp_path / "relay.py"
+        relay.write_text(RELAY)
+        self.sock_path = tmp_path / "relay.sock"
+        self.state = tmp_path / "state"
+        self.stderr = tmp_path / "launcher.err"
+        full = {**os.environ, "CORRAL_SUP_BINARY": f"{PY} {relay}",
+                "RELAY_SOCK": str(self.sock_path), **(env or {})}
+        with self.stderr.open("wb") as err:
+            self.proc = subprocess.Popen([PY, "-m", "corral.launcher", "--state-dir",
+                                          str(self.state)], env=full, stderr=err,
+                                         start_new_session=True)
+        self.unasked: list[dict[str, Any]] = []
+        self.sock: socket.socket | None = None
+        self._ids = 0
+        self.connect()
+
+    def connect(self) -> dict[str, Any]:
+        """(Re)connect through the relay and say Hello; return HelloOk."""
+        def attempt() -> socket.socket | None:
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(str(self.sock_path))
+            except OSError:
+                s.close()
+                return None
+            return s
+        self.sock = wait_for(attempt, 30, "the relay to listen")
+        self.decoder = framing.Decoder()
+        return self.call({"type": "Hello", "version": 1})
+
+    def call(self, message: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
+        """Send a request, return its reply; unasked messages are kept in ``unasked``."""
+        assert self.sock is not None
+        self._ids += 1
+        message = {**message, "id": self._ids}
+        self.sock.sendall(framing.encode(message))
+        return self._wait(lambda msg: msg.get("id") == message["id"], timeout)
+
+    def wait_unasked(self, predicate: Callable[[dict[str, Any]], bool],
+                     timeout: float = 30) -> dict[str, Any]:
+        """Wait for an unasked message (``Exited``) that matches ``predicate``."""
+        for msg in self.unasked:
+            if predicate(msg):
+                return msg
+        return self._wait(lambda msg: msg.get("id") is None and predicate(msg), timeout)
+
+    def _wait(self, match: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+        assert self.sock is not None
+        self.sock.settimeout(timeout)
+        while True:
+            data = self.sock.recv(1 << 20)
+            assert data, "the launcher hung up"
+            for msg in self.decoder.feed(data):
+                if match(msg):
+                    return msg
+                if msg.get("id") is None:
+                    self.unasked.append(msg)
+                    if msg.get("type") == "Exited":
+                        self.sock.sendall(framing.encode({"type": "Ack", "seq": msg["seq"]}))
+
+    def spawn(self, name: str, argv: list[str], **extra: Any) -> dict[str, Any]:
+        log = {"path": str(self.state / "logs" / f"{name.split('/')[0]}.log")}
+        return self.call({"type": "Spawn", "name": name, "argv": argv,
+                          "env": {"PATH": os.environ["PATH"]}, "cwd": None, "log": log,
+                          **extra})
+
+    def close(self) -> int:
+        """Hang up (the relay exits 84), and return the launcher's exit code."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait()
+
+
+def test_direct_launcher_spawns_lists_and_reports_exits(tmp_path: Path) -> None:
+    """The relay harness itself: a Spawn runs, List shows it, its exit is reported."""
+    launcher = DirectLauncher(tmp_path)
+    try:
+        reply = launcher.spawn("one/0", [PY, "-c", "import sys; sys.exit(3)"])
+        assert reply["type"] == "Spawned", reply
+        exited = launcher.wait_unasked(lambda msg: msg.get("pid") == reply["pid"])
+        assert exited["exit_code"] == 3
+        assert launcher.call({"type": "List"})["children"] == []
+    finally:
+        assert launcher.close() == 0

@@ -38,6 +38,7 @@ from typing import Any
 from corral.protocol import messages as m
 from corral.protocol import paths
 
+from .cgroup import Cgroups
 from .output import RECENT, LogFile, PipeReader
 from .server import ExitQueue, Link, Message
 from .spawn import SpawnError, SpawnRequest, spawn
@@ -51,6 +52,10 @@ FALLBACK_STOP_TIMEOUT = 10.0
 SUP_YOUNG = 1.0
 SUP_BACKOFF_MIN = 0.1
 SUP_BACKOFF_MAX = 5.0
+# Removing a killed cgroup waits for its processes to die: retried from this delay,
+# doubling, for as long as the last bound (then left for the next launcher's clean-up).
+CGROUP_RMDIR_FIRST = 0.002
+CGROUP_RMDIR_LAST = 10.0
 
 
 @dataclass
@@ -65,6 +70,8 @@ class Child:
     readers: list[PipeReader]
     terminate_waiters: list[Any] = field(default_factory=list)
     killed: bool = False
+    cgroup: str | None = None
+    oom_base: int | None = None  # memory.events oom_kill when it started
 
 
 @dataclass
@@ -103,6 +110,7 @@ class Launcher:
         self.exit_code: int | None = None
         self.started_at = time.time()
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self.cgroups: Cgroups | None = None
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> int:
@@ -110,6 +118,7 @@ class Launcher:
         self._install_signals()
         if os.getpid() != 1:
             _set_child_subreaper()
+        self._setup_cgroups()
         self.start_supervisor()
         while self.exit_code is None:
             timeout = None
@@ -119,7 +128,32 @@ class Launcher:
                 self._guard(key.data, mask)
             self._run_timers()
             self._dispatch_signals()
+        if self.cgroups is not None:
+            self.cgroups.close()
         return self.exit_code
+
+    def _setup_cgroups(self) -> None:
+        self.cgroups, why = Cgroups.setup(self.state_dir)
+        if self.cgroups is None:
+            print(f"corral-launcher: services run in process groups, not cgroups: {why}",
+                  file=sys.stderr)
+            return
+        for path in self.cgroups.stale():
+            # Services of a launcher that died: no one can supervise them any more.
+            print(f"corral-launcher: killing the leftovers in {path}", file=sys.stderr)
+            self.cgroups.kill(path)
+            self._remove_cgroup(path, CGROUP_RMDIR_FIRST)
+
+    def _remove_cgroup(self, path: str, delay: float) -> None:
+        """Remove a killed leaf once its processes are gone (retried with backoff)."""
+        cgroups = self.cgroups
+        if cgroups is None or cgroups.remove(path):
+            return
+        if delay > CGROUP_RMDIR_LAST:
+            print(f"corral-launcher: {path} still has processes; left in place",
+                  file=sys.stderr)
+            return
+        self.call_later(delay, lambda: self._remove_cgroup(path, delay * 2))
 
     @staticmethod
     def _guard(callback: Callable[..., None], *args: Any) -> None:
@@ -289,7 +323,8 @@ class Launcher:
         if kind == m.LIST:
             return {"type": m.CHILDREN, "id": rid, "children": [
                 {"name": c.name, "pid": c.pid, "started_at": c.started_at, "argv": c.argv,
-                 "spawns": self.spawns[c.name]} for c in self.children.values()]}
+                 "spawns": self.spawns[c.name], "cgroup": c.cgroup}
+                for c in self.children.values()]}
         if kind == m.ACK:
             self.exits.ack(msg.get("seq"))
             return None
@@ -307,8 +342,16 @@ class Launcher:
         try:
             req = SpawnRequest.parse(msg)
             path, max_bytes, keep, stamped = _log_settings(log)
-            started = spawn(req, self.devnull)
         except SpawnError as exc:
+            return m.error(rid, exc.code, exc.message)
+        cgroups = self.cgroups
+        leaf = cgroups.create(req.name) if cgroups is not None else None
+        try:
+            started = spawn(req, self.devnull,
+                            cgroups.inside(leaf) if cgroups is not None and leaf else None)
+        except SpawnError as exc:
+            if cgroups is not None and leaf:
+                cgroups.remove(leaf)
             return m.error(rid, exc.code, exc.message)
         logfile = self.logs.get(path)
         if logfile is None:
@@ -322,10 +365,17 @@ class Launcher:
             logfile.users += 1
             self.sel.register(reader.fd, selectors.EVENT_READ, self._pipe_callback(reader))
         child = Child(name=req.name, pid=pid, argv=req.argv, started_at=time.time(),
-                      proc=started.proc, readers=readers)
+                      proc=started.proc, readers=readers, cgroup=leaf)
         self.children[pid] = child
         self.spawns[req.name] += 1
-        return {"type": m.SPAWNED, "id": rid, "pid": pid, "started_at": child.started_at}
+        reply = {"type": m.SPAWNED, "id": rid, "pid": pid, "started_at": child.started_at,
+                 "cgroup": leaf, "memory_max": None}
+        if cgroups is not None and leaf:
+            cgroups.adopt(leaf, pid)
+            # Written after the exec: the launcher was in the leaf until then.
+            reply["memory_max"] = cgroups.set_memory_max(leaf, req.memory_max, req.name)
+            child.oom_base = cgroups.oom_kills(leaf)
+        return reply
 
     def _pipe_callback(self, reader: PipeReader) -> Callable[[int], None]:
         def on_readable(mask: int) -> None:
@@ -366,16 +416,30 @@ class Launcher:
                     "exit_code": done.get("exit_code") if done else None,
                     "signal": done.get("signal") if done else None}
         child.terminate_waiters.append(rid)
-        _killpg(child.pid, signum)
+        self._signal_all(child, signum)
         if signum not in (signal.SIGKILL, signal.SIGCONT):
-            _killpg(child.pid, signal.SIGCONT)  # a stopped process must see the signal
+            self._signal_all(child, signal.SIGCONT)  # a stopped process must see the signal
 
         def escalate() -> None:
             if self.children.get(child.pid) is child:
                 child.killed = True
-                _killpg(child.pid, signal.SIGKILL)
+                self._kill_all(child)
         self.call_later(float(timeout), escalate)
         return None
+
+    def _signal_all(self, child: Child, signum: int) -> None:
+        """Signal the child's process group and, with a cgroup, every process in it (a
+        daemon that left the group gets the stop signal too, as with systemd)."""
+        _killpg(child.pid, signum)
+        if self.cgroups is not None and child.cgroup:
+            for pid in self.cgroups.procs(child.cgroup):
+                _kill(pid, signum)
+
+    def _kill_all(self, child: Child) -> None:
+        """SIGKILL the child's process group and its whole cgroup."""
+        if self.cgroups is not None and child.cgroup:
+            self.cgroups.kill(child.cgroup)
+        _killpg(child.pid, signal.SIGKILL)
 
     # ------------------------------------------------------------------- reaping
     def reap(self) -> None:
@@ -398,7 +462,13 @@ class Launcher:
         child.proc.returncode = code  # so subprocess never tries to wait for it
         # Leftovers of the process group (grandchildren) go with their leader, as with
         # systemd's control-group kill: a restarted service must find its ports free.
-        _killpg(child.pid, signal.SIGKILL)
+        # With a cgroup, that is every descendant, daemons that called setsid() included.
+        oom_killed: bool | None = None
+        if self.cgroups is not None and child.cgroup:
+            now = self.cgroups.oom_kills(child.cgroup)
+            if now is not None and child.oom_base is not None:
+                oom_killed = now > child.oom_base
+        self._kill_all(child)
         for reader in child.readers:
             reader.drain()
         exited: Message = {
@@ -408,16 +478,25 @@ class Launcher:
             "last_lines": [line[:1000].decode(errors="replace")
                            for line in child.readers[0].recent if line],
         }
+        if oom_killed is not None:
+            exited["oom_killed"] = oom_killed
         self.recent_exits[child.pid] = exited
         if len(self.recent_exits) > 1000:
             self.recent_exits.pop(next(iter(self.recent_exits)))
         for rid in child.terminate_waiters:
-            self.send({"type": m.TERMINATED, "id": rid,
-                       "method": m.KILLED if child.killed else m.GRACEFUL,
-                       "exit_code": exited["exit_code"], "signal": exited["signal"]})
+            terminated: Message = {"type": m.TERMINATED, "id": rid,
+                                   "method": m.KILLED if child.killed else m.GRACEFUL,
+                                   "exit_code": exited["exit_code"], "signal": exited["signal"]}
+            if oom_killed is not None:
+                terminated["oom_killed"] = oom_killed
+            self.send(terminated)
         self.exits.add(exited)
         if self.sup is not None and self.sup.link.greeted:
             self.send(exited)
+        if self.cgroups is not None and child.cgroup:
+            # After the report, so the restart is not kept waiting on the clean-up.
+            self.cgroups.release(child.cgroup, child.pid)
+            self._remove_cgroup(child.cgroup, CGROUP_RMDIR_FIRST)
         if self.stopping and not self.children and self.sup is None:
             self.exit_code = self.final_code
 
@@ -432,7 +511,7 @@ class Launcher:
         if force:
             print("corral-launcher: forced shutdown: killing every service", file=sys.stderr)
             for child in self.children.values():
-                _killpg(child.pid, signal.SIGKILL)
+                self._kill_all(child)
             if self.sup is not None:
                 _kill(self.sup.proc.pid, signal.SIGKILL)
             return
@@ -464,12 +543,12 @@ class Launcher:
                 self.exit_code = self.final_code
             return
         for child in reversed(list(self.children.values())):
-            _killpg(child.pid, signal.SIGTERM)
-            _killpg(child.pid, signal.SIGCONT)
+            self._signal_all(child, signal.SIGTERM)
+            self._signal_all(child, signal.SIGCONT)
 
         def kill_rest() -> None:
             for child in self.children.values():
-                _killpg(child.pid, signal.SIGKILL)
+                self._kill_all(child)
         self.call_later(FALLBACK_STOP_TIMEOUT, kill_rest)
 
 

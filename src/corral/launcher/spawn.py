@@ -16,6 +16,7 @@ import pwd
 import resource
 import subprocess
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,7 @@ class SpawnRequest:
     umask: int | None = None
     rlimits: dict[str, int] = field(default_factory=dict)
     pass_fds: tuple[int, ...] = ()
+    memory_max: int | None = None
 
     @classmethod
     def parse(cls, msg: Mapping[str, Any]) -> SpawnRequest:
@@ -82,8 +84,12 @@ class SpawnRequest:
                 k in RLIMITS and isinstance(v, int) for k, v in rlimits.items()):
             raise SpawnError(m.E_BAD_REQUEST,
                              f"'rlimits' keys must be among {', '.join(sorted(RLIMITS))}")
+        memory_max = msg.get("memory_max")
+        if memory_max is not None and (not isinstance(memory_max, int)
+                                       or isinstance(memory_max, bool) or memory_max <= 0):
+            raise SpawnError(m.E_BAD_REQUEST, "'memory_max' must be a number of bytes > 0")
         return cls(name=name, argv=list(argv), env=dict(env), cwd=cwd, user=user,
-                   group=group, umask=umask, rlimits=dict(rlimits))
+                   group=group, umask=umask, rlimits=dict(rlimits), memory_max=memory_max)
 
 
 @dataclass
@@ -117,8 +123,12 @@ def _check_identity(req: SpawnRequest) -> None:
                              f"group {req.group!r} does not exist on this host") from None
 
 
-def spawn(req: SpawnRequest, devnull: int) -> Started:
+def spawn(req: SpawnRequest, devnull: int,
+          around: AbstractContextManager[None] | None = None) -> Started:
     """Start ``req`` and return the child with its pipes (non-blocking read ends).
+
+    ``around`` is entered just around the fork/exec (the launcher steps into the
+    child's cgroup there, so the child starts inside it; see :mod:`.cgroup`).
 
     Error handling: an unknown user or group, a missing or non-executable binary, or a
     missing working directory raise :class:`SpawnError` before any child runs.
@@ -140,13 +150,15 @@ def spawn(req: SpawnRequest, devnull: int) -> Started:
             entry = pwd.getpwnam(user) if isinstance(user, str) else pwd.getpwuid(user)
             group = entry.pw_gid
         try:
-            proc = subprocess.Popen(
-                req.argv, stdin=devnull, stdout=out_w, stderr=err_w, env=req.env,
-                cwd=req.cwd, start_new_session=True, close_fds=True, pass_fds=req.pass_fds,
-                user=user, group=group, extra_groups=[] if user is not None else None,
-                umask=req.umask if req.umask is not None else -1,
-                preexec_fn=_rlimit_setter(req.rlimits) if req.rlimits else None,
-            )
+            with around if around is not None else nullcontext():
+                proc = subprocess.Popen(
+                    req.argv, stdin=devnull, stdout=out_w, stderr=err_w, env=req.env,
+                    cwd=req.cwd, start_new_session=True, close_fds=True,
+                    pass_fds=req.pass_fds, user=user, group=group,
+                    extra_groups=[] if user is not None else None,
+                    umask=req.umask if req.umask is not None else -1,
+                    preexec_fn=_rlimit_setter(req.rlimits) if req.rlimits else None,
+                )
         except FileNotFoundError as exc:
             missing = exc.filename if exc.filename else req.argv[0]
             what = "working directory" if req.cwd and missing == req.cwd else "command"

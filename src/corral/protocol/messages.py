@@ -4,15 +4,28 @@ Requests (supervisor -> launcher) carry an ``id`` that the reply echoes, so requ
 may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
 
     Hello{version}                         -> HelloOk{version, launcher_pid}
-    Spawn{name, argv, env, cwd, user?, group?, umask?, rlimits?, log{path, format,
-          max_bytes, keep}}                -> Spawned{pid, started_at} | Error{code, message}
+    Spawn{name, argv, env, cwd, user?, group?, umask?, rlimits?, memory_max?,
+          log{path, format, max_bytes, keep}}
+                                           -> Spawned{pid, started_at, cgroup, memory_max}
+                                              | Error{code, message}
     Signal{pid, signal, group?}            -> Ok | Error{NoSuchProcess}
-    Terminate{pid, signal, timeout}        -> Terminated{exit_code?, signal?, method}
+    Terminate{pid, signal, timeout}        -> Terminated{exit_code?, signal?, method,
+                                                         oom_killed?}
     List{}                                 -> Children{children: [{name, pid, started_at,
-                                                                   argv, spawns}]}
-    Exited{name, pid, exit_code?, signal?, at}          (unasked; queued while no
-                                                          supervisor is connected)
+                                                                   argv, spawns, cgroup}]}
+    Exited{name, pid, exit_code?, signal?, at, oom_killed?}  (unasked; queued while no
+                                                               supervisor is connected)
     Shutdown{}                                          (unasked; stop everything, exit 84)
+
+cgroups (optional fields, version 1 peers may ignore them): where cgroup v2 is
+writable, every spawned child starts in a cgroup of its own, named in ``Spawned.cgroup``
+and ``Children[].cgroup`` (null: process group only).  ``Spawn.memory_max`` (bytes; the
+process's ``limits.memory``) is written to its ``memory.max`` where the memory controller
+is available; ``Spawned.memory_max`` is the limit applied, or null.  ``oom_killed`` in
+``Exited``/``Terminated`` says whether the kernel's OOM killer struck in that cgroup
+during the run; it is absent where that cannot be known.  On a stop, and when the main
+process exits, the whole cgroup is killed (``cgroup.kill``), daemons that left the
+process group included.
 
 Times (``started_at``, ``at``) are Unix epoch seconds as floats.  Signals are names
 without the ``SIG`` prefix (``"TERM"``).

@@ -340,6 +340,7 @@ class Supervisor:
             "type": m.SPAWN, "name": inst.launcher_name, "argv": spec.argv, "env": env,
             "cwd": cwd, "user": spec.user, "group": spec.group,
             "umask": int(spec.umask, 8) if spec.umask else None, "rlimits": dict(spec.rlimits),
+            "memory_max": spec.limits.memory,  # launcher: cgroup memory.max (additive, h5)
             "log": {"path": str(paths.logs_dir(self.state_dir) / f"{spec.name}.log"),
                     "format": spec.logs.format, "max_bytes": spec.logs.max_bytes,
                     "keep": spec.logs.keep},

@@ -1,0 +1,213 @@
+"""cgroup v2 per instance: a stop kills daemons that left the process group, the cgroup
+is removed, a supervisor crash changes nothing, and the process-group fallback works."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from corral.launcher.cgroup import own_cgroup_dir
+
+from .conftest import PY, Corral, pid_alive, python_cmd, wait_for
+from .test_launcher import DirectLauncher
+
+
+def _own_dir() -> str | None:
+    """This process's own v2 cgroup directory (the launcher's, which inherits it)."""
+    try:
+        with open("/proc/self/mountinfo") as f, open("/proc/self/cgroup") as g:
+            return own_cgroup_dir(f.read(), g.read())
+    except OSError:
+        return None
+
+
+def _v2_writable() -> bool:
+    """True if we can make a child cgroup that has cgroup.kill (the root has none)."""
+    own = _own_dir()
+    if own is None:
+        return False
+    probe = os.path.join(own, f"corral-probe-{os.getpid()}")
+    try:
+        os.mkdir(probe)
+    except OSError:
+        return False
+    try:
+        return os.path.exists(os.path.join(probe, "cgroup.kill"))
+    finally:
+        os.rmdir(probe)
+
+
+needs_v2 = pytest.mark.skipif(not _v2_writable(),
+                              reason="cgroup v2 is not mounted writable with cgroup.kill here")
+
+
+def _memory_controller() -> bool:
+    own = _own_dir()
+    try:
+        with open(os.path.join(own or "/nonexistent", "cgroup.controllers")) as f:
+            return "memory" in f.read().split()
+    except OSError:
+        return False
+
+
+# The service forks a child that calls setsid() (leaving the service's process group and
+# session) and forks the daemon, which records its pid and sleeps; the middle one exits,
+# so the daemon is re-parented: only its cgroup still ties it to the service.
+DAEMONIZE = """
+import os, sys, time
+pidfile = sys.argv[1]
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        with open(pidfile + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(pidfile + ".tmp", pidfile)
+        time.sleep(1000)
+    os._exit(0)
+time.sleep(1000)
+"""
+
+
+def _cgroup_of(pid: int) -> str:
+    with open(f"/proc/{pid}/cgroup") as f:
+        return next(line[3:].strip() for line in f if line.startswith("0::"))
+
+
+def _daemon(tmp_path: Path) -> int:
+    pidfile = tmp_path / "daemon.pid"
+    return int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), what="the daemon"))
+
+
+def _load_daemonizer(corral: Corral, tmp_path: Path) -> tuple[int, int, Path]:
+    """Load the service; return (service pid, daemon pid, the service's cgroup dir)."""
+    corral.ok("svc", "load", "daemonizer", "--stop-timeout", "5s", "--",
+              *python_cmd(DAEMONIZE), str(tmp_path / "daemon.pid"))
+    service = corral.wait_state("daemonizer", "up")["pid"]
+    daemon = _daemon(tmp_path)
+    assert os.getsid(daemon) != os.getsid(service), "the daemon must have left the session"
+    own = _own_dir()
+    assert own is not None
+    leaf = _cgroup_of(daemon)
+    assert leaf == _cgroup_of(service) and leaf.endswith("/daemonizer.0"), leaf
+    mount_root = own[: len(own) - len(_cgroup_of(os.getpid()).rstrip("/"))]
+    return service, daemon, Path(mount_root + leaf)
+
+
+@needs_v2
+def test_stop_kills_a_daemon_that_left_the_process_group(corral: Corral,
+                                                         tmp_path: Path) -> None:
+    """1. a service double-forks a setsid() daemon; 2. `svc stop`; 3. the daemon is dead
+    and the service's cgroup directory is gone."""
+    service, daemon, leaf = _load_daemonizer(corral, tmp_path)
+    assert leaf.is_dir()
+    corral.ok("svc", "stop", "daemonizer")
+    wait_for(lambda: not pid_alive(daemon), what="the daemon to die")
+    assert not pid_alive(service)
+    wait_for(lambda: not leaf.exists(), what="the cgroup to be removed")
+
+
+@needs_v2
+def test_a_supervisor_crash_does_not_disturb_the_cgroups(corral: Corral,
+                                                         tmp_path: Path) -> None:
+    """The launcher owns the cgroups: after a supervisor `kill -9` the service and its
+    daemon run on in their cgroup, and a stop still kills both and removes it."""
+    service, daemon, leaf = _load_daemonizer(corral, tmp_path)
+    before = corral.sup_status()["supervisor_pid"]
+    os.kill(before, signal.SIGKILL)
+    wait_for(lambda: corral.answers() and corral.sup_status()["supervisor_pid"] != before,
+             30, "a new supervisor")
+    assert pid_alive(service) and pid_alive(daemon) and leaf.is_dir()
+    assert corral.status("daemonizer")["pid"] == service
+    corral.ok("svc", "stop", "daemonizer")
+    wait_for(lambda: not pid_alive(daemon), what="the daemon to die")
+    wait_for(lambda: not leaf.exists(), what="the cgroup to be removed")
+
+
+@needs_v2
+def test_a_crashed_service_takes_its_daemons_along(tmp_path: Path) -> None:
+    """When a service's main process dies on its own, its cgroup is killed whole (the
+    daemon too) before the exit is reported, and the leaf is removed; the launcher's
+    own cgroup tree is gone after it exits."""
+    launcher = DirectLauncher(tmp_path)
+    try:
+        reply = launcher.spawn("crash/0", [PY, "-c", DAEMONIZE, str(tmp_path / "daemon.pid")])
+        assert reply["type"] == "Spawned" and reply["cgroup"], reply
+        leaf = Path(reply["cgroup"])
+        daemon = _daemon(tmp_path)
+        os.kill(reply["pid"], signal.SIGKILL)
+        exited = launcher.wait_unasked(lambda msg: msg.get("pid") == reply["pid"])
+        assert exited["signal"] == "KILL"
+        wait_for(lambda: not pid_alive(daemon), what="the daemon to die")
+        wait_for(lambda: not leaf.exists(), what="the cgroup to be removed")
+        base = leaf.parent
+    finally:
+        assert launcher.close() == 0
+    assert not base.exists()
+
+
+@needs_v2
+def test_leftovers_of_a_dead_launcher_are_killed_at_start(tmp_path: Path) -> None:
+    """A launcher killed with SIGKILL leaves its services orphaned in their cgroups; the
+    next launcher on the same state directory kills them and removes the cgroups."""
+    first = DirectLauncher(tmp_path)
+    reply = first.spawn("orphan/0", [PY, "-c", DAEMONIZE, str(tmp_path / "daemon.pid")])
+    leaf = Path(reply["cgroup"])
+    daemon = _daemon(tmp_path)
+    os.killpg(first.proc.pid, signal.SIGKILL)  # the launcher and its relay, not the services
+    first.proc.wait()
+    first.close()
+    assert pid_alive(reply["pid"]) and pid_alive(daemon)
+    (tmp_path / "relay.sock").unlink()
+    second = DirectLauncher(tmp_path)
+    try:
+        wait_for(lambda: not pid_alive(daemon) and not pid_alive(reply["pid"]),
+                 what="the orphans to be killed")
+        wait_for(lambda: not leaf.exists(), what="the stale cgroup to be removed")
+    finally:
+        second.close()
+
+
+def test_without_cgroups_services_run_in_process_groups(tmp_path: Path) -> None:
+    """CORRAL_CGROUP=off (as on a host without a writable cgroup v2): one line says so,
+    spawns carry no cgroup, and a crashed service's process group is still killed."""
+    launcher = DirectLauncher(tmp_path, env={"CORRAL_CGROUP": "off"})
+    try:
+        script = ("import os, sys, time\n"
+                  "if os.fork() == 0:\n"
+                  "    open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(1000)\n"
+                  "time.sleep(1000)\n")
+        pidfile = tmp_path / "kid.pid"
+        reply = launcher.spawn("pg/0", [PY, "-c", script, str(pidfile)])
+        assert reply["type"] == "Spawned" and reply["cgroup"] is None, reply
+        kid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), what="the kid"))
+        os.kill(reply["pid"], signal.SIGKILL)
+        launcher.wait_unasked(lambda msg: msg.get("pid") == reply["pid"])
+        wait_for(lambda: not pid_alive(kid), what="the process group to be killed")
+    finally:
+        assert launcher.close() == 0
+    assert "process groups, not cgroups: CORRAL_CGROUP=off" in launcher.stderr.read_text()
+
+
+@needs_v2
+@pytest.mark.skipif(not _memory_controller(),
+                    reason="the cgroup v2 memory controller is not available here "
+                           "(hybrid host: memory is on cgroup v1)")
+def test_memory_limit_becomes_memory_max_and_an_oom_kill_is_reported(tmp_path: Path) -> None:
+    """Spawn{memory_max} writes memory.max; a child that outgrows it is OOM-killed and
+    the Exited message says so."""
+    launcher = DirectLauncher(tmp_path)
+    try:
+        limit = 64 * 1024 * 1024
+        reply = launcher.spawn("hog/0", [PY, "-c", "b = b'x' * (512 << 20)"],
+                               memory_max=limit)
+        if reply.get("memory_max") is None:
+            pytest.skip("the memory controller could not be enabled for corral's cgroup "
+                        "(the launcher's own cgroup has other processes)")
+        exited = launcher.wait_unasked(lambda msg: msg.get("pid") == reply["pid"])
+        assert exited["signal"] == "KILL" and exited["oom_killed"] is True, exited
+    finally:
+        launcher.close()
+
