@@ -25,6 +25,7 @@ from corral.supervisor.facade import Facade
 from .auth import auth_routes
 from .metrics import metrics_router
 from .models import ErrorResponse, LoadRequest, ScaleRequest
+from .stores import stores_router
 from .tls import RemoteAccess
 
 KEEPALIVE = 15.0
@@ -201,5 +202,6 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     app.include_router(metrics_router(facade))
+    app.include_router(stores_router(facade))
     app.include_router(auth_routes(remote))
     return app

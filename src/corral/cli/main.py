@@ -47,6 +47,8 @@ VERBS = {
     "logs": "show or follow a service's output",
     "events": "show or follow state changes",
     "print-auth": "print a client auth file for remote access",
+    "secret": "store secrets used as ${NAME} in specs",
+    "resource": "upload and manage files placed in run dirs",
 }
 _GLOBAL_OPTIONS_WITH_VALUE = ("--state-dir", "--override-name", "--remote")
 

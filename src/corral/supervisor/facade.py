@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 
 from corral import __version__
-from corral.errors import SpecError
+from corral.errors import Conflict, SpecError
 from corral.logs import reader
 from corral.protocol import paths
 from corral.spec import ProcessSpec, load_process, validate_process
@@ -163,3 +163,72 @@ class Facade:
     def stop_supervisor(self) -> None:
         self._request_exit(84)
 
+    # --- stores (secrets, resources) ---
+    # Values of secrets leave the facade only through secret_values(); every other answer
+    # and every message names secrets, never their values.
+    def secrets(self) -> list[dict[str, Any]]:
+        """``[{name, used_by}]`` for every secret, sorted by name."""
+        return [{"name": name, "used_by": self._sup.secret_users(name)}
+                for name in self._sup.secrets.names()]
+
+    def secret_values(self, names: list[str]) -> dict[str, str]:
+        """The values of ``names`` (all or nothing: NotFound naming every unknown one)."""
+        store = self._sup.secrets
+        store.require(names)
+        return {name: store.get(name).reveal() for name in names}
+
+    async def set_secret(self, name: str, value: str) -> dict[str, Any]:
+        """Store a secret; when its value changed, the processes using it are rolled out
+        (``Supervisor.secrets_changed``).  ``result``: added, updated or unchanged."""
+        self._sup.conflict_if_stopping()
+        store = self._sup.secrets
+        existed = name in store
+        changed = store.set(name, value)
+        if changed:
+            await self._sup.secrets_changed([name])
+        result = "unchanged" if not changed else "updated" if existed else "added"
+        return {"name": name, "result": result, "used_by": self._sup.secret_users(name)}
+
+    def remove_secrets(self, names: list[str]) -> list[str]:
+        """Remove secrets, all or nothing: NotFound for an unknown name, Conflict naming
+        the processes for one in use."""
+        self._sup.conflict_if_stopping()
+        store = self._sup.secrets
+        store.require(names)
+        in_use = [f"{name!r} is used by {', '.join(users)}" for name in sorted(set(names))
+                  if (users := self._sup.secret_users(name))]
+        if in_use:
+            raise Conflict(f"cannot remove: secret {'; secret '.join(in_use)}; change or "
+                           "unload those processes first")
+        return store.remove(names)
+
+    def resources(self) -> list[dict[str, Any]]:
+        """``[{id, name, size, created, used_by}]``, oldest first."""
+        return [{**entry, "used_by": self._sup.resource_users(entry["id"])}
+                for entry in self._sup.resources.list()]
+
+    async def add_resource(self, name: str, chunks: AsyncIterator[bytes]) -> dict[str, Any]:
+        """Stream ``chunks`` into the resource store; ``{id, name, size, created, used_by}``
+        (the first upload's name and time when the content was there already)."""
+        store = self._sup.resources
+        resource_id = await store.add(name, chunks)
+        return {**store.info(resource_id), "used_by": self._sup.resource_users(resource_id)}
+
+    def resource_file(self, resource_id: str) -> tuple[Path, str]:
+        """The blob of a resource and its original name (for a download)."""
+        store = self._sup.resources
+        return store.path(resource_id), str(store.info(resource_id)["name"])
+
+    def remove_resources(self, ids: list[str]) -> list[str]:
+        """Remove resources, all or nothing: NotFound for an unknown id, Conflict naming the
+        processes for one that a process lists."""
+        self._sup.conflict_if_stopping()
+        store = self._sup.resources
+        store.require(ids)
+        in_use = [f"{rid} is used by {', '.join(users)}" for rid in sorted(set(ids))
+                  if (users := self._sup.resource_users(rid))]
+        if in_use:
+            raise Conflict(f"cannot remove: resource {'; resource '.join(in_use)}; change "
+                           "or unload those processes first")
+        return store.remove(ids)
+    # --- end of stores ---

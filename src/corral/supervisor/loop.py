@@ -38,6 +38,9 @@ from corral.spec import (
     validate_target,
 )
 from corral.states import Desired, HealthState, ServiceState
+from corral.store import subst
+from corral.store.resources import ResourceStore
+from corral.store.secrets import SecretStore
 
 from . import machine, notify, policy, reconcile, statefile
 from .events import EventLog, rfc3339
@@ -82,6 +85,8 @@ class Supervisor:
         self._adopted_watch: list[Instance] = []
         self._state_waiters: list[asyncio.Future[None]] = []
         self._depended: frozenset[str] | None = None  # see _depended_on
+        self.secrets = SecretStore(state_dir / "secrets.json")
+        self.resources = ResourceStore(state_dir / "resources")
 
     # ------------------------------------------------------------------ start up
     def load_state(self, target_file: Path | None = None) -> None:
@@ -867,6 +872,29 @@ class Supervisor:
     def conflict_if_stopping(self) -> None:
         if self._stopping_all:
             raise Conflict("the supervisor is shutting down")
+
+    # --- stores (secrets, resources) ---
+    # The stores themselves are self.secrets and self.resources (built in __init__).
+    def secret_users(self, name: str) -> list[str]:
+        """The processes whose spec refers to secret ``name`` (``${NAME}`` in command, env,
+        cwd or before), sorted; stopped ones included, since starting them needs it."""
+        return sorted(n for n, s in self.services.items()
+                      if name in subst.references(s.spec))
+
+    def resource_users(self, resource_id: str) -> list[str]:
+        """The processes whose spec lists resource ``resource_id``, sorted."""
+        return sorted(n for n, s in self.services.items()
+                      if any(ref.id == resource_id for ref in s.spec.resources))
+
+    async def secrets_changed(self, names: list[str]) -> None:
+        """Secrets ``names`` were set to new values (already stored).
+
+        The processes that use them are to be replaced with the health-gated rollout of a
+        target change; until that is wired in, a new value reaches a process at its next
+        start.
+        """
+        return None
+    # --- end of stores ---
 
 
 def _exit_record(message: Message, stop: str | None) -> dict[str, Any]:

@@ -1,0 +1,206 @@
+"""The secret store: named values in ``<state>/secrets.json``, mode 0600, written atomically.
+
+Names follow ``[A-Za-z_][A-Za-z0-9_]*`` because they are written ``${NAME}`` in a spec.  A
+value is any UTF-8 text up to :data:`MAX_VALUE` bytes, newlines included, but no NUL (values
+end up in argv and the environment, where NUL cannot go).
+
+Values are held in :class:`Secret` wrappers whose repr and str are a mask, and every message
+this module produces names secrets, never their values, so that logging the store, an error
+or a ``dict`` of secrets cannot leak one.  :meth:`Secret.reveal` is the one way to the text.
+
+The file is read on first use, not at construction, so that building a supervisor does no
+I/O and a damaged file is reported to the request that needs it (as a :class:`CorralError`),
+not as a crash at start-up.  The supervisor is the only writer; each change rewrites the
+whole file (temp file, fsync, rename), so a kill leaves the previous or the next set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from corral.errors import CorralError, NotFound, SpecError
+
+from .files import atomic_write
+
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_NAME = 128
+MAX_VALUE = 1024 * 1024
+_FORMAT = 1
+
+
+class Secret:
+    """A secret's value that never shows itself by accident: repr and str are a mask."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The value itself: pass it on, never log it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def check_name(name: str) -> str:
+    """``name`` if it can be a secret's name, else SpecError saying why (names are not secret)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or len(name) > MAX_NAME:
+        raise SpecError(f"invalid secret name {name!r}: use A-Z a-z 0-9 _, not starting with a "
+                        f"digit, at most {MAX_NAME} characters (it is written ${{NAME}} in specs)")
+    return name
+
+
+def check_value(name: str, value: str) -> str:
+    """``value`` if it can be stored; SpecError naming ``name`` (never the value) otherwise."""
+    if not isinstance(value, str):
+        raise SpecError(f"secret {name!r}: the value must be text")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise SpecError(f"secret {name!r}: the value is not valid UTF-8 text") from None
+    if size > MAX_VALUE:
+        raise SpecError(f"secret {name!r}: the value is {size} bytes; the limit is "
+                        f"{MAX_VALUE} bytes (store a large file as a resource instead)")
+    if "\0" in value:
+        raise SpecError(f"secret {name!r}: the value contains a NUL character, which cannot "
+                        "go into a command line or an environment variable")
+    return value
+
+
+class SecretStore:
+    """Named secrets in one JSON file.
+
+    Args:
+        path: the file (``<state-dir>/secrets.json``); its directory must exist by the time
+            the first secret is set.
+
+    Error handling: names that do not exist raise :class:`NotFound`, bad names or values
+    :class:`SpecError`, an unreadable or damaged file :class:`CorralError`; none of their
+    messages contains a value.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._secrets: dict[str, Secret] | None = None
+
+    def __repr__(self) -> str:
+        count = "?" if self._secrets is None else str(len(self._secrets))
+        return f"SecretStore({str(self.path)!r}, {count} secrets)"
+
+    # reads
+    def names(self) -> list[str]:
+        """Every secret's name, sorted."""
+        return sorted(self._load())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._load()
+
+    def get(self, name: str) -> Secret:
+        """The secret called ``name``; NotFound (listing what exists) if there is none."""
+        secret = self._load().get(name)
+        if secret is None:
+            raise NotFound(_unknown([name], self.names()))
+        return secret
+
+    def values(self) -> dict[str, str]:
+        """Every secret's value by name: what :func:`corral.store.subst.substitute` takes.
+
+        The returned dict shows its values in a repr: hand it straight to substitution.
+        """
+        return {name: secret.reveal() for name, secret in self._load().items()}
+
+    def require(self, names: Iterable[str]) -> None:
+        """Raise NotFound naming every one of ``names`` that is not set (names checked first)."""
+        secrets = self._load()
+        unknown = [n for n in dict.fromkeys(names) if check_name(n) not in secrets]
+        if unknown:
+            raise NotFound(_unknown(unknown, sorted(secrets)))
+
+    # changes
+    def set(self, name: str, value: str) -> bool:
+        """Store ``value`` as ``name``; returns whether anything changed (new or different).
+
+        The file is rewritten only on a change.
+        """
+        check_value(check_name(name), value)
+        secrets = self._load()
+        secret = Secret(value)
+        if secrets.get(name) == secret:
+            return False
+        self._save({**secrets, name: secret})
+        return True
+
+    def remove(self, names: Iterable[str]) -> list[str]:
+        """Remove every secret in ``names`` (all or nothing); returns them sorted, once each.
+
+        Raises NotFound naming each unknown name, and then nothing is removed.
+        """
+        wanted = sorted(set(names))
+        self.require(wanted)
+        secrets = self._load()
+        if wanted:
+            self._save({n: s for n, s in secrets.items() if n not in wanted})
+        return wanted
+
+    # the file
+    def _load(self) -> dict[str, Secret]:
+        if self._secrets is None:
+            self._secrets = self._read()
+        return self._secrets
+
+    def _read(self) -> dict[str, Secret]:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise CorralError(f"cannot read the secrets in {self.path}: {exc.strerror}") from None
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_IMODE(mode) & 0o077:
+                os.fchmod(fd, 0o600)  # someone widened it: secrets are for the owner only
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                raw = f.read()
+        finally:
+            os.close(fd)
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            doc = None  # the message of a JSON error may quote the text: never show it
+        entries = doc.get("secrets") if isinstance(doc, dict) else None
+        if not isinstance(entries, dict) or not all(
+                isinstance(v, str) for v in entries.values()):
+            raise CorralError(f"{self.path} is damaged (not the JSON corral writes); "
+                              "restore it from a backup, or remove it and set the secrets again")
+        return {str(k): Secret(v) for k, v in entries.items()}
+
+    def _save(self, secrets: Mapping[str, Secret]) -> None:
+        doc = {"format": _FORMAT, "secrets": {n: s.reveal() for n, s in sorted(secrets.items())}}
+        try:
+            atomic_write(self.path, (json.dumps(doc, indent=1) + "\n").encode(), 0o600)
+        except OSError as exc:
+            raise CorralError(f"cannot write the secrets to {self.path}: "
+                              f"{exc.strerror or exc}") from None
+        self._secrets = dict(secrets)
+
+
+def _unknown(names: list[str], known: list[str]) -> str:
+    which = ", ".join(repr(n) for n in names)
+    have = ", ".join(known) if known else "none"
+    noun = "secret" if len(names) == 1 else "secrets"
+    return f"no {noun} named {which} (set: {have}); set one with: corral secret set NAME -"

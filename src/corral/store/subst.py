@@ -1,0 +1,173 @@
+"""``${NAME}`` substitution of secrets into a process spec.  Pure: no I/O, no clock.
+
+Grammar of a field's text (the same in every field)::
+
+    ${NAME}     the value of secret NAME (NAME: [A-Za-z_][A-Za-z0-9_]*)
+    $${         a literal "${" (so "$${HOME}" reaches the program as "${HOME}")
+    $ anything  else is left as it is: "$HOME", "$$" and "$1" are the shell's business
+
+A ``${`` with a bad name or no closing ``}`` is an error, so a typo is caught when the spec
+is checked rather than passed on to a program.  Substitution is one pass: a value that
+itself contains ``${X}`` is not expanded again.
+
+Fields: :data:`FIELDS` -- ``command`` (each argv item as ``command[i]``, or the shell
+string as ``command``), ``env.KEY`` (values; keys are not substituted), ``cwd`` and
+``before``.  Every message names the process and the field, and never a secret's value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+
+from corral.errors import SpecError
+from corral.spec import ProcessSpec
+
+FIELDS = ("command", "env", "cwd", "before")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# "$${" (escape), or "${" up to the next "}" (or to the end: unclosed).
+_TOKEN = re.compile(r"\$\$\{|\$\{([^}]*)(\}?)")
+
+
+class _SyntaxProblem(ValueError):
+    """A ``${`` that is not a valid reference (the message says why)."""
+
+
+def _scan(text: str) -> Iterator[tuple[int, int, str | None]]:
+    """Yield ``(start, end, name)`` of each token: name None for the ``$${`` escape.
+
+    Raises _SyntaxProblem for a bad name or a missing ``}``.
+    """
+    for match in _TOKEN.finditer(text):
+        if match[0] == "$${":
+            yield match.start(), match.end(), None
+            continue
+        name, closed = match[1], match[2]
+        if not closed:
+            raise _SyntaxProblem("'${' without a closing '}'; write '$${' for a literal '${'")
+        if not _NAME.fullmatch(name):
+            raise _SyntaxProblem(f"invalid secret name {name!r} in '${{...}}': use A-Z a-z 0-9 _, "
+                                 "not starting with a digit; write '$${' for a literal '${'")
+        yield match.start(), match.end(), name
+
+
+def expand(text: str, values: Mapping[str, str]) -> str:
+    """``text`` with each reference replaced by its value and ``$${`` by ``${``.
+
+    Raises KeyError (with the name) for a name not in ``values``, _SyntaxProblem for bad syntax.
+    """
+    out: list[str] = []
+    pos = 0
+    for start, end, name in _scan(text):
+        out.append(text[pos:start])
+        out.append("${" if name is None else values[name])
+        pos = end
+    if pos == 0:
+        return text
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _fields(spec: ProcessSpec) -> Iterator[tuple[str, str]]:
+    """``(field path, text)`` of every substitutable text of ``spec``, in spec order."""
+    if isinstance(spec.command, str):
+        yield "command", spec.command
+    else:
+        for i, arg in enumerate(spec.command):
+            yield f"command[{i}]", arg
+    for key, value in spec.env.items():
+        yield f"env.{key}", value
+    if spec.cwd is not None:
+        yield "cwd", spec.cwd
+    if spec.before is not None:
+        yield "before", spec.before
+
+
+def references(spec: ProcessSpec) -> dict[str, list[str]]:
+    """Which secrets ``spec`` uses, and where: ``{"DB_PASS": ["env.DATABASE_URL"], ...}``.
+
+    Lenient: a field with bad syntax contributes the names before the problem (use
+    :func:`missing` to report it).  Names are in order of first use.
+    """
+    used: dict[str, list[str]] = {}
+    for field, text in _fields(spec):
+        try:
+            for _, _, name in _scan(text):
+                if name is not None and field not in used.setdefault(name, []):
+                    used[name].append(field)
+        except _SyntaxProblem:
+            continue
+    return used
+
+
+def missing(spec: ProcessSpec, names: Iterable[str]) -> list[str]:
+    """Every problem that would stop :func:`substitute`, given the secrets called ``names``.
+
+    One line per problem, ``<process>.<field>: <message>``: a bad reference, or a secret
+    not among ``names``.  Empty when the spec can be substituted.
+    """
+    known = set(names)
+    problems: list[str] = []
+    for field, text in _fields(spec):
+        try:
+            for _, _, name in _scan(text):
+                if name is not None and name not in known:
+                    problems.append(f"{spec.name}.{field}: {_not_set(name)}")
+        except _SyntaxProblem as exc:
+            problems.append(f"{spec.name}.{field}: {exc}")
+    return list(dict.fromkeys(problems))
+
+
+def substitute(spec: ProcessSpec, values: Mapping[str, str], source: str) -> ProcessSpec:
+    """A copy of ``spec`` with every reference replaced by its secret's value.
+
+    Args:
+        spec: the process as loaded (with ``${NAME}`` references).
+        values: secret values by name (``SecretStore.values()``).
+        source: where the spec came from (a file name, or the process name), put in
+            front of each message unless it is the process name itself.
+
+    Returns:
+        The spec to spawn.  It holds secret values: hand it to the launcher, never to a
+        log, an event, a status or an error message (its repr shows them).  ``spec``
+        itself is returned when it refers to no secret and has no ``$${``.
+
+    Raises:
+        SpecError: one problem per bad reference or missing secret, each naming the
+            process and the field (e.g. ``web.env.DATABASE_URL: secret 'DB_PASS' is not
+            set; ...``); never a value.
+    """
+    problems = missing(spec, values)
+    if problems:
+        prefix = f"{source}: " if source and source != spec.name else ""
+        lines = [prefix + p for p in problems]
+        head = f"{len(lines)} problems in {source or spec.name}:\n" if len(lines) > 1 else ""
+        raise SpecError(head + "\n".join(lines), lines)
+    update: dict[str, object] = {}
+    empty: list[str] = []  # fields a spec requires non-empty that a secret made empty
+    if isinstance(spec.command, str):
+        if (command := expand(spec.command, values)) != spec.command:
+            update["command"] = command
+            empty += ["command"] if not command.strip() else []
+    else:
+        argv = [expand(arg, values) for arg in spec.command]
+        if argv != spec.command:
+            update["command"] = argv
+            empty += ["command[0]"] if not argv[0] else []
+    env = {key: expand(value, values) for key, value in spec.env.items()}
+    if env != spec.env:
+        update["env"] = env
+    for key in ("cwd", "before"):
+        text = getattr(spec, key)
+        if text is not None and (new := expand(text, values)) != text:
+            update[key] = new
+            empty += [key] if not new else []
+    if empty:
+        lines = [f"{spec.name}.{field}: is empty once its secrets are substituted"
+                 for field in empty]
+        raise SpecError("\n".join(lines), lines)
+    return spec.model_copy(update=update) if update else spec
+
+
+def _not_set(name: str) -> str:
+    return f"secret {name!r} is not set; set it with: corral secret set {name} -"

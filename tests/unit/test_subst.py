@@ -1,0 +1,162 @@
+"""Tests of ${NAME} substitution (corral.store.subst): grammar, fields, errors, no leaks."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.errors import SpecError
+from corral.spec import ProcessSpec
+from corral.store import subst
+
+VALUES = {"DB_PASS": "pa$$w0rd ${X}", "USER": "app", "EMPTY": "", "X": "should-not-expand"}
+
+
+def spec(**fields: object) -> ProcessSpec:
+    return ProcessSpec.model_validate({"name": "web", "command": ["run"], **fields})
+
+
+# ------------------------------------------------------------------------------ grammar
+@pytest.mark.parametrize(("text", "expected"), [
+    ("plain", "plain"),
+    ("${USER}", "app"),
+    ("u=${USER}, p=${DB_PASS}", "u=app, p=pa$$w0rd ${X}"),
+    ("${USER}${USER}", "appapp"),
+    ("$${USER}", "${USER}"),
+    ("$$${USER}", "$${USER}"),
+    ("$$", "$$"),
+    ("$HOME and $1 and $", "$HOME and $1 and $"),
+    ("a$${b", "a${b"),
+    ("${EMPTY}x", "x"),
+    ("}{$}", "}{$}"),
+    ("héllo ${USER} ✓", "héllo app ✓"),
+])
+def test_expand(text: str, expected: str) -> None:
+    """References are replaced, $${ is a literal ${, any other $ is left to the program."""
+    assert subst.expand(text, VALUES) == expected
+
+
+def test_substitution_is_one_pass() -> None:
+    """A value that contains ${X} is not expanded again."""
+    out = subst.substitute(spec(env={"P": "${DB_PASS}"}), VALUES, "web")
+    assert out.env["P"] == "pa$$w0rd ${X}"
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("${", "without a closing"),
+    ("abc ${USER", "without a closing"),
+    ("${}", "invalid secret name ''"),
+    ("${1ABC}", "invalid secret name '1ABC'"),
+    ("${A-B}", "invalid secret name 'A-B'"),
+    ("${ USER }", "invalid secret name ' USER '"),
+    ("${USER:-x}", "invalid secret name 'USER:-x'"),
+])
+def test_bad_references_are_problems(text: str, why: str) -> None:
+    """A ${ with a bad name or no closing brace is an error naming the process and field."""
+    problems = subst.missing(spec(env={"K": text}), VALUES)
+    assert len(problems) == 1
+    assert problems[0].startswith("web.env.K: ") and why in problems[0]
+    assert "$${" in problems[0]  # the message says how to write a literal
+    with pytest.raises(SpecError):
+        subst.substitute(spec(env={"K": text}), VALUES, "web")
+
+
+# ------------------------------------------------------------------------------- fields
+def test_every_field_is_substituted() -> None:
+    """command items, env values, cwd and before are substituted; env keys are not."""
+    s = spec(command=["/bin/${USER}", "--pass=${DB_PASS}", "x"], env={"U": "${USER}"},
+             cwd="/srv/${USER}", before="echo ${USER}")
+    out = subst.substitute(s, VALUES, "web")
+    assert out.command == ["/bin/app", "--pass=pa$$w0rd ${X}", "x"]
+    assert out.env == {"U": "app"}
+    assert out.cwd == "/srv/app"
+    assert out.before == "echo app"
+    assert s.command == ["/bin/${USER}", "--pass=${DB_PASS}", "x"]  # the input is untouched
+
+
+def test_a_shell_command_string_is_substituted() -> None:
+    """A string command (run by /bin/sh -c) is substituted as one field."""
+    out = subst.substitute(spec(command="exec server --user ${USER} $HOME"), VALUES, "web")
+    assert out.command == "exec server --user app $HOME"
+
+
+def test_other_fields_are_left_alone() -> None:
+    """Hooks, health checks and names are not substitution fields."""
+    s = spec(hooks={"init": "echo ${USER}"}, health={"exec": ["check", "${USER}"]})
+    assert subst.references(s) == {}
+    out = subst.substitute(s, VALUES, "web")
+    assert out.hooks.init == "echo ${USER}" and out.health is not None
+    assert out.health.exec == ["check", "${USER}"]
+
+
+def test_a_spec_without_references_is_returned_as_is() -> None:
+    """Nothing to substitute: the very same object comes back."""
+    s = spec(env={"A": "b"}, cwd="/tmp")
+    assert subst.substitute(s, {}, "web") is s
+
+
+def test_an_escape_alone_still_makes_a_copy() -> None:
+    """$${ with no secret at all still becomes ${ in the spec to spawn."""
+    out = subst.substitute(spec(command=["echo", "$${HOME}"]), {}, "web")
+    assert out.command == ["echo", "${HOME}"]
+
+
+@pytest.mark.parametrize(("fields", "where"), [
+    ({"command": ["${EMPTY}", "x"]}, "web.command[0]"),
+    ({"command": "${EMPTY}"}, "web.command"),
+    ({"cwd": "${EMPTY}"}, "web.cwd"),
+    ({"before": "${EMPTY}"}, "web.before"),
+])
+def test_a_field_that_a_secret_empties_is_refused(fields: dict[str, object], where: str) -> None:
+    """A required field that is empty once substituted is an error, not an empty argv."""
+    with pytest.raises(SpecError) as caught:
+        subst.substitute(spec(**fields), VALUES, "web")
+    assert str(caught.value).startswith(where + ": is empty")
+
+
+# --------------------------------------------------------------------------- references
+def test_references_name_every_field_once() -> None:
+    """references() maps each secret to the fields using it, in order of first use."""
+    s = spec(command=["run", "${USER}", "${USER}"], env={"A": "${DB_PASS}${USER}", "B": "x"},
+             cwd="/${DB_PASS}", before="${USER} ${USER}")
+    assert subst.references(s) == {
+        "USER": ["command[1]", "command[2]", "env.A", "before"],
+        "DB_PASS": ["env.A", "cwd"]}
+
+
+def test_references_skip_escapes_and_tolerate_bad_syntax() -> None:
+    """An escaped $${X} is no reference; a field with bad syntax gives what precedes it."""
+    s = spec(env={"A": "$${NOPE}", "B": "${USER} ${bad name}", "C": "${DB_PASS}"})
+    assert subst.references(s) == {"USER": ["env.B"], "DB_PASS": ["env.C"]}
+
+
+# ------------------------------------------------------------------------------ missing
+def test_missing_secrets_name_the_process_field_and_fix() -> None:
+    """Each missing secret is one problem naming the field and how to set it."""
+    s = spec(env={"DATABASE_URL": "postgres://app:${DB_PASS}@db/app"}, cwd="${HOME_DIR}")
+    assert subst.missing(s, ["USER"]) == [
+        "web.env.DATABASE_URL: secret 'DB_PASS' is not set; set it with: "
+        "corral secret set DB_PASS -",
+        "web.cwd: secret 'HOME_DIR' is not set; set it with: corral secret set HOME_DIR -"]
+    assert subst.missing(s, ["DB_PASS", "HOME_DIR"]) == []
+
+
+def test_substitute_reports_every_problem_with_the_source() -> None:
+    """Several problems come together, each prefixed by the source (a file name)."""
+    s = spec(command=["${A}"], env={"K": "${B}"})
+    with pytest.raises(SpecError) as caught:
+        subst.substitute(s, {}, "target.yaml")
+    err = caught.value
+    assert err.problems == [
+        "target.yaml: web.command[0]: secret 'A' is not set; set it with: corral secret set A -",
+        "target.yaml: web.env.K: secret 'B' is not set; set it with: corral secret set B -"]
+    assert str(err).startswith("2 problems in target.yaml:\n")
+
+
+def test_no_value_appears_in_any_error() -> None:
+    """Errors name secrets and fields, never a value, even with other secrets set."""
+    s = spec(command=["${DB_PASS}", "${MISSING}"], env={"K": "${USER} ${bad"})
+    with pytest.raises(SpecError) as caught:
+        subst.substitute(s, VALUES, "web")
+    text = str(caught.value) + repr(caught.value) + " ".join(caught.value.problems)
+    for value in ("pa$$w0rd", "should-not-expand"):
+        assert value not in text
