@@ -386,8 +386,9 @@ class ResourceRef(_Spec):
     @field_validator("id")
     @classmethod
     def _check_id(cls, v: str) -> str:
-        if not re.fullmatch(r"[0-9a-f]{64}", v):
-            raise ValueError("must be a sha256: 64 lower-case hex digits")
+        if not re.fullmatch(r"[0-9a-f]{64}|\$\{[A-Za-z_][A-Za-z0-9_]*\}", v):
+            raise ValueError("must be a sha256 (64 lower-case hex digits, as printed by "
+                             "corral resource up) or a secret holding one: ${NAME}")
         return v
 
     @field_validator("file")
@@ -420,6 +421,7 @@ class ProcessSpec(_Spec):
     logs: LogSpec = LogSpec()
     limits: LimitsSpec = LimitsSpec()
     hooks: HooksSpec = HooksSpec()
+    rollout_timeout: Positive = 60.0
     depends_on: list[str] = []
     user: NonEmpty | None = None
     group: NonEmpty | None = None
@@ -695,6 +697,13 @@ def validate_process(data: object, source: str) -> ProcessSpec:
     return _validate(ProcessSpec, data, source, None)
 
 
+def refuse(text: str | None, source: str, problems: list[Problem]) -> NoReturn:
+    """Raise SpecError for ``problems`` found outside this module (missing secrets, unknown
+    resources, addresses that cannot be bound), naming the line of each in ``text``."""
+    node = _compose(text, source)[1] if text is not None else None
+    _raise(source, node, problems)
+
+
 def _compose(text: str, source: str) -> tuple[object, yaml.Node | None]:
     loader = _Loader(text)
     try:
@@ -810,7 +819,7 @@ def _path(loc: Loc) -> str:
 # Fields the format accepts (it is shared with later versions) but that this version does
 # not act on yet.  Refusing them is honest: a health check that never runs would be worse
 # than an error.
-_NOT_YET = ("resources", "before", "receives")
+_NOT_YET = ("receives",)
 
 
 def check_supported(target: Target | ProcessSpec, source: str) -> None:

@@ -25,12 +25,27 @@ _SEVERITY = [ServiceState.FAILED, ServiceState.BACKOFF, ServiceState.UNHEALTHY,
              ServiceState.STOPPING, ServiceState.STARTING, ServiceState.UP, ServiceState.DOWN]
 
 
+def launcher_name(service: str, index: int, gen: int) -> str:
+    """``web/0`` for generation 0, ``web/0@3`` after three spec changes."""
+    return f"{service}/{index}@{gen}" if gen else f"{service}/{index}"
+
+
+def parse_launcher_name(name: str) -> tuple[str, int, int] | None:
+    """``"web/0@3"`` -> ``("web", 0, 3)``; None for a name corral did not make."""
+    service, _, rest = name.rpartition("/")
+    index_text, _, gen_text = rest.partition("@")
+    if not service or not index_text.isdigit() or not (gen_text.isdigit() or not gen_text):
+        return None
+    return service, int(index_text), int(gen_text or 0)
+
+
 @dataclass
 class Instance:
     """What the supervisor knows of one instance; rebuilt from the launcher after a restart."""
 
     service: str
     index: int
+    gen: int = 0                      # the service's generation (spec version) it runs
     state: ServiceState = ServiceState.DOWN
     pid: int | None = None
     started_at: float | None = None
@@ -57,11 +72,14 @@ class Instance:
         default_factory=lambda: deque(maxlen=HISTORY_POINTS))
     notify: NotifySocket | None = None
     failures: int = 0
+    spec: ProcessSpec | None = None   # set while retiring: the (older) spec it runs
+    failed_run: bool = False          # its last run failed (keep its directory to inspect)
 
     @property
     def launcher_name(self) -> str:
-        """The child's name at the launcher: ``<service>/<index>``."""
-        return f"{self.service}/{self.index}"
+        """The child's name at the launcher: ``<service>/<index>``, and ``@<gen>`` after
+        the service's spec has changed (so old and new run side by side in a rollout)."""
+        return launcher_name(self.service, self.index, self.gen)
 
     @property
     def restarts(self) -> int:
@@ -94,6 +112,13 @@ class Service:
     spec: ProcessSpec
     desired: Desired = Desired.UP
     instances: dict[int, Instance] = field(default_factory=dict)
+    gen: int = 0                 # bumped whenever the spec (or a secret it uses) changes
+    # Old instances kept running during a rollout until their replacement is ready.
+    retiring: dict[int, Instance] = field(default_factory=dict)
+
+    def new_instance(self, index: int) -> Instance:
+        """A fresh record for ``index`` at the current generation."""
+        return Instance(service=self.spec.name, index=index, gen=self.gen)
 
     def as_dict(self) -> dict[str, Any]:
         ordered = [self.instances[i] for i in sorted(self.instances)]
@@ -116,5 +141,6 @@ class Service:
                                 if first is not None and first.next_restart_at else None),
             "last_exit": first.last_exit if first is not None else None,
             "command": self.spec.argv,
-            "instance_list": [i.as_dict() for i in ordered],
+            "instance_list": [i.as_dict() for i in ordered] + [
+                {**self.retiring[i].as_dict(), "retiring": True} for i in sorted(self.retiring)],
         }

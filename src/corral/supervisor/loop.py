@@ -15,9 +15,11 @@ full ``sup stop`` + ``sup run``, wants exactly what the user last asked for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
@@ -30,11 +32,14 @@ from corral.monitor import sampler
 from corral.protocol import messages as m
 from corral.protocol import paths
 from corral.spec import (
+    Problem,
     ProcessSpec,
+    ServiceSpec,
     Target,
     check_supported,
     format_size,
     load_target,
+    refuse,
     validate_target,
 )
 from corral.states import Desired, HealthState, ServiceState
@@ -42,12 +47,14 @@ from corral.store import subst
 from corral.store.resources import ResourceStore
 from corral.store.secrets import SecretStore
 
-from . import machine, notify, policy, reconcile, statefile
+from . import machine, notify, policy, reconcile, rollout, statefile
+from .balancing import Balancer  # balancer hook (issue 6)
 from .events import EventLog, rfc3339
 from .hooks import HookResult, run_hook
-from .instance import HISTORY_STEP, Instance, Service
+from .instance import HISTORY_STEP, Instance, Service, parse_launcher_name
 from .launcher_client import LauncherClient, Message, check
 from .machine import Action, Event
+from .rollout import Change, Phase, Rollout, Step
 from .watch import HealthWatch
 
 SAMPLE_EVERY = 2.0
@@ -85,8 +92,13 @@ class Supervisor:
         self._adopted_watch: list[Instance] = []
         self._state_waiters: list[asyncio.Future[None]] = []
         self._depended: frozenset[str] | None = None  # see _depended_on
+        self.target_services: list[ServiceSpec] = []
         self.secrets = SecretStore(state_dir / "secrets.json")
         self.resources = ResourceStore(state_dir / "resources")
+        self.rollout: Rollout | None = None
+        self._rollout_task: asyncio.Future[None] | None = None
+        # balancer hook (issue 6): the load balancer is a launcher child kept by its manager.
+        self.balancer = Balancer(state_dir, self._base_env)
 
     # ------------------------------------------------------------------ start up
     def load_state(self, target_file: Path | None = None) -> None:
@@ -104,10 +116,14 @@ class Supervisor:
         else:
             target = Target()
         check_supported(target, str(target_file or path))
-        down = set(statefile.read_json(self.state_dir / "desired.json", {}).get("down", []))
+        stored_desired = statefile.read_json(self.state_dir / "desired.json", {})
+        down = set(stored_desired.get("down", []))
+        gens = stored_desired.get("gen", {})
         for spec in target.processes:
             desired = Desired.DOWN if spec.name in down else Desired.UP
-            self.services[spec.name] = Service(spec=spec, desired=desired)
+            self.services[spec.name] = Service(spec=spec, desired=desired,
+                                               gen=int(gens.get(spec.name, 0)))
+        self.target_services = list(target.services)
         if target_file is not None:
             stored = load_target(path.read_text(), str(path)) if path.exists() else None
             if stored != target:
@@ -118,7 +134,9 @@ class Supervisor:
         self.launcher = launcher
         children = await launcher.list_children()
         for child in children:
-            self._adopt(child)
+            if not self.balancer.adopt(child):  # balancer hook (issue 6)
+                self._adopt(child)
+        self.balancer.attach(launcher)  # balancer hook (issue 6)
         running = {str(c.get("name")) for c in children}
         self._booting = False
         for name, exited in self._early_exits.items():
@@ -137,18 +155,43 @@ class Supervisor:
                     self._arm_watchdog(inst, service.spec)
         self._background(self.monitor())
         self.reconcile()
+        stale = [s for s in self.services.values()
+                 if any(i.gen != s.gen for i in s.instances.values())]
+        if stale:  # a rollout was under way when the last supervisor died: finish it
+            self.rollout = record = Rollout(id=1, cause="resumed after a supervisor restart",
+                                            started_at=time.time(), changes=[])
+            for service in stale:
+                record.steps[service.spec.name] = Step(service.spec.name,
+                                                       service.spec.instances)
+            self._rollout_task = asyncio.ensure_future(
+                self._run_rollout(record, [(s, None, s.gen) for s in stale], {}))
 
     def _adopt(self, child: Message) -> None:
-        name, _, index_text = str(child.get("name", "")).rpartition("/")
+        """Take over a running child.  An instance of an older generation (a rollout was
+        under way when the last supervisor died) is adopted too, and replaced once
+        attached; a newer, unconfirmed one beside it is stopped and started again."""
+        parsed = parse_launcher_name(str(child.get("name", "")))
+        name, index, gen = parsed if parsed else ("", -1, 0)
         service = self.services.get(name)
         pid = int(child["pid"])
-        index = int(index_text) if index_text.isdigit() else -1
         if (service is None or service.desired is Desired.DOWN
-                or not 0 <= index < service.spec.instances or index in service.instances):
+                or not 0 <= index < service.spec.instances):
             # Not wanted any more (unloaded or stopped while no supervisor ran): stop it.
             self._terminate_pid(pid, service.spec if service else None)
             return
-        inst = Instance(service=name, index=index, state=ServiceState.UP, pid=pid,
+        present = service.instances.get(index)
+        if present is not None:
+            keep_new = present.gen != service.gen and gen == service.gen
+            if gen == present.gen or keep_new or (gen != service.gen and
+                                                 present.gen != service.gen):
+                self._terminate_pid(pid, service.spec)
+                return
+            # This one is older than the one adopted first: keep the older, stop the other.
+            assert present.pid is not None
+            self._terminate_pid(present.pid, service.spec)
+            if present in self._adopted_watch:
+                self._adopted_watch.remove(present)
+        inst = Instance(service=name, index=index, gen=gen, state=ServiceState.UP, pid=pid,
                         started_at=float(child.get("started_at", time.time())),
                         spawns=int(child.get("spawns", 1)), reason="adopted")
         service.instances[index] = inst
@@ -159,14 +202,15 @@ class Supervisor:
 
     def _replay_exit(self, exited: Message) -> None:
         """An instance exited while no supervisor ran: apply its restart policy now."""
-        name, _, index_text = str(exited.get("name", "")).rpartition("/")
+        parsed = parse_launcher_name(str(exited.get("name", "")))
+        if parsed is None:
+            return
+        name, index, gen = parsed
         service = self.services.get(name)
-        if service is None or not index_text.isdigit() or service.desired is Desired.DOWN:
+        if (service is None or service.desired is Desired.DOWN or gen != service.gen
+                or index >= service.spec.instances or index in service.instances):
             return
-        index = int(index_text)
-        if index >= service.spec.instances:
-            return
-        inst = service.instances.setdefault(index, Instance(service=name, index=index))
+        inst = service.instances.setdefault(index, service.new_instance(index))
         decision = policy.decide(service.spec.restart, exited.get("exit_code"),
                                  exited.get("signal"), service.spec.restart.cooldown,
                                  inst.streak, self.uniform)
@@ -183,6 +227,8 @@ class Supervisor:
     # ------------------------------------------------------------ launcher events
     def on_exit(self, exited: Message) -> None:
         """The launcher reports an exit: classify it and feed the machine."""
+        if self.balancer.on_exit(exited):  # balancer hook (issue 6): it restarts it
+            return
         if self._booting:
             self._early_exits[str(exited.get("name"))] = exited
             return
@@ -192,6 +238,15 @@ class Supervisor:
         service = self.services[inst.service]
         if inst.state is ServiceState.STOPPING:
             return  # the Terminate reply records it
+        if inst.spec is not None:  # retiring: its replacement is on the way; no restart
+            inst.last_exit = _exit_record(exited, None)
+            inst.pid = None
+            self._unwatch(inst)
+            self.events.emit(inst.service, "exit", "exited while being replaced",
+                             instance=inst.index, pid=exited.get("pid"),
+                             exit_code=exited.get("exit_code"), signal=exited.get("signal"))
+            self.feed(inst, Event.EXIT_DOWN, "exited while being replaced")
+            return
         ran_for = time.time() - (inst.started_at or time.time())
         decision = policy.decide(service.spec.restart, exited.get("exit_code"),
                                  exited.get("signal"), ran_for, inst.streak, self.uniform)
@@ -209,14 +264,18 @@ class Supervisor:
         self.feed(inst, _EXIT_EVENTS[decision.verdict], decision.reason)
 
     def _find(self, name: str, pid: Any) -> Instance | None:
-        service_name, _, index_text = name.rpartition("/")
-        service = self.services.get(service_name)
-        if service is None or not index_text.isdigit():
+        parsed = parse_launcher_name(name)
+        service = self.services.get(parsed[0]) if parsed else None
+        if parsed is None or service is None:
             return None
-        inst = service.instances.get(int(index_text))
-        if inst is None or inst.pid != pid:
-            return None
-        return inst
+        for inst in (service.instances.get(parsed[1]), service.retiring.get(parsed[1])):
+            if inst is not None and inst.pid == pid and inst.gen == parsed[2]:
+                return inst
+        return None
+
+    def _spec_of(self, inst: Instance) -> ProcessSpec:
+        """The spec ``inst`` runs: its own while retiring, else its service's."""
+        return inst.spec if inst.spec is not None else self.services[inst.service].spec
 
     # ------------------------------------------------------------------- machine
     def feed(self, inst: Instance, event: Event, reason: str) -> None:
@@ -241,12 +300,8 @@ class Supervisor:
         if after is not before:
             self.events.emit(inst.service, "state", reason, instance=inst.index,
                              from_=before.value, to=after.value, pid=inst.pid)
-            for waiter in self._state_waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-            self._state_waiters.clear()
-        hooks = self.services[inst.service].spec.hooks if inst.service in self.services \
-            else None
+            self._wake()
+        hooks = self._spec_of(inst).hooks if inst.service in self.services else None
         if hooks is not None and after is not before:
             if before is ServiceState.STARTING and after is ServiceState.UP and hooks.post_run:
                 self._background(self._hook_later(inst, "post_run", hooks.post_run))
@@ -260,8 +315,15 @@ class Supervisor:
             if after is not before:
                 self.reconcile()
         elif after is ServiceState.UP and before is not after \
-                and self.services[inst.service].spec.name in self._depended_on():
+                and inst.service in self._depended_on():
             self.reconcile()  # a dependent may be waiting for this one
+
+    def _wake(self) -> None:
+        """Wake every coroutine waiting for a state or health change."""
+        for waiter in self._state_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._state_waiters.clear()
 
     def _spawn(self, inst: Instance) -> None:
         spec = self.services[inst.service].spec
@@ -276,17 +338,23 @@ class Supervisor:
         inst.next_restart_at = None
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         inst.spawned = done
-        if spec.hooks.init is not None and not inst.init_done:
-            self._background(self._init_then_spawn(inst, spec, spec.hooks.init, done))
+        if ((spec.hooks.init is not None and not inst.init_done) or spec.resources
+                or spec.before is not None):
+            self._background(self._prepare_then_spawn(inst, spec, done))
             return
         future = self.launcher.send_encoded(inst.request[1])
         self._background(self._spawned(inst, future, done))
 
-    async def _init_then_spawn(self, inst: Instance, spec: ProcessSpec, command: str,
-                               done: asyncio.Future[None]) -> None:
-        """The init hook runs before a start a user or the target asked for; a failure
-        backs off like a crash (so a broken init does not spin)."""
-        result = await self._hook(inst, spec, "init", command)
+    async def _prepare_then_spawn(self, inst: Instance, spec: ProcessSpec,
+                                  done: asyncio.Future[None]) -> None:
+        """Before the spawn, off the loop's time: the init hook (before a start a user or
+        the target asked for), a fresh working directory with the process's resources, and
+        its ``before`` script.  A failure backs off like a crash (so it does not spin)."""
+        result = HookResult(True, "", [])
+        if spec.hooks.init is not None and not inst.init_done:
+            result = await self._hook(inst, spec, "init", spec.hooks.init)
+        if result.ok and (spec.resources or spec.before is not None):
+            result = await self._prepare_workdir(inst, spec)
         if inst.state is not ServiceState.STARTING or self.launcher is None:
             if not done.done():
                 done.set_result(None)
@@ -294,6 +362,7 @@ class Supervisor:
                 self.feed(inst, Event.STOPPED, "stopped before it started")
             return
         if not result.ok:
+            inst.failed_run = True
             if not done.done():
                 done.set_result(None)
             decision = policy.decide_spawn_failure(spec.restart, inst.streak, result.summary,
@@ -307,6 +376,72 @@ class Supervisor:
         assert inst.request is not None
         future = self.launcher.send_encoded(inst.request[1])
         await self._spawned(inst, future, done)
+
+    async def _prepare_workdir(self, inst: Instance, spec: ProcessSpec) -> HookResult:
+        """A fresh working directory (unless ``cwd`` is given) with the process's resources
+        in place, then its ``before`` script run there; the result says what failed."""
+        effective = self._effective(spec)
+        workdir = Path(self._instance_cwd(inst, spec))
+        try:
+            await asyncio.to_thread(self._fresh_workdir, inst, spec, workdir)
+            for ref in spec.resources:
+                await asyncio.to_thread(self.resources.place, ref.id, workdir, ref.file)
+        except (OSError, CorralError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) else str(exc)
+            summary = f"cannot prepare {workdir}: {detail}"
+            self.events.emit(inst.service, "prepare", summary, instance=inst.index)
+            return HookResult(False, summary, [])
+        if effective.before is None:
+            return HookResult(True, "", [])
+        return await self._hook(inst, spec, "before", effective.before)
+
+    def _fresh_workdir(self, inst: Instance, spec: ProcessSpec, workdir: Path) -> None:
+        """Empty ``workdir`` for a new run; the last failed run's is kept as
+        ``run/<process>/last-failed`` for inspection (one per process)."""
+        if spec.cwd is not None:
+            workdir.mkdir(parents=True, exist_ok=True)
+            return
+        if workdir.exists():
+            if inst.failed_run:
+                kept = workdir.parent / "last-failed"
+                shutil.rmtree(kept, ignore_errors=True)
+                workdir.rename(kept)
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True, exist_ok=True)
+        inst.failed_run = False
+
+    def _forget_workdir(self, inst: Instance) -> None:
+        """An instance ended for good: remove its directory, unless its last run failed
+        (then it becomes ``last-failed``).  Directories given as ``cwd`` are the user's."""
+        service = self.services.get(inst.service)
+        spec = inst.spec or (service.spec if service else None)
+        if spec is None or spec.cwd is not None:
+            return
+        workdir = self._workdir(inst)
+        if not workdir.exists():
+            return
+        if inst.failed_run:
+            kept = workdir.parent / "last-failed"
+            shutil.rmtree(kept, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                workdir.rename(kept)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _workdir(self, inst: Instance) -> Path:
+        """``run/<process>/<index>`` (``<index>@<gen>`` after a spec change)."""
+        leaf = f"{inst.index}@{inst.gen}" if inst.gen else str(inst.index)
+        return paths.run_dir(self.state_dir) / inst.service / leaf
+
+    def _effective(self, spec: ProcessSpec) -> ProcessSpec:
+        """``spec`` with its secrets substituted (the spec itself when it uses none).
+
+        Raises:
+            SpecError: a secret it uses is not set (removal is refused while in use, so
+                only a hand-edited state directory gets here).
+        """
+        return subst.substitute(spec, self.secrets.values(), spec.name)
 
     async def _hook(self, inst: Instance, spec: ProcessSpec, hook: str,
                     command: str) -> HookResult:
@@ -322,15 +457,15 @@ class Supervisor:
 
     def _instance_env(self, inst: Instance, spec: ProcessSpec) -> dict[str, str]:
         env = dict(self._base_env)
-        env.update(spec.env)
+        env.update(self._effective(spec).env)
         env["CORRAL_SERVICE"] = spec.name
         env["CORRAL_INSTANCE"] = str(inst.index)
         return env
 
     def _instance_cwd(self, inst: Instance, spec: ProcessSpec) -> str:
         if spec.cwd is not None:
-            return spec.cwd
-        workdir = paths.run_dir(self.state_dir) / spec.name / str(inst.index)
+            return self._effective(spec).cwd or spec.cwd
+        workdir = self._workdir(inst)
         workdir.mkdir(parents=True, exist_ok=True)
         return str(workdir)
 
@@ -338,11 +473,12 @@ class Supervisor:
         cwd = self._instance_cwd(inst, spec)
         env = self._instance_env(inst, spec)
         if spec.readiness == "notify" or spec.watchdog is not None:
-            env["NOTIFY_SOCKET"] = notify.socket_name(self.state_dir, spec.name, inst.index)
+            env["NOTIFY_SOCKET"] = notify.socket_name(self.state_dir, inst.launcher_name)
         if spec.watchdog is not None:
             env["WATCHDOG_USEC"] = str(int(spec.watchdog * 1_000_000))
         request: Message = {
-            "type": m.SPAWN, "name": inst.launcher_name, "argv": spec.argv, "env": env,
+            "type": m.SPAWN, "name": inst.launcher_name, "argv": self._effective(spec).argv,
+            "env": env,
             "cwd": cwd, "user": spec.user, "group": spec.group,
             "umask": int(spec.umask, 8) if spec.umask else None, "rlimits": dict(spec.rlimits),
             "memory_max": spec.limits.memory,  # launcher: cgroup memory.max (additive, h5)
@@ -429,7 +565,7 @@ class Supervisor:
             raise Conflict(f"reload of {name} failed: " + "; ".join(failed))
 
     def _listen_notify(self, inst: Instance, spec: ProcessSpec) -> None:
-        name = notify.socket_name(self.state_dir, spec.name, inst.index)
+        name = notify.socket_name(self.state_dir, inst.launcher_name)
         try:
             inst.notify = notify.NotifySocket(name, lambda f: self._on_notify(inst, f))
         except OSError as exc:
@@ -492,7 +628,8 @@ class Supervisor:
         if result.state is not inst.health:
             self.events.emit(inst.service, "health", f"health {result.state.value}: "
                              f"{result.detail}", instance=inst.index, pid=pid)
-        inst.health = result.state
+            inst.health = result.state
+            self._wake()  # a rollout may be waiting for this instance to be healthy
         if result.state in (HealthState.OK, HealthState.WARNING):
             inst.failures = 0
             if inst.state is ServiceState.STARTING:
@@ -520,7 +657,7 @@ class Supervisor:
             if inst.spawned is None or inst.spawned.done():
                 self.feed(inst, Event.STOPPED, "stopped before it started")
             return
-        spec = self.services[inst.service].spec
+        spec = self._spec_of(inst)
         assert self.launcher is not None
         future = self.launcher.send_request({"type": m.TERMINATE, "pid": inst.pid,
                                              "signal": spec.stop.signal,
@@ -581,19 +718,20 @@ class Supervisor:
         for step in reconcile.plan(wanted, observed):
             service = self.services[step.service]
             if step.verb is reconcile.Verb.WAIT:
-                inst = service.instances.setdefault(
-                    step.index, Instance(service=step.service, index=step.index))
+                inst = service.instances.setdefault(step.index,
+                                                    service.new_instance(step.index))
                 inst.reason = "waiting for " + ", ".join(self._blocked_by(service)) + \
                     " to be ready"
             elif step.verb is reconcile.Verb.START:
-                inst = service.instances.setdefault(
-                    step.index, Instance(service=step.service, index=step.index))
+                inst = service.instances.setdefault(step.index,
+                                                    service.new_instance(step.index))
                 self.feed(inst, Event.START, "starting")
             else:
                 inst = service.instances[step.index]
                 if inst.state in (ServiceState.DOWN, ServiceState.FAILED):
                     if step.verb is reconcile.Verb.DROP:
                         del service.instances[step.index]
+                        self._forget_workdir(inst)
                     continue
                 self.feed(inst, Event.STOP, "stopping")
 
@@ -704,10 +842,15 @@ class Supervisor:
 
     def save(self) -> None:
         """Persist the desired state atomically."""
-        target = Target(processes=[s.spec for s in self.services.values()])
-        statefile.atomic_write(self.state_dir / "target.yaml", target.to_yaml().encode())
+        statefile.atomic_write(self.state_dir / "target.yaml", self.target().to_yaml().encode())
         statefile.write_json(self.state_dir / "desired.json", {
-            "down": sorted(n for n, s in self.services.items() if s.desired is Desired.DOWN)})
+            "down": sorted(n for n, s in self.services.items() if s.desired is Desired.DOWN),
+            "gen": {n: s.gen for n, s in self.services.items() if s.gen}})
+
+    def target(self) -> Target:
+        """Everything loaded, however it got there (``target set``, ``svc load``)."""
+        return Target.model_construct(processes=[s.spec for s in self.services.values()],
+                                      services=list(self.target_services))
 
     async def load(self, spec: ProcessSpec) -> str:
         """Add or update a service; returns ``added``, ``updated`` or ``unchanged``.
@@ -715,23 +858,28 @@ class Supervisor:
         Error handling: a new service whose first spawn fails (missing binary, unknown
         user) is removed again and :class:`SpawnFailed` is raised: nothing changed.
         """
-        check_supported(spec, spec.name)
-        self._check_dependencies(spec)
         existing = self.services.get(spec.name)
+        if existing is not None and existing.spec == spec:
+            return "unchanged"
+        current = self.target()
+        others = [p.to_dict() for p in current.processes if p.name != spec.name]
+        # Validating the would-be target checks dependencies (unknown names, cycles).
+        target = validate_target({"processes": [*others, spec.to_dict()],
+                                  "services": [s.to_dict() for s in current.services]},
+                                 spec.name)
+        self.check_target(target, None, spec.name)
         if existing is not None:
-            if existing.spec == spec:
-                return "unchanged"
-            only_scale = existing.spec.model_copy(update={"instances": spec.instances}) == spec
-            existing.spec = spec
-            self._depended = None
-            self.save()
-            self.events.emit(spec.name, "update", "spec changed" if not only_scale
-                             else f"scaled to {spec.instances}")
-            if not only_scale:
-                await self._stop_instances(existing, existing.instances.values())
-            self.reconcile()
+            target = Target.model_construct(
+                processes=[spec if p.name == spec.name else p for p in current.processes],
+                services=current.services)
+            record = await self.apply_target(target, None, spec.name, cause="svc load")
+            await self.wait_rollout()
             await self._wait_stopped(existing)
             await self._wait_spawned(existing)
+            if record is not None and record.phase is Phase.FAILED:
+                step = record.steps.get(spec.name)
+                raise NotReady(f"{spec.name}: {record.reason}; the old version keeps running",
+                               step.last_lines if step else [])
             return "updated"
         service = Service(spec=spec)
         self.services[spec.name] = service
@@ -746,11 +894,6 @@ class Supervisor:
         self.save()
         return "added"
 
-    def _check_dependencies(self, spec: ProcessSpec) -> None:
-        others = [s.spec.to_dict() for n, s in self.services.items() if n != spec.name]
-        # Validating the would-be target checks dependencies (unknown names, cycles).
-        validate_target({"processes": [*others, spec.to_dict()]}, spec.name)
-
     async def unload(self, name: str) -> None:
         service = self.get(name)
         users = sorted(s.spec.name for s in self.services.values()
@@ -764,7 +907,10 @@ class Supervisor:
 
     async def _remove(self, service: Service) -> None:
         service.desired = Desired.DOWN
-        await self._stop_instances(service, list(service.instances.values()))
+        await self._stop_instances(service, [*service.instances.values(),
+                                             *service.retiring.values()])
+        for inst in [*service.instances.values(), *service.retiring.values()]:
+            self._forget_workdir(inst)
         self.services.pop(service.spec.name, None)
         self._depended = None
 
@@ -858,8 +1004,10 @@ class Supervisor:
     async def stop_all(self) -> None:
         """Stop every service in reverse load order (the desired state is kept)."""
         self._stopping_all = True
+        if self._rollout_task is not None:
+            self._rollout_task.cancel()
         for service in self.stop_order():
-            live = [i for i in service.instances.values()
+            live = [i for i in (*service.instances.values(), *service.retiring.values())
                     if i.state not in (ServiceState.DOWN, ServiceState.FAILED)]
             for inst in live:
                 if inst.state is ServiceState.BACKOFF:
@@ -872,6 +1020,242 @@ class Supervisor:
     def conflict_if_stopping(self) -> None:
         if self._stopping_all:
             raise Conflict("the supervisor is shutting down")
+
+    # ------------------------------------------------------------------- target
+    def check_target(self, target: Target, text: str | None, source: str) -> None:
+        """Refuse what the target's own validation cannot see: secrets that are not set,
+        resources that were never uploaded, fields this version cannot honour.
+
+        Raises:
+            SpecError: one line per problem, naming ``source``, the line (when ``text``,
+                the YAML, is given) and the field.
+        """
+        check_supported(target, source)
+        problems: list[Problem] = []
+        names = self.secrets.names()
+        for i, spec in enumerate(target.processes):
+            for line in subst.missing(spec, names):
+                where, _, msg = line.partition(": ")
+                problems.append((("processes", i, *_field_loc(where.split(".", 1)[1])), msg))
+            for k, ref in enumerate(spec.resources):
+                if ref.id not in self.resources:
+                    problems.append((("processes", i, "resources", k, "id"),
+                                     f"no resource {ref.id[:12]}… in the store; upload it "
+                                     "with: corral resource up FILE"))
+        if problems:
+            refuse(text, source, problems)
+
+    def plan_target(self, target: Target) -> list[Change]:
+        """What ``apply_target(target)`` would change."""
+        return rollout.diff(self.target(), target)
+
+    def rollout_running(self) -> bool:
+        return self._rollout_task is not None and not self._rollout_task.done()
+
+    async def apply_target(self, target: Target, text: str | None, source: str,
+                           cause: str = "target set") -> Rollout | None:
+        """Make ``target`` the desired state: validate, save, then add, scale, replace
+        (health-gated, in the background: see :attr:`rollout`) and remove.
+
+        Returns:
+            The rollout record (None when nothing changes).  Processes that are added,
+            removed or only rescaled are done when this returns; replacements go on.
+
+        Raises:
+            SpecError: the target is refused; nothing changed.
+            Conflict: a rollout is still running, or the supervisor is shutting down.
+        """
+        self.conflict_if_stopping()
+        self.check_target(target, text, source)
+        if self.rollout_running():
+            raise Conflict("a rollout is still running (see: corral target status); "
+                           "wait for it to finish")
+        changes = self.plan_target(target)
+        if not changes:
+            return None
+        old_specs = {name: s.spec for name, s in self.services.items()}
+        replace: list[tuple[Service, ProcessSpec | None, int]] = []
+        removed = [self.services[c.name] for c in changes
+                   if c.kind == "process" and c.action is rollout.Action.REMOVE]
+        ordered: dict[str, Service] = {}
+        for spec in target.processes:
+            service = self.services.get(spec.name)
+            if service is None:
+                service = Service(spec=spec)
+                self.events.emit(spec.name, "load", f"loaded ({cause})")
+            elif service.spec != spec:
+                old, old_gen = service.spec, service.gen
+                service.spec = spec
+                only_scale = old.model_copy(update={"instances": spec.instances}) == spec
+                if not only_scale:
+                    service.gen += 1
+                    replace.append((service, old, old_gen))
+                self.events.emit(spec.name, "update", f"scaled to {spec.instances}"
+                                 if only_scale else "spec changed; replacing its instances")
+            ordered[spec.name] = service
+        for service in removed:
+            ordered[service.spec.name] = service  # until stopped, below
+        self.services = ordered
+        self.target_services = list(target.services)
+        self._depended = None
+        self.rollout = record = Rollout(
+            id=(self.rollout.id + 1 if self.rollout else 1), cause=cause,
+            started_at=time.time(), changes=changes)
+        for service, _, _ in replace:
+            record.steps[service.spec.name] = Step(service.spec.name,
+                                                   service.spec.instances)
+        for service in removed:
+            service.desired = Desired.DOWN
+        self._save_without(removed)
+        for service in sorted(removed, key=self.stop_order().index):
+            await self._stop_instances(service, list(service.instances.values()))
+            self.services.pop(service.spec.name, None)
+            self.events.emit(service.spec.name, "unload", f"unloaded ({cause})")
+        self._depended = None
+        self.reconcile()
+        self._rollout_task = asyncio.ensure_future(
+            self._run_rollout(record, replace, old_specs))
+        return record
+
+    def _save_without(self, removed: list[Service]) -> None:
+        gone = {s.spec.name for s in removed}
+        keep = {n: s for n, s in self.services.items() if n not in gone}
+        everything, self.services = self.services, keep
+        try:
+            self.save()
+        finally:
+            self.services = everything
+
+    async def _run_rollout(self, record: Rollout,
+                           replace: list[tuple[Service, ProcessSpec | None, int]],
+                           old_specs: dict[str, ProcessSpec]) -> None:
+        """Replace each changed process, dependencies first; a process whose new
+        instances do not become healthy in time keeps (or gets back) its old version."""
+        order = {s.spec.name: i for i, s in enumerate(reversed(self.stop_order()))}
+        try:
+            for service, old_spec, old_gen in sorted(replace,
+                                                     key=lambda r: order[r[0].spec.name]):
+                step = record.steps[service.spec.name]
+                if await self._replace(service, step):
+                    step.phase, step.detail = Phase.DONE, "replaced"
+                    continue
+                step.phase = Phase.FAILED
+                self.events.emit(service.spec.name, "rollout",
+                                 f"rollout failed: {step.detail}; keeping the old version",
+                                 last_lines=step.last_lines)
+                if old_spec is not None and self.services.get(service.spec.name) is service:
+                    service.spec, service.gen = old_spec, old_gen
+                    self._depended = None
+                    self.save()
+                    await self._replace(service, Step(service.spec.name, 0))
+                for inst in service.instances.values():
+                    if inst.pid is not None and inst.watch is None and service.spec.health:
+                        self._watch(inst, service.spec)  # unwatched while it was retiring
+            record.finish(time.time())
+            what = "done" if record.phase is Phase.DONE else f"failed: {record.reason}"
+            self.events.emit("", "rollout", f"rollout {record.id} ({record.cause}) {what}")
+        except asyncio.CancelledError:
+            record.finish(time.time())
+            raise
+        finally:
+            self._wake()
+
+    async def _replace(self, service: Service, step: Step) -> bool:
+        """Replace every instance of ``service`` that runs an older generation, one at a
+        time: the new one starts, the old one stops once the new one is healthy (or, with
+        no health check, ready).  False (with ``step.detail`` and ``step.last_lines``) when
+        a new instance does not get there within ``rollout_timeout``: it is stopped and
+        the old one kept."""
+        for index in sorted(service.instances):
+            old = service.instances.get(index)
+            if old is None or old.gen == service.gen:
+                continue
+            old_spec = old.spec or service.spec
+            if old.spawned is not None and not old.spawned.done():
+                with contextlib.suppress(CorralError):
+                    await asyncio.shield(old.spawned)  # a spawn on its way: let it land
+            if old.state is ServiceState.STOPPING:
+                await old.stopped.wait()
+            if old.pid is None or service.desired is Desired.DOWN:
+                # Nothing runs there: the next start simply uses the new spec.
+                self._cancel(old)
+                if old.state in (ServiceState.DOWN, ServiceState.FAILED, ServiceState.BACKOFF):
+                    self._unwatch(old)
+                    replacement = service.new_instance(index)
+                    replacement.state = ServiceState.DOWN
+                    replacement.settled = old.settled and service.desired is Desired.DOWN
+                    service.instances[index] = replacement
+                    self._forget_workdir(old)
+                    step.replaced += 1
+                continue
+            old.spec = old_spec
+            self._unwatch(old)  # its checks belong to the old spec; it is leaving anyway
+            service.retiring[index] = old
+            new = service.new_instance(index)
+            service.instances[index] = new
+            step.detail = f"instance {index}: starting the new version beside pid {old.pid}"
+            self.events.emit(service.spec.name, "rollout", step.detail, instance=index)
+            self.feed(new, Event.START, f"replacing pid {old.pid}")
+            ok, why = await self._wait_healthy(new, service.spec.rollout_timeout)
+            if ok:
+                step.detail = f"instance {index}: new pid {new.pid} is ready; stopping " \
+                              f"pid {old.pid}"
+                self.events.emit(service.spec.name, "rollout", step.detail, instance=index,
+                                 pid=new.pid)
+                await self._stop_instances(service, [old])
+                service.retiring.pop(index, None)
+                self._forget_workdir(old)
+                step.replaced += 1
+                continue
+            step.detail = f"instance {index}: {why}"
+            log = paths.logs_dir(self.state_dir) / f"{service.spec.name}.log"
+            pid = new.pid or (new.last_exit or {}).get("pid")
+            lines = tail(log, 200, service.spec.logs.keep)
+            mine = [ln for ln in lines if pid is not None and f" {pid} " in ln[:48]]
+            step.last_lines = (mine or lines)[-5:]
+            # Put the old one back first, so that nothing (reconcile) restarts the new one.
+            new.failed_run = True
+            new.spec = service.spec
+            old.spec = None
+            service.instances[index] = old
+            service.retiring.pop(index, None)
+            await self._stop_instances(service, [new])
+            self._forget_workdir(new)
+            return False
+        return True
+
+    async def _wait_healthy(self, inst: Instance, timeout: float) -> tuple[bool, str]:
+        """Wait until ``inst`` is up and, if it has a health check, passing it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        spec = self.services[inst.service].spec
+        while True:
+            # Healthy means ok: a new version that only reaches warning is not trusted
+            # with the old one's place.
+            healthy = spec.health is None or inst.health is HealthState.OK
+            if inst.state is ServiceState.UP and healthy:
+                return True, ""
+            if inst.state is ServiceState.FAILED or (inst.state is ServiceState.DOWN
+                                                     and inst.settled):
+                return False, f"the new version {inst.state.value}: {inst.reason}"
+            service = self.services.get(inst.service)
+            if service is None or service.desired is Desired.DOWN:
+                return False, "the service was stopped during the rollout"
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                what = "healthy" if spec.health is not None else "ready"
+                return False, (f"the new version was not {what} within "
+                               f"{timeout:g}s ({inst.state.value}: {inst.reason})")
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._state_waiters.append(waiter)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, remaining)
+
+    async def wait_rollout(self) -> Rollout | None:
+        """Wait for the running rollout (if any) to end; the last rollout's record."""
+        if self._rollout_task is not None:
+            await asyncio.shield(self._rollout_task)
+        return self.rollout
 
     # --- stores (secrets, resources) ---
     # The stores themselves are self.secrets and self.resources (built in __init__).
@@ -886,15 +1270,42 @@ class Supervisor:
         return sorted(n for n, s in self.services.items()
                       if any(ref.id == resource_id for ref in s.spec.resources))
 
-    async def secrets_changed(self, names: list[str]) -> None:
-        """Secrets ``names`` were set to new values (already stored).
-
-        The processes that use them are to be replaced with the health-gated rollout of a
-        target change; until that is wired in, a new value reaches a process at its next
-        start.
-        """
-        return None
+    async def secrets_changed(self, names: list[str]) -> Rollout | None:
+        """Secrets ``names`` were set to new values (already stored): replace the
+        processes that use them with the health-gated rollout of a target change (after
+        the rollout under way, if any).  Returns the new rollout's record, or None when no
+        process uses them."""
+        users = [self.services[n] for n in sorted({u for name in names
+                                                   for u in self.secret_users(name)})]
+        if not users:
+            return None
+        if self.rollout_running():
+            await self.wait_rollout()
+        replace: list[tuple[Service, ProcessSpec | None, int]] = []
+        for service in users:
+            replace.append((service, service.spec, service.gen))
+            service.gen += 1
+        self.save()
+        which = ", ".join(sorted(names))
+        self.rollout = record = Rollout(
+            id=(self.rollout.id + 1 if self.rollout else 1),
+            cause=f"secret{'s' if len(names) > 1 else ''} {which} changed",
+            started_at=time.time(), changes=[])
+        for service in users:
+            record.steps[service.spec.name] = Step(service.spec.name, service.spec.instances)
+        self.events.emit("", "rollout", f"{record.cause}: replacing "
+                         + ", ".join(s.spec.name for s in users))
+        self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace, {}))
+        return record
     # --- end of stores ---
+
+
+def _field_loc(path: str) -> tuple[str | int, ...]:
+    """``"env.DB_URL"`` -> ``("env", "DB_URL")``; ``"command[1]"`` -> ``("command", 1)``."""
+    head, _, rest = path.partition(".")
+    name, _, index = head.partition("[")
+    loc: tuple[str | int, ...] = (name, int(index.rstrip("]"))) if index else (name,)
+    return (*loc, rest) if rest else loc
 
 
 def _exit_record(message: Message, stop: str | None) -> dict[str, Any]:

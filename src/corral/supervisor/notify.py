@@ -20,10 +20,11 @@ from pathlib import Path
 Fields = dict[str, str]
 
 
-def socket_name(state_dir: Path, service: str, index: int) -> str:
-    """The ``NOTIFY_SOCKET`` value for one instance (``@`` marks the abstract namespace)."""
+def socket_name(state_dir: Path, instance: str) -> str:
+    """The ``NOTIFY_SOCKET`` value for one instance, by its launcher name (``web/0``, or
+    ``web/0@2`` beside an older one in a rollout); ``@`` marks the abstract namespace."""
     digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]
-    return f"@corral/{digest}/{service}/{index}"
+    return f"@corral/{digest}/{instance}"
 
 
 def parse(data: bytes) -> Fields:

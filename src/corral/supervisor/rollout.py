@@ -1,0 +1,135 @@
+"""Target plans and rollout records.  PURE (no I/O, no clock: times are given).
+
+:func:`diff` compares two targets and says what ``corral target plan`` prints and what
+``corral target set`` does: processes and services added, changed (with the fields that
+differ) and removed.  A changed process whose only difference is ``instances`` is scaled
+(the instances that stay are not touched); any other change replaces its instances one by
+one, health-gated (see :meth:`corral.supervisor.loop.Supervisor.apply_target`).
+
+:class:`Rollout` is the record of one ``target set`` (or secret change): which processes it
+replaces, how far each got, and, when one failed, why and the new instance's last log lines.
+``corral target status`` shows the last one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from corral.spec import ProcessSpec, ServiceSpec, Target
+
+from .events import rfc3339
+
+
+class Action(StrEnum):
+    ADD = "added"
+    CHANGE = "changed"
+    REMOVE = "removed"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of a plan: a process or service added, changed or removed."""
+
+    kind: str            # "process" | "service"
+    name: str
+    action: Action
+    fields: tuple[str, ...] = ()   # dotted paths that differ (changes only)
+
+    @property
+    def replaces(self) -> bool:
+        """Whether applying it replaces running instances (anything but ``instances``)."""
+        return (self.kind == "process" and self.action is Action.CHANGE
+                and self.fields != ("instances",))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "action": self.action.value,
+                "fields": list(self.fields), "replaces": self.replaces}
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON-like values differ (lists compared whole, by path)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in [*old, *(k for k in new if k not in old)]:
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old or key not in new:
+                out.append(path)
+            else:
+                out += differences(old[key], new[key], path)
+        return out
+    return [] if old == new else [prefix or "(all)"]
+
+
+def _entries(items: list[ProcessSpec] | list[ServiceSpec]) -> dict[str, dict[str, Any]]:
+    return {item.name: item.to_dict() for item in items}
+
+
+def diff(old: Target, new: Target) -> list[Change]:
+    """What changes from ``old`` to ``new``: processes then services; added, changed,
+    removed, each in the order of the file that has them."""
+    changes: list[Change] = []
+    for kind, before, after in (("process", _entries(old.processes), _entries(new.processes)),
+                                ("service", _entries(old.services), _entries(new.services))):
+        for name, spec in after.items():
+            if name not in before:
+                changes.append(Change(kind, name, Action.ADD))
+            elif spec != before[name]:
+                changes.append(Change(kind, name, Action.CHANGE,
+                                      tuple(differences(before[name], spec))))
+        changes += [Change(kind, name, Action.REMOVE) for name in before if name not in after]
+    return changes
+
+
+class Phase(StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass
+class Step:
+    """The replacement of one process's instances."""
+
+    name: str
+    instances: int
+    replaced: int = 0
+    phase: Phase = Phase.RUNNING
+    detail: str = "waiting"
+    last_lines: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "instances": self.instances, "replaced": self.replaced,
+                "phase": self.phase.value, "detail": self.detail,
+                "last_lines": list(self.last_lines)}
+
+
+@dataclass
+class Rollout:
+    """One application of a target (or of a secret change) and how far it got."""
+
+    id: int
+    cause: str                    # e.g. "target set", "secret DB_PASS changed"
+    started_at: float
+    changes: list[Change]
+    steps: dict[str, Step] = field(default_factory=dict)
+    phase: Phase = Phase.RUNNING
+    ended_at: float | None = None
+    reason: str = ""
+
+    def finish(self, now: float) -> None:
+        """Close the record: failed if any step failed, else done."""
+        failed = [s for s in self.steps.values() if s.phase is Phase.FAILED]
+        self.phase = Phase.FAILED if failed else Phase.DONE
+        if failed:
+            self.reason = "; ".join(f"{s.name}: {s.detail}" for s in failed)
+        self.ended_at = now
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "cause": self.cause, "phase": self.phase.value,
+                "started_at": rfc3339(self.started_at),
+                "ended_at": rfc3339(self.ended_at) if self.ended_at else None,
+                "reason": self.reason,
+                "changes": [c.as_dict() for c in self.changes],
+                "steps": [s.as_dict() for s in self.steps.values()]}
