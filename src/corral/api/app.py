@@ -13,6 +13,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import yaml
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -26,6 +27,7 @@ from .auth import auth_routes
 from .metrics import metrics_router
 from .models import ErrorResponse, LoadRequest, ScaleRequest
 from .stores import stores_router
+from .target import target_router
 from .tls import RemoteAccess
 
 KEEPALIVE = 15.0
@@ -73,6 +75,13 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = "not_found" if exc.status_code == 404 else "bad_request"
         return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(yaml.YAMLError)
+    async def bad_yaml(request: Request, exc: yaml.YAMLError) -> JSONResponse:
+        # The spec loader names the line of YAML errors it sees; one raised before it
+        # parses (a control character in the text: libyaml's reader) lands here, and is
+        # still the client's bad input, never a 500 (found by tests/integration/test_api_fuzz).
+        return _error(422, "invalid_spec", "invalid YAML: " + " ".join(str(exc).split()))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
@@ -203,5 +212,6 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
 
     app.include_router(metrics_router(facade))
     app.include_router(stores_router(facade))
+    app.include_router(target_router(facade))
     app.include_router(auth_routes(remote))
     return app

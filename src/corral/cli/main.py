@@ -46,6 +46,7 @@ VERBS = {
     "svc": "load, control and inspect services",
     "logs": "show or follow a service's output",
     "events": "show or follow state changes",
+    "target": "get, plan and set the whole desired state",
     "print-auth": "print a client auth file for remote access",
     "secret": "store secrets used as ${NAME} in specs",
     "resource": "upload and manage files placed in run dirs",

@@ -21,7 +21,7 @@ from corral import __version__
 from corral.errors import Conflict, SpecError
 from corral.logs import reader
 from corral.protocol import paths
-from corral.spec import ProcessSpec, load_process, validate_process
+from corral.spec import ProcessSpec, Target, load_process, load_target, validate_process
 
 from .events import Event, rfc3339
 from .loop import Supervisor
@@ -163,6 +163,40 @@ class Facade:
     def stop_supervisor(self) -> None:
         self._request_exit(84)
 
+    # target
+    def target_get(self) -> dict[str, Any]:
+        """The whole desired state as canonical YAML, however it got there."""
+        target = self._sup.target()
+        return {"yaml": target.to_yaml(), "processes": len(target.processes),
+                "services": len(target.services)}
+
+    def _parse_target(self, text: str, source: str) -> Target:
+        target = load_target(text, source)
+        self._sup.check_target(target, text, source)
+        return target
+
+    def target_plan(self, text: str, source: str) -> dict[str, Any]:
+        """What ``target set`` would do with this YAML (SpecError if it would refuse it)."""
+        target = self._parse_target(text, source)
+        return {"changes": [c.as_dict() for c in self._sup.plan_target(target)]}
+
+    async def target_set(self, text: str, source: str) -> dict[str, Any]:
+        """Apply a target; replacements go on in the background (see target_status)."""
+        self._sup.conflict_if_stopping()
+        target = self._parse_target(text, source)
+        record = await self._sup.apply_target(target, text, source)
+        if record is None:
+            return {"result": "unchanged", "changes": [], "rollout": None}
+        return {"result": "applying" if record.steps else "applied",
+                "changes": [c.as_dict() for c in record.changes],
+                "rollout": record.as_dict()}
+
+    def target_status(self) -> dict[str, Any]:
+        """The running rollout, or the last one (None before the first)."""
+        record = self._sup.rollout
+        return {"running": self._sup.rollout_running(),
+                "rollout": record.as_dict() if record is not None else None}
+
     # --- stores (secrets, resources) ---
     # Values of secrets leave the facade only through secret_values(); every other answer
     # and every message names secrets, never their values.
@@ -232,3 +266,4 @@ class Facade:
                            "or unload those processes first")
         return store.remove(ids)
     # --- end of stores ---
+
