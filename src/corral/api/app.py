@@ -83,13 +83,6 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
         # still the client's bad input, never a 500 (found by tests/integration/test_api_fuzz).
         return _error(422, "invalid_spec", "invalid YAML: " + " ".join(str(exc).split()))
 
-    @app.exception_handler(yaml.YAMLError)
-    async def bad_yaml(request: Request, exc: yaml.YAMLError) -> JSONResponse:
-        # The spec loader names the line of YAML errors it sees; one raised before it
-        # parses (a control character in the text: libyaml's reader) lands here, and is
-        # still the client's bad input, never a 500 (found by tests/integration/test_api_fuzz).
-        return _error(422, "invalid_spec", "invalid YAML: " + " ".join(str(exc).split()))
-
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         print(f"corral-supervisor: internal error on {request.url.path}: {exc!r}",
