@@ -5,17 +5,25 @@ tail reads backwards from the current file into older ones until it has ``n`` li
 A follower polls the file's size (the launcher is another process, so there is no event
 to wait on without inotify; 0.1 s is well under a person's notice) and notices rotation
 by the inode changing: it then finishes the renamed file before switching.
+
+A follower holds a bounded amount of memory whatever the file holds: it reads 1 MiB at a
+time, reads rotated files in the same chunks (never whole), and cuts a run of bytes with no
+newline (``raw`` format) into 64 KiB records, as the launcher does for stamped lines.  It
+reads only as fast as its consumer takes lines, so a client that stops reading stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 FOLLOW_INTERVAL = 0.1
+MAX_RECORD = 64 * 1024  # the launcher's split size for long stamped lines
 _BLOCK = 64 * 1024
+_READ = 1024 * 1024
 
 
 def _last_lines(path: Path, n: int) -> list[bytes]:
@@ -52,8 +60,12 @@ def tail(path: Path, n: int, keep: int = 20) -> list[str]:
     return [line.decode(errors="replace") for line in lines[-n:]]
 
 
-def _newer_rotations(path: Path, inode: int, limit: int = 1000) -> list[bytes]:
-    """Contents of the rotated files newer than the one with ``inode``, oldest first."""
+def _newer_rotations(path: Path, inode: int, limit: int = 1000) -> list[BinaryIO]:
+    """The rotated files newer than the one with ``inode``, opened, oldest first.
+
+    They are opened at once, so a further rotation (which renames them) cannot make us
+    read the wrong file; the caller reads and closes them.
+    """
     newer: list[Path] = []
     for index in range(1, limit):
         rotated = path.with_name(f"{path.name}.{index}")
@@ -63,20 +75,36 @@ def _newer_rotations(path: Path, inode: int, limit: int = 1000) -> list[bytes]:
         except FileNotFoundError:
             return []  # ours is gone already: nothing reliable to add
         newer.append(rotated)
-    contents = []
+    handles: list[BinaryIO] = []
     for rotated in reversed(newer):
         try:
-            contents.append(rotated.read_bytes())
+            handles.append(rotated.open("rb"))
         except FileNotFoundError:
             pass
-    return contents
+    return handles
+
+
+def _chunks(handle: BinaryIO) -> Iterator[bytes]:
+    while data := handle.read(_READ):
+        yield data
+
+
+def _split(carry: bytes, data: bytes) -> tuple[list[bytes], bytes]:
+    """The complete lines of ``carry + data`` and the partial rest; a rest longer than
+    :data:`MAX_RECORD` (bytes with no newline, ``raw`` format) is cut into records so the
+    follower's memory stays bounded."""
+    *complete, rest = (carry + data).split(b"\n")
+    while len(rest) > MAX_RECORD:
+        complete.append(rest[:MAX_RECORD])
+        rest = rest[MAX_RECORD:]
+    return complete, rest
 
 
 async def follow(path: Path, n: int) -> AsyncIterator[str]:
     """Yield the last ``n`` lines, then every new line as it is written, forever."""
     for line in tail(path, n):
         yield line
-    handle = None
+    handle: BinaryIO | None = None
     inode = -1
     carry = b""
     try:
@@ -88,9 +116,9 @@ async def follow(path: Path, n: int) -> AsyncIterator[str]:
             handle = None
         while True:
             if handle is not None:
-                data = handle.read(1024 * 1024)
+                data = handle.read(_READ)
                 if data:
-                    *complete, carry = (carry + data).split(b"\n")
+                    complete, carry = _split(carry, data)
                     for raw in complete:
                         yield raw.decode(errors="replace")
                     continue
@@ -101,18 +129,24 @@ async def follow(path: Path, n: int) -> AsyncIterator[str]:
             if current != inode and current != -1:
                 if handle is not None:
                     # Lines written between our last read and the rotation are still
-                    # in the renamed file: finish it before switching.
-                    rest = handle.read()
-                    handle.close()
-                    # Several rotations may have happened since the last look: the
-                    # files between ours and the new one hold lines too.
-                    for between in _newer_rotations(path, inode):
-                        rest += between
-                    if rest:
-                        *complete, carry = (carry + rest).split(b"\n")
-                        for raw in complete:
-                            yield raw.decode(errors="replace")
-                handle = path.open("rb")
+                    # in the renamed file: finish it before switching.  Several rotations
+                    # may have happened since the last look: the files between ours and
+                    # the new one hold lines too.
+                    sources = [handle, *_newer_rotations(path, inode)]
+                    handle = None
+                    try:
+                        for source in sources:
+                            for data in _chunks(source):
+                                complete, carry = _split(carry, data)
+                                for raw in complete:
+                                    yield raw.decode(errors="replace")
+                    finally:
+                        for source in sources:
+                            source.close()
+                try:
+                    handle = path.open("rb")
+                except FileNotFoundError:  # rotated again, or the service was unloaded
+                    handle, current = None, -1
                 inode = current
                 continue
             await asyncio.sleep(FOLLOW_INTERVAL)
