@@ -167,7 +167,7 @@ processes:
     assert result.returncode == 1
     assert (f"{missing}:4: processes[0].env.DATABASE_URL: secret 'DB_PASS' is not set"
             in result.stderr)
-    assert f"{missing}:5: processes[0].resources[0].id: no resource abababababab" \
+    assert f"{missing}:5: processes[0].resources[0].id: resource abababababab" \
         in result.stderr
     assert corral.run("target", "set", str(missing)).returncode == 1
     assert pids(corral) == before

@@ -11,8 +11,9 @@ is checked rather than passed on to a program.  Substitution is one pass: a valu
 itself contains ``${X}`` is not expanded again.
 
 Fields: :data:`FIELDS` -- ``command`` (each argv item as ``command[i]``, or the shell
-string as ``command``), ``env.KEY`` (values; keys are not substituted), ``cwd`` and
-``before``.  Every message names the process and the field, and never a secret's value.
+string as ``command``), ``env.KEY`` (values; keys are not substituted), ``cwd``,
+``before``, and ``resources[i].id`` (Launcho's deploy flow: ``id: "${BUNDLE_ID}"``, the
+secret holding the sha256 that ``corral resource up`` printed).  Every message names the process and the field, and never a secret's value.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from corral.errors import SpecError
 from corral.spec import ProcessSpec
 
-FIELDS = ("command", "env", "cwd", "before")
+FIELDS = ("command", "env", "cwd", "before", "resources")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # "$${" (escape), or "${" up to the next "}" (or to the end: unclosed).
 _TOKEN = re.compile(r"\$\$\{|\$\{([^}]*)(\}?)")
@@ -81,6 +83,8 @@ def _fields(spec: ProcessSpec) -> Iterator[tuple[str, str]]:
         yield "cwd", spec.cwd
     if spec.before is not None:
         yield "before", spec.before
+    for i, ref in enumerate(spec.resources):
+        yield f"resources[{i}].id", ref.id
 
 
 def references(spec: ProcessSpec) -> dict[str, list[str]]:
@@ -162,9 +166,15 @@ def substitute(spec: ProcessSpec, values: Mapping[str, str], source: str) -> Pro
         if text is not None and (new := expand(text, values)) != text:
             update[key] = new
             empty += [key] if not new else []
-    if empty:
+    resources = [ref.model_copy(update={"id": expand(ref.id, values)}) for ref in spec.resources]
+    if resources != spec.resources:
+        update["resources"] = resources
+    bad_ids = [f"{spec.name}.resources[{i}].id: the secret it names does not hold a resource "
+               "id (64 lower-case hex digits, as printed by corral resource up)"
+               for i, ref in enumerate(resources) if not _SHA256.fullmatch(ref.id)]
+    if empty or bad_ids:
         lines = [f"{spec.name}.{field}: is empty once its secrets are substituted"
-                 for field in empty]
+                 for field in empty] + bad_ids
         raise SpecError("\n".join(lines), lines)
     return spec.model_copy(update=update) if update else spec
 

@@ -34,6 +34,7 @@ from corral.protocol import paths
 from corral.spec import (
     Problem,
     ProcessSpec,
+    ResourceRef,
     ServiceSpec,
     Target,
     check_supported,
@@ -260,7 +261,7 @@ class Supervisor:
         self.events.emit(inst.service, "exit", decision.reason, instance=inst.index,
                          pid=exited.get("pid"), exit_code=exited.get("exit_code"),
                          signal=exited.get("signal"), delay_s=decision.delay,
-                         last_lines=exited.get("last_lines") or [])
+                         last_lines=self.redact(exited.get("last_lines") or []))
         self.feed(inst, _EXIT_EVENTS[decision.verdict], decision.reason)
 
     def _find(self, name: str, pid: Any) -> Instance | None:
@@ -384,7 +385,7 @@ class Supervisor:
         workdir = Path(self._instance_cwd(inst, spec))
         try:
             await asyncio.to_thread(self._fresh_workdir, inst, spec, workdir)
-            for ref in spec.resources:
+            for ref in effective.resources:
                 await asyncio.to_thread(self.resources.place, ref.id, workdir, ref.file)
         except (OSError, CorralError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) else str(exc)
@@ -434,6 +435,20 @@ class Supervisor:
         leaf = f"{inst.index}@{inst.gen}" if inst.gen else str(inst.index)
         return paths.run_dir(self.state_dir) / inst.service / leaf
 
+    def redact(self, lines: list[str]) -> list[str]:
+        """``lines`` (a process's output, for an event or an error) with every secret's
+        value replaced by ``***``: what a program prints is its business, what corral
+        shows is ours."""
+        values = [v for v in self.secrets.values().values() if len(v) >= 3]
+        if not values or not lines:
+            return lines
+        out = []
+        for line in lines:
+            for value in values:
+                line = line.replace(value, "***")
+            out.append(line)
+        return out
+
     def _effective(self, spec: ProcessSpec) -> ProcessSpec:
         """``spec`` with its secrets substituted (the spec itself when it uses none).
 
@@ -452,7 +467,7 @@ class Supervisor:
                                 user=spec.user, group=spec.group, timeout=spec.hooks.timeout,
                                 log=paths.logs_dir(self.state_dir) / f"{spec.name}.log")
         self.events.emit(inst.service, "hook", result.summary, instance=inst.index,
-                         pid=inst.pid, last_lines=result.output)
+                         pid=inst.pid, last_lines=self.redact(result.output))
         return result
 
     def _instance_env(self, inst: Instance, spec: ProcessSpec) -> dict[str, str]:
@@ -1033,15 +1048,29 @@ class Supervisor:
         check_supported(target, source)
         problems: list[Problem] = []
         names = self.secrets.names()
+        values: dict[str, str] | None = None
         for i, spec in enumerate(target.processes):
-            for line in subst.missing(spec, names):
+            lacking = subst.missing(spec, names)
+            for line in lacking:
                 where, _, msg = line.partition(": ")
                 problems.append((("processes", i, *_field_loc(where.split(".", 1)[1])), msg))
-            for k, ref in enumerate(spec.resources):
+            if lacking or not spec.resources:
+                continue
+            values = self.secrets.values() if values is None else values
+            try:
+                refs = subst.substitute(spec, values, source).resources
+            except SpecError as exc:
+                problems += [(("processes", i, "resources"), p.split(": ", 1)[-1])
+                             for p in exc.problems or [exc.message]]
+                continue
+            for k, ref in enumerate(refs):
                 if ref.id not in self.resources:
+                    written = spec.resources[k].id
+                    what = (f"the resource that {written} names" if "${" in written
+                            else f"resource {ref.id[:12]}…")  # a secret's value stays unsaid
                     problems.append((("processes", i, "resources", k, "id"),
-                                     f"no resource {ref.id[:12]}… in the store; upload it "
-                                     "with: corral resource up FILE"))
+                                     f"{what} is not in the store; upload it with: "
+                                     "corral resource up FILE"))
         if problems:
             refuse(text, source, problems)
 
@@ -1212,7 +1241,7 @@ class Supervisor:
             pid = new.pid or (new.last_exit or {}).get("pid")
             lines = tail(log, 200, service.spec.logs.keep)
             mine = [ln for ln in lines if pid is not None and f" {pid} " in ln[:48]]
-            step.last_lines = (mine or lines)[-5:]
+            step.last_lines = self.redact((mine or lines)[-5:])
             # Put the old one back first, so that nothing (reconcile) restarts the new one.
             new.failed_run = True
             new.spec = service.spec
@@ -1268,7 +1297,16 @@ class Supervisor:
     def resource_users(self, resource_id: str) -> list[str]:
         """The processes whose spec lists resource ``resource_id``, sorted."""
         return sorted(n for n, s in self.services.items()
-                      if any(ref.id == resource_id for ref in s.spec.resources))
+                      if any(ref.id == resource_id for ref in self._resource_refs(s.spec)))
+
+    def _resource_refs(self, spec: ProcessSpec) -> list[ResourceRef]:
+        """``spec.resources`` with ids held in secrets resolved (as written if unresolved)."""
+        if not any("${" in ref.id for ref in spec.resources):
+            return spec.resources
+        try:
+            return self._effective(spec).resources
+        except SpecError:
+            return spec.resources
 
     async def secrets_changed(self, names: list[str]) -> Rollout | None:
         """Secrets ``names`` were set to new values (already stored): replace the
