@@ -46,9 +46,9 @@ def with_host(auth: dict[str, str], host: str | None) -> dict[str, str]:
     """
     if not host:
         return auth
-    if host.rpartition(":")[2].isdigit() and not host.endswith("]"):
-        split_host_port(host, "--host")
-    else:
+    if "]:" in host or (host.count(":") == 1 and not host.startswith("[")):
+        split_host_port(host, "--host")  # a port was given
+    else:  # a bare name or address (IPv6 with or without brackets): the listener's port
         port = auth["host"].rpartition(":")[2]
         host = f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
     return {**auth, "host": host}
