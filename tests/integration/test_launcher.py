@@ -237,6 +237,8 @@ class DirectLauncher:
 
     def connect(self) -> dict[str, Any]:
         """(Re)connect through the relay and say Hello; return HelloOk."""
+        if self.sock is not None:
+            self.sock.close()
         def attempt() -> socket.socket | None:
             s = socket.socket(socket.AF_UNIX)
             try:

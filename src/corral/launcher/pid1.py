@@ -39,6 +39,7 @@ from corral.protocol import messages as m
 from corral.protocol import paths
 
 from .cgroup import Cgroups
+from .listeners import ListenError, Listeners
 from .output import RECENT, LogFile, PipeReader
 from .server import ExitQueue, Link, Message
 from .spawn import SpawnError, SpawnRequest, spawn
@@ -111,6 +112,7 @@ class Launcher:
         self.started_at = time.time()
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.cgroups: Cgroups | None = None
+        self.listeners = Listeners()
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> int:
@@ -324,11 +326,30 @@ class Launcher:
             return {"type": m.CHILDREN, "id": rid, "children": [
                 {"name": c.name, "pid": c.pid, "started_at": c.started_at, "argv": c.argv,
                  "spawns": self.spawns[c.name], "cgroup": c.cgroup}
-                for c in self.children.values()]}
+                for c in self.children.values()], "listeners": self.listeners.describe()}
+        if kind == m.LISTEN:
+            return self._listen(msg)
+        if kind == m.UNLISTEN:
+            name = msg.get("name")
+            if not isinstance(name, str):
+                return m.error(rid, m.E_BAD_REQUEST, "Unlisten needs a 'name'")
+            return {"type": m.OK, "id": rid, "existed": self.listeners.unlisten(name)}
         if kind == m.ACK:
             self.exits.ack(msg.get("seq"))
             return None
         return m.error(rid, m.E_BAD_REQUEST, f"unknown message type {kind!r}")
+
+    def _listen(self, msg: Message) -> Message:
+        rid, name, host, port = msg.get("id"), msg.get("name"), msg.get("host"), msg.get("port")
+        if (not isinstance(name, str) or not isinstance(host, str)
+                or not isinstance(port, int) or isinstance(port, bool)):
+            return m.error(rid, m.E_BAD_REQUEST,
+                           "Listen needs 'name' and 'host' (strings) and 'port' (an integer)")
+        try:
+            listener = self.listeners.listen(name, host, port)
+        except ListenError as exc:
+            return m.error(rid, m.E_LISTEN_FAILED, str(exc))
+        return {"type": m.LISTENING, "id": rid, **listener.describe()}
 
     def _replay_exits(self) -> None:
         for message in self.exits.pending():
@@ -344,11 +365,17 @@ class Launcher:
             path, max_bytes, keep, stamped = _log_settings(log)
         except SpawnError as exc:
             return m.error(rid, exc.code, exc.message)
+        try:
+            sockets = self.listeners.fds(req.listen_fds)
+        except KeyError as exc:
+            return m.error(rid, m.E_BAD_REQUEST,
+                           f"no listening socket named {exc.args[0]!r}; send Listen first")
         cgroups = self.cgroups
         leaf = cgroups.create(req.name) if cgroups is not None else None
         try:
             started = spawn(req, self.devnull,
-                            cgroups.inside(leaf) if cgroups is not None and leaf else None)
+                            cgroups.inside(leaf) if cgroups is not None and leaf else None,
+                            sockets)
         except SpawnError as exc:
             if cgroups is not None and leaf:
                 cgroups.remove(leaf)

@@ -14,6 +14,7 @@ import grp
 import os
 import pwd
 import resource
+import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -22,6 +23,7 @@ from typing import Any
 
 from corral.protocol import messages as m
 
+from .listeners import exec_with_sockets
 from .output import enlarge_pipe
 
 RLIMITS = {
@@ -59,6 +61,7 @@ class SpawnRequest:
     rlimits: dict[str, int] = field(default_factory=dict)
     pass_fds: tuple[int, ...] = ()
     memory_max: int | None = None
+    listen_fds: list[str] = field(default_factory=list)
 
     @classmethod
     def parse(cls, msg: Mapping[str, Any]) -> SpawnRequest:
@@ -88,8 +91,14 @@ class SpawnRequest:
         if memory_max is not None and (not isinstance(memory_max, int)
                                        or isinstance(memory_max, bool) or memory_max <= 0):
             raise SpawnError(m.E_BAD_REQUEST, "'memory_max' must be a number of bytes > 0")
+        listen_fds = msg.get("listen_fds") or []
+        if (not isinstance(listen_fds, list) or not all(isinstance(n, str) for n in listen_fds)
+                or len(set(listen_fds)) != len(listen_fds)):
+            raise SpawnError(m.E_BAD_REQUEST,
+                             "'listen_fds' must be a list of distinct listener names")
         return cls(name=name, argv=list(argv), env=dict(env), cwd=cwd, user=user,
-                   group=group, umask=umask, rlimits=dict(rlimits), memory_max=memory_max)
+                   group=group, umask=umask, rlimits=dict(rlimits), memory_max=memory_max,
+                   listen_fds=list(listen_fds))
 
 
 @dataclass
@@ -123,17 +132,45 @@ def _check_identity(req: SpawnRequest) -> None:
                              f"group {req.group!r} does not exist on this host") from None
 
 
+def _executable(req: SpawnRequest) -> str:
+    """The program's path, found as ``execvpe`` would (PATH from the child's env).
+
+    Needed where we exec ourselves (socket hand-over): a missing binary must still be an
+    error reply, not a child that fails after the fork.
+    """
+    program = req.argv[0]
+    if "/" in program:
+        path = os.path.join(req.cwd, program) if req.cwd else program
+        if not os.path.isfile(path):
+            raise SpawnError(m.E_EXEC_FAILED, f"command not found: {program}")
+    else:
+        found = shutil.which(program, path=req.env.get("PATH", os.defpath))
+        if found is None:
+            raise SpawnError(m.E_EXEC_FAILED, f"command not found: {program}")
+        path = found
+    if not os.access(path, os.X_OK):
+        raise SpawnError(m.E_EXEC_FAILED, f"permission denied starting {program}")
+    return os.path.abspath(path)
+
+
 def spawn(req: SpawnRequest, devnull: int,
-          around: AbstractContextManager[None] | None = None) -> Started:
+          around: AbstractContextManager[None] | None = None,
+          sockets: list[int] | None = None) -> Started:
     """Start ``req`` and return the child with its pipes (non-blocking read ends).
 
     ``around`` is entered just around the fork/exec (the launcher steps into the
     child's cgroup there, so the child starts inside it; see :mod:`.cgroup`).
+    ``sockets`` are the listening fds for ``req.listen_fds``, handed over as 3.. with
+    ``LISTEN_FDS``/``LISTEN_PID``/``LISTEN_FDNAMES`` (see :mod:`.listeners`).
 
     Error handling: an unknown user or group, a missing or non-executable binary, or a
     missing working directory raise :class:`SpawnError` before any child runs.
     """
     _check_identity(req)
+    preexec = _rlimit_setter(req.rlimits) if req.rlimits else None
+    if sockets:
+        preexec = exec_with_sockets(_executable(req), req.argv, req.env, sockets,
+                                    req.listen_fds, before=preexec)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
@@ -157,7 +194,7 @@ def spawn(req: SpawnRequest, devnull: int,
                     pass_fds=req.pass_fds, user=user, group=group,
                     extra_groups=[] if user is not None else None,
                     umask=req.umask if req.umask is not None else -1,
-                    preexec_fn=_rlimit_setter(req.rlimits) if req.rlimits else None,
+                    preexec_fn=preexec,
                 )
         except FileNotFoundError as exc:
             missing = exc.filename if exc.filename else req.argv[0]

@@ -5,14 +5,18 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
 
     Hello{version}                         -> HelloOk{version, launcher_pid}
     Spawn{name, argv, env, cwd, user?, group?, umask?, rlimits?, memory_max?,
-          log{path, format, max_bytes, keep}}
+          listen_fds?, log{path, format, max_bytes, keep}}
                                            -> Spawned{pid, started_at, cgroup, memory_max}
                                               | Error{code, message}
     Signal{pid, signal, group?}            -> Ok | Error{NoSuchProcess}
     Terminate{pid, signal, timeout}        -> Terminated{exit_code?, signal?, method,
                                                          oom_killed?}
     List{}                                 -> Children{children: [{name, pid, started_at,
-                                                                   argv, spawns, cgroup}]}
+                                                                   argv, spawns, cgroup}],
+                                                       listeners: [{name, host, port}]}
+    Listen{name, host, port}               -> Listening{name, host, port}
+                                              | Error{ListenFailed | BadRequest, message}
+    Unlisten{name}                         -> Ok{existed}
     Exited{name, pid, exit_code?, signal?, at, oom_killed?}  (unasked; queued while no
                                                                supervisor is connected)
     Shutdown{}                                          (unasked; stop everything, exit 84)
@@ -26,6 +30,17 @@ is available; ``Spawned.memory_max`` is the limit applied, or null.  ``oom_kille
 during the run; it is absent where that cannot be known.  On a stop, and when the main
 process exits, the whole cgroup is killed (``cgroup.kill``), daemons that left the
 process group included.
+
+Socket mode (systemd's socket-activation convention): ``Listen`` binds ``host:port``
+once (SO_REUSEADDR, backlog 4096) and the launcher holds the socket under ``name``, so
+it outlives supervisor restarts; it is idempotent (the same name and address again is
+``Listening`` with the socket already held; port 0 picks a free port, and the reply says
+which).  ``ListenFailed`` says why a bind failed: in use, not a local address, no
+permission.  ``Spawn.listen_fds`` names held sockets to hand to the child as fds 3, 4, ...
+with ``LISTEN_FDS=<count>``, ``LISTEN_PID=<the child's own pid>`` and
+``LISTEN_FDNAMES=<names joined by ':'>``; an unknown name is ``BadRequest``.
+``Unlisten`` closes the launcher's copy (children keep theirs).  ``List`` reports the
+held sockets, so a new supervisor knows them.
 
 Times (``started_at``, ``at``) are Unix epoch seconds as floats.  Signals are names
 without the ``SIG`` prefix (``"TERM"``).
@@ -45,18 +60,21 @@ SIGNAL = "Signal"
 TERMINATE = "Terminate"
 LIST = "List"
 ACK = "Ack"
+LISTEN = "Listen"
+UNLISTEN = "Unlisten"
 # Reply types.
 HELLO_OK = "HelloOk"
 SPAWNED = "Spawned"
 OK = "Ok"
 TERMINATED = "Terminated"
 CHILDREN = "Children"
+LISTENING = "Listening"
 ERROR = "Error"
 # Unasked, launcher -> supervisor.
 EXITED = "Exited"
 SHUTDOWN = "Shutdown"
 
-REQUEST_TYPES = frozenset({HELLO, SPAWN, SIGNAL, TERMINATE, LIST, ACK})
+REQUEST_TYPES = frozenset({HELLO, SPAWN, SIGNAL, TERMINATE, LIST, ACK, LISTEN, UNLISTEN})
 
 # Error codes a person (or the supervisor) can act on.
 E_USER_NOT_FOUND = "UserNotFound"
@@ -64,6 +82,7 @@ E_GROUP_NOT_FOUND = "GroupNotFound"
 E_EXEC_FAILED = "ExecFailed"
 E_NO_SUCH_PROCESS = "NoSuchProcess"
 E_BAD_REQUEST = "BadRequest"
+E_LISTEN_FAILED = "ListenFailed"
 
 # How Terminate ended.
 ALREADY_EXITED = "already_exited"

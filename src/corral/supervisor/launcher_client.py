@@ -93,6 +93,39 @@ class LauncherClient:
         children = reply.get("children", [])
         return children if isinstance(children, list) else []
 
+    async def listen(self, name: str, host: str, port: int) -> Message:
+        """Have the launcher bind ``host:port`` once and hold it as ``name`` (socket mode).
+
+        Idempotent: the same name and address again returns the socket already held, so a
+        reattaching supervisor may simply repeat it.  Port 0 picks a free port.  Spawns
+        hand the socket over with ``{"listen_fds": [name, ...]}`` in the Spawn request.
+
+        Returns:
+            ``{"name", "host", "port"}``: the address actually bound.
+        Raises:
+            LauncherError: code ``ListenFailed`` with the reason: in use, not a local
+                address, no permission, a bad name, or the name already listens on
+                another address (unlisten it first).
+            Unavailable: the connection was lost first.
+        """
+        reply = await self.request({"type": m.LISTEN, "name": name, "host": host,
+                                    "port": port})
+        return {"name": reply.get("name"), "host": reply.get("host"), "port": reply.get("port")}
+
+    async def unlisten(self, name: str) -> bool:
+        """Close the launcher's socket ``name`` (running instances keep their copies).
+
+        Returns False if no such socket was held.
+        """
+        reply = await self.request({"type": m.UNLISTEN, "name": name})
+        return bool(reply.get("existed"))
+
+    async def listeners(self) -> list[Message]:
+        """The sockets the launcher holds (``[{name, host, port}]``), from ``List``."""
+        reply = await self.request({"type": m.LIST})
+        held = reply.get("listeners", [])
+        return held if isinstance(held, list) else []
+
     async def _read_loop(self) -> None:
         decoder = framing.Decoder()
         try:
