@@ -66,7 +66,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = add_parser(verbs, "set", "add or change a secret",
                    "Store VALUE as secret NAME. With -, read the value from stdin (better:\n"
                    "a VALUE argument shows in ps and in shell history); one trailing newline\n"
-                   "of a single-line value is dropped, a multi-line value is kept as is.\n"
+                   "of a single-line value is dropped, a multi-line value is kept as is\n"
+                   "(and a value that starts with - can only come this way).\n"
                    "If processes use NAME and the value changed, they are replaced.",
                    """
   corral secret set DB_PASS -              (then type the value and Ctrl-D)
