@@ -122,6 +122,7 @@ class Cgroups:
     memory: bool
     owners: dict[str, int] = field(default_factory=dict)
     stuck: str | None = None  # a leaf the launcher could not leave: never killed
+    entered: bool = False  # whether the last :meth:`inside` got in (so the child is there)
     _warned_memory: bool = False
 
     # ------------------------------------------------------------------ setup
@@ -199,7 +200,7 @@ class Cgroups:
         a leaf it can never be killed with: :meth:`kill` refuses any cgroup that holds
         the launcher.
         """
-        entered = _write(os.path.join(path, "cgroup.procs"), "0")
+        entered = self.entered = _write(os.path.join(path, "cgroup.procs"), "0")
         try:
             yield
         finally:

@@ -380,6 +380,9 @@ class Launcher:
             if cgroups is not None and leaf:
                 cgroups.remove(leaf)
             return m.error(rid, exc.code, exc.message)
+        if cgroups is not None and leaf and not cgroups.entered:
+            cgroups.remove(leaf)  # the child started outside it: process group only
+            leaf = None
         logfile = self.logs.get(path)
         if logfile is None:
             logfile = self.logs[path] = LogFile(path, max_bytes, keep)
