@@ -14,10 +14,12 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from .conftest import PY, Corral, wait_for
+from .test_remote import start_remote
 
 
 def sha256(path: Path) -> str:
@@ -164,3 +166,39 @@ def test_a_1gib_upload_streams_in_constant_memory(shm_corral: Corral, tmp_path: 
     assert rid == expected.hexdigest()
     assert (peak - before) < 50 * 1024, f"RSS grew by {(peak - before) / 1024:.1f} MiB"
     assert json.loads(corral.ok("resource", "ls", "--json"))[0]["size"] == 1 << 30
+
+
+def test_transfers_over_the_remote_tls_api(corral_factory: Any, tmp_path: Path) -> None:
+    """`--remote` uploads and downloads stream over TLS with the token, and secrets travel
+    the same way."""
+    remote = start_remote(corral_factory())
+    remote.auth_file(tmp_path)
+    data = os.urandom(3 * 1024 * 1024 + 1)
+    src = tmp_path / "r.bin"
+    src.write_bytes(data)
+    up = remote.cli(tmp_path, "resource", "up", str(src))
+    assert up.returncode == 0, up.stderr
+    rid = up.stdout.strip()
+    assert rid == hashlib.sha256(data).hexdigest()
+    out = tmp_path / "back.bin"
+    down = remote.cli(tmp_path, "resource", "down", rid, str(out))
+    assert down.returncode == 0, down.stderr
+    assert out.read_bytes() == data
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "CORRAL_REMOTE": "test",
+           "CORRAL_HOME": str(tmp_path / "none")}
+    done = subprocess.run([PY, "-m", "corral", "secret", "set", "K", "-"], input=b"v4lue\n",
+                          capture_output=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert remote.cli(tmp_path, "secret", "get", "K").stdout == "v4lue\n"
+
+
+def test_a_refused_upload_reports_the_refusal(corral: Corral, tmp_path: Path) -> None:
+    """An upload the server refuses before reading the body (a bad name) reports the
+    server's one-line reason, not a broken pipe, and stores nothing."""
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    result = corral.run("resource", "up", str(big), "--name", "x" * 2000)
+    assert result.returncode == 1 and result.stderr.startswith("corral: ")
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    assert json.loads(corral.ok("resource", "ls", "--json")) == []

@@ -525,37 +525,47 @@ def upload(client: Client, path: str, source: BinaryIO, size: int | None,
     sock = client._connect()
     with sock:
         sock.settimeout(None)  # the server may take a while to fsync a large file
+        # A send that fails means the server answered early (a refusal) and closed: stop
+        # sending and read its answer.  Errors reading ``source`` propagate as they are.
+        cut = not _send_all(sock, head)
         sent = 0
-        try:
-            sock.sendall(head)
-            while size is None or sent < size:
-                want = TRANSFER_CHUNK if size is None else min(TRANSFER_CHUNK, size - sent)
-                piece = source.read(want)
-                if not piece:
-                    break
-                n = len(piece)
-                if size is None:
-                    sock.sendall(b"%x\r\n" % n + piece + b"\r\n")
-                else:
-                    sock.sendall(piece)
+        while not cut and (size is None or sent < size):
+            want = TRANSFER_CHUNK if size is None else min(TRANSFER_CHUNK, size - sent)
+            piece = source.read(want)
+            if not piece:
+                break
+            n = len(piece)
+            cut = not _send_all(sock, b"%x\r\n" % n + piece + b"\r\n" if size is None
+                                else piece)
+            if not cut:
                 sent += n
                 if progress is not None:
                     progress(sent)
-            if size is None:
-                sock.sendall(b"0\r\n\r\n")
-            elif sent < size:
-                raise CliError(f"the file shrank while it was sent ({sent} of {size} bytes)")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server answered early (a refusal) and closed: read its answer
-        with sock.makefile("rb") as f:
-            status, headers = _read_head(f)
-            raw = b"".join(_body_pieces(f, headers, status))
+        if not cut and size is None:
+            cut = not _send_all(sock, b"0\r\n\r\n")
+        elif not cut and size is not None and sent < size:
+            raise CliError(f"the file shrank while it was sent ({sent} of {size} bytes)")
+        try:
+            with sock.makefile("rb") as f:
+                status, headers = _read_head(f)
+                raw = b"".join(_body_pieces(f, headers, status))
+        except OSError as exc:  # e.g. a TLS alert after the server closed
+            raise ProtocolError(f"the supervisor closed the connection ({exc})") from None
     data = _decode_json(raw, status)
     if status >= 400:
         raise client._error(status, data, raw)
     if size is not None and sent < size:
         raise ProtocolError("the supervisor closed the connection before the upload ended")
     return data
+
+
+def _send_all(sock: socket.socket, data: bytes) -> bool:
+    """``sock.sendall(data)``; False if the peer has closed (or reset) the connection."""
+    try:
+        sock.sendall(data)
+    except OSError:
+        return False
+    return True
 
 
 class Download:
