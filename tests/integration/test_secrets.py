@@ -95,18 +95,21 @@ def test_a_secret_in_use_is_substituted_and_cannot_be_removed(corral: Corral,
 
 
 def test_the_value_appears_nowhere_else(corral: Corral, tmp_path: Path) -> None:
-    """With a process using the secret and a change of its value, neither value is in ls,
-    svc status, events, target.yaml, any other state file, or the supervisor's output."""
+    """With a process using the secret (argv and env) and a change of its value, neither
+    value is in ls, svc status, events, target.yaml, any other state file, or the
+    supervisor's output."""
     corral.run("secret", "set", "API_TOKEN", "-", input=VALUE)
     spec = tmp_path / "api.yaml"
-    spec.write_text(f"name: api\ncommand: [{PY}, -c, 'import time; time.sleep(600)']\n"
-                    "env: {TOKEN: '${API_TOKEN}'}\n")
+    spec.write_text(f"name: api\ncommand: [{PY}, -c, 'import time; time.sleep(600)', "
+                    "'--token=${API_TOKEN}']\nenv: {TOKEN: '${API_TOKEN}'}\n")
     corral.ok("svc", "load", "-f", str(spec))
     corral.wait_state("api", "up")
     second = VALUE[::-1]
     corral.run("secret", "set", "API_TOKEN", "-", input=second)
     corral.ok("svc", "restart", "api")
-    corral.wait_state("api", "up")
+    pid = corral.wait_state("api", "up")["pid"]
+    with open(f"/proc/{pid}/cmdline", "rb") as f:  # the process did get the value
+        assert f"--token={second}".encode() in f.read().split(b"\0")
     corral.run("secret", "get", "NOPE")  # an error path too
 
     shown = [corral.ok("secret", "ls"), corral.ok("secret", "ls", "--json"),
