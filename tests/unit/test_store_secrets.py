@@ -169,3 +169,12 @@ def test_construction_does_no_io(tmp_path: Path) -> None:
     store = SecretStore(tmp_path / "missing-dir" / "s.json")
     assert store.names() == []
     assert not (tmp_path / "missing-dir").exists()
+
+
+def test_the_api_request_model_hides_the_value() -> None:
+    """The body model of `PUT /v1/secrets/{name}` shows no value in its repr or str."""
+    from corral.api.stores import SecretValue
+
+    body = SecretValue(value="topsecret")
+    assert "topsecret" not in repr(body) + str(body)
+    assert body.value == "topsecret"

@@ -33,7 +33,7 @@ class SecretValue(BaseModel):
     """``PUT /v1/secrets/{name}``."""
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-    value: str = Field(max_length=_MAX_VALUE_CHARS)
+    value: str = Field(max_length=_MAX_VALUE_CHARS, repr=False)
 
 
 class SecretNames(BaseModel):
