@@ -29,6 +29,7 @@ from .models import ErrorResponse, LoadRequest, ScaleRequest
 from .stores import stores_router
 from .target import target_router
 from .tls import RemoteAccess
+from .ui import dashboard_router
 
 KEEPALIVE = 15.0
 _WAIT = Query(None, ge=0, le=86400, description="seconds to wait for readiness")
@@ -211,6 +212,7 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     app.include_router(metrics_router(facade))
+    app.include_router(dashboard_router())
     app.include_router(stores_router(facade))
     app.include_router(target_router(facade))
     app.include_router(auth_routes(remote))
