@@ -160,3 +160,29 @@ def test_no_value_appears_in_any_error() -> None:
     text = str(caught.value) + repr(caught.value) + " ".join(caught.value.problems)
     for value in ("pa$$w0rd", "should-not-expand"):
         assert value not in text
+
+
+# ----------------------------------------------------------------------- resource ids
+SHA = "ab" * 32
+
+
+def test_a_resource_id_can_come_from_a_secret() -> None:
+    """resources[i].id may be ${NAME} (Launcho's deploy flow); it is a reference and is
+    substituted with the sha256 the secret holds."""
+    s = spec(resources=[{"id": "${BUNDLE_ID}", "file": "b.tgz"}, {"id": SHA, "file": "c"}])
+    assert subst.references(s) == {"BUNDLE_ID": ["resources[0].id"]}
+    out = subst.substitute(s, {"BUNDLE_ID": "cd" * 32}, "web")
+    assert [r.id for r in out.resources] == ["cd" * 32, SHA]
+    assert [r.file for r in out.resources] == ["b.tgz", "c"]
+    assert subst.missing(s, []) == [
+        "web.resources[0].id: secret 'BUNDLE_ID' is not set; set it with: "
+        "corral secret set BUNDLE_ID -"]
+
+
+def test_a_secret_that_is_no_resource_id_is_refused_without_its_value() -> None:
+    """A secret holding something else than a sha256 is an error that does not show it."""
+    s = spec(resources=[{"id": "${BUNDLE_ID}", "file": "b.tgz"}])
+    with pytest.raises(SpecError) as caught:
+        subst.substitute(s, {"BUNDLE_ID": "not-a-hash-hunter2"}, "web")
+    assert str(caught.value).startswith("web.resources[0].id: the secret it names")
+    assert "hunter2" not in str(caught.value)
