@@ -814,29 +814,3 @@ def _path(loc: Loc) -> str:
             continue
         out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
     return out
-
-
-# Fields the format accepts (it is shared with later versions) but that this version does
-# not act on yet.  Refusing them is honest: a health check that never runs would be worse
-# than an error.
-_NOT_YET = ("receives",)
-
-
-def check_supported(target: Target | ProcessSpec, source: str) -> None:
-    """Raise :class:`SpecError` naming anything in ``target`` this version cannot honour yet."""
-    problems = []
-    processes = [target] if isinstance(target, ProcessSpec) else target.processes
-    for spec in processes:
-        given = spec.to_dict()
-        problems += [f"{source}: {spec.name}.{key}: not supported by this version of corral yet"
-                     for key in _NOT_YET if key in given]
-        if spec.health is not None and spec.health.http is not None and spec.health.http.service:
-            problems.append(f"{source}: {spec.name}.health.http.service: checks through a "
-                            "load-balancer service need the balancer, not built yet; give port")
-    if isinstance(target, Target) and target.services:
-        problems.append(f"{source}: services: the load balancer is not supported by this "
-                        "version of corral yet")
-    if problems:
-        raise SpecError(problems[0] if len(problems) == 1
-                        else f"{len(problems)} problems in {source}:\n" + "\n".join(problems),
-                        problems)

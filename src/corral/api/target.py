@@ -43,7 +43,7 @@ def target_router(facade: Facade) -> APIRouter:
     @router.post("/plan", responses=_ERRORS)
     async def plan(body: TargetText) -> dict[str, Any]:
         """What ``PUT /v1/target`` would add, change (with the fields) and remove."""
-        return facade.target_plan(body.yaml, body.source)
+        return await facade.target_plan(body.yaml, body.source)
 
     @router.put("", responses=_ERRORS)
     async def set_target(body: TargetText) -> dict[str, Any]:

@@ -109,14 +109,14 @@ def launcher_argv(args: argparse.Namespace, ctx: Context) -> list[str]:
 def check_target(path: str) -> None:
     """Raise :class:`CliError` naming every problem of the target file at ``path``."""
     from corral.errors import SpecError  # only `sup run --target` pays for pydantic
-    from corral.spec import check_supported, load_target
+    from corral.spec import load_target
     try:
         with open(path) as f:
             text = f.read()
     except OSError as exc:
         raise CliError(f"cannot read target {path}: {exc.strerror}") from None
     try:
-        check_supported(load_target(text, path), path)
+        load_target(text, path)
     except SpecError as exc:
         raise CliError(exc.message.splitlines()[0], exc.problems) from None
 

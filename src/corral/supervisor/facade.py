@@ -51,7 +51,18 @@ class Facade:
                 "supervisor_pid": os.getpid(), "state_dir": str(self._sup.state_dir),
                 "started_at": rfc3339(self._sup.started_at),
                 "uptime_s": round(time.time() - self._sup.started_at, 3),
-                "services": counts}
+                "services": counts, "balancer": self._sup.balancer.status()}
+
+    def balancer_stats(self) -> dict[str, dict[str, float]]:
+        """Per proxy service, the balancer's last figures (for ``/metrics``): connections
+        open now, accepted in all, and failed; empty while no balancer reports."""
+        out: dict[str, dict[str, float]] = {}
+        for svc in self._sup.balancer.stats().get("services", []):
+            out[str(svc.get("name"))] = {"connections": svc.get("active", 0),
+                                         "connections_total": svc.get("total", 0),
+                                         "errors_total": sum((svc.get("errors") or {})
+                                                             .values())}
+        return out
 
     def services(self) -> list[dict[str, Any]]:
         return self._sup.status()
@@ -175,9 +186,10 @@ class Facade:
         self._sup.check_target(target, text, source)
         return target
 
-    def target_plan(self, text: str, source: str) -> dict[str, Any]:
+    async def target_plan(self, text: str, source: str) -> dict[str, Any]:
         """What ``target set`` would do with this YAML (SpecError if it would refuse it)."""
         target = self._parse_target(text, source)
+        await self._sup.check_binds(target, text, source, hold=False)
         return {"changes": [c.as_dict() for c in self._sup.plan_target(target)]}
 
     async def target_set(self, text: str, source: str) -> dict[str, Any]:

@@ -74,6 +74,8 @@ class Instance:
     failures: int = 0
     spec: ProcessSpec | None = None   # set while retiring: the (older) spec it runs
     failed_run: bool = False          # its last run failed (keep its directory to inspect)
+    ports: dict[str, int] = field(default_factory=dict)  # SERVICE_PORT_<service> it got
+    draining: bool = False            # the balancer sends it no new connections
 
     @property
     def launcher_name(self) -> str:

@@ -19,12 +19,14 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
+from corral.balancer.ports import PortAllocator, PortsExhausted
 from corral.errors import Conflict, CorralError, NotFound, NotReady, SpawnFailed, SpecError
 from corral.health.probes import Result
 from corral.logs.reader import tail
@@ -37,7 +39,6 @@ from corral.spec import (
     ResourceRef,
     ServiceSpec,
     Target,
-    check_supported,
     format_size,
     load_target,
     refuse,
@@ -49,7 +50,7 @@ from corral.store.resources import ResourceStore
 from corral.store.secrets import SecretStore
 
 from . import machine, notify, policy, reconcile, rollout, statefile
-from .balancing import Balancer  # balancer hook (issue 6)
+from .balancing import Backend, Balancer  # balancer hook (issue 6)
 from .events import EventLog, rfc3339
 from .hooks import HookResult, run_hook
 from .instance import HISTORY_STEP, Instance, Service, parse_launcher_name
@@ -100,6 +101,16 @@ class Supervisor:
         self._rollout_task: asyncio.Future[None] | None = None
         # balancer hook (issue 6): the load balancer is a launcher child kept by its manager.
         self.balancer = Balancer(state_dir, self._base_env)
+        self.ports = PortAllocator(*_port_range(os.environ.get("CORRAL_PORT_RANGE", "")))
+        self._held_ports: dict[str, dict[str, int]] = statefile.read_json(
+            self._ports_file(), {})
+        self._balancer_pending = False
+        self._balancer_last: object = None
+        # Adopted instances whose health this supervisor has not seen yet: until each has
+        # had one probe (or the deadline passes), the balancer keeps the set the previous
+        # supervisor gave it, rather than losing every backend whose health is unknown.
+        self._unprobed: set[str] = set()
+        self._unprobed_until = 0.0
 
     # ------------------------------------------------------------------ start up
     def load_state(self, target_file: Path | None = None) -> None:
@@ -116,7 +127,6 @@ class Supervisor:
             target = load_target(path.read_text(), str(path))
         else:
             target = Target()
-        check_supported(target, str(target_file or path))
         stored_desired = statefile.read_json(self.state_dir / "desired.json", {})
         down = set(stored_desired.get("down", []))
         gens = stored_desired.get("gen", {})
@@ -138,6 +148,13 @@ class Supervisor:
             if not self.balancer.adopt(child):  # balancer hook (issue 6)
                 self._adopt(child)
         self.balancer.attach(launcher)  # balancer hook (issue 6)
+        for svc in self.target_services:
+            if svc.mode == "socket":  # idempotent: a new launcher binds, a known one has it
+                try:
+                    await launcher.listen(svc.name, svc.bind_host, svc.port)
+                except CorralError as exc:
+                    self.events.emit("", "balancer", f"service {svc.name} cannot listen on "
+                                     f"{svc.on}: {exc}")
         running = {str(c.get("name")) for c in children}
         self._booting = False
         for name, exited in self._early_exits.items():
@@ -145,8 +162,16 @@ class Supervisor:
                 self._replay_exit(exited)
         self._early_exits.clear()
         for inst in self._adopted_watch:
-            self._watch(inst, self.services[inst.service].spec)
+            spec = self.services[inst.service].spec
+            self._watch(inst, spec)
+            if inst.ports and spec.health is not None:
+                self._unprobed.add(inst.launcher_name)
+                wait = spec.health.start_period + spec.health.timeout + 1.0
+                self._unprobed_until = max(self._unprobed_until, time.monotonic() + wait)
         self._adopted_watch.clear()
+        if self._unprobed:
+            asyncio.get_running_loop().call_later(
+                self._unprobed_until - time.monotonic(), self._balancer_dirty)
         for service in self.services.values():
             if service.spec.watchdog is None:
                 continue
@@ -156,6 +181,7 @@ class Supervisor:
                     self._arm_watchdog(inst, service.spec)
         self._background(self.monitor())
         self.reconcile()
+        self._balancer_dirty()
         stale = [s for s in self.services.values()
                  if any(i.gen != s.gen for i in s.instances.values())]
         if stale:  # a rollout was under way when the last supervisor died: finish it
@@ -195,6 +221,9 @@ class Supervisor:
         inst = Instance(service=name, index=index, gen=gen, state=ServiceState.UP, pid=pid,
                         started_at=float(child.get("started_at", time.time())),
                         spawns=int(child.get("spawns", 1)), reason="adopted")
+        inst.ports = {k: int(v) for k, v in self._held_ports.get(inst.launcher_name, {}).items()}
+        for port in inst.ports.values():
+            self.ports.reserve(port)
         service.instances[index] = inst
         if service.spec.health is not None:
             self._adopted_watch.append(inst)
@@ -302,6 +331,8 @@ class Supervisor:
             self.events.emit(inst.service, "state", reason, instance=inst.index,
                              from_=before.value, to=after.value, pid=inst.pid)
             self._wake()
+            if self.target_services:
+                self._balancer_dirty()
         hooks = self._spec_of(inst).hooks if inst.service in self.services else None
         if hooks is not None and after is not before:
             if before is ServiceState.STARTING and after is ServiceState.UP and hooks.post_run:
@@ -332,7 +363,14 @@ class Supervisor:
         # The encoded request is kept per instance and spec: a restart costs one frame
         # write, not an environment copy, a mkdir and a JSON encoding.
         if inst.request is None or inst.request[0] is not spec:
-            inst.request = (spec, self._spawn_request(inst, spec))
+            try:
+                inst.request = (spec, self._spawn_request(inst, spec))
+            except CorralError as exc:  # a secret gone, no free port: fail like a spawn
+                failed: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                inst.spawned = asyncio.get_running_loop().create_future()
+                self._background(self._spawned(inst, failed, inst.spawned))
+                return
         if (spec.readiness == "notify" or spec.watchdog is not None) and inst.notify is None:
             self._listen_notify(inst, spec)
         inst.stopped.clear()
@@ -412,9 +450,19 @@ class Supervisor:
         workdir.mkdir(parents=True, exist_ok=True)
         inst.failed_run = False
 
+    def _forget(self, inst: Instance) -> None:
+        """An instance ended for good: release its ports, and remove its directory unless
+        its last run failed (then it becomes ``last-failed``)."""
+        if inst.ports:
+            for port in inst.ports.values():
+                self.ports.release(port)
+            inst.ports = {}
+            self._save_ports()
+        self._forget_workdir(inst)
+
     def _forget_workdir(self, inst: Instance) -> None:
-        """An instance ended for good: remove its directory, unless its last run failed
-        (then it becomes ``last-failed``).  Directories given as ``cwd`` are the user's."""
+        """Remove an ended instance's directory, or keep it as ``last-failed`` if its last
+        run failed.  Directories given as ``cwd`` are the user's."""
         service = self.services.get(inst.service)
         spec = inst.spec or (service.spec if service else None)
         if spec is None or spec.cwd is not None:
@@ -491,6 +539,9 @@ class Supervisor:
             env["NOTIFY_SOCKET"] = notify.socket_name(self.state_dir, inst.launcher_name)
         if spec.watchdog is not None:
             env["WATCHDOG_USEC"] = str(int(spec.watchdog * 1_000_000))
+        env.update(self._service_ports(inst, spec))
+        sockets = [s.name for s in self.target_services
+                   if s.mode == "socket" and s.name in spec.receives]
         request: Message = {
             "type": m.SPAWN, "name": inst.launcher_name, "argv": self._effective(spec).argv,
             "env": env,
@@ -501,6 +552,8 @@ class Supervisor:
                     "format": spec.logs.format, "max_bytes": spec.logs.max_bytes,
                     "keep": spec.logs.keep},
         }
+        if sockets:
+            request["listen_fds"] = sockets
         return json.dumps(request, separators=(",", ":")).encode()
 
     async def _spawned(self, inst: Instance, reply: asyncio.Future[Message],
@@ -621,7 +674,16 @@ class Supervisor:
         if inst.watch is not None:
             inst.watch.stop()
         inst.failures = 0
-        inst.watch = HealthWatch(spec.health, inst.pid, self._instance_env(inst, spec),
+        health = spec.health
+        if health.http is not None and health.http.service is not None:
+            # The port this instance got for that service (socket mode: the service's own).
+            name = health.http.service
+            svc = next((s for s in self.target_services if s.name == name), None)
+            port = inst.ports.get(name) or (svc.port if svc is not None else None)
+            if port is not None:
+                health = health.model_copy(update={"http": health.http.model_copy(
+                    update={"port": port, "service": None})})
+        inst.watch = HealthWatch(health, inst.pid, self._instance_env(inst, spec),
                                  self._instance_cwd(inst, spec),
                                  lambda pid, result: self._on_health(inst, pid, result)).start()
 
@@ -645,6 +707,12 @@ class Supervisor:
                              f"{result.detail}", instance=inst.index, pid=pid)
             inst.health = result.state
             self._wake()  # a rollout may be waiting for this instance to be healthy
+            if self.target_services:
+                self._balancer_dirty()
+        if self._unprobed:
+            self._unprobed.discard(inst.launcher_name)
+            if not self._unprobed:
+                self._balancer_dirty()
         if result.state in (HealthState.OK, HealthState.WARNING):
             inst.failures = 0
             if inst.state is ServiceState.STARTING:
@@ -746,7 +814,7 @@ class Supervisor:
                 if inst.state in (ServiceState.DOWN, ServiceState.FAILED):
                     if step.verb is reconcile.Verb.DROP:
                         del service.instances[step.index]
-                        self._forget_workdir(inst)
+                        self._forget(inst)
                     continue
                 self.feed(inst, Event.STOP, "stopping")
 
@@ -925,7 +993,7 @@ class Supervisor:
         await self._stop_instances(service, [*service.instances.values(),
                                              *service.retiring.values()])
         for inst in [*service.instances.values(), *service.retiring.values()]:
-            self._forget_workdir(inst)
+            self._forget(inst)
         self.services.pop(service.spec.name, None)
         self._depended = None
 
@@ -948,7 +1016,27 @@ class Supervisor:
         await self._wait_stopped(service)
 
     async def restart(self, name: str) -> None:
+        """Stop then start every instance; a process that receives traffic is replaced
+        instance by instance instead (new one healthy, old one drained, then stopped)."""
         service = self.get(name)
+        live = [i for i in service.instances.values() if i.pid is not None]
+        if service.spec.receives and service.desired is Desired.UP and live:
+            if self.rollout_running():
+                await self.wait_rollout()
+            replace: list[tuple[Service, ProcessSpec | None, int]] = [
+                (service, service.spec, service.gen)]
+            service.gen += 1
+            self.save()
+            self.rollout = record = Rollout(
+                id=(self.rollout.id + 1 if self.rollout else 1), cause=f"svc restart {name}",
+                started_at=time.time(), changes=[])
+            record.steps[name] = Step(name, service.spec.instances)
+            self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace, {}))
+            await self.wait_rollout()
+            if record.phase is Phase.FAILED:
+                raise NotReady(f"restart of {name} failed: {record.reason}; the old "
+                               "instances keep running", record.steps[name].last_lines)
+            return
         service.desired = Desired.UP
         self.save()
         await self._stop_instances(service, list(service.instances.values()))
@@ -1036,16 +1124,153 @@ class Supervisor:
         if self._stopping_all:
             raise Conflict("the supervisor is shutting down")
 
+    # ----------------------------------------------------------- load balancing
+    def _ports_file(self) -> Path:
+        return paths.run_dir(self.state_dir) / "ports.json"
+
+    def _save_ports(self) -> None:
+        """Persist which instance holds which port (a new supervisor adopts them)."""
+        held = {i.launcher_name: i.ports for s in self.services.values()
+                for i in (*s.instances.values(), *s.retiring.values()) if i.ports}
+        self._held_ports = held
+        statefile.write_json(self._ports_file(), held)
+
+    def _service_ports(self, inst: Instance, spec: ProcessSpec) -> dict[str, str]:
+        """``SERVICE_PORT_<NAME>`` for each proxy-mode service ``spec`` receives, from the
+        instance's own ports (allocated on its first spawn, kept across its restarts)."""
+        proxied = [s.name for s in self.target_services
+                   if s.mode == "proxy" and s.name in spec.receives]
+        if not proxied:
+            return {}
+        if any(name not in inst.ports for name in proxied):
+            for name in proxied:
+                if name not in inst.ports:
+                    try:
+                        inst.ports[name] = self.ports.allocate()
+                    except PortsExhausted as exc:
+                        raise SpawnFailed("PortsExhausted",
+                                          f"no free port for service {name}: {exc}") from None
+            self._save_ports()
+        return {"SERVICE_PORT_" + re.sub(r"[^A-Z0-9]", "_", n.upper()): str(inst.ports[n])
+                for n in proxied}
+
+    def _balancer_dirty(self) -> None:
+        """Something that decides who gets traffic changed: push the backends soon (once
+        per loop turn, however many instances changed in it)."""
+        if self._balancer_pending or self._booting:
+            return
+        self._balancer_pending = True
+        asyncio.get_running_loop().call_soon(
+            lambda: self._background(self._push_balancer()))
+
+    def _backends(self) -> dict[str, list[Backend]]:
+        """Per proxy service: the ready, healthy instances of every process receiving it
+        (``active``), and those being drained (``draining``)."""
+        out: dict[str, list[Backend]] = {s.name: [] for s in self.target_services
+                                         if s.mode == "proxy"}
+        for service in self.services.values():
+            for inst in (*service.instances.values(), *service.retiring.values()):
+                if inst.pid is None or not inst.ports:
+                    continue
+                spec = self._spec_of(inst)
+                live = inst.state is ServiceState.UP and (
+                    spec.health is None or inst.health in (HealthState.OK,
+                                                           HealthState.WARNING))
+                if not (live or inst.draining) or inst.state is ServiceState.STOPPING:
+                    continue
+                for name, port in inst.ports.items():
+                    if name in out:
+                        out[name].append(Backend(inst.launcher_name, "127.0.0.1", port,
+                                                 "draining" if inst.draining else "active"))
+        return out
+
+    async def _push_balancer(self) -> None:
+        self._balancer_pending = False
+        if self._unprobed and time.monotonic() < self._unprobed_until:
+            return  # pushed once they are probed (or at the deadline): see __init__
+        services = [s for s in self.target_services if s.mode == "proxy"]
+        backends = self._backends()
+        wanted = (services, backends)
+        if wanted == self._balancer_last:
+            return
+        self._balancer_last = wanted
+        try:
+            errors = await self.balancer.configure(services, backends)
+        except CorralError as exc:
+            self._balancer_last = None
+            self.events.emit("", "balancer", f"cannot configure the load balancer: {exc}")
+            return
+        for name, reason in errors.items():
+            if reason:
+                self.events.emit("", "balancer", f"service {name} cannot listen: {reason}")
+
+    async def _drain(self, inst: Instance) -> None:
+        """Take ``inst`` out of the balancer: no new connections, then wait until its open
+        ones finish (or each service's drain_timeout passes)."""
+        names = [s.name for s in self.target_services
+                 if s.mode == "proxy" and s.name in inst.ports]
+        if not names:
+            return
+        inst.draining = True
+        await self._push_balancer()
+        results = await asyncio.gather(*(self.balancer.drain(n, inst.launcher_name)
+                                         for n in names), return_exceptions=True)
+        left = [n for n, ok in zip(names, results, strict=True) if ok is not True]
+        self.events.emit(inst.service, "drain", "drained" if not left else
+                         "drain timed out for " + ", ".join(left) + "; closing what is left",
+                         instance=inst.index, pid=inst.pid)
+
+    async def check_binds(self, target: Target, text: str | None, source: str,
+                          hold: bool) -> None:
+        """Refuse services whose address cannot be bound (in use, not local, no
+        permission); an address already served keeps working.  With ``hold``, socket-mode
+        addresses are bound by the launcher now (kept while the service exists).
+
+        Raises:
+            SpecError: naming the line of each service's ``on``.
+        """
+        current = {s.name: s for s in self.target_services}
+        fresh = [(i, s) for i, s in enumerate(target.services)
+                 if current.get(s.name) != s and (current.get(s.name) is None
+                                                  or current[s.name].on != s.on
+                                                  or current[s.name].mode != s.mode)]
+        if not fresh:
+            return
+        problems: list[Problem] = []
+        proxied = [s for _, s in fresh if s.mode == "proxy"]
+        try:
+            refused = await self.balancer.validate_bind(proxied) if proxied else {}
+        except CorralError as exc:
+            refused = {s.name: str(exc) for s in proxied}
+        bound: list[str] = []
+        for i, svc in fresh:
+            reason = refused.get(svc.name)
+            if svc.mode == "socket":
+                assert self.launcher is not None
+                try:
+                    await self.launcher.listen(svc.name, svc.bind_host, svc.port)
+                    bound.append(svc.name)
+                except CorralError as exc:
+                    reason = str(exc)
+            if reason:
+                problems.append((("services", i, "on"), f"cannot listen on {svc.on}: {reason}"))
+        if problems or not hold:
+            for name in bound:
+                if name not in current:
+                    with contextlib.suppress(CorralError):
+                        await self.launcher.unlisten(name)  # type: ignore[union-attr]
+        if problems:
+            refuse(text, source, problems)
+
     # ------------------------------------------------------------------- target
     def check_target(self, target: Target, text: str | None, source: str) -> None:
         """Refuse what the target's own validation cannot see: secrets that are not set,
-        resources that were never uploaded, fields this version cannot honour.
+        resources that were never uploaded.
 
         Raises:
             SpecError: one line per problem, naming ``source``, the line (when ``text``,
                 the YAML, is given) and the field.
         """
-        check_supported(target, source)
         problems: list[Problem] = []
         names = self.secrets.names()
         values: dict[str, str] | None = None
@@ -1099,6 +1324,7 @@ class Supervisor:
         if self.rollout_running():
             raise Conflict("a rollout is still running (see: corral target status); "
                            "wait for it to finish")
+        await self.check_binds(target, text, source, hold=True)
         changes = self.plan_target(target)
         if not changes:
             return None
@@ -1137,11 +1363,22 @@ class Supervisor:
             service.desired = Desired.DOWN
         self._save_without(removed)
         for service in sorted(removed, key=self.stop_order().index):
-            await self._stop_instances(service, list(service.instances.values()))
+            await self._stop_instances(service, [*service.instances.values(),
+                                                 *service.retiring.values()])
+            for inst in [*service.instances.values(), *service.retiring.values()]:
+                self._forget(inst)
             self.services.pop(service.spec.name, None)
             self.events.emit(service.spec.name, "unload", f"unloaded ({cause})")
+        gone = [c.name for c in changes if c.kind == "service" and
+                (c.action is rollout.Action.REMOVE or "mode" in c.fields or "on" in c.fields)]
+        kept = {s.name for s in self.target_services if s.mode == "socket"}
+        for name in gone:
+            if name not in kept and self.launcher is not None:
+                with contextlib.suppress(CorralError):
+                    await self.launcher.unlisten(name)
         self._depended = None
         self.reconcile()
+        self._balancer_dirty()
         self._rollout_task = asyncio.ensure_future(
             self._run_rollout(record, replace, old_specs))
         return record
@@ -1214,7 +1451,7 @@ class Supervisor:
                     replacement.state = ServiceState.DOWN
                     replacement.settled = old.settled and service.desired is Desired.DOWN
                     service.instances[index] = replacement
-                    self._forget_workdir(old)
+                    self._forget(old)
                     step.replaced += 1
                 continue
             old.spec = old_spec
@@ -1231,9 +1468,10 @@ class Supervisor:
                               f"pid {old.pid}"
                 self.events.emit(service.spec.name, "rollout", step.detail, instance=index,
                                  pid=new.pid)
+                await self._drain(old)
                 await self._stop_instances(service, [old])
                 service.retiring.pop(index, None)
-                self._forget_workdir(old)
+                self._forget(old)
                 step.replaced += 1
                 continue
             step.detail = f"instance {index}: {why}"
@@ -1249,7 +1487,7 @@ class Supervisor:
             service.instances[index] = old
             service.retiring.pop(index, None)
             await self._stop_instances(service, [new])
-            self._forget_workdir(new)
+            self._forget(new)
             return False
         return True
 
@@ -1336,6 +1574,15 @@ class Supervisor:
         self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace, {}))
         return record
     # --- end of stores ---
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    """``CORRAL_PORT_RANGE`` (``LOW-HIGH``) for SERVICE_PORT_* allocation; the default
+    30000-39999 when unset or unreadable."""
+    low, _, high = text.partition("-")
+    if low.strip().isdigit() and high.strip().isdigit() and 0 < int(low) <= int(high) < 65536:
+        return int(low), int(high)
+    return 30000, 39999
 
 
 def _field_loc(path: str) -> tuple[str | int, ...]:
