@@ -143,8 +143,40 @@ def supervisor_lines(status: Json) -> list[str]:
              ("version", _text(status.get("version"))),
              ("uptime", duration(status.get("uptime_s"))),
              ("services", services)]
+    balancer = status.get("balancer") or {}
+    if balancer.get("pid") or balancer.get("services"):
+        count = len(balancer.get("services") or [])
+        pairs.append(("balancer", f"pid {_text(balancer.get('pid'))}, {count} service"
+                      + ("" if count == 1 else "s")))
     width = max(len(label) for label, _ in pairs)
-    return [f"{label.ljust(width)}  {value}" for label, value in pairs]
+    lines = [f"{label.ljust(width)}  {value}" for label, value in pairs]
+    return lines + balancer_lines(balancer)
+
+
+def balancer_lines(balancer: Json) -> list[str]:
+    """Per balanced service: address, connections open/total, bytes, errors; then one
+    line per backend."""
+    lines = []
+    for svc in balancer.get("services") or []:
+        errors = sum((svc.get("errors") or {}).values())
+        where = svc.get("on", "-") + ("" if svc.get("listening", True) else
+                                      f" (not listening: {svc.get('bind_error')})")
+        lines.append(f"  {svc.get('name')}  {where}  open {svc.get('active', 0)}  "
+                     f"total {svc.get('total', 0)}  in {_bytes(svc.get('bytes_in'))}  "
+                     f"out {_bytes(svc.get('bytes_out'))}  errors {errors}")
+        for b in svc.get("backends") or []:
+            lines.append(f"    {b.get('id')}  {b.get('address')}  {b.get('state')}  "
+                         f"open {b.get('active', 0)}  total {b.get('total', 0)}")
+    return lines
+
+
+def _bytes(n: Json) -> str:
+    value = float(n or 0)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1024 or unit == "G":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return "-"
 
 
 def event_line(event: Json, colour: bool) -> str:

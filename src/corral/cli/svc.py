@@ -21,7 +21,7 @@ from corral.cli.common import (
     non_negative_int,
     quote_segment,
 )
-from corral.cli.render import RUNNING, service_table
+from corral.cli.render import RUNNING, balancer_lines, service_table
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:
@@ -249,6 +249,10 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     else:
         for line in service_table(services, time.time(), ctx.colour):
             ctx.out(line)
+        if args.name and services[0].get("traffic"):
+            ctx.out("traffic:")
+            for line in balancer_lines({"services": list(services[0]["traffic"].values())}):
+                ctx.out(line)
     if args.name and services[0].get("state") not in RUNNING:
         ctx.stdout.flush()
         raise CliError(f"{args.name} is not running ({services[0].get('state')})")

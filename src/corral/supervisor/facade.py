@@ -65,10 +65,24 @@ class Facade:
         return out
 
     def services(self) -> list[dict[str, Any]]:
-        return self._sup.status()
+        return [self._with_traffic(entry) for entry in self._sup.status()]
 
     def service(self, name: str) -> dict[str, Any]:
-        return self._sup.get(name).as_dict()
+        return self._with_traffic(self._sup.get(name).as_dict())
+
+    def _with_traffic(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Add ``traffic``: for each service this process receives, the balancer's figures
+        with only this process's backends (``{}`` when it receives none)."""
+        receives = self._sup.services[entry["name"]].spec.receives
+        if not receives:
+            return entry
+        mine = f"{entry['name']}/"
+        traffic = {}
+        for svc in self._sup.balancer.stats().get("services", []):
+            if svc.get("name") in receives:
+                traffic[svc["name"]] = {**svc, "backends": [
+                    b for b in svc.get("backends", []) if str(b.get("id")).startswith(mine)]}
+        return {**entry, "traffic": traffic}
 
     def history(self, name: str) -> dict[str, Any]:
         """CPU and RSS points of the last hour, per instance (for charts)."""
