@@ -1,5 +1,8 @@
 """``python -m bench all [--quick] [--only W,...] [--peers P,...]`` (run from the repo root).
 
+``python -m bench balancer [--quick]``: corral's load balancer against HAProxy (see
+bench/balancer.py); it rewrites only its own section of docs/benchmarks.md.
+
 Installs or finds the peers under /tmp/corral-bench (supervisor and circus in their own
 venvs, pm2 from npm, s6 and runit from apt, corral from this tree in a venv), runs the
 workloads on each and writes docs/benchmarks.md. Needs root (proc connector, apt-get).
@@ -37,6 +40,11 @@ def _csv(choices: list[str]) -> Callable[[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["balancer"]:  # the load balancer against HAProxy (issue 6): bench/balancer.py
+        from bench import balancer
+        return balancer.main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     ap.add_argument("command", choices=["all", "report"],
                     help="all: run the workloads and write the report; "

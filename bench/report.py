@@ -211,4 +211,11 @@ def _static(name: str) -> str:
 
 def write(res: Results, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(res))
+    text = render(res)
+    # Keep the load balancer's section (written by `python -m bench balancer`, issue 6).
+    old = out.read_text() if out.exists() else ""
+    if "<!-- balancer:begin -->" in old and "<!-- balancer:end -->" in old:
+        begin = old.index("<!-- balancer:begin -->")
+        end = old.index("<!-- balancer:end -->") + len("<!-- balancer:end -->")
+        text = text.rstrip("\n") + "\n\n" + old[begin:end] + "\n"
+    out.write_text(text)
