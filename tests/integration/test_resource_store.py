@@ -202,3 +202,23 @@ def test_a_refused_upload_reports_the_refusal(corral: Corral, tmp_path: Path) ->
     assert result.returncode == 1 and result.stderr.startswith("corral: ")
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
     assert json.loads(corral.ok("resource", "ls", "--json")) == []
+
+
+def test_an_upload_cut_short_leaves_nothing(corral: Corral, tmp_path: Path) -> None:
+    """1. Start uploading a large file; 2. once the store holds part of it, kill the client;
+    3. the partial file goes, nothing is listed, and the supervisor logs no error."""
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        f.truncate(8 << 30)  # sparse: nothing to write, far longer than the test waits
+    partial = corral.state_dir / "resources" / ".partial"
+    with subprocess.Popen([PY, "-m", "corral", "resource", "up", str(big)], env=corral.env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        try:
+            wait_for(lambda: any(p.stat().st_size > 0 for p in partial.glob("upload-*")),
+                     30, "part of the upload to be stored")
+        finally:
+            proc.kill()
+    wait_for(lambda: partial.is_dir() and not list(partial.iterdir()), 15,
+             "the partial upload to be removed")
+    assert json.loads(corral.ok("resource", "ls", "--json")) == []
+    assert "internal error" not in corral.output.read_text(errors="replace")
