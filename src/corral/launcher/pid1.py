@@ -57,6 +57,9 @@ SUP_BACKOFF_MAX = 5.0
 # doubling, for as long as the last bound (then left for the next launcher's clean-up).
 CGROUP_RMDIR_FIRST = 0.002
 CGROUP_RMDIR_LAST = 10.0
+# An exited instance's cgroup is kept this long first: a restart reuses it, which saves a
+# mkdir and an rmdir (0.05-0.1 ms) on the restart path.
+CGROUP_LINGER = 1.0
 
 
 @dataclass
@@ -524,9 +527,11 @@ class Launcher:
         if self.sup is not None and self.sup.link.greeted:
             self.send(exited)
         if self.cgroups is not None and child.cgroup:
-            # After the report, so the restart is not kept waiting on the clean-up.
+            # After the report, and later still, so a restart can reuse the leaf.
             self.cgroups.release(child.cgroup, child.pid)
-            self._remove_cgroup(child.cgroup, CGROUP_RMDIR_FIRST)
+            leaf = child.cgroup
+            self.call_later(CGROUP_LINGER,
+                            lambda: self._remove_cgroup(leaf, CGROUP_RMDIR_FIRST))
         if self.stopping and not self.children and self.sup is None:
             self.exit_code = self.final_code
 
