@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import stat
 from pathlib import Path
 
@@ -122,3 +123,30 @@ def test_with_host_and_name() -> None:
     assert auth_name(AUTH, None) == "web1" and auth_name(AUTH, "x") == "x"
     with pytest.raises(UsageError):
         with_host(AUTH, "h:0")
+
+
+def test_sup_run_passes_the_remote_options_to_the_launcher(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`sup run --listen-http A --metrics-public` execs the launcher with both (it gives
+    them to every supervisor); --metrics-public alone, or --remote, is a usage error."""
+    import io
+    import sys
+
+    from corral.cli.main import run
+
+    calls: list[list[str]] = []
+
+    def fake_execv(path: str, argv: list[str]) -> None:
+        calls.append(argv)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execv", fake_execv)
+    assert run(["sup", "run", "--state-dir", str(tmp_path), "--listen-http", "127.0.0.1:9631",
+                "--metrics-public"], io.StringIO(), io.StringIO()) == 0
+    assert calls == [[sys.executable, "-m", "corral.launcher", "--state-dir", str(tmp_path),
+                      "--listen-http", "127.0.0.1:9631", "--metrics-public"]]
+    err = io.StringIO()
+    assert run(["sup", "run", "--metrics-public"], io.StringIO(), err) == 100
+    assert "--listen-http" in err.getvalue()
+    assert run(["--remote", "x", "sup", "run"], io.StringIO(), io.StringIO()) == 100
+    assert len(calls) == 1

@@ -130,6 +130,9 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     if args.listen_http:
         from corral.cli.common import split_host_port
         split_host_port(args.listen_http, "--listen-http")
+    if getattr(args, "remote", None):
+        raise UsageError("sup run starts a supervisor on this host; --remote does not apply "
+                         "(run it on the remote host itself)")
     if args.metrics_public and not args.listen_http:
         raise UsageError("--metrics-public applies to the --listen-http address; give both "
                          "(the local socket never asks for a token)")
