@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from .conftest import Corral, python_cmd
 from .test_remote import Remote, start_remote
 
+# A test extra (pyproject's [test]); without it the module is skipped, not an error.
 schemathesis = pytest.importorskip("schemathesis")
+import requests  # noqa: E402 (installed with schemathesis)
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 
 #: The only operations left out: they end the supervisor under test (a restart would
