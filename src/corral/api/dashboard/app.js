@@ -246,6 +246,13 @@
     cell.replaceChildren(...content.map((c) => (c instanceof Node ? c : document.createTextNode(c))));
   }
 
+  /** Sum of a figure over the instances that have been sampled; null if none has (the
+   * service-level sums read 0 before the first sample, which would look like a fact). */
+  function sampled(svc, key) {
+    const values = (svc.instance_list || []).map((i) => i[key]).filter((v) => v !== null && v !== undefined);
+    return values.length ? values.reduce((a, b) => a + b, 0) : null;
+  }
+
   function renderServices() {
     const filter = $("filter").value.trim().toLowerCase();
     const body = $("service-rows");
@@ -264,10 +271,15 @@
       c.pid.textContent = svc.pid ?? "—";
       c.uptime.textContent = duration(svc.uptime_s);
       c.restarts.textContent = svc.restarts;
-      const bar = h("span", {class: "bar"}, h("span"));
-      bar.firstChild.style.width = `${Math.min(100, svc.cpu || 0)}%`;
-      fill(c.cpu, percent(svc.cpu), bar);
-      c.rss.textContent = bytes(svc.rss);
+      const cpu = sampled(svc, "cpu");
+      if (cpu === null) {
+        fill(c.cpu, "—");
+      } else {
+        const bar = h("span", {class: "bar"}, h("span"));
+        bar.firstChild.style.width = `${Math.min(100, cpu)}%`;
+        fill(c.cpu, percent(cpu), bar);
+      }
+      c.rss.textContent = bytes(sampled(svc, "rss"));
       row.tr.classList.toggle("selected", svc.name === selected);
       row.tr.hidden = filter !== "" && !svc.name.toLowerCase().includes(filter);
       // Keep the rows in the server's order without re-inserting unchanged ones.
@@ -358,8 +370,13 @@
       ? `${svc.state} · ${svc.running ?? 0}/${svc.instances} running · ` +
         `${(svc.command || []).join(" ")}`
       : selected ? "not loaded" : "click a row to see its charts and log";
-    $("cpu-now").textContent = svc ? percent(svc.cpu) : "";
-    $("rss-now").textContent = svc ? bytes(svc.rss) : "";
+    const now = (value, format) => {
+      if (!svc) return "";
+      if (value === null) return "—";
+      return format(value) + (svc.instances > 1 ? " total" : "");
+    };
+    $("cpu-now").textContent = now(svc && sampled(svc, "cpu"), percent);
+    $("rss-now").textContent = now(svc && sampled(svc, "rss"), bytes);
   }
 
   function niceMax(value, floor) {
@@ -476,6 +493,7 @@
     logStream = null;
     pendingLines = [];
     $("log").replaceChildren();
+    $("log").dataset.placeholder = selected ? "no output yet" : "select a service to follow its log";
     if (!selected) return;
     const name = encodeURIComponent(selected);
     logStream = follow(
@@ -559,5 +577,6 @@
     select(name);
   } else {
     drawHistory();
+    followLog();
   }
 })();
