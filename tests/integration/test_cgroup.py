@@ -76,6 +76,14 @@ def _cgroup_of(pid: int) -> str:
         return next(line[3:].strip() for line in f if line.startswith("0::"))
 
 
+def _fs_path(cgroup: str) -> Path:
+    """The directory of a cgroup path as /proc/PID/cgroup shows it."""
+    own = _own_dir()
+    assert own is not None
+    mount_root = own[: len(own) - len(_cgroup_of(os.getpid()).rstrip("/"))]
+    return Path(mount_root + cgroup)
+
+
 def _daemon(tmp_path: Path) -> int:
     pidfile = tmp_path / "daemon.pid"
     return int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), what="the daemon"))
@@ -88,12 +96,9 @@ def _load_daemonizer(corral: Corral, tmp_path: Path) -> tuple[int, int, Path]:
     service = corral.wait_state("daemonizer", "up")["pid"]
     daemon = _daemon(tmp_path)
     assert os.getsid(daemon) != os.getsid(service), "the daemon must have left the session"
-    own = _own_dir()
-    assert own is not None
     leaf = _cgroup_of(daemon)
     assert leaf == _cgroup_of(service) and leaf.endswith("/daemonizer.0"), leaf
-    mount_root = own[: len(own) - len(_cgroup_of(os.getpid()).rstrip("/"))]
-    return service, daemon, Path(mount_root + leaf)
+    return service, daemon, _fs_path(leaf)
 
 
 @needs_v2
@@ -211,3 +216,24 @@ def test_memory_limit_becomes_memory_max_and_an_oom_kill_is_reported(tmp_path: P
     finally:
         launcher.close()
 
+
+
+@needs_v2
+def test_the_supervisor_sends_limits_memory_to_the_launcher(corral: Corral,
+                                                            tmp_path: Path) -> None:
+    """`limits.memory` of a loaded process reaches the launcher as Spawn.memory_max: it is
+    the leaf's memory.max where the controller exists; elsewhere (this hybrid host) the
+    launcher says once that memory limits stay the supervisor's."""
+    spec = tmp_path / "capped.yaml"
+    spec.write_text(f"name: capped\ncommand: [{PY!r}, '-c', 'import time; time.sleep(1000)']\n"
+                    "limits: {memory: 64MiB}\n")
+    corral.ok("svc", "load", "-f", str(spec))
+    pid = corral.wait_state("capped", "up")["pid"]
+    leaf = _cgroup_of(pid)
+    assert leaf.endswith("/capped.0"), leaf
+    memory_max = _fs_path(leaf) / "memory.max"
+    if memory_max.exists():
+        assert memory_max.read_text().strip() == str(64 * 1024 * 1024)
+    else:
+        wait_for(lambda: "memory limits stay the supervisor's (for capped/0"
+                 in corral.output.read_text(), what="the launcher's note")
