@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,11 +149,15 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
     remote_server: Any = None
     remote_task: asyncio.Task[None] | None = None
     if remote is not None:
-        remote_server = uvicorn.Server(uvicorn.Config(
+        remote_config = uvicorn.Config(
             TokenAuth(app, remote.token, metrics_public), log_level="warning",
             lifespan="off", access_log=False, timeout_graceful_shutdown=1,
             ssl_certfile=str(remote.paths.server_cert),
-            ssl_keyfile=str(remote.paths.server_key)))
+            ssl_keyfile=str(remote.paths.server_key))
+        remote_config.load()  # builds the SSL context, which uvicorn offers no floor for
+        if remote_config.ssl is not None:
+            remote_config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+        remote_server = uvicorn.Server(remote_config)
         # uvicorn installs SIGINT/SIGTERM handlers per server and restores them in its own
         # order on exit; with two servers on one loop that juggling is wrong, and the
         # launcher, not a signal, tells this process to stop.
