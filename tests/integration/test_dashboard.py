@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import ssl
 import urllib.error
@@ -145,7 +146,7 @@ def test_dashboard_restart_shows_new_pid_and_event(remote: tuple[Corral, str, st
             new_pid = int(row.locator("td.pid").inner_text())
             assert new_pid == corral.status("web")["pid"]
             spawn = page.locator('#events li[data-kind="spawn"][data-service="web"]',
-                                 has_text=f"pid {new_pid}")
+                                 has_text=re.compile(rf"pid {new_pid}\b"))
             expect(spawn).to_have_count(1)
 
             row.click()
