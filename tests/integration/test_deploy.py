@@ -104,8 +104,10 @@ def test_a_failing_before_script_keeps_the_old_version(corral: Corral, tmp_path:
     broken = tmp_path / "broken.tar"
     broken.write_bytes(b"this is not a tarball\n" * 100)
     bad = corral.ok("resource", "up", str(broken)).strip()
-    corral.ok("secret", "set", "BUNDLE_ID", bad)
-    wait_for(lambda: rollout(corral)["phase"] == "failed", 30, "the rollout to fail")
+    result = corral.run("secret", "set", "BUNDLE_ID", bad)   # follows the rollout: it fails
+    assert result.returncode == 1 and "failed" in result.stderr
+    assert "hook before exited 2" in result.stderr and "tar:" in result.stderr
+    assert rollout(corral)["phase"] == "failed"
     assert app_pid(corral) == first and pid_alive(first)
     evs = [json.loads(x) for x in corral.ok("events", "--json", "--service", "app", "-n",
                                             "1000").splitlines()]

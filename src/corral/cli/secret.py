@@ -68,7 +68,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                    "a VALUE argument shows in ps and in shell history); one trailing newline\n"
                    "of a single-line value is dropped, a multi-line value is kept as is\n"
                    "(and a value that starts with - can only come this way).\n"
-                   "If processes use NAME and the value changed, they are replaced.",
+                   "If processes use NAME and the value changed, they are replaced one\n"
+                   "instance at a time, health-gated (as by `corral target set`), and the\n"
+                   "command follows that rollout; it exits 1 if the rollout failed.",
                    """
   corral secret set DB_PASS -              (then type the value and Ctrl-D)
   printf %s "$TOKEN" | corral secret set API_TOKEN -
@@ -76,6 +78,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
   corral secret set LOG_LEVEL debug""", parents)
     p.add_argument("name", metavar="NAME", help="secret name: [A-Za-z_][A-Za-z0-9_]*")
     p.add_argument("value", metavar="VALUE", help="the value, or - to read it from stdin")
+    p.add_argument("--no-wait", action="store_true",
+                   help="do not follow the rollout of the processes that use it")
     p.add_argument("--json", action="store_true", help="print the API's answer")
     p.set_defaults(handler=cmd_set)
 
@@ -158,7 +162,16 @@ def cmd_set(args: argparse.Namespace, ctx: Context) -> int:
     users = answer.get("used_by") or []
     where = f" (used by {', '.join(users)})" if users else ""
     ctx.out(f"{args.name}: {answer.get('result', 'set')}{where}")
-    return EXIT_OK
+    rollout = answer.get("rollout")
+    if not rollout:
+        return EXIT_OK
+    if args.no_wait:
+        ctx.out(f"rollout {rollout.get('id')} replacing {', '.join(users)} "
+                "(see: corral target status)")
+        return EXIT_OK
+    from corral.cli.target import follow, verdict
+
+    return verdict(follow(ctx.client(), rollout, ctx), ctx)
 
 
 def cmd_rm(args: argparse.Namespace, ctx: Context) -> int:

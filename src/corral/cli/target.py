@@ -143,6 +143,15 @@ def cmd_set(args: argparse.Namespace, ctx: Context) -> int:
         elif answer.get("result") == "applying":
             ctx.out(f"rollout {rollout.get('id')} running (see: corral target status)")
         return EXIT_OK
+    current = follow(client, rollout, ctx, quiet=args.json)
+    if args.json:
+        ctx.out(json.dumps({**answer, "rollout": current}, indent=2))
+    return verdict(current, ctx, quiet=args.json)
+
+
+def follow(client: Any, rollout: Json, ctx: Context, quiet: bool = False) -> Json:
+    """Poll ``/v1/target/status`` until ``rollout`` ends, printing each new step of its
+    progress (unless ``quiet``); returns its final record."""
     seen: set[str] = set()
     while True:
         _, status = client.request("GET", "/v1/target/status")
@@ -151,19 +160,16 @@ def cmd_set(args: argparse.Namespace, ctx: Context) -> int:
             raise CliError("the rollout was replaced by another one (see: corral target status)")
         for step in current.get("steps", []):
             line = f"{step.get('name')}: {step.get('detail')}"
-            if line not in seen and not args.json:
+            if line not in seen and not quiet:
                 seen.add(line)
                 ctx.out(line)
                 ctx.stdout.flush()
         if not status.get("running"):
-            break
+            return current
         time.sleep(POLL)  # polling the server's status, not synchronising a test
-    if args.json:
-        ctx.out(json.dumps({**answer, "rollout": current}, indent=2))
-    return _verdict(current, ctx, quiet=args.json)
 
 
-def _verdict(rollout: Json, ctx: Context, quiet: bool = False) -> int:
+def verdict(rollout: Json, ctx: Context, quiet: bool = False) -> int:
     """Exit 0 for a finished rollout, raise for a failed one (with the last log lines)."""
     if rollout.get("phase") == "failed":
         lines = []

@@ -244,10 +244,10 @@ class Facade:
         store = self._sup.secrets
         existed = name in store
         changed = store.set(name, value)
-        if changed:
-            await self._sup.secrets_changed([name])
+        record = await self._sup.secrets_changed([name]) if changed else None
         result = "unchanged" if not changed else "updated" if existed else "added"
-        return {"name": name, "result": result, "used_by": self._sup.secret_users(name)}
+        return {"name": name, "result": result, "used_by": self._sup.secret_users(name),
+                "rollout": record.as_dict() if record is not None else None}
 
     def remove_secrets(self, names: list[str]) -> list[str]:
         """Remove secrets, all or nothing: NotFound for an unknown name, Conflict naming

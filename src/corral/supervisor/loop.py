@@ -1279,19 +1279,14 @@ class Supervisor:
             for line in lacking:
                 where, _, msg = line.partition(": ")
                 problems.append((("processes", i, *_field_loc(where.split(".", 1)[1])), msg))
-            if lacking or not spec.resources:
-                continue
             values = self.secrets.values() if values is None else values
-            try:
-                refs = subst.substitute(spec, values, source).resources
-            except SpecError as exc:
-                problems += [(("processes", i, "resources"), p.split(": ", 1)[-1])
-                             for p in exc.problems or [exc.message]]
-                continue
-            for k, ref in enumerate(refs):
-                if ref.id not in self.resources:
-                    written = spec.resources[k].id
-                    what = (f"the resource that {written} names" if "${" in written
+            for k, ref in enumerate(spec.resources):
+                try:
+                    resolved = subst.expand(ref.id, values)
+                except (KeyError, ValueError):
+                    continue  # the missing secret (or bad reference) is reported above
+                if resolved not in self.resources:
+                    what = (f"the resource that {ref.id} names" if "${" in ref.id
                             else f"resource {ref.id[:12]}…")  # a secret's value stays unsaid
                     problems.append((("processes", i, "resources", k, "id"),
                                      f"{what} is not in the store; upload it with: "
@@ -1333,10 +1328,12 @@ class Supervisor:
         removed = [self.services[c.name] for c in changes
                    if c.kind == "process" and c.action is rollout.Action.REMOVE]
         ordered: dict[str, Service] = {}
+        added: list[Service] = []
         for spec in target.processes:
             service = self.services.get(spec.name)
             if service is None:
                 service = Service(spec=spec)
+                added.append(service)
                 self.events.emit(spec.name, "load", f"loaded ({cause})")
             elif service.spec != spec:
                 old, old_gen = service.spec, service.gen
@@ -1359,6 +1356,10 @@ class Supervisor:
         for service, _, _ in replace:
             record.steps[service.spec.name] = Step(service.spec.name,
                                                    service.spec.instances)
+        for service in added:
+            if service.spec.instances:
+                record.steps[service.spec.name] = Step(service.spec.name,
+                                                       service.spec.instances, detail="starting")
         for service in removed:
             service.desired = Desired.DOWN
         self._save_without(removed)
@@ -1380,7 +1381,7 @@ class Supervisor:
         self.reconcile()
         self._balancer_dirty()
         self._rollout_task = asyncio.ensure_future(
-            self._run_rollout(record, replace, old_specs))
+            self._run_rollout(record, replace, old_specs, added))
         return record
 
     def _save_without(self, removed: list[Service]) -> None:
@@ -1394,11 +1395,17 @@ class Supervisor:
 
     async def _run_rollout(self, record: Rollout,
                            replace: list[tuple[Service, ProcessSpec | None, int]],
-                           old_specs: dict[str, ProcessSpec]) -> None:
+                           old_specs: dict[str, ProcessSpec],
+                           added: list[Service] | None = None) -> None:
         """Replace each changed process, dependencies first; a process whose new
-        instances do not become healthy in time keeps (or gets back) its old version."""
+        instances do not become healthy in time keeps (or gets back) its old version.
+        Added processes are waited for too (healthy, or ready), so that the caller learns
+        whether the whole target came up."""
         order = {s.spec.name: i for i, s in enumerate(reversed(self.stop_order()))}
         try:
+            if added:
+                await asyncio.gather(*(self._await_new(s, record.steps[s.spec.name])
+                                       for s in added if s.spec.name in record.steps))
             for service, old_spec, old_gen in sorted(replace,
                                                      key=lambda r: order[r[0].spec.name]):
                 step = record.steps[service.spec.name]
@@ -1490,6 +1497,31 @@ class Supervisor:
             self._forget(new)
             return False
         return True
+
+    async def _await_new(self, service: Service, step: Step) -> None:
+        """Wait until every instance of a newly added process is healthy (or ready)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + service.spec.rollout_timeout
+        for index in range(service.spec.instances):
+            while (inst := service.instances.get(index)) is None:
+                if loop.time() >= deadline or self.services.get(service.spec.name) is not service:
+                    step.phase, step.detail = Phase.FAILED, f"instance {index} never started"
+                    return
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._state_waiters.append(waiter)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter, deadline - loop.time())
+            ok, why = await self._wait_healthy(inst, max(0.0, deadline - loop.time()))
+            if not ok:
+                step.phase, step.detail = Phase.FAILED, f"instance {index}: {why}"
+                log = paths.logs_dir(self.state_dir) / f"{service.spec.name}.log"
+                step.last_lines = self.redact(tail(log, 5, service.spec.logs.keep))
+                self.events.emit(service.spec.name, "rollout", f"not up: {step.detail}",
+                                 last_lines=step.last_lines)
+                return
+            step.replaced += 1
+            step.detail = f"{step.replaced}/{service.spec.instances} up"
+        step.phase = Phase.DONE
 
     async def _wait_healthy(self, inst: Instance, timeout: float) -> tuple[bool, str]:
         """Wait until ``inst`` is up and, if it has a health check, passing it."""
