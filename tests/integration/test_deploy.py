@@ -117,3 +117,15 @@ def test_a_failing_before_script_keeps_the_old_version(corral: Corral, tmp_path:
     assert any("tar" in line for line in hook["last_lines"])
     kept = corral.state_dir / "run" / "app" / "last-failed"
     assert (kept / "bundle.tar").read_bytes() == broken.read_bytes()
+
+
+def test_a_secret_in_a_failing_command_is_never_shown(corral: Corral, tmp_path: Path) -> None:
+    """The launcher's exec error quotes the program; when a secret is in it, the error and
+    the events say *** instead."""
+    corral.ok("secret", "set", "TOOL", "/opt/hidden-tool-path")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text('name: tool\ncommand: ["${TOOL}", "--version"]\n')
+    result = corral.run("svc", "load", "-f", str(spec))
+    assert result.returncode == 1
+    assert "hidden-tool-path" not in result.stderr and "***" in result.stderr
+    assert "hidden-tool-path" not in corral.ok("events", "--json", "-n", "1000")

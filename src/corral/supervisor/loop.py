@@ -563,6 +563,10 @@ class Supervisor:
         except CorralError as exc:
             inst.request = None  # rebuild it (and its working directory) next time
             service = self.services.get(inst.service)
+            # The launcher's message may quote the argv, which may hold a secret.
+            why = self.redact([str(exc)])[0]
+            if why != str(exc):
+                exc = SpawnFailed(getattr(exc, "launcher_code", m.E_EXEC_FAILED), why)
             if not done.done():
                 done.set_exception(exc)
                 done.exception()  # mark retrieved: a caller may not be waiting
@@ -570,8 +574,8 @@ class Supervisor:
                 self.feed(inst, Event.STOPPED, "stopped before it started")
             if service is None or inst.state is not ServiceState.STARTING:
                 return
-            decision = policy.decide_spawn_failure(service.spec.restart, inst.streak,
-                                                   str(exc), self.uniform)
+            decision = policy.decide_spawn_failure(service.spec.restart, inst.streak, why,
+                                                   self.uniform)
             inst.streak, inst.delay = decision.streak, decision.delay
             if decision.verdict is policy.Verdict.GIVE_UP:
                 inst.settled = True
