@@ -5,6 +5,7 @@ rolled out health-gated by changing the secret."""
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,64 @@ def test_a_secret_in_a_failing_command_is_never_shown(corral: Corral, tmp_path: 
     assert result.returncode == 1
     assert "hidden-tool-path" not in result.stderr and "***" in result.stderr
     assert "hidden-tool-path" not in corral.ok("events", "--json", "-n", "1000")
+
+
+def test_the_readme_deploy_flow_works_as_written(corral: Corral, tmp_path: Path) -> None:
+    """Run the README's "Deploying a new version" commands verbatim (on a free port instead
+    of 8000), with requests flowing throughout: v1 then v2 answer, none fails."""
+    import re
+    import shutil
+    import socket
+    import subprocess
+    import threading
+    import urllib.request
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Deploying a new version")[1]
+    script = section.split("```sh\n")[1].split("```")[0]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    work = tmp_path / "deploy"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "examples" / "deploy", work,
+                    ignore=shutil.ignore_patterns("bundle.tar", "VERSION"))
+    target = work / "target.yaml"
+    target.write_text(target.read_text().replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
+    lines = [line.split("  #")[0].strip() for line in script.splitlines()]
+    lines = [line.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+             for line in lines if line and not line.startswith("cd ")]
+    answers: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+                    answers.append(r.read().decode())
+            except OSError as exc:
+                if answers:                      # only once it has answered at all
+                    failures.append(repr(exc))
+
+    env = {**corral.env, "PATH": f"{Path(sys_executable()).parent}:{os.environ['PATH']}"}
+    client = threading.Thread(target=load, daemon=True)
+    outputs = []
+    for line in lines:
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", line], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{line}: {done.stderr}"
+        outputs.append(done.stdout)
+        if line.startswith("corral target set"):
+            client.start()
+    stop.set()
+    client.join(30)
+    curls = [out for line, out in zip(lines, outputs, strict=True) if line.startswith("curl")]
+    assert re.match(r"hello from v1 \(pid \d+\)", curls[0])
+    assert re.match(r"hello from v2 \(pid \d+\)", curls[1])
+    assert failures == []
+    assert any("v1" in a for a in answers) and any("v2" in a for a in answers)
+
+
+def sys_executable() -> str:
+    import sys
+    return sys.executable
