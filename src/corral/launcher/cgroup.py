@@ -18,7 +18,14 @@ directory keeps two launchers (two state directories) apart, and one launcher ow
 (``web/0`` -> ``web.0``), so ``systemd-cgls`` shows services by name.
 ``CORRAL_CGROUP=off`` turns all of this off; ``CORRAL_CGROUP=/sys/fs/cgroup/...`` names
 another parent (for example the unit's cgroup when the launcher was moved to a leaf
-with systemd's ``DelegateSubgroup=``).
+with systemd's ``DelegateSubgroup=``).  Under systemd, give the unit ``Delegate=yes``:
+without it the sub-tree is not the service's to manage, by systemd's rules.  The
+full recipe, with ``memory.max`` working::
+
+    [Service]
+    Delegate=yes
+    DelegateSubgroup=launcher
+    Environment=CORRAL_CGROUP=/sys/fs/cgroup/system.slice/corral.service
 
 Every instance gets a cgroup, not only those with a memory limit: the child is placed
 in it *before* it execs by moving the launcher itself into the leaf around the
