@@ -271,7 +271,9 @@ def render(res: dict[str, Any]) -> str:
             "Profile (py-spy, 2026-11-22, keep-alive under wrk): the balancer's Python time "
             "is almost all in the two `data_received` -> `transport.write` calls (the send "
             "system calls); it stayed below one core, so on this 2-core machine the backend "
-            "and wrk bound the keep-alive figures. With a connection per request, "
+            "and wrk bound the keep-alive figures: a ratio above 1x here means corral's proxy "
+            "is not the bottleneck at this load, not that it is faster than HAProxy in "
+            "general (HAProxy in C has far more headroom per core). With a connection per request, "
             "`create_connection` to the backend is the largest Python cost (about 18% of "
             "samples); the Python backend's accept rate bounds those rows for every target.",
             "", "Commands: `python -m bench balancer" + (" --quick" if res["runs"] == 1 else "")
