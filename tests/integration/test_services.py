@@ -234,5 +234,19 @@ def test_exit_event_carries_the_last_lines(corral: Corral) -> None:
     exits = [json.loads(x) for x in corral.ok("events", "--service", "dies", "--json")
              .splitlines() if json.loads(x)["kind"] == "exit"]
     assert exits[-1]["exit_code"] == 4
-    assert "config missing" in exits[-1]["last_lines"]
+    assert "config missing" in exits[-1]["last_lines"], exits
     assert "starting up" in exits[-1]["last_lines"]
+
+
+def test_a_process_that_dies_at_once_is_never_lost(corral: Corral, tmp_path: Path) -> None:
+    """An exit read before the spawn's reply is handled: a process dying instantly and
+    restarted at once (cooldown 0) keeps being restarted, never stuck "up" on a dead pid."""
+    spec = tmp_path / "flash.yaml"
+    spec.write_text("name: flash\ncommand: [/bin/true]\nrestart: {cooldown: 0s}\n")
+    corral.ok("svc", "load", "-f", str(spec))
+    seen = wait_for(lambda: (r := corral.status("flash")["restarts"]) >= 200 and r, 60,
+                    "200 restarts of a process that exits at once")
+    # Still moving: a lost exit would freeze the count with the state "up".
+    wait_for(lambda: corral.status("flash")["restarts"] > seen + 50, 60, "restarts to go on")
+    corral.ok("svc", "stop", "flash")
+    assert corral.status("flash")["state"] == "down"

@@ -76,6 +76,7 @@ class Instance:
     failed_run: bool = False          # its last run failed (keep its directory to inspect)
     ports: dict[str, int] = field(default_factory=dict)  # SERVICE_PORT_<service> it got
     draining: bool = False            # the balancer sends it no new connections
+    early_exit: dict[str, Any] | None = None  # its Exited, read before its Spawned reply
 
     @property
     def launcher_name(self) -> str:

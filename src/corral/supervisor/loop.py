@@ -264,7 +264,12 @@ class Supervisor:
             return
         inst = self._find(str(exited.get("name", "")), exited.get("pid"))
         if inst is None:
-            return  # a replayed exit we already handled, or of a process we stopped
+            # A process that died at once: its Exited can be read before the coroutine
+            # waiting for its Spawned reply has run.  Keep it for that coroutine.
+            waiting = self._spawning(str(exited.get("name", "")))
+            if waiting is not None:
+                waiting.early_exit = exited
+            return  # else a replayed exit we already handled, or of a process we stopped
         service = self.services[inst.service]
         if inst.state is ServiceState.STOPPING:
             return  # the Terminate reply records it
@@ -302,6 +307,18 @@ class Supervisor:
             if inst is not None and inst.pid == pid and inst.gen == parsed[2]:
                 return inst
         return None
+
+    def _spawning(self, name: str) -> Instance | None:
+        """The instance called ``name`` whose spawn is still on its way, if any."""
+        parsed = parse_launcher_name(name)
+        service = self.services.get(parsed[0]) if parsed else None
+        if parsed is None or service is None:
+            return None
+        inst = service.instances.get(parsed[1])
+        if (inst is None or inst.gen != parsed[2] or inst.pid is not None
+                or inst.spawned is None or inst.spawned.done()):
+            return None
+        return inst
 
     def _spec_of(self, inst: Instance) -> ProcessSpec:
         """The spec ``inst`` runs: its own while retiring, else its service's."""
@@ -601,6 +618,9 @@ class Supervisor:
             self.feed(inst, Event.READY, f"running as pid {inst.pid}")
         elif inst.state is ServiceState.STOPPING:
             self._terminate(inst)  # a stop came while the spawn was on its way
+        early, inst.early_exit = inst.early_exit, None
+        if early is not None and early.get("pid") == inst.pid:
+            self.on_exit(early)  # it died before we knew its pid: handle that now
 
     async def _hook_later(self, inst: Instance, hook: str, command: str) -> None:
         service = self.services.get(inst.service)
