@@ -629,3 +629,39 @@ def test_manager_validate_bind_reports_the_reason(launched: Any, backends: Backe
     assert status["problems"] == {"web": reason}
     assert status["bind_errors"] == {"web": reason}
     taken.close()
+
+
+def test_port_allocator_never_hands_out_a_port_bound_on_the_host() -> None:
+    """A port some process listens on is skipped (checked by really binding it); once
+    it is free again, it is handed out."""
+    from corral.balancer.ports import PortAllocator, PortsExhausted
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    ports = PortAllocator(port, port)
+    with pytest.raises(PortsExhausted):
+        ports.allocate()
+    holder.close()
+    assert ports.allocate() == port
+    with pytest.raises(PortsExhausted):
+        ports.allocate()  # handed out already
+    ports.release(port)
+    assert ports.allocate() == port
+
+
+def test_moving_and_removing_services(balancer: Balancer, backends: Backends) -> None:
+    """A service moved to another address listens there and no longer on the old one; a
+    service left out of the set stops listening."""
+    backends.start("a")
+    first, second, other = free_port(), free_port(), free_port()
+    balancer.control.configure(service(first, backends.wire("a")),
+                               {**service(other, backends.wire("a")), "name": "other"})
+    assert get(first) == "a" and get(other) == "a"
+    balancer.control.configure(service(second, backends.wire("a")))
+    assert get(second) == "a"
+    for gone in (first, other):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", gone), timeout=5).close()
+    assert [s["name"] for s in balancer.control({"type": "stats"})["services"]] == ["web"]

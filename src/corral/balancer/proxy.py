@@ -210,6 +210,8 @@ class Service:
                 self._loop.remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
+        self._paused = False
+        self._backoff = BACKOFF_MIN
 
     def shutdown(self, grace: float) -> None:
         """Stop listening and close every connection after ``grace`` seconds."""
