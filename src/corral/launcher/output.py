@@ -257,7 +257,11 @@ class PipeReader:
         self.recent.extend(text.rsplit(b"\n", RECENT)[-RECENT:])
 
     def _remember_raw(self, chunk: bytes) -> None:
-        self._remember(chunk.rstrip(b"\n")[-4096:])
+        # Not chunk.rstrip(): that copies the whole chunk (up to 1 MiB) to keep 4 KiB.
+        end = len(chunk)
+        while end and chunk[end - 1] == 0x0A:
+            end -= 1
+        self._remember(chunk[max(0, end - 4096):end])
 
 
 def _lines_fit(body: bytes, end: int | None = None) -> bool:
