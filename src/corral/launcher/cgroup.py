@@ -55,6 +55,7 @@ import hashlib
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -283,10 +284,21 @@ class Cgroups:
             return exc.errno != errno.EBUSY
         return True
 
-    def close(self) -> None:
-        """At launcher exit: remove empty leaves and the per-state-dir directory."""
-        for path in self.stale():
-            _rmdir(path)
+    def close(self, wait: float = 1.0) -> None:
+        """At launcher exit: kill what is left in our leaves, remove them and the
+        per-state-dir directory, waiting up to ``wait`` seconds for dying processes (the
+        launcher has nothing else left to do; what is still there is left for the next
+        launcher's clean-up at start)."""
+        deadline = time.monotonic() + wait
+        left = self.stale()
+        for path in left:
+            if path != self.stuck:
+                self.kill(path)
+        while True:
+            left = [path for path in left if not self.remove(path)]
+            if not left or time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
         _rmdir(self.base)
 
 
