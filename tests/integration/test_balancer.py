@@ -665,3 +665,14 @@ def test_moving_and_removing_services(balancer: Balancer, backends: Backends) ->
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", gone), timeout=5).close()
     assert [s["name"] for s in balancer.control({"type": "stats"})["services"]] == ["web"]
+
+
+def test_unusable_control_path_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """A control socket that cannot be created: one line naming the path, exit 1."""
+    path = tmp_path / "not-a-dir"
+    path.write_text("")
+    result = subprocess.run([PY, "-m", "corral.balancer", "--control", str(path / "b.sock")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"corral-balancer: cannot serve the control socket {path}/b.sock: ")

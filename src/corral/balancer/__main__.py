@@ -59,9 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args.control))
+        run = asyncio.run
     else:
-        uvloop.run(serve(args.control))
+        run = uvloop.run
+    try:
+        run(serve(args.control))
+    except OSError as exc:  # the control socket cannot be created: say where and why
+        print(f"corral-balancer: cannot serve the control socket {args.control}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 
