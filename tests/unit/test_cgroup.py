@@ -77,3 +77,33 @@ def test_setup_says_why_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     if cgroups is None and "is not a cgroup v2 directory" not in why:
         pytest.skip(f"no cgroup v2 here to check the path against: {why}")
     assert cgroups is None and "is not a cgroup v2 directory" in why
+
+
+def test_leaves_are_never_shared_by_two_live_children(tmp_path: Path) -> None:
+    """Two children with one name (a cut-over) get two leaves; a released leaf is reused
+    by the next child of that name; an owned leaf is never removed.  (A plain directory
+    stands in for the cgroup tree: these are directory operations.)"""
+    cgroups = Cgroups(base=str(tmp_path), home=str(tmp_path), memory=False)
+    first = cgroups.create("web/0")
+    assert first == str(tmp_path / "web.0")
+    cgroups.adopt(first, 100)
+    second = cgroups.create("web/0")
+    assert second == str(tmp_path / "web.0-2")
+    cgroups.adopt(second, 200)
+    assert cgroups.remove(first) and Path(first).is_dir()  # owned: left alone
+    cgroups.release(first, 100)
+    assert cgroups.create("web/0") == first  # free again: reused, not a third one
+    assert cgroups.remove(first) and not Path(first).exists()
+    cgroups.release(second, 999)  # not its owner: nothing changes
+    assert cgroups.owners == {second: 200}
+
+
+def test_memory_limit_needs_the_controller(tmp_path: Path) -> None:
+    """Without the memory controller a limit is not applied (None), and OOM is unknown."""
+    cgroups = Cgroups(base=str(tmp_path), home=str(tmp_path), memory=False)
+    leaf = cgroups.create("web/0")
+    assert leaf is not None
+    assert cgroups.set_memory_max(leaf, 1 << 20, "web/0") is None
+    assert cgroups.set_memory_max(leaf, None, "web/0") is None
+    assert cgroups.oom_kills(leaf) is None
+    assert not (Path(leaf) / "memory.max").exists()
