@@ -194,6 +194,25 @@ def test_recent_lines_are_remembered(pipe: Pipe) -> None:
     assert list(pipe.reader.recent) == [b"line %d" % i for i in range(10, 15)]
 
 
+def test_a_line_whose_newline_comes_in_a_later_read_is_remembered_whole(pipe: Pipe) -> None:
+    """`print()` to a pipe may reach us as "text" then "\n": the exit report must still
+    show the line (it used to remember an empty one)."""
+    pipe.chunk(b"starting up")
+    pipe.chunk(b"\n")
+    pipe.chunk(b"config ")
+    pipe.chunk(b"missing\nnext")
+    assert list(pipe.reader.recent) == [b"starting up", b"config missing"]
+
+
+def test_drain_after_end_of_file_reads_nothing(pipe: Pipe) -> None:
+    """Once closed, a reader's fd number may belong to another pipe: drain() leaves it."""
+    pipe.chunk(b"done\n")
+    pipe.eof()
+    pipe.reader.fd = -1  # what the launcher does when it closes the pipe at end of file
+    pipe.reader.drain()
+    assert list(pipe.reader.recent) == [b"done"]
+
+
 # ---------------------------------------------------------------------------- long lines
 def test_long_line_in_one_chunk_is_split_into_64k_records(pipe: Pipe, log_path: Path) -> None:
     """A 200 KiB line without newline becomes 64 KiB records and no byte is lost."""

@@ -177,7 +177,12 @@ class PipeReader:
         return True
 
     def drain(self) -> None:
-        """Read everything already in the pipe without waiting (used when the child exits)."""
+        """Read everything already in the pipe without waiting (used when the child exits).
+
+        Nothing once the pipe is closed (end of file seen): its fd number may already
+        belong to another pipe by now."""
+        if self.fd < 0:
+            return
         for _ in range(64):
             try:
                 chunk = os.read(self.fd, READ_SIZE)
@@ -238,7 +243,10 @@ class PipeReader:
         tail = len(chunk) - last - 1
         end = len(stamped) - tail - len(prefix)
         self.log.write([prefix, self._carry, memoryview(stamped)[:end]])
-        self._remember(chunk[max(0, last - 4096):last])
+        if last < 4096 and self._carry:  # the first line began in an earlier read
+            self._remember(self._carry[-4096:] + chunk[:last])
+        else:
+            self._remember(chunk[max(0, last - 4096):last])
         self._carry = chunk[last + 1:]
 
     def _write_long(self, lines: list[bytes]) -> None:

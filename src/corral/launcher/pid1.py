@@ -415,6 +415,7 @@ class Launcher:
             if not reader.read():
                 self.sel.unregister(reader.fd)
                 os.close(reader.fd)
+                reader.fd = -1  # closed: drain() must not read a reused fd number
                 reader.log.users -= 1
                 if reader.log.users <= 0:
                     reader.log.close()
