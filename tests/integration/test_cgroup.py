@@ -3,8 +3,10 @@ is removed, a supervisor crash changes nothing, and the process-group fallback w
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,10 +91,15 @@ def _daemon(tmp_path: Path) -> int:
     return int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), what="the daemon"))
 
 
-def _load_daemonizer(corral: Corral, tmp_path: Path) -> tuple[int, int, Path]:
-    """Load the service; return (service pid, daemon pid, the service's cgroup dir)."""
-    corral.ok("svc", "load", "daemonizer", "--stop-timeout", "5s", "--",
-              *python_cmd(DAEMONIZE), str(tmp_path / "daemon.pid"))
+def _load_daemonizer(corral: Corral, tmp_path: Path,
+                     limits: bool = True) -> tuple[int, int, Path]:
+    """Load the service (a memory limit gets it a cgroup; without one, it needs
+    CORRAL_CGROUP=all); return (service pid, daemon pid, the service's cgroup dir)."""
+    spec = tmp_path / "daemonizer.yaml"
+    command = [*python_cmd(DAEMONIZE), str(tmp_path / "daemon.pid")]
+    spec.write_text(f"name: daemonizer\ncommand: {json.dumps(command)}\n"
+                    "stop: {timeout: 5s}\n" + ("limits: {memory: 256MiB}\n" if limits else ""))
+    corral.ok("svc", "load", "-f", str(spec))
     service = corral.wait_state("daemonizer", "up")["pid"]
     daemon = _daemon(tmp_path)
     assert os.getsid(daemon) != os.getsid(service), "the daemon must have left the session"
@@ -131,6 +138,40 @@ def test_a_supervisor_crash_does_not_disturb_the_cgroups(corral: Corral,
     wait_for(lambda: not leaf.exists(), what="the cgroup to be removed")
 
 
+def test_only_instances_that_ask_get_a_cgroup(tmp_path: Path) -> None:
+    """By default a Spawn gets a cgroup only with cgroup: true or a memory limit (each
+    costs a cgroup migration on the restart path); cgroup: false refuses one."""
+    launcher = DirectLauncher(tmp_path)
+    try:
+        cgroups_here = _v2_writable()
+        plain = launcher.spawn("plain/0", ["sleep", "1000"])
+        asked = launcher.spawn("asked/0", ["sleep", "1000"], cgroup=True)
+        capped = launcher.spawn("capped/0", ["sleep", "1000"], memory_max=256 << 20)
+        refused = launcher.spawn("refused/0", ["sleep", "1000"], memory_max=256 << 20,
+                                 cgroup=False)
+        assert plain["cgroup"] is None and refused["cgroup"] is None
+        assert bool(asked["cgroup"]) == bool(capped["cgroup"]) == cgroups_here
+        for reply in (plain, asked, capped, refused):
+            os.kill(reply["pid"], signal.SIGKILL)
+        bad = launcher.spawn("bad/0", ["sleep", "1000"], cgroup="yes")
+        assert (bad["code"], bad["message"]) == ("BadRequest", "'cgroup' must be true or false")
+    finally:
+        assert launcher.close() == 0
+
+
+@needs_v2
+def test_cgroup_all_gives_every_instance_one(corral_factory: Callable[[], Corral],
+                                            tmp_path: Path) -> None:
+    """CORRAL_CGROUP=all: a service without a memory limit is in a cgroup too, and a
+    stop kills its daemon."""
+    corral = corral_factory()
+    corral.start(env={"CORRAL_CGROUP": "all"})
+    _, daemon, leaf = _load_daemonizer(corral, tmp_path, limits=False)
+    corral.ok("svc", "stop", "daemonizer")
+    wait_for(lambda: not pid_alive(daemon), what="the daemon to die")
+    wait_for(lambda: not leaf.exists(), what="the cgroup to be removed")
+
+
 @needs_v2
 def test_a_crashed_service_takes_its_daemons_along(tmp_path: Path) -> None:
     """When a service's main process dies on its own, its cgroup is killed whole (the
@@ -138,7 +179,8 @@ def test_a_crashed_service_takes_its_daemons_along(tmp_path: Path) -> None:
     own cgroup tree is gone after it exits."""
     launcher = DirectLauncher(tmp_path)
     try:
-        reply = launcher.spawn("crash/0", [PY, "-c", DAEMONIZE, str(tmp_path / "daemon.pid")])
+        reply = launcher.spawn("crash/0", [PY, "-c", DAEMONIZE, str(tmp_path / "daemon.pid")],
+                               cgroup=True)
         assert reply["type"] == "Spawned" and reply["cgroup"], reply
         leaf = Path(reply["cgroup"])
         daemon = _daemon(tmp_path)
@@ -158,7 +200,8 @@ def test_leftovers_of_a_dead_launcher_are_killed_at_start(tmp_path: Path) -> Non
     """A launcher killed with SIGKILL leaves its services orphaned in their cgroups; the
     next launcher on the same state directory kills them and removes the cgroups."""
     first = DirectLauncher(tmp_path)
-    reply = first.spawn("orphan/0", [PY, "-c", DAEMONIZE, str(tmp_path / "daemon.pid")])
+    reply = first.spawn("orphan/0", [PY, "-c", DAEMONIZE, str(tmp_path / "daemon.pid")],
+                        cgroup=True)
     leaf = Path(reply["cgroup"])
     daemon = _daemon(tmp_path)
     os.killpg(first.proc.pid, signal.SIGKILL)  # the launcher and its relay, not the services
@@ -185,7 +228,7 @@ def test_without_cgroups_services_run_in_process_groups(tmp_path: Path) -> None:
                   "    open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(1000)\n"
                   "time.sleep(1000)\n")
         pidfile = tmp_path / "kid.pid"
-        reply = launcher.spawn("pg/0", [PY, "-c", script, str(pidfile)])
+        reply = launcher.spawn("pg/0", [PY, "-c", script, str(pidfile)], cgroup=True)
         assert reply["type"] == "Spawned" and reply["cgroup"] is None, reply
         kid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), what="the kid"))
         os.kill(reply["pid"], signal.SIGKILL)

@@ -72,7 +72,8 @@ def test_setup_says_why_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     """Turned off, or pointed at a directory that is not a cgroup: a reason, no tree."""
     monkeypatch.setenv("CORRAL_CGROUP", "off")
     assert Cgroups.setup(tmp_path) == (None, "CORRAL_CGROUP=off")
-    monkeypatch.setenv("CORRAL_CGROUP", str(tmp_path))
+    monkeypatch.setenv("CORRAL_CGROUP", "all")
+    monkeypatch.setenv("CORRAL_CGROUP_PARENT", str(tmp_path))
     cgroups, why = Cgroups.setup(tmp_path)
     if cgroups is None and "is not a cgroup v2 directory" not in why:
         pytest.skip(f"no cgroup v2 here to check the path against: {why}")

@@ -1,4 +1,4 @@
-"""A cgroup v2 per service instance, where the host lets us.  STDLIB ONLY.
+"""A cgroup v2 per service instance that asks for one, where the host lets us.  STDLIB ONLY.
 
 Why: a process group does not hold a daemon that calls ``setsid()``; a cgroup holds
 every descendant, whatever it does, and ``cgroup.kill`` (Linux 5.14) kills all of them
@@ -16,25 +16,34 @@ delegated ``user@.service`` subtree.  We never write outside it.  The per-state-
 directory keeps two launchers (two state directories) apart, and one launcher owns it
 (the state-dir lock).  ``<name>`` is the launcher name with ``/`` turned into ``.``
 (``web/0`` -> ``web.0``), so ``systemd-cgls`` shows services by name.
-``CORRAL_CGROUP=off`` turns all of this off; ``CORRAL_CGROUP=/sys/fs/cgroup/...`` names
-another parent (for example the unit's cgroup when the launcher was moved to a leaf
-with systemd's ``DelegateSubgroup=``).  Under systemd, give the unit ``Delegate=yes``:
-without it the sub-tree is not the service's to manage, by systemd's rules.  The
-full recipe, with ``memory.max`` working::
+``CORRAL_CGROUP_PARENT=/sys/fs/cgroup/...`` names another parent (for example the
+unit's cgroup when the launcher was moved to a leaf with systemd's
+``DelegateSubgroup=``).  Under systemd, give the unit ``Delegate=yes``: without it the
+sub-tree is not the service's to manage, by systemd's rules.  The full recipe, with
+``memory.max`` working::
 
     [Service]
     Delegate=yes
     DelegateSubgroup=launcher
-    Environment=CORRAL_CGROUP=/sys/fs/cgroup/system.slice/corral.service
+    Environment=CORRAL_CGROUP_PARENT=/sys/fs/cgroup/system.slice/corral.service
 
-Every instance gets a cgroup, not only those with a memory limit: the child is placed
-in it *before* it execs by moving the launcher itself into the leaf around the
-``vfork``/``exec`` and back (two writes to ``cgroup.procs``).  Measured here: 0.25 ms
-against 0.19 ms to spawn ``/bin/true``, where a ``preexec_fn`` writing ``0`` to
-``cgroup.procs`` costs 1.7 ms more (it loses ``vfork``) and a ``/bin/sh`` wrapper 0.7 ms
-more.  While the launcher is inside, ``memory.max`` is ``max``: the limit
-is written after the child has exec'd, so the launcher itself can never be charged
-against a service's limit.
+Who gets one: an instance whose Spawn asks (``cgroup: true``) or has a memory limit
+(``memory_max``); everyone with ``CORRAL_CGROUP=all``; no one with ``CORRAL_CGROUP=off``.
+Not everyone by default, because of what it costs on the restart path.  The child is
+placed in its leaf *before* it execs by moving the launcher itself into the leaf around
+the ``vfork``/``exec`` and back (two writes to ``cgroup.procs``; a ``preexec_fn`` writing
+``0`` would lose ``vfork``, 1.7 ms, and a ``/bin/sh`` wrapper costs 0.7 ms).  Back to back
+those writes take 20 us, but a migration is a writer of the kernel's
+``cgroup_threadgroup_rwsem``, which waits for an RCU grace period when none ran lately:
+measured here, the first migration after 100 ms of quiet takes 11.5 ms (p50), and a
+service's restarts are seldom closer together than that.  In the restart bench (loaded
+machine), a cgroup for every instance took p50 from 6.6 to 13.6 ms and the best case
+from 1.5 to 3.0 ms; so only the instances that ask pay it.
+(``clone3(CLONE_INTO_CGROUP)`` would avoid the writer lock, but Python's ``subprocess``
+cannot use it; the ``favordynmods`` cgroup2 mount option makes the writes cheap
+host-wide.)  While the launcher is inside, ``memory.max`` is ``max``: the limit is
+written after the child has exec'd, so the launcher itself can never be charged against
+a service's limit.
 
 Fallback: no cgroup2 mount, no write access, no ``cgroup.kill`` -> process groups, as
 before, and one line on stderr says why.
@@ -43,9 +52,9 @@ Enabling the memory controller: ``+memory`` is written to the parent's and our
 directory's ``cgroup.subtree_control`` where ``cgroup.controllers`` offers it.  The
 kernel refuses that for a non-root cgroup that has processes of its own (the "no
 internal processes" rule), which is the usual case for the launcher's own cgroup under
-systemd: there ``memory.max`` is not applied (it is reported), unless ``CORRAL_CGROUP``
-names a parent without processes.  Hybrid hosts (memory on cgroup v1, as here) get the
-kill-the-whole-cgroup half only.
+systemd: there ``memory.max`` is not applied (it is reported), unless
+``CORRAL_CGROUP_PARENT`` names a parent without processes.  Hybrid hosts (memory on
+cgroup v1, as here) get the kill-the-whole-cgroup half only.
 """
 
 from __future__ import annotations
@@ -61,7 +70,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ENV_CGROUP = "CORRAL_CGROUP"
+ENV_CGROUP = "CORRAL_CGROUP"  # off | all | unset: only the instances that ask
+ENV_CGROUP_PARENT = "CORRAL_CGROUP_PARENT"
 
 _SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,200}")
 # mountinfo escapes space, tab, newline and backslash as \ooo.
@@ -128,6 +138,7 @@ class Cgroups:
     base: str
     home: str  # the launcher's own cgroup, where it returns after each spawn
     memory: bool
+    everyone: bool = False  # CORRAL_CGROUP=all: every instance gets one
     owners: dict[str, int] = field(default_factory=dict)
     stuck: str | None = None  # a leaf the launcher could not leave: never killed
     entered: bool = False  # whether the last :meth:`inside` got in (so the child is there)
@@ -141,6 +152,7 @@ class Cgroups:
         choice = os.environ.get(ENV_CGROUP, "").strip()
         if choice.lower() in ("off", "no", "0", "false"):
             return None, f"{ENV_CGROUP}={choice}"
+        chosen_parent = os.environ.get(ENV_CGROUP_PARENT, "").strip()
         try:
             with open("/proc/self/mountinfo") as f:
                 mountinfo = f.read()
@@ -149,9 +161,9 @@ class Cgroups:
             home = own_cgroup_dir(mountinfo, proc_cgroup)
             if home is None:
                 return None, "no cgroup v2 hierarchy holds the launcher"
-            parent = choice or home
+            parent = chosen_parent or home
             if not os.path.isfile(os.path.join(parent, "cgroup.procs")):
-                return None, f"{ENV_CGROUP}={choice} is not a cgroup v2 directory"
+                return None, f"{ENV_CGROUP_PARENT}={chosen_parent} is not a cgroup v2 directory"
             digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]
             base = os.path.join(parent, f"corral-{digest}")
             os.makedirs(base, exist_ok=True)
@@ -161,7 +173,7 @@ class Cgroups:
         except OSError as exc:
             return None, f"cgroup v2 is not writable here ({exc.strerror or exc})"
         memory = _enable(parent, "memory") and _enable(base, "memory")
-        return cls(base=base, home=home, memory=memory), ""
+        return cls(base=base, home=home, memory=memory, everyone=choice.lower() == "all"), ""
 
     def stale(self) -> list[str]:
         """Leaf cgroups left by a launcher that died: their processes are orphans no one

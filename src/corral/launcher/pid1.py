@@ -374,7 +374,10 @@ class Launcher:
             return m.error(rid, m.E_BAD_REQUEST,
                            f"no listening socket named {exc.args[0]!r}; send Listen first")
         cgroups = self.cgroups
-        leaf = cgroups.create(req.name) if cgroups is not None else None
+        leaf = None
+        if cgroups is not None and (req.cgroup if req.cgroup is not None
+                                    else cgroups.everyone or req.memory_max is not None):
+            leaf = cgroups.create(req.name)
         try:
             started = spawn(req, self.devnull,
                             cgroups.inside(leaf) if cgroups is not None and leaf else None,

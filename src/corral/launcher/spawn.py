@@ -61,6 +61,7 @@ class SpawnRequest:
     rlimits: dict[str, int] = field(default_factory=dict)
     pass_fds: tuple[int, ...] = ()
     memory_max: int | None = None
+    cgroup: bool | None = None  # None: only with a memory limit (see .cgroup)
     listen_fds: list[str] = field(default_factory=list)
 
     @classmethod
@@ -91,6 +92,9 @@ class SpawnRequest:
         if memory_max is not None and (not isinstance(memory_max, int)
                                        or isinstance(memory_max, bool) or memory_max <= 0):
             raise SpawnError(m.E_BAD_REQUEST, "'memory_max' must be a number of bytes > 0")
+        cgroup = msg.get("cgroup")
+        if cgroup is not None and not isinstance(cgroup, bool):
+            raise SpawnError(m.E_BAD_REQUEST, "'cgroup' must be true or false")
         listen_fds = msg.get("listen_fds") or []
         if (not isinstance(listen_fds, list) or not all(isinstance(n, str) for n in listen_fds)
                 or len(set(listen_fds)) != len(listen_fds)):
@@ -98,7 +102,7 @@ class SpawnRequest:
                              "'listen_fds' must be a list of distinct listener names")
         return cls(name=name, argv=list(argv), env=dict(env), cwd=cwd, user=user,
                    group=group, umask=umask, rlimits=dict(rlimits), memory_max=memory_max,
-                   listen_fds=list(listen_fds))
+                   cgroup=cgroup, listen_fds=list(listen_fds))
 
 
 @dataclass

@@ -4,7 +4,7 @@ Requests (supervisor -> launcher) carry an ``id`` that the reply echoes, so requ
 may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
 
     Hello{version}                         -> HelloOk{version, launcher_pid}
-    Spawn{name, argv, env, cwd, user?, group?, umask?, rlimits?, memory_max?,
+    Spawn{name, argv, env, cwd, user?, group?, umask?, rlimits?, memory_max?, cgroup?,
           listen_fds?, log{path, format, max_bytes, keep}}
                                            -> Spawned{pid, started_at, cgroup, memory_max}
                                               | Error{code, message}
@@ -22,10 +22,13 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
     Shutdown{}                                          (unasked; stop everything, exit 84)
 
 cgroups (optional fields, version 1 peers may ignore them): where cgroup v2 is
-writable, every spawned child starts in a cgroup of its own, named in ``Spawned.cgroup``
-and ``Children[].cgroup`` (null: process group only).  ``Spawn.memory_max`` (bytes; the
-process's ``limits.memory``) is written to its ``memory.max`` where the memory controller
-is available; ``Spawned.memory_max`` is the limit applied, or null.  ``oom_killed`` in
+writable, a child whose Spawn has ``cgroup: true`` or a ``memory_max`` starts in a cgroup
+of its own (``cgroup: false`` refuses one; the launcher's ``CORRAL_CGROUP=all`` gives one
+to every child, ``=off`` to none), named in ``Spawned.cgroup`` and ``Children[].cgroup``
+(null: process group only).  Not every child by default: a cgroup costs its restarts
+~10 ms (see ``corral.launcher.cgroup``).  ``Spawn.memory_max`` (bytes; the process's
+``limits.memory``) is written to its ``memory.max`` where the memory controller is
+available; ``Spawned.memory_max`` is the limit applied, or null.  ``oom_killed`` in
 ``Exited``/``Terminated`` says whether the kernel's OOM killer struck in that cgroup
 during the run; it is absent where that cannot be known.  On a stop, and when the main
 process exits, the whole cgroup is killed (``cgroup.kill``), daemons that left the
