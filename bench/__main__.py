@@ -3,6 +3,10 @@
 ``python -m bench balancer [--quick]``: corral's load balancer against HAProxy (see
 bench/balancer.py); it rewrites only its own section of docs/benchmarks.md.
 
+``python -m bench target [--quick]`` (bench/target.py: ``target plan/set`` at 1,000 processes)
+and ``python -m bench api [--quick]`` (bench/api.py: ``GET /v1/services`` latency, supervisor
+RSS under followers) likewise rewrite only their own sections.
+
 Installs or finds the peers under /tmp/corral-bench (supervisor and circus in their own
 venvs, pm2 from npm, s6 and runit from apt, corral from this tree in a venv), runs the
 workloads on each and writes docs/benchmarks.md. Needs root (proc connector, apt-get).
@@ -45,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["balancer"]:  # the load balancer against HAProxy (issue 6): bench/balancer.py
         from bench import balancer
         return balancer.main(argv[1:])
+    if argv[:1] == ["target"]:  # target plan/set at 1,000 processes (issue 5): bench/target.py
+        from bench import target
+        return target.main(argv[1:])
+    if argv[:1] == ["api"]:  # GET /v1/services latency and RSS under followers (issue 7)
+        from bench import api
+        return api.main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     ap.add_argument("command", choices=["all", "report"],
                     help="all: run the workloads and write the report; "
