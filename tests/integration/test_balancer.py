@@ -177,6 +177,16 @@ def get(port: int) -> str:
         conn.close()
 
 
+def listening_inode(port: int) -> int:
+    """The inode of the socket listening on 127.0.0.1:``port`` (from /proc/net/tcp)."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+                return int(fields[9])
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
 def ask(conn: http.client.HTTPConnection) -> str:
     """One request on a kept-alive connection."""
     conn.request("GET", "/")
@@ -390,19 +400,19 @@ def test_bind_failures_are_reported_with_the_reason(balancer: Balancer,
 
 def test_reconfigure_keeps_the_listener_and_unknown_requests_are_refused(
         balancer: Balancer, backends: Backends) -> None:
-    """Re-sending the set (even with other backends) keeps the same listening socket; a
-    malformed request gets an error reply and changes nothing."""
+    """Re-sending the set (even with other backends) keeps the same listening socket and
+    the open connections; a malformed request gets an error reply and changes nothing."""
     backends.start("a")
     backends.start("b")
     port = free_port()
     balancer.control.configure(service(port, backends.wire("a")))
-    held = socket.create_connection(("127.0.0.1", port))  # queued on the listener
+    before = listening_inode(port)
+    held = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    assert ask(held) == "a"
     balancer.control.configure(service(port, backends.wire("b")))
-    held.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    answer = b""
-    while chunk := held.recv(4096):
-        answer += chunk
-    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"b")
+    assert listening_inode(port) == before  # the very same listening socket
+    assert ask(held) == "a"  # a backend left out of the set drains: its connection goes on
+    assert get(port) == "b"
     held.close()
     bad = balancer.control({"type": "configure", "services": [{"name": "web"}]})
     assert bad["type"] == "error" and "services[0].host: missing" in bad["message"]
