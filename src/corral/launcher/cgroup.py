@@ -36,9 +36,9 @@ the ``vfork``/``exec`` and back (two writes to ``cgroup.procs``; a ``preexec_fn`
 those writes take 20 us, but a migration is a writer of the kernel's
 ``cgroup_threadgroup_rwsem``, which waits for an RCU grace period when none ran lately:
 measured here, the first migration after 100 ms of quiet takes 11.5 ms (p50), and a
-service's restarts are seldom closer together than that.  In the restart bench (loaded
-machine), a cgroup for every instance took p50 from 6.6 to 13.6 ms and the best case
-from 1.5 to 3.0 ms; so only the instances that ask pay it.
+service's restarts are seldom closer together than that.  In the restart bench (quick,
+on a loaded machine, four runs): p50 2.3-6.6 ms without cgroups, 13.6-13.9 ms with one
+for every instance; so only the instances that ask pay it.
 (``clone3(CLONE_INTO_CGROUP)`` would avoid the writer lock, but Python's ``subprocess``
 cannot use it; the ``favordynmods`` cgroup2 mount option makes the writes cheap
 host-wide.)  While the launcher is inside, ``memory.max`` is ``max``: the limit is
