@@ -27,9 +27,10 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from .choice import ACTIVE, DRAINING, Balance, Chooser
+from .pipe import WRITE_HIGH, WRITE_LOW, Client, Upstream
 
 #: A backend that neither accepts nor refuses within this is treated as refusing.
 CONNECT_TIMEOUT = 3.0
@@ -42,9 +43,6 @@ BACKOFF_MAX = 1.0
 #: starve the transports on the same loop.
 ACCEPT_BATCH = 64
 BACKLOG = 1024
-#: Write buffer limits of each half: above HIGH the other half stops reading.
-WRITE_HIGH = 256 * 1024
-WRITE_LOW = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,7 @@ class Backend:
     active: int = 0
     total: int = 0
     refused: int = 0
-    conns: set[_Client] = field(default_factory=set)
+    conns: set[Client] = field(default_factory=set)
     drain_timer: asyncio.TimerHandle | None = None
 
     def figures(self) -> dict[str, Any]:
@@ -268,7 +266,7 @@ class Service:
 
     async def _serve(self, conn: socket.socket) -> None:
         tried: set[str] = set()
-        client = _Client(self)
+        client = Client(self)
         while True:
             backend = self.chooser.choose(self.backends, tried)
             if backend is None:
@@ -280,7 +278,7 @@ class Service:
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
                     transport, upstream = await self._loop.create_connection(
-                        lambda: _Upstream(client), backend.host, backend.port)
+                        lambda: Upstream(client), backend.host, backend.port)
             except (OSError, TimeoutError) as exc:
                 backend.active -= 1
                 backend.refused += 1
@@ -298,147 +296,6 @@ class Service:
             self.count_error("client", f"client: {exc.strerror or exc}")
             transport.abort()
             client.finish()
-
-
-class _Client(asyncio.Protocol):
-    """The client half: bytes in go to the backend; it does the connection's accounting."""
-
-    __slots__ = ("backend", "done", "eof", "pending", "service", "transport", "upstream")
-
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.backend: Backend | None = None
-        self.upstream: _Upstream | None = None
-        self.transport: asyncio.Transport | None = None
-        self.pending: list[bytes] = []  # from the backend before the client was wrapped
-        self.eof = False
-        self.done = False
-
-    def attach(self, backend: Backend, upstream: _Upstream) -> None:
-        self.backend = backend
-        self.upstream = upstream
-        backend.total += 1
-        backend.conns.add(self)
-        self.service.active += 1
-        self.service.total += 1
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = transport = cast(asyncio.Transport, transport)
-        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
-        upstream = self.upstream
-        assert upstream is not None
-        if self.pending:
-            transport.writelines(self.pending)
-            self.pending.clear()
-            if upstream.transport is not None:
-                upstream.transport.resume_reading()  # paused while the client was not there
-        if upstream.lost:
-            transport.close()
-        elif upstream.eof:
-            transport.write_eof()
-
-    def data_received(self, data: bytes) -> None:
-        self.service.bytes_in += len(data)
-        upstream = self.upstream
-        if upstream is not None and upstream.transport is not None:
-            upstream.transport.write(data)
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        upstream = self.upstream
-        if upstream is not None and upstream.transport is not None:
-            if upstream.eof:
-                upstream.transport.close()
-                return False
-            if not upstream.transport.is_closing():
-                upstream.transport.write_eof()
-        return True  # half-close: the backend may still answer
-
-    def pause_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.close()
-        self.finish()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.abort()
-
-    def finish(self) -> None:
-        """Account for the end of the connection, once."""
-        if self.done:
-            return
-        self.done = True
-        backend = self.backend
-        if backend is not None:
-            backend.active -= 1
-            backend.conns.discard(self)
-            if backend.active == 0 and backend.drain_timer is not None \
-                    and backend in self.service.retired:
-                backend.drain_timer.cancel()
-                self.service.retired.remove(backend)
-        self.service.active -= 1
-
-
-class _Upstream(asyncio.Protocol):
-    """The backend half: bytes in go to the client (buffered until it is wrapped)."""
-
-    __slots__ = ("client", "eof", "lost", "transport")
-
-    def __init__(self, client: _Client) -> None:
-        self.client = client
-        self.transport: asyncio.Transport | None = None
-        self.eof = False
-        self.lost = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        client = self.client
-        client.service.bytes_out += len(data)
-        if client.transport is not None:
-            client.transport.write(data)
-        else:
-            # The backend spoke first, before the client socket was wrapped: keep it,
-            # and stop reading until the client is there (its connection_made resumes).
-            client.pending.append(data)
-            assert self.transport is not None
-            self.transport.pause_reading()
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        client = self.client.transport
-        if client is not None:
-            if self.client.eof:
-                client.close()
-                return False
-            if not client.is_closing():
-                client.write_eof()
-        return True
-
-    def pause_writing(self) -> None:
-        if self.client.transport is not None:
-            self.client.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.client.transport is not None:
-            self.client.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self.client.transport is not None:
-            self.client.transport.close()
 
 
 def bind(host: str, port: int) -> socket.socket:
