@@ -3,6 +3,7 @@ is removed, a supervisor crash changes nothing, and the process-group fallback w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -157,6 +158,25 @@ def test_only_instances_that_ask_get_a_cgroup(tmp_path: Path) -> None:
         assert (bad["code"], bad["message"]) == ("BadRequest", "'cgroup' must be true or false")
     finally:
         assert launcher.close() == 0
+
+
+@needs_v2
+def test_no_cgroup_directory_until_one_is_needed(tmp_path: Path) -> None:
+    """A launcher whose children never ask for a cgroup makes no corral-<hash> directory
+    (nothing to leave behind if it is killed); the first one that asks makes it."""
+    launcher = DirectLauncher(tmp_path)
+    own = _own_dir()
+    assert own is not None
+    digest = hashlib.sha256(str(launcher.state).encode()).hexdigest()[:12]
+    base = Path(own) / f"corral-{digest}"
+    try:
+        plain = launcher.spawn("plain/0", ["sleep", "1000"])
+        assert plain["cgroup"] is None and not base.exists()
+        asked = launcher.spawn("asked/0", ["sleep", "1000"], cgroup=True)
+        assert asked["cgroup"] == str(base / "asked.0")
+    finally:
+        assert launcher.close() == 0
+    assert not base.exists()
 
 
 @needs_v2

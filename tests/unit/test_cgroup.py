@@ -84,7 +84,7 @@ def test_leaves_are_never_shared_by_two_live_children(tmp_path: Path) -> None:
     """Two children with one name (a cut-over) get two leaves; a released leaf is reused
     by the next child of that name; an owned leaf is never removed.  (A plain directory
     stands in for the cgroup tree: these are directory operations.)"""
-    cgroups = Cgroups(base=str(tmp_path), home=str(tmp_path), memory=False)
+    cgroups = Cgroups(base=str(tmp_path), home=str(tmp_path), memory=False, ready=True)
     first = cgroups.create("web/0")
     assert first == str(tmp_path / "web.0")
     cgroups.adopt(first, 100)
@@ -101,7 +101,7 @@ def test_leaves_are_never_shared_by_two_live_children(tmp_path: Path) -> None:
 
 def test_memory_limit_needs_the_controller(tmp_path: Path) -> None:
     """Without the memory controller a limit is not applied (None), and OOM is unknown."""
-    cgroups = Cgroups(base=str(tmp_path), home=str(tmp_path), memory=False)
+    cgroups = Cgroups(base=str(tmp_path), home=str(tmp_path), memory=False, ready=True)
     leaf = cgroups.create("web/0")
     assert leaf is not None
     assert cgroups.set_memory_max(leaf, 1 << 20, "web/0") is None

@@ -139,6 +139,9 @@ class Cgroups:
     home: str  # the launcher's own cgroup, where it returns after each spawn
     memory: bool
     everyone: bool = False  # CORRAL_CGROUP=all: every instance gets one
+    parent: str = ""  # where corral-<hash> is made (default: home)
+    ready: bool = False  # corral-<hash> exists and works
+    broken: bool = False  # making it failed: no cgroups from now on
     owners: dict[str, int] = field(default_factory=dict)
     stuck: str | None = None  # a leaf the launcher could not leave: never killed
     entered: bool = False  # whether the last :meth:`inside` got in (so the child is there)
@@ -147,8 +150,12 @@ class Cgroups:
     # ------------------------------------------------------------------ setup
     @classmethod
     def setup(cls, state_dir: Path) -> tuple[Cgroups | None, str]:
-        """Find or make ``corral-<hash>`` under our cgroup: ``(Cgroups, "")`` or
-        ``(None, the reason)``.  Never raises."""
+        """Find where ``corral-<hash>`` goes: ``(Cgroups, "")`` or ``(None, the reason)``.
+
+        The directory itself is made by the first :meth:`create` (most launchers never
+        need one; a launcher killed with SIGKILL leaves it behind), or at once if a dead
+        launcher left one.  Never raises.
+        """
         choice = os.environ.get(ENV_CGROUP, "").strip()
         if choice.lower() in ("off", "no", "0", "false"):
             return None, f"{ENV_CGROUP}={choice}"
@@ -166,14 +173,41 @@ class Cgroups:
                 return None, f"{ENV_CGROUP_PARENT}={chosen_parent} is not a cgroup v2 directory"
             digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]
             base = os.path.join(parent, f"corral-{digest}")
-            os.makedirs(base, exist_ok=True)
-            if not os.path.exists(os.path.join(base, "cgroup.kill")):
-                _rmdir(base)
-                return None, "the kernel has no cgroup.kill (Linux 5.14 or later needed)"
         except OSError as exc:
-            return None, f"cgroup v2 is not writable here ({exc.strerror or exc})"
-        memory = _enable(parent, "memory") and _enable(base, "memory")
-        return cls(base=base, home=home, memory=memory, everyone=choice.lower() == "all"), ""
+            return None, f"cannot read the launcher's cgroup ({exc.strerror or exc})"
+        if not (os.access(parent, os.W_OK)
+                and os.access(os.path.join(home, "cgroup.procs"), os.W_OK)):
+            return None, f"cgroup v2 is not writable here ({parent})"
+        if _kernel_version() < (5, 14):
+            return None, "the kernel has no cgroup.kill (Linux 5.14 or later needed)"
+        cgroups = cls(base=base, home=home, memory=False, everyone=choice.lower() == "all",
+                      parent=parent)
+        if os.path.isdir(base) and not cgroups.make_base():
+            return None, f"{base} is not usable"
+        return cgroups, ""
+
+    def make_base(self) -> bool:
+        """Make ``corral-<hash>`` (once) and enable the memory controller where we can;
+        False (and no more cgroups) if that fails."""
+        if self.ready or self.broken:
+            return self.ready
+        try:
+            os.makedirs(self.base, exist_ok=True)
+        except OSError as exc:
+            print(f"corral-launcher: cannot create {self.base}: {exc.strerror}; services "
+                  "run in process groups only", file=sys.stderr)
+            self.broken = True
+            return False
+        if not os.path.exists(os.path.join(self.base, "cgroup.kill")):
+            print(f"corral-launcher: {self.base} has no cgroup.kill; services run in process "
+                  "groups only", file=sys.stderr)
+            _rmdir(self.base)
+            self.broken = True
+            return False
+        self.memory = _enable(self.parent or self.home, "memory") and _enable(self.base,
+                                                                                "memory")
+        self.ready = True
+        return True
 
     def stale(self) -> list[str]:
         """Leaf cgroups left by a launcher that died: their processes are orphans no one
@@ -193,6 +227,8 @@ class Cgroups:
         cut-over) gets a numbered sibling, so killing one never touches the other.
         Call :meth:`adopt` once the child runs there, or :meth:`remove` if it did not start.
         """
+        if not self.make_base():
+            return None
         leaf = leaf_name(name)
         path = os.path.join(self.base, leaf)
         n = 1
@@ -312,6 +348,12 @@ class Cgroups:
                 break
             time.sleep(0.01)
         _rmdir(self.base)
+
+
+def _kernel_version() -> tuple[int, int]:
+    """``(major, minor)`` of the running kernel; (0, 0) if it cannot be read."""
+    match = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
 def _enable(path: str, controller: str) -> bool:
