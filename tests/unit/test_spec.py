@@ -405,7 +405,8 @@ P = "processes:\n  - name: web\n    command: [run]\n"  # problems in the 4th lin
         ),
         (
             "    resources: [{id: abc, file: x}]\n",
-            "target.yaml:4: processes[0].resources[0].id: must be a sha256: 64 lower-case hex digits",
+            "target.yaml:4: processes[0].resources[0].id: must be a sha256 (64 lower-case hex "
+            "digits, as printed by corral resource up) or a secret holding one: ${NAME}",
         ),
         (
             f"    resources: [{{id: {SHA}, file: /etc/passwd}}]\n",
