@@ -1,0 +1,61 @@
+"""The /proc tree sampler on real process trees: the kept-open reader agrees with the plain
+one, sees CPU time grow, counts descendants, and lets go of processes that ended."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from corral.monitor import sampler
+
+from .conftest import wait_for
+
+TREE = "import subprocess, sys, time\n" \
+       "kids = [subprocess.Popen(['sleep', '60']) for _ in range(2)]\n" \
+       "print('ready', flush=True)\n" \
+       "end = time.time() + 60\n" \
+       "while time.time() < end: pass\n"   # burns CPU: the tree's time must grow
+
+
+def test_kept_open_sampler_matches_the_plain_one_and_follows_the_tree() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", TREE], stdout=subprocess.PIPE)
+    tree = sampler.TreeSampler()
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        first = tree.usage(proc.pid)
+        plain = sampler.usage(proc.pid)
+        assert first is not None and plain is not None
+        assert first.processes == plain.processes == 3   # python + two sleeps
+        assert abs(first.rss_bytes - plain.rss_bytes) < 8 << 20
+        wait_for(lambda: (u := tree.usage(proc.pid)) is not None
+                 and u.cpu_seconds > first.cpu_seconds + 0.05, 15, "CPU time to grow")
+        tree.end_round()
+        assert len(tree._open) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert tree.usage(proc.pid) is None          # ended: reported gone, files closed
+    assert tree._open == {}
+
+
+def test_roots_not_sampled_in_a_round_are_let_go() -> None:
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]
+    tree = sampler.TreeSampler(max_open=2)
+    try:
+        for p in procs:
+            assert tree.usage(p.pid) is not None   # the third is read the plain way
+        assert len(tree._open) == 2
+        tree.end_round()
+        tree.usage(procs[0].pid)
+        tree.end_round()
+        assert list(tree._open) == [procs[0].pid]
+        before = len(os.listdir("/proc/self/fd"))
+        tree.close()
+        assert len(os.listdir("/proc/self/fd")) == before - 2
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
