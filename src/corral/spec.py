@@ -799,18 +799,25 @@ def refuse(text: str | None, source: str, problems: list[Problem]) -> NoReturn:
 
 
 def _compose(text: str, source: str) -> tuple[object, yaml.Node | None]:
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        # Inside the try: the reader refuses some text (control characters) right here.
+        loader = _Loader(text)
         node = loader.get_single_node()
         return (loader.construct_document(node) if node is not None else None), node
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
+        if isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow
+            where = f"{source}:{text.count(chr(10), 0, e.position) + 1}"
+            code = ord(e.character) if isinstance(e.character, str) else int(e.character)
+            e = yaml.YAMLError(f"character #x{code:04x} is not allowed in YAML")
         problem, context = getattr(e, "problem", None) or str(e), getattr(e, "context", None)
         problem = f"{context} {problem}" if context and problem.startswith("but") else problem
         raise SpecError(f"{where}: invalid YAML: {problem}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _validate(model: type[M], data: object, source: str, node: yaml.Node | None) -> M:

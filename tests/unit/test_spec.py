@@ -693,3 +693,10 @@ def test_constructing_an_invalid_target_directly_raises() -> None:
     p = ProcessSpec(name="a", command="x", depends_on=["ghost"])
     with pytest.raises(ValidationError, match="unknown process 'ghost'"):
         Target(processes=[p])
+
+
+def test_a_character_yaml_does_not_allow_is_one_line_with_its_line_number() -> None:
+    with pytest.raises(SpecError) as info:
+        load_target("processes:\n  - \x07\n", "target.yaml")
+    assert info.value.message == \
+        "target.yaml:2: invalid YAML: character #x0007 is not allowed in YAML"
