@@ -349,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="hand-written text to put under the tables")
     args = ap.parse_args(argv)
     notes = args.notes.read_text() if args.notes else ""
+    # TERM (a background job ignores INT) still stops the corral and
+    # its children, through the `finally` blocks.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.render:
         write_section(render(json.loads(args.render.read_text()), notes), args.out, BEGIN, END)
         print(f"bench api: wrote {args.out}")

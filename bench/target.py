@@ -384,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="hand-written text (the profile) to put under the table")
     args = ap.parse_args(argv)
     notes = args.notes.read_text() if args.notes else ""
+    # TERM (a background job ignores INT) still stops the corral and
+    # its children, through the `finally` blocks.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.render:
         res = json.loads(args.render.read_text())
         write_section(render(res, notes), args.out)
