@@ -2,7 +2,7 @@
 
 1. **Latency**: a corral from this tree (``python -m corral sup run --state-dir <scratch>/state
    --listen-http 127.0.0.1:<free port>``) runs 1,000 processes (``sleep 3600``); then
-   ``GET /v1/services`` (the 1,000 statuses, about 700 KB of JSON) is sent 200 times over one
+   ``GET /v1/services`` (the 1,000 statuses, about 500 KB of JSON) is sent 200 times over one
    keep-alive connection on the local socket (``api.sock``, no token), then 200 times over one
    keep-alive TLS connection with the token (CA and token from ``corral print-auth --json``,
    the name ``corral`` checked against that CA only).  Each sample is the wall time from
@@ -15,7 +15,7 @@
    corral that runs only ``chatty`` (1,000 services' resource history grows by design for an
    hour and would hide the followers' cost), after a ``filler`` process (a shell loop writing
    the same lines, restarted at once) has filled the bounded event history (2,000 events;
-   at chatty's pace that would take about 20 minutes).  The supervisor's RSS
+   at chatty's pace that would take about 9 minutes).  The supervisor's RSS
    (``VmRSS`` of ``/proc/<supervisor_pid>/status``; the launcher's too) is sampled every 10 s
    for 10 minutes (1 minute with ``--quick``).  Reported: first / last / max and the
    least-squares slope, over the whole window and over its second half.  Goal: flat.
@@ -245,7 +245,7 @@ def run(quick: bool, n: int = 1000) -> dict[str, Any]:
     c.start()
     try:
         # Fill the bounded event history first (2,000 events): at chatty's pace that takes
-        # about 20 minutes, during which memory grows by design up to the bound.
+        # about 9 minutes, during which memory grows by design up to the bound.
         c.ok("target", "set", str(filler))
         client = c.http()
         wait(lambda: client.json("GET", "/v1/events?n=1")["events"][-1]["seq"] >= FILL_EVENTS,
@@ -288,7 +288,7 @@ def render(res: dict[str, Any], notes: str = "") -> str:
     alive = "alive" if all(rss["followers_alive_at_end"]) else "NOT alive"
     pid = ("was restarted during the window (figures span two processes)"
            if rss["supervisor_pid_changed"] else "kept its pid")
-    out += ["", f"Memory: then a process `chatty` is added (prints a 78-byte line every 10 ms, "
+    out += ["", f"Memory: a process `chatty` (prints a 78-byte line every 10 ms, "
             "exits after 1 s, restarted at once: `restart: {cooldown: 0.5s, backoff_min: 0s}`), "
             "followed by one `corral logs chatty -f` and one `corral events -f` (output to "
             f"files); the supervisor's RSS (`VmRSS`) is sampled every {rss['every']:.0f} s for "
@@ -298,8 +298,9 @@ def render(res: dict[str, Any], notes: str = "") -> str:
             "instance every 10 s, kept for an hour) grows by design during the first hour and "
             "would hide what the followers cost. Before the window, a process `filler` "
             "(a shell loop writing chatty's lines, restarted at once) runs until the event "
-            "history holds its 2,000 events (at chatty's pace that takes about 20 minutes, "
-            "during which memory grows by design up to that bound); it is then replaced by "
+            "history holds its 2,000 events (at chatty's 3.6 events a second that takes about "
+            "9 minutes, during which memory grows by design up to that bound); it is then "
+            "replaced by "
             "`chatty`. Flat means: the slope over the second half is at "
             "most 1 MiB per 10 minutes and the last sample is at most 2 MiB above the first "
             "(a 1-minute window is too short to judge).", "",
@@ -313,9 +314,9 @@ def render(res: dict[str, Any], notes: str = "") -> str:
             f"received {rss['logs_f_lines']:,} lines and `events -f` {rss['events_f_lines']:,} "
             f"lines; both followers were {alive} at the end; the supervisor {pid}. "
             f"Launcher RSS: {rss['launcher_first_mib']} MiB → {rss['launcher_last_mib']} MiB. "
-            "Samples (s: MiB): " + ", ".join(
+            "Samples, one a minute (s: MiB): " + ", ".join(
                 f"{s['t']:.0f}: {(s['supervisor_kib'] or 0) / 1024:.1f}"
-                for s in rss["samples"]) + ".", ""]
+                for s in rss["samples"][::max(1, round(60 / rss["every"]))]) + ".", ""]
     m = res["machine"]
     out += ["Machine: " + ", ".join(f"{k} {m[k]}" for k in (
         "date (UTC)", "nproc", "cpu", "memory", "kernel", "os", "python", "git") if k in m)
