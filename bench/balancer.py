@@ -5,7 +5,13 @@ and through corral's balancer (``python -m corral.balancer``, uvloop), with keep
 with a new connection per request (``Connection: close``).  Every target sees the same
 backend, a small uvloop HTTP responder.  On the 2-core machine the backend is pinned to
 CPU 1 and the proxy under test to CPU 0; wrk runs one thread, unpinned.  Each figure is the
-median of ``runs`` runs, interleaved across the targets.  Socket mode (LISTEN_FDS) is not measured here yet.
+median of ``runs`` runs, interleaved across the targets.
+
+Socket mode: a corral from this tree (``python -m corral sup run --state-dir <scratch>``, its
+launcher and supervisor pinned to CPU 0) is given a target whose service ``web`` is
+``mode: socket`` and whose one process ``receives: [web]`` runs the same backend program, which
+takes its listening socket from fd 3 when ``LISTEN_FDS`` is set (systemd's convention).  One
+instance, because the direct row has one backend process; it is pinned to CPU 1 like that one.
 
 Writes ``bench/results/balancer-<stamp>.json`` and the "Load balancer" section of
 ``docs/benchmarks.md`` (replacing only that section; the rest of the page is untouched).
@@ -25,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,8 +70,12 @@ class H(asyncio.Protocol):
             self.t.write(OK)
         self.buf = buf
 async def main():
-    srv = await asyncio.get_running_loop().create_server(H, "127.0.0.1", int(sys.argv[1]),
-                                                         backlog=4096)
+    loop = asyncio.get_running_loop()
+    if os.environ.get("LISTEN_PID") == str(os.getpid()):  # socket activation: fd 3
+        import socket
+        srv = await loop.create_server(H, sock=socket.socket(fileno=3), backlog=4096)
+    else:
+        srv = await loop.create_server(H, "127.0.0.1", int(sys.argv[1]), backlog=4096)
     await asyncio.Event().wait()
 (uvloop.run if uvloop else asyncio.run)(main())
 """
@@ -168,7 +178,91 @@ def direct(port: int, backend: int, scratch: Path) -> Iterator[None]:
     yield
 
 
-TARGETS = {"direct": direct, "haproxy": haproxy, "corral": corral}
+SOCKET_TARGET = """processes:
+  - name: backend
+    command: [{python}, {program}, "0"]
+    receives: [web]
+    instances: 1
+services:
+  - name: web
+    on: 127.0.0.1:{port}
+    mode: socket
+"""
+
+
+def http_get(port: int) -> bytes:
+    """One ``GET /`` on a fresh connection; the raw answer (raises OSError if none)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+        return answer
+
+
+@contextmanager
+def socket_mode(port: int, backend: int, scratch: Path) -> Iterator[None]:
+    """A fresh corral serving ``port`` in socket mode with one instance of BACKEND.
+
+    ``backend`` (the direct row's process) is not used: the instance is the backend here.
+    """
+    work = Path(tempfile.mkdtemp(prefix="socket-", dir=scratch))
+    state = work / "state"
+    program = work / "backend.py"
+    program.write_text(BACKEND)
+    spec = work / "target.yaml"
+    spec.write_text(SOCKET_TARGET.format(python=json.dumps(sys.executable),
+                                         program=json.dumps(str(program)), port=port))
+    env = {**os.environ, "CORRAL_HOME": str(state), "NO_COLOR": "1"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "corral", "--state-dir", str(state), *args],
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    def pin_to_cpu0() -> None:  # in the child, before exec: inherited by all corral spawns
+        pin(0, 0)
+
+    with (work / "launcher.out").open("ab") as out:
+        sup = subprocess.Popen([sys.executable, "-m", "corral", "sup", "run", "--state-dir",
+                                str(state)], stdout=out, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True, preexec_fn=pin_to_cpu0)
+    try:
+        until(lambda: cli("sup", "status", "--json").returncode == 0, 60, "corral's API")
+        done = cli("target", "set", str(spec))
+        if done.returncode != 0:
+            raise RuntimeError(f"corral target set: {done.stderr.strip()}")
+        # The launcher's socket accepts at once; wait until the instance answers on it.
+        until(lambda: b"hello from the backend" in http_get(port), 30,
+              "the socket-mode backend to answer")
+        status = json.loads(cli("svc", "status", "--json", "backend").stdout)[0]
+        pids = [i["pid"] for i in status["instance_list"] if i.get("pid")]
+        if len(pids) != 1:
+            raise RuntimeError(f"expected one backend instance, corral shows {pids}")
+        pin(pids[0], 1)  # where the direct row's backend runs
+        yield
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        try:
+            sup.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(sup.pid, signal.SIGKILL)
+            sup.wait()
+
+
+def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` (an OSError counts as "not yet") until true or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+TARGETS = {"direct": direct, "haproxy": haproxy, "corral": corral, "socket": socket_mode}
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
@@ -242,7 +336,13 @@ def render(res: dict[str, Any]) -> str:
            f"wrk, 1 thread, {res['connections']} connections, {res['seconds']} s per run, "
            f"median of {res['runs']} interleaved run(s); one backend (a uvloop HTTP responder pinned to "
            "CPU 1); the proxy under test pinned to CPU 0 (HAProxy `mode tcp`, `nbthread 1`; "
-           "corral's balancer on uvloop). Socket mode (LISTEN_FDS) is not built yet: no row.",
+           "corral's balancer on uvloop). Socket mode: a fresh corral from this tree "
+           "(`python -m corral sup run --state-dir SCRATCH`, launcher and supervisor pinned to "
+           "CPU 0) serves the port with `services: [{name: web, on: 127.0.0.1:PORT, mode: "
+           "socket}]` and one process that `receives: [web]`, 1 instance (as many as the "
+           "direct row's backend processes) of the same backend program, pinned to CPU 1, "
+           "taking its listening socket from fd 3 (`LISTEN_FDS`/`LISTEN_PID`); nothing sits "
+           "between wrk and the backend.",
            "", "| mode | target | req/s | p99 ms | errors | req/s vs HAProxy | "
            "p99 vs HAProxy | req/s vs direct |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for mode in ("keep-alive", "connection per request"):
@@ -257,10 +357,15 @@ def render(res: dict[str, Any]) -> str:
         rows["connection per request/haproxy"]["rps"]
     p99 = max(rows[f"{m}/corral"]["p99_ms"] / rows[f"{m}/haproxy"]["p99_ms"]
               for m in ("keep-alive", "connection per request"))
+    sock = {m: rows[f"{m}/socket"]["rps"] / rows[f"{m}/direct"]["rps"]
+            for m in ("keep-alive", "connection per request")}
     out += ["", "Goals: keep-alive >= 0.8x HAProxy: "
             f"**{ka:.2f}x** ({'met' if ka >= 0.8 else 'not met'}); connection per request "
             f">= 0.6x: **{cl:.2f}x** ({'met' if cl >= 0.6 else 'not met'}); p99 <= 1.5x "
-            f"HAProxy's: **{p99:.2f}x** at worst ({'met' if p99 <= 1.5 else 'not met'}).", "",
+            f"HAProxy's: **{p99:.2f}x** at worst ({'met' if p99 <= 1.5 else 'not met'}); "
+            "socket mode >= 0.95x direct: " + "; ".join(
+                f"{m} **{r:.2f}x** ({'met' if r >= 0.95 else 'not met'})"
+                for m, r in sock.items()) + ".", "",
             "Machine: " + ", ".join(f"{k} {v}" for k, v in res["machine"].items()
                                     if k in ("date (UTC)", "nproc", "cpu", "kernel", "os",
                                              "load average at start")),
