@@ -1,10 +1,12 @@
 """The supervisor's end of the launcher protocol (asyncio).
 
-Requests are pipelined: each gets an ``id`` and a future that the reader task resolves
-when the reply with that ``id`` arrives.  The frame is written synchronously in the
-calling coroutine's step, so a restart decided in the exit handler reaches the launcher
-without waiting for another turn of the loop.  Unasked ``Exited`` frames are handed to
-``on_exit`` and acknowledged after it returns; ``Shutdown`` calls ``on_shutdown``.
+Requests are pipelined: each gets an ``id`` and a future that is resolved when the reply
+with that ``id`` arrives.  The frame is written synchronously in the calling coroutine's
+step, so a restart decided in the exit handler reaches the launcher without waiting for
+another turn of the loop.  Frames are decoded in the transport's ``data_received``
+callback itself, not in a reader task that callback would wake a loop turn later: that is
+the restart-latency path (``Exited`` in, ``Spawn`` out).  Unasked ``Exited`` frames are
+handed to ``on_exit`` and acknowledged after it returns; ``Shutdown`` calls ``on_shutdown``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import itertools
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from corral.errors import LauncherError, SpawnFailed, Unavailable
 from corral.protocol import framing
@@ -25,20 +27,41 @@ Message = dict[str, Any]
 _SPAWN_CODES = {m.E_EXEC_FAILED, m.E_USER_NOT_FOUND, m.E_GROUP_NOT_FOUND}
 
 
+class _Protocol(asyncio.Protocol):
+    """The launcher connection's transport callbacks, handed straight to the client."""
+
+    def __init__(self, client: LauncherClient) -> None:
+        self._client = client
+        self._decoder = framing.Decoder()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.WriteTransport without subclassing it.
+        self._client._transport = cast(asyncio.WriteTransport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._decoder.feed(data)
+        except framing.FrameError:
+            self._client.close()  # the stream position is lost: drop the connection
+            return
+        for message in messages:
+            self._client._dispatch(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._client._lost()
+
+
 class LauncherClient:
     """A connected launcher.  Create with :meth:`connect`."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 on_exit: Callable[[Message], None], on_shutdown: Callable[[], None],
+    def __init__(self, on_exit: Callable[[Message], None], on_shutdown: Callable[[], None],
                  on_lost: Callable[[], None]) -> None:
-        self._reader = reader
-        self._writer = writer
+        self._transport: asyncio.WriteTransport | None = None  # set once connected
         self._on_exit = on_exit
         self._on_shutdown = on_shutdown
         self._on_lost = on_lost
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message]] = {}
-        self._task: asyncio.Task[None] | None = None
         self.launcher_pid = 0
         self.launcher_started_at = 0.0
 
@@ -47,9 +70,9 @@ class LauncherClient:
                       on_shutdown: Callable[[], None],
                       on_lost: Callable[[], None]) -> LauncherClient:
         """Wrap the inherited socket, start reading, and say ``Hello``."""
-        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=framing.MAX_FRAME)
-        client = cls(reader, writer, on_exit, on_shutdown, on_lost)
-        client._task = asyncio.create_task(client._read_loop(), name="launcher-reader")
+        client = cls(on_exit, on_shutdown, on_lost)
+        await asyncio.get_running_loop().create_unix_connection(
+            lambda: _Protocol(client), sock=sock)
         reply = await client.request({"type": m.HELLO, "version": m.PROTOCOL_VERSION})
         client.launcher_pid = int(reply.get("launcher_pid", 0))
         client.launcher_started_at = float(reply.get("started_at", 0.0))
@@ -57,26 +80,31 @@ class LauncherClient:
 
     def send_request(self, message: Message) -> asyncio.Future[Message]:
         """Write a request now; return the future of its reply."""
-        if self._writer.is_closing():
-            raise Unavailable("the launcher connection is closed")
+        transport = self._open()
         rid = next(self._ids)
         message["id"] = rid
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        self._writer.write(framing.encode(message))
+        transport.write(framing.encode(message))
         return future
 
     def send_encoded(self, body: bytes) -> asyncio.Future[Message]:
         """Like :meth:`send_request` for a request already encoded as a JSON object
         without ``id`` (the id is spliced in, so the body can be reused)."""
-        if self._writer.is_closing():
-            raise Unavailable("the launcher connection is closed")
+        transport = self._open()
         rid = next(self._ids)
         framed = b'{"id":%d,' % rid + body[1:]
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        self._writer.write(struct.pack(">I", len(framed)) + framed)
+        transport.write(struct.pack(">I", len(framed)) + framed)
         return future
+
+    def _open(self) -> asyncio.WriteTransport:
+        """The transport, if the connection is still open; else :class:`Unavailable`."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise Unavailable("the launcher connection is closed")
+        return transport
 
     async def request(self, message: Message) -> Message:
         """Send a request and wait for its reply.
@@ -126,23 +154,13 @@ class LauncherClient:
         held = reply.get("listeners", [])
         return held if isinstance(held, list) else []
 
-    async def _read_loop(self) -> None:
-        decoder = framing.Decoder()
-        try:
-            while True:
-                data = await self._reader.read(1024 * 1024)
-                if not data:
-                    break
-                for message in decoder.feed(data):
-                    self._dispatch(message)
-        except (ConnectionError, framing.FrameError):
-            pass
-        finally:
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(Unavailable("lost the connection to the launcher"))
-            self._pending.clear()
-            self._on_lost()
+    def _lost(self) -> None:
+        """The connection ended (EOF, an error, a bad frame or :meth:`close`)."""
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(Unavailable("lost the connection to the launcher"))
+        self._pending.clear()
+        self._on_lost()
 
     def _dispatch(self, message: Message) -> None:
         kind = message.get("type")
@@ -153,13 +171,15 @@ class LauncherClient:
                 future.set_result(message)
         elif kind == m.EXITED:
             self._on_exit(message)
-            if not self._writer.is_closing():
-                self._writer.write(framing.encode({"type": m.ACK, "seq": message.get("seq")}))
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(framing.encode({"type": m.ACK,
+                                                      "seq": message.get("seq")}))
         elif kind == m.SHUTDOWN:
             self._on_shutdown()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._transport is not None:
+            self._transport.close()
 
 
 def check(reply: Message) -> Message:

@@ -292,15 +292,26 @@ class Supervisor:
                                  exited.get("signal"), ran_for, inst.streak, self.uniform)
         inst.streak = decision.streak
         inst.delay = decision.delay
-        inst.last_exit = _exit_record(exited, None)
         inst.pid = None
         self._unwatch(inst)
         if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
             inst.settled = True
-        self.events.emit(inst.service, "exit", decision.reason, instance=inst.index,
-                         pid=exited.get("pid"), exit_code=exited.get("exit_code"),
-                         signal=exited.get("signal"), delay_s=decision.delay,
-                         last_lines=self.redact(exited.get("last_lines") or []))
+
+        def record() -> None:
+            inst.last_exit = _exit_record(exited, None)
+            self.events.emit(inst.service, "exit", decision.reason, instance=inst.index,
+                             pid=exited.get("pid"), exit_code=exited.get("exit_code"),
+                             signal=exited.get("signal"), delay_s=decision.delay,
+                             last_lines=self.redact(exited.get("last_lines") or []))
+
+        if decision.verdict is policy.Verdict.RESTART_NOW:
+            # The restart-latency hot path: the Spawn goes out before the exit is recorded
+            # (timestamp formatting, redaction, the event's fan-out).  A restart's only
+            # action is the spawn, which emits nothing, so the exit event still comes
+            # first, before the state event.
+            self.feed(inst, Event.EXIT_RESTART, decision.reason, then=record)
+            return
+        record()
         self.feed(inst, _EXIT_EVENTS[decision.verdict], decision.reason)
 
     def _find(self, name: str, pid: Any) -> Instance | None:
@@ -330,8 +341,13 @@ class Supervisor:
         return inst.spec if inst.spec is not None else self.services[inst.service].spec
 
     # ------------------------------------------------------------------- machine
-    def feed(self, inst: Instance, event: Event, reason: str) -> None:
-        """Step the instance's machine and run the actions it returns."""
+    def feed(self, inst: Instance, event: Event, reason: str, *,
+             then: Callable[[], None] | None = None) -> None:
+        """Step the instance's machine and run the actions it returns.
+
+        ``then`` runs right after the actions, before the state event and the rest of the
+        bookkeeping (``on_exit`` records a restarting exit there, after the Spawn).
+        """
         before = inst.state
         after, actions = machine.step(before, event)
         inst.state = after
@@ -349,6 +365,8 @@ class Supervisor:
                 self._schedule(inst)
             elif action is Action.CANCEL:
                 self._cancel(inst)
+        if then is not None:
+            then()
         if after is not before:
             self.events.emit(inst.service, "state", reason, instance=inst.index,
                              from_=before.value, to=after.value, pid=inst.pid)
