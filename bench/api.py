@@ -260,6 +260,34 @@ def run(quick: bool, n: int = 1000) -> dict[str, Any]:
     return res
 
 
+# Hand-written from the profiles and runs of 2026-11-22; shown under the table unless
+# --notes gives other text.  Re-profile and edit it when the figures move.
+NOTES = """\
+**Where the time of `GET /v1/services` goes** (2026-11-22, py-spy 0.4.3, `record -r 250 -f raw`
+on the supervisor during 300 requests over `api.sock` at 1,000 services; shares of the
+supervisor's samples): building the 1,000 status dicts (`Service.as_dict` / `Instance.as_dict`)
+62 %; FastAPI's response handling 20 % (validating the list against the response model 7 %,
+`dump_json` 13 %); the balancer figures (`Facade._with_traffic`) 4 %; the socket write about 3
+%. The median is 18-34 ms, depending on the machine's load. The p99 tail (75-143 ms over three
+full runs, goal 50 ms: not met) is the same work done while other processes hold the CPU (load
+average 1-7 on 2 cores during these runs). A request can also wait for the resource sampler,
+which reads the 1,000 process trees every 2 s inside the event loop (about 9 ms a round on an
+idle machine, from commit 77e83b5, which this run includes). Not changed here (not this
+benchmark's files): caching each service's status dict between its state changes, answering this
+route with pre-serialised JSON instead of a validated response model, and running `sample_once`
+in slices or in a thread would each cut the tail.
+
+**Memory.** An earlier full run without the `filler` step (same command otherwise) grew steadily
+from 61.3 to 63.0 MiB over the 10 minutes (1.6 MiB per 10 min). At chatty's 3.6 events/s (4
+events per restart), the 2,000-event history does not fill for about 9 minutes, so that run
+measured the bounded history filling, not the followers. With the history filled first, the
+figure above is what the followers and the restarts cost. In a second run, one `GET
+/v1/events?n=2000` sent by hand in the middle of the window raised RSS by 1.3 MiB in one step,
+and RSS then stayed at that level. That is the allocator keeping its high-water mark after a
+large answer, not growth. The run in the table had no such request.
+"""
+
+
 def render(res: dict[str, Any], notes: str = "") -> str:
     quick = res["quick"]
     rss = res["rss"]
@@ -347,9 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render", type=Path, metavar="JSON",
                     help="re-render the section from a saved results file; run nothing")
     ap.add_argument("--notes", type=Path, metavar="MD",
-                    help="hand-written text to put under the tables")
+                    help="hand-written text to put under the tables (default: NOTES, the "
+                         "profile of 2026-11-22)")
     args = ap.parse_args(argv)
-    notes = args.notes.read_text() if args.notes else ""
+    notes = args.notes.read_text() if args.notes else NOTES
     # TERM (a background job ignores INT) still stops the corral and
     # its children, through the `finally` blocks.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
