@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -212,10 +213,12 @@ def _static(name: str) -> str:
 def write(res: Results, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     text = render(res)
-    # Keep the load balancer's section (written by `python -m bench balancer`, issue 6).
+    # Keep the sections other commands write between <!-- NAME:begin/end --> markers
+    # (`python -m bench balancer`, `target`, `api`), in the order they were in.
     old = out.read_text() if out.exists() else ""
-    if "<!-- balancer:begin -->" in old and "<!-- balancer:end -->" in old:
-        begin = old.index("<!-- balancer:begin -->")
-        end = old.index("<!-- balancer:end -->") + len("<!-- balancer:end -->")
-        text = text.rstrip("\n") + "\n\n" + old[begin:end] + "\n"
+    for name in re.findall(r"<!-- ([a-z0-9_-]+):begin -->", old):
+        begin, close = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if close in old:
+            start = old.index(begin)
+            text = text.rstrip("\n") + "\n\n" + old[start:old.index(close) + len(close)] + "\n"
     out.write_text(text)
