@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from corral.errors import SpecError
@@ -700,3 +701,26 @@ def test_a_character_yaml_does_not_allow_is_one_line_with_its_line_number() -> N
         load_target("processes:\n  - \x07\n", "target.yaml")
     assert info.value.message == \
         "target.yaml:2: invalid YAML: character #x0007 is not allowed in YAML"
+
+
+@pytest.mark.parametrize("text", [
+    "processes:\n  - name: web\n    command: [python3, -m, http.server, '8000']\n",
+    "a: 1\nb: 1.5\nc: true\nd: false\ne: null\nf: ~\ng: ''\nh: 0x1F\ni: 1e3\nj: .inf\n",
+    "on: yes\noff: no\nk: 2026-11-22\nl: 12:30\nm: -7\nn: +3\no: 0o17\np: 1_000\n",
+    "env: {A: '1', B: \"two\", C: x y}\nlist: [1, two, 3.0, null, true]\n",
+    "text: |\n  line one\n  line two\nfolded: >\n  a\n  b\n",
+    "nested:\n  - - 1\n    - 2\n  - {x: [a, {y: z}]}\n",
+    "quoted: '123'\nplain: 123\nneg: -0.5\nsci: 6.02e+23\nnan: .nan\n",
+    "",
+    "# only a comment\n",
+    "x: !!str 5\n",                       # a tag: handed to PyYAML
+    "base: &b {a: 1}\nuse: *b\n",        # anchors and aliases: handed to PyYAML
+])
+def test_the_fast_yaml_reader_agrees_with_pyyaml(text: str) -> None:
+    """`_plain_data` builds from libyaml's events what `yaml.load` would (or hands over)."""
+    from corral import spec
+    expected = yaml.load(text, Loader=spec._FastLoader)  # a SafeLoader subclass
+    got = spec._plain_data(text)
+    if got is spec._UNUSUAL:
+        return
+    assert got == expected and type(got) is type(expected)
