@@ -144,9 +144,12 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
 
     from corral.api.app import create_app
     from corral.api.auth import TokenAuth
-    from corral.api.tls import RemoteAccess
 
-    remote = RemoteAccess.setup(state_dir, listen_http) if listen_http else None
+    remote = None
+    if listen_http:  # cryptography (about 10 MB) is loaded only for a TCP listener
+        from corral.api.tls import RemoteAccess
+
+        remote = RemoteAccess.setup(state_dir, listen_http)
     app = create_app(Facade(supervisor, request_exit), remote)
     remote_server: Any = None
     remote_task: asyncio.Task[None] | None = None

@@ -11,7 +11,7 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from fastapi import FastAPI, Query, Request
@@ -28,8 +28,10 @@ from .metrics import metrics_router
 from .models import ErrorResponse, LoadRequest, ScaleRequest
 from .stores import stores_router
 from .target import target_router
-from .tls import RemoteAccess
 from .ui import dashboard_router
+
+if TYPE_CHECKING:  # cryptography (behind .tls) loads only with --listen-http
+    from .tls import RemoteAccess
 
 KEEPALIVE = 15.0
 _WAIT = Query(None, ge=0, le=86400, description="seconds to wait for readiness")

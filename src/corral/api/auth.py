@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
 from pydantic import BaseModel
@@ -27,7 +28,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from corral.errors import Conflict
 
 from .models import ErrorResponse
-from .tls import RemoteAccess
+
+if TYPE_CHECKING:  # cryptography (behind .tls) loads only with --listen-http
+    from .tls import RemoteAccess
 
 #: Requests that need no token (method, exact path); ``/assets/`` is matched as a prefix.
 PUBLIC = {("GET", "/"), ("HEAD", "/")}
