@@ -366,6 +366,17 @@ def render(res: dict[str, Any]) -> str:
             "socket mode >= 0.95x direct: " + "; ".join(
                 f"{m} **{r:.2f}x** ({'met' if r >= 0.95 else 'not met'})"
                 for m, r in sock.items()) + ".", "",
+            "Socket mode against direct, round by round (each interleaved round runs every "
+            "target once): " + "; ".join(
+                f"{m} " + ", ".join(
+                    f"{s['rps'] / d['rps']:.2f}x" for s, d in zip(
+                        rows[f"{m}/socket"]["samples"], rows[f"{m}/direct"]["samples"],
+                        strict=True))
+                for m in sock) + ". Socket mode runs the same backend program on the same "
+            "core with nothing in the data path (the kernel hands wrk's connections to it "
+            "exactly as in the direct row; corral's launcher and supervisor only sit idle on "
+            "CPU 0), so 1x is what to expect: ratios either side of it, and a median above it, "
+            "are the shared machine's noise, not a gain or a loss.", "",
             "Machine: " + ", ".join(f"{k} {v}" for k, v in res["machine"].items()
                                     if k in ("date (UTC)", "nproc", "cpu", "kernel", "os",
                                              "load average at start")),
