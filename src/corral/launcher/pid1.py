@@ -16,6 +16,7 @@ child is looked up by pid and never lost to the orphan reaper.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -53,6 +54,8 @@ FALLBACK_STOP_TIMEOUT = 10.0
 SUP_YOUNG = 1.0
 SUP_BACKOFF_MIN = 0.1
 SUP_BACKOFF_MAX = 5.0
+#: Send buffer of the supervisor's end of the link (see start_supervisor).
+SUP_LINK_SNDBUF = 4 * 1024 * 1024
 # Removing a killed cgroup waits for its processes to die: retried from this delay,
 # doubling, for as long as the last bound (then left for the next launcher's clean-up).
 CGROUP_RMDIR_FIRST = 0.002
@@ -225,6 +228,12 @@ class Launcher:
         if self.stopping or self.sup is not None:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Room for a cold start's whole burst of Spawns (about 2 KB each, mostly the
+        # environment): requests that do not fit wait in the supervisor's own buffer,
+        # which only its event loop flushes, and its loop is busy importing the API
+        # stack right after it sent them.  The kernel caps this at net.core.wmem_max.
+        with contextlib.suppress(OSError):
+            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SUP_LINK_SNDBUF)
         env = dict(os.environ)
         env[m.ENV_LAUNCHER_FD] = str(theirs.fileno())
         try:

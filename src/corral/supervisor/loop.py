@@ -116,6 +116,7 @@ class Supervisor:
         # supervisor gave it, rather than losing every backend whose health is unknown.
         self._unprobed: set[str] = set()
         self._unprobed_until = 0.0
+        self._save_pending = False  # load_state's --target, saved by attach
 
     # ------------------------------------------------------------------ start up
     def load_state(self, target_file: Path | None = None) -> None:
@@ -142,8 +143,10 @@ class Supervisor:
         self.target_services = list(target.services)
         if target_file is not None:
             stored = load_target(path.read_text(), str(path)) if path.exists() else None
-            if stored != target:
-                self.save()
+            # Saved by attach once the first Spawns are on the wire: dumping 1,000 specs
+            # as YAML is a few hundred ms that a cold start need not wait for.  The API
+            # is served only after attach, so no command sees the old file.
+            self._save_pending = stored != target
 
     async def attach(self, launcher: LauncherClient) -> None:
         """Adopt the launcher's children (same PIDs, no restart), then reconcile."""
@@ -186,6 +189,9 @@ class Supervisor:
                     self._arm_watchdog(inst, service.spec)
         self._background(self.monitor())
         self.reconcile()
+        if self._save_pending:
+            self.save()
+            self._save_pending = False
         self._balancer_dirty()
         stale = [s for s in self.services.values()
                  if any(i.gen != s.gen for i in s.instances.values())]
