@@ -116,7 +116,6 @@ class Supervisor:
         # supervisor gave it, rather than losing every backend whose health is unknown.
         self._unprobed: set[str] = set()
         self._unprobed_until = 0.0
-        self._save_pending = False  # load_state's --target, saved by attach
 
     # ------------------------------------------------------------------ start up
     def load_state(self, target_file: Path | None = None) -> None:
@@ -142,11 +141,13 @@ class Supervisor:
                                                gen=int(gens.get(spec.name, 0)))
         self.target_services = list(target.services)
         if target_file is not None:
-            stored = load_target(path.read_text(), str(path)) if path.exists() else None
-            # Saved by attach once the first Spawns are on the wire: dumping 1,000 specs
-            # as YAML is a few hundred ms that a cold start need not wait for.  The API
-            # is served only after attach, so no command sees the old file.
-            self._save_pending = stored != target
+            # Saved before anything is spawned (a supervisor killed right after its first
+            # Spawns must leave a target that wants them), and as the file's own text: it
+            # is valid, and dumping 1,000 specs as YAML would cost a cold start ~0.3 s.
+            stored = path.read_text() if path.exists() else None
+            if stored != text:
+                statefile.atomic_write(path, text.encode())
+                self._save_desired()
 
     async def attach(self, launcher: LauncherClient) -> None:
         """Adopt the launcher's children (same PIDs, no restart), then reconcile."""
@@ -189,9 +190,6 @@ class Supervisor:
                     self._arm_watchdog(inst, service.spec)
         self._background(self.monitor())
         self.reconcile()
-        if self._save_pending:
-            self.save()
-            self._save_pending = False
         self._balancer_dirty()
         stale = [s for s in self.services.values()
                  if any(i.gen != s.gen for i in s.instances.values())]
@@ -976,6 +974,9 @@ class Supervisor:
     def save(self) -> None:
         """Persist the desired state atomically."""
         statefile.atomic_write(self.state_dir / "target.yaml", self.target().to_yaml().encode())
+        self._save_desired()
+
+    def _save_desired(self) -> None:
         statefile.write_json(self.state_dir / "desired.json", {
             "down": sorted(n for n, s in self.services.items() if s.desired is Desired.DOWN),
             "gen": {n: s.gen for n, s in self.services.items() if s.gen}})
