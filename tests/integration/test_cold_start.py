@@ -1,8 +1,8 @@
 """Cold start through ``sup run --target``: what the file lists runs, and is kept.
 
-The supervisor saves the file's target only after it has sent the first Spawns (a cold
-start of many services need not wait for the YAML dump); these tests pin down that the
-saved state is still complete before any command can see it.
+The supervisor saves the file's target (its own text, one write) before it sends the
+first Spawn, so a supervisor killed at any moment leaves a target that wants what runs;
+these tests pin down that the saved state is complete.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+
+import yaml
 
 from .conftest import Corral, wait_for
 
@@ -29,9 +31,8 @@ def test_target_is_saved_before_the_api_answers(corral_factory: Callable[[], Cor
     API answers (the same processes, in the file's order)."""
     corral = corral_factory()
     corral.start("--target", str(_target(tmp_path)))
-    saved = (corral.state_dir / "target.yaml").read_text()
-    for i in range(SERVICES):
-        assert f"name: s{i}\n" in saved
+    saved = yaml.safe_load((corral.state_dir / "target.yaml").read_text())
+    assert [p["name"] for p in saved["processes"]] == [f"s{i}" for i in range(SERVICES)]
     wait_for(lambda: all(s["running"] == 1 for s in corral.status()), 30,
              what=f"all {SERVICES} services running")
     assert [s["name"] for s in corral.status()] == [f"s{i}" for i in range(SERVICES)]
