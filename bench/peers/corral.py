@@ -43,6 +43,11 @@ class Corral(Peer):
         else:
             venv = pip_venv(scratch, "corral", ["-e", str(TREE)])
             cls.bin = venv / "bin" / "corral"
+            # An editable install has no bytecode until first import, and with
+            # PYTHONDONTWRITEBYTECODE set (as on this host) never: every command would
+            # compile corral from source, which the peers' installed packages never do.
+            subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q",
+                            str(TREE / "src")], capture_output=True, timeout=300, check=False)
         r = subprocess.run([str(cls.bin), "--help"], capture_output=True, text=True,
                            timeout=60, check=False)
         if r.returncode != 0:
