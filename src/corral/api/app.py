@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from corral import __version__
@@ -109,10 +109,16 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
         facade.stop_supervisor()
         return {"result": "stopping"}
 
-    @app.get("/v1/services", tags=["services"])
-    async def services() -> list[dict[str, Any]]:
+    @app.get("/v1/services", tags=["services"], response_class=Response,
+             responses={200: {"content": {"application/json": {"schema": {
+                 "type": "array", "items": {"type": "object"}}}},
+                 "description": "every service's status object"}})
+    async def services() -> Response:
         """Every loaded service with its state, pid, restarts, health and instances."""
-        return facade.services()
+        # Encoded here, not through FastAPI's response validation and jsonable_encoder:
+        # at 1,000 services those took half the time of this, the most polled route.
+        return Response(json.dumps(facade.services(), separators=(",", ":")),
+                        media_type="application/json")
 
     @app.post("/v1/services", tags=["services"], responses=_ERRORS)
     async def load(body: LoadRequest, wait: float | None = _WAIT) -> dict[str, Any]:
