@@ -88,9 +88,11 @@ class Corral(Peer):
         return argv
 
     def start(self) -> None:
+        # Returns once the API answers, with or without --target: services start before
+        # the API stack is imported, so a caller must not take a running service for a
+        # supervisor that answers.  (Cold-start times come from the kernel's exec events,
+        # so waiting here does not change them.)
         super().start()
-        if self.has_target_flag:
-            return
         deadline = time.monotonic() + 30
         while subprocess.run(self.cli("sup", "status"), capture_output=True,
                              check=False).returncode != 0:
@@ -98,6 +100,8 @@ class Corral(Peer):
                 raise PeerUnavailableError("corral sup run did not answer within 30 s: "
                                       + self.supervisor_output())
             time.sleep(0.05)
+        if self.has_target_flag:
+            return
         for s in self.services:
             r = subprocess.run(self.cli("svc", "load", "-f", str(self.root / "specs" /
                                f"{s.name}.yaml")), capture_output=True, text=True, check=False)
