@@ -652,8 +652,8 @@ def _fast(model: type[M], text: str) -> M | None:
     composes the node tree to name the line of every problem)."""
     try:
         data = _plain_data(text)
-        if data is _UNUSUAL:
-            data = yaml.load(text, Loader=_FastLoader)  # a SafeLoader subclass: safe
+        if data is _UNUSUAL:  # the slow path also finds keys given twice
+            return None
         if model is Target and data is None:
             data = {}
         return model.model_validate(data) if isinstance(data, dict) else None
@@ -739,6 +739,8 @@ def _plain_data(text: str) -> object:
                             return _UNUSUAL
                         keys[-1] = value
                     else:
+                        if keys[-1] in parent:  # a key given twice: the slow path says where
+                            return _UNUSUAL
                         parent[keys[-1]] = value
                         keys[-1] = _UNUSUAL
                 if kind != 0:
@@ -773,6 +775,8 @@ def load_target(text: str, source: str) -> Target:
     if fast is not None:
         return fast
     data, node = _compose(text, source)
+    if twice := _keys_twice(node):
+        _raise(source, node, twice)
     return _validate(Target, {} if data is None else data, source, node)
 
 
@@ -785,6 +789,8 @@ def load_process(text: str, source: str) -> ProcessSpec:
     if fast is not None:
         return fast
     data, node = _compose(text, source)
+    if twice := _keys_twice(node):
+        _raise(source, node, twice)
     return _validate(ProcessSpec, data, source, node)
 
 
@@ -803,6 +809,28 @@ def refuse(text: str | None, source: str, problems: list[Problem]) -> NoReturn:
     resources, addresses that cannot be bound), naming the line of each in ``text``."""
     node = _compose(text, source)[1] if text is not None else None
     _raise(source, node, problems)
+
+
+def _keys_twice(node: yaml.Node | None, loc: Loc = ()) -> list[Problem]:
+    """A problem for every key given twice in one mapping: YAML loaders keep the last one
+    silently, so a second ``hooks:`` would drop the first without a word."""
+    problems: list[Problem] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue
+            line = key.start_mark.line + 1
+            if key.value in first:
+                problems.append(((*loc, key.value), f"given twice (also on line "
+                                 f"{first[key.value]}); merge the two"))
+            else:
+                first[key.value] = line
+            problems += _keys_twice(value, (*loc, key.value))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _keys_twice(item, (*loc, i))
+    return problems
 
 
 def _compose(text: str, source: str) -> tuple[object, yaml.Node | None]:

@@ -724,3 +724,16 @@ def test_the_fast_yaml_reader_agrees_with_pyyaml(text: str) -> None:
     if got is spec._UNUSUAL:
         return
     assert got == expected and type(got) is type(expected)
+
+
+def test_a_key_given_twice_is_refused_with_both_lines() -> None:
+    """YAML loaders keep the last of two equal keys silently: a second `hooks:` would drop
+    the first one's init hook without a word."""
+    text = ("processes:\n  - name: db\n    command: [postgres]\n    hooks: {init: initdb}\n"
+            "    user: postgres\n    hooks: {reload_signal: HUP}\n")
+    with pytest.raises(SpecError) as info:
+        load_target(text, "pg.yaml")
+    assert info.value.message == \
+        "pg.yaml:6: processes[0].hooks: given twice (also on line 4); merge the two"
+    with pytest.raises(SpecError):
+        load_process("name: a\ncommand: x\ncommand: y\n", "a.yaml")
