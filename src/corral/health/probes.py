@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from corral.spec import HealthSpec
 from corral.states import HealthState
@@ -31,23 +33,25 @@ class Result:
 
 
 async def probe(spec: HealthSpec, env: Mapping[str, str], cwd: str | None,
-                host: str = "127.0.0.1") -> Result:
-    """Run the check once, never longer than ``spec.timeout`` seconds."""
+                host: str = "127.0.0.1", user: str | None = None,
+                group: str | None = None) -> Result:
+    """Run the check once, never longer than ``spec.timeout`` seconds; an exec check runs
+    as ``user``/``group`` (the service's), as Habitat runs its health-check hook."""
     try:
-        return await asyncio.wait_for(_run(spec, env, cwd, host), spec.timeout)
+        return await asyncio.wait_for(_run(spec, env, cwd, host, user, group), spec.timeout)
     except TimeoutError:
         return Result(HealthState.CRITICAL, f"{spec.kind} check timed out after "
                                             f"{spec.timeout:g}s")
 
 
 async def _run(spec: HealthSpec, env: Mapping[str, str], cwd: str | None,
-               host: str) -> Result:
+               host: str, user: str | None, group: str | None) -> Result:
     if spec.tcp is not None:
         return await _tcp(host, spec.tcp.port)
     if spec.http is not None and spec.http.port is not None:
         return await _http(host, spec.http.port, spec.http.path)
     assert spec.exec is not None
-    return await _exec(spec.exec, env, cwd)
+    return await _exec(spec.exec, env, cwd, user, group)
 
 
 async def _tcp(host: str, port: int) -> Result:
@@ -85,13 +89,26 @@ async def _http(host: str, port: int, path: str) -> Result:
     return Result(HealthState.CRITICAL, f"GET {path} on port {port} -> {shown}")
 
 
-async def _exec(argv: list[str], env: Mapping[str, str], cwd: str | None) -> Result:
+def drop_to(user: str | None, group: str | None) -> dict[str, Any]:
+    """``create_subprocess_exec`` arguments that run a command as ``user`` (with its own
+    group unless ``group`` is given, and no supplementary groups): what the launcher does
+    for the service itself.  Empty when there is no user."""
+    if user is None:
+        return {} if group is None else {"group": group}
+    return {"user": user, "group": group if group is not None else pwd.getpwnam(user).pw_gid,
+            "extra_groups": []}
+
+
+async def _exec(argv: list[str], env: Mapping[str, str], cwd: str | None,
+                user: str | None = None, group: str | None = None) -> Result:
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True)
-    except OSError as exc:
-        return Result(HealthState.UNKNOWN, f"cannot run {argv[0]}: {exc.strerror or exc}")
+            stderr=asyncio.subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True,
+            **drop_to(user, group))
+    except (OSError, ValueError, KeyError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        return Result(HealthState.UNKNOWN, f"cannot run {argv[0]}: {why}")
     try:
         output, _ = await proc.communicate()
     except asyncio.CancelledError:

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.health.probes import drop_to
+
 from .events import rfc3339
 
 
@@ -37,8 +39,8 @@ async def run_hook(hook: str, command: str, *, env: Mapping[str, str], cwd: str,
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", command, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=dict(env),
-            cwd=cwd, start_new_session=True, user=user, group=group)
-    except (OSError, ValueError) as exc:
+            cwd=cwd, start_new_session=True, **drop_to(user, group))
+    except (OSError, ValueError, KeyError) as exc:  # KeyError: no such user
         return HookResult(False, f"hook {hook} could not start: {exc}", [])
     try:
         output, _ = await asyncio.wait_for(proc.communicate(), timeout)

@@ -736,7 +736,9 @@ class Supervisor:
                     update={"port": port, "service": None})})
         inst.watch = HealthWatch(health, inst.pid, self._instance_env(inst, spec),
                                  self._instance_cwd(inst, spec),
-                                 lambda pid, result: self._on_health(inst, pid, result)).start()
+                                 lambda pid, result: self._on_health(inst, pid, result))
+        inst.watch.user, inst.watch.group = spec.user, spec.group
+        inst.watch.start()
 
     def _unwatch(self, inst: Instance) -> None:
         if inst.dog is not None:

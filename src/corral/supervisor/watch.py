@@ -25,6 +25,8 @@ class HealthWatch:
         self._env = env
         self._cwd = cwd
         self._on_result = on_result
+        self.user: str | None = None    # an exec check runs as the service's user
+        self.group: str | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> HealthWatch:
@@ -35,7 +37,8 @@ class HealthWatch:
         if self.spec.start_period > 0:
             await asyncio.sleep(self.spec.start_period)
         while True:
-            result = await probe(self.spec, self._env, self._cwd)
+            result = await probe(self.spec, self._env, self._cwd, user=self.user,
+                                 group=self.group)
             self._on_result(self.pid, result)
             await asyncio.sleep(self.spec.interval)
 
