@@ -184,10 +184,9 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
     except TimeoutError:
         server.force_exit = True
     if remote_task is not None:
-        try:
+        # A listener that does not finish in 3 s is cancelled by wait_for itself.
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(remote_task, 3)
-        except TimeoutError:
-            pass  # wait_for cancelled it
     launcher.close()
     return code
 

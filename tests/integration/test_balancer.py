@@ -332,6 +332,25 @@ def test_keeps_serving_when_its_controller_dies(balancer: Balancer, backends: Ba
     assert balancer.proc.poll() is None
 
 
+def test_a_controller_speaking_garbage_is_dropped_and_named_in_the_log(
+        balancer: Balancer, backends: Backends) -> None:
+    """Bytes that are not corral's framing: that connection is dropped with one line in the
+    balancer's log, and the balancer keeps its configuration and its other controllers."""
+    backends.start("a")
+    port = free_port()
+    balancer.control.configure(service(port, [{"id": "a", "host": "127.0.0.1",
+                                               "port": backends.ports["a"]}]))
+    with socket.socket(socket.AF_UNIX) as rogue:
+        rogue.connect(str(balancer.path))
+        rogue.sendall(b"\xff\xff\xff\xff not a frame")   # a 4 GiB length: refused
+        rogue.settimeout(10)
+        assert rogue.recv(1024) == b""                       # dropped, not answered
+    wait_for(lambda: "dropping a control connection" in balancer.log.read_text(),
+             what="the log line")
+    assert get(port) == "a"
+    assert [b["id"] for b in balancer.control.service("web")["backends"]] == ["a"]
+
+
 def test_emfile_on_accept_backs_off_and_recovers(balancer: Balancer,
                                                  backends: Backends) -> None:
     """1. The balancer's RLIMIT_NOFILE is lowered below its next free descriptor.

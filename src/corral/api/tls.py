@@ -169,12 +169,15 @@ class RemoteAccess:
         try:
             st = os.stat(self.paths.token)
             stamp = (st.st_ino, st.st_mtime_ns)
-            if stamp != self._stamp:
-                text = self.paths.token.read_text().strip()
-                if len(text) >= 32:  # a torn or emptied file must not open the door
-                    self._token, self._stamp = text, stamp
+            if stamp == self._stamp:
+                return self._token
+            text = self.paths.token.read_text().strip()
         except OSError:
-            pass  # keep the last good token
+            # Unreadable for a moment (a rotation renaming it into place): the last good
+            # token stays in force rather than none or an empty one.
+            return self._token
+        if len(text) >= 32:  # a torn or emptied file must not open the door
+            self._token, self._stamp = text, stamp
         return self._token
 
     def rotate_token(self) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +166,13 @@ class ControlServer:
                     if "id" in request:
                         reply["id"] = request["id"]
                     writer.write(framing.encode(reply))
-        except (ConnectionError, framing.FrameError):
-            pass  # a broken controller is dropped; the configuration stays
+        except ConnectionError:
+            return  # the controller went away (a supervisor killed): the configuration stays
+        except framing.FrameError as exc:
+            # Not corral's framing: say so in the balancer's log, drop that connection,
+            # keep serving with the configuration it has.
+            print(f"corral-balancer: dropping a control connection: {exc}", file=sys.stderr,
+                  flush=True)
         finally:
             self._writers.discard(writer)
             writer.close()

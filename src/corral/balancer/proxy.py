@@ -21,6 +21,7 @@ drain can tell when they are all gone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
@@ -256,10 +257,9 @@ class Service:
 
     def _start(self, conn: socket.socket) -> None:
         conn.setblocking(False)
-        try:
+        # Refused for a connection the client already reset: the copy loop finds that out.
+        with contextlib.suppress(OSError):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # not TCP (a unix socket in tests) or already reset
         task = self._loop.create_task(self._serve(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
