@@ -252,15 +252,9 @@ class Facade:
     def remove_secrets(self, names: list[str]) -> list[str]:
         """Remove secrets, all or nothing: NotFound for an unknown name, Conflict naming
         the processes for one in use."""
-        self._sup.conflict_if_stopping()
         store = self._sup.secrets
-        store.require(names)
-        in_use = [f"{name!r} is used by {', '.join(users)}" for name in sorted(set(names))
-                  if (users := self._sup.secret_users(name))]
-        if in_use:
-            raise Conflict(f"cannot remove: secret {'; secret '.join(in_use)}; change or "
-                           "unload those processes first")
-        return store.remove(names)
+        return self._remove_unused("secret", store.require, store.remove, names,
+                                   self._sup.secret_users, repr)
 
     def resources(self) -> list[dict[str, Any]]:
         """``[{id, name, size, created, used_by}]``, oldest first."""
@@ -282,14 +276,23 @@ class Facade:
     def remove_resources(self, ids: list[str]) -> list[str]:
         """Remove resources, all or nothing: NotFound for an unknown id, Conflict naming the
         processes for one that a process lists."""
-        self._sup.conflict_if_stopping()
         store = self._sup.resources
-        store.require(ids)
-        in_use = [f"{rid} is used by {', '.join(users)}" for rid in sorted(set(ids))
-                  if (users := self._sup.resource_users(rid))]
+        return self._remove_unused("resource", store.require, store.remove, ids,
+                                   self._sup.resource_users, str)
+
+    def _remove_unused(self, kind: str, require: Callable[[list[str]], object],
+                       remove: Callable[[list[str]], list[str]], keys: list[str],
+                       users_of: Callable[[str], list[str]],
+                       show: Callable[[str], str]) -> list[str]:
+        """All or nothing: NotFound (from ``require``) for an unknown key, Conflict naming
+        the processes for one in use; else remove them all."""
+        self._sup.conflict_if_stopping()
+        require(keys)
+        in_use = [f"{show(key)} is used by {', '.join(users)}" for key in sorted(set(keys))
+                  if (users := users_of(key))]
         if in_use:
-            raise Conflict(f"cannot remove: resource {'; resource '.join(in_use)}; change "
-                           "or unload those processes first")
-        return store.remove(ids)
+            raise Conflict(f"cannot remove: {kind} {f'; {kind} '.join(in_use)}; change or "
+                           "unload those processes first")
+        return remove(keys)
     # --- end of stores ---
 
