@@ -200,7 +200,7 @@ class Supervisor:
                 record.steps[service.spec.name] = Step(service.spec.name,
                                                        service.spec.instances)
             self._rollout_task = asyncio.ensure_future(
-                self._run_rollout(record, [(s, None, s.gen) for s in stale], {}))
+                self._run_rollout(record, [(s, None, s.gen) for s in stale]))
 
     def _adopt(self, child: Message) -> None:
         """Take over a running child.  An instance of an older generation (a rollout was
@@ -978,20 +978,24 @@ class Supervisor:
             raise NotFound(f"no service named {name!r} (loaded: {loaded})")
         return service
 
-    def save(self) -> None:
-        """Persist the desired state atomically."""
-        statefile.atomic_write(self.state_dir / "target.yaml", self.target().to_yaml().encode())
-        self._save_desired()
+    def save(self, without: frozenset[str] | set[str] = frozenset()) -> None:
+        """Persist the desired state atomically; ``without``: services being removed (saved
+        as gone before they are stopped, so a crash midway does not bring them back)."""
+        statefile.atomic_write(self.state_dir / "target.yaml",
+                               self.target(without).to_yaml().encode())
+        self._save_desired(without)
 
-    def _save_desired(self) -> None:
+    def _save_desired(self, without: frozenset[str] | set[str] = frozenset()) -> None:
+        kept = {n: s for n, s in self.services.items() if n not in without}
         statefile.write_json(self.state_dir / "desired.json", {
-            "down": sorted(n for n, s in self.services.items() if s.desired is Desired.DOWN),
-            "gen": {n: s.gen for n, s in self.services.items() if s.gen}})
+            "down": sorted(n for n, s in kept.items() if s.desired is Desired.DOWN),
+            "gen": {n: s.gen for n, s in kept.items() if s.gen}})
 
-    def target(self) -> Target:
+    def target(self, without: frozenset[str] | set[str] = frozenset()) -> Target:
         """Everything loaded, however it got there (``target set``, ``svc load``)."""
-        return Target.model_construct(processes=[s.spec for s in self.services.values()],
-                                      services=list(self.target_services))
+        return Target.model_construct(
+            processes=[s.spec for n, s in self.services.items() if n not in without],
+            services=list(self.target_services))
 
     async def load(self, spec: ProcessSpec) -> str:
         """Add or update a service; returns ``added``, ``updated`` or ``unchanged``.
@@ -1089,7 +1093,7 @@ class Supervisor:
                 id=(self.rollout.id + 1 if self.rollout else 1), cause=f"svc restart {name}",
                 started_at=time.time(), changes=[])
             record.steps[name] = Step(name, service.spec.instances)
-            self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace, {}))
+            self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace))
             await self.wait_rollout()
             if record.phase is Phase.FAILED:
                 raise NotReady(f"restart of {name} failed: {record.reason}; the old "
@@ -1381,7 +1385,6 @@ class Supervisor:
         changes = self.plan_target(target)
         if not changes:
             return None
-        old_specs = {name: s.spec for name, s in self.services.items()}
         replace: list[tuple[Service, ProcessSpec | None, int]] = []
         removed = [self.services[c.name] for c in changes
                    if c.kind == "process" and c.action is rollout.Action.REMOVE]
@@ -1420,7 +1423,7 @@ class Supervisor:
                                                        service.spec.instances, detail="starting")
         for service in removed:
             service.desired = Desired.DOWN
-        self._save_without(removed)
+        self.save(without={s.spec.name for s in removed})
         for service in sorted(removed, key=self.stop_order().index):
             await self._stop_instances(service, [*service.instances.values(),
                                                  *service.retiring.values()])
@@ -1439,21 +1442,11 @@ class Supervisor:
         self.reconcile()
         self._balancer_dirty()
         self._rollout_task = asyncio.ensure_future(
-            self._run_rollout(record, replace, old_specs, added))
+            self._run_rollout(record, replace, added))
         return record
-
-    def _save_without(self, removed: list[Service]) -> None:
-        gone = {s.spec.name for s in removed}
-        keep = {n: s for n, s in self.services.items() if n not in gone}
-        everything, self.services = self.services, keep
-        try:
-            self.save()
-        finally:
-            self.services = everything
 
     async def _run_rollout(self, record: Rollout,
                            replace: list[tuple[Service, ProcessSpec | None, int]],
-                           old_specs: dict[str, ProcessSpec],
                            added: list[Service] | None = None) -> None:
         """Replace each changed process, dependencies first; a process whose new
         instances do not become healthy in time keeps (or gets back) its old version.
@@ -1661,7 +1654,7 @@ class Supervisor:
             record.steps[service.spec.name] = Step(service.spec.name, service.spec.instances)
         self.events.emit("", "rollout", f"{record.cause}: replacing "
                          + ", ".join(s.spec.name for s in users))
-        self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace, {}))
+        self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace))
         return record
     # --- end of stores ---
 
