@@ -218,7 +218,8 @@ while True:
 class DirectLauncher:
     """A real launcher whose "supervisor" is the test, through :data:`RELAY`."""
 
-    def __init__(self, tmp_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp_path: Path, env: dict[str, str] | None = None,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         relay = tmp_path / "relay.py"
         relay.write_text(RELAY)
         self.sock_path = tmp_path / "relay.sock"
@@ -229,7 +230,7 @@ class DirectLauncher:
         with self.stderr.open("wb") as err:
             self.proc = subprocess.Popen([PY, "-m", "corral.launcher", "--state-dir",
                                           str(self.state)], env=full, stderr=err,
-                                         start_new_session=True)
+                                         start_new_session=True, pass_fds=pass_fds)
         self.unasked: list[dict[str, Any]] = []
         self.sock: socket.socket | None = None
         self._ids = 0
@@ -310,3 +311,22 @@ def test_direct_launcher_spawns_lists_and_reports_exits(tmp_path: Path) -> None:
         assert launcher.call({"type": "List"})["children"] == []
     finally:
         assert launcher.close() == 0
+
+
+def test_fds_the_launcher_inherited_do_not_reach_services(tmp_path: Path) -> None:
+    """Services start with stdin, stdout and stderr only, whatever the launcher's parent
+    left open (here a pipe whose write end would keep a reader waiting forever)."""
+    keep_r, keep_w = os.pipe()
+    launcher = DirectLauncher(tmp_path, pass_fds=(keep_w,))
+    try:
+        os.close(keep_w)
+        reply = launcher.spawn("fds/0", ["sh", "-c", "ls /proc/self/fd > fds.txt"],
+                               cwd=str(tmp_path))
+        assert reply["type"] == "Spawned", reply
+        exited = launcher.wait_unasked(lambda msg: msg.get("pid") == reply["pid"])
+        assert exited["exit_code"] == 0
+        listed = sorted(int(fd) for fd in (tmp_path / "fds.txt").read_text().split())
+        assert listed == [0, 1, 2, 3]  # 3: the directory ls is reading
+    finally:
+        assert launcher.close() == 0
+        os.close(keep_r)

@@ -73,7 +73,6 @@ class Child:
     pid: int
     argv: list[str]
     started_at: float
-    proc: subprocess.Popen[bytes]
     readers: list[PipeReader]
     terminate_waiters: list[Any] = field(default_factory=list)
     killed: bool = False
@@ -124,6 +123,7 @@ class Launcher:
     def run(self) -> int:
         """Start the supervisor and serve until shutdown; return the exit code."""
         self._install_signals()
+        _close_inherited_on_exec()
         if os.getpid() != 1:
             _set_child_subreaper()
         self._setup_cgroups()
@@ -268,7 +268,8 @@ class Launcher:
             self._forget_link(sup.link)
             return
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if sup.link.wants_write else 0)
-        self.sel.modify(sup.link.fileno(), events, self._on_link)
+        if self.sel.get_key(sup.link.fileno()).events != events:  # an epoll_ctl per send
+            self.sel.modify(sup.link.fileno(), events, self._on_link)
 
     def _forget_link(self, link: Link) -> None:
         try:
@@ -402,7 +403,7 @@ class Launcher:
         if logfile is None:
             logfile = self.logs[path] = LogFile(path, max_bytes, keep)
         logfile.max_bytes, logfile.keep = max_bytes, keep
-        pid = started.proc.pid
+        pid = started.pid
         recent: deque[bytes] = deque(maxlen=RECENT)
         readers = [PipeReader(started.stdout, pid, b"O", logfile, stamped, recent),
                    PipeReader(started.stderr, pid, b"E", logfile, stamped, recent)]
@@ -410,7 +411,7 @@ class Launcher:
             logfile.users += 1
             self.sel.register(reader.fd, selectors.EVENT_READ, self._pipe_callback(reader))
         child = Child(name=req.name, pid=pid, argv=req.argv, started_at=time.time(),
-                      proc=started.proc, readers=readers, cgroup=leaf)
+                      readers=readers, cgroup=leaf)
         self.children[pid] = child
         self.spawns[req.name] += 1
         reply = {"type": m.SPAWNED, "id": rid, "pid": pid, "started_at": child.started_at,
@@ -505,7 +506,6 @@ class Launcher:
 
     def _on_child_exit(self, child: Child, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
-        child.proc.returncode = code  # so subprocess never tries to wait for it
         # Leftovers of the process group (grandchildren) go with their leader, as with
         # systemd's control-group kill: a restarted service must find its ports free.
         # With a cgroup, that is every descendant, daemons that called setsid() included.
@@ -632,6 +632,20 @@ def _killpg(pgid: int, signum: int) -> None:
 
 def _describe(code: int) -> str:
     return f"exit code {code}" if code >= 0 else f"killed by SIG{m.signal_name(-code)}"
+
+
+def _close_inherited_on_exec() -> None:
+    """Mark every fd above stdio close-on-exec.
+
+    Services are started with ``posix_spawn``, which passes on whatever is inheritable;
+    an fd the launcher itself inherited (from a shell, an init system, a test harness)
+    must not reach them, as ``close_fds`` guaranteed with ``subprocess``.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):  # the listing's own fd, closed by now
+                os.set_inheritable(fd, False)
 
 
 def _set_child_subreaper() -> None:
