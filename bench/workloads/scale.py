@@ -2,7 +2,7 @@
 
 - all running: supervisor launch -> the last of the N execs (proc connector);
 - status: whole command, 1 warm-up + 5 timed runs, median (right after all running);
-- after a 3 s settle: CPU (utime+stime of the supervisor's own processes) over the idle
+- after a 3 s settle: CPU (schedstat run time of the supervisor's own processes) over the idle
   window, then RSS/PSS (smaps_rollup) summed over its own processes (tree minus services);
 - stop: graceful stop until no service and no supervisor process remains.
 

@@ -17,7 +17,7 @@ import socket
 import ssl
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from corral.errors import CorralError
 from corral.protocol import messages as m
@@ -27,6 +27,7 @@ from corral.supervisor.launcher_client import LauncherClient
 from corral.supervisor.loop import Supervisor
 
 if TYPE_CHECKING:
+    from corral.api.server import QuietServer
     from corral.api.tls import RemoteAccess
 
 #: Seconds between attempts to bind the ``--listen-http`` address while it is taken.
@@ -67,7 +68,7 @@ def _bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve_remote(server: Any, remote: RemoteAccess) -> None:
+async def _serve_remote(server: QuietServer, remote: RemoteAccess) -> None:
     """Serve ``server`` (TLS + token) on the ``--listen-http`` address until it exits.
 
     If the address cannot be bound (taken, or not ours), say so once and retry every
@@ -143,6 +144,7 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
 
     from corral.api.app import create_app
     from corral.api.auth import TokenAuth
+    from corral.api.server import QuietServer
 
     remote = None
     if listen_http:  # cryptography (about 10 MB) is loaded only for a TCP listener
@@ -153,7 +155,7 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
     # Everything imported so far lives as long as the process: move it out of the
     # collector's reach, so a full collection landing on a restart stays short.
     gc.freeze()
-    remote_server: Any = None
+    remote_server: QuietServer | None = None
     remote_task: asyncio.Task[None] | None = None
     if remote is not None:
         remote_config = uvicorn.Config(
@@ -164,7 +166,7 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
         remote_config.load()  # builds the SSL context, which uvicorn offers no floor for
         if remote_config.ssl is not None:
             remote_config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
-        remote_server = uvicorn.Server(remote_config)
+        remote_server = QuietServer(remote_config)
         # uvicorn installs SIGINT/SIGTERM handlers per server and restores them in its own
         # order on exit; with two servers on one loop that juggling is wrong, and the
         # launcher, not a signal, tells this process to stop.
@@ -173,16 +175,16 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
     api = _bind_api(state_dir)
     config = uvicorn.Config(app, log_level="warning",
                             lifespan="off", access_log=False, timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
+    server = QuietServer(config)
     server_task = asyncio.create_task(server.serve(sockets=[api]))
     code = await done
-    server.should_exit = True
+    server.stop()
     if remote_server is not None:
-        remote_server.should_exit = True
+        remote_server.stop()
     try:
         await asyncio.wait_for(server_task, 3)
     except TimeoutError:
-        server.force_exit = True
+        server.stop(force=True)
     if remote_task is not None:
         # A listener that does not finish in 3 s is cancelled by wait_for itself.
         with contextlib.suppress(TimeoutError):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 from .conftest import PY, Corral, wait_for
+from .test_metrics import get
 
 BURN = "import time\nwhile True:\n    pass\n"
 GROW = ("import time\nblocks = []\n"
@@ -39,3 +42,28 @@ def test_memory_limit_restarts_with_an_event(corral: Corral, tmp_path: Path) -> 
         if e["kind"] == "limit"], 60, "a limit event")[0]
     assert "memory" in event["reason"] and "100MiB" in event["reason"]
     wait_for(lambda: corral.status("hog")["pid"] not in (None, first), 30, "a new pid")
+
+
+BURST = ("import signal, time\n"
+         "def burn(*_):\n"
+         "    end = time.time() + 4\n"
+         "    while time.time() < end: pass\n"
+         "signal.signal(signal.SIGUSR1, burn)\n"
+         "while True: signal.pause()\n")
+
+
+def test_cpu_falls_to_zero_when_a_service_goes_idle_and_history_keeps_points(
+        corral: Corral, tmp_path: Path) -> None:
+    """An idle service's CPU reads 0 (the sampler hands back its last reading, unread);
+    a burst shows, then falls back to 0; ``/v1/services/NAME/history`` has the points."""
+    script = tmp_path / "burst.py"
+    script.write_text(BURST)
+    corral.ok("svc", "load", "bursty", "--", PY, str(script))
+    wait_for(lambda: corral.status("bursty")["cpu"] == 0, 30, "an idle reading of 0 %")
+    os.kill(corral.status("bursty")["pid"], signal.SIGUSR1)
+    wait_for(lambda: (corral.status("bursty")["cpu"] or 0) > 30, 30, "the burst to show")
+    wait_for(lambda: corral.status("bursty")["cpu"] == 0, 30, "CPU back to 0 %")
+    status, _, body = get(corral, "/v1/services/bursty/history")
+    assert status == 200, body
+    points = json.loads(body)["instances"][0]["points"]
+    assert points and all(p["rss"] > 0 for p in points), points

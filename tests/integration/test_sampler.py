@@ -4,6 +4,7 @@ one, sees CPU time grow, counts descendants, and lets go of processes that ended
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -54,8 +55,50 @@ def test_roots_not_sampled_in_a_round_are_let_go() -> None:
         assert list(tree._open) == [procs[0].pid]
         before = len(os.listdir("/proc/self/fd"))
         tree.close()
-        assert len(os.listdir("/proc/self/fd")) == before - 2
+        assert len(os.listdir("/proc/self/fd")) == before - 3
     finally:
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_an_idle_process_costs_one_read_until_it_runs_again() -> None:
+    """A root that has not run since the last round gets last round's answer (the very
+    same object: nothing was re-read); once it runs, or after REFRESH_EVERY rounds, it is
+    read afresh."""
+    # Sleeps until poked with SIGUSR1, then burns CPU for a moment and sleeps again.
+    code = ("import signal, time\n"
+            "def burn(*_):\n"
+            "    end = time.process_time() + 0.2\n"
+            "    while time.process_time() < end: pass\n"
+            "    print('burnt', flush=True)\n"
+            "signal.signal(signal.SIGUSR1, burn)\n"
+            "print('ready', flush=True)\n"
+            "while True: signal.pause()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    tree = sampler.TreeSampler()
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        first = tree.usage(proc.pid)
+        tree.end_round()
+        assert first is not None
+        idle = tree.usage(proc.pid)
+        tree.end_round()
+        assert idle is first
+        proc.send_signal(signal.SIGUSR1)
+        assert proc.stdout.readline() == b"burnt\n"
+        busy = tree.usage(proc.pid)
+        tree.end_round()
+        assert busy is not None and busy is not first
+        assert busy.cpu_seconds >= first.cpu_seconds + 0.15
+        for _ in range(sampler.TreeSampler.REFRESH_EVERY - 1):
+            assert tree.usage(proc.pid) is busy
+            tree.end_round()
+        refreshed = tree.usage(proc.pid)
+        assert refreshed is not busy and refreshed == busy._replace(rss_bytes=refreshed.rss_bytes)
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        tree.close()

@@ -8,6 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.monitor.sampler import Usage
 from corral.spec import ProcessSpec
 from corral.states import Desired, HealthState, ServiceState
 
@@ -64,7 +65,8 @@ class Instance:
     watch: HealthWatch | None = None
     cpu: float | None = None          # percent of one core, over the last sample period
     rss: int | None = None            # bytes, whole process tree
-    sampled: tuple[float, float] | None = None   # (monotonic time, cpu seconds) last seen
+    usage: Usage | None = None        # the tree's last reading (same object while idle)
+    sampled_at: float = 0.0           # monotonic time it was last sampled
     over_limit_since: float | None = None
     init_done: bool = False
     dog: asyncio.TimerHandle | None = None   # the watchdog countdown

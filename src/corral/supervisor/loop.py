@@ -96,10 +96,11 @@ class Supervisor:
         self._state_waiters: list[asyncio.Future[None]] = []
         self._depended: frozenset[str] | None = None  # see _depended_on
         self.target_services: list[ServiceSpec] = []
-        # Two kept-open /proc files per sampled instance, within a quarter of the fd limit.
+        # Three kept-open /proc files per sampled instance: 3/8 of the fd limit at most.
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         budget = soft // 8 if soft != resource.RLIM_INFINITY else 5000
         self._sampler = sampler.TreeSampler(max_open=min(5000, budget))
+        self._history_at = 0.0  # wall clock of the last resource history point
         self.secrets = SecretStore(state_dir / "secrets.json")
         self.resources = ResourceStore(state_dir / "resources")
         self.rollout: Rollout | None = None
@@ -882,8 +883,13 @@ class Supervisor:
 
     def sample_once(self, now: float) -> None:
         # Per instance this is the hot part of an idle supervisor at 1,000 services: the
-        # clock is read once a round and limits are checked only where some are set.
+        # clock is read once a round, whether to keep a history point is decided once a
+        # round, an instance that has not run since the last round (the sampler hands back
+        # the same reading) costs a comparison, and limits are checked only where set.
         wall = time.time()
+        record = wall - self._history_at >= HISTORY_STEP
+        if record:
+            self._history_at = wall
         live = (ServiceState.STARTING, ServiceState.UP, ServiceState.UNHEALTHY)
         usage = self._sampler.usage
         for service in list(self.services.values()):
@@ -891,17 +897,22 @@ class Supervisor:
             limited = limits.memory is not None or limits.cpu is not None
             for inst in list(service.instances.values()):
                 if inst.pid is None or inst.state not in live:
-                    inst.sampled = None
+                    inst.usage = None
                     continue
                 use = usage(inst.pid)
                 if use is None:
                     continue
-                if inst.sampled is not None and now > inst.sampled[0]:
-                    inst.cpu = max(0.0, (use.cpu_seconds - inst.sampled[1])
-                                   / (now - inst.sampled[0]) * 100)
-                inst.sampled = (now, use.cpu_seconds)
-                inst.rss = use.rss_bytes
-                if not inst.history or wall - inst.history[-1][0] >= HISTORY_STEP:
+                last = inst.usage
+                if use is not last:
+                    if last is not None and now > inst.sampled_at:
+                        inst.cpu = max(0.0, (use.cpu_seconds - last.cpu_seconds)
+                                       / (now - inst.sampled_at) * 100)
+                    inst.rss = use.rss_bytes
+                    inst.usage = use
+                elif inst.cpu:
+                    inst.cpu = 0.0
+                inst.sampled_at = now
+                if record:
                     inst.history.append((wall, round(inst.cpu or 0.0, 1), use.rss_bytes))
                 if limited:
                     self._check_limits(service, inst, now)
