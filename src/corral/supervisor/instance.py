@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.monitor.history import History
 from corral.monitor.sampler import Usage
 from corral.spec import ProcessSpec
 from corral.states import Desired, HealthState, ServiceState
@@ -70,8 +70,7 @@ class Instance:
     over_limit_since: float | None = None
     init_done: bool = False
     dog: asyncio.TimerHandle | None = None   # the watchdog countdown
-    history: deque[tuple[float, float, int]] = field(
-        default_factory=lambda: deque(maxlen=HISTORY_POINTS))
+    history: History = field(default_factory=lambda: History(HISTORY_POINTS))
     notify: NotifySocket | None = None
     failures: int = 0
     spec: ProcessSpec | None = None   # set while retiring: the (older) spec it runs

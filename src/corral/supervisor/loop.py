@@ -913,7 +913,7 @@ class Supervisor:
                     inst.cpu = 0.0
                 inst.sampled_at = now
                 if record:
-                    inst.history.append((wall, round(inst.cpu or 0.0, 1), use.rss_bytes))
+                    inst.history.append(wall, inst.cpu or 0.0, use.rss_bytes)
                 if limited:
                     self._check_limits(service, inst, now)
         self._sampler.end_round()
