@@ -3,7 +3,11 @@
 The writer (bench/writer.py) pre-builds every line, reports ready, and on SIGUSR1 writes
 them in 64 KiB writes, then stays alive. Time = go -> the log file(s) hold every byte
 (page cache, no fsync, as in peer-bench); MB/s counts the writer's bytes, so prefixed
-formats compare directly. Before each run ``sync`` flushes the previous run's writeback.
+formats compare directly. Before each run ``sync`` flushes the previous run's writeback
+and the clean page cache is dropped: on the bench host an append to a file whose earlier
+600 MB are still cached runs at ~450 MB/s, after ``drop_caches`` at ~4,800 MB/s, so
+without it a run's speed depended on how many bytes earlier runs had left in the same file
+(and corral's stamped records, 35 % more bytes, reached the slow zone first).
 Each peer gets up to 3 runs (fewer once they took 2 s: the writer streams again on each go
 signal) and the median is reported; then the whole log is checked byte for byte
 (:mod:`bench.logcheck`). Baseline: ``writer > file``.
@@ -78,13 +82,20 @@ def wait_size(files: Callable[[], list[Path]], want: int, timeout: float,
         time.sleep(0.001)
 
 
+def _settle_page_cache() -> None:
+    """Write back and drop the clean page cache (root, as the whole bench is)."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1\n")
+
+
 def timed_runs(pid: int, files: Callable[[], list[Path]], want: int, reps: int,
                budget_s: float) -> list[float]:
     """Up to ``reps`` go signals (fewer once the runs took ``budget_s``): seconds of each,
     from the signal until the files hold one more stream's worth of bytes."""
     runs: list[float] = []
     while len(runs) < reps and (not runs or sum(runs) < budget_s):
-        os.sync()
+        _settle_page_cache()
         t0 = time.monotonic()
         os.kill(pid, signal.SIGUSR1)
         t1 = wait_size(files, want * (len(runs) + 1), timeout=600)
