@@ -909,7 +909,7 @@ class Supervisor:
                                        / (now - inst.sampled_at) * 100)
                     inst.rss = use.rss_bytes
                     inst.usage = use
-                elif inst.cpu:
+                else:  # not run since the last reading (a second reading: CPU known)
                     inst.cpu = 0.0
                 inst.sampled_at = now
                 if record:
