@@ -59,7 +59,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Cell]], colour: bool) -
     plain = [[c if isinstance(c, str) else c[0] for c in row] for row in [header, *rows]]
     widths = [max(len(row[i]) for row in plain if i < len(row)) for i in range(len(header))]
     if not colour:  # the common case (a pipe, a script, NO_COLOR): 11,000 cells at 1,000
-        return ["  ".join([c.ljust(w) for c, w in zip(row, widths)]).rstrip() for row in plain]
+        # A row may be shorter than the header: zip stops at its last cell.
+        return ["  ".join([c.ljust(w) for c, w in zip(row, widths, strict=False)]).rstrip()
+                for row in plain]
     lines = []
     for row in [list(header), *rows]:
         cells = []
