@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import pwd
-import signal
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from corral import command
 from corral.spec import HealthSpec
 from corral.states import HealthState
 
@@ -89,37 +87,17 @@ async def _http(host: str, port: int, path: str) -> Result:
     return Result(HealthState.CRITICAL, f"GET {path} on port {port} -> {shown}")
 
 
-def drop_to(user: str | None, group: str | None) -> dict[str, Any]:
-    """``create_subprocess_exec`` arguments that run a command as ``user`` (with its own
-    group unless ``group`` is given, and no supplementary groups): what the launcher does
-    for the service itself.  Empty when there is no user."""
-    if user is None:
-        return {} if group is None else {"group": group}
-    return {"user": user, "group": group if group is not None else pwd.getpwnam(user).pw_gid,
-            "extra_groups": []}
-
-
 async def _exec(argv: list[str], env: Mapping[str, str], cwd: str | None,
                 user: str | None = None, group: str | None = None) -> Result:
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True,
-            **drop_to(user, group))
-    except (OSError, ValueError, KeyError) as exc:
+        # No timeout here: the caller's wait_for cancels the check, and a cancelled
+        # command.run kills the check's process group (and anything it started).
+        done = await command.run(argv, env=env, cwd=cwd, user=user, group=group)
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         return Result(HealthState.UNKNOWN, f"cannot run {argv[0]}: {why}")
-    try:
-        output, _ = await proc.communicate()
-    except asyncio.CancelledError:
-        # Timed out (or shutting down): the check and anything it started must go.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            await asyncio.shield(proc.wait())
-        raise
-    code = proc.returncode if proc.returncode is not None else -1
-    text = output.decode(errors="replace").strip().splitlines()
+    code = done.code if done.code is not None else -1
+    text = done.output.decode(errors="replace").strip().splitlines()
     last = text[-1][:200] if text else ""
     state = _EXEC_CODES.get(code, HealthState.UNKNOWN)
     return Result(state, f"check exited {code}" + (f": {last}" if last else ""))

@@ -9,16 +9,14 @@ launcher is writing).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import signal
+import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.health.probes import drop_to
+from corral import command
 
 from .events import rfc3339
 
@@ -30,29 +28,19 @@ class HookResult:
     output: list[str]
 
 
-async def run_hook(hook: str, command: str, *, env: Mapping[str, str], cwd: str,
+async def run_hook(hook: str, command_line: str, *, env: Mapping[str, str], cwd: str,
                    user: str | None, group: str | None, timeout: float,
                    log: Path) -> HookResult:
     """Run one hook; the result says how it ended (exit status, timeout or spawn error)."""
     started = time.monotonic()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", command, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=dict(env),
-            cwd=cwd, start_new_session=True, **drop_to(user, group))
-    except (OSError, ValueError, KeyError) as exc:  # KeyError: no such user
-        return HookResult(False, f"hook {hook} could not start: {exc}", [])
-    try:
-        output, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        code = proc.returncode
-        timed_out = False
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = await proc.communicate()
-        code, timed_out = None, True
+        done = await command.run(["/bin/sh", "-c", command_line], env=env, cwd=cwd,
+                                 user=user, group=group, timeout=timeout)
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+        return HookResult(False, f"hook {hook} could not start: {exc}", [])  # KeyError: no such user
+    output, code, timed_out = done.output, done.code, done.timed_out
     lines = output.decode(errors="replace").splitlines()
-    _append(log, proc.pid, hook, lines)
+    _append(log, done.pid, hook, lines)
     took = time.monotonic() - started
     if timed_out:
         return HookResult(False, f"hook {hook} timed out after {timeout:g}s", lines[-5:])
