@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from corral import __version__
 from corral.errors import Conflict, SpecError
 from corral.logs import reader
@@ -109,6 +107,8 @@ class Facade:
         pids = [("supervisor", os.getpid())]
         if launcher is not None and launcher.launcher_pid:
             pids.append(("launcher", launcher.launcher_pid))
+        import psutil  # only /metrics asks: 9 ms and a few MB the supervisor's start can skip
+
         figures = []
         for role, pid in pids:
             try:
