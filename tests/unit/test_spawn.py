@@ -125,12 +125,18 @@ def test_umask_of_the_launcher_is_left_as_it_was(tmp_path: Path, devnull: int) -
         os.umask(before)
 
 
+def _program(directory: Path, name: str) -> Path:
+    """An executable probe script ``directory/name`` (the directory is made)."""
+    directory.mkdir(exist_ok=True)
+    tool = directory / name
+    tool.write_text("#!/bin/sh\n" + PROBE)
+    tool.chmod(0o755)
+    return tool
+
+
 def test_a_relative_program_is_found_from_the_working_directory(
         tmp_path: Path, devnull: int) -> None:
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "probe.sh").write_text("#!/bin/sh\n" + PROBE)
-    (work / "probe.sh").chmod(0o755)
+    work = _program(tmp_path / "work", "probe.sh").parent
     req = SpawnRequest.parse({"name": "p/0", "argv": ["./probe.sh"], "cwd": str(work),
                               "env": {"PATH": "/usr/bin:/bin"}})
     facts, _ = _run(req, devnull)
@@ -138,11 +144,7 @@ def test_a_relative_program_is_found_from_the_working_directory(
 
 
 def test_program_is_looked_up_in_the_childs_path(tmp_path: Path, devnull: int) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    tool = bindir / "only-here"
-    tool.write_text("#!/bin/sh\n" + PROBE)
-    tool.chmod(0o755)
+    bindir = _program(tmp_path / "bin", "only-here").parent
     req = SpawnRequest.parse({"name": "p/0", "argv": ["only-here"],
                               "env": {"PATH": f"{bindir}:/usr/bin:/bin"}})
     facts, _ = _run(req, devnull)
@@ -151,11 +153,8 @@ def test_program_is_looked_up_in_the_childs_path(tmp_path: Path, devnull: int) -
 
 def test_a_program_removed_after_a_spawn_is_an_error_next_time(
         tmp_path: Path, devnull: int) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    tool = bindir / "gone-soon"
-    tool.write_text("#!/bin/sh\n" + PROBE)
-    tool.chmod(0o755)
+    tool = _program(tmp_path / "bin", "gone-soon")
+    bindir = tool.parent
     req = SpawnRequest.parse({"name": "p/0", "argv": ["gone-soon"],
                               "env": {"PATH": f"{bindir}:/usr/bin:/bin"}})
     _run(req, devnull)
@@ -164,9 +163,7 @@ def test_a_program_removed_after_a_spawn_is_an_error_next_time(
         spawn(req, devnull)
     assert caught.value.code == m.E_EXEC_FAILED
     assert caught.value.message == "command not found: gone-soon"
-    # ... and a program that appears again is found again.
-    tool.write_text("#!/bin/sh\n" + PROBE)
-    tool.chmod(0o755)
+    _program(bindir, "gone-soon")  # ... and a program that appears again is found again
     _run(req, devnull)
 
 
