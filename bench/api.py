@@ -260,22 +260,19 @@ def run(quick: bool, n: int = 1000) -> dict[str, Any]:
     return res
 
 
-# Hand-written from the profiles and runs of 2026-11-22; shown under the table unless
-# --notes gives other text.  Re-profile and edit it when the figures move.
+# Hand-written from the profiles and runs of 2026-11-22 and 2026-12-06; shown under the
+# table unless --notes gives other text.  Re-profile and edit it when the figures move.
 NOTES = """\
-**Where the time of `GET /v1/services` goes** (2026-11-22, py-spy 0.4.3, `record -r 250 -f raw`
-on the supervisor during 300 requests over `api.sock` at 1,000 services; shares of the
-supervisor's samples): building the 1,000 status dicts (`Service.as_dict` / `Instance.as_dict`)
-62 %; FastAPI's response handling 20 % (validating the list against the response model 7 %,
-`dump_json` 13 %); the balancer figures (`Facade._with_traffic`) 4 %; the socket write about 3
-%. The median is 18-34 ms, depending on the machine's load. The p99 tail (75-143 ms over three
-full runs, goal 50 ms: not met) is the same work done while other processes hold the CPU (load
-average 1-7 on 2 cores during these runs). A request can also wait for the resource sampler,
-which reads the 1,000 process trees every 2 s inside the event loop (about 9 ms a round on an
-idle machine, from commit 77e83b5, which this run includes). Not changed here (not this
-benchmark's files): caching each service's status dict between its state changes, answering this
-route with pre-serialised JSON instead of a validated response model, and running `sample_once`
-in slices or in a thread would each cut the tail.
+**Where the time of `GET /v1/services` goes.** The route answers with JSON it encodes
+itself (no response-model validation since 2026-11-22); building the 1,000 status dicts
+(`Service.as_dict` / `Instance.as_dict`) is most of the rest, then `json.dumps` of 0.5 MB.
+The p99 tail, 75-143 ms over three full runs on 2026-11-22, was that work done while the
+resource sampler held the event loop (about 15 ms a round every 2 s at 1,000 services) and
+other processes held the CPU. On 2026-12-06 the sampler's round fell to about 4 ms (an idle
+instance is one `schedstat` read) and the supervisor moved to uvloop. With that code the
+p99 was 32-35 ms in a quick run and 45-54 ms in the full run above (goal 50 ms): met over
+TLS, just missed on the socket in this run. Caching each service's status dict between its state
+changes would cut the median further; not done (`uptime_s` changes on every call).
 
 **Memory.** An earlier full run without the `filler` step (same command otherwise) grew steadily
 from 61.3 to 63.0 MiB over the 10 minutes (1.6 MiB per 10 min). At chatty's 3.6 events/s (4
