@@ -60,7 +60,8 @@ class Instance:
     health: HealthState = HealthState.UNKNOWN
     timer: asyncio.TimerHandle | None = None
     spawned: asyncio.Future[None] | None = None
-    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    # Futures of callers waiting for this instance to be down (see until_stopped).
+    stop_waiters: list[asyncio.Future[None]] = field(default_factory=list)
     request: tuple[ProcessSpec, bytes] | None = None
     watch: HealthWatch | None = None
     cpu: float | None = None          # percent of one core, over the last sample period
@@ -78,6 +79,28 @@ class Instance:
     ports: dict[str, int] = field(default_factory=dict)  # SERVICE_PORT_<service> it got
     draining: bool = False            # the balancer sends it no new connections
     early_exit: dict[str, Any] | None = None  # its Exited, read before its Spawned reply
+
+    def until_stopped(self) -> asyncio.Future[None]:
+        """A future done once this instance is down or failed (done already if it is).
+
+        A future made now, not an ``asyncio.Event`` waited on from a task: a stop that
+        completes before such a task first runs (the launcher answers fast, the loop is
+        busy) would set the event and a restart would clear it again, and the waiter
+        would then wait forever.  ``svc restart`` hung that way under load.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.state in (ServiceState.DOWN, ServiceState.FAILED):
+            future.set_result(None)
+        else:
+            self.stop_waiters.append(future)
+        return future
+
+    def stopped(self) -> None:
+        """Release every :meth:`until_stopped` waiter (the instance is down or failed)."""
+        for future in self.stop_waiters:
+            if not future.done():
+                future.set_result(None)
+        self.stop_waiters.clear()
 
     @property
     def launcher_name(self) -> str:

@@ -385,7 +385,7 @@ class Supervisor:
             if event is Event.STOPPED and hooks.post_stop:
                 self._background(self._hook_later(inst, "post_stop", hooks.post_stop))
         if after in (ServiceState.DOWN, ServiceState.FAILED):
-            inst.stopped.set()
+            inst.stopped()
             if inst.notify is not None:
                 inst.notify.close()
                 inst.notify = None
@@ -418,7 +418,6 @@ class Supervisor:
                 return
         if (spec.readiness == "notify" or spec.watchdog is not None) and inst.notify is None:
             self._listen_notify(inst, spec)
-        inst.stopped.clear()
         inst.next_restart_at = None
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         inst.spawned = done
@@ -1131,12 +1130,12 @@ class Supervisor:
         for inst in chosen:
             if inst.state not in (ServiceState.DOWN, ServiceState.FAILED, ServiceState.STOPPING):
                 self.feed(inst, Event.STOP, "stopping")
-        await asyncio.gather(*(inst.stopped.wait() for inst in chosen
-                               if inst.state is ServiceState.STOPPING))
+        await asyncio.gather(*[inst.until_stopped() for inst in chosen
+                               if inst.state is ServiceState.STOPPING])
 
     async def _wait_stopped(self, service: Service) -> None:
-        await asyncio.gather(*(inst.stopped.wait() for inst in list(service.instances.values())
-                               if inst.state is ServiceState.STOPPING))
+        await asyncio.gather(*[inst.until_stopped() for inst in service.instances.values()
+                               if inst.state is ServiceState.STOPPING])
 
     async def _wait_spawned(self, service: Service) -> None:
         futures = [i.spawned for i in service.instances.values()
@@ -1510,7 +1509,7 @@ class Supervisor:
                 with contextlib.suppress(CorralError):
                     await asyncio.shield(old.spawned)  # a spawn on its way: let it land
             if old.state is ServiceState.STOPPING:
-                await old.stopped.wait()
+                await old.until_stopped()
             if old.pid is None or service.desired is Desired.DOWN:
                 # Nothing runs there: the next start simply uses the new spec.
                 self._cancel(old)
