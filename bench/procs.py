@@ -102,11 +102,10 @@ def cpu_ns(pid: int) -> int:
     except OSError:
         return 0
     for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                total += int(f.read().split()[0])
-        except (OSError, IndexError, ValueError):
-            pass  # the thread ended meanwhile
+        # A thread that ended since the listing has no file (its time is gone with it).
+        with (contextlib.suppress(FileNotFoundError, ProcessLookupError),
+              open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f):
+            total += int(f.read().split()[0])
     return total
 
 

@@ -69,7 +69,6 @@ class SpawnRequest:
     group: str | None = None
     umask: int | None = None
     rlimits: dict[str, int] = field(default_factory=dict)
-    pass_fds: tuple[int, ...] = ()
     memory_max: int | None = None
     cgroup: bool | None = None  # None: only with a memory limit (see .cgroup)
     listen_fds: list[str] = field(default_factory=list)
@@ -187,8 +186,7 @@ def spawn(req: SpawnRequest, devnull: int,
         enlarge_pipe(out_r)
         enlarge_pipe(err_r)
         with around if around is not None else nullcontext():
-            if (req.user is None and req.group is None and not req.rlimits
-                    and not sockets and not req.pass_fds):
+            if req.user is None and req.group is None and not req.rlimits and not sockets:
                 pid = _posix_spawn(req, devnull, out_w, err_w)
             else:
                 pid = _popen(req, devnull, out_w, err_w, sockets)
@@ -205,7 +203,7 @@ def spawn(req: SpawnRequest, devnull: int,
 
 
 # (program, PATH, cwd) -> absolute path: a restart storm must not stat every PATH
-# directory per spawn.  A stale entry shows as ENOENT from the exec and is looked up again.
+# directory per spawn; one access() check says whether the path found last time still works.
 _found: dict[tuple[str, str, str | None], str] = {}
 _HOME = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # where the launcher runs
 # Python ignores these two; an exec keeps ignored signals ignored, so reset them as
@@ -220,37 +218,17 @@ def _posix_spawn(req: SpawnRequest, devnull: int, out_w: int, err_w: int) -> int
     old_umask = os.umask(req.umask) if req.umask is not None else None
     try:
         if req.cwd is not None:
-            try:
-                os.chdir(req.cwd)
-            except FileNotFoundError:
-                raise SpawnError(m.E_EXEC_FAILED,
-                                 f"working directory not found: {req.cwd}") from None
-            except OSError as exc:
-                raise SpawnError(m.E_EXEC_FAILED, f"cannot use working directory "
-                                 f"{req.cwd}: {exc.strerror}") from None
-        for attempt in (1, 2):
-            path = _found.get(key)
-            if path is None:
-                path = _found[key] = _executable(req)
-            try:
-                # Every fd the launcher holds is close-on-exec (Python's default), so the
-                # child gets exactly stdin, stdout and stderr.
-                return os.posix_spawn(path, req.argv, req.env, file_actions=actions,
-                                      setsid=True, setsigdef=_DEFAULT_SIGNALS)
-            except FileNotFoundError:
-                _found.pop(key, None)
-                if attempt == 2:
-                    raise SpawnError(m.E_EXEC_FAILED,
-                                     f"command not found: {req.argv[0]}") from None
-            except PermissionError as exc:
-                _found.pop(key, None)
-                raise SpawnError(m.E_EXEC_FAILED, f"permission denied starting "
-                                 f"{req.argv[0]}: {exc.strerror}") from None
-            except OSError as exc:
-                _found.pop(key, None)
-                raise SpawnError(m.E_EXEC_FAILED,
-                                 f"cannot start {req.argv[0]}: {exc.strerror}") from None
-        raise AssertionError("unreachable")
+            os.chdir(req.cwd)
+        path = _found.get(key)
+        if path is None or not os.access(path, os.X_OK):
+            path = _found[key] = _executable(req)
+        # Every fd the launcher holds is close-on-exec (Python's default, and what it
+        # inherited is marked so at start), so the child gets stdin, stdout and stderr.
+        return os.posix_spawn(path, req.argv, req.env, file_actions=actions,
+                              setsid=True, setsigdef=_DEFAULT_SIGNALS)
+    except OSError as exc:
+        _found.pop(key, None)
+        raise _failure(req, exc) from None
     finally:
         if req.cwd is not None:
             os.fchdir(_HOME)
@@ -277,22 +255,27 @@ def _popen(req: SpawnRequest, devnull: int, out_w: int, err_w: int,
     try:
         proc = subprocess.Popen(
             req.argv, stdin=devnull, stdout=out_w, stderr=err_w, env=req.env,
-            cwd=req.cwd, start_new_session=True, close_fds=True,
-            pass_fds=req.pass_fds, user=user, group=group,
+            cwd=req.cwd, start_new_session=True, close_fds=True, user=user, group=group,
             extra_groups=[] if user is not None else None,
             umask=req.umask if req.umask is not None else -1,
             preexec_fn=preexec,
         )
-    except FileNotFoundError as exc:
-        missing = exc.filename if exc.filename else req.argv[0]
-        what = "working directory" if req.cwd and missing == req.cwd else "command"
-        raise SpawnError(m.E_EXEC_FAILED, f"{what} not found: {missing}") from None
-    except PermissionError as exc:
-        raise SpawnError(m.E_EXEC_FAILED,
-                         f"permission denied starting {req.argv[0]}: {exc.strerror}") from None
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        raise SpawnError(m.E_EXEC_FAILED, f"cannot start {req.argv[0]}: {exc}") from None
+        raise _failure(req, exc) from None
     # The launcher reaps with waitpid(-1); a Popen that looks unfinished when collected
     # would be queued for a waitpid of subprocess's own, which could take the exit first.
     proc.returncode = 0
     return proc.pid
+
+
+def _failure(req: SpawnRequest, exc: Exception) -> SpawnError:
+    """The one-line error for a spawn that failed on either path."""
+    if isinstance(exc, FileNotFoundError):
+        if req.cwd and exc.filename == req.cwd:
+            return SpawnError(m.E_EXEC_FAILED, f"working directory not found: {req.cwd}")
+        return SpawnError(m.E_EXEC_FAILED, f"command not found: {req.argv[0]}")
+    if isinstance(exc, PermissionError):
+        return SpawnError(m.E_EXEC_FAILED,
+                          f"permission denied starting {req.argv[0]}: {exc.strerror}")
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+    return SpawnError(m.E_EXEC_FAILED, f"cannot start {req.argv[0]}: {why}")
