@@ -5,7 +5,8 @@ are about 0.1 ms sooner on the restart path), and uvloop's subprocesses fork the
 supervisor (5 ms a command at 80 MB of heap, against 0.9 ms with asyncio's) and refuse
 the ``user``/``group`` arguments.  Here ``subprocess.Popen`` starts the command, as
 asyncio itself does (``vfork`` when no user switch is asked for), and the loop watches
-its output pipe and a pidfd for its exit, so nothing blocks and nothing polls.
+its output pipe and a pidfd for its exit, so nothing blocks.  Where ``pidfd_open`` is
+refused (a kernel before 5.3, a seccomp filter) the exit is polled every 50 ms instead.
 
 The command runs in a session of its own with stdin on /dev/null and stderr merged into
 stdout; a timeout or a cancellation kills its whole process group.
@@ -40,17 +41,24 @@ class Finished(NamedTuple):
 def drop_to(user: str | None, group: str | None) -> dict[str, Any]:
     """``subprocess.Popen`` arguments that run a command as ``user`` (with its own group
     unless ``group`` is given, and no supplementary groups): what the launcher does for
-    the service itself.  Raises ``KeyError`` for an unknown user or group."""
+    the service itself.  Raises ``ValueError`` (one line, for a person) for a user or
+    group this host does not have."""
     if user is None:
         return {} if group is None else {"group": _gid(group)}
-    entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"user {user!r} does not exist on this host") from None
     return {"user": entry.pw_uid,
             "group": _gid(group) if group is not None else entry.pw_gid,
             "extra_groups": []}
 
 
 def _gid(group: str) -> int:
-    return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    try:
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"group {group!r} does not exist on this host") from None
 
 
 async def run(argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None,
@@ -59,8 +67,8 @@ async def run(argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None,
     """Run ``argv`` to its end (and the end of its output), or until ``timeout``.
 
     Error handling: a command that cannot start raises what ``subprocess.Popen`` raises
-    (``OSError``, ``ValueError``, ``subprocess.SubprocessError``; ``KeyError`` for an
-    unknown user or group).  On timeout the process group is killed and the result has
+    (``OSError``, ``subprocess.SubprocessError``, ``ValueError``, also for an unknown user
+    or group).  On timeout the process group is killed and the result has
     ``code`` None; on cancellation it is killed too, reaped, and the cancellation goes on.
     """
     proc = subprocess.Popen(

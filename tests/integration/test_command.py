@@ -5,6 +5,7 @@ and errors for what cannot start."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import Coroutine
 from pathlib import Path
@@ -61,7 +62,9 @@ def test_cancelling_kills_and_reaps(tmp_path: Path) -> None:
     async def scenario() -> int:
         task = asyncio.ensure_future(command.run(
             ["sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"], env=ENV, cwd=str(tmp_path)))
+        deadline = asyncio.get_running_loop().time() + 10
         while not pidfile.exists() or not pidfile.read_text().strip():
+            assert asyncio.get_running_loop().time() < deadline, "the command never started"
             await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -88,10 +91,12 @@ def test_what_cannot_start_raises_before_anything_runs(tmp_path: Path) -> None:
         run(command.run(["/no/such/program"], env=ENV, cwd="/"))
     with pytest.raises(FileNotFoundError):
         run(command.run(["true"], env=ENV, cwd=str(tmp_path / "missing")))
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError) as no_user:
         run(command.run(["true"], env=ENV, cwd="/", user="no-such-user-here"))
-    with pytest.raises(KeyError):
-        run(command.run(["true"], env=ENV, cwd="/", group="no-such-group-here"))
+    assert str(no_user.value) == "user 'no-such-user-here' does not exist on this host"
+    with pytest.raises(ValueError) as no_group:
+        run(command.run(["true"], env=ENV, cwd="/", group="nogroup-here"))
+    assert str(no_group.value) == "group 'nogroup-here' does not exist on this host"
 
 
 def test_many_commands_leave_no_fd_behind() -> None:
@@ -103,3 +108,16 @@ def test_many_commands_leave_no_fd_behind() -> None:
 
     assert all(done.code == 0 for done in run(many()))
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_without_pidfd_the_exit_is_still_seen(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    """Where pidfd_open is refused (old kernel, seccomp), the exit is polled instead."""
+    def refused(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(command.os, "pidfd_open", refused)
+    done = run(command.run(["sh", "-c", "echo hi; exit 4"], env=ENV, cwd="/"))
+    assert (done.code, done.output) == (4, b"hi\n")
+    slow = run(command.run(["sleep", "60"], env=ENV, cwd=str(tmp_path), timeout=0.5))
+    assert slow.timed_out and not _alive(slow.pid)

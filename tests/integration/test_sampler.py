@@ -77,25 +77,36 @@ def test_an_idle_process_costs_one_read_until_it_runs_again() -> None:
             "while True: signal.pause()\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     tree = sampler.TreeSampler()
+
+    def settled() -> sampler.Usage | None:
+        """A reading handed back unchanged by the next round (the process is asleep:
+        after its print it may still run for a moment before it pauses)."""
+        before = tree.usage(proc.pid)
+        tree.end_round()
+        after = tree.usage(proc.pid)
+        tree.end_round()
+        return after if after is before else None
+
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
-        first = tree.usage(proc.pid)
-        tree.end_round()
-        assert first is not None
-        idle = tree.usage(proc.pid)
-        tree.end_round()
-        assert idle is first
+        first = wait_for(settled, 10, "the process to sleep")
         proc.send_signal(signal.SIGUSR1)
         assert proc.stdout.readline() == b"burnt\n"
-        busy = tree.usage(proc.pid)
+        busy = tree.usage(proc.pid)  # it ran: read afresh
         tree.end_round()
         assert busy is not None and busy is not first
         assert busy.cpu_seconds >= first.cpu_seconds + 0.15
-        for _ in range(sampler.TreeSampler.REFRESH_EVERY - 1):
-            assert tree.usage(proc.pid) is busy
+        busy = wait_for(settled, 10, "the process to sleep again")
+        # Still asleep: the same reading, until its memory is due for a fresh look.
+        same = 0
+        while (reading := tree.usage(proc.pid)) is busy:
             tree.end_round()
-        refreshed = tree.usage(proc.pid)
-        assert refreshed is not busy and refreshed == busy._replace(rss_bytes=refreshed.rss_bytes)
+            same += 1
+            assert same <= sampler.TreeSampler.REFRESH_EVERY, "never read afresh"
+        # Reused round after round (settled() took the first few of the period).
+        assert same >= sampler.TreeSampler.REFRESH_EVERY // 2
+        assert reading is not None
+        assert reading == busy._replace(rss_bytes=reading.rss_bytes)  # no CPU used
     finally:
         proc.kill()
         proc.wait()

@@ -93,7 +93,7 @@ async def _exec(argv: list[str], env: Mapping[str, str], cwd: str | None,
         # No timeout here: the caller's wait_for cancels the check, and a cancelled
         # command.run kills the check's process group (and anything it started).
         done = await command.run(argv, env=env, cwd=cwd, user=user, group=group)
-    except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         return Result(HealthState.UNKNOWN, f"cannot run {argv[0]}: {why}")
     code = done.code if done.code is not None else -1

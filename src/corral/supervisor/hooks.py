@@ -36,8 +36,8 @@ async def run_hook(hook: str, command_line: str, *, env: Mapping[str, str], cwd:
     try:
         done = await command.run(["/bin/sh", "-c", command_line], env=env, cwd=cwd,
                                  user=user, group=group, timeout=timeout)
-    except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
-        return HookResult(False, f"hook {hook} could not start: {exc}", [])  # KeyError: no such user
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        return HookResult(False, f"hook {hook} could not start: {exc}", [])
     output, code, timed_out = done.output, done.code, done.timed_out
     lines = output.decode(errors="replace").splitlines()
     _append(log, done.pid, hook, lines)

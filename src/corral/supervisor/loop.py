@@ -628,6 +628,9 @@ class Supervisor:
             self.feed(inst, _EXIT_EVENTS[decision.verdict], decision.reason)
             return
         inst.pid = int(answer["pid"])
+        # A new process: CPU % comes from its own two readings, never against the last
+        # reading of the process it replaces.
+        inst.usage, inst.cpu = None, None
         inst.started_at = float(answer.get("started_at", time.time()))
         inst.spawns += 1
         inst.settled = False
