@@ -113,3 +113,46 @@ def test_an_idle_process_costs_one_read_until_it_runs_again() -> None:
         if proc.stdout is not None:
             proc.stdout.close()
         tree.close()
+
+
+def test_a_busy_thread_behind_a_sleeping_main_thread_is_still_counted() -> None:
+    """``schedstat`` is the main thread's alone: a process whose main thread sleeps while
+    another thread burns CPU must not be taken for idle."""
+    code = ("import threading, time\n"
+            "def burn():\n"
+            "    while True: pass\n"
+            "threading.Thread(target=burn, daemon=True).start()\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    tree = sampler.TreeSampler()
+    main_thread = f"/proc/{proc.pid}/task/{proc.pid}/schedstat"
+
+    def main_asleep() -> bool:
+        with open(main_thread) as f:
+            before = f.read()
+        tree.usage(proc.pid)  # a round in between, so the sampler reads it too
+        tree.end_round()
+        with open(main_thread) as f:
+            return f.read() == before
+
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        wait_for(main_asleep, 10, "the main thread to sleep")
+        first = tree.usage(proc.pid)
+        tree.end_round()
+        assert first is not None
+
+        # The kernel's own count for the whole process (all threads) grows ...
+        wait_for(lambda: (u := sampler.usage(proc.pid)) is not None
+                 and u.cpu_seconds >= first.cpu_seconds + 0.3, 15,
+                 "the worker thread to burn 0.3 s")
+        # ... and the very next round shows it, though the main thread never woke.
+        now = tree.usage(proc.pid)
+        assert now is not None and now.cpu_seconds >= first.cpu_seconds + 0.3
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        tree.close()
