@@ -189,7 +189,8 @@ def test_api_socket_is_private(corral: Corral) -> None:
 # ------------------------------------------------------------------ protocol, first hand
 # A stand-in supervisor that relays the launcher's socket to a Unix socket the test
 # connects to, so a test speaks the launcher protocol itself (Spawn, Listen, List...).
-# It exits 84 (done) when the test hangs up, so the launcher stops everything and exits 0.
+# It exits 84 (done) when the test hangs up, so the launcher stops everything and exits 0;
+# a message still on its way to a test that hung up (an Exited) counts as the hang-up.
 RELAY = """
 import os, selectors, socket, sys
 path = os.environ["RELAY_SOCK"]
@@ -208,10 +209,16 @@ sel.register(up, selectors.EVENT_READ, down)
 sel.register(down, selectors.EVENT_READ, up)
 while True:
     for key, _ in sel.select():
-        data = key.fileobj.recv(1 << 20)
+        try:
+            data = key.fileobj.recv(1 << 20)
+        except ConnectionResetError:
+            data = b""
         if not data:
             sys.exit(84 if key.fileobj is down else 0)
-        key.data.sendall(data)
+        try:
+            key.data.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            sys.exit(84 if key.data is down else 0)
 """
 
 
