@@ -3,10 +3,12 @@ one, sees CPU time grow, counts descendants, and lets go of processes that ended
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 
 from corral.monitor import sampler
 
@@ -62,6 +64,23 @@ def test_roots_not_sampled_in_a_round_are_let_go() -> None:
             p.wait()
 
 
+@contextlib.contextmanager
+def _sampled(code: str) -> Iterator[tuple[subprocess.Popen[bytes], sampler.TreeSampler]]:
+    """A Python child running ``code`` (which prints ``ready`` first, read here) and a
+    sampler; both gone afterwards."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    tree = sampler.TreeSampler()
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        yield proc, tree
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        tree.close()
+
+
 def test_an_idle_process_costs_one_read_until_it_runs_again() -> None:
     """A root that has not run since the last round gets last round's answer (the very
     same object: nothing was re-read); once it runs, or after REFRESH_EVERY rounds, it is
@@ -75,23 +94,20 @@ def test_an_idle_process_costs_one_read_until_it_runs_again() -> None:
             "signal.signal(signal.SIGUSR1, burn)\n"
             "print('ready', flush=True)\n"
             "while True: signal.pause()\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    tree = sampler.TreeSampler()
+    with _sampled(code) as (proc, tree):
 
-    def settled() -> sampler.Usage | None:
-        """A reading handed back unchanged by the next round (the process is asleep:
-        after its print it may still run for a moment before it pauses)."""
-        before = tree.usage(proc.pid)
-        tree.end_round()
-        after = tree.usage(proc.pid)
-        tree.end_round()
-        return after if after is before else None
+        def settled() -> sampler.Usage | None:
+            """A reading handed back unchanged by the next round (the process is asleep:
+            after its print it may still run for a moment before it pauses)."""
+            before = tree.usage(proc.pid)
+            tree.end_round()
+            after = tree.usage(proc.pid)
+            tree.end_round()
+            return after if after is before else None
 
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         first = wait_for(settled, 10, "the process to sleep")
         proc.send_signal(signal.SIGUSR1)
-        assert proc.stdout.readline() == b"burnt\n"
+        assert proc.stdout is not None and proc.stdout.readline() == b"burnt\n"
         busy = tree.usage(proc.pid)  # it ran: read afresh
         tree.end_round()
         assert busy is not None and busy is not first
@@ -107,12 +123,6 @@ def test_an_idle_process_costs_one_read_until_it_runs_again() -> None:
         assert same >= sampler.TreeSampler.REFRESH_EVERY // 2
         assert reading is not None
         assert reading == busy._replace(rss_bytes=reading.rss_bytes)  # no CPU used
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        tree.close()
 
 
 def test_a_busy_thread_behind_a_sleeping_main_thread_is_still_counted() -> None:
@@ -124,25 +134,21 @@ def test_a_busy_thread_behind_a_sleeping_main_thread_is_still_counted() -> None:
             "threading.Thread(target=burn, daemon=True).start()\n"
             "print('ready', flush=True)\n"
             "time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    tree = sampler.TreeSampler()
-    main_thread = f"/proc/{proc.pid}/task/{proc.pid}/schedstat"
+    with _sampled(code) as (proc, tree):
+        main_thread = f"/proc/{proc.pid}/task/{proc.pid}/schedstat"
 
-    def main_asleep() -> bool:
-        with open(main_thread) as f:
-            before = f.read()
-        tree.usage(proc.pid)  # a round in between, so the sampler reads it too
-        tree.end_round()
-        with open(main_thread) as f:
-            return f.read() == before
+        def main_asleep() -> bool:
+            with open(main_thread) as f:
+                before = f.read()
+            tree.usage(proc.pid)  # a round in between, so the sampler reads it too
+            tree.end_round()
+            with open(main_thread) as f:
+                return f.read() == before
 
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         wait_for(main_asleep, 10, "the main thread to sleep")
         first = tree.usage(proc.pid)
         tree.end_round()
         assert first is not None
-
         # The kernel's own count for the whole process (all threads) grows ...
         wait_for(lambda: (u := sampler.usage(proc.pid)) is not None
                  and u.cpu_seconds >= first.cpu_seconds + 0.3, 15,
@@ -150,9 +156,3 @@ def test_a_busy_thread_behind_a_sleeping_main_thread_is_still_counted() -> None:
         # ... and the very next round shows it, though the main thread never woke.
         now = tree.usage(proc.pid)
         assert now is not None and now.cpu_seconds >= first.cpu_seconds + 0.3
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        tree.close()
