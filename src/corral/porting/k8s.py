@@ -47,8 +47,8 @@ SECRETS_DIR = "/etc/corral/secrets"
 TARGET_KEY = "target.yaml"
 #: A ConfigMap holds at most 1 MiB.
 MAX_CONFIGMAP = 1024 * 1024
-#: Kubernetes object names used here are DNS-1035 labels.
-_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+#: A group name: it goes into object names (corral-<group>-members: a DNS label).
+_GROUP = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,11 @@ def label(text: str) -> str:
 def check_group(group: str) -> str:
     """``group`` if it can name the objects (``corral-<group>-members`` is the longest),
     else :class:`ExportError`."""
-    if not _LABEL.fullmatch(f"corral-{group}") or len(f"corral-{group}-members") > 63:
+    longest = 63 - len("corral--members")
+    if not _GROUP.fullmatch(group) or len(group) > longest:
         raise ExportError(f"--group {group!r}: use lower-case letters, digits and '-', "
-                          "starting and ending with a letter or digit, at most 47 characters")
+                          f"starting and ending with a letter or digit, at most {longest} "
+                          "characters")
     return group
 
 
