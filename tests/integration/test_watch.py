@@ -295,3 +295,31 @@ def test_a_bad_target_at_start_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     assert f"{target}:4: processes[0].bogus: unknown field" in result.stderr
     assert not corral.state_dir.exists()
+
+
+def test_a_target_waiting_for_a_secret_is_applied_once_its_file_comes(tmp_path: Path) -> None:
+    """1. corral watches a target file and a secrets directory.
+    2. The target gains a process that uses API_KEY, which is not set: refused, the event
+       names the line; nothing changes.
+    3. The Secret gains API_KEY: the waiting target is applied without being touched."""
+    secrets = Projected(tmp_path / "secrets", {"DB_PASS": "first"})
+    config = Projected(tmp_path / "config", {"target.yaml": ONE})
+    corral = Corral(tmp_path / "state")
+    corral.start("--target", str(config.path / "target.yaml"), "--watch-target",
+                 "--secrets-dir", str(secrets.path))
+    try:
+        corral.wait_state("web", "up")
+        config.update({"target.yaml": ONE + "  - name: api\n    command: "
+                       + json.dumps(SHOW) + '\n    env: {PASSWORD: "${API_KEY}"}\n'})
+        path = config.path / "target.yaml"
+        wait_for(lambda: any(r.startswith(f"target file {path} refused") and
+                             f"{path}:6: processes[1].env.PASSWORD: secret 'API_KEY' is not set"
+                             in r for r in reasons(corral, "target")), what="the refusal")
+        assert [s["name"] for s in corral.status()] == ["web"]
+        secrets.update({"DB_PASS": "first", "API_KEY": "k"})
+        (secrets.path / "API_KEY").symlink_to("..data/API_KEY")
+        corral.wait_state("api", "up")
+        wait_for(lambda: any(ln.endswith(digest("k")) for ln in corral.log_lines("api")),
+                 what="api with its secret")
+    finally:
+        corral.stop()

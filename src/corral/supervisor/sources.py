@@ -110,24 +110,31 @@ class TargetFile:
         sup = self.supervisor
         try:
             target = load_target(text, source)
-            sup.check_target(target, text, source)
             changes = sup.plan_target(target)
-            if not changes:
+            if not changes:  # as running (the first supervisor applied it at start)
                 self.refused = False
                 return
+            sup.check_target(target, text, source)
             plan = "; ".join(f"{_MARKS[c.action.value]} {c.kind} {c.name}"
                              + (f": {', '.join(c.fields)}" if c.fields else "")
                              for c in changes)
             sup.events.emit("", "target", f"target file {source} changed: {plan}")
-            if sup.rollout_running():
-                await sup.wait_rollout()
-            await sup.apply_target(target, text, source, cause=f"target file {source} changed")
+            while True:
+                if sup.rollout_running():
+                    await sup.wait_rollout()
+                try:
+                    await sup.apply_target(target, text, source,
+                                           cause=f"target file {source} changed")
+                    break
+                except Conflict:
+                    sup.conflict_if_stopping()  # shutting down: give up (raises Conflict)
+                    # else another rollout began meanwhile (target set): after it, again
             self.refused = False
         except SpecError as exc:
             self._refuse(f"target file {source} refused; running services keep running: "
                          + "; ".join(exc.problems))
         except Conflict:
-            return  # shutting down
+            return  # the supervisor is shutting down
         except CorralError as exc:
             self._refuse(f"target file {source} not applied: {exc}")
 
