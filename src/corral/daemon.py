@@ -16,6 +16,7 @@ import signal
 import socket
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,9 +25,11 @@ import uvloop
 from corral.errors import CorralError
 from corral.protocol import messages as m
 from corral.protocol import paths
+from corral.supervisor.announce import announce
 from corral.supervisor.facade import Facade
 from corral.supervisor.launcher_client import LauncherClient
 from corral.supervisor.loop import Supervisor
+from corral.supervisor.sources import SecretsDir, TargetFile
 
 if TYPE_CHECKING:
     from corral.api.server import QuietServer
@@ -98,15 +101,21 @@ async def _serve_remote(server: QuietServer, remote: RemoteAccess) -> None:
 
 
 async def serve(state_dir: Path, target_file: Path | None, listen_http: str | None = None,
-                metrics_public: bool = False) -> int:
+                metrics_public: bool = False, health_public: bool = False,
+                watch_target: Path | None = None, secrets_dir: Path | None = None) -> int:
     """Run the supervisor until it is told to stop or restart; return its exit code.
 
     With ``listen_http`` (``HOST:PORT``), the same application is also served there over
     TLS, behind the bearer token (the material is made on first start under ``tls/``);
-    ``metrics_public`` lets ``GET /metrics`` through that listener without a token.
+    ``metrics_public`` and ``health_public`` let ``GET /metrics`` and ``GET /v1/health``
+    through that listener without a token.  ``watch_target`` is a target file to
+    re-apply whenever it changes, ``secrets_dir`` a directory of secret files (read
+    before anything starts, then watched): see :mod:`corral.supervisor.sources`.
     """
     supervisor = Supervisor(state_dir)
     supervisor.load_state(target_file)
+    secrets = SecretsDir(supervisor, secrets_dir) if secrets_dir is not None else None
+    fresh_secrets = secrets.load() if secrets is not None else []
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
 
@@ -135,6 +144,7 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
         on_shutdown=lambda: request_exit(m.EXIT_DONE),
         on_lost=lambda: finish(m.EXIT_FATAL))
     await supervisor.attach(launcher)
+    stoppers = _watch_sources(supervisor, secrets, fresh_secrets, watch_target)
     for sig in (signal.SIGINT, signal.SIGTERM):
         # The launcher coordinates shutdown; a stray signal must not kill us mid-stop.
         loop.add_signal_handler(sig, lambda: None)
@@ -161,7 +171,7 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
     remote_task: asyncio.Task[None] | None = None
     if remote is not None:
         remote_config = uvicorn.Config(
-            TokenAuth(app, remote.token, metrics_public), log_level="warning",
+            TokenAuth(app, remote.token, metrics_public, health_public), log_level="warning",
             lifespan="off", access_log=False, timeout_graceful_shutdown=1,
             ssl_certfile=str(remote.paths.server_cert),
             ssl_keyfile=str(remote.paths.server_key))
@@ -179,7 +189,12 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
                             lifespan="off", access_log=False, timeout_graceful_shutdown=1)
     server = QuietServer(config)
     server_task = asyncio.create_task(server.serve(sockets=[api]))
+    if launcher.notify:  # under systemd: READY=1 and STATUS= through the launcher
+        stoppers.append(asyncio.ensure_future(
+            announce(supervisor, launcher, server.answering)).cancel)
     code = await done
+    for stop in stoppers:
+        stop()
     server.stop()
     if remote_server is not None:
         remote_server.stop()
@@ -195,12 +210,43 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
     return code
 
 
+def _watch_sources(supervisor: Supervisor, secrets: SecretsDir | None,
+                   fresh_secrets: list[str],
+                   watch_target: Path | None) -> list[Callable[[], object]]:
+    """Start watching the target file and the secrets directory (once attached).
+
+    Secrets that changed while no supervisor ran were stored before the attach, so new
+    spawns have them; processes that were adopted still run with the old values and are
+    rolled out as ``secret set`` would.  Returns what to call at the end.
+    """
+    stoppers: list[Callable[[], object]] = []
+    target = TargetFile(supervisor, watch_target) if watch_target is not None else None
+    if target is not None:
+        target.start()
+        stoppers.append(target.close)
+    if secrets is not None:
+        if target is not None:
+            secrets.on_synced = lambda names: target.retry()
+        secrets.start()
+        stoppers.append(secrets.close)
+        adopted = [name for name in fresh_secrets
+                   if any(inst.started_at is not None and inst.started_at < supervisor.started_at
+                          for user in supervisor.secret_users(name)
+                          for inst in supervisor.services[user].instances.values())]
+        if adopted:
+            stoppers.append(asyncio.ensure_future(supervisor.secrets_changed(adopted)).cancel)
+    return stoppers
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="corral-supervisor")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--target")
     parser.add_argument("--listen-http")
     parser.add_argument("--metrics-public", action="store_true")
+    parser.add_argument("--health-public", action="store_true")
+    parser.add_argument("--watch-target")
+    parser.add_argument("--secrets-dir")
     args = parser.parse_args(argv)
     state_dir = paths.resolve_state_dir(args.state_dir)
     try:
@@ -208,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         # and dispatches about 0.1 ms sooner than asyncio's own loop.  Hooks and exec
         # checks do not use its subprocesses (see corral.command).
         return uvloop.run(serve(state_dir, Path(args.target) if args.target else None,
-                                args.listen_http, args.metrics_public))
+                                args.listen_http, args.metrics_public, args.health_public,
+                                Path(args.watch_target) if args.watch_target else None,
+                                Path(args.secrets_dir) if args.secrets_dir else None))
     except CorralError as exc:
         print(f"corral-supervisor: {exc}", file=sys.stderr)
         return 1

@@ -24,6 +24,7 @@ from corral.errors import CorralError, NotReady, SpecError
 from corral.supervisor.facade import Facade
 
 from .auth import auth_routes
+from .health import health_router
 from .metrics import metrics_router
 from .models import ErrorResponse, LoadRequest, ScaleRequest
 from .stores import stores_router
@@ -224,4 +225,5 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
     app.include_router(stores_router(facade))
     app.include_router(target_router(facade))
     app.include_router(auth_routes(remote))
+    app.include_router(health_router(facade))
     return app

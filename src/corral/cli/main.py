@@ -50,6 +50,7 @@ VERBS = {
     "print-auth": "print a client auth file for remote access",
     "secret": "store secrets used as ${NAME} in specs",
     "resource": "upload and manage files placed in run dirs",
+    "export": "print the target as another tool's files",
 }
 _GLOBAL_OPTIONS_WITH_VALUE = ("--state-dir", "--override-name", "--remote")
 

@@ -39,16 +39,32 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = add_parser(verbs, "run", "run a launcher and supervisor in the foreground",
                    "Resolve the state directory, then replace this process with the launcher\n"
                    "(python -m corral.launcher), which starts the supervisor and keeps it\n"
-                   "running. Use it as a systemd ExecStart= or a container ENTRYPOINT.",
+                   "running. Use it as a systemd ExecStart= or a container ENTRYPOINT.\n"
+                   "Under systemd (NOTIFY_SOCKET set) it reports READY=1 once services were\n"
+                   "started, a one-line STATUS=, STOPPING=1 and WATCHDOG=1 pings.",
                    """
   corral sup run
   corral sup run --state-dir /srv/corral --target /etc/corral/target.yaml
-  corral sup run --override-name staging --listen-http 0.0.0.0:9631""", parents)
+  corral sup run --override-name staging --listen-http 0.0.0.0:9631
+  corral sup run --target /etc/corral/target/target.yaml --watch-target \\
+                 --secrets-dir /etc/corral/secrets \\
+                 --listen-http 0.0.0.0:9631 --health-public     # a Kubernetes pod""", parents)
     p.add_argument("--listen-http", metavar="ADDR",
                    help="also serve the API on TCP ADDR (host:port), with TLS and a token")
     p.add_argument("--metrics-public", action="store_true",
                    help="let GET /metrics through the --listen-http address without a token")
+    p.add_argument("--health-public", action="store_true",
+                   help="let GET /v1/health (and /v1/health/live) through the --listen-http "
+                        "address without a token (for load balancers and kubelet probes)")
     p.add_argument("--target", metavar="FILE", help="desired state to apply at start")
+    p.add_argument("--watch-target", action="store_true",
+                   help="re-apply the --target file whenever it changes (a Kubernetes "
+                        "ConfigMap, a mounted volume); a bad file is refused in an event "
+                        "and running services keep running")
+    p.add_argument("--secrets-dir", metavar="DIR",
+                   help="read each file in DIR as a secret (name = file name) and watch it: "
+                        "a changed file rolls out like `corral secret set` (a Kubernetes "
+                        "Secret mounted as files)")
     p.set_defaults(handler=cmd_run)
 
     p = add_parser(verbs, "status", "show the supervisor's status",
@@ -103,6 +119,12 @@ def launcher_argv(args: argparse.Namespace, ctx: Context) -> list[str]:
         argv += ["--listen-http", args.listen_http]
     if args.metrics_public:
         argv.append("--metrics-public")
+    if args.health_public:
+        argv.append("--health-public")
+    if args.watch_target:
+        argv.append("--watch-target")
+    if args.secrets_dir:
+        argv += ["--secrets-dir", args.secrets_dir]
     return argv
 
 
@@ -121,6 +143,15 @@ def check_target(path: str) -> None:
         raise CliError(exc.message.splitlines()[0], exc.problems) from None
 
 
+def check_secrets_dir(path: str) -> None:
+    """Raise :class:`CliError` if the ``--secrets-dir`` cannot be listed."""
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        raise CliError(f"cannot read secrets directory {path}: "
+                       f"{exc.strerror or exc}") from None
+
+
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     """Exec the launcher; never returns (raises :class:`CliError` if the exec fails).
 
@@ -136,8 +167,16 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     if args.metrics_public and not args.listen_http:
         raise UsageError("--metrics-public applies to the --listen-http address; give both "
                          "(the local socket never asks for a token)")
+    if args.health_public and not args.listen_http:
+        raise UsageError("--health-public applies to the --listen-http address; give both "
+                         "(the local socket never asks for a token)")
+    if args.watch_target and not args.target:
+        raise UsageError("--watch-target watches the --target file; give both "
+                         "(e.g. --target /etc/corral/target.yaml --watch-target)")
     if args.target:
         check_target(args.target)
+    if args.secrets_dir:
+        check_secrets_dir(args.secrets_dir)
     argv = launcher_argv(args, ctx)
     ctx.stdout.flush()
     ctx.stderr.flush()

@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen-http", help="also serve the API on this TCP address")
     parser.add_argument("--metrics-public", action="store_true",
                         help="serve /metrics on the TCP address without a token")
+    parser.add_argument("--health-public", action="store_true",
+                        help="serve /v1/health on the TCP address without a token")
+    parser.add_argument("--watch-target", action="store_true",
+                        help="re-apply the --target file whenever it changes")
+    parser.add_argument("--secrets-dir", help="read (and watch) each file here as a secret")
     args = parser.parse_args(argv)
     state_dir = paths.resolve_state_dir(args.state_dir)
     try:
@@ -40,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         sup_args += ["--listen-http", args.listen_http]
     if args.metrics_public:  # like --listen-http: given to every supervisor, not the first
         sup_args.append("--metrics-public")
+    if args.health_public:
+        sup_args.append("--health-public")
+    if args.watch_target and args.target:  # every supervisor watches, not only the first
+        sup_args += ["--watch-target", os.path.abspath(args.target)]
+    if args.secrets_dir:
+        sup_args += ["--secrets-dir", os.path.abspath(args.secrets_dir)]
     try:
         return Launcher(state_dir, sup_args, first).run()
     finally:

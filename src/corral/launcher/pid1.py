@@ -42,6 +42,7 @@ from corral.protocol import paths
 from .cgroup import Cgroups
 from .listeners import ListenError, Listeners
 from .output import RECENT, LogFile, PipeReader
+from .sdnotify import Notifier
 from .server import ExitQueue, Link, Message
 from .spawn import SpawnError, SpawnRequest, spawn
 
@@ -118,11 +119,13 @@ class Launcher:
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.cgroups: Cgroups | None = None
         self.listeners = Listeners()
+        self.notifier: Notifier | None = None  # systemd's NOTIFY_SOCKET, taken in run()
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> int:
         """Start the supervisor and serve until shutdown; return the exit code."""
         self._install_signals()
+        self._setup_notify()
         _close_inherited_on_exec()
         if os.getpid() != 1:
             _set_child_subreaper()
@@ -162,6 +165,29 @@ class Launcher:
                   file=sys.stderr)
             return
         self.call_later(delay, lambda: self._remove_cgroup(path, delay * 2))
+
+    def _setup_notify(self) -> None:
+        """Take systemd's notify socket out of the environment (no supervisor or service
+        inherits it) and start the watchdog pings it asks for."""
+        self.notifier = Notifier.from_environ()
+        if self.notifier is not None:
+            self.notifier.send(STATUS="starting the supervisor")
+            if self.notifier.watchdog is not None:
+                self._ping_watchdog()
+
+    def _ping_watchdog(self) -> None:
+        """``WATCHDOG=1`` at half the manager's deadline, from this loop: the pings stop
+        only if the launcher itself stops turning, not while a supervisor restarts."""
+        notifier = self.notifier
+        if notifier is None or notifier.watchdog is None:
+            return
+        notifier.send(WATCHDOG="1")
+        self.call_later(notifier.watchdog / 2, self._ping_watchdog)
+
+    def _tell(self, **fields: str) -> None:
+        """Notify the service manager, when there is one."""
+        if self.notifier is not None:
+            self.notifier.send(**fields)
 
     @staticmethod
     def _guard(callback: Callable[..., None], *args: Any) -> None:
@@ -305,6 +331,7 @@ class Launcher:
         if code != 0:
             print(f"corral-launcher: the supervisor died ({_describe(code)}); restarting it",
                   file=sys.stderr)
+            self._tell(STATUS=f"the supervisor died ({_describe(code)}); restarting it")
         self._schedule_supervisor(young=code != 0 and young)
 
     def _schedule_supervisor(self, young: bool) -> None:
@@ -328,7 +355,8 @@ class Launcher:
             if self.stopping:
                 self.call_later(0, lambda: self.send({"type": m.SHUTDOWN}))
             return {"type": m.HELLO_OK, "id": rid, "version": m.PROTOCOL_VERSION,
-                    "launcher_pid": os.getpid(), "started_at": self.started_at}
+                    "launcher_pid": os.getpid(), "started_at": self.started_at,
+                    "notify": self.notifier is not None}
         if kind == m.SPAWN:
             return self._spawn(msg)
         if kind == m.SIGNAL:
@@ -350,6 +378,8 @@ class Launcher:
         if kind == m.ACK:
             self.exits.ack(msg.get("seq"))
             return None
+        if kind == m.NOTIFY:
+            return self._notify(msg)
         return m.error(rid, m.E_BAD_REQUEST, f"unknown message type {kind!r}")
 
     def _listen(self, msg: Message) -> Message:
@@ -363,6 +393,23 @@ class Launcher:
         except ListenError as exc:
             return m.error(rid, m.E_LISTEN_FAILED, str(exc))
         return {"type": m.LISTENING, "id": rid, **listener.describe()}
+
+    def _notify(self, msg: Message) -> Message:
+        """``Notify{ready?, status?}``: pass it on to the service manager.  ``READY=1``
+        goes out once in the launcher's life (a restarted supervisor says it again)."""
+        rid, ready, status = msg.get("id"), msg.get("ready", False), msg.get("status")
+        if not isinstance(ready, bool) or not (status is None or isinstance(status, str)):
+            return m.error(rid, m.E_BAD_REQUEST,
+                           "Notify takes 'ready' (a boolean) and 'status' (a string)")
+        fields: dict[str, str] = {}
+        notifier = self.notifier
+        if notifier is not None and ready and not notifier.ready_sent and not self.stopping:
+            fields["READY"] = "1"
+        if status is not None and not self.stopping:
+            fields["STATUS"] = status
+        if fields:
+            self._tell(**fields)
+        return {"type": m.OK, "id": rid}
 
     def _replay_exits(self) -> None:
         for message in self.exits.pending():
@@ -567,6 +614,7 @@ class Launcher:
             return
         self.stopping = True
         self.final_code = final_code
+        self._tell(STOPPING="1", STATUS="stopping services")
         bound = float(os.environ.get("CORRAL_SHUTDOWN_TIMEOUT", "90"))
         if self.sup is not None and not self.sup.link.closed:
             # Queued now even before Hello: the supervisor reads it once it is greeted.

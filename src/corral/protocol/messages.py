@@ -17,6 +17,7 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
     Listen{name, host, port}               -> Listening{name, host, port}
                                               | Error{ListenFailed | BadRequest, message}
     Unlisten{name}                         -> Ok{existed}
+    Notify{ready?, status?}                -> Ok   (passed on to systemd; see below)
     Exited{name, pid, exit_code?, signal?, at, oom_killed?}  (unasked; queued while no
                                                                supervisor is connected)
     Shutdown{}                                          (unasked; stop everything, exit 84)
@@ -45,6 +46,14 @@ with ``LISTEN_FDS=<count>``, ``LISTEN_PID=<the child's own pid>`` and
 ``Unlisten`` closes the launcher's copy (children keep theirs).  ``List`` reports the
 held sockets, so a new supervisor knows them.
 
+systemd (optional; version 1 peers may ignore it): ``HelloOk.notify`` is true when the
+launcher runs under a service manager that asked for notifications (``NOTIFY_SOCKET``).
+The supervisor then sends ``Notify{ready: true, status}`` once it answers and the
+target's services were started, and ``Notify{status}`` when its one-line summary
+changes; the launcher sends ``READY=1`` (once in its life) and ``STATUS=``, and itself
+``STOPPING=1`` on shutdown and ``WATCHDOG=1`` as ``WATCHDOG_USEC`` asks, whether or not a
+supervisor is connected.  Without a notify socket, ``Notify`` is simply ``Ok``.
+
 Times (``started_at``, ``at``) are Unix epoch seconds as floats.  Signals are names
 without the ``SIG`` prefix (``"TERM"``).
 """
@@ -65,6 +74,7 @@ LIST = "List"
 ACK = "Ack"
 LISTEN = "Listen"
 UNLISTEN = "Unlisten"
+NOTIFY = "Notify"
 # Reply types.
 HELLO_OK = "HelloOk"
 SPAWNED = "Spawned"
@@ -77,7 +87,8 @@ ERROR = "Error"
 EXITED = "Exited"
 SHUTDOWN = "Shutdown"
 
-REQUEST_TYPES = frozenset({HELLO, SPAWN, SIGNAL, TERMINATE, LIST, ACK, LISTEN, UNLISTEN})
+REQUEST_TYPES = frozenset({HELLO, SPAWN, SIGNAL, TERMINATE, LIST, ACK, LISTEN, UNLISTEN,
+                           NOTIFY})
 
 # Error codes a person (or the supervisor) can act on.
 E_USER_NOT_FOUND = "UserNotFound"

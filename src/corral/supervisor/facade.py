@@ -21,6 +21,7 @@ from corral.logs import reader
 from corral.protocol import paths
 from corral.spec import ProcessSpec, Target, load_process, load_target, validate_process
 
+from . import overall
 from .events import Event, rfc3339
 from .loop import Supervisor
 
@@ -50,6 +51,11 @@ class Facade:
                 "started_at": rfc3339(self._sup.started_at),
                 "uptime_s": round(time.time() - self._sup.started_at, 3),
                 "services": counts, "balancer": self._sup.balancer.status()}
+
+    def health(self) -> dict[str, Any]:
+        """Whether every service that should be up is ready (``GET /v1/health``; see
+        :func:`corral.supervisor.overall.health`)."""
+        return overall.health(self._sup.services.values())
 
     def balancer_stats(self) -> dict[str, dict[str, float]]:
         """Per proxy service, the balancer's last figures (for ``/metrics``): connections

@@ -64,6 +64,7 @@ class LauncherClient:
         self._pending: dict[int, asyncio.Future[Message]] = {}
         self.launcher_pid = 0
         self.launcher_started_at = 0.0
+        self.notify = False  # the launcher passes Notify on to systemd (HelloOk.notify)
 
     @classmethod
     async def connect(cls, sock: socket.socket, on_exit: Callable[[Message], None],
@@ -76,6 +77,7 @@ class LauncherClient:
         reply = await client.request({"type": m.HELLO, "version": m.PROTOCOL_VERSION})
         client.launcher_pid = int(reply.get("launcher_pid", 0))
         client.launcher_started_at = float(reply.get("started_at", 0.0))
+        client.notify = reply.get("notify") is True
         return client
 
     def send_request(self, message: Message) -> asyncio.Future[Message]:
@@ -153,6 +155,14 @@ class LauncherClient:
         reply = await self.request({"type": m.LIST})
         held = reply.get("listeners", [])
         return held if isinstance(held, list) else []
+
+    async def tell_manager(self, ready: bool = False, status: str | None = None) -> None:
+        """``Notify``: have the launcher tell systemd ``READY=1`` and/or ``STATUS=``
+        (only worth sending when :attr:`notify` is true)."""
+        message: Message = {"type": m.NOTIFY, "ready": ready}
+        if status is not None:
+            message["status"] = status
+        await self.request(message)
 
     def _lost(self) -> None:
         """The connection ended (EOF, an error, a bad frame or :meth:`close`)."""
