@@ -345,11 +345,16 @@ class TcpCheck(_Spec):
 
 
 class HealthSpec(_Spec):
-    """One health check (http, tcp or exec) and how often it runs."""
+    """One health check (http, tcp or exec) and how often it runs.
+
+    ``exec_codes`` says how an exec check's exit status reads: ``standard`` (0 is ok,
+    anything else fails, as systemd, Docker and Kubernetes read a command) or ``habitat``
+    (0 ok, 1 warning, 2 critical, anything else unknown)."""
 
     http: HttpCheck | None = None
     tcp: TcpCheck | None = None
     exec: Annotated[list[str], Field(min_length=1)] | None = None
+    exec_codes: Literal["standard", "habitat"] = "standard"
     interval: Positive = 5.0
     timeout: Positive = 2.0
     retries: Annotated[int, Field(ge=1)] = 3
@@ -406,6 +411,10 @@ class ResourceRef(_Spec):
 class ProcessSpec(_Spec):
     """One entry of the target's ``processes``: what to run, how many, and how to keep it up.
 
+    Under ``readiness: started`` an instance is ready once it has run ``start_seconds``;
+    an instance not ready, or (with a health check) not passing it, ``start_timeout``
+    after its spawn is restarted through the restart policy.
+
     Mutable defaults are ``default_factory`` on purpose: pydantic deep-copies a plain
     ``{}``/``[]``/model default for every instance, 18 % of validating a 1,000-process
     target."""
@@ -420,6 +429,8 @@ class ProcessSpec(_Spec):
     receives: list[str] = Field(default_factory=list)
     health: HealthSpec | None = None
     readiness: Literal["started", "health", "notify"] = "started"
+    start_seconds: Seconds = 1.0
+    start_timeout: Positive = 60.0
     watchdog: Positive | None = None
     restart: RestartSpec = Field(default_factory=RestartSpec)
     stop: StopSpec = Field(default_factory=StopSpec)

@@ -22,7 +22,7 @@ def test_load_status_and_logs(corral: Corral) -> None:
             "import time; time.sleep(1000)")
     out = corral.ok("svc", "load", "web", "--env", "GREETING=hi", "--", PY, "-c", code)
     assert "web" in out and "added" in out
-    status = corral.status("web")
+    status = corral.wait_state("web", "up")  # ready once it has run start_seconds
     for field in ("name", "state", "desired", "pid", "instances", "restarts", "health",
                   "uptime_s"):
         assert field in status
@@ -107,8 +107,7 @@ def test_stop_start_and_stop_results(corral: Corral) -> None:
                     what="the grandchild's pid")[0]
     grandchild = int(line.rsplit(" ", 1)[1])
     parent = corral.status("stubborn")["pid"]
-    stopped = json.loads(corral.ok("svc", "status", "--json", "stubborn"))  # still up
-    assert stopped[0]["state"] == "up"
+    corral.wait_state("stubborn", "up")
     corral.ok("svc", "stop", "stubborn")
     status = corral.status("stubborn")
     assert status["state"] == "down" and status["desired"] == "down"
@@ -117,7 +116,7 @@ def test_stop_start_and_stop_results(corral: Corral) -> None:
     corral.ok("svc", "load", "polite", "--", "sleep", "1000")
     corral.ok("svc", "stop", "polite")
     assert corral.status("polite")["last_exit"]["stop"] == "graceful"
-    corral.ok("svc", "start", "polite")
+    corral.ok("svc", "start", "polite", "--wait", "10")
     assert corral.status("polite")["state"] == "up"
     first = corral.status("polite")["pid"]
     corral.ok("svc", "restart", "polite")

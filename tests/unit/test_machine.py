@@ -27,6 +27,8 @@ EXPECTED: dict[tuple[S, E], tuple[S, tuple[A, ...]]] = {
     (S.STARTING, E.EXIT_BACKOFF): (S.BACKOFF, (A.SCHEDULE,)),
     (S.STARTING, E.EXIT_DOWN): (S.DOWN, ()),
     (S.STARTING, E.EXIT_GIVE_UP): (S.FAILED, ()),
+    (S.STARTING, E.EXIT_WAIT): (S.DOWN, ()),
+    (S.STARTING, E.RESTART): (S.STOPPING, (A.TERMINATE,)),
     # up
     (S.UP, E.STOP): (S.STOPPING, (A.TERMINATE,)),
     (S.UP, E.UNHEALTHY): (S.UNHEALTHY, ()),
@@ -34,6 +36,8 @@ EXPECTED: dict[tuple[S, E], tuple[S, tuple[A, ...]]] = {
     (S.UP, E.EXIT_BACKOFF): (S.BACKOFF, (A.SCHEDULE,)),
     (S.UP, E.EXIT_DOWN): (S.DOWN, ()),
     (S.UP, E.EXIT_GIVE_UP): (S.FAILED, ()),
+    (S.UP, E.EXIT_WAIT): (S.DOWN, ()),
+    (S.UP, E.RESTART): (S.STOPPING, (A.TERMINATE,)),
     # unhealthy
     (S.UNHEALTHY, E.STOP): (S.STOPPING, (A.TERMINATE,)),
     (S.UNHEALTHY, E.HEALTHY): (S.UP, ()),
@@ -41,12 +45,19 @@ EXPECTED: dict[tuple[S, E], tuple[S, tuple[A, ...]]] = {
     (S.UNHEALTHY, E.EXIT_BACKOFF): (S.BACKOFF, (A.SCHEDULE,)),
     (S.UNHEALTHY, E.EXIT_DOWN): (S.DOWN, ()),
     (S.UNHEALTHY, E.EXIT_GIVE_UP): (S.FAILED, ()),
-    # stopping: only the end of the Terminate moves it on
+    (S.UNHEALTHY, E.EXIT_WAIT): (S.DOWN, ()),
+    (S.UNHEALTHY, E.RESTART): (S.STOPPING, (A.TERMINATE,)),
+    # stopping: only the end of the Terminate moves it on; after a RESTART the policy's
+    # verdict comes with it
     (S.STOPPING, E.STOPPED): (S.DOWN, ()),
+    (S.STOPPING, E.STOPPED_RESTART): (S.STARTING, (A.SPAWN,)),
+    (S.STOPPING, E.STOPPED_BACKOFF): (S.BACKOFF, (A.SCHEDULE,)),
+    (S.STOPPING, E.STOPPED_GIVE_UP): (S.FAILED, ()),
     # backoff
     (S.BACKOFF, E.TIMER): (S.STARTING, (A.SPAWN,)),
     (S.BACKOFF, E.STOP): (S.DOWN, (A.CANCEL,)),
     (S.BACKOFF, E.START): (S.STARTING, (A.CANCEL, A.SPAWN)),
+    (S.BACKOFF, E.WAIT): (S.DOWN, (A.CANCEL,)),
     # failed: stays down until a user starts (or stops) it
     (S.FAILED, E.START): (S.STARTING, (A.SPAWN,)),
     (S.FAILED, E.STOP): (S.DOWN, ()),
@@ -72,7 +83,7 @@ def test_late_events_after_a_stop_are_ignored(state: S) -> None:
     stopping, actions = step(state, E.STOP)
     assert (stopping, actions) == (S.STOPPING, (A.TERMINATE,))
     for late in (E.READY, E.HEALTHY, E.UNHEALTHY, E.EXIT_RESTART, E.EXIT_BACKOFF, E.TIMER,
-                 E.START):
+                 E.START, E.EXIT_WAIT, E.RESTART, E.WAIT):
         assert step(stopping, late) == (S.STOPPING, ())
     assert step(stopping, E.STOPPED) == (S.DOWN, ())
 
@@ -94,5 +105,25 @@ def test_crash_loop_walk() -> None:
         (S.UNHEALTHY, ()),
         (S.UP, ()),
         (S.STOPPING, (A.TERMINATE,)),
+        (S.DOWN, ()),
+    ]
+
+
+def test_restart_for_a_fault_walk() -> None:
+    """An unhealthy instance is stopped, then backs off as the policy says, and a restart
+    that is due while a dependency is not ready waits down."""
+    state = S.UP
+    trail = []
+    for event in (E.UNHEALTHY, E.RESTART, E.STOPPED_BACKOFF, E.WAIT, E.START, E.READY,
+                  E.EXIT_WAIT):
+        state, actions = step(state, event)
+        trail.append((state, actions))
+    assert trail == [
+        (S.UNHEALTHY, ()),
+        (S.STOPPING, (A.TERMINATE,)),
+        (S.BACKOFF, (A.SCHEDULE,)),
+        (S.DOWN, (A.CANCEL,)),
+        (S.STARTING, (A.SPAWN,)),
+        (S.UP, ()),
         (S.DOWN, ()),
     ]

@@ -12,6 +12,7 @@ from corral.supervisor.policy import (
     Streak,
     Verdict,
     decide,
+    decide_restart,
     decide_spawn_failure,
     describe_exit,
 )
@@ -267,3 +268,39 @@ def test_describe_exit() -> None:
     """Exits are described as a code or as the signal that killed the process."""
     assert describe_exit(2, None) == "exited with code 2"
     assert describe_exit(None, "SEGV") == "killed by SIGSEGV"
+
+
+def test_a_fault_restart_of_a_young_instance_backs_off_and_gives_up() -> None:
+    """A restart for a fault (unhealthy, watchdog, start timeout) is a young death like a
+    crash: at once the first time, then backoff, then failed past max_restarts."""
+    restart = spec(max_restarts=2)
+    why = "unhealthy after 3 failed checks: check exited 1"
+    first = decide_restart(restart, why, 0.5, Streak(), highest)
+    assert (first.verdict, first.delay) == (Verdict.RESTART_NOW, 0.0)
+    assert first.reason == f"{why}; restarting"
+    second = decide_restart(restart, why, 0.5, first.streak, highest)
+    assert (second.verdict, second.delay) == (Verdict.RESTART_LATER, pytest.approx(0.3))
+    third = decide_restart(restart, why, 0.5, second.streak, highest)
+    assert third.verdict is Verdict.GIVE_UP
+    assert third.reason == f"{why}; gave up after 2 quick restarts in a row"
+
+
+def test_a_fault_restart_after_a_long_run_is_at_once() -> None:
+    """An instance that ran past cooldown before its fault restarts at once, streak reset."""
+    decision = decide_restart(spec(max_restarts=0), "no WATCHDOG=1 for 5s", 11.0,
+                              Streak(5, 2.0), highest)
+    assert (decision.verdict, decision.streak) == (Verdict.RESTART_NOW, Streak())
+
+
+@pytest.mark.parametrize("policy", ["always", "on-failure"])
+def test_a_fault_is_a_failure_for_the_policy(policy: str) -> None:
+    """`on-failure` restarts after a fault as after a non-zero exit."""
+    assert decide_restart(spec(policy=policy), "x", 20.0, Streak()).verdict \
+        is Verdict.RESTART_NOW
+
+
+def test_policy_never_leaves_a_faulty_instance_down() -> None:
+    """With `never`, an instance stopped for a fault stays down, and says why."""
+    decision = decide_restart(spec(policy="never"), "not ready within 60s", 60.0, Streak())
+    assert decision.verdict is Verdict.STAY_DOWN
+    assert decision.reason == "not ready within 60s; restart policy never"

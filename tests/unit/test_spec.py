@@ -603,7 +603,8 @@ def test_several_problems_are_reported_together() -> None:
         "target.yaml:4: processes[0].restart.policy: must be one of always, on-failure, never",
         "target.yaml:8: processes[1].instances: must be at least 0",
         "target.yaml:9: processes[1].colour: unknown field 'colour' (allowed: name, command, env, "
-        "cwd, resources, before, instances, receives, health, readiness, watchdog, restart, stop, "
+        "cwd, resources, before, instances, receives, health, readiness, start_seconds, "
+        "start_timeout, watchdog, restart, stop, "
         "logs, limits, hooks, rollout_timeout, depends_on, user, group, umask, rlimits)",
         "target.yaml:10: processes[2].name: duplicate name 'a' (also processes[0])",
         "target.yaml:11: processes[3].depends_on[0]: unknown process 'ghost'",
@@ -626,7 +627,8 @@ def test_dict_input_has_no_line_numbers() -> None:
     assert info.value.problems == [
         "cli: restart.policy: must be one of always, on-failure, never",
         "cli: on: unknown field 'on' (allowed: name, command, env, cwd, resources, before, "
-        "instances, receives, health, readiness, watchdog, restart, stop, logs, limits, hooks, "
+        "instances, receives, health, readiness, start_seconds, start_timeout, watchdog, "
+        "restart, stop, logs, limits, hooks, "
             "rollout_timeout, "
         "depends_on, user, group, umask, rlimits)",
     ]
@@ -737,3 +739,23 @@ def test_a_key_given_twice_is_refused_with_both_lines() -> None:
         "pg.yaml:6: processes[0].hooks: given twice (also on line 4); merge the two"
     with pytest.raises(SpecError):
         load_process("name: a\ncommand: x\ncommand: y\n", "a.yaml")
+
+
+def test_start_and_exec_code_defaults() -> None:
+    """A started process is ready after 1 s, a start fails after 60 s, and an exec check
+    fails on any non-zero exit unless Habitat's codes are asked for."""
+    p = validate_process({"name": "x", "command": "y", "health": {"exec": ["true"]}}, "cli")
+    assert (p.start_seconds, p.start_timeout) == (1.0, 60.0)
+    assert p.health is not None and p.health.exec_codes == "standard"
+    q = validate_process({"name": "x", "command": "y", "start_seconds": 0,
+                          "start_timeout": "5m",
+                          "health": {"exec": ["true"], "exec_codes": "habitat"}}, "cli")
+    assert (q.start_seconds, q.start_timeout) == (0.0, 300.0)
+    assert q.health is not None and q.health.exec_codes == "habitat"
+    with pytest.raises(SpecError) as info:
+        validate_process({"name": "x", "command": "y", "start_timeout": 0,
+                          "health": {"exec": ["true"], "exec_codes": "nagios"}}, "cli")
+    assert info.value.problems == [
+        "cli: health.exec_codes: must be one of standard, habitat",
+        "cli: start_timeout: must be greater than 0",
+    ]

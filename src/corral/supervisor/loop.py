@@ -68,6 +68,9 @@ _EXIT_EVENTS = {
     policy.Verdict.STAY_DOWN: Event.EXIT_DOWN,
     policy.Verdict.GIVE_UP: Event.EXIT_GIVE_UP,
 }
+# The end of a Terminate: a plain stop, or one for a fault that the policy restarts.
+_STOP_ENDS = frozenset({Event.STOPPED, Event.STOPPED_RESTART, Event.STOPPED_BACKOFF,
+                        Event.STOPPED_GIVE_UP})
 
 
 class Supervisor:
@@ -230,7 +233,7 @@ class Supervisor:
                 self._adopted_watch.remove(present)
         inst = Instance(service=name, index=index, gen=gen, state=ServiceState.UP, pid=pid,
                         started_at=float(child.get("started_at", time.time())),
-                        spawns=int(child.get("spawns", 1)), reason="adopted")
+                        spawns=int(child.get("spawns", 1)), reason="adopted", passed=True)
         inst.ports = {k: int(v) for k, v in self._held_ports.get(inst.launcher_name, {}).items()}
         for port in inst.ports.values():
             self.ports.reserve(port)
@@ -301,15 +304,20 @@ class Supervisor:
         self._unwatch(inst)
         if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
             inst.settled = True
+        reason = decision.reason
+        blocked = self._restart_blocked(service, decision.verdict)
+        if blocked:
+            reason = f"{policy.describe_exit(exited.get('exit_code'), exited.get('signal'))}; " \
+                     f"waiting for {', '.join(blocked)} to be ready"
 
         def record() -> None:
             inst.last_exit = _exit_record(exited, None)
-            self.events.emit(inst.service, "exit", decision.reason, instance=inst.index,
+            self.events.emit(inst.service, "exit", reason, instance=inst.index,
                              pid=exited.get("pid"), exit_code=exited.get("exit_code"),
                              signal=exited.get("signal"), delay_s=decision.delay,
                              last_lines=self.redact(exited.get("last_lines") or []))
 
-        if decision.verdict is policy.Verdict.RESTART_NOW:
+        if decision.verdict is policy.Verdict.RESTART_NOW and not blocked:
             # The restart-latency hot path: the Spawn goes out before the exit is recorded
             # (timestamp formatting, redaction, the event's fan-out).  A restart's only
             # action is the spawn, which emits nothing, so the exit event still comes
@@ -317,7 +325,19 @@ class Supervisor:
             self.feed(inst, Event.EXIT_RESTART, decision.reason, then=record)
             return
         record()
+        if blocked:
+            inst.held = True
+            self.feed(inst, Event.EXIT_WAIT, reason)
+            return
         self.feed(inst, _EXIT_EVENTS[decision.verdict], decision.reason)
+
+    def _restart_blocked(self, service: Service, verdict: policy.Verdict) -> tuple[str, ...]:
+        """The dependencies a restart the policy wants must wait for (none if it wants no
+        restart): every start waits until its dependencies are ready, not only the first."""
+        if not service.spec.depends_on or verdict not in (policy.Verdict.RESTART_NOW,
+                                                          policy.Verdict.RESTART_LATER):
+            return ()
+        return self._blocked_by(service)
 
     def _find(self, name: str, pid: Any) -> Instance | None:
         parsed = parse_launcher_name(name)
@@ -357,7 +377,9 @@ class Supervisor:
         after, actions = machine.step(before, event)
         inst.state = after
         if event is Event.START:
-            inst.init_done = False  # a start asked for (not a crash restart) runs init
+            if not inst.held:  # a crash restart that waited for a dependency skips init
+                inst.init_done = False  # a start asked for (not a crash restart) runs init
+            inst.held = False
         if after is not before:
             inst.reason = reason
         # Actions first: a restart's Spawn is on the wire before any bookkeeping.
@@ -382,10 +404,12 @@ class Supervisor:
         if hooks is not None and after is not before:
             if before is ServiceState.STARTING and after is ServiceState.UP and hooks.post_run:
                 self._background(self._hook_later(inst, "post_run", hooks.post_run))
-            if event is Event.STOPPED and hooks.post_stop:
+            if event in _STOP_ENDS and hooks.post_stop:
                 self._background(self._hook_later(inst, "post_stop", hooks.post_stop))
+        if after in (ServiceState.DOWN, ServiceState.FAILED) or (
+                before is ServiceState.STOPPING and after is not before):
+            inst.stopped()  # the stop is over, also when a restart for a fault follows it
         if after in (ServiceState.DOWN, ServiceState.FAILED):
-            inst.stopped()
             if inst.notify is not None:
                 inst.notify.close()
                 inst.notify = None
@@ -635,6 +659,7 @@ class Supervisor:
         inst.spawns += 1
         inst.settled = False
         inst.health = HealthState.UNKNOWN
+        inst.passed, inst.fault = False, None
         if not done.done():
             done.set_result(None)
         self.events.emit(inst.service, "spawn", f"spawned pid {inst.pid}", instance=inst.index,
@@ -644,13 +669,53 @@ class Supervisor:
             self._watch(inst, spec)
         if spec.watchdog is not None and inst.state is ServiceState.STARTING:
             self._arm_watchdog(inst, spec)
-        if inst.state is ServiceState.STARTING and spec.readiness == "started":
-            self.feed(inst, Event.READY, f"running as pid {inst.pid}")
+        if inst.state is ServiceState.STARTING:
+            self._arm_start(inst, spec)
         elif inst.state is ServiceState.STOPPING:
             self._terminate(inst)  # a stop came while the spawn was on its way
+        early_notify, inst.early_notify = inst.early_notify, []
+        for fields, lineage in early_notify:
+            self._on_notify(inst, fields, inst.pid if inst.pid in lineage else 0)
         early, inst.early_exit = inst.early_exit, None
         if early is not None and early.get("pid") == inst.pid:
             self.on_exit(early)  # it died before we knew its pid: handle that now
+
+    def _arm_start(self, inst: Instance, spec: ProcessSpec) -> None:
+        """Readiness of a new process under ``readiness: started`` (once it has run
+        ``start_seconds``), and the ``start_timeout`` by which it must be ready and, with a
+        health check, have passed it."""
+        loop = asyncio.get_running_loop()
+        pid = inst.pid
+        if spec.readiness == "started":
+            if spec.start_seconds <= 0:
+                self.feed(inst, Event.READY, f"running as pid {pid}")
+            else:
+                inst.ready_timer = loop.call_later(spec.start_seconds, self._stayed_up,
+                                                   inst, pid, spec.start_seconds)
+        if spec.readiness != "started" or spec.health is not None:
+            inst.start_timer = loop.call_later(spec.start_timeout, self._start_overdue,
+                                               inst, pid, spec)
+
+    def _stayed_up(self, inst: Instance, pid: int | None, seconds: float) -> None:
+        inst.ready_timer = None
+        if inst.pid == pid and inst.state is ServiceState.STARTING:
+            self.feed(inst, Event.READY, f"running for {seconds:g}s as pid {pid}")
+
+    def _start_overdue(self, inst: Instance, pid: int | None, spec: ProcessSpec) -> None:
+        """``start_timeout`` after the spawn: a process not ready by then, or (with a health
+        check) that never passed it, has failed its start."""
+        inst.start_timer = None
+        if inst.pid != pid or inst.state not in (ServiceState.STARTING, ServiceState.UP,
+                                                 ServiceState.UNHEALTHY):
+            return
+        ready = inst.state is not ServiceState.STARTING
+        if ready and (spec.health is None or inst.passed):
+            return
+        why = (f"not ready within {spec.start_timeout:g}s" if not ready
+               else f"no passing health check within {spec.start_timeout:g}s")
+        self.events.emit(inst.service, "health", f"restarting: {why}", instance=inst.index,
+                         pid=pid)
+        self._restart(inst, why)
 
     async def _hook_later(self, inst: Instance, hook: str, command: str) -> None:
         service = self.services.get(inst.service)
@@ -689,15 +754,34 @@ class Supervisor:
     def _listen_notify(self, inst: Instance, spec: ProcessSpec) -> None:
         name = notify.socket_name(self.state_dir, inst.launcher_name)
         try:
-            inst.notify = notify.NotifySocket(name, lambda f: self._on_notify(inst, f))
+            inst.notify = notify.NotifySocket(name, lambda f, pid: self._on_notify(inst, f, pid))
         except OSError as exc:
             self.events.emit(inst.service, "state", f"cannot listen on NOTIFY_SOCKET {name}: "
                              f"{exc.strerror}; readiness will never be reported",
                              instance=inst.index)
 
-    def _on_notify(self, inst: Instance, fields: notify.Fields) -> None:
+    def _on_notify(self, inst: Instance, fields: notify.Fields, sender: int) -> None:
+        """A notify message from process ``sender`` (0: unknown): believed only when the
+        sender is one of the instance's own processes."""
         service = self.services.get(inst.service)
         if service is None:
+            return
+        if inst.pid is None:
+            # Its spawn has not answered yet: judge the sender once the pid is known, by
+            # its lineage now (it may be gone by then).
+            if inst.spawned is not None and not inst.spawned.done() \
+                    and len(inst.early_notify) < 16:
+                inst.early_notify.append((fields, notify.lineage(sender) if sender
+                                          else frozenset()))
+            return
+        if not sender or not notify.from_tree(sender, inst.pid):
+            if inst.notify is not None:
+                inst.notify.ignored += 1
+                if inst.notify.ignored == 1:  # one event: a flood must not fill the history
+                    who = f"pid {sender}" if sender else "an unknown sender"
+                    self.events.emit(inst.service, "notify",
+                                     f"ignored a notify message from {who}: not a process "
+                                     f"of this instance", instance=inst.index, pid=inst.pid)
             return
         if (fields.get("READY") == "1" and inst.state is ServiceState.STARTING
                 and service.spec.readiness == "notify"):
@@ -720,7 +804,7 @@ class Supervisor:
             why = f"no WATCHDOG=1 for {spec.watchdog:g}s"
             self.events.emit(inst.service, "watchdog", f"restarting: {why}",
                              instance=inst.index, pid=pid)
-            self.feed(inst, Event.STOP, f"restarting: {why}")
+            self._restart(inst, why)
         inst.dog = asyncio.get_running_loop().call_later(spec.watchdog, expired)
 
     def _watch(self, inst: Instance, spec: ProcessSpec) -> None:
@@ -747,6 +831,10 @@ class Supervisor:
         if inst.dog is not None:
             inst.dog.cancel()
             inst.dog = None
+        for timer in (inst.ready_timer, inst.start_timer):
+            if timer is not None:
+                timer.cancel()
+        inst.ready_timer = inst.start_timer = None
         if inst.watch is not None:
             inst.watch.stop()
             inst.watch = None
@@ -756,7 +844,8 @@ class Supervisor:
         if inst.pid != pid or inst.state not in (ServiceState.STARTING, ServiceState.UP,
                                                   ServiceState.UNHEALTHY):
             return
-        health = self.services[inst.service].spec.health
+        spec = self.services[inst.service].spec
+        health = spec.health
         assert health is not None
         if result.state is not inst.health:
             self.events.emit(inst.service, "health", f"health {result.state.value}: "
@@ -771,11 +860,16 @@ class Supervisor:
                 self._balancer_dirty()
         if result.state in (HealthState.OK, HealthState.WARNING):
             inst.failures = 0
+            inst.passed = True
             if inst.state is ServiceState.STARTING:
-                self.feed(inst, Event.READY, f"ready: {result.detail}")
+                # Readiness needs ok: a warning is never ready.
+                if result.state is HealthState.OK and spec.readiness == "health":
+                    self.feed(inst, Event.READY, f"ready: {result.detail}")
             elif inst.state is ServiceState.UNHEALTHY:
                 self.feed(inst, Event.HEALTHY, f"healthy again: {result.detail}")
             return
+        if not inst.passed:
+            return  # starting is not unhealthy: only start_timeout fails a start
         inst.failures += 1
         if inst.failures < health.retries:
             return
@@ -783,11 +877,42 @@ class Supervisor:
         if inst.state is ServiceState.UP:
             self.events.emit(inst.service, "health", why, instance=inst.index, pid=pid)
             self.feed(inst, Event.UNHEALTHY, why)
-        if health.restart_on_unhealthy:
-            inst.failures = 0
-            self.events.emit(inst.service, "restart_scheduled", f"restarting: {why}",
-                             instance=inst.index, pid=pid, delay_s=0.0)
-            self.feed(inst, Event.STOP, f"restarting: {why}")
+        if not health.restart_on_unhealthy:
+            return
+        other = self._out_for_restart(inst)
+        if other is not None:
+            # One instance of a process at a time: this one keeps its place (and keeps
+            # being checked) until the other is back.
+            wait = f"unhealthy; waiting for instance {other.index} to be back before " \
+                   "restarting"
+            if inst.reason != wait:
+                inst.reason = wait
+                self.events.emit(inst.service, "health", wait, instance=inst.index, pid=pid)
+            return
+        inst.failures = 0
+        self._restart(inst, why)
+
+    def _out_for_restart(self, inst: Instance) -> Instance | None:
+        """Another instance of the same process that is on its way back (stopping,
+        starting, backing off, or up but not past its first health check), if any."""
+        service = self.services[inst.service]
+        checked = service.spec.health is not None
+        for other in service.instances.values():
+            if other is inst:
+                continue
+            if (other.state in (ServiceState.STOPPING, ServiceState.STARTING,
+                                ServiceState.BACKOFF)
+                    or (other.state is ServiceState.DOWN and not other.settled)
+                    or (other.state is ServiceState.UP and checked and not other.passed)):
+                return other
+        return None
+
+    def _restart(self, inst: Instance, why: str) -> None:
+        """Stop ``inst`` for a fault; once stopped, the restart policy decides when it
+        starts again (see :meth:`_terminated`)."""
+        if inst.state in (ServiceState.STARTING, ServiceState.UP, ServiceState.UNHEALTHY):
+            inst.fault = why
+            self.feed(inst, Event.RESTART, f"restarting: {why}")
 
     def _terminate(self, inst: Instance) -> None:
         self._unwatch(inst)
@@ -814,8 +939,45 @@ class Supervisor:
         self.events.emit(inst.service, "stop", f"stopped ({method.replace('_', ' ')})",
                          instance=inst.index, pid=inst.pid, exit_code=answer.get("exit_code"),
                          signal=answer.get("signal"))
+        ran_for = time.time() - (inst.started_at or time.time())
         inst.pid = None
+        fault, inst.fault = inst.fault, None
+        if fault is not None and self._restart_wanted(inst):
+            self._after_fault(inst, fault, ran_for)
+            return
         self.feed(inst, Event.STOPPED, f"stopped ({method.replace('_', ' ')})")
+
+    def _restart_wanted(self, inst: Instance) -> bool:
+        """Whether ``inst``, stopped for a fault, is still wanted running (nobody asked for
+        a stop, a scale-down or a replacement meanwhile)."""
+        service = self.services.get(inst.service)
+        return (service is not None and not self._stopping_all
+                and service.desired is Desired.UP and inst.gen == service.gen
+                and service.instances.get(inst.index) is inst
+                and inst.index < service.spec.instances)
+
+    def _after_fault(self, inst: Instance, why: str, ran_for: float) -> None:
+        """An instance stopped for a fault: the restart policy decides, as after a crash,
+        and a restart waits for dependencies that are not ready."""
+        service = self.services[inst.service]
+        decision = policy.decide_restart(service.spec.restart, why, ran_for, inst.streak,
+                                         self.uniform)
+        inst.streak, inst.delay = decision.streak, decision.delay
+        if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
+            inst.settled = True
+        blocked = self._restart_blocked(service, decision.verdict)
+        if blocked:
+            inst.held = True
+            self.feed(inst, Event.STOPPED, f"{why}; waiting for {', '.join(blocked)} "
+                                           "to be ready")
+        elif decision.verdict is policy.Verdict.RESTART_NOW:
+            self.feed(inst, Event.STOPPED_RESTART, decision.reason)
+        elif decision.verdict is policy.Verdict.RESTART_LATER:
+            self.feed(inst, Event.STOPPED_BACKOFF, decision.reason)
+        elif decision.verdict is policy.Verdict.GIVE_UP:
+            self.feed(inst, Event.STOPPED_GIVE_UP, decision.reason)
+        else:
+            self.feed(inst, Event.STOPPED, decision.reason)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` as a task kept referenced until it ends (asyncio keeps weak ones)."""
@@ -832,11 +994,22 @@ class Supervisor:
     def _schedule(self, inst: Instance) -> None:
         self._cancel(inst)
         inst.next_restart_at = time.time() + inst.delay
-        inst.timer = asyncio.get_running_loop().call_later(
-            inst.delay, lambda: self.feed(inst, Event.TIMER, "backoff over; restarting"))
+        inst.timer = asyncio.get_running_loop().call_later(inst.delay, self._backoff_over, inst)
         self.events.emit(inst.service, "restart_scheduled",
                          f"restart in {inst.delay:.2f}s", instance=inst.index,
                          delay_s=round(inst.delay, 3))
+
+    def _backoff_over(self, inst: Instance) -> None:
+        """The backoff delay is over: restart, or wait for dependencies not ready yet."""
+        inst.timer = None
+        service = self.services.get(inst.service)
+        blocked = self._restart_blocked(service, policy.Verdict.RESTART_LATER) \
+            if service is not None else ()
+        if blocked:
+            inst.held = True
+            self.feed(inst, Event.WAIT, f"waiting for {', '.join(blocked)} to be ready")
+        else:
+            self.feed(inst, Event.TIMER, "backoff over; restarting")
 
     def _cancel(self, inst: Instance) -> None:
         if inst.timer is not None:
