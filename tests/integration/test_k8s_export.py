@@ -278,11 +278,16 @@ def test_health_is_200_when_ready_503_naming_what_is_not(corral_factory: Any) ->
     corral.wait_state("web", "up")
     assert remote.request("GET", "/v1/health")[1]["status"] == "ok"
     flag = corral.state_dir.parent / "flag"
-    flag.write_text("1")
+    flag.write_text("0")
     spec = corral.state_dir.parent / "job.yaml"
+    # Habitat's exec codes: exit 1 is a warning.  Warning is never ready, so the check
+    # passes first (the instance gets up), then says warning.
     spec.write_text("name: job\ncommand: [sleep, '1000']\n"
-                    f"health: {{exec: [sh, -c, 'exit $(cat {flag})'], interval: 200ms}}\n")
+                    f"health: {{exec: [sh, -c, 'exit $(cat {flag})'], interval: 200ms,"
+                    " exec_codes: habitat}\n")
     corral.ok("svc", "load", "-f", str(spec))
+    corral.wait_state("job", "up")
+    flag.write_text("1")
     wait_for(lambda: remote.request("GET", "/v1/health")[1]["status"] == "warning",
              what="warning")
     status, body = remote.request("GET", "/v1/health")
