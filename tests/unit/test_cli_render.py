@@ -128,3 +128,12 @@ def test_exit_event_shows_the_last_lines() -> None:
                               "last_lines": ["booting", "config missing"]}, colour=False)
     assert line.splitlines() == ["2026-11-21 23:59:01.123 web[0] exit exited with code 1",
                                  "    | booting", "    | config missing"]
+
+
+def test_note_shows_the_countdown_not_the_reasons_own_delay() -> None:
+    """In backoff, the note is the countdown and the exit, not also the delay decided then."""
+    svc = {"state": "backoff", "reason": "exited with code 3 after 0.2s; restarting in 8.2s",
+           "next_restart_at": "2026-11-22T00:00:05Z", "last_exit": None}
+    assert render.note(svc, NOW) == "restart in 5s: exited with code 3 after 0.2s"
+    failed_spawn = {**svc, "reason": "cannot start: command not found: x; retrying in 0.4s"}
+    assert render.note(failed_spawn, NOW) == "restart in 5s: cannot start: command not found: x"

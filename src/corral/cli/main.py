@@ -172,7 +172,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(err: TextIO, message: str, problems: Sequence[str]) -> None:
-    """Print ``corral: <message>`` and then each problem that adds something, indented."""
+    """Print ``corral: <message>`` and then each problem that adds something, indented.
+
+    A message that already lists the problems ("2 problems in t.yaml:" and one line each)
+    is cut to its first line, so that each problem is printed once.
+    """
+    lines = message.splitlines()
+    if len(lines) > 1 and problems and lines[1:] == list(problems):
+        message = lines[0]
     try:
         err.write(f"corral: {message}\n")
         for problem in problems:

@@ -89,13 +89,18 @@ def exit_text(last_exit: Json) -> str:
 
 
 def note(obj: Json, now: float) -> str:
-    """The NOTE column: next restart and why, else the reason, else the last exit."""
+    """The NOTE column, one current reason: next restart and why, else the reason, else the
+    last exit.  The reason's own "restarting in 1.2s" (fixed when it was decided) gives
+    way to the countdown."""
     reason = str(obj.get("reason") or "")
     last = exit_text(obj.get("last_exit"))
     when = obj.get("next_restart_at")
     if when:
         left = _epoch(str(when))
         prefix = f"restart in {duration(left - now)}" if left is not None else f"restart at {when}"
+        head, sep, tail = reason.rpartition("; ")
+        if sep and tail.startswith(("restarting in ", "retrying in ")):
+            reason = head
         why = reason or last
         return f"{prefix}: {why}" if why else prefix
     if obj.get("state") in RUNNING:

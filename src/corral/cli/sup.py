@@ -41,10 +41,14 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                    "(python -m corral.launcher), which starts the supervisor and keeps it\n"
                    "running. Use it as a systemd ExecStart= or a container ENTRYPOINT.\n"
                    "Under systemd (NOTIFY_SOCKET set) it reports READY=1 once services were\n"
-                   "started, a one-line STATUS=, STOPPING=1 and WATCHDOG=1 pings.",
+                   "started, a one-line STATUS=, STOPPING=1 and WATCHDOG=1 pings.\n"
+                   "--target is checked as `target set` checks it (secrets, resources,\n"
+                   "users, addresses): any problem is printed and nothing starts (exit 86).\n"
+                   "Once up, one line on stderr says what started and where the API is.",
                    """
   corral sup run
   corral sup run --state-dir /srv/corral --target /etc/corral/target.yaml
+  corral sup run --target target.yaml --secrets-file secrets.env
   corral sup run --override-name staging --listen-http 0.0.0.0:9631
   corral sup run --target /etc/corral/target/target.yaml --watch-target \\
                  --secrets-dir /etc/corral/secrets \\
@@ -65,6 +69,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="read each file in DIR as a secret (name = file name) and watch it: "
                         "a changed file rolls out like `corral secret set` (a Kubernetes "
                         "Secret mounted as files)")
+    p.add_argument("--secrets-file", metavar="ENV_FILE",
+                   help="store the secrets in ENV_FILE (NAME=value lines; # comments and "
+                        "blank lines allowed) before the target is checked")
     p.set_defaults(handler=cmd_run)
 
     p = add_parser(verbs, "status", "show the supervisor's status",
@@ -115,6 +122,8 @@ def launcher_argv(args: argparse.Namespace, ctx: Context) -> list[str]:
     argv = [sys.executable, "-m", "corral.launcher", "--state-dir", str(ctx.state_dir)]
     if args.target:
         argv += ["--target", args.target]
+    if args.secrets_file:
+        argv += ["--secrets-file", args.secrets_file]
     if args.listen_http:
         argv += ["--listen-http", args.listen_http]
     if args.metrics_public:
@@ -150,13 +159,30 @@ def check_secrets_dir(path: str) -> None:
     except OSError as exc:
         raise CliError(f"cannot read secrets directory {path}: "
                        f"{exc.strerror or exc}") from None
+def check_secrets_file(path: str) -> None:
+    """Raise :class:`CliError` for an unreadable ``--secrets-file`` or its first bad line."""
+    from corral.errors import SpecError
+    from corral.store.secrets import parse_env_file
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise CliError(f"cannot read secrets file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"cannot read secrets file {path}: it is not UTF-8 text") from None
+    try:
+        parse_env_file(text, path)
+    except SpecError as exc:
+        raise CliError(exc.message) from None
 
 
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     """Exec the launcher; never returns (raises :class:`CliError` if the exec fails).
 
-    A ``--target`` file is validated here first, so a bad file is one clear error and
-    nothing starts (rather than a supervisor that keeps failing to load it).
+    A ``--target`` file and a ``--secrets-file`` are read here first, so a bad file is
+    one clear error and nothing starts.  What needs the state directory (secrets set,
+    resources uploaded, addresses free, users) the first supervisor checks before it
+    starts anything; it exits 86 on a problem, and so does the launcher.
     """
     if args.listen_http:
         from corral.cli.common import split_host_port
@@ -177,6 +203,8 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         check_target(args.target)
     if args.secrets_dir:
         check_secrets_dir(args.secrets_dir)
+    if args.secrets_file:
+        check_secrets_file(args.secrets_file)
     argv = launcher_argv(args, ctx)
     ctx.stdout.flush()
     ctx.stderr.flush()

@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="corral-launcher")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--target", help="target file the supervisor applies at start")
+    parser.add_argument("--secrets-file",
+                        help="NAME=value file the supervisor stores before the target")
     parser.add_argument("--listen-http", help="also serve the API on this TCP address")
     parser.add_argument("--metrics-public", action="store_true",
                         help="serve /metrics on the TCP address without a token")
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     first: list[str] = []
     if args.target:
         first += ["--target", os.path.abspath(args.target)]
+    if args.secrets_file:
+        first += ["--secrets-file", os.path.abspath(args.secrets_file)]
     if args.listen_http:
         sup_args += ["--listen-http", args.listen_http]
     if args.metrics_public:  # like --listen-http: given to every supervisor, not the first

@@ -462,7 +462,7 @@ class Launcher:
         self.children[pid] = child
         self.spawns[req.name] += 1
         reply = {"type": m.SPAWNED, "id": rid, "pid": pid, "started_at": child.started_at,
-                 "cgroup": leaf, "memory_max": None}
+                 "cgroup": leaf, "memory_max": None, "spawns": self.spawns[req.name]}
         if cgroups is not None and leaf:
             cgroups.adopt(leaf, pid)
             # Written after the exec: the launcher was in the leaf until then.
@@ -570,6 +570,7 @@ class Launcher:
             "signal": m.signal_name(-code) if code < 0 else None,
             "last_lines": [line[:1000].decode(errors="replace")
                            for line in child.readers[0].recent if line],
+            "spawns": self.spawns[child.name],
         }
         if oom_killed is not None:
             exited["oom_killed"] = oom_killed

@@ -130,6 +130,36 @@ def _rlimit_setter(limits: dict[str, int]) -> Callable[[], None]:
     return apply
 
 
+def _check_rlimits(limits: dict[str, int]) -> None:
+    """Raise :class:`SpawnError` naming the first limit that cannot be set.
+
+    Checked before the fork: ``setrlimit`` failing in the child can only be reported by
+    subprocess as "Exception occurred in preexec_fn".  Without root, no limit may go above
+    its hard limit; even root cannot give ``nofile`` more than ``fs.nr_open``.
+    """
+    root = os.geteuid() == 0
+    for key, value in limits.items():
+        infinite = value == resource.RLIM_INFINITY or value < 0
+        hard = resource.getrlimit(RLIMITS[key])[1]
+        shown = "unlimited" if infinite else str(value)
+        if not root and hard != resource.RLIM_INFINITY and (infinite or value > hard):
+            raise SpawnError(m.E_EXEC_FAILED, f"rlimit {key} {shown} is above the hard limit "
+                             f"{hard} (only root can raise a hard limit)")
+        if key == "nofile":
+            ceiling = _nr_open()
+            if ceiling is not None and (infinite or value > ceiling):
+                raise SpawnError(m.E_EXEC_FAILED, f"rlimit nofile {shown} is above the "
+                                 f"kernel's ceiling fs.nr_open = {ceiling}")
+
+
+def _nr_open() -> int | None:
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def _check_identity(req: SpawnRequest) -> None:
     if req.user is not None:
         try:
@@ -238,6 +268,7 @@ def _posix_spawn(req: SpawnRequest, devnull: int, out_w: int, err_w: int) -> int
 
 def _popen(req: SpawnRequest, devnull: int, out_w: int, err_w: int,
            sockets: list[int] | None) -> int:
+    _check_rlimits(req.rlimits)
     preexec = _rlimit_setter(req.rlimits) if req.rlimits else None
     if sockets:
         preexec = exec_with_sockets(_executable(req), req.argv, req.env, sockets,
@@ -277,5 +308,9 @@ def _failure(req: SpawnRequest, exc: Exception) -> SpawnError:
     if isinstance(exc, PermissionError):
         return SpawnError(m.E_EXEC_FAILED,
                           f"permission denied starting {req.argv[0]}: {exc.strerror}")
+    if isinstance(exc, subprocess.SubprocessError) and req.rlimits and not req.listen_fds:
+        limits = ", ".join(f"{k}={v}" for k, v in sorted(req.rlimits.items()))
+        return SpawnError(m.E_EXEC_FAILED, f"cannot start {req.argv[0]}: its rlimits "
+                          f"({limits}) could not be set")
     why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
     return SpawnError(m.E_EXEC_FAILED, f"cannot start {req.argv[0]}: {why}")

@@ -6,7 +6,8 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
     Hello{version}                         -> HelloOk{version, launcher_pid}
     Spawn{name, argv, env, cwd, user?, group?, umask?, rlimits?, memory_max?, cgroup?,
           listen_fds?, log{path, format, max_bytes, keep}}
-                                           -> Spawned{pid, started_at, cgroup, memory_max}
+                                           -> Spawned{pid, started_at, cgroup, memory_max,
+                                                      spawns}
                                               | Error{code, message}
     Signal{pid, signal, group?}            -> Ok | Error{NoSuchProcess}
     Terminate{pid, signal, timeout}        -> Terminated{exit_code?, signal?, method,
@@ -18,8 +19,8 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
                                               | Error{ListenFailed | BadRequest, message}
     Unlisten{name}                         -> Ok{existed}
     Notify{ready?, status?}                -> Ok   (passed on to systemd; see below)
-    Exited{name, pid, exit_code?, signal?, at, oom_killed?}  (unasked; queued while no
-                                                               supervisor is connected)
+    Exited{name, pid, exit_code?, signal?, at, oom_killed?, spawns}  (unasked; queued
+                                                        while no supervisor is connected)
     Shutdown{}                                          (unasked; stop everything, exit 84)
 
 cgroups (optional fields, version 1 peers may ignore them): where cgroup v2 is
@@ -34,6 +35,10 @@ available; ``Spawned.memory_max`` is the limit applied, or null.  ``oom_killed``
 during the run; it is absent where that cannot be known.  On a stop, and when the main
 process exits, the whole cgroup is killed (``cgroup.kill``), daemons that left the
 process group included.
+
+``spawns`` in ``Spawned`` and ``Exited`` (optional: an older launcher leaves it out) is the
+name's Spawn count since the launcher started, as in ``Children``: a supervisor that starts
+after an exit it did not see still counts that run.
 
 Socket mode (systemd's socket-activation convention): ``Listen`` binds ``host:port``
 once (SO_REUSEADDR, backlog 4096) and the launcher holds the socket under ``name``, so

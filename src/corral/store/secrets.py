@@ -82,6 +82,36 @@ def check_value(name: str, value: str) -> str:
     return value
 
 
+def parse_env_file(text: str, source: str) -> dict[str, str]:
+    """The secrets in an env file: ``NAME=value`` lines, ``#`` comments and blank lines.
+
+    The value is the rest of the line after the first ``=``, as it is (no quotes, no
+    escapes), so ``A=b=c`` sets ``A`` to ``b=c``.  Raises SpecError naming ``source`` and the
+    line of the first problem (a line without ``=``, a bad name, a name given twice); the
+    message never quotes the line, which may hold a value.
+    """
+    found: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        where = f"{source}:{number}"
+        if not sep:
+            raise SpecError(f"{where}: expected NAME=value (a secret's name, '=', then its "
+                            "value), or a # comment")
+        name = name.strip()
+        try:
+            check_value(check_name(name), value)
+        except SpecError as exc:
+            raise SpecError(f"{where}: {exc.message} (lines are NAME=value)") from None
+        if name in found:
+            raise SpecError(f"{where}: secret {name!r} is given twice (also on line "
+                            f"{lines[name]})")
+        found[name], lines[name] = value, number
+    return found
+
+
 class SecretStore:
     """Named secrets in one JSON file.
 

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import resource
 import shutil
 import time
@@ -27,7 +26,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
-from corral.balancer.ports import PortAllocator, PortsExhausted
+from corral.balancer.ports import PortAllocator, PortsExhausted, port_taken, start_for
 from corral.errors import Conflict, CorralError, NotFound, NotReady, SpawnFailed, SpecError
 from corral.health.probes import Result
 from corral.logs.reader import tail
@@ -48,12 +47,13 @@ from corral.spec import (
 from corral.states import Desired, HealthState, ServiceState
 from corral.store import subst
 from corral.store.resources import ResourceStore
-from corral.store.secrets import SecretStore
+from corral.store.secrets import SecretStore, parse_env_file
 
 from . import machine, notify, policy, reconcile, rollout, statefile
 from .balancing import Backend, Balancer  # balancer hook (issue 6)
 from .events import EventLog, rfc3339
 from .hooks import HookResult, run_hook
+from .identity import give_workdir, identity, identity_problems
 from .instance import HISTORY_STEP, Instance, Service, parse_launcher_name
 from .launcher_client import LauncherClient, Message, check
 from .machine import Action, Event
@@ -110,9 +110,17 @@ class Supervisor:
         self._rollout_task: asyncio.Future[None] | None = None
         # balancer hook (issue 6): the load balancer is a launcher child kept by its manager.
         self.balancer = Balancer(state_dir, self._base_env)
-        self.ports = PortAllocator(*_port_range(os.environ.get("CORRAL_PORT_RANGE", "")))
+        low, high = _port_range(os.environ.get("CORRAL_PORT_RANGE", ""))
+        self.ports = PortAllocator(low, high, start=start_for(
+            low, high, f"{os.geteuid()}:{state_dir.resolve()}"))
         self._held_ports: dict[str, dict[str, int]] = statefile.read_json(
             self._ports_file(), {})
+        # Per launcher name, the launcher's Spawn count before the current record's first
+        # spawn (a name run again after an unload, a revert, a scale-down): restarts are
+        # the launcher's count less this, so a new supervisor shows the same number.
+        self._spawn_base: dict[str, int] = statefile.read_json(self._spawn_base_file(), {})
+        self.adopted = 0  # instances adopted from the launcher at attach
+        self._boot: tuple[Target, str, str] | None = None  # sup run --target, to check
         self._balancer_pending = False
         self._balancer_last: object = None
         # Adopted instances whose health this supervisor has not seen yet: until each has
@@ -122,10 +130,25 @@ class Supervisor:
         self._unprobed_until = 0.0
 
     # ------------------------------------------------------------------ start up
-    def load_state(self, target_file: Path | None = None) -> None:
+    def load_state(self, target_file: Path | None = None,
+                   secrets_file: Path | None = None) -> None:
         """Read ``target.yaml`` and ``desired.json``; ``target_file`` (``sup run --target``)
-        replaces the stored target when given."""
+        replaces the stored target when given: :meth:`check_boot_target` checks and saves
+        it.  ``secrets_file`` (``sup run --secrets-file``, ``NAME=value`` lines) is stored
+        in the secret store first.
+
+        Raises:
+            SpecError: a file cannot be read, or is not valid on its own.
+        """
         path = self.state_dir / "target.yaml"
+        if secrets_file is not None:
+            try:
+                lines = secrets_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+                raise SpecError(f"cannot read secrets file {secrets_file}: {why}") from None
+            for name, value in parse_env_file(lines, str(secrets_file)).items():
+                self.secrets.set(name, value)
         if target_file is not None:
             try:
                 text = target_file.read_text()
@@ -145,13 +168,35 @@ class Supervisor:
                                                gen=int(gens.get(spec.name, 0)))
         self.target_services = list(target.services)
         if target_file is not None:
-            # Saved before anything is spawned (a supervisor killed right after its first
-            # Spawns must leave a target that wants them), and as the file's own text: it
-            # is valid, and dumping 1,000 specs as YAML would cost a cold start ~0.3 s.
-            stored = path.read_text() if path.exists() else None
-            if stored != text:
-                statefile.atomic_write(path, text.encode())
-                self._save_desired()
+            self._boot = (target, text, str(target_file))
+
+    async def check_boot_target(self, launcher: LauncherClient) -> None:
+        """Check the ``sup run --target`` file as ``target set`` would (secrets, resources,
+        users, limits, addresses), before anything starts; then save it.
+
+        Raises:
+            SpecError: one line per problem; nothing was started or saved.
+        """
+        if self._boot is None:
+            return
+        target, text, source = self._boot
+        self.launcher = launcher
+        self.check_target(target, text, source)
+        # A new launcher holds no address yet: every service's address is checked.
+        services, self.target_services = self.target_services, []
+        try:
+            await self.check_binds(target, text, source, hold=True)
+        finally:
+            self.target_services = services
+        self._boot = None
+        # Saved before anything is spawned (a supervisor killed right after its first
+        # Spawns must leave a target that wants them), and as the file's own text: it
+        # is valid, and dumping 1,000 specs as YAML would cost a cold start ~0.3 s.
+        path = self.state_dir / "target.yaml"
+        stored = path.read_text() if path.exists() else None
+        if stored != text:
+            statefile.atomic_write(path, text.encode())
+            self._save_desired()
 
     async def attach(self, launcher: LauncherClient) -> None:
         """Adopt the launcher's children (same PIDs, no restart), then reconcile."""
@@ -233,7 +278,10 @@ class Supervisor:
                 self._adopted_watch.remove(present)
         inst = Instance(service=name, index=index, gen=gen, state=ServiceState.UP, pid=pid,
                         started_at=float(child.get("started_at", time.time())),
-                        spawns=int(child.get("spawns", 1)), reason="adopted", passed=True)
+                        reason="adopted", passed=True)
+        inst.spawns = max(1, int(child.get("spawns", 1)) - self._spawn_base.get(
+            inst.launcher_name, 0))
+        self.adopted += 1
         inst.ports = {k: int(v) for k, v in self._held_ports.get(inst.launcher_name, {}).items()}
         for port in inst.ports.values():
             self.ports.reserve(port)
@@ -254,6 +302,10 @@ class Supervisor:
                 or index >= service.spec.instances or index in service.instances):
             return
         inst = service.instances.setdefault(index, service.new_instance(index))
+        # The run that ended counts: its restart, if any, is one more.
+        spawns = exited.get("spawns")
+        inst.spawns = (int(spawns) - self._spawn_base.get(inst.launcher_name, 0)
+                       if isinstance(spawns, int) else max(inst.spawns, 1))
         decision = policy.decide(service.spec.restart, exited.get("exit_code"),
                                  exited.get("signal"), service.spec.restart.cooldown,
                                  inst.streak, self.uniform)
@@ -429,6 +481,11 @@ class Supervisor:
     def _spawn(self, inst: Instance) -> None:
         spec = self.services[inst.service].spec
         assert self.launcher is not None
+        if inst.ports:
+            taken = [n for n, port in inst.ports.items() if port_taken(port)]
+            if taken:  # another program took it while the instance was down
+                self._replace_ports(inst, taken)
+                inst.request = None  # rebuilt below with the new SERVICE_PORT_*
         # The encoded request is kept per instance and spec: a restart costs one frame
         # write, not an environment copy, a mkdir and a JSON encoding.
         if inst.request is None or inst.request[0] is not spec:
@@ -487,7 +544,7 @@ class Supervisor:
     async def _prepare_workdir(self, inst: Instance, spec: ProcessSpec) -> HookResult:
         """A fresh working directory (unless ``cwd`` is given) with the process's resources
         in place, then its ``before`` script run there; the result says what failed."""
-        effective = self._effective(spec)
+        effective = self._effective(spec, inst)
         workdir = Path(self._instance_cwd(inst, spec))
         try:
             await asyncio.to_thread(self._fresh_workdir, inst, spec, workdir)
@@ -516,6 +573,7 @@ class Supervisor:
             else:
                 shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True, exist_ok=True)
+        give_workdir(workdir, spec)
         inst.failed_run = False
 
     def _forget(self, inst: Instance) -> None:
@@ -565,22 +623,34 @@ class Supervisor:
             out.append(line)
         return out
 
-    def _effective(self, spec: ProcessSpec) -> ProcessSpec:
-        """``spec`` with its secrets substituted (the spec itself when it uses none).
+    def _effective(self, spec: ProcessSpec, inst: Instance | None = None) -> ProcessSpec:
+        """``spec`` with its secrets, and ``inst``'s own variables (``CORRAL_INSTANCE``,
+        ``SERVICE_PORT_*``...), substituted (the spec itself when it uses none).
 
         Raises:
             SpecError: a secret it uses is not set (removal is refused while in use, so
                 only a hand-edited state directory gets here).
         """
-        return subst.substitute(spec, self.secrets.values(), spec.name)
+        own = self._own_values(inst, spec) if inst is not None else None
+        return subst.substitute(spec, self.secrets.values(), spec.name, own)
+
+    def _own_values(self, inst: Instance, spec: ProcessSpec) -> dict[str, str]:
+        """corral's own variables for ``inst``: what ``${CORRAL_INSTANCE}`` and
+        ``${SERVICE_PORT_<NAME>}`` stand for (its ports, once allocated)."""
+        own = {"CORRAL_SERVICE": spec.name, "CORRAL_INSTANCE": str(inst.index)}
+        for name, port in inst.ports.items():
+            if name in spec.receives:
+                own[subst.port_variable(name)] = str(port)
+        return own
 
     async def _hook(self, inst: Instance, spec: ProcessSpec, hook: str,
                     command: str) -> HookResult:
         env = self._instance_env(inst, spec)
         if inst.pid is not None:
             env["CORRAL_PID"] = str(inst.pid)
+        user, group = identity(spec)
         result = await run_hook(hook, command, env=env, cwd=self._instance_cwd(inst, spec),
-                                user=spec.user, group=spec.group, timeout=spec.hooks.timeout,
+                                user=user, group=group, timeout=spec.hooks.timeout,
                                 log=paths.logs_dir(self.state_dir) / f"{spec.name}.log")
         self.events.emit(inst.service, "hook", result.summary, instance=inst.index,
                          pid=inst.pid, last_lines=self.redact(result.output))
@@ -588,32 +658,36 @@ class Supervisor:
 
     def _instance_env(self, inst: Instance, spec: ProcessSpec) -> dict[str, str]:
         env = dict(self._base_env)
-        env.update(self._effective(spec).env)
+        env.update(self._effective(spec, inst).env)
         env["CORRAL_SERVICE"] = spec.name
         env["CORRAL_INSTANCE"] = str(inst.index)
         return env
 
     def _instance_cwd(self, inst: Instance, spec: ProcessSpec) -> str:
         if spec.cwd is not None:
-            return self._effective(spec).cwd or spec.cwd
+            return self._effective(spec, inst).cwd or spec.cwd
         workdir = self._workdir(inst)
-        workdir.mkdir(parents=True, exist_ok=True)
+        if not workdir.is_dir():
+            workdir.mkdir(parents=True, exist_ok=True)
+            give_workdir(workdir, spec)
         return str(workdir)
 
     def _spawn_request(self, inst: Instance, spec: ProcessSpec) -> bytes:
+        ports = self._service_ports(inst, spec)  # first: ${SERVICE_PORT_*} may be used below
         cwd = self._instance_cwd(inst, spec)
         env = self._instance_env(inst, spec)
         if spec.readiness == "notify" or spec.watchdog is not None:
             env["NOTIFY_SOCKET"] = notify.socket_name(self.state_dir, inst.launcher_name)
         if spec.watchdog is not None:
             env["WATCHDOG_USEC"] = str(int(spec.watchdog * 1_000_000))
-        env.update(self._service_ports(inst, spec))
+        env.update(ports)
         sockets = [s.name for s in self.target_services
                    if s.mode == "socket" and s.name in spec.receives]
+        user, group = identity(spec)
         request: Message = {
-            "type": m.SPAWN, "name": inst.launcher_name, "argv": self._effective(spec).argv,
-            "env": env,
-            "cwd": cwd, "user": spec.user, "group": spec.group,
+            "type": m.SPAWN, "name": inst.launcher_name,
+            "argv": self._effective(spec, inst).argv, "env": env,
+            "cwd": cwd, "user": user, "group": group,
             "umask": int(spec.umask, 8) if spec.umask else None, "rlimits": dict(spec.rlimits),
             "memory_max": spec.limits.memory,  # launcher: cgroup memory.max (additive, h5)
             "log": {"path": str(paths.logs_dir(self.state_dir) / f"{spec.name}.log"),
@@ -656,7 +730,7 @@ class Supervisor:
         # reading of the process it replaces.
         inst.usage, inst.cpu = None, None
         inst.started_at = float(answer.get("started_at", time.time()))
-        inst.spawns += 1
+        self._count_spawn(inst, answer.get("spawns"))
         inst.settled = False
         inst.health = HealthState.UNKNOWN
         inst.passed, inst.fault = False, None
@@ -716,6 +790,26 @@ class Supervisor:
         self.events.emit(inst.service, "health", f"restarting: {why}", instance=inst.index,
                          pid=pid)
         self._restart(inst, why)
+    def _count_spawn(self, inst: Instance, launcher_count: object) -> None:
+        """One more spawn of ``inst``.  With the launcher's count for its name, the
+        instance's count follows it, less the name's base: the launcher's count before
+        this record's first spawn (kept in ``run/spawn_base.json``, so that the next
+        supervisor, which learns counts from the launcher, shows the same restarts)."""
+        if not isinstance(launcher_count, int):  # a launcher that does not say
+            inst.spawns += 1
+            return
+        name = inst.launcher_name
+        if inst.spawns == 0 and self._spawn_base.get(name, 0) != launcher_count - 1:
+            self._spawn_base[name] = launcher_count - 1
+            live = {i.launcher_name for s in self.services.values()
+                    for i in (*s.instances.values(), *s.retiring.values())}
+            self._spawn_base = {n: b for n, b in self._spawn_base.items() if b and n in live}
+            self._spawn_base_file().parent.mkdir(parents=True, exist_ok=True)
+            statefile.write_json(self._spawn_base_file(), self._spawn_base)
+        inst.spawns = launcher_count - self._spawn_base.get(name, 0)
+
+    def _spawn_base_file(self) -> Path:
+        return paths.run_dir(self.state_dir) / "spawn_base.json"
 
     async def _hook_later(self, inst: Instance, hook: str, command: str) -> None:
         service = self.services.get(inst.service)
@@ -824,7 +918,7 @@ class Supervisor:
         inst.watch = HealthWatch(health, inst.pid, self._instance_env(inst, spec),
                                  self._instance_cwd(inst, spec),
                                  lambda pid, result: self._on_health(inst, pid, result))
-        inst.watch.user, inst.watch.group = spec.user, spec.group
+        inst.watch.user, inst.watch.group = identity(spec)
         inst.watch.start()
 
     def _unwatch(self, inst: Instance) -> None:
@@ -1381,6 +1475,7 @@ class Supervisor:
         held = {i.launcher_name: i.ports for s in self.services.values()
                 for i in (*s.instances.values(), *s.retiring.values()) if i.ports}
         self._held_ports = held
+        self._ports_file().parent.mkdir(parents=True, exist_ok=True)
         statefile.write_json(self._ports_file(), held)
 
     def _service_ports(self, inst: Instance, spec: ProcessSpec) -> dict[str, str]:
@@ -1399,8 +1494,22 @@ class Supervisor:
                         raise SpawnFailed("PortsExhausted",
                                           f"no free port for service {name}: {exc}") from None
             self._save_ports()
-        return {"SERVICE_PORT_" + re.sub(r"[^A-Z0-9]", "_", n.upper()): str(inst.ports[n])
-                for n in proxied}
+        return {subst.port_variable(n): str(inst.ports[n]) for n in proxied}
+
+    def _replace_ports(self, inst: Instance, names: list[str]) -> None:
+        """Give ``inst`` new ports for ``names``, whose ports another program holds now (it
+        was down: a port kept for it is reserved in ``ports.json`` only, and another corral
+        on the host, or anything else, may have bound it)."""
+        for name in names:
+            old = inst.ports[name]
+            try:
+                inst.ports[name] = self.ports.replace(old)
+            except PortsExhausted:
+                continue  # the spawn fails to bind and backs off; the next one tries again
+            self.events.emit(inst.service, "port", f"port {old} for service {name} is taken "
+                             f"by another program; using {inst.ports[name]}",
+                             instance=inst.index)
+        self._save_ports()
 
     def _balancer_dirty(self) -> None:
         """Something that decides who gets traffic changed: push the backends soon (once
@@ -1513,7 +1622,8 @@ class Supervisor:
     # ------------------------------------------------------------------- target
     def check_target(self, target: Target, text: str | None, source: str) -> None:
         """Refuse what the target's own validation cannot see: secrets that are not set,
-        resources that were never uploaded.
+        resources that were never uploaded, users, groups and rlimits that the user corral
+        runs as cannot give a process.
 
         Raises:
             SpecError: one line per problem, naming ``source``, the line (when ``text``,
@@ -1522,8 +1632,10 @@ class Supervisor:
         problems: list[Problem] = []
         names = self.secrets.names()
         values: dict[str, str] | None = None
+        proxied = [s.name for s in target.services if s.mode == "proxy"]
         for i, spec in enumerate(target.processes):
-            lacking = subst.missing(spec, names)
+            problems += identity_problems(i, spec)
+            lacking = subst.missing(spec, names, subst.own_names(spec, proxied))
             for line in lacking:
                 where, _, msg = line.partition(": ")
                 problems.append((("processes", i, *_field_loc(where.split(".", 1)[1])), msg))
@@ -1810,10 +1922,14 @@ class Supervisor:
         """``spec.resources`` with ids held in secrets resolved (as written if unresolved)."""
         if not any("${" in ref.id for ref in spec.resources):
             return spec.resources
-        try:
-            return self._effective(spec).resources
-        except SpecError:
-            return spec.resources
+        values = self.secrets.values()
+        refs = []
+        for ref in spec.resources:
+            try:
+                refs.append(ref.model_copy(update={"id": subst.expand(ref.id, values)}))
+            except (KeyError, ValueError):
+                refs.append(ref)
+        return refs
 
     async def secrets_changed(self, names: list[str]) -> Rollout | None:
         """Secrets ``names`` were set to new values (already stored): replace the
