@@ -248,6 +248,7 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
         # A listener that does not finish in 3 s is cancelled by wait_for itself.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(remote_task, 3)
+    supervisor.events.close()
     launcher.close()
     return code
 

@@ -9,7 +9,8 @@ time (reference/feasibility.md §3).  This client does exactly what the CLI need
   server closing the connection;
 * :meth:`Client.request` returns ``(status, decoded JSON or None)`` for 2xx/3xx answers and
   raises :class:`ApiError` for 4xx/5xx, carrying the API's ``{"error": {code, message}}``;
-* :meth:`Client.stream` yields the JSON object of each server-sent event's ``data:`` field.
+* :meth:`Client.stream` yields the JSON object of each server-sent event's ``data:`` field;
+  :meth:`Client.follow` does too, and resumes a cut stream (``Last-Event-ID``).
 
 Remote: the TLS context trusts only the CA of the auth file (no system CAs) and checks the
 name ``server_name`` (``corral``, in every corral server certificate), whatever address is
@@ -28,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from io import BufferedReader
 
 from corral.cli.common import EXIT_UNREACHABLE, CliError
@@ -40,6 +42,14 @@ if TYPE_CHECKING:
 
     from corral.cli.common import Json
 CONNECT_TIMEOUT = 5.0
+#: How long :meth:`Client.follow` tries to get a cut stream back (a new supervisor is
+#: usually serving within a second or two; a crash-looping one backs off up to 5 s).
+RECONNECT_FOR = 30.0
+RETRY_FIRST = 0.1
+RETRY_MAX = 1.0
+#: A followed stream that has said nothing for this long is taken for dead (the server
+#: sends at least a keepalive every 15 s): a remote host that vanished without a word.
+STREAM_SILENCE = 60.0
 #: Default read timeout of :meth:`Client.request`; mutating calls pass ``None`` (wait).
 READ_TIMEOUT = 30.0
 _MAX_LINE = 65536
@@ -232,7 +242,58 @@ class Client:
 
         An event whose object is ``{"error": {...}}`` raises :class:`ApiError` (status 500).
         """
-        sock = self._send("GET", path, None, None, accept="text/event-stream")
+        for _, obj in self._events(path, None):
+            if obj is not None:
+                yield obj
+
+    def follow(self, path: str, patience: float = RECONNECT_FOR,
+               sleep: Callable[[float], None] | None = None,
+               clock: Callable[[], float] | None = None) -> Iterator[Json]:
+        """Like :meth:`stream`, for as long as the stream can be had: when it is cut (the
+        supervisor restarted or was killed, or dropped a slow reader), connect again and
+        resume just after the last event ``id`` received (``Last-Event-ID``), so nothing
+        is yielded twice or skipped.  Retries back off from 0.1 s to 1 s; after
+        ``patience`` seconds without a connection it gives up with one :class:`CliError`.
+        An error answer (an unknown service, a refused token) raises at once.  A stream
+        that never sent an id (an older server) cannot be resumed: its end raises
+        :class:`ProtocolError` as :meth:`stream` would.
+        """
+        pause = sleep or time.sleep
+        now = clock or time.monotonic
+        last_id: str | None = None
+        failing_since: float | None = None
+        delay = RETRY_FIRST
+        while True:
+            try:
+                for event_id, obj in self._events(path, last_id, STREAM_SILENCE):
+                    failing_since, delay = None, RETRY_FIRST
+                    if event_id is not None:
+                        last_id = event_id
+                    if obj is not None:
+                        yield obj
+                reason = "the supervisor ended the stream"
+                if last_id is None:
+                    raise ProtocolError(reason)
+            except (UnreachableError, ProtocolError) as exc:
+                if last_id is None:
+                    raise
+                reason = str(exc)
+            if failing_since is None:
+                failing_since = now()
+            elif now() - failing_since >= patience:
+                raise CliError(f"lost the stream from the supervisor and could not resume it "
+                               f"within {patience:g} s ({reason}); check: corral sup status")
+            pause(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    def _events(self, path: str, last_id: str | None,
+                silence: float | None = None) -> Iterator[tuple[str | None, Json]]:
+        """``(id, decoded data)`` of each server-sent event; data is ``None`` for an event
+        that only carries an id.  Sent with ``Last-Event-ID: last_id`` when given; once
+        the server has sent an id (it then sends something at least every 15 s), a
+        silence longer than ``silence`` seconds is a dead connection (ProtocolError)."""
+        extra = "" if last_id is None else f"Last-Event-ID: {last_id}\r\n"
+        sock = self._send("GET", path, None, None, accept="text/event-stream", extra=extra)
         with sock, sock.makefile("rb") as f:
             status, headers = _read_head(f)
             if status >= 300:
@@ -241,14 +302,21 @@ class Client:
             ctype = headers.get("content-type", "")
             if not ctype.startswith("text/event-stream"):
                 raise ProtocolError(f"expected an event stream from {path}, got {ctype or '?'}")
-            for data in _sse_data(_body_pieces(f, headers, status)):
+            timed = False
+            for event_id, data in _sse_events(_body_pieces(f, headers, status)):
+                if event_id is not None and silence is not None and not timed:
+                    sock.settimeout(silence)
+                    timed = True
+                if data is None:
+                    yield event_id, None
+                    continue
                 try:
                     obj = json.loads(data)
                 except ValueError:
                     raise ProtocolError(f"an event from {path} is not JSON: {data[:80]!r}") from None
                 if isinstance(obj, dict) and set(obj) == {"error"}:
                     raise _api_error(500, obj, data.encode())
-                yield obj
+                yield event_id, obj
 
     def answers(self) -> bool:
         """Whether something accepts connections on the socket right now."""
@@ -324,11 +392,11 @@ class Client:
         return sock
 
     def _send(self, method: str, path: str, body: Json, timeout: float | None,
-              accept: str) -> socket.socket:
+              accept: str, extra: str = "") -> socket.socket:
         payload = b"" if body is None else json.dumps(body).encode()
         host = "localhost" if self.auth is None else self.auth.host
         head = (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: corral-cli\r\n"
-                f"Accept: {accept}\r\nConnection: close\r\n")
+                f"Accept: {accept}\r\nConnection: close\r\n{extra}")
         if self.auth is not None:
             head += f"Authorization: Bearer {self.auth.token}\r\n"
         if body is not None or method in ("POST", "PUT", "PATCH"):
@@ -430,27 +498,39 @@ def _chunks(f: BufferedReader) -> Iterator[bytes]:
         yield data
 
 
-def _sse_data(pieces: Iterator[bytes]) -> Iterator[str]:
-    """Yield each event's ``data`` (several ``data:`` lines joined by newlines).
+def _sse_events(pieces: Iterator[bytes]) -> Iterator[tuple[str | None, str | None]]:
+    """Yield ``(id, data)`` for each event: ``id`` as the event set it (else ``None``),
+    ``data`` its ``data:`` lines joined by newlines, or ``None`` for an event with an id
+    and no data (it only moves the stream's position).
 
     Follows the EventSource rules that matter here: lines end in LF or CRLF; a blank line
-    dispatches; ``:`` starts a comment; other fields (``event``, ``id``, ``retry``) are ignored;
-    an event cut off by the end of the stream is dropped.
+    dispatches; ``:`` starts a comment; ``event`` and ``retry`` are ignored; an event cut
+    off by the end of the stream is dropped.  Each byte is looked at once, so an event of
+    a megabyte arriving in small pieces costs no more than one arriving whole.
     """
-    buf = b""
+    buf = bytearray()
+    scan = 0
     data: list[str] = []
+    event_id: str | None = None
     for piece in pieces:
         buf += piece
-        lines = buf.split(b"\n")
-        buf = lines.pop()
-        for raw in lines:
+        start = 0
+        while (newline := buf.find(b"\n", scan)) >= 0:
+            raw = bytes(buf[start:newline])
+            start = scan = newline + 1
             line = raw.removesuffix(b"\r").decode("utf-8", "replace")
             if not line:
                 if data:
-                    yield "\n".join(data)
-                    data = []
+                    yield event_id, "\n".join(data)
+                elif event_id is not None:
+                    yield event_id, None
+                data, event_id = [], None
             elif line.startswith("data:"):
                 data.append(line[6:] if line.startswith("data: ") else line[5:])
+            elif line.startswith("id:"):
+                event_id = line[4:] if line.startswith("id: ") else line[3:]
+        del buf[:start]
+        scan = len(buf)
 
 
 def _decode_json(raw: bytes, status: int) -> Json:

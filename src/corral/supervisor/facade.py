@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from corral.protocol import paths
 from corral.spec import ProcessSpec, Target, load_process, load_target, validate_process
 
 from . import overall
-from .events import Event, rfc3339
+from .events import Event, Resumed, rfc3339
 from .loop import Supervisor
 
 
@@ -101,10 +101,20 @@ class Facade:
             self._sup.get(service)
         return self._sup.events.recent(n, service)
 
+    def events_since(self, after: int, service: str | None) -> Resumed:
+        """The kept events after ``seq`` ``after``, and how many after it are not kept
+        (``None``: unknown), and why; see :meth:`EventLog.since`."""
+        if service is not None:
+            self._sup.get(service)
+        return self._sup.events.since(after, service)
+
+    def last_event_seq(self) -> int:
+        """The ``seq`` of the last event recorded (or the last number before ours)."""
+        return self._sup.events.last_seq
+
     def event_count(self) -> int:
-        """Events recorded since this supervisor started (the last event's ``seq``)."""
-        last = self._sup.events.recent(1)
-        return int(last[0]["seq"]) if last else 0
+        """Events recorded since this supervisor started."""
+        return self._sup.events.count
 
     def own_processes(self) -> list[dict[str, Any]]:
         """CPU seconds, RSS and uptime of the supervisor and the launcher themselves
@@ -143,8 +153,12 @@ class Facade:
         keep = self._sup.get(name).spec.logs.keep
         return reader.tail(self.log_path(name), n, keep)
 
-    def log_follow(self, name: str, n: int) -> AsyncIterator[str]:
-        return reader.follow(self.log_path(name), n)
+    def log_follow(self, name: str, n: int,
+                   cursor: reader.Cursor | None = None) -> AsyncGenerator[reader.Batch, None]:
+        """Batches of ``name``'s log records: the last ``n`` then new ones, or from
+        ``cursor`` on (see :func:`corral.logs.reader.follow`)."""
+        keep = self._sup.get(name).spec.logs.keep
+        return reader.follow(self.log_path(name), n, keep, cursor)
 
     # commands
     def parse_spec(self, spec: dict[str, Any] | None, text: str | None,

@@ -86,7 +86,7 @@ class Supervisor:
         self.state_dir = state_dir
         self.uniform = uniform
         self.services: dict[str, Service] = {}
-        self.events = EventLog()
+        self.events = EventLog(seq_file=state_dir / "event-seq.json")
         self.launcher: LauncherClient | None = None
         self.started_at = time.time()
         self.exit_code: asyncio.Future[int] | None = None
