@@ -113,7 +113,8 @@ def test_bind_env_lists_live_members_as_host_port() -> None:
     """CORRAL_BIND_<NAME>_ADDRS: the exported port first, else the first named port; an
     IPv6 address in brackets; an empty value for a bind without members."""
     binds = {"db": ("pg.default", [PG2, PG1]), "cache-1": ("redis.default", []),
-             "v6": ("x.default", [{"member": "m", "address": "fd00::1", "ports": {"b": 2, "a": 1}}])}
+             "v6": ("x.default", [{"member": "m", "address": "fd00::1",
+                                   "ports": {"b": 2, "a": 1}}])}
     assert bind_env(binds) == {"CORRAL_BIND_DB_ADDRS": "10.0.0.5:5432,10.0.0.6:5433",
                                "CORRAL_BIND_CACHE_1_ADDRS": "",
                                "CORRAL_BIND_V6_ADDRS": "[fd00::1]:1"}

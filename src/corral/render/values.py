@@ -7,7 +7,8 @@ the values travel through etcd as JSON and must read back the same on every host
 
 Layering (Habitat's order): ``defaults < host file < group config``.  Mappings merge key by
 key, at any depth (so an empty mapping changes nothing); anything else (text, a number, a
-list) is replaced whole by the higher layer.  :func:`layer` remembers which layer gave each leaf, for ``corral config show``.
+list) is replaced whole by the higher layer.  :func:`layer` remembers which layer gave
+each leaf, for ``corral config show``.
 
 Secrets: a text value may hold ``${NAME}`` references (the grammar of
 :mod:`corral.store.subst`).  They are stored and layered as they are, and resolved on each
@@ -55,7 +56,10 @@ def load_values(path: Path) -> dict[str, Any]:
 
 
 def parse_values(text: str, fmt: str, source: str) -> dict[str, Any]:
-    """Parse ``text`` in format ``fmt`` (``toml``, ``yaml`` or ``json``); see :func:`load_values`."""
+    """Parse ``text`` in format ``fmt`` (``toml``, ``yaml`` or ``json``).
+
+    See :func:`load_values` for what is refused.
+    """
     data: Any
     if fmt == "toml":
         try:
