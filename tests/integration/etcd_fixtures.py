@@ -96,7 +96,7 @@ class EtcdMember:
         try:
             r = httpx.get(f"{self.url}/health", timeout=1, verify=verify, trust_env=False)
             return r.status_code == 200 and r.json().get("health") == "true"
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, OSError, ValueError):
             return False
 
     def wait_healthy(self, timeout: float = 20) -> None:

@@ -65,6 +65,11 @@ def up(generation: int = 1, **fields: Any) -> MemberStatus:
                         ports={"traffic": 7000}, spec_generation=generation, **fields)
 
 
+def leases(etcd: EtcdMember) -> set[int]:
+    """The leases etcd holds ("found 2 leases" then one hex id a line)."""
+    return {int(line, 16) for line in etcd.etcdctl("lease", "list").splitlines()[1:]}
+
+
 def members(census: Census, group: str) -> dict[str, Any]:
     return {m.record.member: m for m in census.group(group)}
 
@@ -182,9 +187,9 @@ def test_a_new_supervisor_takes_over_the_same_member_record(etcd: EtcdMember,
             assert new_lease != old_lease
             await until(lambda: members(observer.census(), "web.default")["m1"]
                         .record.status.spec_generation == 2, what="the new record")
-            assert old_lease in etcd.etcdctl("lease", "list").split()
-            await until(lambda: old_lease not in etcd.etcdctl("lease", "list").split(),
-                        timeout=10, what="the old lease to expire")
+            assert int(old_lease, 16) in leases(etcd)
+            await until(lambda: int(old_lease, 16) not in leases(etcd), timeout=10,
+                        what="the old lease to expire")
             assert dump_keys(etcd, "/corral/default/members/web.default/m1")
             assert members(observer.census(), "web.default")["m1"].record.status \
                 .spec_generation == 2

@@ -16,6 +16,8 @@ Public surface (what the supervisor and the API use; the rest is private to the 
 the supervisor: it hands changes over through :class:`ClusterListener`.
 """
 
+from typing import TYPE_CHECKING
+
 from .backend import DEFAULT_TTL, ClusterBackend, ClusterListener
 from .census import Census, CensusMember, LinkStatus
 from .etcd import EtcdSettings, parse_endpoints, read_endpoints_file
@@ -33,6 +35,12 @@ from .keys import (
 from .local import LocalBackend
 from .records import GroupConfig, Identity, InstanceStatus, MemberRecord, MemberStatus
 from .remote import EtcdBackend
+
+if TYPE_CHECKING:
+    def _both_backends_implement_the_interface(
+            local: LocalBackend, etcd: EtcdBackend) -> tuple[ClusterBackend, ClusterBackend]:
+        return local, etcd  # mypy checks each against the Protocol here
+
 
 __all__ = [
     "DEFAULT_GROUP",

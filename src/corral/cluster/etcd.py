@@ -76,13 +76,10 @@ _TLS_HINTS = {
     "PACKET_LENGTH_TOO_LONG": "the endpoint does not speak TLS: use http://",
     "UNEXPECTED_EOF_WHILE_READING":
         "the endpoint hung up during the handshake (if it does not serve TLS, use http://)",
-    "TLSV13_ALERT_CERTIFICATE_REQUIRED":
-        "the endpoint requires a client certificate: give a certificate and key",
-    "SSLV3_ALERT_BAD_CERTIFICATE":
-        "the endpoint refused the client certificate (not signed by a CA it trusts?)",
-    "TLSV1_ALERT_UNKNOWN_CA":
-        "the endpoint refused the client certificate: its CA is not one the endpoint trusts",
 }
+# Alerts with which an endpoint refuses the client's certificate, or its lack of one.
+_CERT_REFUSED = {"TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_BAD_CERTIFICATE",
+                 "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_CERTIFICATE_UNKNOWN"}
 
 
 @dataclass(frozen=True)
@@ -286,6 +283,8 @@ def _transport_problem(exc: Exception, timeout: float, endpoint: str, *,
                      f"({tls_error.verify_message}): check the CA", tls=True)
     if tls_error is not None:
         reason = tls_error.reason or str(tls_error)
+        if reason in _CERT_REFUSED:
+            return _Down(f"TLS: {_refused_certificate(has_cert)}", tls=True)
         return _Down(f"TLS: {_TLS_HINTS.get(reason, reason)}", tls=True)
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return _Down(f"no answer within {timeout:g} s", transient=True)
@@ -298,13 +297,18 @@ def _transport_problem(exc: Exception, timeout: float, endpoint: str, *,
     if closed and endpoint.startswith("https:"):
         # TLS 1.3 checks the client's certificate after the handshake: a refused one shows
         # up as the server hanging up on the first request, with no TLS alert to read.
-        return _Down("TLS: the endpoint closed the connection: " + (
-            "does it trust the client certificate's CA?" if has_cert
-            else "it may require a client certificate: give a certificate and key"), tls=True)
+        return _Down(f"TLS: the endpoint closed the connection: {_refused_certificate(has_cert)}",
+                     tls=True)
     if closed:  # also what a TLS port does with a plain request
         return _Down("the endpoint hung up without answering (if it serves TLS, use https://)",
                      transient=True)
     return _Down(str(exc) or type(exc).__name__, transient=True)
+
+
+def _refused_certificate(has_cert: bool) -> str:
+    if has_cert:
+        return "the endpoint refused the client certificate (is its CA one the endpoint trusts?)"
+    return "the endpoint requires a client certificate: give a certificate and key"
 
 
 def _tidy(message: str) -> str:
@@ -403,7 +407,7 @@ class EtcdClient:
             headers["Authorization"] = self._token
         try:
             response = await self._http.post(endpoint + path, json=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, OSError) as exc:  # OSError: a TLS alert httpx lets through
             raise self._problem(exc, endpoint) from None
         return self._decode(endpoint, path, response)
 
@@ -732,10 +736,10 @@ class Watch:
                         raise _Down("the watch stream ended")
                     if line.strip():
                         self._handle(endpoint, line)
-        except httpx.HTTPError as exc:
-            raise client._problem(exc, endpoint) from None
-        except TimeoutError:
+        except TimeoutError:  # the scope above, moved to now by _interrupt_watches
             raise _Down("its endpoint failed another request") from None
+        except (httpx.HTTPError, OSError) as exc:  # OSError: a TLS alert httpx lets through
+            raise client._problem(exc, endpoint) from None
 
     def _handle(self, endpoint: str, line: str) -> None:
         try:
