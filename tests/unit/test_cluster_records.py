@@ -130,6 +130,8 @@ def test_member_record_round_trip() -> None:
      b'"ports": {"x": "80"}}', "ports must map names to numbers"),
     (b'{"service_group": "web.default", "member": "m", "host": "h", "address": "a", '
      b'"spec_generation": true}', "spec_generation has the wrong type"),
+    (b'{"service_group": "Web", "member": "m", "host": "h", "address": "a"}',
+     "invalid service group 'Web'"),
 ])
 def test_bad_records_say_what_is_wrong(raw: bytes, reason: str) -> None:
     with pytest.raises(ValueError) as failed:

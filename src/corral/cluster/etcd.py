@@ -260,6 +260,14 @@ def _kv(raw: dict[str, Any]) -> KeyValue:
                     version=int(raw.get("version", 0)), lease=int(raw.get("lease", 0)))
 
 
+def _as_int(value: Any, default: int = 2) -> int:
+    """An int64 field of the gateway's JSON (text, or absent: ``default``, gRPC's Unknown)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
 def _revision(data: dict[str, Any]) -> int:
     return int(data.get("header", {}).get("revision", 0))
 
@@ -434,9 +442,9 @@ class EtcdClient:
             raise _Down(f"unexpected answer: {str(data)[:100]}")
         error = data.get("error")
         if isinstance(error, dict):  # the streaming endpoints' shape
-            self._refuse(endpoint, int(error.get("grpc_code", 2)), str(error.get("message", "")))
+            self._refuse(endpoint, _as_int(error.get("grpc_code")), str(error.get("message", "")))
         if response.status_code != 200 or error is not None:
-            self._refuse(endpoint, int(data.get("code", 2)),
+            self._refuse(endpoint, _as_int(data.get("code")),
                          str(data.get("message") or error or f"HTTP {response.status_code}"))
         result = data.get("result")
         return result if isinstance(result, dict) else data
@@ -588,7 +596,9 @@ class EtcdClient:
 
     async def lease_grant(self, ttl: int) -> Lease:
         data = await self._call("/v3/lease/grant", {"TTL": ttl}, leader=True)
-        return Lease(int(data["ID"]), int(data.get("TTL", ttl)))
+        if not _as_int(data.get("ID"), 0):
+            raise ClusterError(f"etcd granted no lease: {data.get('error') or 'no ID'}")
+        return Lease(int(data["ID"]), _as_int(data.get("TTL"), ttl))
 
     async def lease_keepalive(self, lease_id: int) -> int:
         """Refresh the lease; returns its TTL, 0 when it has expired (its keys are gone)."""
@@ -701,6 +711,9 @@ class Watch:
                         self._client._down(_unreachable([(endpoint, down)]).message)
             except ClusterError as exc:  # a refusal: record it, try again after a pause
                 self._client._down(exc.message)
+            except Exception as exc:  # a bug must not end the watch for good: say it, go on
+                self._client._down(f"the watch of {self._prefix} failed: "
+                                   f"{type(exc).__name__}: {exc}")
             if self._streaming:  # it was working until now: reconnect (almost) at once
                 failures, delay = 0, 0.05
             else:
@@ -744,15 +757,19 @@ class Watch:
     def _handle(self, endpoint: str, line: str) -> None:
         try:
             message = json.loads(line)
-        except ValueError:
+            error = message.get("error")
+            result = message.get("result", {})
+            events = tuple(WatchEvent(_kv(raw.get("kv", {})), raw.get("type") == "DELETE")
+                           for raw in result.get("events", []))
+            compacted = _as_int(result.get("compact_revision"), 0)
+            progress = _revision(result)
+        except (ValueError, TypeError, AttributeError):  # not the gateway's JSON
             raise _Down(f"unreadable watch answer: {line[:100]}") from None
-        error = message.get("error")
         if isinstance(error, dict):
-            self._client._refuse(endpoint, int(error.get("grpc_code", 2)),
+            self._client._refuse(endpoint, _as_int(error.get("grpc_code")),
                                  str(error.get("message", "")))
-        result = message.get("result", {})
         if result.get("canceled"):
-            if int(result.get("compact_revision", 0)):
+            if compacted:
                 raise _Compacted()
             raise ClusterError(f"etcd cancelled the watch of {self._prefix}: "
                                f"{result.get('cancel_reason') or 'no reason given'}")
@@ -760,10 +777,8 @@ class Watch:
             self._streaming = True
             self._client._up(endpoint)
             return
-        events = tuple(WatchEvent(_kv(raw.get("kv", {})), raw.get("type") == "DELETE")
-                       for raw in result.get("events", []))
         if not events:  # a progress notice: nothing is pending up to its revision
-            self.revision = max(self.revision, _revision(result))
+            self.revision = max(self.revision, progress)
             return
         self.revision = max(self.revision, *(e.kv.mod_revision for e in events))
         self._on_batch(WatchBatch(self.revision, events))

@@ -145,7 +145,7 @@ class MemberRecord:
 
     @classmethod
     def from_json(cls, raw: Any) -> MemberRecord:
-        """Build from parsed JSON.  Raises ValueError naming the bad field."""
+        """Build from parsed JSON.  Raises ValueError (only) naming the bad field."""
         if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
         get = _Fields(raw)
@@ -164,8 +164,13 @@ class MemberRecord:
             spec_generation=get.number("spec_generation", 0),
             config_version=get.number("config_version", 0), exports=get.mapping("exports"),
             topology=get.text("topology", "standalone"), leader=get.flag("leader", False))
-        return cls(check_service_group(get.text("service_group")), check_member(get.text("member")),
-                   get.text("host"), get.text("address"), status, get.text("corral", "unknown"))
+        try:
+            group = check_service_group(get.text("service_group"))
+            member = check_member(get.text("member"))
+        except SpecError as exc:
+            raise ValueError(str(exc)) from None
+        return cls(group, member, get.text("host"), get.text("address"), status,
+                   get.text("corral", "unknown"))
 
 
 class _Fields:

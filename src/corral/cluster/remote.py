@@ -196,6 +196,10 @@ class EtcdBackend(BaseBackend):
             except ClusterError:  # the client's state has it; etcd may be back in a moment
                 delay = min(1.0, max(0.1, delay * 2))
                 await asyncio.sleep(delay)
+            except Exception as exc:  # a bug must not stop the keepalives: say it, go on
+                self._client.report(f"the etcd session failed: {type(exc).__name__}: {exc}")
+                delay = min(1.0, max(0.1, delay * 2))
+                await asyncio.sleep(delay)
 
     async def _flush(self, lease: Lease) -> None:
         me = self._identity.member
