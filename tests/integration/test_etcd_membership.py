@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from corral.cluster import (
     InstanceStatus,
     LinkStatus,
     MemberStatus,
+    default_address,
 )
 from corral.errors import ClusterUnavailable, Conflict, SpecError
 from corral.render import Context, Layer, compute_exports, layer, render_templates, resolve_secrets
@@ -452,3 +454,10 @@ def test_probe_says_why_etcd_cannot_be_used_and_start_never_fails(etcd: EtcdMemb
         await good.probe()
         await good.close()
     asyncio.run(scenario())
+
+
+def test_the_default_advertised_address_belongs_to_this_host() -> None:
+    """default_address() is an address a socket can be bound to here (not a guess)."""
+    address = default_address()
+    with socket.socket() as s:
+        s.bind((address, 0))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 from dataclasses import dataclass
 
 from corral.errors import SpecError
@@ -85,14 +86,32 @@ def default_member_name(host: str, state_name: str) -> str:
 def default_address() -> str:
     """The address of the interface the default route goes out of (``127.0.0.1`` if none).
 
-    A UDP ``connect`` picks the route without sending a packet.
+    A UDP ``connect`` to the default gateway makes the kernel pick that interface's
+    address, without sending a packet.
     """
+    gateway = _default_gateway()
+    if gateway is None:
+        return "127.0.0.1"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
-            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routed like any remote host
+            probe.connect((gateway, 9))
             return str(probe.getsockname()[0])
         except OSError:
             return "127.0.0.1"
+
+
+def _default_gateway() -> str | None:
+    """The IPv4 default gateway from ``/proc/net/route`` (None: no default route)."""
+    try:
+        with open("/proc/net/route") as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+    except OSError:
+        return None
+    for row in rows:
+        # Iface Destination Gateway Flags ...: a default route is up (1) via a gateway (2).
+        if len(row) > 3 and row[1] == "00000000" and int(row[3], 16) & 3 == 3:
+            return socket.inet_ntoa(struct.pack("<L", int(row[2], 16)))
+    return None
 
 
 @dataclass(frozen=True)

@@ -104,8 +104,10 @@ class EtcdBackend(BaseBackend):
         if self._watch is not None:
             await self._watch.stop()
         if leave and self._lease is not None:
-            with contextlib.suppress(ClusterError):
-                await self._client.lease_revoke(self._lease.id)
+            # Best effort, briefly: without etcd the lease simply runs out.
+            with contextlib.suppress(ClusterError, TimeoutError):
+                async with asyncio.timeout(2 * self._settings.timeout):
+                    await self._client.lease_revoke(self._lease.id)
             self._lease = None
         if self._save_handle is not None:
             self._save_handle.cancel()
