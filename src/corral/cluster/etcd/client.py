@@ -1,330 +1,50 @@
-"""The one module that speaks to etcd: an asyncio client over etcd's v3 JSON gateway.
-
-etcd serves its gRPC API as JSON under ``/v3/`` (grpc-gateway); this client posts to it
-with httpx (see ``reference/etcd-eval.md`` for why: asyncio, TLS, auth and the election
-API, with no gRPC stack).  What it does about the gateway's ways:
-
-- keys and values travel base64-encoded; int64 fields come back as text; fields equal to
-  their default are left out (``succeeded: false`` is absent), so every read has a default;
-- **several endpoints**: a request goes to the current one; a transport failure, a
-  timeout or etcd's "unavailable / no leader / timed out" moves to the next one (the
-  first is tried twice in a round: a pooled connection the server closed is not a dead
-  endpoint).  Requests have a short timeout (1 s by default), because a follower whose
-  leader died holds a request for up to 7 s before it answers; while the endpoints are
-  only busy (no answer in time, no leader yet), rounds go on for ``retry_for`` (3 s),
-  which covers an election; when every endpoint refuses, the request fails at once;
-- writes and keepalives carry ``Grpc-Metadata-hasleader: true``, so a member that lost
-  its quorum says so at once instead of timing out;
-- **user/password**: ``/v3/auth/authenticate`` gives a token sent as the raw
-  ``Authorization`` header; a token etcd no longer accepts (expired, or its member
-  restarted) is replaced by authenticating again, once per request;
-- **TLS**: a CA to trust and an optional client certificate (without a CommonName: once
-  auth is on, the gateway refuses certificates that have one);
-- **watches** (:class:`Watch`) survive a lost endpoint: they reconnect to the next one
-  and resume at the revision after the last one seen; when that revision was compacted
-  they list the prefix again and hand over the whole set (``reset``).
-
-Errors are :class:`~corral.errors.ClusterError` subclasses with one line a person can act
-on: :class:`~corral.errors.ClusterUnavailable` names every endpoint and why it failed,
-:class:`~corral.errors.ClusterAuthError` the user, :class:`~corral.errors.ClusterTLSError`
-what does not match.  The password never appears in a message or a repr.
-"""
+"""The asyncio etcd client and its watch (see the package docstring for the behaviour)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import errno
 import json
 import random
-import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
 import httpx
 
-from corral.errors import (
-    ClusterAuthError,
-    ClusterError,
-    ClusterTLSError,
-    ClusterUnavailable,
-    SpecError,
+from corral.errors import ClusterAuthError, ClusterError, ClusterTLSError
+
+from .settings import EtcdSettings
+from .wire import (
+    DEADLINE_EXCEEDED,
+    FAILED_PRECONDITION,
+    INVALID_ARGUMENT,
+    NOT_FOUND,
+    PERMISSION_DENIED,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+    Compacted,
+    ConnState,
+    Down,
+    KeyValue,
+    Lease,
+    LeaseNotFound,
+    TokenRejected,
+    WatchBatch,
+    WatchEvent,
+    as_int,
+    b64,
+    key_value,
+    prefix_end,
+    revision_of,
+    tidy,
+    transport_problem,
+    unreachable,
 )
-
-DEFAULT_PORT = 2379
-DEFAULT_TIMEOUT = 1.0
-DEFAULT_RETRY_FOR = 3.0
-
-# gRPC status codes etcd answers with (google.golang.org/grpc/codes).
-_INVALID_ARGUMENT = 3
-_DEADLINE_EXCEEDED = 4
-_NOT_FOUND = 5
-_PERMISSION_DENIED = 7
-_FAILED_PRECONDITION = 9
-_UNAVAILABLE = 14
-_UNAUTHENTICATED = 16
-
-# OpenSSL reasons, and what they mean for someone setting up the link.
-_TLS_HINTS = {
-    "WRONG_VERSION_NUMBER": "the endpoint does not speak TLS: use http://",
-    "RECORD_LAYER_FAILURE": "the endpoint does not speak TLS: use http://",
-    "PACKET_LENGTH_TOO_LONG": "the endpoint does not speak TLS: use http://",
-    "UNEXPECTED_EOF_WHILE_READING":
-        "the endpoint hung up during the handshake (if it does not serve TLS, use http://)",
-}
-# Alerts with which an endpoint refuses the client's certificate, or its lack of one.
-_CERT_REFUSED = {"TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_BAD_CERTIFICATE",
-                 "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_CERTIFICATE_UNKNOWN"}
-
-
-@dataclass(frozen=True)
-class EtcdSettings:
-    """How to reach etcd.
-
-    Args:
-        endpoints: client URLs (:func:`parse_endpoints`), tried in order.
-        ca: PEM file of the CA that signed the endpoints' certificates (https).
-        cert, key: a client certificate and its key, for endpoints that ask for one.
-        user, password: etcd user; the password is never shown (repr, messages).
-        timeout: seconds for one request to one endpoint (connect and answer).
-        retry_for: seconds a request keeps going round the endpoints while etcd is busy
-            (an election takes 1-2 s with etcd's default timings).
-    """
-
-    endpoints: tuple[str, ...]
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
-    timeout: float = DEFAULT_TIMEOUT
-    retry_for: float = DEFAULT_RETRY_FOR
-
-    def __post_init__(self) -> None:
-        if not self.endpoints:
-            raise SpecError("no etcd endpoint given")
-        if (self.cert is None) != (self.key is None):
-            raise SpecError("a client certificate needs its key, and a key its certificate")
-        if self.user is not None and self.password is None:
-            raise SpecError(f"etcd user {self.user!r} has no password")
-
-
-def parse_endpoints(text: str | Iterable[str], *, tls: bool = False) -> tuple[str, ...]:
-    """Normalise endpoints to ``scheme://host:port``.
-
-    ``text`` is one string (items separated by commas, spaces or new lines; ``#`` starts
-    a comment, as in an endpoints file) or an iterable of items.  An item without a
-    scheme gets ``https`` when ``tls``, else ``http``; one without a port gets 2379.
-
-    Raises:
-        SpecError: an item that is not an http(s) URL of a host, naming it.
-    """
-    if isinstance(text, str):
-        lines = (line.split("#", 1)[0] for line in text.splitlines())
-        items = [item for line in lines for item in line.replace(",", " ").split()]
-    else:
-        items = [item.strip() for item in text if item.strip()]
-    out: list[str] = []
-    for item in items:
-        url = item if "://" in item else f"{'https' if tls else 'http'}://{item}"
-        try:
-            parts = urlsplit(url)
-            port = parts.port or DEFAULT_PORT
-        except ValueError as exc:
-            raise SpecError(f"invalid etcd endpoint {item!r}: {exc}") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname \
-                or parts.path not in ("", "/") or parts.query or parts.username:
-            raise SpecError(f"invalid etcd endpoint {item!r}: write http(s)://HOST:PORT, "
-                            "e.g. http://10.0.0.1:2379")
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        normal = f"{parts.scheme}://{host}:{port}"
-        if normal not in out:
-            out.append(normal)
-    if not out:
-        raise SpecError("no etcd endpoint given")
-    return tuple(out)
-
-
-def read_endpoints_file(path: Path, *, tls: bool = False) -> tuple[str, ...]:
-    """The endpoints listed in ``path`` (:func:`parse_endpoints`'s format)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        return parse_endpoints(text, tls=tls)
-    except SpecError as exc:
-        raise SpecError(f"{path}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class KeyValue:
-    """A key as etcd returns it (``value`` is empty in a delete event)."""
-
-    key: str
-    value: bytes = b""
-    mod_revision: int = 0
-    create_revision: int = 0
-    version: int = 0
-    lease: int = 0
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    kv: KeyValue
-    deleted: bool = False
-
-
-@dataclass(frozen=True)
-class WatchBatch:
-    """What a :class:`Watch` hands over: events, or (``reset``) the whole prefix.
-
-    ``revision`` is the store revision everything up to which has been seen.
-    """
-
-    revision: int
-    events: tuple[WatchEvent, ...] = ()
-    reset: bool = False
-    kvs: tuple[KeyValue, ...] = ()
-
-
-@dataclass(frozen=True)
-class Lease:
-    id: int
-    ttl: int
-
-
-@dataclass(frozen=True)
-class ConnState:
-    """Whether the last request succeeded, on which endpoint, and the latest failure."""
-
-    connected: bool = False
-    endpoint: str | None = None
-    last_error: str | None = None
-    since: float = 0.0
-
-
-class LeaseNotFound(ClusterError):
-    """The lease named in a request has expired or was revoked."""
-
-
-class _Down(Exception):
-    """This endpoint cannot serve the request now; try the next one.
-
-    ``transient``: etcd is there but busy (no answer in time, no leader yet), so trying
-    again in a moment may work; otherwise the endpoint is wrong or gone (refused, TLS).
-    """
-
-    def __init__(self, reason: str, *, tls: bool = False, transient: bool = False) -> None:
-        super().__init__(reason)
-        self.reason, self.tls, self.transient = reason, tls, transient
-
-
-class _TokenRejected(Exception):
-    """etcd no longer accepts the auth token: authenticate again."""
-
-
-class _Compacted(Exception):
-    """The watch's start revision was compacted away: list again."""
-
-
-def _b64(data: str | bytes) -> str:
-    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode("ascii")
-
-
-def _unb64(text: str | None) -> bytes:
-    return base64.b64decode(text) if text else b""
-
-
-def prefix_end(prefix: str) -> bytes:
-    """etcd's ``range_end`` that covers every key starting with ``prefix``."""
-    raw = bytearray(prefix.encode())
-    while raw and raw[-1] == 0xFF:
-        raw.pop()
-    if not raw:
-        return b"\0"  # every key
-    raw[-1] += 1
-    return bytes(raw)
-
-
-def _kv(raw: dict[str, Any]) -> KeyValue:
-    return KeyValue(key=_unb64(raw.get("key")).decode("utf-8", "replace"),
-                    value=_unb64(raw.get("value")),
-                    mod_revision=int(raw.get("mod_revision", 0)),
-                    create_revision=int(raw.get("create_revision", 0)),
-                    version=int(raw.get("version", 0)), lease=int(raw.get("lease", 0)))
-
-
-def _as_int(value: Any, default: int = 2) -> int:
-    """An int64 field of the gateway's JSON (text, or absent: ``default``, gRPC's Unknown)."""
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def _revision(data: dict[str, Any]) -> int:
-    return int(data.get("header", {}).get("revision", 0))
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _transport_problem(exc: Exception, timeout: float, endpoint: str, *,
-                       has_cert: bool) -> _Down:
-    """What a failed HTTP exchange with ``endpoint`` means, in a few words."""
-    chain = list(_chain(exc))
-    tls_error = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
-    if isinstance(tls_error, ssl.SSLCertVerificationError):
-        return _Down(f"TLS: the server's certificate is not trusted "
-                     f"({tls_error.verify_message}): check the CA", tls=True)
-    if tls_error is not None:
-        reason = tls_error.reason or str(tls_error)
-        if reason in _CERT_REFUSED:
-            return _Down(f"TLS: {_refused_certificate(has_cert)}", tls=True)
-        return _Down(f"TLS: {_TLS_HINTS.get(reason, reason)}", tls=True)
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return _Down(f"no answer within {timeout:g} s", transient=True)
-    for e in chain:
-        if isinstance(e, socket.gaierror):
-            return _Down("unknown host")
-        if isinstance(e, OSError) and e.errno == errno.ECONNREFUSED:
-            return _Down("connection refused")
-    closed = isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError)
-    if closed and endpoint.startswith("https:"):
-        # TLS 1.3 checks the client's certificate after the handshake: a refused one shows
-        # up as the server hanging up on the first request, with no TLS alert to read.
-        return _Down(f"TLS: the endpoint closed the connection: {_refused_certificate(has_cert)}",
-                     tls=True)
-    if closed:  # also what a TLS port does with a plain request
-        return _Down("the endpoint hung up without answering (if it serves TLS, use https://)",
-                     transient=True)
-    return _Down(str(exc) or type(exc).__name__, transient=True)
-
-
-def _refused_certificate(has_cert: bool) -> str:
-    if has_cert:
-        return "the endpoint refused the client certificate (is its CA one the endpoint trusts?)"
-    return "the endpoint requires a client certificate: give a certificate and key"
-
-
-def _tidy(message: str) -> str:
-    return message.removeprefix("etcdserver: ")
 
 
 class EtcdClient:
-    """An asyncio etcd v3 client over the JSON gateway; see the module docstring.
+    """An asyncio etcd v3 client over the JSON gateway; see the package docstring.
 
     Args:
         settings: endpoints, TLS, credentials, timeout.
@@ -419,8 +139,8 @@ class EtcdClient:
             raise self._problem(exc, endpoint) from None
         return self._decode(endpoint, path, response)
 
-    def _problem(self, exc: Exception, endpoint: str) -> _Down:
-        return _transport_problem(exc, self._timeout, endpoint,
+    def _problem(self, exc: Exception, endpoint: str) -> Down:
+        return transport_problem(exc, self._timeout, endpoint,
                                   has_cert=self._settings.cert is not None)
 
     def _decode(self, endpoint: str, path: str, response: httpx.Response) -> dict[str, Any]:
@@ -429,45 +149,45 @@ class EtcdClient:
         except ValueError:
             text = response.text.strip()
             if "HTTP request to an HTTPS server" in text:
-                raise _Down("TLS: the endpoint speaks https: use https:// and a CA",
+                raise Down("TLS: the endpoint speaks https: use https:// and a CA",
                             tls=True) from None
             if "CommonName" in text:
                 raise ClusterTLSError(
                     f"etcd at {endpoint} refuses the client certificate because it has a "
                     "CommonName (the gateway ignores CN users once auth is on): use a "
                     "certificate without CN, and a user and password") from None
-            raise _Down(f"not an etcd v3 endpoint (HTTP {response.status_code} for {path})"
+            raise Down(f"not an etcd v3 endpoint (HTTP {response.status_code} for {path})"
                         ) from None
         if not isinstance(data, dict):
-            raise _Down(f"unexpected answer: {str(data)[:100]}")
+            raise Down(f"unexpected answer: {str(data)[:100]}")
         error = data.get("error")
         if isinstance(error, dict):  # the streaming endpoints' shape
-            self._refuse(endpoint, _as_int(error.get("grpc_code")), str(error.get("message", "")))
+            self._refuse(endpoint, as_int(error.get("grpc_code")), str(error.get("message", "")))
         if response.status_code != 200 or error is not None:
-            self._refuse(endpoint, _as_int(data.get("code")),
+            self._refuse(endpoint, as_int(data.get("code")),
                          str(data.get("message") or error or f"HTTP {response.status_code}"))
         result = data.get("result")
         return result if isinstance(result, dict) else data
 
     def _refuse(self, endpoint: str, code: int, message: str) -> NoReturn:
         """Raise what etcd's refusal means."""
-        text = _tidy(message)
+        text = tidy(message)
         user = self._settings.user
-        if code in (_UNAVAILABLE, _DEADLINE_EXCEEDED) or "timed out" in text \
+        if code in (UNAVAILABLE, DEADLINE_EXCEEDED) or "timed out" in text \
                 or "no leader" in text:
-            raise _Down(text, transient=True)
-        if code == _UNAUTHENTICATED or (code == _INVALID_ARGUMENT and "user name is empty" in text
+            raise Down(text, transient=True)
+        if code == UNAUTHENTICATED or (code == INVALID_ARGUMENT and "user name is empty" in text
                                          and user is not None and self._token is not None):
-            raise _TokenRejected(text)
-        if code == _INVALID_ARGUMENT and "user name is empty" in text:
+            raise TokenRejected(text)
+        if code == INVALID_ARGUMENT and "user name is empty" in text:
             raise ClusterAuthError("etcd requires authentication: give a user and password",
                                    code)
-        if code == _INVALID_ARGUMENT and "authentication failed" in text:
+        if code == INVALID_ARGUMENT and "authentication failed" in text:
             raise ClusterAuthError(f"etcd refused user {user!r}: wrong user name or password",
                                    code)
-        if code == _PERMISSION_DENIED:
+        if code == PERMISSION_DENIED:
             raise ClusterAuthError(f"etcd: permission denied for user {user!r} ({text})", code)
-        if code == _NOT_FOUND and "lease" in text:
+        if code == NOT_FOUND and "lease" in text:
             raise LeaseNotFound(f"etcd: {text}", code)
         raise ClusterError(f"etcd at {endpoint}: {text}", code)
 
@@ -482,7 +202,7 @@ class EtcdClient:
             try:
                 data = await self._post(endpoint, "/v3/auth/authenticate", body, leader=False)
             except ClusterError as exc:
-                if exc.grpc_code == _FAILED_PRECONDITION:  # auth is not enabled: no token needed
+                if exc.grpc_code == FAILED_PRECONDITION:  # auth is not enabled: no token needed
                     self._token = ""
                     return
                 raise
@@ -490,7 +210,7 @@ class EtcdClient:
 
     async def _call(self, path: str, body: dict[str, Any], *, leader: bool = False
                     ) -> dict[str, Any]:
-        """Post to the current endpoint, failing over as the module docstring says.
+        """Post to the current endpoint, failing over as the package docstring says.
 
         A round over every endpoint that fails only because etcd is busy (an election
         after its leader died, for one) is tried again for up to ``retry_for`` seconds;
@@ -499,19 +219,19 @@ class EtcdClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.retry_for
         while True:
-            failures: list[tuple[str, _Down]] = []
+            failures: list[tuple[str, Down]] = []
             for _ in range(len(self._endpoints) + 1):
                 endpoint = self._endpoint()
                 try:
                     data = await self._attempt(endpoint, path, body, leader=leader)
-                except _Down as down:
+                except Down as down:
                     failures.append((endpoint, down))
                     self._fail_over(endpoint)
                     continue
                 self._up(endpoint)
                 return data
             if not any(down.transient for _, down in failures) or loop.time() >= deadline:
-                error = _unreachable(failures)
+                error = unreachable(failures)
                 self._down(str(error))
                 raise error
             await asyncio.sleep(0.1)
@@ -519,16 +239,16 @@ class EtcdClient:
     async def _attempt(self, endpoint: str, path: str, body: dict[str, Any], *,
                        leader: bool) -> dict[str, Any]:
         """One request to one endpoint, authenticating first (and again, once, if the
-        token was refused).  Raises _Down, or a ClusterError that ends the request."""
+        token was refused).  Raises Down, or a ClusterError that ends the request."""
         try:
             try:
                 await self._authenticate(endpoint)
                 return await self._post(endpoint, path, body, leader=leader)
-            except _TokenRejected:
+            except TokenRejected:
                 self._token = None
                 await self._authenticate(endpoint)
                 return await self._post(endpoint, path, body, leader=leader)
-        except _TokenRejected as exc:
+        except TokenRejected as exc:
             error: ClusterError = ClusterAuthError(f"etcd keeps refusing the auth token of "
                                                    f"user {self._settings.user!r}: {exc}")
             self._down(str(error))
@@ -548,12 +268,12 @@ class EtcdClient:
                     ) -> tuple[list[KeyValue], int]:
         """Keys in ``[key, range_end)`` (just ``key`` without ``range_end``), and the
         store revision they were read at."""
-        body: dict[str, Any] = {"key": _b64(key), "limit": limit, "keys_only": keys_only,
+        body: dict[str, Any] = {"key": b64(key), "limit": limit, "keys_only": keys_only,
                                 "serializable": serializable}
         if range_end is not None:
-            body["range_end"] = _b64(range_end)
+            body["range_end"] = b64(range_end)
         data = await self._call("/v3/kv/range", body)
-        return [_kv(raw) for raw in data.get("kvs", [])], _revision(data)
+        return [key_value(raw) for raw in data.get("kvs", [])], revision_of(data)
 
     async def range_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
         return await self.range(prefix, prefix_end(prefix))
@@ -564,30 +284,30 @@ class EtcdClient:
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         """Store ``value`` at ``key`` (bound to ``lease`` if not 0); returns the revision."""
-        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
         if lease:
             body["lease"] = str(lease)
-        return _revision(await self._call("/v3/kv/put", body, leader=True))
+        return revision_of(await self._call("/v3/kv/put", body, leader=True))
 
     async def delete(self, key: str, range_end: bytes | None = None) -> int:
         """Delete ``key`` (or ``[key, range_end)``); returns how many keys went."""
-        body = {"key": _b64(key)}
+        body = {"key": b64(key)}
         if range_end is not None:
-            body["range_end"] = _b64(range_end)
+            body["range_end"] = b64(range_end)
         return int((await self._call("/v3/kv/deleterange", body, leader=True)).get("deleted", 0))
 
     async def put_if(self, key: str, value: bytes, mod_revision: int, lease: int = 0
                      ) -> tuple[bool, int]:
         """Compare-and-swap: store ``value`` only if ``key``'s mod_revision is
         ``mod_revision`` (0: the key does not exist).  Returns ``(stored, revision)``."""
-        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        put: dict[str, Any] = {"key": b64(key), "value": b64(value)}
         if lease:
             put["lease"] = str(lease)
-        body = {"compare": [{"key": _b64(key), "target": "MOD", "result": "EQUAL",
+        body = {"compare": [{"key": b64(key), "target": "MOD", "result": "EQUAL",
                              "mod_revision": str(mod_revision)}],
                 "success": [{"request_put": put}], "failure": []}
         data = await self._call("/v3/kv/txn", body, leader=True)
-        return bool(data.get("succeeded", False)), _revision(data)
+        return bool(data.get("succeeded", False)), revision_of(data)
 
     async def compact(self, revision: int) -> None:
         """Drop the history before ``revision`` (watches older than it are told so)."""
@@ -596,9 +316,9 @@ class EtcdClient:
 
     async def lease_grant(self, ttl: int) -> Lease:
         data = await self._call("/v3/lease/grant", {"TTL": ttl}, leader=True)
-        if not _as_int(data.get("ID"), 0):
+        if not as_int(data.get("ID"), 0):
             raise ClusterError(f"etcd granted no lease: {data.get('error') or 'no ID'}")
-        return Lease(int(data["ID"]), _as_int(data.get("TTL"), ttl))
+        return Lease(int(data["ID"]), as_int(data.get("TTL"), ttl))
 
     async def lease_keepalive(self, lease_id: int) -> int:
         """Refresh the lease; returns its TTL, 0 when it has expired (its keys are gone)."""
@@ -635,16 +355,6 @@ def _ssl_context(settings: EtcdSettings) -> ssl.SSLContext | bool:
         raise ClusterTLSError(f"cannot load the TLS files ({files}): "
                               f"{getattr(exc, 'strerror', None) or exc}") from None
     return context
-
-
-def _unreachable(failures: list[tuple[str, _Down]]) -> ClusterError:
-    seen: dict[str, str] = {}
-    for endpoint, down in failures:
-        seen.setdefault(endpoint, down.reason)
-    listed = "; ".join(f"{endpoint}: {reason}" for endpoint, reason in seen.items())
-    if failures and all(down.tls for _, down in failures):
-        return ClusterTLSError(f"no TLS connection to etcd: {listed}")
-    return ClusterUnavailable(f"no etcd endpoint answers: {listed}")
 
 
 class Watch:
@@ -698,17 +408,17 @@ class Watch:
                     self._on_batch(WatchBatch(revision, reset=True, kvs=tuple(kvs)))
                     endpoint = self._client._endpoint()
                 await self._stream(endpoint)
-            except _Compacted:
+            except Compacted:
                 self._listed, delay = False, 0.0
                 continue
-            except _TokenRejected:
+            except TokenRejected:
                 self._client._token = None
-            except _Down as down:
+            except Down as down:
                 self._client._fail_over(endpoint)
                 if not self._streaming:
                     failures += 1
                     if failures >= len(self._client.endpoints):
-                        self._client._down(_unreachable([(endpoint, down)]).message)
+                        self._client._down(unreachable([(endpoint, down)]).message)
             except ClusterError as exc:  # a refusal: record it, try again after a pause
                 self._client._down(exc.message)
             except Exception as exc:  # a bug must not end the watch for good: say it, go on
@@ -724,8 +434,8 @@ class Watch:
         client = self._client
         await client._authenticate(endpoint)
         headers = {"Authorization": client._token} if client._token else {}
-        body = {"create_request": {"key": _b64(self._prefix),
-                                   "range_end": _b64(prefix_end(self._prefix)),
+        body = {"create_request": {"key": b64(self._prefix),
+                                   "range_end": b64(prefix_end(self._prefix)),
                                    "start_revision": str(self.revision + 1),
                                    "progress_notify": True}}
         # No read timeout: a watch is quiet for as long as nothing changes.
@@ -736,7 +446,7 @@ class Watch:
                 if response.status_code != 200:
                     await response.aread()
                     client._decode(endpoint, "/v3/watch", response)
-                    raise _Down(f"HTTP {response.status_code} for /v3/watch")
+                    raise Down(f"HTTP {response.status_code} for /v3/watch")
                 lines = response.aiter_lines()
                 while True:
                     async with asyncio.timeout(None) as scope:
@@ -746,11 +456,11 @@ class Watch:
                         finally:
                             del client._scopes[scope]
                     if line is None:
-                        raise _Down("the watch stream ended")
+                        raise Down("the watch stream ended")
                     if line.strip():
                         self._handle(endpoint, line)
         except TimeoutError:  # the scope above, moved to now by _interrupt_watches
-            raise _Down("its endpoint failed another request") from None
+            raise Down("its endpoint failed another request") from None
         except (httpx.HTTPError, OSError) as exc:  # OSError: a TLS alert httpx lets through
             raise client._problem(exc, endpoint) from None
 
@@ -759,18 +469,18 @@ class Watch:
             message = json.loads(line)
             error = message.get("error")
             result = message.get("result", {})
-            events = tuple(WatchEvent(_kv(raw.get("kv", {})), raw.get("type") == "DELETE")
+            events = tuple(WatchEvent(key_value(raw.get("kv", {})), raw.get("type") == "DELETE")
                            for raw in result.get("events", []))
-            compacted = _as_int(result.get("compact_revision"), 0)
-            progress = _revision(result)
+            compacted = as_int(result.get("compact_revision"), 0)
+            progress = revision_of(result)
         except (ValueError, TypeError, AttributeError):  # not the gateway's JSON
-            raise _Down(f"unreadable watch answer: {line[:100]}") from None
+            raise Down(f"unreadable watch answer: {line[:100]}") from None
         if isinstance(error, dict):
-            self._client._refuse(endpoint, _as_int(error.get("grpc_code")),
+            self._client._refuse(endpoint, as_int(error.get("grpc_code")),
                                  str(error.get("message", "")))
         if result.get("canceled"):
             if compacted:
-                raise _Compacted()
+                raise Compacted()
             raise ClusterError(f"etcd cancelled the watch of {self._prefix}: "
                                f"{result.get('cancel_reason') or 'no reason given'}")
         if result.get("created"):
