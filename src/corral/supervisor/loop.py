@@ -403,14 +403,18 @@ class Supervisor:
         self._state_waiters.clear()
 
     def _spawn(self, inst: Instance) -> None:
-        spec = self.services[inst.service].spec
+        spec = self._spec_of(inst)
         assert self.launcher is not None
         # The encoded request is kept per instance and spec: a restart costs one frame
         # write, not an environment copy, a mkdir and a JSON encoding.
         if inst.request is None or inst.request[0] is not spec:
             try:
                 inst.request = (spec, self._spawn_request(inst, spec))
-            except CorralError as exc:  # a secret gone, no free port: fail like a spawn
+            except Exception as exc:  # a secret gone, no free port, a disk error
+                # ... fails like a spawn (backs off), never leaves it starting for good.
+                if not isinstance(exc, CorralError):
+                    exc = SpawnFailed(m.E_EXEC_FAILED, f"cannot prepare the spawn: "
+                                      f"{type(exc).__name__}: {exc}")
                 failed: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
                 failed.set_exception(exc)
                 inst.spawned = asyncio.get_running_loop().create_future()
@@ -423,10 +427,24 @@ class Supervisor:
         inst.spawned = done
         if ((spec.hooks.init is not None and not inst.init_done) or spec.resources
                 or spec.before is not None):
-            self._background(self._prepare_then_spawn(inst, spec, done))
+            self._background(self._guarded_prepare(inst, spec, done))
             return
         future = self.launcher.send_encoded(inst.request[1])
         self._background(self._spawned(inst, future, done))
+
+    async def _guarded_prepare(self, inst: Instance, spec: ProcessSpec,
+                               done: asyncio.Future[None]) -> None:
+        """:meth:`_prepare_then_spawn`, with any unexpected error handled as a failed spawn
+        (it backs off) rather than an instance left starting with no process."""
+        try:
+            await self._prepare_then_spawn(inst, spec, done)
+        except Exception as exc:
+            if done.done() or inst.state is not ServiceState.STARTING:
+                raise
+            failed: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+            failed.set_exception(SpawnFailed(m.E_EXEC_FAILED, "cannot prepare the spawn: "
+                                             f"{type(exc).__name__}: {exc}"))
+            await self._spawned(inst, failed, done)
 
     async def _prepare_then_spawn(self, inst: Instance, spec: ProcessSpec,
                                   done: asyncio.Future[None]) -> None:
