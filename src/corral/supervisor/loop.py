@@ -1730,6 +1730,7 @@ class Supervisor:
                     self.events.emit(name, "rollout", step.detail, instance=index,
                                      pid=old.pid)
                     new.settled = True  # held: reconcile must not start it beside the old one
+                    new.reason = f"waiting for pid {old.pid} to stop"
                     service.retiring[index] = old
                     service.instances[index] = new
                     await self._drain(old)
@@ -1803,12 +1804,12 @@ class Supervisor:
             if old.watch is None and spec.health is not None and old.pid is not None:
                 self._watch(old, spec)  # unwatched while it was retiring
             return
+        record.restored = True  # not running before: back as it was, or started again
         if not held:
             return
         old.settled = False
         if service.desired is Desired.DOWN or service.instances.get(index) is not old:
             return
-        record.restored = True
         if old.state is ServiceState.BACKOFF:
             self.feed(old, Event.START, "the rollout failed: starting the old version again")
         else:

@@ -146,7 +146,9 @@ class Rollout:
     added: list[str] = field(default_factory=list)          # processes it adds
     secrets: list[str] = field(default_factory=list)        # secrets whose change it rolls out
     reverting: bool = False   # a step failed: putting back what it changed
-    restored: bool = False    # an old instance had to be started again (it was not kept)
+    # An old instance was not kept running: it was started again, or put back as it was
+    # (down, failed).
+    restored: bool = False
 
     def finish(self, now: float) -> None:
         """Close the record: failed if any step failed, else done."""
