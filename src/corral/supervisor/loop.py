@@ -45,12 +45,19 @@ from corral.spec import (
     refuse,
     validate_target,
 )
-from corral.states import Desired, HealthState, ServiceState
+from corral.states import (
+    ENDED_STATES,
+    LIVE_STATES,
+    READY_STATES,
+    Desired,
+    HealthState,
+    ServiceState,
+)
 from corral.store import subst
 from corral.store.resources import ResourceStore
 from corral.store.secrets import SecretStore, check_name, check_value, parse_env_file
 
-from . import machine, notify, policy, reconcile, rollout, statefile
+from . import adoption, graph, machine, notify, policy, reconcile, rollout, statefile
 from .balancing import Backend, Balancer  # balancer hook (issue 6)
 from .events import EventLog, rfc3339
 from .hooks import HookResult, run_hook
@@ -59,6 +66,7 @@ from .instance import HISTORY_STEP, Instance, Service, parse_launcher_name
 from .launcher_client import LauncherClient, Message, check
 from .machine import Action, Event
 from .rollout import Change, Phase, Prior, Rollout, Step
+from .waiting import StateWaiters
 from .watch import HealthWatch
 
 SAMPLE_EVERY = 2.0
@@ -97,7 +105,7 @@ class Supervisor:
         self._stopping_all = False
         self._tasks: set[asyncio.Future[None]] = set()
         self._adopted_watch: list[Instance] = []
-        self._state_waiters: list[asyncio.Future[None]] = []
+        self.waiters = StateWaiters()
         self._depended: frozenset[str] | None = None  # see _depended_on
         self.target_services: list[ServiceSpec] = []
         # Three kept-open /proc files per sampled instance: 3/8 of the fd limit at most.
@@ -344,19 +352,15 @@ class Supervisor:
         name, index, gen = parsed if parsed else ("", -1, 0)
         service = self.services.get(name)
         pid = int(child["pid"])
-        if (service is None or service.desired is Desired.DOWN
-                or not 0 <= index < service.spec.instances):
+        if service is None or not adoption.wanted(service, index):
             # Not wanted any more (unloaded or stopped while no supervisor ran): stop it.
             self._terminate_pid(pid, service.spec if service else None)
             return
         present = service.instances.get(index)
         if present is not None:
-            keep_new = present.gen != service.gen and gen == service.gen
-            if gen == present.gen or keep_new or (gen != service.gen and
-                                                 present.gen != service.gen):
+            if adoption.arbitrate(present.gen, gen, service.gen) is adoption.Keep.PRESENT:
                 self._terminate_pid(pid, service.spec)
                 return
-            # This one is older than the one adopted first: keep the older, stop the other.
             assert present.pid is not None
             self._terminate_pid(present.pid, service.spec)
             if present in self._adopted_watch:
@@ -477,7 +481,7 @@ class Supervisor:
         if not service.spec.depends_on or verdict not in (policy.Verdict.RESTART_NOW,
                                                           policy.Verdict.RESTART_LATER):
             return ()
-        return self._blocked_by(service)
+        return graph.blocked_by(self.services, service)
 
     def _find(self, name: str, pid: Any) -> Instance | None:
         parsed = parse_launcher_name(name)
@@ -537,7 +541,7 @@ class Supervisor:
         if after is not before:
             self.events.emit(inst.service, "state", reason, instance=inst.index,
                              from_=before.value, to=after.value, pid=inst.pid)
-            self._wake()
+            self.waiters.wake()
             if self.target_services:
                 self._balancer_dirty()
         hooks = self._spec_of(inst).hooks if inst.service in self.services else None
@@ -546,10 +550,10 @@ class Supervisor:
                 self._background(self._hook_later(inst, "post_run", hooks.post_run))
             if event in _STOP_ENDS and hooks.post_stop:
                 self._background(self._hook_later(inst, "post_stop", hooks.post_stop))
-        if after in (ServiceState.DOWN, ServiceState.FAILED) or (
+        if after in ENDED_STATES or (
                 before is ServiceState.STOPPING and after is not before):
             inst.stopped()  # the stop is over, also when a restart for a fault follows it
-        if after in (ServiceState.DOWN, ServiceState.FAILED):
+        if after in ENDED_STATES:
             if inst.notify is not None:
                 inst.notify.close()
                 inst.notify = None
@@ -558,13 +562,6 @@ class Supervisor:
         elif after is ServiceState.UP and before is not after \
                 and inst.service in self._depended_on():
             self.reconcile()  # a dependent may be waiting for this one
-
-    def _wake(self) -> None:
-        """Wake every coroutine waiting for a state or health change."""
-        for waiter in self._state_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._state_waiters.clear()
 
     def _spawn(self, inst: Instance) -> None:
         spec = self._spec_of(inst)
@@ -885,8 +882,7 @@ class Supervisor:
         """``start_timeout`` after the spawn: a process not ready by then, or (with a health
         check) that never passed it, has failed its start."""
         inst.start_timer = None
-        if inst.pid != pid or inst.state not in (ServiceState.STARTING, ServiceState.UP,
-                                                 ServiceState.UNHEALTHY):
+        if inst.pid != pid or inst.state not in LIVE_STATES:
             return
         ready = inst.state is not ServiceState.STARTING
         if ready and (spec.health is None or inst.passed):
@@ -998,8 +994,7 @@ class Supervisor:
 
         def expired() -> None:
             inst.dog = None
-            if inst.pid != pid or inst.state not in (ServiceState.STARTING, ServiceState.UP,
-                                                      ServiceState.UNHEALTHY):
+            if inst.pid != pid or inst.state not in LIVE_STATES:
                 return
             why = f"no WATCHDOG=1 for {spec.watchdog:g}s"
             self.events.emit(inst.service, "watchdog", f"restarting: {why}",
@@ -1041,8 +1036,7 @@ class Supervisor:
 
     def _on_health(self, inst: Instance, pid: int, result: Result) -> None:
         """A probe finished: update health, readiness and, past `retries`, restart."""
-        if inst.pid != pid or inst.state not in (ServiceState.STARTING, ServiceState.UP,
-                                                  ServiceState.UNHEALTHY):
+        if inst.pid != pid or inst.state not in LIVE_STATES:
             return
         spec = self._spec_of(inst)
         health = spec.health
@@ -1051,7 +1045,7 @@ class Supervisor:
             self.events.emit(inst.service, "health", f"health {result.state.value}: "
                              f"{result.detail}", instance=inst.index, pid=pid)
             inst.health = result.state
-            self._wake()  # a rollout may be waiting for this instance to be healthy
+            self.waiters.wake()  # a rollout may be waiting for this instance to be healthy
             if self.target_services:
                 self._balancer_dirty()
         if self._unprobed:
@@ -1110,7 +1104,7 @@ class Supervisor:
     def _restart(self, inst: Instance, why: str) -> None:
         """Stop ``inst`` for a fault; once stopped, the restart policy decides when it
         starts again (see :meth:`_terminated`)."""
-        if inst.state in (ServiceState.STARTING, ServiceState.UP, ServiceState.UNHEALTHY):
+        if inst.state in LIVE_STATES:
             inst.fault = why
             self.feed(inst, Event.RESTART, f"restarting: {why}")
 
@@ -1223,7 +1217,7 @@ class Supervisor:
         if self._booting or self.launcher is None or self._stopping_all:
             return
         wanted = {name: reconcile.Want(s.spec.instances, s.desired is Desired.UP,
-                                       self._blocked_by(s))
+                                       graph.blocked_by(self.services, s))
                   for name, s in self.services.items()}
         observed = {(name, i.index): reconcile.Seen(i.state, i.settled)
                     for name, s in self.services.items() for i in s.instances.values()}
@@ -1232,7 +1226,7 @@ class Supervisor:
             if step.verb is reconcile.Verb.WAIT:
                 inst = service.instances.setdefault(step.index,
                                                     service.new_instance(step.index))
-                inst.reason = "waiting for " + ", ".join(self._blocked_by(service)) + \
+                inst.reason = "waiting for " + ", ".join(graph.blocked_by(self.services, service)) + \
                     " to be ready"
             elif step.verb is reconcile.Verb.START:
                 inst = service.instances.setdefault(step.index,
@@ -1240,7 +1234,7 @@ class Supervisor:
                 self.feed(inst, Event.START, "starting")
             else:
                 inst = service.instances[step.index]
-                if inst.state in (ServiceState.DOWN, ServiceState.FAILED):
+                if inst.state in ENDED_STATES:
                     if step.verb is reconcile.Verb.DROP:
                         del service.instances[step.index]
                         self._forget(inst)
@@ -1265,13 +1259,12 @@ class Supervisor:
         record = wall - self._history_at >= HISTORY_STEP
         if record:
             self._history_at = wall
-        live = (ServiceState.STARTING, ServiceState.UP, ServiceState.UNHEALTHY)
         usage = self._sampler.usage
         for service in list(self.services.values()):
             limits = service.spec.limits
             limited = limits.memory is not None or limits.cpu is not None
             for inst in list(service.instances.values()):
-                if inst.pid is None or inst.state not in live:
+                if inst.pid is None or inst.state not in LIVE_STATES:
                     inst.usage = None
                     continue
                 use = usage(inst.pid)
@@ -1314,47 +1307,12 @@ class Supervisor:
                          pid=inst.pid)
         self.feed(inst, Event.STOP, f"restarting: {why}")
 
-    def _blocked_by(self, service: Service) -> tuple[str, ...]:
-        """The dependencies of ``service`` whose instances are not all ready."""
-        blocked = []
-        for name in service.spec.depends_on:
-            dep = self.services.get(name)
-            if dep is None or not self._ready(dep):
-                blocked.append(name)
-        return tuple(blocked)
-
-    @staticmethod
-    def _ready(service: Service) -> bool:
-        ready = [i for i in service.instances.values()
-                 if i.state in (ServiceState.UP, ServiceState.UNHEALTHY)]
-        return service.desired is Desired.UP and len(ready) >= service.spec.instances
-
     def _depended_on(self) -> frozenset[str]:
         """Names some service depends on; rebuilt only when the loaded specs change (this
         is asked on every transition to up, hundreds of times a second in a crash storm)."""
         if self._depended is None:
-            self._depended = frozenset(d for s in self.services.values()
-                                       for d in s.spec.depends_on)
+            self._depended = graph.depended_on(self.services)
         return self._depended
-
-    def stop_order(self) -> list[Service]:
-        """Services in the order to stop them: dependents before their dependencies,
-        otherwise last loaded first."""
-        order: list[Service] = []
-        placed: set[str] = set()
-        remaining = list(reversed(self.services.values()))
-        users = {n: {s.spec.name for s in self.services.values() if n in s.spec.depends_on}
-                 for n in self.services}
-        while remaining:
-            for service in remaining:
-                if users[service.spec.name] <= placed:
-                    break
-            else:  # unreachable for a validated (acyclic) target; keep going anyway
-                service = remaining[0]
-            remaining.remove(service)
-            placed.add(service.spec.name)
-            order.append(service)
-        return order
 
     # ------------------------------------------------------------------ commands
     def get(self, name: str) -> Service:
@@ -1528,7 +1486,7 @@ class Supervisor:
         while True:
             service = self.get(name)
             insts = list(service.instances.values())
-            ready = [i for i in insts if i.state in (ServiceState.UP, ServiceState.UNHEALTHY)]
+            ready = [i for i in insts if i.state in READY_STATES]
             if len(ready) >= service.spec.instances:
                 return
             stuck = [i for i in insts if i.state is ServiceState.FAILED
@@ -1542,21 +1500,16 @@ class Supervisor:
                 log = paths.logs_dir(self.state_dir) / f"{name}.log"
                 raise NotReady(f"{name} did not become ready{when} ({state})",
                                tail(log, 5, service.spec.logs.keep))
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._state_waiters.append(waiter)
-            try:
-                await asyncio.wait_for(waiter, remaining)
-            except TimeoutError:
-                pass
+            await self.waiters.wait(remaining)
 
     async def stop_all(self) -> None:
         """Stop every service in reverse load order (the desired state is kept)."""
         self._stopping_all = True
         if self._rollout_task is not None:
             self._rollout_task.cancel()
-        for service in self.stop_order():
+        for service in graph.stop_order(self.services):
             live = [i for i in (*service.instances.values(), *service.retiring.values())
-                    if i.state not in (ServiceState.DOWN, ServiceState.FAILED)]
+                    if i.state not in ENDED_STATES]
             for inst in live:
                 if inst.state is ServiceState.BACKOFF:
                     self.feed(inst, Event.STOP, "shutting down")
@@ -1821,7 +1774,7 @@ class Supervisor:
         for service in removed:
             service.desired = Desired.DOWN
         self.save(without={s.spec.name for s in removed})
-        for service in sorted(removed, key=self.stop_order().index):
+        for service in sorted(removed, key=graph.stop_order(self.services).index):
             await self._stop_instances(service, [*service.instances.values(),
                                                  *service.retiring.values()])
             for inst in [*service.instances.values(), *service.retiring.values()]:
@@ -1882,7 +1835,8 @@ class Supervisor:
         ready) before the next; added processes are waited for too, so that the caller
         learns whether the whole target came up.  When a replacement fails, everything
         the rollout replaced is put back (:meth:`_revert`), secrets included."""
-        order = {s.spec.name: i for i, s in enumerate(reversed(self.stop_order()))}
+        order = {s.spec.name: i
+                 for i, s in enumerate(reversed(graph.stop_order(self.services)))}
         replace = sorted(replace, key=lambda r: order.get(r[0].spec.name, -1))
         try:
             if added and not record.reverting:
@@ -1914,7 +1868,7 @@ class Supervisor:
             record.finish(time.time())  # here only: the saved record is resumed next time
             raise
         finally:
-            self._wake()
+            self.waiters.wake()
 
     async def _revert(self, record: Rollout,
                       replace: list[tuple[Service, ProcessSpec | None, int]]) -> None:
@@ -2132,10 +2086,7 @@ class Supervisor:
                 if loop.time() >= deadline or self.services.get(service.spec.name) is not service:
                     step.phase, step.detail = Phase.FAILED, f"instance {index} never started"
                     return
-                waiter: asyncio.Future[None] = loop.create_future()
-                self._state_waiters.append(waiter)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter, deadline - loop.time())
+                await self.waiters.wait(deadline - loop.time())
             ok, why = await self._wait_healthy(inst, max(0.0, deadline - loop.time()))
             if not ok:
                 step.phase, step.detail = Phase.FAILED, f"instance {index}: {why}"
@@ -2180,13 +2131,9 @@ class Supervisor:
                 kind = "healthy" if spec.health is not None else "ready"
                 state = elsewhere or f"{inst.state.value}: {inst.reason}"
                 return False, f"{what} was not {kind} within {timeout:g}s ({state})"
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._state_waiters.append(waiter)
-            with contextlib.suppress(TimeoutError):
-                # Who holds the port changes without an event: look again each interval.
-                await asyncio.wait_for(waiter, remaining if elsewhere is None or
-                                       spec.health is None
-                                       else min(remaining, spec.health.interval))
+            # Who holds the port changes without an event: look again each interval.
+            await self.waiters.wait(remaining if elsewhere is None or spec.health is None
+                                    else min(remaining, spec.health.interval))
 
     async def wait_rollout(self) -> Rollout | None:
         """Wait for the running rollout (if any) to end; the last rollout's record."""
