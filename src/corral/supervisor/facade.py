@@ -50,7 +50,7 @@ class Facade:
                 "supervisor_pid": os.getpid(), "state_dir": str(self._sup.state_dir),
                 "started_at": rfc3339(self._sup.started_at),
                 "uptime_s": round(time.time() - self._sup.started_at, 3),
-                "services": counts, "balancer": self._sup.balancer.status()}
+                "services": counts, "balancer": self._sup.traffic.balancer.status()}
 
     def health(self) -> dict[str, Any]:
         """Whether every service that should be up is ready (``GET /v1/health``; see
@@ -61,7 +61,7 @@ class Facade:
         """Per proxy service, the balancer's last figures (for ``/metrics``): connections
         open now, accepted in all, and failed; empty while no balancer reports."""
         out: dict[str, dict[str, float]] = {}
-        for svc in self._sup.balancer.stats().get("services", []):
+        for svc in self._sup.traffic.balancer.stats().get("services", []):
             out[str(svc.get("name"))] = {"connections": svc.get("active", 0),
                                          "connections_total": svc.get("total", 0),
                                          "errors_total": sum((svc.get("errors") or {})
@@ -82,7 +82,7 @@ class Facade:
             return entry
         mine = f"{entry['name']}/"
         traffic = {}
-        for svc in self._sup.balancer.stats().get("services", []):
+        for svc in self._sup.traffic.balancer.stats().get("services", []):
             if svc.get("name") in receives:
                 traffic[svc["name"]] = {**svc, "backends": [
                     b for b in svc.get("backends", []) if str(b.get("id")).startswith(mine)]}
@@ -223,7 +223,7 @@ class Facade:
     async def target_plan(self, text: str, source: str) -> dict[str, Any]:
         """What ``target set`` would do with this YAML (SpecError if it would refuse it)."""
         target = self._parse_target(text, source)
-        await self._sup.check_binds(target, text, source, hold=False)
+        await self._sup.traffic.check_binds(target, text, source, hold=False)
         return {"changes": [c.as_dict() for c in self._sup.plan_target(target)]}
 
     async def target_set(self, text: str, source: str) -> dict[str, Any]:

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import resource
-import shutil
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
-from corral.balancer.ports import PortAllocator, PortsExhausted, port_taken, start_for
+from corral.balancer.ports import PortAllocator, port_taken, start_for
 from corral.errors import Conflict, CorralError, NotFound, NotReady, SpawnFailed, SpecError
 from corral.health import owner
 from corral.health.probes import Result
@@ -38,7 +36,6 @@ from corral.spec import (
     Problem,
     ProcessSpec,
     ResourceRef,
-    ServiceSpec,
     Target,
     format_size,
     load_target,
@@ -57,17 +54,22 @@ from corral.store import subst
 from corral.store.resources import ResourceStore
 from corral.store.secrets import SecretStore, check_name, check_value, parse_env_file
 
-from . import adoption, graph, machine, notify, policy, reconcile, rollout, statefile
-from .balancing import Backend, Balancer  # balancer hook (issue 6)
+from . import adoption, graph, machine, notify, policy, reconcile, rollout, spawn_request
+from .balancing import Balancer
+from .environment import Environment
 from .events import EventLog, rfc3339
 from .hooks import HookResult, run_hook
-from .identity import give_workdir, identity, identity_problems
+from .identity import identity, identity_problems
 from .instance import HISTORY_STEP, Instance, Service, parse_launcher_name
 from .launcher_client import LauncherClient, Message, check
 from .machine import Action, Event
+from .persistence import StateFiles
+from .redaction import Redactor
 from .rollout import Change, Phase, Prior, Rollout, Step
+from .traffic import Traffic
 from .waiting import StateWaiters
 from .watch import HealthWatch
+from .workdirs import Workdirs
 
 SAMPLE_EVERY = 2.0
 
@@ -107,7 +109,6 @@ class Supervisor:
         self._adopted_watch: list[Instance] = []
         self.waiters = StateWaiters()
         self._depended: frozenset[str] | None = None  # see _depended_on
-        self.target_services: list[ServiceSpec] = []
         # Three kept-open /proc files per sampled instance: 3/8 of the fd limit at most.
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         budget = soft // 8 if soft != resource.RLIM_INFINITY else 5000
@@ -117,26 +118,23 @@ class Supervisor:
         self.resources = ResourceStore(state_dir / "resources")
         self.rollout: Rollout | None = None
         self._rollout_task: asyncio.Future[None] | None = None
-        # balancer hook (issue 6): the load balancer is a launcher child kept by its manager.
-        self.balancer = Balancer(state_dir, self._base_env)
+        self.files = StateFiles(state_dir)
+        self.environment = Environment(self._base_env, self.secrets)
+        self.redact = Redactor(self.secrets)
+        self.workdirs = Workdirs(state_dir, self.environment)
         low, high = _port_range(os.environ.get("CORRAL_PORT_RANGE", ""))
-        self.ports = PortAllocator(low, high, start=start_for(
-            low, high, f"{os.geteuid()}:{state_dir.resolve()}"))
-        self._held_ports: dict[str, dict[str, int]] = statefile.read_json(
-            self._ports_file(), {})
+        self.traffic = Traffic(
+            self.files, Balancer(state_dir, self._base_env),
+            PortAllocator(low, high, start=start_for(
+                low, high, f"{os.geteuid()}:{state_dir.resolve()}")),
+            self.events, lambda: self.services, self._spec_of, lambda: self.launcher,
+            self._background, lambda: self._booting)
         # Per launcher name, the launcher's Spawn count before the current record's first
         # spawn (a name run again after an unload, a revert, a scale-down): restarts are
         # the launcher's count less this, so a new supervisor shows the same number.
-        self._spawn_base: dict[str, int] = statefile.read_json(self._spawn_base_file(), {})
+        self._spawn_base = self.files.spawn_base()
         self.adopted = 0  # instances adopted from the launcher at attach
         self._boot: tuple[Target, str, str] | None = None  # sup run --target, to check
-        self._balancer_pending = False
-        self._balancer_last: object = None
-        # Adopted instances whose health this supervisor has not seen yet: until each has
-        # had one probe (or the deadline passes), the balancer keeps the set the previous
-        # supervisor gave it, rather than losing every backend whose health is unknown.
-        self._unprobed: set[str] = set()
-        self._unprobed_until = 0.0
 
     # ------------------------------------------------------------------ start up
     def load_state(self, target_file: Path | None = None,
@@ -149,7 +147,7 @@ class Supervisor:
         Raises:
             SpecError: a file cannot be read, or is not valid on its own.
         """
-        path = self.state_dir / "target.yaml"
+        path = self.files.target_path
         if secrets_file is not None:
             try:
                 lines = secrets_file.read_text(encoding="utf-8")
@@ -168,14 +166,12 @@ class Supervisor:
             target = load_target(path.read_text(), str(path))
         else:
             target = Target()
-        stored_desired = statefile.read_json(self.state_dir / "desired.json", {})
-        down = set(stored_desired.get("down", []))
-        gens = stored_desired.get("gen", {})
+        down, gens = self.files.desired()
         for spec in target.processes:
             desired = Desired.DOWN if spec.name in down else Desired.UP
             self.services[spec.name] = Service(spec=spec, desired=desired,
                                                gen=int(gens.get(spec.name, 0)))
-        self.target_services = list(target.services)
+        self.traffic.target_services = list(target.services)
         self._load_rollout(replaced_target=target_file is not None
                            and (not path.exists() or path.read_text() != text))
         if target_file is not None:
@@ -194,20 +190,18 @@ class Supervisor:
         self.launcher = launcher
         self.check_target(target, text, source)
         # A new launcher holds no address yet: every service's address is checked.
-        services, self.target_services = self.target_services, []
+        services, self.traffic.target_services = self.traffic.target_services, []
         try:
-            await self.check_binds(target, text, source, hold=True)
+            await self.traffic.check_binds(target, text, source, hold=True)
         finally:
-            self.target_services = services
+            self.traffic.target_services = services
         self._boot = None
         # Saved before anything is spawned (a supervisor killed right after its first
         # Spawns must leave a target that wants them), and as the file's own text: it
         # is valid, and dumping 1,000 specs as YAML would cost a cold start ~0.3 s.
-        path = self.state_dir / "target.yaml"
-        stored = path.read_text() if path.exists() else None
-        if stored != text:
-            statefile.atomic_write(path, text.encode())
-            self._save_desired()
+        if self.files.stored_target() != text:
+            self.files.save_target_text(text)
+            self.files.save_desired(self.services)
 
     def _load_rollout(self, replaced_target: bool) -> None:
         """The last rollout's record (``target status`` shows it after a restart).  One
@@ -215,10 +209,10 @@ class Supervisor:
         the target it was applying: then it ends here, failed, and the secrets it changed
         get their old values back."""
         try:
-            doc = statefile.read_json(self._rollout_file(), None)
+            doc = self.files.rollout()
             record = Rollout.from_state(doc) if doc is not None else None
         except (ValueError, KeyError, TypeError, AttributeError, CorralError):
-            self.events.emit("", "rollout", f"{self._rollout_file()} is damaged; the last "
+            self.events.emit("", "rollout", f"{self.files.rollout_path} is damaged; the last "
                              "rollout is forgotten")
             record = None
         self.rollout = record
@@ -236,14 +230,11 @@ class Supervisor:
             self.events.emit("", "rollout", f"cannot settle the secrets of the last rollout: "
                              f"{exc}")
 
-    def _rollout_file(self) -> Path:
-        return self.state_dir / "rollout.json"
-
     def _save_rollout(self) -> None:
         """Persist the rollout's record: written before a rollout changes anything, at its
         verdict and at its end (a new supervisor resumes it, or shows it)."""
         if self.rollout is not None:
-            statefile.write_json(self._rollout_file(), self.rollout.to_state())
+            self.files.save_rollout(self.rollout.to_state())
 
     def _pinned_spec(self, name: str, gen: int) -> ProcessSpec | None:
         """The spec an instance of generation ``gen`` runs when that is not its service's
@@ -260,10 +251,10 @@ class Supervisor:
         self.launcher = launcher
         children = await launcher.list_children()
         for child in children:
-            if not self.balancer.adopt(child):  # balancer hook (issue 6)
+            if not self.traffic.balancer.adopt(child):
                 self._adopt(child)
-        self.balancer.attach(launcher)  # balancer hook (issue 6)
-        for svc in self.target_services:
+        self.traffic.balancer.attach(launcher)
+        for svc in self.traffic.target_services:
             if svc.mode == "socket":  # idempotent: a new launcher binds, a known one has it
                 try:
                     await launcher.listen(svc.name, svc.bind_host, svc.port)
@@ -280,13 +271,10 @@ class Supervisor:
             spec = self._spec_of(inst)
             self._watch(inst, spec)
             if inst.ports and spec.health is not None:
-                self._unprobed.add(inst.launcher_name)
-                wait = spec.health.start_period + spec.health.timeout + 1.0
-                self._unprobed_until = max(self._unprobed_until, time.monotonic() + wait)
+                self.traffic.hold_until_probed(
+                    inst, spec.health.start_period + spec.health.timeout + 1.0)
         self._adopted_watch.clear()
-        if self._unprobed:
-            asyncio.get_running_loop().call_later(
-                self._unprobed_until - time.monotonic(), self._balancer_dirty)
+        self.traffic.push_when_probed()
         for service in self.services.values():
             if service.spec.watchdog is None:
                 continue
@@ -296,7 +284,7 @@ class Supervisor:
                     self._arm_watchdog(inst, service.spec)
         self._background(self.monitor())
         self.reconcile()
-        self._balancer_dirty()
+        self.traffic.dirty()
         if self.rollout is not None and self.rollout.phase is Phase.RUNNING:
             self._resume_rollout(self.rollout)
             return
@@ -371,9 +359,7 @@ class Supervisor:
         inst.spawns = max(1, int(child.get("spawns", 1)) - self._spawn_base.get(
             inst.launcher_name, 0))
         self.adopted += 1
-        inst.ports = {k: int(v) for k, v in self._held_ports.get(inst.launcher_name, {}).items()}
-        for port in inst.ports.values():
-            self.ports.reserve(port)
+        self.traffic.adopt_ports(inst)
         service.instances[index] = inst
         if service.spec.health is not None:
             self._adopted_watch.append(inst)
@@ -414,7 +400,7 @@ class Supervisor:
     # ------------------------------------------------------------ launcher events
     def on_exit(self, exited: Message) -> None:
         """The launcher reports an exit: classify it and feed the machine."""
-        if self.balancer.on_exit(exited):  # balancer hook (issue 6): it restarts it
+        if self.traffic.balancer.on_exit(exited):  # the balancer's manager restarts it
             return
         if self._booting:
             self._early_exits[str(exited.get("name"))] = exited
@@ -542,8 +528,8 @@ class Supervisor:
             self.events.emit(inst.service, "state", reason, instance=inst.index,
                              from_=before.value, to=after.value, pid=inst.pid)
             self.waiters.wake()
-            if self.target_services:
-                self._balancer_dirty()
+            if self.traffic.target_services:
+                self.traffic.dirty()
         hooks = self._spec_of(inst).hooks if inst.service in self.services else None
         if hooks is not None and after is not before:
             if before is ServiceState.STARTING and after is ServiceState.UP and hooks.post_run:
@@ -569,7 +555,7 @@ class Supervisor:
         if inst.ports:
             taken = [n for n, port in inst.ports.items() if port_taken(port)]
             if taken:  # another program took it while the instance was down
-                self._replace_ports(inst, taken)
+                self.traffic.replace_ports(inst, taken)
                 inst.request = None  # rebuilt below with the new SERVICE_PORT_*
         # The encoded request is kept per instance and spec: a restart costs one frame
         # write, not an environment copy, a mkdir and a JSON encoding.
@@ -647,10 +633,10 @@ class Supervisor:
     async def _prepare_workdir(self, inst: Instance, spec: ProcessSpec) -> HookResult:
         """A fresh working directory (unless ``cwd`` is given) with the process's resources
         in place, then its ``before`` script run there; the result says what failed."""
-        effective = self._effective(spec, inst)
-        workdir = Path(self._instance_cwd(inst, spec))
+        effective = self.environment.effective(spec, inst)
+        workdir = Path(self.workdirs.cwd(inst, spec))
         try:
-            await asyncio.to_thread(self._fresh_workdir, inst, spec, workdir)
+            await asyncio.to_thread(self.workdirs.fresh, inst, spec, workdir)
             for ref in effective.resources:
                 await asyncio.to_thread(self.resources.place, ref.id, workdir, ref.file)
         except (OSError, CorralError) as exc:
@@ -662,144 +648,40 @@ class Supervisor:
             return HookResult(True, "", [])
         return await self._hook(inst, spec, "before", effective.before)
 
-    def _fresh_workdir(self, inst: Instance, spec: ProcessSpec, workdir: Path) -> None:
-        """Empty ``workdir`` for a new run; the last failed run's is kept as
-        ``run/<process>/last-failed`` for inspection (one per process)."""
-        if spec.cwd is not None:
-            workdir.mkdir(parents=True, exist_ok=True)
-            return
-        if workdir.exists():
-            if inst.failed_run:
-                kept = workdir.parent / "last-failed"
-                shutil.rmtree(kept, ignore_errors=True)
-                workdir.rename(kept)
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(parents=True, exist_ok=True)
-        give_workdir(workdir, spec)
-        inst.failed_run = False
-
     def _forget(self, inst: Instance) -> None:
         """An instance ended for good: release its ports, and remove its directory unless
         its last run failed (then it becomes ``last-failed``)."""
-        if inst.ports:
-            for port in inst.ports.values():
-                self.ports.release(port)
-            inst.ports = {}
-            self._save_ports()
-        self._forget_workdir(inst)
-
-    def _forget_workdir(self, inst: Instance) -> None:
-        """Remove an ended instance's directory, or keep it as ``last-failed`` if its last
-        run failed.  Directories given as ``cwd`` are the user's."""
+        self.traffic.release(inst)
         service = self.services.get(inst.service)
-        spec = inst.spec or (service.spec if service else None)
-        if spec is None or spec.cwd is not None:
-            return
-        workdir = self._workdir(inst)
-        if not workdir.exists():
-            return
-        if inst.failed_run:
-            kept = workdir.parent / "last-failed"
-            shutil.rmtree(kept, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                workdir.rename(kept)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-    def _workdir(self, inst: Instance) -> Path:
-        """``run/<process>/<index>`` (``<index>@<gen>`` after a spec change)."""
-        leaf = f"{inst.index}@{inst.gen}" if inst.gen else str(inst.index)
-        return paths.run_dir(self.state_dir) / inst.service / leaf
-
-    def redact(self, lines: list[str]) -> list[str]:
-        """``lines`` (a process's output, for an event or an error) with every secret's
-        value replaced by ``***``: what a program prints is its business, what corral
-        shows is ours."""
-        values = [v for v in self.secrets.values().values() if len(v) >= 3]
-        if not values or not lines:
-            return lines
-        out = []
-        for line in lines:
-            for value in values:
-                line = line.replace(value, "***")
-            out.append(line)
-        return out
-
-    def _effective(self, spec: ProcessSpec, inst: Instance | None = None) -> ProcessSpec:
-        """``spec`` with its secrets, and ``inst``'s own variables (``CORRAL_INSTANCE``,
-        ``SERVICE_PORT_*``...), substituted (the spec itself when it uses none).
-
-        Raises:
-            SpecError: a secret it uses is not set (removal is refused while in use, so
-                only a hand-edited state directory gets here).
-        """
-        own = self._own_values(inst, spec) if inst is not None else None
-        return subst.substitute(spec, self.secrets.values(), spec.name, own)
-
-    def _own_values(self, inst: Instance, spec: ProcessSpec) -> dict[str, str]:
-        """corral's own variables for ``inst``: what ``${CORRAL_INSTANCE}`` and
-        ``${SERVICE_PORT_<NAME>}`` stand for (its ports, once allocated)."""
-        own = {"CORRAL_SERVICE": spec.name, "CORRAL_INSTANCE": str(inst.index)}
-        for name, port in inst.ports.items():
-            if name in spec.receives:
-                own[subst.port_variable(name)] = str(port)
-        return own
+        self.workdirs.forget(inst, inst.spec or (service.spec if service else None))
 
     async def _hook(self, inst: Instance, spec: ProcessSpec, hook: str,
                     command: str) -> HookResult:
-        env = self._instance_env(inst, spec)
+        env = self.environment.of(inst, spec)
         if inst.pid is not None:
             env["CORRAL_PID"] = str(inst.pid)
         user, group = identity(spec)
-        result = await run_hook(hook, command, env=env, cwd=self._instance_cwd(inst, spec),
+        result = await run_hook(hook, command, env=env, cwd=self.workdirs.cwd(inst, spec),
                                 user=user, group=group, timeout=spec.hooks.timeout,
                                 log=paths.logs_dir(self.state_dir) / f"{spec.name}.log")
         self.events.emit(inst.service, "hook", result.summary, instance=inst.index,
                          pid=inst.pid, last_lines=self.redact(result.output))
         return result
 
-    def _instance_env(self, inst: Instance, spec: ProcessSpec) -> dict[str, str]:
-        env = dict(self._base_env)
-        env.update(self._effective(spec, inst).env)
-        env["CORRAL_SERVICE"] = spec.name
-        env["CORRAL_INSTANCE"] = str(inst.index)
-        return env
-
-    def _instance_cwd(self, inst: Instance, spec: ProcessSpec) -> str:
-        if spec.cwd is not None:
-            return self._effective(spec, inst).cwd or spec.cwd
-        workdir = self._workdir(inst)
-        if not workdir.is_dir():
-            workdir.mkdir(parents=True, exist_ok=True)
-            give_workdir(workdir, spec)
-        return str(workdir)
-
     def _spawn_request(self, inst: Instance, spec: ProcessSpec) -> bytes:
-        ports = self._service_ports(inst, spec)  # first: ${SERVICE_PORT_*} may be used below
-        cwd = self._instance_cwd(inst, spec)
-        env = self._instance_env(inst, spec)
+        ports = self.traffic.service_ports(inst, spec)  # first: ${SERVICE_PORT_*} used below
+        cwd = self.workdirs.cwd(inst, spec)
+        env = self.environment.of(inst, spec)
         if spec.readiness == "notify" or spec.watchdog is not None:
             env["NOTIFY_SOCKET"] = notify.socket_name(self.state_dir, inst.launcher_name)
         if spec.watchdog is not None:
             env["WATCHDOG_USEC"] = str(int(spec.watchdog * 1_000_000))
         env.update(ports)
-        sockets = [s.name for s in self.target_services
-                   if s.mode == "socket" and s.name in spec.receives]
         user, group = identity(spec)
-        request: Message = {
-            "type": m.SPAWN, "name": inst.launcher_name,
-            "argv": self._effective(spec, inst).argv, "env": env,
-            "cwd": cwd, "user": user, "group": group,
-            "umask": int(spec.umask, 8) if spec.umask else None, "rlimits": dict(spec.rlimits),
-            "memory_max": spec.limits.memory,  # launcher: cgroup memory.max (additive, h5)
-            "log": {"path": str(paths.logs_dir(self.state_dir) / f"{spec.name}.log"),
-                    "format": spec.logs.format, "max_bytes": spec.logs.max_bytes,
-                    "keep": spec.logs.keep},
-        }
-        if sockets:
-            request["listen_fds"] = sockets
-        return json.dumps(request, separators=(",", ":")).encode()
+        return spawn_request.build(
+            inst.launcher_name, spec, self.environment.effective(spec, inst).argv, env, cwd,
+            user, group, paths.logs_dir(self.state_dir) / f"{spec.name}.log",
+            self.traffic.sockets_for(spec))
 
     async def _spawned(self, inst: Instance, reply: asyncio.Future[Message],
                        done: asyncio.Future[None]) -> None:
@@ -906,12 +788,8 @@ class Supervisor:
             live = {i.launcher_name for s in self.services.values()
                     for i in (*s.instances.values(), *s.retiring.values())}
             self._spawn_base = {n: b for n, b in self._spawn_base.items() if b and n in live}
-            self._spawn_base_file().parent.mkdir(parents=True, exist_ok=True)
-            statefile.write_json(self._spawn_base_file(), self._spawn_base)
+            self.files.save_spawn_base(self._spawn_base)
         inst.spawns = launcher_count - self._spawn_base.get(name, 0)
-
-    def _spawn_base_file(self) -> Path:
-        return paths.run_dir(self.state_dir) / "spawn_base.json"
 
     async def _hook_later(self, inst: Instance, hook: str, command: str) -> None:
         service = self.services.get(inst.service)
@@ -1011,13 +889,12 @@ class Supervisor:
         if health.http is not None and health.http.service is not None:
             # The port this instance got for that service (socket mode: the service's own).
             name = health.http.service
-            svc = next((s for s in self.target_services if s.name == name), None)
-            port = inst.ports.get(name) or (svc.port if svc is not None else None)
+            port = self.traffic.port_of(inst, name)
             if port is not None:
                 health = health.model_copy(update={"http": health.http.model_copy(
                     update={"port": port, "service": None})})
-        inst.watch = HealthWatch(health, inst.pid, self._instance_env(inst, spec),
-                                 self._instance_cwd(inst, spec),
+        inst.watch = HealthWatch(health, inst.pid, self.environment.of(inst, spec),
+                                 self.workdirs.cwd(inst, spec),
                                  lambda pid, result: self._on_health(inst, pid, result))
         inst.watch.user, inst.watch.group = identity(spec)
         inst.watch.start()
@@ -1046,12 +923,9 @@ class Supervisor:
                              f"{result.detail}", instance=inst.index, pid=pid)
             inst.health = result.state
             self.waiters.wake()  # a rollout may be waiting for this instance to be healthy
-            if self.target_services:
-                self._balancer_dirty()
-        if self._unprobed:
-            self._unprobed.discard(inst.launcher_name)
-            if not self._unprobed:
-                self._balancer_dirty()
+            if self.traffic.target_services:
+                self.traffic.dirty()
+        self.traffic.probed(inst)
         if result.state in (HealthState.OK, HealthState.WARNING):
             inst.failures = 0
             inst.passed = True
@@ -1325,21 +1199,13 @@ class Supervisor:
     def save(self, without: frozenset[str] | set[str] = frozenset()) -> None:
         """Persist the desired state atomically; ``without``: services being removed (saved
         as gone before they are stopped, so a crash midway does not bring them back)."""
-        statefile.atomic_write(self.state_dir / "target.yaml",
-                               self.target(without).to_yaml().encode())
-        self._save_desired(without)
-
-    def _save_desired(self, without: frozenset[str] | set[str] = frozenset()) -> None:
-        kept = {n: s for n, s in self.services.items() if n not in without}
-        statefile.write_json(self.state_dir / "desired.json", {
-            "down": sorted(n for n, s in kept.items() if s.desired is Desired.DOWN),
-            "gen": {n: s.gen for n, s in kept.items() if s.gen}})
+        self.files.save(self.target(without), self.services, without)
 
     def target(self, without: frozenset[str] | set[str] = frozenset()) -> Target:
         """Everything loaded, however it got there (``target set``, ``svc load``)."""
         return Target.model_construct(
             processes=[s.spec for n, s in self.services.items() if n not in without],
-            services=list(self.target_services))
+            services=list(self.traffic.target_services))
 
     async def load(self, spec: ProcessSpec) -> str:
         """Add or update a service; returns ``added``, ``updated`` or ``unchanged``.
@@ -1523,157 +1389,6 @@ class Supervisor:
             raise Conflict("the supervisor is shutting down")
 
     # ----------------------------------------------------------- load balancing
-    def _ports_file(self) -> Path:
-        return paths.run_dir(self.state_dir) / "ports.json"
-
-    def _save_ports(self) -> None:
-        """Persist which instance holds which port (a new supervisor adopts them)."""
-        held = {i.launcher_name: i.ports for s in self.services.values()
-                for i in (*s.instances.values(), *s.retiring.values()) if i.ports}
-        self._held_ports = held
-        self._ports_file().parent.mkdir(parents=True, exist_ok=True)
-        statefile.write_json(self._ports_file(), held)
-
-    def _service_ports(self, inst: Instance, spec: ProcessSpec) -> dict[str, str]:
-        """``SERVICE_PORT_<NAME>`` for each proxy-mode service ``spec`` receives, from the
-        instance's own ports (allocated on its first spawn, kept across its restarts)."""
-        proxied = [s.name for s in self.target_services
-                   if s.mode == "proxy" and s.name in spec.receives]
-        if not proxied:
-            return {}
-        if any(name not in inst.ports for name in proxied):
-            for name in proxied:
-                if name not in inst.ports:
-                    try:
-                        inst.ports[name] = self.ports.allocate()
-                    except PortsExhausted as exc:
-                        raise SpawnFailed("PortsExhausted",
-                                          f"no free port for service {name}: {exc}") from None
-            self._save_ports()
-        return {subst.port_variable(n): str(inst.ports[n]) for n in proxied}
-
-    def _replace_ports(self, inst: Instance, names: list[str]) -> None:
-        """Give ``inst`` new ports for ``names``, whose ports another program holds now (it
-        was down: a port kept for it is reserved in ``ports.json`` only, and another corral
-        on the host, or anything else, may have bound it)."""
-        for name in names:
-            old = inst.ports[name]
-            try:
-                inst.ports[name] = self.ports.replace(old)
-            except PortsExhausted:
-                continue  # the spawn fails to bind and backs off; the next one tries again
-            self.events.emit(inst.service, "port", f"port {old} for service {name} is taken "
-                             f"by another program; using {inst.ports[name]}",
-                             instance=inst.index)
-        self._save_ports()
-
-    def _balancer_dirty(self) -> None:
-        """Something that decides who gets traffic changed: push the backends soon (once
-        per loop turn, however many instances changed in it)."""
-        if self._balancer_pending or self._booting:
-            return
-        self._balancer_pending = True
-        asyncio.get_running_loop().call_soon(
-            lambda: self._background(self._push_balancer()))
-
-    def _backends(self) -> dict[str, list[Backend]]:
-        """Per proxy service: the ready, healthy instances of every process receiving it
-        (``active``), and those being drained (``draining``)."""
-        out: dict[str, list[Backend]] = {s.name: [] for s in self.target_services
-                                         if s.mode == "proxy"}
-        for service in self.services.values():
-            for inst in (*service.instances.values(), *service.retiring.values()):
-                if inst.pid is None or not inst.ports:
-                    continue
-                spec = self._spec_of(inst)
-                live = inst.state is ServiceState.UP and (
-                    spec.health is None or inst.health in (HealthState.OK,
-                                                           HealthState.WARNING))
-                if not (live or inst.draining) or inst.state is ServiceState.STOPPING:
-                    continue
-                for name, port in inst.ports.items():
-                    if name in out:
-                        out[name].append(Backend(inst.launcher_name, "127.0.0.1", port,
-                                                 "draining" if inst.draining else "active"))
-        return out
-
-    async def _push_balancer(self) -> None:
-        self._balancer_pending = False
-        if self._unprobed and time.monotonic() < self._unprobed_until:
-            return  # pushed once they are probed (or at the deadline): see __init__
-        services = [s for s in self.target_services if s.mode == "proxy"]
-        backends = self._backends()
-        wanted = (services, backends)
-        if wanted == self._balancer_last:
-            return
-        self._balancer_last = wanted
-        try:
-            errors = await self.balancer.configure(services, backends)
-        except CorralError as exc:
-            self._balancer_last = None
-            self.events.emit("", "balancer", f"cannot configure the load balancer: {exc}")
-            return
-        for name, reason in errors.items():
-            if reason:
-                self.events.emit("", "balancer", f"service {name} cannot listen: {reason}")
-
-    async def _drain(self, inst: Instance) -> None:
-        """Take ``inst`` out of the balancer: no new connections, then wait until its open
-        ones finish (or each service's drain_timeout passes)."""
-        names = [s.name for s in self.target_services
-                 if s.mode == "proxy" and s.name in inst.ports]
-        if not names:
-            return
-        inst.draining = True
-        await self._push_balancer()
-        results = await asyncio.gather(*(self.balancer.drain(n, inst.launcher_name)
-                                         for n in names), return_exceptions=True)
-        left = [n for n, ok in zip(names, results, strict=True) if ok is not True]
-        self.events.emit(inst.service, "drain", "drained" if not left else
-                         "drain timed out for " + ", ".join(left) + "; closing what is left",
-                         instance=inst.index, pid=inst.pid)
-
-    async def check_binds(self, target: Target, text: str | None, source: str,
-                          hold: bool) -> None:
-        """Refuse services whose address cannot be bound (in use, not local, no
-        permission); an address already served keeps working.  With ``hold``, socket-mode
-        addresses are bound by the launcher now (kept while the service exists).
-
-        Raises:
-            SpecError: naming the line of each service's ``on``.
-        """
-        current = {s.name: s for s in self.target_services}
-        fresh = [(i, s) for i, s in enumerate(target.services)
-                 if current.get(s.name) != s and (current.get(s.name) is None
-                                                  or current[s.name].on != s.on
-                                                  or current[s.name].mode != s.mode)]
-        if not fresh:
-            return
-        problems: list[Problem] = []
-        proxied = [s for _, s in fresh if s.mode == "proxy"]
-        try:
-            refused = await self.balancer.validate_bind(proxied) if proxied else {}
-        except CorralError as exc:
-            refused = {s.name: str(exc) for s in proxied}
-        bound: list[str] = []
-        for i, svc in fresh:
-            reason = refused.get(svc.name)
-            if svc.mode == "socket":
-                assert self.launcher is not None
-                try:
-                    await self.launcher.listen(svc.name, svc.bind_host, svc.port)
-                    bound.append(svc.name)
-                except CorralError as exc:
-                    reason = str(exc)
-            if reason:
-                problems.append((("services", i, "on"), f"cannot listen on {svc.on}: {reason}"))
-        if problems or not hold:
-            for name in bound:
-                if name not in current:
-                    with contextlib.suppress(CorralError):
-                        await self.launcher.unlisten(name)  # type: ignore[union-attr]
-        if problems:
-            refuse(text, source, problems)
 
     # ------------------------------------------------------------------- target
     def check_target(self, target: Target, text: str | None, source: str) -> None:
@@ -1738,7 +1453,7 @@ class Supervisor:
         if self.rollout_running():
             raise Conflict("a rollout is still running (see: corral target status); "
                            "wait for it to finish")
-        await self.check_binds(target, text, source, hold=True)
+        await self.traffic.check_binds(target, text, source, hold=True)
         changes = self.plan_target(target)
         if not changes:
             return None
@@ -1768,7 +1483,7 @@ class Supervisor:
         for service in removed:
             ordered[service.spec.name] = service  # until stopped, below
         self.services = ordered
-        self.target_services = list(target.services)
+        self.traffic.target_services = list(target.services)
         self._depended = None
         record = self._begin_rollout(cause, changes, replace, added)
         for service in removed:
@@ -1783,14 +1498,14 @@ class Supervisor:
             self.events.emit(service.spec.name, "unload", f"unloaded ({cause})")
         gone = [c.name for c in changes if c.kind == "service" and
                 (c.action is rollout.Action.REMOVE or "mode" in c.fields or "on" in c.fields)]
-        kept = {s.name for s in self.target_services if s.mode == "socket"}
+        kept = {s.name for s in self.traffic.target_services if s.mode == "socket"}
         for name in gone:
             if name not in kept and self.launcher is not None:
                 with contextlib.suppress(CorralError):
                     await self.launcher.unlisten(name)
         self._depended = None
         self.reconcile()
-        self._balancer_dirty()
+        self.traffic.dirty()
         self._rollout_task = asyncio.ensure_future(
             self._run_rollout(record, replace, added))
         return record
@@ -1971,7 +1686,7 @@ class Supervisor:
                     new.reason = f"waiting for pid {old.pid} to stop"
                     service.retiring[index] = old
                     service.instances[index] = new
-                    await self._drain(old)
+                    await self.traffic.drain(old)
                     await self._stop_instances(service, [old])
                     service.retiring.pop(index, None)
                     new.settled = False
@@ -1995,7 +1710,7 @@ class Supervisor:
                 step.detail = f"instance {index}: new pid {new.pid} is ready; stopping " \
                               f"pid {old.pid}"
                 self.events.emit(name, "rollout", step.detail, instance=index, pid=new.pid)
-                await self._drain(old)
+                await self.traffic.drain(old)
                 await self._stop_instances(service, [old])
                 service.retiring.pop(index, None)
             if old is not None:
