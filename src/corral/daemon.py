@@ -274,10 +274,10 @@ def _watch_sources(supervisor: Supervisor, secrets: SecretsDir | None,
         stoppers.append(secrets.close)
         adopted = [name for name in fresh_secrets
                    if any(inst.started_at is not None and inst.started_at < supervisor.started_at
-                          for user in supervisor.secret_users(name)
+                          for user in supervisor.targets.secret_users(name)
                           for inst in supervisor.services[user].instances.values())]
         if adopted:
-            stoppers.append(asyncio.ensure_future(supervisor.secrets_changed(adopted)).cancel)
+            stoppers.append(asyncio.ensure_future(supervisor.targets.secrets_changed(adopted)).cancel)
     return stoppers
 
 

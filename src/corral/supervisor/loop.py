@@ -15,7 +15,6 @@ full ``sup stop`` + ``sup run``, wants exactly what the user last asked for.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import resource
@@ -25,47 +24,41 @@ from pathlib import Path
 from typing import Any
 
 from corral.balancer.ports import PortAllocator, port_taken, start_for
-from corral.errors import Conflict, CorralError, NotFound, NotReady, SpawnFailed, SpecError
-from corral.health import owner
+from corral.errors import Conflict, CorralError, NotFound, SpawnFailed, SpecError
 from corral.health.probes import Result
-from corral.logs.reader import tail
 from corral.monitor import sampler
 from corral.protocol import messages as m
 from corral.protocol import paths
 from corral.spec import (
-    Problem,
     ProcessSpec,
-    ResourceRef,
     Target,
     format_size,
     load_target,
-    refuse,
-    validate_target,
 )
 from corral.states import (
     ENDED_STATES,
     LIVE_STATES,
-    READY_STATES,
     Desired,
     HealthState,
     ServiceState,
 )
-from corral.store import subst
 from corral.store.resources import ResourceStore
-from corral.store.secrets import SecretStore, check_name, check_value, parse_env_file
+from corral.store.secrets import SecretStore, parse_env_file
 
-from . import adoption, graph, machine, notify, policy, reconcile, rollout, spawn_request
+from . import adoption, graph, machine, notify, policy, reconcile, spawn_request
 from .balancing import Balancer
+from .commands import Commands
 from .environment import Environment
 from .events import EventLog, rfc3339
 from .hooks import HookResult, run_hook
-from .identity import identity, identity_problems
+from .identity import identity
 from .instance import HISTORY_STEP, Instance, Service, parse_launcher_name
 from .launcher_client import LauncherClient, Message, check
 from .machine import Action, Event
 from .persistence import StateFiles
 from .redaction import Redactor
-from .rollout import Change, Phase, Prior, Rollout, Step
+from .rollout_runner import RolloutRunner
+from .targets import Targets
 from .traffic import Traffic
 from .waiting import StateWaiters
 from .watch import HealthWatch
@@ -116,8 +109,6 @@ class Supervisor:
         self._history_at = 0.0  # wall clock of the last resource history point
         self.secrets = SecretStore(state_dir / "secrets.json")
         self.resources = ResourceStore(state_dir / "resources")
-        self.rollout: Rollout | None = None
-        self._rollout_task: asyncio.Future[None] | None = None
         self.files = StateFiles(state_dir)
         self.environment = Environment(self._base_env, self.secrets)
         self.redact = Redactor(self.secrets)
@@ -133,6 +124,9 @@ class Supervisor:
         # spawn (a name run again after an unload, a revert, a scale-down): restarts are
         # the launcher's count less this, so a new supervisor shows the same number.
         self._spawn_base = self.files.spawn_base()
+        self.rollouts = RolloutRunner(self)
+        self.targets = Targets(self)
+        self.commands = Commands(self)
         self.adopted = 0  # instances adopted from the launcher at attach
         self._boot: tuple[Target, str, str] | None = None  # sup run --target, to check
 
@@ -172,7 +166,7 @@ class Supervisor:
             self.services[spec.name] = Service(spec=spec, desired=desired,
                                                gen=int(gens.get(spec.name, 0)))
         self.traffic.target_services = list(target.services)
-        self._load_rollout(replaced_target=target_file is not None
+        self.rollouts.load(replaced_target=target_file is not None
                            and (not path.exists() or path.read_text() != text))
         if target_file is not None:
             self._boot = (target, text, str(target_file))
@@ -188,7 +182,7 @@ class Supervisor:
             return
         target, text, source = self._boot
         self.launcher = launcher
-        self.check_target(target, text, source)
+        self.targets.check(target, text, source)
         # A new launcher holds no address yet: every service's address is checked.
         services, self.traffic.target_services = self.traffic.target_services, []
         try:
@@ -202,49 +196,6 @@ class Supervisor:
         if self.files.stored_target() != text:
             self.files.save_target_text(text)
             self.files.save_desired(self.services)
-
-    def _load_rollout(self, replaced_target: bool) -> None:
-        """The last rollout's record (``target status`` shows it after a restart).  One
-        still running is resumed by :meth:`attach`, unless ``sup run --target`` replaced
-        the target it was applying: then it ends here, failed, and the secrets it changed
-        get their old values back."""
-        try:
-            doc = self.files.rollout()
-            record = Rollout.from_state(doc) if doc is not None else None
-        except (ValueError, KeyError, TypeError, AttributeError, CorralError):
-            self.events.emit("", "rollout", f"{self.files.rollout_path} is damaged; the last "
-                             "rollout is forgotten")
-            record = None
-        self.rollout = record
-        try:
-            if record is None or record.phase is not Phase.RUNNING:
-                # Values kept for a rollout that never got its record: it never began.
-                self.secrets.settle(list(self.secrets.previous()), revert=True)
-            elif replaced_target:
-                record.finish(time.time())
-                record.phase = Phase.FAILED
-                record.reason = "the target was replaced by sup run --target"
-                self.secrets.settle(record.secrets, revert=True)
-                self._save_rollout()
-        except CorralError as exc:  # an unreadable secrets file: the request that needs it says
-            self.events.emit("", "rollout", f"cannot settle the secrets of the last rollout: "
-                             f"{exc}")
-
-    def _save_rollout(self) -> None:
-        """Persist the rollout's record: written before a rollout changes anything, at its
-        verdict and at its end (a new supervisor resumes it, or shows it)."""
-        if self.rollout is not None:
-            self.files.save_rollout(self.rollout.to_state())
-
-    def _pinned_spec(self, name: str, gen: int) -> ProcessSpec | None:
-        """The spec an instance of generation ``gen`` runs when that is not its service's
-        current one: the previous spec of a rollout this supervisor resumes, else None."""
-        record, service = self.rollout, self.services.get(name)
-        prior = record.prior.get(name) if record is not None else None
-        if (record is None or record.phase is not Phase.RUNNING or prior is None
-                or service is None or gen == service.gen or gen != prior.gen):
-            return None
-        return prior.spec
 
     async def attach(self, launcher: LauncherClient) -> None:
         """Adopt the launcher's children (same PIDs, no restart), then reconcile."""
@@ -285,52 +236,7 @@ class Supervisor:
         self._background(self.monitor())
         self.reconcile()
         self.traffic.dirty()
-        if self.rollout is not None and self.rollout.phase is Phase.RUNNING:
-            self._resume_rollout(self.rollout)
-            return
-        stale = [s for s in self.services.values()
-                 if any(i.gen != s.gen for i in s.instances.values())]
-        if stale:  # a rollout (with no record) was under way: finish it, forward
-            self.rollout = record = Rollout(
-                id=self.rollout.id + 1 if self.rollout else 1,
-                cause="resumed after a supervisor restart", started_at=time.time(), changes=[])
-            for service in stale:
-                record.steps[service.spec.name] = Step(service.spec.name,
-                                                       service.spec.instances)
-            self._rollout_task = asyncio.ensure_future(
-                self._run_rollout(record, [(s, None, s.gen) for s in stale]))
-
-    def _resume_rollout(self, record: Rollout) -> None:
-        """Go on with the rollout the last supervisor left running, as if nothing had
-        happened: each replaced process is brought to its new version health-gated, and a
-        failure puts the previous one back (``record.prior``).  A process whose generation
-        was never bumped (killed between the record and the target's save) is back on its
-        previous spec: nothing of it changed."""
-        replace: list[tuple[Service, ProcessSpec | None, int]] = []
-        for name, prior in record.prior.items():
-            service = self.services.get(name)
-            if service is None:
-                continue
-            if service.gen == prior.gen:
-                service.spec = prior.spec
-                self._depended = None
-            replace.append((service, prior.spec, prior.gen))
-        if replace and not record.reverting and all(s.gen == g for s, _, g in replace):
-            # Killed before the generations were saved: nothing was replaced.
-            self.secrets.settle(record.secrets, revert=True)
-            self.save()
-            record.finish(time.time())
-            record.phase = Phase.FAILED
-            record.reason = "the supervisor stopped before the rollout began; nothing changed"
-            self._save_rollout()
-            return
-        for step in record.steps.values():
-            if step.phase is Phase.RUNNING:
-                step.detail = "resumed after a supervisor restart"
-        self.events.emit("", "rollout", f"rollout {record.id} ({record.cause}) resumed after "
-                         "a supervisor restart")
-        added = [self.services[n] for n in record.added if n in self.services]
-        self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace, added))
+        self.rollouts.resume()
 
     def _adopt(self, child: Message) -> None:
         """Take over a running child.  An instance of an older generation (a rollout was
@@ -355,7 +261,7 @@ class Supervisor:
                 self._adopted_watch.remove(present)
         inst = Instance(service=name, index=index, gen=gen, state=ServiceState.UP, pid=pid,
                         started_at=float(child.get("started_at", time.time())),
-                        reason="adopted", passed=True, spec=self._pinned_spec(name, gen))
+                        reason="adopted", passed=True, spec=self.rollouts.pinned_spec(name, gen))
         inst.spawns = max(1, int(child.get("spawns", 1)) - self._spawn_base.get(
             inst.launcher_name, 0))
         self.adopted += 1
@@ -373,7 +279,7 @@ class Supervisor:
             return
         name, index, gen = parsed
         service = self.services.get(name)
-        pinned = self._pinned_spec(name, gen)  # an old instance of a resumed rollout
+        pinned = self.rollouts.pinned_spec(name, gen)  # an old instance of a resumed rollout
         if (service is None or service.desired is Desired.DOWN
                 or (gen != service.gen and pinned is None)
                 or index >= service.spec.instances or index in service.instances):
@@ -796,35 +702,6 @@ class Supervisor:
         if service is not None:
             await self._hook(inst, service.spec, hook, command)
 
-    async def reload(self, name: str) -> None:
-        """Run the reload hook (or send ``reload_signal``) for every running instance.
-
-        Raises:
-            Conflict: the service has neither, or no running instance.
-        """
-        service = self.get(name)
-        hooks = service.spec.hooks
-        if hooks.reload is None and hooks.reload_signal is None:
-            raise Conflict(f"{name} has no reload hook: add hooks.reload (a command) or "
-                           "hooks.reload_signal (e.g. HUP), or use: corral svc restart " + name)
-        live = [i for i in service.instances.values() if i.pid is not None]
-        if not live:
-            raise Conflict(f"{name} has no running instance to reload")
-        failed = []
-        for inst in live:
-            if hooks.reload is not None:
-                result = await self._hook(inst, service.spec, "reload", hooks.reload)
-                if not result.ok:
-                    failed.append(f"instance {inst.index}: {result.summary}")
-            else:
-                assert self.launcher is not None and inst.pid is not None
-                await self.launcher.request({"type": m.SIGNAL, "pid": inst.pid,
-                                             "signal": hooks.reload_signal})
-                self.events.emit(name, "reload", f"sent SIG{hooks.reload_signal}",
-                                 instance=inst.index, pid=inst.pid)
-        if failed:
-            raise Conflict(f"reload of {name} failed: " + "; ".join(failed))
-
     def _listen_notify(self, inst: Instance, spec: ProcessSpec) -> None:
         name = notify.socket_name(self.state_dir, inst.launcher_name)
         try:
@@ -1207,121 +1084,6 @@ class Supervisor:
             processes=[s.spec for n, s in self.services.items() if n not in without],
             services=list(self.traffic.target_services))
 
-    async def load(self, spec: ProcessSpec) -> str:
-        """Add or update a service; returns ``added``, ``updated`` or ``unchanged``.
-
-        Error handling: a new service whose first spawn fails (missing binary, unknown
-        user) is removed again and :class:`SpawnFailed` is raised: nothing changed.
-        """
-        existing = self.services.get(spec.name)
-        if existing is not None and existing.spec == spec:
-            return "unchanged"
-        current = self.target()
-        others = [p.to_dict() for p in current.processes if p.name != spec.name]
-        # Validating the would-be target checks dependencies (unknown names, cycles).
-        target = validate_target({"processes": [*others, spec.to_dict()],
-                                  "services": [s.to_dict() for s in current.services]},
-                                 spec.name)
-        self.check_target(target, None, spec.name)
-        if existing is not None:
-            target = Target.model_construct(
-                processes=[spec if p.name == spec.name else p for p in current.processes],
-                services=current.services)
-            record = await self.apply_target(target, None, spec.name, cause="svc load")
-            await self.wait_rollout()
-            await self._wait_stopped(existing)
-            await self._wait_spawned(existing)
-            if record is not None and record.phase is Phase.FAILED:
-                step = record.steps.get(spec.name)
-                raise NotReady(f"{spec.name}: {record.reason}; {record.outcome()}",
-                               step.last_lines if step else [])
-            return "updated"
-        service = Service(spec=spec)
-        self.services[spec.name] = service
-        self._depended = None
-        self.events.emit(spec.name, "load", "loaded")
-        self.reconcile()
-        try:
-            await self._wait_spawned(service)
-        except SpawnFailed:
-            await self._remove(service)
-            raise
-        self.save()
-        return "added"
-
-    async def unload(self, name: str) -> None:
-        service = self.get(name)
-        users = sorted(s.spec.name for s in self.services.values()
-                       if name in s.spec.depends_on)
-        if users:
-            raise Conflict(f"{name} cannot be unloaded: {', '.join(users)} depend on it; "
-                           "unload or change those first")
-        await self._remove(service)
-        self.save()
-        self.events.emit(name, "unload", "unloaded")
-
-    async def _remove(self, service: Service) -> None:
-        service.desired = Desired.DOWN
-        await self._stop_instances(service, [*service.instances.values(),
-                                             *service.retiring.values()])
-        for inst in [*service.instances.values(), *service.retiring.values()]:
-            self._forget(inst)
-        self.services.pop(service.spec.name, None)
-        self._depended = None
-
-    async def start(self, name: str) -> None:
-        service = self.get(name)
-        service.desired = Desired.UP
-        for inst in service.instances.values():
-            inst.settled = False
-            if inst.state is ServiceState.FAILED:
-                inst.streak = policy.Streak()
-        self.save()
-        self.reconcile()
-        await self._wait_spawned(service)
-
-    async def stop(self, name: str) -> None:
-        service = self.get(name)
-        service.desired = Desired.DOWN
-        self.save()
-        self.reconcile()
-        await self._wait_stopped(service)
-
-    async def restart(self, name: str) -> None:
-        """Stop then start every instance; a process that receives traffic is replaced
-        instance by instance instead (new one healthy, old one drained, then stopped)."""
-        service = self.get(name)
-        live = [i for i in service.instances.values() if i.pid is not None]
-        if service.spec.receives and service.desired is Desired.UP and live:
-            if self.rollout_running():
-                await self.wait_rollout()
-            replace: list[tuple[Service, ProcessSpec | None, int]] = [
-                (service, service.spec, service.gen)]
-            service.gen += 1
-            record = self._begin_rollout(f"svc restart {name}", [], replace)
-            self.save()
-            self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace))
-            await self.wait_rollout()
-            if record.phase is Phase.FAILED:
-                raise NotReady(f"restart of {name} failed: {record.reason}; "
-                               f"{record.outcome()}", record.steps[name].last_lines)
-            return
-        service.desired = Desired.UP
-        self.save()
-        await self._stop_instances(service, list(service.instances.values()))
-        for inst in service.instances.values():
-            inst.settled = False
-        self.reconcile()
-        await self._wait_spawned(service)
-
-    async def scale(self, name: str, instances: int) -> None:
-        service = self.get(name)
-        if not 0 <= instances <= 1000:
-            raise SpecError(f"instances must be between 0 and 1000, not {instances}")
-        await self.load(service.spec.model_copy(update={"instances": instances}))
-        if service.desired is Desired.UP:
-            await self._wait_spawned(service)
-
     async def _stop_instances(self, service: Service, instances: Iterable[Instance]) -> None:
         chosen = list(instances)
         for inst in chosen:
@@ -1330,49 +1092,11 @@ class Supervisor:
         await asyncio.gather(*[inst.until_stopped() for inst in chosen
                                if inst.state is ServiceState.STOPPING])
 
-    async def _wait_stopped(self, service: Service) -> None:
-        await asyncio.gather(*[inst.until_stopped() for inst in service.instances.values()
-                               if inst.state is ServiceState.STOPPING])
-
-    async def _wait_spawned(self, service: Service) -> None:
-        futures = [i.spawned for i in service.instances.values()
-                   if i.spawned is not None and i.state is ServiceState.STARTING]
-        for future in futures:
-            await asyncio.shield(future)
-
-    async def wait_ready(self, name: str, timeout: float) -> None:
-        """Return once every instance of ``name`` is ready (up or unhealthy).
-
-        Raises:
-            NotReady: an instance failed or went down for good, or ``timeout`` passed;
-                the message says which state and why, ``details`` the last log lines.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            service = self.get(name)
-            insts = list(service.instances.values())
-            ready = [i for i in insts if i.state in READY_STATES]
-            if len(ready) >= service.spec.instances:
-                return
-            stuck = [i for i in insts if i.state is ServiceState.FAILED
-                     or (i.state is ServiceState.DOWN and i.settled)]
-            remaining = deadline - loop.time()
-            if stuck or remaining <= 0 or service.desired is Desired.DOWN:
-                pending = stuck or [i for i in insts if i not in ready] or insts
-                state = (f"{pending[0].state.value}: {pending[0].reason}" if pending
-                         else "no instance")
-                when = "" if stuck else f" within {timeout:g}s"
-                log = paths.logs_dir(self.state_dir) / f"{name}.log"
-                raise NotReady(f"{name} did not become ready{when} ({state})",
-                               tail(log, 5, service.spec.logs.keep))
-            await self.waiters.wait(remaining)
-
     async def stop_all(self) -> None:
         """Stop every service in reverse load order (the desired state is kept)."""
         self._stopping_all = True
-        if self._rollout_task is not None:
-            self._rollout_task.cancel()
+        if self.rollouts.task is not None:
+            self.rollouts.task.cancel()
         for service in graph.stop_order(self.services):
             live = [i for i in (*service.instances.values(), *service.retiring.values())
                     if i.state not in ENDED_STATES]
@@ -1391,582 +1115,10 @@ class Supervisor:
     # ----------------------------------------------------------- load balancing
 
     # ------------------------------------------------------------------- target
-    def check_target(self, target: Target, text: str | None, source: str) -> None:
-        """Refuse what the target's own validation cannot see: secrets that are not set,
-        resources that were never uploaded, users, groups and rlimits that the user corral
-        runs as cannot give a process.
-
-        Raises:
-            SpecError: one line per problem, naming ``source``, the line (when ``text``,
-                the YAML, is given) and the field.
-        """
-        problems: list[Problem] = []
-        names = self.secrets.names()
-        values: dict[str, str] | None = None
-        proxied = [s.name for s in target.services if s.mode == "proxy"]
-        for i, spec in enumerate(target.processes):
-            problems += identity_problems(i, spec)
-            lacking = subst.missing(spec, names, subst.own_names(spec, proxied))
-            for line in lacking:
-                where, _, msg = line.partition(": ")
-                problems.append((("processes", i, *_field_loc(where.split(".", 1)[1])), msg))
-            values = self.secrets.values() if values is None else values
-            for k, ref in enumerate(spec.resources):
-                try:
-                    resolved = subst.expand(ref.id, values)
-                except (KeyError, ValueError):
-                    continue  # the missing secret (or bad reference) is reported above
-                if resolved not in self.resources:
-                    what = (f"the resource that {ref.id} names" if "${" in ref.id
-                            else f"resource {ref.id[:12]}…")  # a secret's value stays unsaid
-                    problems.append((("processes", i, "resources", k, "id"),
-                                     f"{what} is not in the store; upload it with: "
-                                     "corral resource up FILE"))
-        if problems:
-            refuse(text, source, problems)
-
-    def plan_target(self, target: Target) -> list[Change]:
-        """What ``apply_target(target)`` would change."""
-        return rollout.diff(self.target(), target)
-
-    def rollout_running(self) -> bool:
-        return self._rollout_task is not None and not self._rollout_task.done()
-
-    async def apply_target(self, target: Target, text: str | None, source: str,
-                           cause: str = "target set") -> Rollout | None:
-        """Make ``target`` the desired state: validate, save, then add, scale, replace
-        (health-gated, in the background: see :attr:`rollout`) and remove.
-
-        Returns:
-            The rollout record (None when nothing changes).  Processes that are removed
-            are gone when this returns; the rollout goes on in the background: it waits
-            for added processes and new instances of rescaled ones to be healthy (or
-            ready), and replaces changed ones, putting everything it replaced back if one
-            fails.
-
-        Raises:
-            SpecError: the target is refused; nothing changed.
-            Conflict: a rollout is still running, or the supervisor is shutting down.
-        """
-        self.conflict_if_stopping()
-        self.check_target(target, text, source)
-        if self.rollout_running():
-            raise Conflict("a rollout is still running (see: corral target status); "
-                           "wait for it to finish")
-        await self.traffic.check_binds(target, text, source, hold=True)
-        changes = self.plan_target(target)
-        if not changes:
-            return None
-        replace: list[tuple[Service, ProcessSpec | None, int]] = []
-        removed = [self.services[c.name] for c in changes
-                   if c.kind == "process" and c.action is rollout.Action.REMOVE]
-        ordered: dict[str, Service] = {}
-        added: list[Service] = []
-        for spec in target.processes:
-            service = self.services.get(spec.name)
-            if service is None:
-                service = Service(spec=spec)
-                added.append(service)
-                self.events.emit(spec.name, "load", f"loaded ({cause})")
-            elif service.spec != spec:
-                old, old_gen = service.spec, service.gen
-                service.spec = spec
-                only_scale = old.model_copy(update={"instances": spec.instances}) == spec
-                if not only_scale:
-                    service.gen += 1
-                    replace.append((service, old, old_gen))
-                elif spec.instances > old.instances:
-                    added.append(service)  # its new instances are waited for, as added ones
-                self.events.emit(spec.name, "update", f"scaled to {spec.instances}"
-                                 if only_scale else "spec changed; replacing its instances")
-            ordered[spec.name] = service
-        for service in removed:
-            ordered[service.spec.name] = service  # until stopped, below
-        self.services = ordered
-        self.traffic.target_services = list(target.services)
-        self._depended = None
-        record = self._begin_rollout(cause, changes, replace, added)
-        for service in removed:
-            service.desired = Desired.DOWN
-        self.save(without={s.spec.name for s in removed})
-        for service in sorted(removed, key=graph.stop_order(self.services).index):
-            await self._stop_instances(service, [*service.instances.values(),
-                                                 *service.retiring.values()])
-            for inst in [*service.instances.values(), *service.retiring.values()]:
-                self._forget(inst)
-            self.services.pop(service.spec.name, None)
-            self.events.emit(service.spec.name, "unload", f"unloaded ({cause})")
-        gone = [c.name for c in changes if c.kind == "service" and
-                (c.action is rollout.Action.REMOVE or "mode" in c.fields or "on" in c.fields)]
-        kept = {s.name for s in self.traffic.target_services if s.mode == "socket"}
-        for name in gone:
-            if name not in kept and self.launcher is not None:
-                with contextlib.suppress(CorralError):
-                    await self.launcher.unlisten(name)
-        self._depended = None
-        self.reconcile()
-        self.traffic.dirty()
-        self._rollout_task = asyncio.ensure_future(
-            self._run_rollout(record, replace, added))
-        return record
-
-    def _begin_rollout(self, cause: str, changes: list[Change],
-                       replace: list[tuple[Service, ProcessSpec | None, int]],
-                       added: Iterable[Service] = (), secrets: Iterable[str] = ()) -> Rollout:
-        """A new rollout's record, saved before anything changes: it holds what each
-        replaced process ran (its spec, also pinned on the instances still running it, and
-        its generation), so that a failure, here or in the next supervisor, puts that back."""
-        record = Rollout(id=(self.rollout.id + 1 if self.rollout else 1), cause=cause,
-                         started_at=time.time(), changes=changes, secrets=list(secrets))
-        for service, old_spec, old_gen in replace:
-            name = service.spec.name
-            record.steps[name] = Step(name, service.spec.instances)
-            if old_spec is not None:
-                record.prior[name] = Prior(old_spec, old_gen)
-                self._pin(service, {old_gen: old_spec})
-        for service in added:
-            record.added.append(service.spec.name)
-            if service.spec.instances:
-                record.steps[service.spec.name] = Step(service.spec.name,
-                                                       service.spec.instances, detail="starting")
-        self.rollout = record
-        self._save_rollout()
-        return record
-
-    def _pin(self, service: Service, specs: dict[int, ProcessSpec]) -> None:
-        """Every instance runs its own generation's spec: none is pinned on those of the
-        service's current generation, ``specs[gen]`` on those of another (older, or after
-        a revert newer) one, so that a crash restarts them as what they were."""
-        for inst in (*service.instances.values(), *service.retiring.values()):
-            if inst.gen == service.gen:
-                inst.spec = None
-            elif inst.gen in specs:
-                inst.spec = specs[inst.gen]
-
-    async def _run_rollout(self, record: Rollout,
-                           replace: list[tuple[Service, ProcessSpec | None, int]],
-                           added: list[Service] | None = None) -> None:
-        """Replace each changed process, dependencies first, every instance healthy (or
-        ready) before the next; added processes are waited for too, so that the caller
-        learns whether the whole target came up.  When a replacement fails, everything
-        the rollout replaced is put back (:meth:`_revert`), secrets included."""
-        order = {s.spec.name: i
-                 for i, s in enumerate(reversed(graph.stop_order(self.services)))}
-        replace = sorted(replace, key=lambda r: order.get(r[0].spec.name, -1))
-        try:
-            if added and not record.reverting:
-                await asyncio.gather(*(self._await_new(s, record.steps[s.spec.name], record)
-                                       for s in added if s.spec.name in record.steps))
-            failed = record.reverting
-            for service, _, _ in ([] if failed else replace):
-                name = service.spec.name
-                step = record.steps[name]
-                if await self._replace(service, step, record, record.prior.get(name)):
-                    step.phase, step.detail = Phase.DONE, "replaced"
-                    continue
-                step.phase = Phase.FAILED
-                self.events.emit(name, "rollout", f"rollout failed: {step.detail}; putting "
-                                 "the old version back", last_lines=step.last_lines)
-                failed = True
-                break
-            if failed:
-                await self._revert(record, replace)
-            else:
-                self._settle_secrets(record, revert=False)
-            record.finish(time.time())
-            self._save_rollout()
-            what = ("done" if record.phase is Phase.DONE
-                    else f"failed: {record.reason}" + (f"; {record.outcome()}"
-                                                       if record.outcome() else ""))
-            self.events.emit("", "rollout", f"rollout {record.id} ({record.cause}) {what}")
-        except asyncio.CancelledError:
-            record.finish(time.time())  # here only: the saved record is resumed next time
-            raise
-        finally:
-            self.waiters.wake()
-
-    async def _revert(self, record: Rollout,
-                      replace: list[tuple[Service, ProcessSpec | None, int]]) -> None:
-        """Put back what a failed rollout changed: the secrets' old values first (so that
-        no old instance starts again with a new one), then each replaced process's spec
-        and generation, its instances brought back the same way, health-gated.  Saved as
-        it goes: a supervisor killed meanwhile finishes the revert."""
-        record.reverting = True
-        self._settle_secrets(record, revert=True)
-        self._save_rollout()
-        for service, old_spec, old_gen in replace:
-            name = service.spec.name
-            step = record.steps[name]
-            if old_spec is None or self.services.get(name) is not service:
-                continue
-            newer = {service.gen: service.spec}
-            service.spec, service.gen = old_spec, old_gen
-            self._depended = None
-            self._pin(service, newer)
-            self.save()
-            back = Step(name, service.spec.instances)
-            ok = await self._replace(service, back, record, None, reverting=True)
-            if step.phase is not Phase.FAILED:
-                what = ("not replaced" if step.phase is Phase.RUNNING
-                        else "put back to the old version")
-                step.phase = Phase.REVERTED
-                step.detail = what if ok else f"{what}; the old version is not healthy: " \
-                                              f"{back.detail}"
-            elif not ok:
-                step.detail += f"; the old version is not healthy: {back.detail}"
-
-    async def _replace(self, service: Service, step: Step, record: Rollout,
-                       prior: Prior | None, reverting: bool = False) -> bool:
-        """Bring every instance of ``service`` to its current generation, index by index,
-        each healthy (or, with no health check, ready) before the next:
-
-        - start-first (see ``ProcessSpec.replace_order``): the new instance starts beside
-          the old one, which is drained and stopped once the new one is healthy;
-        - stop-first: the old one is drained and stopped, then the new one started;
-        - where nothing runs (down, waiting, backing off, failed), the new version starts;
-        - an instance already of the current generation (replaced before a supervisor
-          restart, or started meanwhile) must be healthy too.
-
-        False (with ``step.detail`` and ``step.last_lines``) when a new instance is not
-        healthy within ``rollout_timeout``: see :meth:`_put_back`.  ``reverting``: the
-        current generation is the old version coming back (``record.restored``)."""
-        name = service.spec.name
-        for index in range(service.spec.instances):
-            if self.services.get(name) is not service:
-                return True  # unloaded meanwhile: nothing is left to replace
-            timeout = service.spec.rollout_timeout
-            old = service.instances.get(index)
-            if old is not None and old.gen == service.gen:
-                if service.desired is Desired.DOWN:
-                    continue
-                ok, why = await self._wait_healthy(old, timeout)
-                if ok:
-                    step.replaced += 1
-                    continue
-                await self._put_back(service, step, record, prior, index, None, old, why,
-                                     record.started_at, reverting)
-                return False
-            if old is not None:
-                if old.spawned is not None and not old.spawned.done():
-                    with contextlib.suppress(CorralError):
-                        await asyncio.shield(old.spawned)  # a spawn on its way: let it land
-                if old.state is ServiceState.STOPPING:
-                    await old.until_stopped()
-            if service.desired is Desired.DOWN:
-                if old is not None:
-                    # Stopped (reconcile stops a running one): its next start is the new spec.
-                    await self._stop_instances(service, [old])
-                    self._cancel(old)
-                    self._unwatch(old)
-                    replacement = service.new_instance(index)
-                    replacement.settled = old.settled
-                    service.instances[index] = replacement
-                    self._forget(old)
-                    step.replaced += 1
-                continue
-            since = time.time()
-            new = service.new_instance(index)
-            beside = old is not None and old.pid is not None \
-                and service.spec.replace_order == "start-first"
-            if beside:
-                assert old is not None
-                self._unwatch(old)  # its checks belong to its spec; it is leaving anyway
-                service.retiring[index] = old
-                service.instances[index] = new
-                step.detail = f"instance {index}: starting the new version beside pid {old.pid}"
-                self.events.emit(name, "rollout", step.detail, instance=index)
-                self.feed(new, Event.START, f"replacing pid {old.pid}")
-            else:
-                if old is not None and old.pid is not None:
-                    step.detail = f"instance {index}: stopping pid {old.pid}, then starting " \
-                                  "the new version"
-                    self.events.emit(name, "rollout", step.detail, instance=index,
-                                     pid=old.pid)
-                    new.settled = True  # held: reconcile must not start it beside the old one
-                    new.reason = f"waiting for pid {old.pid} to stop"
-                    service.retiring[index] = old
-                    service.instances[index] = new
-                    await self.traffic.drain(old)
-                    await self._stop_instances(service, [old])
-                    service.retiring.pop(index, None)
-                    new.settled = False
-                elif old is not None:
-                    self._cancel(old)
-                    self._unwatch(old)
-                    step.detail = f"instance {index}: starting the new version (the old " \
-                                  f"one was {old.state.value})"
-                    self.events.emit(name, "rollout", step.detail, instance=index)
-                    service.instances[index] = new
-                else:
-                    service.instances[index] = new
-                self.reconcile()  # starts it, or has it wait for its dependencies
-            ok, why = await self._wait_healthy(new, timeout, beside=old if beside else None)
-            if not ok:
-                await self._put_back(service, step, record, prior, index, old, new, why,
-                                     since, reverting)
-                return False
-            if beside:
-                assert old is not None
-                step.detail = f"instance {index}: new pid {new.pid} is ready; stopping " \
-                              f"pid {old.pid}"
-                self.events.emit(name, "rollout", step.detail, instance=index, pid=new.pid)
-                await self.traffic.drain(old)
-                await self._stop_instances(service, [old])
-                service.retiring.pop(index, None)
-            if old is not None:
-                self._forget(old)
-            step.replaced += 1
-            if reverting:
-                record.restored = True
-        return True
-
-    async def _put_back(self, service: Service, step: Step, record: Rollout,
-                        prior: Prior | None, index: int, old: Instance | None, new: Instance,
-                        why: str, since: float, reverting: bool) -> None:
-        """``new`` did not become healthy: record why, with its own last lines, stop it, and
-        put the old instance back in its place — still running (start-first), or started
-        again and waited for (``record.restored``; the secrets' old values are back first).
-        An old instance that its policy had left down (failed, or exited for good) stays so.
-        While ``reverting``, ``new`` is the old version coming back: it stays (restarting as
-        its policy says), and what it was replacing goes."""
-        step.detail = f"instance {index}: {why}"
-        step.last_lines = self._new_lines(service, new, since, old)
-        if reverting:
-            if old is not None:
-                await self._stop_instances(service, [old])
-                service.retiring.pop(index, None)
-                self._forget(old)
-            return
-        self._settle_secrets(record, revert=True)
-        if old is None:
-            if prior is None:
-                return  # nothing known to put back: what runs stays
-            old = Instance(service=service.spec.name, index=index, gen=prior.gen,
-                           spec=prior.spec)
-        running = old.pid is not None
-        held = not running and not old.settled
-        old.settled = old.settled or held  # reconcile must not start it beside the new one
-        # The old one goes back first, so that nothing (reconcile) starts the new one again.
-        new.failed_run = True
-        service.instances[index] = old
-        service.retiring.pop(index, None)
-        await self._stop_instances(service, [new])
-        self._forget(new)
-        spec = self._spec_of(old)
-        if running:
-            if old.watch is None and spec.health is not None and old.pid is not None:
-                self._watch(old, spec)  # unwatched while it was retiring
-            return
-        record.restored = True  # not running before: back as it was, or started again
-        if not held:
-            return
-        old.settled = False
-        if service.desired is Desired.DOWN or service.instances.get(index) is not old:
-            return
-        if old.state is ServiceState.BACKOFF:
-            self.feed(old, Event.START, "the rollout failed: starting the old version again")
-        else:
-            self.reconcile()
-        ok, again = await self._wait_healthy(old, spec.rollout_timeout, "the old version")
-        if not ok:
-            step.detail += f"; {again}"
-
-    def _new_lines(self, service: Service, new: Instance, since: float,
-                   old: Instance | None = None) -> list[str]:
-        """The last lines ``new`` wrote since ``since`` (its processes', its hooks'), without
-        those of the other instances (``old``, the one it replaces, included); redacted."""
-        others: set[int] = set()
-        for inst in (*service.instances.values(), *service.retiring.values(), old):
-            if inst is not None and inst is not new:
-                others.update(p for p in (inst.pid, (inst.last_exit or {}).get("pid"))
-                              if isinstance(p, int))
-        log = paths.logs_dir(self.state_dir) / f"{service.spec.name}.log"
-        stamp = rfc3339(since)
-        count = 200
-        while True:
-            lines = tail(log, count, service.spec.logs.keep)
-            mine = rollout.own_lines(lines, stamp, others)
-            # A busy old instance can bury the new one's lines: look further back, within
-            # reason, until the lines reach back to the new one's start.
-            if len(mine) >= 5 or len(lines) < count or count >= 51200 or lines[0] < stamp:
-                return self.redact(mine[-5:])
-            count *= 4
-
-    async def _await_new(self, service: Service, step: Step, record: Rollout) -> None:
-        """Wait until every instance of a newly added process is healthy (or ready)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + service.spec.rollout_timeout
-        for index in range(service.spec.instances):
-            while (inst := service.instances.get(index)) is None:
-                if loop.time() >= deadline or self.services.get(service.spec.name) is not service:
-                    step.phase, step.detail = Phase.FAILED, f"instance {index} never started"
-                    return
-                await self.waiters.wait(deadline - loop.time())
-            ok, why = await self._wait_healthy(inst, max(0.0, deadline - loop.time()))
-            if not ok:
-                step.phase, step.detail = Phase.FAILED, f"instance {index}: {why}"
-                step.last_lines = self._new_lines(service, inst, record.started_at)
-                self.events.emit(service.spec.name, "rollout", f"not up: {step.detail}",
-                                 last_lines=step.last_lines)
-                return
-            step.replaced += 1
-            step.detail = f"{step.replaced}/{service.spec.instances} up"
-        step.phase = Phase.DONE
-
-    async def _wait_healthy(self, inst: Instance, timeout: float,
-                            what: str = "the new version",
-                            beside: Instance | None = None) -> tuple[bool, str]:
-        """Wait until ``inst`` is up and, if it has a health check, passing it.  With
-        ``beside`` (the old instance it starts beside), a check on a fixed port that only
-        the old one holds reaches the old one: it does not count."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        spec = self._spec_of(inst)
-        port = _probed_port(spec) if beside is not None else None
-        while True:
-            # Healthy means ok: a new version that only reaches warning is not trusted
-            # with the old one's place.
-            healthy = spec.health is None or inst.health is HealthState.OK
-            elsewhere = None
-            if inst.state is ServiceState.UP and healthy:
-                other = beside.pid if beside is not None else None
-                if (port is None or inst.pid is None or other is None or not await
-                        asyncio.to_thread(owner.reaches_other, port, inst.pid, other)):
-                    return True, ""
-                elsewhere = (f"its check on port {port} reaches pid {other}, the old "
-                             "instance, which holds the port: replace it stop-first")
-            if inst.state is ServiceState.FAILED or (inst.state is ServiceState.DOWN
-                                                     and inst.settled):
-                return False, f"{what} {inst.state.value}: {inst.reason}"
-            service = self.services.get(inst.service)
-            if service is None or service.desired is Desired.DOWN:
-                return False, "the service was stopped during the rollout"
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                kind = "healthy" if spec.health is not None else "ready"
-                state = elsewhere or f"{inst.state.value}: {inst.reason}"
-                return False, f"{what} was not {kind} within {timeout:g}s ({state})"
-            # Who holds the port changes without an event: look again each interval.
-            await self.waiters.wait(remaining if elsewhere is None or spec.health is None
-                                    else min(remaining, spec.health.interval))
-
-    async def wait_rollout(self) -> Rollout | None:
-        """Wait for the running rollout (if any) to end; the last rollout's record."""
-        if self._rollout_task is not None:
-            await asyncio.shield(self._rollout_task)
-        return self.rollout
 
     # --- stores (secrets, resources) ---
     # The stores themselves are self.secrets and self.resources (built in __init__).
-    def secret_users(self, name: str) -> list[str]:
-        """The processes whose spec refers to secret ``name`` (``${NAME}`` in command, env,
-        cwd or before), sorted; stopped ones included, since starting them needs it."""
-        return sorted(n for n, s in self.services.items()
-                      if name in subst.references(s.spec))
 
-    def resource_users(self, resource_id: str) -> list[str]:
-        """The processes whose spec lists resource ``resource_id``, sorted; during a
-        rollout of a secret, under its old value too (old instances still run with it)."""
-        previous = self.secrets.previous()
-        return sorted(n for n, s in self.services.items()
-                      if any(ref.id == resource_id for ref in self._resource_refs(s.spec))
-                      or (previous and any(ref.id == resource_id for ref in
-                                           self._resource_refs(s.spec, previous))))
-
-    def _resource_refs(self, spec: ProcessSpec,
-                       instead: dict[str, str | None] | None = None) -> list[ResourceRef]:
-        """``spec.resources`` with ids held in secrets resolved (as written if unresolved);
-        ``instead``: values to use in place of the stored ones (None: not set)."""
-        if not any("${" in ref.id for ref in spec.resources):
-            return spec.resources
-        values = self.secrets.values()
-        for key, value in (instead or {}).items():
-            if value is None:
-                values.pop(key, None)
-            else:
-                values[key] = value
-        refs = []
-        for ref in spec.resources:
-            try:
-                refs.append(ref.model_copy(update={"id": subst.expand(ref.id, values)}))
-            except (KeyError, ValueError):
-                refs.append(ref)
-        return refs
-
-    async def secrets_changed(self, names: list[str]) -> Rollout | None:
-        """Secrets ``names`` were set to new values by their source (``--secrets-dir``: the
-        files are the truth, so a failed rollout keeps the old instances running but does
-        not put an old value back): replace the processes that use them with the
-        health-gated rollout of a target change, after the rollout under way, if any.
-
-        Returns:
-            The new rollout's record, or None when no process uses them.
-        """
-        if self.rollout_running():
-            await self.wait_rollout()
-        users = [self.services[n] for n in sorted({u for name in names
-                                                   for u in self.secret_users(name)})]
-        if not users:
-            return None
-        replace: list[tuple[Service, ProcessSpec | None, int]] = []
-        for service in users:
-            replace.append((service, service.spec, service.gen))
-            service.gen += 1
-        which = ", ".join(sorted(names))
-        record = self._begin_rollout(
-            f"secret{'s' if len(names) > 1 else ''} {which} changed", [], replace)
-        self.save()
-        self.events.emit("", "rollout", f"{record.cause}: replacing "
-                         + ", ".join(s.spec.name for s in users))
-        self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace))
-        return record
-
-    async def set_secret(self, name: str, value: str) -> tuple[bool, Rollout | None]:
-        """Store secret ``name``; when the value changed and processes use it, replace them
-        with the health-gated rollout of a target change (after the rollout under way, if
-        any, so that its verdict never undoes this value).  The value it replaces is kept
-        until this rollout's verdict, and put back if it fails.
-
-        Returns:
-            Whether the value changed, and the rollout's record (None when no process uses
-            the secret, or nothing changed).
-
-        Raises:
-            SpecError: a bad name or value; nothing changed.
-        """
-        check_value(check_name(name), value)
-        if self.rollout_running():
-            await self.wait_rollout()
-        users = [self.services[n] for n in self.secret_users(name)]
-        if not users or (name in self.secrets and self.secrets.get(name).reveal() == value):
-            return self.secrets.set(name, value), None
-        replace: list[tuple[Service, ProcessSpec | None, int]] = []
-        for service in users:
-            replace.append((service, service.spec, service.gen))
-            service.gen += 1
-        # The record first: a supervisor killed after it knows which value to put back.
-        record = self._begin_rollout(f"secret {name} changed", [], replace, secrets=[name])
-        try:
-            self.secrets.set(name, value, keep_previous=True)
-        except CorralError:
-            for service, _, gen in replace:
-                service.gen = gen
-                self._pin(service, {})
-            record.finish(time.time())
-            record.phase, record.reason = Phase.FAILED, f"secret {name} could not be stored"
-            self._save_rollout()
-            raise
-        self.save()
-        self.events.emit("", "rollout", f"{record.cause}: replacing "
-                         + ", ".join(s.spec.name for s in users))
-        self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace))
-        return True, record
-
-    def _settle_secrets(self, record: Rollout, revert: bool) -> None:
-        """The verdict on the secrets ``record`` changed: keep the new values, or put the
-        old ones back (before any old instance can start again with the new ones)."""
-        if record.secrets:
-            self.secrets.settle(record.secrets, revert)
     # --- end of stores ---
 
 
@@ -1977,27 +1129,6 @@ def _port_range(text: str) -> tuple[int, int]:
     if low.strip().isdigit() and high.strip().isdigit() and 0 < int(low) <= int(high) < 65536:
         return int(low), int(high)
     return 30000, 39999
-
-
-def _probed_port(spec: ProcessSpec) -> int | None:
-    """The fixed port a tcp or http health check of ``spec`` connects to (None: an exec
-    check, a check on the instance's own service port, or none)."""
-    health = spec.health
-    if health is None:
-        return None
-    if health.tcp is not None:
-        return health.tcp.port
-    if health.http is not None and health.http.service is None:
-        return health.http.port
-    return None
-
-
-def _field_loc(path: str) -> tuple[str | int, ...]:
-    """``"env.DB_URL"`` -> ``("env", "DB_URL")``; ``"command[1]"`` -> ``("command", 1)``."""
-    head, _, rest = path.partition(".")
-    name, _, index = head.partition("[")
-    loc: tuple[str | int, ...] = (name, int(index.rstrip("]"))) if index else (name,)
-    return (*loc, rest) if rest else loc
 
 
 def _exit_record(message: Message, stop: str | None) -> dict[str, Any]:
