@@ -60,7 +60,7 @@ class Commands:
             return "updated"
         service = Service(spec=spec)
         self._core.services[spec.name] = service
-        self._core._depended = None
+        self._core.specs_changed()
         self._core.events.emit(spec.name, "load", "loaded")
         self._core.reconcile()
         try:
@@ -84,12 +84,12 @@ class Commands:
 
     async def _remove(self, service: Service) -> None:
         service.desired = Desired.DOWN
-        await self._core._stop_instances(service, [*service.instances.values(),
+        await self._core.stop_instances(service, [*service.instances.values(),
                                              *service.retiring.values()])
         for inst in [*service.instances.values(), *service.retiring.values()]:
-            self._core._forget(inst)
+            self._core.forget(inst)
         self._core.services.pop(service.spec.name, None)
-        self._core._depended = None
+        self._core.specs_changed()
 
     async def start(self, name: str) -> None:
         service = self._core.get(name)
@@ -130,7 +130,7 @@ class Commands:
             return
         service.desired = Desired.UP
         self._core.save()
-        await self._core._stop_instances(service, list(service.instances.values()))
+        await self._core.stop_instances(service, list(service.instances.values()))
         for inst in service.instances.values():
             inst.settled = False
         self._core.reconcile()
@@ -161,7 +161,7 @@ class Commands:
         failed = []
         for inst in live:
             if hooks.reload is not None:
-                result = await self._core._hook(inst, service.spec, "reload", hooks.reload)
+                result = await self._core.effects.hook(inst, service.spec, "reload", hooks.reload)
                 if not result.ok:
                     failed.append(f"instance {inst.index}: {result.summary}")
             else:

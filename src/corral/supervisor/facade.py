@@ -259,7 +259,7 @@ class Facade:
 
     async def set_secret(self, name: str, value: str) -> dict[str, Any]:
         """Store a secret; when its value changed, the processes using it are rolled out
-        and a failed rollout puts the old value back (``Supervisor.set_secret``).
+        and a failed rollout puts the old value back (``Targets.set_secret``).
         ``result``: added, updated or unchanged."""
         self._sup.conflict_if_stopping()
         existed = name in self._sup.secrets

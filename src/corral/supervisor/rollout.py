@@ -4,7 +4,7 @@
 ``corral target set`` does: processes and services added, changed (with the fields that
 differ) and removed.  A changed process whose only difference is ``instances`` is scaled
 (the instances that stay are not touched); any other change replaces its instances one by
-one, health-gated (see :meth:`corral.supervisor.loop.Supervisor.apply_target`).
+one, health-gated (see :meth:`corral.supervisor.targets.Targets.apply`).
 
 :class:`Rollout` is the record of one ``target set`` (or secret change): which processes it
 replaces, how far each got, and, when one failed, why and the new instance's last log lines.

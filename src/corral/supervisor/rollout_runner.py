@@ -71,7 +71,7 @@ class RolloutRunner:
 
     def load(self, replaced_target: bool) -> None:
         """The last rollout's record (``target status`` shows it after a restart).  One
-        still running is resumed by :meth:`attach`, unless ``sup run --target`` replaced
+        still running is resumed by :meth:`resume` (at attach), unless ``sup run --target`` replaced
         the target it was applying: then it ends here, failed, and the secrets it changed
         get their old values back."""
         try:
@@ -125,7 +125,7 @@ class RolloutRunner:
                 continue
             if service.gen == prior.gen:
                 service.spec = prior.spec
-                self._core._depended = None
+                self._core.specs_changed()
             replace.append((service, prior.spec, prior.gen))
         if replace and not record.reverting and all(s.gen == g for s, _, g in replace):
             # Killed before the generations were saved: nothing was replaced.
@@ -235,7 +235,7 @@ class RolloutRunner:
                 continue
             newer = {service.gen: service.spec}
             service.spec, service.gen = old_spec, old_gen
-            self._core._depended = None
+            self._core.specs_changed()
             self.pin(service, newer)
             self._core.save()
             back = Step(name, service.spec.instances)
@@ -289,13 +289,13 @@ class RolloutRunner:
             if service.desired is Desired.DOWN:
                 if old is not None:
                     # Stopped (reconcile stops a running one): its next start is the new spec.
-                    await self._core._stop_instances(service, [old])
-                    self._core._cancel(old)
-                    self._core._unwatch(old)
+                    await self._core.stop_instances(service, [old])
+                    self._core.effects.cancel(old)
+                    self._core.liveness.unwatch(old)
                     replacement = service.new_instance(index)
                     replacement.settled = old.settled
                     service.instances[index] = replacement
-                    self._core._forget(old)
+                    self._core.forget(old)
                     step.replaced += 1
                 continue
             since = time.time()
@@ -304,7 +304,7 @@ class RolloutRunner:
                 and service.spec.replace_order == "start-first"
             if beside:
                 assert old is not None
-                self._core._unwatch(old)  # its checks belong to its spec; it is leaving anyway
+                self._core.liveness.unwatch(old)  # its checks belong to its spec; it is leaving anyway
                 service.retiring[index] = old
                 service.instances[index] = new
                 step.detail = f"instance {index}: starting the new version beside pid {old.pid}"
@@ -321,12 +321,12 @@ class RolloutRunner:
                     service.retiring[index] = old
                     service.instances[index] = new
                     await self._core.traffic.drain(old)
-                    await self._core._stop_instances(service, [old])
+                    await self._core.stop_instances(service, [old])
                     service.retiring.pop(index, None)
                     new.settled = False
                 elif old is not None:
-                    self._core._cancel(old)
-                    self._core._unwatch(old)
+                    self._core.effects.cancel(old)
+                    self._core.liveness.unwatch(old)
                     step.detail = f"instance {index}: starting the new version (the old " \
                                   f"one was {old.state.value})"
                     self._core.events.emit(name, "rollout", step.detail, instance=index)
@@ -345,10 +345,10 @@ class RolloutRunner:
                               f"pid {old.pid}"
                 self._core.events.emit(name, "rollout", step.detail, instance=index, pid=new.pid)
                 await self._core.traffic.drain(old)
-                await self._core._stop_instances(service, [old])
+                await self._core.stop_instances(service, [old])
                 service.retiring.pop(index, None)
             if old is not None:
-                self._core._forget(old)
+                self._core.forget(old)
             step.replaced += 1
             if reverting:
                 record.restored = True
@@ -367,9 +367,9 @@ class RolloutRunner:
         step.last_lines = self._new_lines(service, new, since, old)
         if reverting:
             if old is not None:
-                await self._core._stop_instances(service, [old])
+                await self._core.stop_instances(service, [old])
                 service.retiring.pop(index, None)
-                self._core._forget(old)
+                self._core.forget(old)
             return
         self.settle_secrets(record, revert=True)
         if old is None:
@@ -384,12 +384,12 @@ class RolloutRunner:
         new.failed_run = True
         service.instances[index] = old
         service.retiring.pop(index, None)
-        await self._core._stop_instances(service, [new])
-        self._core._forget(new)
-        spec = self._core._spec_of(old)
+        await self._core.stop_instances(service, [new])
+        self._core.forget(new)
+        spec = self._core.spec_of(old)
         if running:
             if old.watch is None and spec.health is not None and old.pid is not None:
-                self._core._watch(old, spec)  # unwatched while it was retiring
+                self._core.liveness.watch(old, spec)  # unwatched while it was retiring
             return
         record.restored = True  # not running before: back as it was, or started again
         if not held:
@@ -455,7 +455,7 @@ class RolloutRunner:
         the old one holds reaches the old one: it does not count."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        spec = self._core._spec_of(inst)
+        spec = self._core.spec_of(inst)
         port = _probed_port(spec) if beside is not None else None
         while True:
             # Healthy means ok: a new version that only reaches warning is not trusted

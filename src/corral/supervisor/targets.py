@@ -70,7 +70,7 @@ class Targets:
     async def apply(self, target: Target, text: str | None, source: str,
                            cause: str = "target set") -> Rollout | None:
         """Make ``target`` the desired state: validate, save, then add, scale, replace
-        (health-gated, in the background: see :attr:`rollout`) and remove.
+        (health-gated, in the background: see :attr:`.RolloutRunner.record`) and remove.
 
         Returns:
             The rollout record (None when nothing changes).  Processes that are removed
@@ -119,16 +119,16 @@ class Targets:
             ordered[service.spec.name] = service  # until stopped, below
         self._core.services = ordered
         self._core.traffic.target_services = list(target.services)
-        self._core._depended = None
+        self._core.specs_changed()
         record = self._core.rollouts.begin(cause, changes, replace, added)
         for service in removed:
             service.desired = Desired.DOWN
         self._core.save(without={s.spec.name for s in removed})
         for service in sorted(removed, key=graph.stop_order(self._core.services).index):
-            await self._core._stop_instances(service, [*service.instances.values(),
+            await self._core.stop_instances(service, [*service.instances.values(),
                                                  *service.retiring.values()])
             for inst in [*service.instances.values(), *service.retiring.values()]:
-                self._core._forget(inst)
+                self._core.forget(inst)
             self._core.services.pop(service.spec.name, None)
             self._core.events.emit(service.spec.name, "unload", f"unloaded ({cause})")
         gone = [c.name for c in changes if c.kind == "service" and
@@ -138,7 +138,7 @@ class Targets:
             if name not in kept and self._core.launcher is not None:
                 with contextlib.suppress(CorralError):
                     await self._core.launcher.unlisten(name)
-        self._core._depended = None
+        self._core.specs_changed()
         self._core.reconcile()
         self._core.traffic.dirty()
         self._core.rollouts.start(record, replace, added)

@@ -54,9 +54,9 @@ class Traffic:
         self.ports = ports
         self._events = events
         self._processes = processes
-        self._spec_of = spec_of
+        self.spec_of = spec_of
         self._launcher = launcher
-        self._background = background
+        self.background = background
         self._booting = booting
         self.target_services: list[ServiceSpec] = []
         self.held_ports = files.ports()
@@ -159,7 +159,7 @@ class Traffic:
             return
         self._pending = True
         asyncio.get_running_loop().call_soon(
-            lambda: self._background(self.push()))
+            lambda: self.background(self.push()))
 
     def backends(self) -> dict[str, list[Backend]]:
         """Per proxy service: the ready, healthy instances of every process receiving it
@@ -170,7 +170,7 @@ class Traffic:
             for inst in (*service.instances.values(), *service.retiring.values()):
                 if inst.pid is None or not inst.ports:
                     continue
-                spec = self._spec_of(inst)
+                spec = self.spec_of(inst)
                 live = inst.state is ServiceState.UP and (
                     spec.health is None or inst.health in (HealthState.OK,
                                                            HealthState.WARNING))
