@@ -290,6 +290,7 @@ class Supervisor:
             self.events.emit(inst.service, "exit", "exited while being replaced",
                              instance=inst.index, pid=exited.get("pid"),
                              exit_code=exited.get("exit_code"), signal=exited.get("signal"))
+            self._strays_event(inst, exited)
             self.feed(inst, Event.EXIT_DOWN, "exited while being replaced")
             return
         ran_for = time.time() - (inst.started_at or time.time())
@@ -308,6 +309,7 @@ class Supervisor:
                              pid=exited.get("pid"), exit_code=exited.get("exit_code"),
                              signal=exited.get("signal"), delay_s=decision.delay,
                              last_lines=self.redact(exited.get("last_lines") or []))
+            self._strays_event(inst, exited)
 
         if decision.verdict is policy.Verdict.RESTART_NOW:
             # The restart-latency hot path: the Spawn goes out before the exit is recorded
@@ -318,6 +320,18 @@ class Supervisor:
             return
         record()
         self.feed(inst, _EXIT_EVENTS[decision.verdict], decision.reason)
+
+    def _strays_event(self, inst: Instance, report: Message) -> None:
+        """A ``strays`` event when the launcher killed processes the instance left behind
+        (daemons that left its process group, without a cgroup to hold them)."""
+        strays = report.get("strays")
+        if not isinstance(strays, list) or not strays:
+            return
+        pids = ", ".join(str(pid) for pid in strays)
+        self.events.emit(inst.service, "strays",
+                         f"killed {len(strays)} process{'es' if len(strays) != 1 else ''} "
+                         f"it left behind (pid{'s' if len(strays) != 1 else ''} {pids})",
+                         instance=inst.index, pid=report.get("pid"))
 
     def _find(self, name: str, pid: Any) -> Instance | None:
         parsed = parse_launcher_name(name)
@@ -592,6 +606,8 @@ class Supervisor:
             "cwd": cwd, "user": spec.user, "group": spec.group,
             "umask": int(spec.umask, 8) if spec.umask else None, "rlimits": dict(spec.rlimits),
             "memory_max": spec.limits.memory,  # launcher: cgroup memory.max (additive, h5)
+            # How a launcher that finds it left by a dead one stops it.
+            "stop": {"signal": spec.stop.signal, "timeout": spec.stop.timeout},
             "log": {"path": str(paths.logs_dir(self.state_dir) / f"{spec.name}.log"),
                     "format": spec.logs.format, "max_bytes": spec.logs.max_bytes,
                     "keep": spec.logs.keep},
@@ -814,6 +830,7 @@ class Supervisor:
         self.events.emit(inst.service, "stop", f"stopped ({method.replace('_', ' ')})",
                          instance=inst.index, pid=inst.pid, exit_code=answer.get("exit_code"),
                          signal=answer.get("signal"))
+        self._strays_event(inst, answer)
         inst.pid = None
         self.feed(inst, Event.STOPPED, f"stopped ({method.replace('_', ' ')})")
 
