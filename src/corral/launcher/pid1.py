@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import fcntl
 import heapq
@@ -75,10 +76,7 @@ CGROUP_RMDIR_LAST = 10.0
 # mkdir and an rmdir (0.05-0.1 ms) on the restart path.
 CGROUP_LINGER = 1.0
 #: The children record, under ``<state>/run/`` (see :mod:`.record`).
-RECORD_NAME = "launcher-children.json"
-# An exit changes the record too, but a stale entry matches nothing (its process is
-# gone): written within this long, or with the next spawn's write if that comes first.
-RECORD_LAZY = 1.0
+RECORD_NAME = "launcher-children.jsonl"
 # Orphans re-parented a moment after their instance's exit was handled are looked for
 # this long after an orphan is reaped (its children come to the launcher then).
 SWEEP_DELAY = 0.05
@@ -102,7 +100,7 @@ class Child:
     cgroup: str | None = None
     oom_base: int | None = None  # memory.events oom_kill when it started
     mark: str = ""  # its CORRAL_INSTANCE_ID
-    entry: str = ""  # its line of the children record
+    entry: record.Entry | None = None  # for the children record, once it is written
     strays: set[int] = field(default_factory=set)  # left-behind processes signalled
 
 
@@ -114,7 +112,7 @@ class SupervisorProc:
     link: Link
     started_at: float
     greeted_at: float | None = None
-    entry: str = ""  # its line of the children record
+    entry: record.Entry | None = None  # for the children record, once it is written
 
 
 class Launcher:
@@ -151,8 +149,9 @@ class Launcher:
         self.boot_id = procs.boot_id()
         self._marks = itertools.count(1)
         self.record_path = str(paths.run_dir(state_dir) / RECORD_NAME)
-        self._record_due = False  # write the record at the end of this loop turn
-        self._record_later = False  # a lazy write is scheduled
+        self.record: record.Writer | None = None
+        # Spawned this loop turn, recorded at its end: (pid, what to record).
+        self._record_new: list[tuple[int, record.Entry]] = []
         self._record_failed: int | None = None  # errno of the last failed write (said once)
         self._orphan_marks: dict[int, str | None] = {}  # re-parented pid -> its mark
         self._sweep_pending = False
@@ -165,6 +164,7 @@ class Launcher:
         if os.getpid() != 1:
             _set_child_subreaper()
         self._stop_leftovers()
+        self._open_record()
         self._setup_cgroups()
         self.start_supervisor()
         while self.exit_code is None:
@@ -175,13 +175,13 @@ class Launcher:
                 self._guard(key.data, mask)
             self._run_timers()
             self._dispatch_signals()
-            if self._record_due:
+            if self._record_new:
                 self._guard(self._write_record)
         self._guard(self._final_sweep)
         if self.cgroups is not None:
             self.cgroups.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.record_path)  # nothing of ours runs any more
+        if self.record is not None:
+            self.record.close()
         return self.exit_code
 
     # ------------------------------------------------------ the children record
@@ -221,33 +221,43 @@ class Launcher:
         with contextlib.suppress(OSError):
             os.unlink(self.record_path)
 
-    def _write_record(self) -> None:
-        """Rewrite the record (one write per loop turn, however many spawns it had)."""
-        self._record_due = False
-        entries = [child.entry for child in self.children.values()]
-        if self.sup is not None:
-            entries.append(self.sup.entry)
+    def _open_record(self) -> None:
         try:
-            record.write(self.record_path,
-                         record.encode(self.boot_id, self.ident, entries))
+            self.record = record.Writer(self.record_path, self.boot_id, self.ident)
         except OSError as exc:
-            if self._record_failed != exc.errno:
-                print(f"corral-launcher: cannot write {self.record_path} ({exc.strerror}): "
-                      "if this launcher is killed, the next one cannot stop its services",
-                      file=sys.stderr)
-            self._record_failed = exc.errno
+            self._record_broken(exc)
+
+    def _write_record(self) -> None:
+        """Append the children spawned this loop turn (one write however many there were,
+        after the replies went out), and compact the file when dead lines have piled up."""
+        new, self._record_new = self._record_new, []
+        lines = []
+        for pid, draft in new:
+            holder = self.children.get(pid) or (
+                self.sup if self.sup is not None and self.sup.proc.pid == pid else None)
+            if holder is None:
+                continue  # reaped this very turn: its pid may not be its own any more
+            # Its start time makes the entry name this process only, never a reused pid.
+            holder.entry = dataclasses.replace(draft, start=procs.start_time(pid) or 0)
+            lines.append(holder.entry.encode())
+        if self.record is None or not lines:
+            return
+        try:
+            self.record.append(lines)
+            if self.record.crowded(len(self.children) + 1):
+                self.record.compact([h.entry.encode() for h in (*self.children.values(), self.sup)
+                                     if h is not None and h.entry is not None])
+        except OSError as exc:
+            self._record_broken(exc)
         else:
             self._record_failed = None
 
-    def _record_soon(self) -> None:
-        """An exit: the record is rewritten within RECORD_LAZY (not on the restart path)."""
-        if not self._record_later:
-            self._record_later = True
-            self.call_later(RECORD_LAZY, self._record_lazy_due)
-
-    def _record_lazy_due(self) -> None:
-        self._record_later = False
-        self._record_due = True
+    def _record_broken(self, exc: OSError) -> None:
+        if self._record_failed != exc.errno:
+            print(f"corral-launcher: cannot write {self.record_path} ({exc.strerror}): if "
+                  "this launcher is killed, the next one finds its services by their "
+                  "instance marks only", file=sys.stderr)
+        self._record_failed = exc.errno
 
     def _setup_cgroups(self) -> None:
         self.cgroups, why = Cgroups.setup(self.state_dir)
@@ -358,14 +368,12 @@ class Launcher:
             return
         theirs.close()
         link = Link(ours, self.handle_request)
+        self.sup = SupervisorProc(proc=proc, link=link, started_at=time.monotonic())
         # Recorded to be killed at once: a supervisor whose launcher died has nothing to
         # stop gracefully (its state writes are atomic).
-        entry = record.Entry(name=SUPERVISOR_NAME, pid=proc.pid, pgid=proc.pid,
-                             start=procs.start_time(proc.pid) or 0, mark=mark,
-                             stop_signal="KILL", stop_timeout=0.0)
-        self.sup = SupervisorProc(proc=proc, link=link, started_at=time.monotonic(),
-                                  entry=entry.encode())
-        self._record_due = True
+        self._record_new.append((proc.pid, record.Entry(
+            name=SUPERVISOR_NAME, pid=proc.pid, pgid=proc.pid, start=0, mark=mark,
+            stop_signal="KILL", stop_timeout=0.0)))
         self.sel.register(link.fileno(), selectors.EVENT_READ, self._on_link)
 
     def _on_link(self, mask: int) -> None:
@@ -411,7 +419,6 @@ class Launcher:
         self._forget_link(sup.link)
         sup.link.close()
         self.sup = None
-        self._record_soon()
         if self.stopping:
             self._stop_remaining()
             return
@@ -533,11 +540,10 @@ class Launcher:
             self.sel.register(reader.fd, selectors.EVENT_READ, self._pipe_callback(reader))
         child = Child(name=req.name, pid=pid, argv=req.argv, started_at=time.time(),
                       readers=readers, cgroup=leaf, mark=mark)
-        child.entry = record.Entry(
-            name=req.name, pid=pid, pgid=pid, start=procs.start_time(pid) or 0, mark=mark,
-            stop_signal=req.stop_signal, stop_timeout=req.stop_timeout, cgroup=leaf).encode()
         self.children[pid] = child
-        self._record_due = True
+        self._record_new.append((pid, record.Entry(
+            name=req.name, pid=pid, pgid=pid, start=0, mark=mark, stop_signal=req.stop_signal,
+            stop_timeout=req.stop_timeout, cgroup=leaf)))
         self.spawns[req.name] += 1
         reply = {"type": m.SPAWNED, "id": rid, "pid": pid, "started_at": child.started_at,
                  "cgroup": leaf, "memory_max": None}
@@ -634,14 +640,14 @@ class Launcher:
         roots = [pid for pid in self._orphans() if self._mark(pid) == child.mark]
         if self.children.get(child.pid) is child:  # not reaped: its pid is still its own
             roots.extend(procs.children(child.pid))
+        else:
+            # It exited: what it forked in its group came to us and dies with the group;
+            # a daemon one of those forked comes to us when it dies, and the sweep its
+            # reaping starts kills it (a service with many workers pays no walk per exit).
+            roots = [pid for pid in roots if _group(pid) != child.pid]
         if not roots:
             return []
-        found = []
-        for pid in procs.subtree(roots):
-            stat = procs.read_stat(pid)
-            if stat is not None and stat.alive and stat.pgrp != child.pid:
-                found.append(pid)
-        return found
+        return [pid for pid in procs.subtree(roots) if _group(pid) not in (child.pid, None)]
 
     def _orphans(self) -> list[int]:
         """The launcher's children that it did not start: processes re-parented to it."""
@@ -662,7 +668,7 @@ class Launcher:
         if new:
             child.strays.update(new)
             print(f"corral-launcher: {_left_behind(child.name, new)}; stopping "
-                  f"{'them' if len(new) > 1 else 'it'} with the instance", file=sys.stderr)
+                  f"{_them(new)} with the instance", file=sys.stderr)
 
     def _sweep_soon(self) -> None:
         if not self._sweep_pending:
@@ -686,7 +692,8 @@ class Launcher:
             line = _left_behind(mark.rpartition("@")[0], pids)
             for pid in pids:
                 _kill(pid, signal.SIGKILL)
-            print(f"corral-launcher: {line}, after it ended; killed them", file=sys.stderr)
+            print(f"corral-launcher: {line} after it ended; killed {_them(pids)}",
+                  file=sys.stderr)
 
     def _final_sweep(self) -> None:
         """At exit: kill whatever is still in the launcher's process tree (every service
@@ -698,12 +705,12 @@ class Launcher:
         for pid in pids:
             mark = procs.mark_of(pid)
             owners.setdefault(mark.rpartition("@")[0] if mark else "", []).append(pid)
-        lines = [_left_behind(name or "a process without an instance mark", left)
-                 for name, left in owners.items()]
+        lines = [f"{_left_behind(name or 'a process without an instance mark', left)}; "
+                 f"killed {_them(left)}" for name, left in owners.items()]
         for pid in pids:
             _kill(pid, signal.SIGKILL)
         for line in lines:
-            print(f"corral-launcher: at exit, {line}; killed them", file=sys.stderr)
+            print(f"corral-launcher: at exit, {line}", file=sys.stderr)
         deadline = time.monotonic() + FINAL_WAIT
         while procs.children(self.pid) and time.monotonic() < deadline:
             self.reap()
@@ -775,7 +782,6 @@ class Launcher:
             leaf = child.cgroup
             self.call_later(CGROUP_LINGER,
                             lambda: self._remove_cgroup(leaf, CGROUP_RMDIR_FIRST))
-        self._record_soon()
         if self.stopping and not self.children and self.sup is None:
             self.exit_code = self.final_code
 
@@ -867,6 +873,16 @@ def _left_behind(name: str, pids: list[int]) -> str:
     """``web/0 left 2 processes behind (pid 7 sleep, pid 9 sh)``."""
     listed = ", ".join(f"pid {pid} {procs.command(pid)}" for pid in pids)
     return f"{name} left {len(pids)} process{'es' if len(pids) != 1 else ''} behind ({listed})"
+
+
+def _them(pids: list[int]) -> str:
+    return "it" if len(pids) == 1 else "them"
+
+
+def _group(pid: int) -> int | None:
+    """The process group of a live process; None when it is gone or a zombie."""
+    stat = procs.read_stat(pid)
+    return stat.pgrp if stat is not None and stat.alive else None
 
 
 def _describe(code: int) -> str:
