@@ -187,6 +187,73 @@ services:
     assert "left" in corral.output.read_text()  # the new launcher said what it stopped
 
 
+# Ignores TERM and INT (writes each down) and goes on: only KILL stops it.
+STUBBORN = """\
+import signal, sys, time
+def note(signum, frame):
+    with open(sys.argv[1], "a") as f:
+        f.write(signal.Signals(signum).name + "\\n")
+signal.signal(signal.SIGTERM, note)
+signal.signal(signal.SIGINT, note)
+print("up", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_leftovers_get_their_own_stop_signal_then_kill(leftovers: list[int | Path],
+                                                       corral: Corral, tmp_path: Path) -> None:
+    """A service whose stop is `{signal: INT, timeout: 1s}` and that ignores it, left by
+    a launcher killed with SIGKILL: the next launcher sends it INT, KILLs it after its
+    timeout, says so, and only then starts the new copy."""
+    notes, script = tmp_path / "signals", tmp_path / "stubborn.py"
+    script.write_text(STUBBORN)
+    spec = tmp_path / "stubborn.yaml"
+    spec.write_text(f"name: stubborn\ncommand: [{PY}, {script}, {notes}]\n"
+                    "stop: {signal: INT, timeout: 1s}\n")
+    corral.ok("svc", "load", "-f", str(spec))
+    old = corral.wait_state("stubborn", "up")["pid"]
+    leftovers.append(old)
+    assert corral.proc is not None
+    os.kill(corral.proc.pid, signal.SIGKILL)
+    corral.proc.wait()
+    assert pid_alive(old)
+    corral.start()
+    new = corral.wait_state("stubborn", "up")["pid"]
+    assert new != old and not pid_alive(old)
+    assert notes.read_text() == "SIGINT\n"
+    assert "1 killed" in corral.output.read_text()
+
+
+def test_a_record_naming_a_reused_pid_or_another_boot_touches_nothing(tmp_path: Path) -> None:
+    """The record names processes by pid and start time, within one boot: a process that
+    now holds a recorded pid but started at another time, or one named by a record from
+    another boot, is left alone."""
+    bystander = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+    try:
+        with open(f"/proc/{bystander.pid}/stat") as f:
+            start = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        run = tmp_path / "state" / "run"
+        run.mkdir(parents=True)
+        for boot_id, recorded_start in ((boot, start + 1), ("another-boot", start)):
+            child = {"name": "web/0", "pid": bystander.pid, "pgid": bystander.pid,
+                     "start": recorded_start, "mark": "web/0@1.2.3", "stop_signal": "KILL",
+                     "stop_timeout": 0, "cgroup": None}
+            (run / "launcher-children.jsonl").write_text(
+                json.dumps({"version": 1, "boot_id": boot_id, "launcher": "1.2"}) + "\n"
+                + json.dumps(child) + "\n")
+            launcher = DirectLauncher(tmp_path)
+            assert launcher.close() == 0
+            assert pid_alive(bystander.pid)
+            assert "left" not in launcher.stderr.read_text()
+            (tmp_path / "relay.sock").unlink()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
 # ------------------------------------------------------------------ daemons (no cgroups)
 # The service forks a child that calls setsid() and forks the daemon, which appends its
 # pid to a file and sleeps; the middle one exits, so the daemon is re-parented to the

@@ -211,7 +211,9 @@ class Launcher:
             print(f"corral-launcher: the previous launcher (pid {dead}) died and left {count} "
                   f"process{'es' if count != 1 else ''} running: {names}; stopping them "
                   "before anything starts", file=sys.stderr)
-            outcome = record.stop(groups, table)
+            # TERM, INT or QUIT meanwhile: KILL the rest now (the launcher then stops).
+            outcome = record.stop(groups, table, hurry=lambda: any(
+                sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) for sig in self.signals))
             line = (f"corral-launcher: stopped what the previous launcher left: "
                     f"{outcome.graceful} on their stop signal, {outcome.killed} killed")
             if outcome.left:

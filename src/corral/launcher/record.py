@@ -301,9 +301,11 @@ class Outcome:
 
 
 def stop(groups: list[Group], table: dict[int, procs.Stat],
+         hurry: Callable[[], bool] = lambda: False,
          clock: Callable[[], float] = time.monotonic) -> Outcome:
-    """Send each group its stop signal, KILL what is left of it after its stop timeout,
-    and return once every process is gone (or ``KILL_WAIT`` after the last KILL)."""
+    """Send each group its stop signal, KILL what is left of it after its stop timeout
+    (or at once, from the moment ``hurry()`` says so: the launcher was told to stop), and
+    return once every process is gone (or ``KILL_WAIT`` after the last KILL)."""
     targets: list[_Target] = []
     for group in groups:
         for pid in group.pids:
@@ -329,6 +331,8 @@ def stop(groups: list[Group], table: dict[int, procs.Stat],
         now = clock()
         if not targets:
             return outcome
+        if hurry():
+            deadlines = dict.fromkeys(deadlines, now)
         for target in targets:
             if target.pid not in killed and now >= deadlines[id(target.group)]:
                 _send(target, signal.SIGKILL)
