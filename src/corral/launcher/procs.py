@@ -90,23 +90,32 @@ def alive_as(pid: int, start: int) -> bool:
 def children(pid: int) -> list[int]:
     """The process's direct children (``/proc/<pid>/task/<tid>/children`` of every thread;
     a process re-parented to a subreaper is listed under one of its threads)."""
-    found: list[int] = []
+    try:
+        return [int(x) for x in children_text(pid).split()]
+    except ValueError:
+        return []
+
+
+def children_text(pid: int) -> bytes:
+    """The raw ``children`` lists of the process's threads: pids, each followed by a
+    space (so ``count(b" ")`` is the number of children, without parsing them)."""
+    found = []
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return found
+        return b""
     for tid in tids:
         try:
             fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             continue
         try:
-            found.extend(int(x) for x in _read_all(fd).split())
-        except (OSError, ValueError):
+            found.append(_read_all(fd))
+        except OSError:
             pass
         finally:
             os.close(fd)
-    return found
+    return b"".join(found)
 
 
 def subtree(roots: list[int]) -> list[int]:
