@@ -227,7 +227,9 @@ class Launcher:
         try:
             self.record = record.Writer(self.record_path, self.boot_id, self.ident)
         except OSError as exc:
-            self._record_broken(exc)
+            print(f"corral-launcher: cannot write {self.record_path} ({exc.strerror}): if "
+                  "this launcher is killed, the next one cannot stop its services",
+                  file=sys.stderr)
 
     def _write_record(self) -> None:
         """Append the children spawned this loop turn (one write however many there were,
@@ -257,8 +259,8 @@ class Launcher:
     def _record_broken(self, exc: OSError) -> None:
         if self._record_failed != exc.errno:
             print(f"corral-launcher: cannot write {self.record_path} ({exc.strerror}): if "
-                  "this launcher is killed, the next one finds its services by their "
-                  "instance marks only", file=sys.stderr)
+                  "this launcher is killed, the next one finds the services started from "
+                  "now on by their instance marks only", file=sys.stderr)
         self._record_failed = exc.errno
 
     def _setup_cgroups(self) -> None:
