@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -107,16 +108,22 @@ class Census(threading.Thread):
         return self.most
 
 
+def kill_if_ours(pid: int, where: Path) -> None:
+    """KILL ``pid`` if it is alive and its command line names ``where`` (a pid reused by
+    someone else's process is left alone)."""
+    if pid_alive(pid) and str(where) in _cmdline(str(pid)):
+        os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture
-def leftovers() -> Iterator[list[int | Path]]:
+def leftovers(tmp_path: Path) -> Iterator[list[int | Path]]:
     """Pids (or files of pids) a failing test may leave running: killed afterwards, by
     pid.  Ask for it before the corral fixture, so that it runs after the corral stopped."""
     found: list[int | Path] = []
     yield found
     for item in found:
         for pid in daemons(item) if isinstance(item, Path) else [item]:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+            kill_if_ours(pid, tmp_path)
 
 
 def test_a_launcher_killed_with_sigkill_never_leaves_services_running_twice(
@@ -222,7 +229,10 @@ def test_leftovers_get_their_own_stop_signal_then_kill(leftovers: list[int | Pat
     new = corral.wait_state("stubborn", "up")["pid"]
     assert new != old and not pid_alive(old)
     assert notes.read_text() == "SIGINT\n"
-    assert "1 killed" in corral.output.read_text()
+    said = corral.output.read_text()
+    assert "stubborn/0 (1)" in said
+    killed = re.search(r"on their stop signal, (\d+) killed", said)
+    assert killed and int(killed.group(1)) >= 1, said
 
 
 def test_a_record_naming_a_reused_pid_or_another_boot_touches_nothing(tmp_path: Path) -> None:
@@ -414,8 +424,8 @@ def test_as_a_non_root_user_strays_die_with_their_instance(nobody_dir: Path) -> 
                  what="the last daemon to die at shutdown")
     finally:
         launcher.close()
-        for pid in [pid for pair in found for pid in pair if pid_alive(pid)]:
-            os.kill(pid, signal.SIGKILL)  # what a failed run left behind, by pid
+        for pid in [pid for pair in found for pid in pair]:
+            kill_if_ours(pid, nobody_dir)  # what a failed run left behind
 
 
 def test_the_mark_is_in_every_spawn(tmp_path: Path) -> None:
