@@ -433,6 +433,7 @@ class Supervisor:
             self.events.emit(inst.service, "exit", "exited while being replaced",
                              instance=inst.index, pid=exited.get("pid"),
                              exit_code=exited.get("exit_code"), signal=exited.get("signal"))
+            self._strays_event(inst, exited)
             self.feed(inst, Event.EXIT_DOWN, "exited while being replaced")
             return
         ran_for = time.time() - (inst.started_at or time.time())
@@ -456,6 +457,7 @@ class Supervisor:
                              pid=exited.get("pid"), exit_code=exited.get("exit_code"),
                              signal=exited.get("signal"), delay_s=decision.delay,
                              last_lines=self.redact(exited.get("last_lines") or []))
+            self._strays_event(inst, exited)
 
         if decision.verdict is policy.Verdict.RESTART_NOW and not blocked:
             # The restart-latency hot path: the Spawn goes out before the exit is recorded
@@ -478,6 +480,17 @@ class Supervisor:
                                                           policy.Verdict.RESTART_LATER):
             return ()
         return self._blocked_by(service)
+    def _strays_event(self, inst: Instance, report: Message) -> None:
+        """A ``strays`` event when the launcher killed processes the instance left behind
+        (daemons that left its process group, without a cgroup to hold them)."""
+        strays = report.get("strays")
+        if not isinstance(strays, list) or not strays:
+            return
+        pids = ", ".join(str(pid) for pid in strays)
+        self.events.emit(inst.service, "strays",
+                         f"killed {len(strays)} process{'es' if len(strays) != 1 else ''} "
+                         f"it left behind (pid{'s' if len(strays) != 1 else ''} {pids})",
+                         instance=inst.index, pid=report.get("pid"))
 
     def _find(self, name: str, pid: Any) -> Instance | None:
         parsed = parse_launcher_name(name)
@@ -796,6 +809,8 @@ class Supervisor:
             "cwd": cwd, "user": user, "group": group,
             "umask": int(spec.umask, 8) if spec.umask else None, "rlimits": dict(spec.rlimits),
             "memory_max": spec.limits.memory,  # launcher: cgroup memory.max (additive, h5)
+            # How a launcher that finds it left by a dead one stops it.
+            "stop": {"signal": spec.stop.signal, "timeout": spec.stop.timeout},
             "log": {"path": str(paths.logs_dir(self.state_dir) / f"{spec.name}.log"),
                     "format": spec.logs.format, "max_bytes": spec.logs.max_bytes,
                     "keep": spec.logs.keep},
@@ -1139,6 +1154,7 @@ class Supervisor:
         self.events.emit(inst.service, "stop", f"stopped ({method.replace('_', ' ')})",
                          instance=inst.index, pid=inst.pid, exit_code=answer.get("exit_code"),
                          signal=answer.get("signal"))
+        self._strays_event(inst, answer)
         ran_for = time.time() - (inst.started_at or time.time())
         inst.pid = None
         fault, inst.fault = inst.fault, None
