@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from corral.cli.client import RemoteAuth, auth_file, render_auth
-from corral.cli.common import CliError, Context, UsageError
+from corral.cli.common import Context
+from corral.cli.errors import CliError, UsageError
 from corral.cli.print_auth import auth_name, with_host
+from corral.cli.remote import RemoteAuth, auth_file, render_auth
 
 AUTH = {"host": "10.0.0.5:9631", "server_name": "corral", "hostname": "web1.example",
         "token": "ab" * 32,

@@ -13,14 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from corral.cli.common import (
-    EXIT_OK,
-    CliError,
-    Context,
-    add_parser,
-    non_negative_int,
-    quote_segment,
-)
+from corral.cli.common import Context, add_parser, non_negative_int, quote_segment
+from corral.cli.errors import EXIT_OK, CliError
 from corral.cli.render import event_line
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
@@ -28,7 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any
 
-    from corral.cli.common import Json
+    from corral.cli.http import Json
 
 DEFAULT_EVENTS = 50
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from corral.cli.common import EXIT_OK, CliError, Context, UsageError, add_parser, non_negative_int
+from corral.cli.common import Context, add_parser, non_negative_int
+from corral.cli.errors import EXIT_OK, CliError, UsageError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:

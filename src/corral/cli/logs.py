@@ -12,14 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from corral.cli.common import (
-    EXIT_OK,
-    CliError,
-    Context,
-    add_parser,
-    non_negative_int,
-    quote_segment,
-)
+from corral.cli.common import Context, add_parser, non_negative_int, quote_segment
+from corral.cli.errors import EXIT_OK, CliError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:

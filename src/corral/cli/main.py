@@ -21,16 +21,14 @@ import importlib
 import os
 import sys
 
-from corral.cli.common import (
+from corral.cli.common import Context, Parser, common_options
+from corral.cli.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     CliError,
-    Context,
-    Parser,
     UsageError,
-    common_options,
 )
 from corral.errors import CorralError
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from corral.cli.common import EXIT_OK, Context, add_parser, split_host_port
+from corral.cli.common import Context, add_parser, split_host_port
+from corral.cli.errors import EXIT_OK
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def auth_name(auth: dict[str, str], name: str | None) -> str:
 
 def print_auth(ctx: Context, auth: dict[str, str], args: argparse.Namespace) -> None:
     """Print ``auth`` as the client file (or JSON), honouring ``--host`` and ``--name``."""
-    from corral.cli.client import render_auth
+    from corral.cli.remote import render_auth
 
     auth = with_host(auth, args.host)
     if args.json:

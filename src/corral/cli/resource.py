@@ -17,14 +17,15 @@ import json
 import os
 import sys
 
-from corral.cli.common import EXIT_OK, CliError, Context, UsageError, add_parser, quote_segment
+from corral.cli.common import Context, add_parser, quote_segment
+from corral.cli.errors import EXIT_OK, CliError, UsageError
 from corral.cli.render import table
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
-    from corral.cli.common import Json
+    from corral.cli.http import Json
 
 EMPTY = "no resources (upload one with: corral resource up FILE)"
 
@@ -145,7 +146,7 @@ class _Progress:
 
 def cmd_up(args: argparse.Namespace, ctx: Context) -> int:
     """``POST /v1/resources?name=N`` with the file as the body; prints the id."""
-    from corral.cli.client import upload
+    from corral.cli.transfer import upload
 
     if args.file == "-":
         name = args.name or "stdin"
@@ -201,7 +202,7 @@ def cmd_down(args: argparse.Namespace, ctx: Context) -> int:
     """``GET /v1/resources/{id}`` streamed to OUT (atomically) or stdout, sha256-checked."""
     import hashlib
 
-    from corral.cli.client import Download
+    from corral.cli.transfer import Download
 
     hasher = hashlib.sha256()
     with Download(ctx.client(), f"/v1/resources/{quote_segment(args.id)}", timeout=None) as d:

@@ -16,14 +16,15 @@ import argparse
 import json
 import sys
 
-from corral.cli.common import EXIT_OK, CliError, Context, UsageError, add_parser, quote_segment
+from corral.cli.common import Context, add_parser, quote_segment
+from corral.cli.errors import EXIT_OK, CliError, UsageError
 from corral.cli.render import table
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
-    from corral.cli.common import Json
+    from corral.cli.http import Json
 
 #: The store's limit (bytes of UTF-8); reading stops one byte past it.
 MAX_VALUE = 1024 * 1024

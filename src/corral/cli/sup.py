@@ -12,7 +12,8 @@ import os
 import sys
 import time
 
-from corral.cli.common import EXIT_OK, CliError, Context, UsageError, add_parser
+from corral.cli.common import Context, add_parser
+from corral.cli.errors import EXIT_OK, CliError, UsageError
 from corral.cli.render import supervisor_lines
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up

@@ -12,22 +12,15 @@ import json
 import os
 import time
 
-from corral.cli.common import (
-    EXIT_OK,
-    CliError,
-    Context,
-    UsageError,
-    add_parser,
-    non_negative_int,
-    quote_segment,
-)
+from corral.cli.common import Context, add_parser, non_negative_int, quote_segment
+from corral.cli.errors import EXIT_OK, CliError, UsageError
 from corral.cli.render import RUNNING, balancer_lines, service_table
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:
     from typing import Any
 
-    from corral.cli.common import Json
+    from corral.cli.http import Json
 
 EMPTY = "no services loaded (add one with: corral svc load NAME -- CMD)"
 

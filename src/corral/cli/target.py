@@ -13,13 +13,14 @@ import json
 import sys
 import time
 
-from corral.cli.common import EXIT_OK, CliError, Context, add_parser
+from corral.cli.common import Context, add_parser
+from corral.cli.errors import EXIT_OK, CliError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:
     from typing import Any
 
-    from corral.cli.common import Json
+    from corral.cli.http import Json
 
 POLL = 0.25  # seconds between two looks at a running rollout
 MARKS = {"added": ("+", "32"), "changed": ("~", "33"), "removed": ("-", "31")}
