@@ -438,6 +438,7 @@ class ProcessSpec(_Spec):
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     hooks: HooksSpec = Field(default_factory=HooksSpec)
     rollout_timeout: Positive = 60.0
+    replace: Literal["stop-first", "start-first"] | None = None
     depends_on: list[str] = Field(default_factory=list)
     user: NonEmpty | None = None
     group: NonEmpty | None = None
@@ -481,6 +482,16 @@ class ProcessSpec(_Spec):
             problems.append((("health", "http", "service"), msg))
         _fail(problems)
         return self
+
+    @property
+    def replace_order(self) -> str:
+        """How a rollout replaces an instance: ``replace`` when given, else start-first for
+        a process that receives a corral service (each instance has ports of its own) and
+        stop-first for any other (its ports, files or locks are the ones the new instance
+        needs)."""
+        if self.replace is not None:
+            return self.replace
+        return "start-first" if self.receives else "stop-first"
 
     @property
     def argv(self) -> list[str]:

@@ -71,7 +71,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                    "(and a value that starts with - can only come this way).\n"
                    "If processes use NAME and the value changed, they are replaced one\n"
                    "instance at a time, health-gated (as by `corral target set`), and the\n"
-                   "command follows that rollout; it exits 1 if the rollout failed.",
+                   "command follows that rollout; it exits 1 if the rollout failed, and\n"
+                   "then the secret has its old value again.",
                    """
   corral secret set DB_PASS -              (then type the value and Ctrl-D)
   printf %s "$TOKEN" | corral secret set API_TOKEN -

@@ -33,7 +33,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                         "YAML file (see docs/architecture.md). `svc load/unload` edit the same\n"
                         "target. `set` validates everything before it changes anything, leaves\n"
                         "unchanged processes alone, and replaces changed ones instance by\n"
-                        "instance: the old one stops only once the new one is healthy.",
+                        "instance, health-gated (replace: start-first or stop-first).",
                         """
   corral target get > target.yaml
   corral target plan target.yaml
@@ -58,8 +58,10 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     p = add_parser(verbs, "set", "make FILE the desired state",
                    "Validate FILE (on any error nothing changes), print the plan, apply it\n"
-                   "and follow the rollout until it ends. Exits 1 if a replacement failed\n"
-                   "(the old version keeps running).",
+                   "and follow the rollout until it ends. Exits 0 once every instance it\n"
+                   "added or replaced is running and healthy; exits 1 if one is not, after\n"
+                   "putting back everything the rollout replaced (the old version keeps\n"
+                   "running, or was restored).",
                    "\n  corral target set target.yaml\n  corral target set target.yaml --no-wait",
                    parents)
     p.add_argument("file", metavar="FILE", help="the target's YAML ('-' for stdin)")
@@ -171,15 +173,17 @@ def follow(client: Any, rollout: Json, ctx: Context, quiet: bool = False) -> Jso
 
 
 def verdict(rollout: Json, ctx: Context, quiet: bool = False) -> int:
-    """Exit 0 for a finished rollout, raise for a failed one (with the last log lines)."""
+    """Exit 0 for a finished rollout, raise for a failed one (with the last log lines and
+    what it left running: the old version kept, or restored)."""
     if rollout.get("phase") == "failed":
         lines = []
         for step in rollout.get("steps", []):
             if step.get("phase") == "failed" and step.get("last_lines"):
                 lines += [f"last log lines of {step.get('name')}:",
                           *("  " + ln for ln in step["last_lines"])]
-        raise CliError(f"rollout {rollout.get('id')} failed: {rollout.get('reason')}; "
-                       "the old version keeps running", lines or None)
+        outcome = rollout.get("outcome")
+        raise CliError(f"rollout {rollout.get('id')} failed: {rollout.get('reason')}"
+                       + (f"; {outcome}" if outcome else ""), lines or None)
     if not quiet:
         ctx.out(f"rollout {rollout.get('id')} {rollout.get('phase')}")
     return EXIT_OK

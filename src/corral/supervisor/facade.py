@@ -259,12 +259,11 @@ class Facade:
 
     async def set_secret(self, name: str, value: str) -> dict[str, Any]:
         """Store a secret; when its value changed, the processes using it are rolled out
-        (``Supervisor.secrets_changed``).  ``result``: added, updated or unchanged."""
+        and a failed rollout puts the old value back (``Supervisor.set_secret``).
+        ``result``: added, updated or unchanged."""
         self._sup.conflict_if_stopping()
-        store = self._sup.secrets
-        existed = name in store
-        changed = store.set(name, value)
-        record = await self._sup.secrets_changed([name]) if changed else None
+        existed = name in self._sup.secrets
+        changed, record = await self._sup.set_secret(name, value)
         result = "unchanged" if not changed else "updated" if existed else "added"
         return {"name": name, "result": result, "used_by": self._sup.secret_users(name),
                 "rollout": record.as_dict() if record is not None else None}

@@ -28,6 +28,7 @@ from typing import Any
 
 from corral.balancer.ports import PortAllocator, PortsExhausted, port_taken, start_for
 from corral.errors import Conflict, CorralError, NotFound, NotReady, SpawnFailed, SpecError
+from corral.health import owner
 from corral.health.probes import Result
 from corral.logs.reader import tail
 from corral.monitor import sampler
@@ -47,7 +48,7 @@ from corral.spec import (
 from corral.states import Desired, HealthState, ServiceState
 from corral.store import subst
 from corral.store.resources import ResourceStore
-from corral.store.secrets import SecretStore, parse_env_file
+from corral.store.secrets import SecretStore, check_name, check_value, parse_env_file
 
 from . import machine, notify, policy, reconcile, rollout, statefile
 from .balancing import Backend, Balancer  # balancer hook (issue 6)
@@ -57,7 +58,7 @@ from .identity import give_workdir, identity, identity_problems
 from .instance import HISTORY_STEP, Instance, Service, parse_launcher_name
 from .launcher_client import LauncherClient, Message, check
 from .machine import Action, Event
-from .rollout import Change, Phase, Rollout, Step
+from .rollout import Change, Phase, Prior, Rollout, Step
 from .watch import HealthWatch
 
 SAMPLE_EVERY = 2.0
@@ -167,6 +168,8 @@ class Supervisor:
             self.services[spec.name] = Service(spec=spec, desired=desired,
                                                gen=int(gens.get(spec.name, 0)))
         self.target_services = list(target.services)
+        self._load_rollout(replaced_target=target_file is not None
+                           and (not path.exists() or path.read_text() != text))
         if target_file is not None:
             self._boot = (target, text, str(target_file))
 
@@ -198,6 +201,52 @@ class Supervisor:
             statefile.atomic_write(path, text.encode())
             self._save_desired()
 
+    def _load_rollout(self, replaced_target: bool) -> None:
+        """The last rollout's record (``target status`` shows it after a restart).  One
+        still running is resumed by :meth:`attach`, unless ``sup run --target`` replaced
+        the target it was applying: then it ends here, failed, and the secrets it changed
+        get their old values back."""
+        try:
+            doc = statefile.read_json(self._rollout_file(), None)
+            record = Rollout.from_state(doc) if doc is not None else None
+        except (ValueError, KeyError, TypeError, AttributeError, CorralError):
+            self.events.emit("", "rollout", f"{self._rollout_file()} is damaged; the last "
+                             "rollout is forgotten")
+            record = None
+        self.rollout = record
+        try:
+            if record is None or record.phase is not Phase.RUNNING:
+                # Values kept for a rollout that never got its record: it never began.
+                self.secrets.settle(list(self.secrets.previous()), revert=True)
+            elif replaced_target:
+                record.finish(time.time())
+                record.phase = Phase.FAILED
+                record.reason = "the target was replaced by sup run --target"
+                self.secrets.settle(record.secrets, revert=True)
+                self._save_rollout()
+        except CorralError as exc:  # an unreadable secrets file: the request that needs it says
+            self.events.emit("", "rollout", f"cannot settle the secrets of the last rollout: "
+                             f"{exc}")
+
+    def _rollout_file(self) -> Path:
+        return self.state_dir / "rollout.json"
+
+    def _save_rollout(self) -> None:
+        """Persist the rollout's record: written before a rollout changes anything, at its
+        verdict and at its end (a new supervisor resumes it, or shows it)."""
+        if self.rollout is not None:
+            statefile.write_json(self._rollout_file(), self.rollout.to_state())
+
+    def _pinned_spec(self, name: str, gen: int) -> ProcessSpec | None:
+        """The spec an instance of generation ``gen`` runs when that is not its service's
+        current one: the previous spec of a rollout this supervisor resumes, else None."""
+        record, service = self.rollout, self.services.get(name)
+        prior = record.prior.get(name) if record is not None else None
+        if (record is None or record.phase is not Phase.RUNNING or prior is None
+                or service is None or gen == service.gen or gen != prior.gen):
+            return None
+        return prior.spec
+
     async def attach(self, launcher: LauncherClient) -> None:
         """Adopt the launcher's children (same PIDs, no restart), then reconcile."""
         self.launcher = launcher
@@ -220,7 +269,7 @@ class Supervisor:
                 self._replay_exit(exited)
         self._early_exits.clear()
         for inst in self._adopted_watch:
-            spec = self.services[inst.service].spec
+            spec = self._spec_of(inst)
             self._watch(inst, spec)
             if inst.ports and spec.health is not None:
                 self._unprobed.add(inst.launcher_name)
@@ -240,16 +289,52 @@ class Supervisor:
         self._background(self.monitor())
         self.reconcile()
         self._balancer_dirty()
+        if self.rollout is not None and self.rollout.phase is Phase.RUNNING:
+            self._resume_rollout(self.rollout)
+            return
         stale = [s for s in self.services.values()
                  if any(i.gen != s.gen for i in s.instances.values())]
-        if stale:  # a rollout was under way when the last supervisor died: finish it
-            self.rollout = record = Rollout(id=1, cause="resumed after a supervisor restart",
-                                            started_at=time.time(), changes=[])
+        if stale:  # a rollout (with no record) was under way: finish it, forward
+            self.rollout = record = Rollout(
+                id=self.rollout.id + 1 if self.rollout else 1,
+                cause="resumed after a supervisor restart", started_at=time.time(), changes=[])
             for service in stale:
                 record.steps[service.spec.name] = Step(service.spec.name,
                                                        service.spec.instances)
             self._rollout_task = asyncio.ensure_future(
                 self._run_rollout(record, [(s, None, s.gen) for s in stale]))
+
+    def _resume_rollout(self, record: Rollout) -> None:
+        """Go on with the rollout the last supervisor left running, as if nothing had
+        happened: each replaced process is brought to its new version health-gated, and a
+        failure puts the previous one back (``record.prior``).  A process whose generation
+        was never bumped (killed between the record and the target's save) is back on its
+        previous spec: nothing of it changed."""
+        replace: list[tuple[Service, ProcessSpec | None, int]] = []
+        for name, prior in record.prior.items():
+            service = self.services.get(name)
+            if service is None:
+                continue
+            if service.gen == prior.gen:
+                service.spec = prior.spec
+                self._depended = None
+            replace.append((service, prior.spec, prior.gen))
+        if replace and not record.reverting and all(s.gen == g for s, _, g in replace):
+            # Killed before the generations were saved: nothing was replaced.
+            self.secrets.settle(record.secrets, revert=True)
+            self.save()
+            record.finish(time.time())
+            record.phase = Phase.FAILED
+            record.reason = "the supervisor stopped before the rollout began; nothing changed"
+            self._save_rollout()
+            return
+        for step in record.steps.values():
+            if step.phase is Phase.RUNNING:
+                step.detail = "resumed after a supervisor restart"
+        self.events.emit("", "rollout", f"rollout {record.id} ({record.cause}) resumed after "
+                         "a supervisor restart")
+        added = [self.services[n] for n in record.added if n in self.services]
+        self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace, added))
 
     def _adopt(self, child: Message) -> None:
         """Take over a running child.  An instance of an older generation (a rollout was
@@ -278,7 +363,7 @@ class Supervisor:
                 self._adopted_watch.remove(present)
         inst = Instance(service=name, index=index, gen=gen, state=ServiceState.UP, pid=pid,
                         started_at=float(child.get("started_at", time.time())),
-                        reason="adopted", passed=True)
+                        reason="adopted", passed=True, spec=self._pinned_spec(name, gen))
         inst.spawns = max(1, int(child.get("spawns", 1)) - self._spawn_base.get(
             inst.launcher_name, 0))
         self.adopted += 1
@@ -298,10 +383,13 @@ class Supervisor:
             return
         name, index, gen = parsed
         service = self.services.get(name)
-        if (service is None or service.desired is Desired.DOWN or gen != service.gen
+        pinned = self._pinned_spec(name, gen)  # an old instance of a resumed rollout
+        if (service is None or service.desired is Desired.DOWN
+                or (gen != service.gen and pinned is None)
                 or index >= service.spec.instances or index in service.instances):
             return
-        inst = service.instances.setdefault(index, service.new_instance(index))
+        inst = service.instances.setdefault(index, Instance(service=name, index=index,
+                                                            gen=gen, spec=pinned))
         # The run that ended counts: its restart, if any, is one more.
         spawns = exited.get("spawns")
         inst.spawns = (int(spawns) - self._spawn_base.get(inst.launcher_name, 0)
@@ -338,7 +426,7 @@ class Supervisor:
         service = self.services[inst.service]
         if inst.state is ServiceState.STOPPING:
             return  # the Terminate reply records it
-        if inst.spec is not None:  # retiring: its replacement is on the way; no restart
+        if service.retiring.get(inst.index) is inst:  # its replacement is on the way
             inst.last_exit = _exit_record(exited, None)
             inst.pid = None
             self._unwatch(inst)
@@ -479,7 +567,7 @@ class Supervisor:
         self._state_waiters.clear()
 
     def _spawn(self, inst: Instance) -> None:
-        spec = self.services[inst.service].spec
+        spec = self._spec_of(inst)
         assert self.launcher is not None
         if inst.ports:
             taken = [n for n, port in inst.ports.items() if port_taken(port)]
@@ -491,7 +579,11 @@ class Supervisor:
         if inst.request is None or inst.request[0] is not spec:
             try:
                 inst.request = (spec, self._spawn_request(inst, spec))
-            except CorralError as exc:  # a secret gone, no free port: fail like a spawn
+            except Exception as exc:  # a secret gone, no free port, a disk error
+                # ... fails like a spawn (backs off), never leaves it starting for good.
+                if not isinstance(exc, CorralError):
+                    exc = SpawnFailed(m.E_EXEC_FAILED, f"cannot prepare the spawn: "
+                                      f"{type(exc).__name__}: {exc}")
                 failed: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
                 failed.set_exception(exc)
                 inst.spawned = asyncio.get_running_loop().create_future()
@@ -504,10 +596,24 @@ class Supervisor:
         inst.spawned = done
         if ((spec.hooks.init is not None and not inst.init_done) or spec.resources
                 or spec.before is not None):
-            self._background(self._prepare_then_spawn(inst, spec, done))
+            self._background(self._guarded_prepare(inst, spec, done))
             return
         future = self.launcher.send_encoded(inst.request[1])
         self._background(self._spawned(inst, future, done))
+
+    async def _guarded_prepare(self, inst: Instance, spec: ProcessSpec,
+                               done: asyncio.Future[None]) -> None:
+        """:meth:`_prepare_then_spawn`, with any unexpected error handled as a failed spawn
+        (it backs off) rather than an instance left starting with no process."""
+        try:
+            await self._prepare_then_spawn(inst, spec, done)
+        except Exception as exc:
+            if done.done() or inst.state is not ServiceState.STARTING:
+                raise
+            failed: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+            failed.set_exception(SpawnFailed(m.E_EXEC_FAILED, "cannot prepare the spawn: "
+                                             f"{type(exc).__name__}: {exc}"))
+            await self._spawned(inst, failed, done)
 
     async def _prepare_then_spawn(self, inst: Instance, spec: ProcessSpec,
                                   done: asyncio.Future[None]) -> None:
@@ -738,7 +844,7 @@ class Supervisor:
             done.set_result(None)
         self.events.emit(inst.service, "spawn", f"spawned pid {inst.pid}", instance=inst.index,
                          pid=inst.pid)
-        spec = self.services[inst.service].spec
+        spec = self._spec_of(inst)
         if spec.health is not None and inst.state is ServiceState.STARTING:
             self._watch(inst, spec)
         if spec.watchdog is not None and inst.state is ServiceState.STARTING:
@@ -938,7 +1044,7 @@ class Supervisor:
         if inst.pid != pid or inst.state not in (ServiceState.STARTING, ServiceState.UP,
                                                   ServiceState.UNHEALTHY):
             return
-        spec = self.services[inst.service].spec
+        spec = self._spec_of(inst)
         health = spec.health
         assert health is not None
         if result.state is not inst.health:
@@ -1303,7 +1409,7 @@ class Supervisor:
             await self._wait_spawned(existing)
             if record is not None and record.phase is Phase.FAILED:
                 step = record.steps.get(spec.name)
-                raise NotReady(f"{spec.name}: {record.reason}; the old version keeps running",
+                raise NotReady(f"{spec.name}: {record.reason}; {record.outcome()}",
                                step.last_lines if step else [])
             return "updated"
         service = Service(spec=spec)
@@ -1368,16 +1474,13 @@ class Supervisor:
             replace: list[tuple[Service, ProcessSpec | None, int]] = [
                 (service, service.spec, service.gen)]
             service.gen += 1
+            record = self._begin_rollout(f"svc restart {name}", [], replace)
             self.save()
-            self.rollout = record = Rollout(
-                id=(self.rollout.id + 1 if self.rollout else 1), cause=f"svc restart {name}",
-                started_at=time.time(), changes=[])
-            record.steps[name] = Step(name, service.spec.instances)
             self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace))
             await self.wait_rollout()
             if record.phase is Phase.FAILED:
-                raise NotReady(f"restart of {name} failed: {record.reason}; the old "
-                               "instances keep running", record.steps[name].last_lines)
+                raise NotReady(f"restart of {name} failed: {record.reason}; "
+                               f"{record.outcome()}", record.steps[name].last_lines)
             return
         service.desired = Desired.UP
         self.save()
@@ -1667,8 +1770,11 @@ class Supervisor:
         (health-gated, in the background: see :attr:`rollout`) and remove.
 
         Returns:
-            The rollout record (None when nothing changes).  Processes that are added,
-            removed or only rescaled are done when this returns; replacements go on.
+            The rollout record (None when nothing changes).  Processes that are removed
+            are gone when this returns; the rollout goes on in the background: it waits
+            for added processes and new instances of rescaled ones to be healthy (or
+            ready), and replaces changed ones, putting everything it replaced back if one
+            fails.
 
         Raises:
             SpecError: the target is refused; nothing changed.
@@ -1701,6 +1807,8 @@ class Supervisor:
                 if not only_scale:
                     service.gen += 1
                     replace.append((service, old, old_gen))
+                elif spec.instances > old.instances:
+                    added.append(service)  # its new instances are waited for, as added ones
                 self.events.emit(spec.name, "update", f"scaled to {spec.instances}"
                                  if only_scale else "spec changed; replacing its instances")
             ordered[spec.name] = service
@@ -1709,16 +1817,7 @@ class Supervisor:
         self.services = ordered
         self.target_services = list(target.services)
         self._depended = None
-        self.rollout = record = Rollout(
-            id=(self.rollout.id + 1 if self.rollout else 1), cause=cause,
-            started_at=time.time(), changes=changes)
-        for service, _, _ in replace:
-            record.steps[service.spec.name] = Step(service.spec.name,
-                                                   service.spec.instances)
-        for service in added:
-            if service.spec.instances:
-                record.steps[service.spec.name] = Step(service.spec.name,
-                                                       service.spec.instances, detail="starting")
+        record = self._begin_rollout(cause, changes, replace, added)
         for service in removed:
             service.desired = Desired.DOWN
         self.save(without={s.spec.name for s in removed})
@@ -1743,111 +1842,288 @@ class Supervisor:
             self._run_rollout(record, replace, added))
         return record
 
+    def _begin_rollout(self, cause: str, changes: list[Change],
+                       replace: list[tuple[Service, ProcessSpec | None, int]],
+                       added: Iterable[Service] = (), secrets: Iterable[str] = ()) -> Rollout:
+        """A new rollout's record, saved before anything changes: it holds what each
+        replaced process ran (its spec, also pinned on the instances still running it, and
+        its generation), so that a failure, here or in the next supervisor, puts that back."""
+        record = Rollout(id=(self.rollout.id + 1 if self.rollout else 1), cause=cause,
+                         started_at=time.time(), changes=changes, secrets=list(secrets))
+        for service, old_spec, old_gen in replace:
+            name = service.spec.name
+            record.steps[name] = Step(name, service.spec.instances)
+            if old_spec is not None:
+                record.prior[name] = Prior(old_spec, old_gen)
+                self._pin(service, {old_gen: old_spec})
+        for service in added:
+            record.added.append(service.spec.name)
+            if service.spec.instances:
+                record.steps[service.spec.name] = Step(service.spec.name,
+                                                       service.spec.instances, detail="starting")
+        self.rollout = record
+        self._save_rollout()
+        return record
+
+    def _pin(self, service: Service, specs: dict[int, ProcessSpec]) -> None:
+        """Every instance runs its own generation's spec: none is pinned on those of the
+        service's current generation, ``specs[gen]`` on those of another (older, or after
+        a revert newer) one, so that a crash restarts them as what they were."""
+        for inst in (*service.instances.values(), *service.retiring.values()):
+            if inst.gen == service.gen:
+                inst.spec = None
+            elif inst.gen in specs:
+                inst.spec = specs[inst.gen]
+
     async def _run_rollout(self, record: Rollout,
                            replace: list[tuple[Service, ProcessSpec | None, int]],
                            added: list[Service] | None = None) -> None:
-        """Replace each changed process, dependencies first; a process whose new
-        instances do not become healthy in time keeps (or gets back) its old version.
-        Added processes are waited for too (healthy, or ready), so that the caller learns
-        whether the whole target came up."""
+        """Replace each changed process, dependencies first, every instance healthy (or
+        ready) before the next; added processes are waited for too, so that the caller
+        learns whether the whole target came up.  When a replacement fails, everything
+        the rollout replaced is put back (:meth:`_revert`), secrets included."""
         order = {s.spec.name: i for i, s in enumerate(reversed(self.stop_order()))}
+        replace = sorted(replace, key=lambda r: order.get(r[0].spec.name, -1))
         try:
-            if added:
-                await asyncio.gather(*(self._await_new(s, record.steps[s.spec.name])
+            if added and not record.reverting:
+                await asyncio.gather(*(self._await_new(s, record.steps[s.spec.name], record)
                                        for s in added if s.spec.name in record.steps))
-            for service, old_spec, old_gen in sorted(replace,
-                                                     key=lambda r: order[r[0].spec.name]):
-                step = record.steps[service.spec.name]
-                if await self._replace(service, step):
+            failed = record.reverting
+            for service, _, _ in ([] if failed else replace):
+                name = service.spec.name
+                step = record.steps[name]
+                if await self._replace(service, step, record, record.prior.get(name)):
                     step.phase, step.detail = Phase.DONE, "replaced"
                     continue
                 step.phase = Phase.FAILED
-                self.events.emit(service.spec.name, "rollout",
-                                 f"rollout failed: {step.detail}; keeping the old version",
-                                 last_lines=step.last_lines)
-                if old_spec is not None and self.services.get(service.spec.name) is service:
-                    service.spec, service.gen = old_spec, old_gen
-                    self._depended = None
-                    self.save()
-                    await self._replace(service, Step(service.spec.name, 0))
-                for inst in service.instances.values():
-                    if inst.pid is not None and inst.watch is None and service.spec.health:
-                        self._watch(inst, service.spec)  # unwatched while it was retiring
+                self.events.emit(name, "rollout", f"rollout failed: {step.detail}; putting "
+                                 "the old version back", last_lines=step.last_lines)
+                failed = True
+                break
+            if failed:
+                await self._revert(record, replace)
+            else:
+                self._settle_secrets(record, revert=False)
             record.finish(time.time())
-            what = "done" if record.phase is Phase.DONE else f"failed: {record.reason}"
+            self._save_rollout()
+            what = ("done" if record.phase is Phase.DONE
+                    else f"failed: {record.reason}" + (f"; {record.outcome()}"
+                                                       if record.outcome() else ""))
             self.events.emit("", "rollout", f"rollout {record.id} ({record.cause}) {what}")
         except asyncio.CancelledError:
-            record.finish(time.time())
+            record.finish(time.time())  # here only: the saved record is resumed next time
             raise
         finally:
             self._wake()
 
-    async def _replace(self, service: Service, step: Step) -> bool:
-        """Replace every instance of ``service`` that runs an older generation, one at a
-        time: the new one starts, the old one stops once the new one is healthy (or, with
-        no health check, ready).  False (with ``step.detail`` and ``step.last_lines``) when
-        a new instance does not get there within ``rollout_timeout``: it is stopped and
-        the old one kept."""
-        for index in sorted(service.instances):
-            old = service.instances.get(index)
-            if old is None or old.gen == service.gen:
+    async def _revert(self, record: Rollout,
+                      replace: list[tuple[Service, ProcessSpec | None, int]]) -> None:
+        """Put back what a failed rollout changed: the secrets' old values first (so that
+        no old instance starts again with a new one), then each replaced process's spec
+        and generation, its instances brought back the same way, health-gated.  Saved as
+        it goes: a supervisor killed meanwhile finishes the revert."""
+        record.reverting = True
+        self._settle_secrets(record, revert=True)
+        self._save_rollout()
+        for service, old_spec, old_gen in replace:
+            name = service.spec.name
+            step = record.steps[name]
+            if old_spec is None or self.services.get(name) is not service:
                 continue
-            old_spec = old.spec or service.spec
-            if old.spawned is not None and not old.spawned.done():
-                with contextlib.suppress(CorralError):
-                    await asyncio.shield(old.spawned)  # a spawn on its way: let it land
-            if old.state is ServiceState.STOPPING:
-                await old.until_stopped()
-            if old.pid is None or service.desired is Desired.DOWN:
-                # Nothing runs there: the next start simply uses the new spec.
-                self._cancel(old)
-                if old.state in (ServiceState.DOWN, ServiceState.FAILED, ServiceState.BACKOFF):
+            newer = {service.gen: service.spec}
+            service.spec, service.gen = old_spec, old_gen
+            self._depended = None
+            self._pin(service, newer)
+            self.save()
+            back = Step(name, service.spec.instances)
+            ok = await self._replace(service, back, record, None, reverting=True)
+            if step.phase is not Phase.FAILED:
+                what = ("not replaced" if step.phase is Phase.RUNNING
+                        else "put back to the old version")
+                step.phase = Phase.REVERTED
+                step.detail = what if ok else f"{what}; the old version is not healthy: " \
+                                              f"{back.detail}"
+            elif not ok:
+                step.detail += f"; the old version is not healthy: {back.detail}"
+
+    async def _replace(self, service: Service, step: Step, record: Rollout,
+                       prior: Prior | None, reverting: bool = False) -> bool:
+        """Bring every instance of ``service`` to its current generation, index by index,
+        each healthy (or, with no health check, ready) before the next:
+
+        - start-first (see ``ProcessSpec.replace_order``): the new instance starts beside
+          the old one, which is drained and stopped once the new one is healthy;
+        - stop-first: the old one is drained and stopped, then the new one started;
+        - where nothing runs (down, waiting, backing off, failed), the new version starts;
+        - an instance already of the current generation (replaced before a supervisor
+          restart, or started meanwhile) must be healthy too.
+
+        False (with ``step.detail`` and ``step.last_lines``) when a new instance is not
+        healthy within ``rollout_timeout``: see :meth:`_put_back`.  ``reverting``: the
+        current generation is the old version coming back (``record.restored``)."""
+        name = service.spec.name
+        for index in range(service.spec.instances):
+            if self.services.get(name) is not service:
+                return True  # unloaded meanwhile: nothing is left to replace
+            timeout = service.spec.rollout_timeout
+            old = service.instances.get(index)
+            if old is not None and old.gen == service.gen:
+                if service.desired is Desired.DOWN:
+                    continue
+                ok, why = await self._wait_healthy(old, timeout)
+                if ok:
+                    step.replaced += 1
+                    continue
+                await self._put_back(service, step, record, prior, index, None, old, why,
+                                     record.started_at, reverting)
+                return False
+            if old is not None:
+                if old.spawned is not None and not old.spawned.done():
+                    with contextlib.suppress(CorralError):
+                        await asyncio.shield(old.spawned)  # a spawn on its way: let it land
+                if old.state is ServiceState.STOPPING:
+                    await old.until_stopped()
+            if service.desired is Desired.DOWN:
+                if old is not None:
+                    # Stopped (reconcile stops a running one): its next start is the new spec.
+                    await self._stop_instances(service, [old])
+                    self._cancel(old)
                     self._unwatch(old)
                     replacement = service.new_instance(index)
-                    replacement.state = ServiceState.DOWN
-                    replacement.settled = old.settled and service.desired is Desired.DOWN
+                    replacement.settled = old.settled
                     service.instances[index] = replacement
                     self._forget(old)
                     step.replaced += 1
                 continue
-            old.spec = old_spec
-            self._unwatch(old)  # its checks belong to the old spec; it is leaving anyway
-            service.retiring[index] = old
+            since = time.time()
             new = service.new_instance(index)
-            service.instances[index] = new
-            step.detail = f"instance {index}: starting the new version beside pid {old.pid}"
-            self.events.emit(service.spec.name, "rollout", step.detail, instance=index)
-            self.feed(new, Event.START, f"replacing pid {old.pid}")
-            ok, why = await self._wait_healthy(new, service.spec.rollout_timeout)
-            if ok:
+            beside = old is not None and old.pid is not None \
+                and service.spec.replace_order == "start-first"
+            if beside:
+                assert old is not None
+                self._unwatch(old)  # its checks belong to its spec; it is leaving anyway
+                service.retiring[index] = old
+                service.instances[index] = new
+                step.detail = f"instance {index}: starting the new version beside pid {old.pid}"
+                self.events.emit(name, "rollout", step.detail, instance=index)
+                self.feed(new, Event.START, f"replacing pid {old.pid}")
+            else:
+                if old is not None and old.pid is not None:
+                    step.detail = f"instance {index}: stopping pid {old.pid}, then starting " \
+                                  "the new version"
+                    self.events.emit(name, "rollout", step.detail, instance=index,
+                                     pid=old.pid)
+                    new.settled = True  # held: reconcile must not start it beside the old one
+                    new.reason = f"waiting for pid {old.pid} to stop"
+                    service.retiring[index] = old
+                    service.instances[index] = new
+                    await self._drain(old)
+                    await self._stop_instances(service, [old])
+                    service.retiring.pop(index, None)
+                    new.settled = False
+                elif old is not None:
+                    self._cancel(old)
+                    self._unwatch(old)
+                    step.detail = f"instance {index}: starting the new version (the old " \
+                                  f"one was {old.state.value})"
+                    self.events.emit(name, "rollout", step.detail, instance=index)
+                    service.instances[index] = new
+                else:
+                    service.instances[index] = new
+                self.reconcile()  # starts it, or has it wait for its dependencies
+            ok, why = await self._wait_healthy(new, timeout, beside=old if beside else None)
+            if not ok:
+                await self._put_back(service, step, record, prior, index, old, new, why,
+                                     since, reverting)
+                return False
+            if beside:
+                assert old is not None
                 step.detail = f"instance {index}: new pid {new.pid} is ready; stopping " \
                               f"pid {old.pid}"
-                self.events.emit(service.spec.name, "rollout", step.detail, instance=index,
-                                 pid=new.pid)
+                self.events.emit(name, "rollout", step.detail, instance=index, pid=new.pid)
                 await self._drain(old)
                 await self._stop_instances(service, [old])
                 service.retiring.pop(index, None)
+            if old is not None:
                 self._forget(old)
-                step.replaced += 1
-                continue
-            step.detail = f"instance {index}: {why}"
-            log = paths.logs_dir(self.state_dir) / f"{service.spec.name}.log"
-            pid = new.pid or (new.last_exit or {}).get("pid")
-            lines = tail(log, 200, service.spec.logs.keep)
-            mine = [ln for ln in lines if pid is not None and f" {pid} " in ln[:48]]
-            step.last_lines = self.redact((mine or lines)[-5:])
-            # Put the old one back first, so that nothing (reconcile) restarts the new one.
-            new.failed_run = True
-            new.spec = service.spec
-            old.spec = None
-            service.instances[index] = old
-            service.retiring.pop(index, None)
-            await self._stop_instances(service, [new])
-            self._forget(new)
-            return False
+            step.replaced += 1
+            if reverting:
+                record.restored = True
         return True
 
-    async def _await_new(self, service: Service, step: Step) -> None:
+    async def _put_back(self, service: Service, step: Step, record: Rollout,
+                        prior: Prior | None, index: int, old: Instance | None, new: Instance,
+                        why: str, since: float, reverting: bool) -> None:
+        """``new`` did not become healthy: record why, with its own last lines, stop it, and
+        put the old instance back in its place — still running (start-first), or started
+        again and waited for (``record.restored``; the secrets' old values are back first).
+        An old instance that its policy had left down (failed, or exited for good) stays so.
+        While ``reverting``, ``new`` is the old version coming back: it stays (restarting as
+        its policy says), and what it was replacing goes."""
+        step.detail = f"instance {index}: {why}"
+        step.last_lines = self._new_lines(service, new, since, old)
+        if reverting:
+            if old is not None:
+                await self._stop_instances(service, [old])
+                service.retiring.pop(index, None)
+                self._forget(old)
+            return
+        self._settle_secrets(record, revert=True)
+        if old is None:
+            if prior is None:
+                return  # nothing known to put back: what runs stays
+            old = Instance(service=service.spec.name, index=index, gen=prior.gen,
+                           spec=prior.spec)
+        running = old.pid is not None
+        held = not running and not old.settled
+        old.settled = old.settled or held  # reconcile must not start it beside the new one
+        # The old one goes back first, so that nothing (reconcile) starts the new one again.
+        new.failed_run = True
+        service.instances[index] = old
+        service.retiring.pop(index, None)
+        await self._stop_instances(service, [new])
+        self._forget(new)
+        spec = self._spec_of(old)
+        if running:
+            if old.watch is None and spec.health is not None and old.pid is not None:
+                self._watch(old, spec)  # unwatched while it was retiring
+            return
+        record.restored = True  # not running before: back as it was, or started again
+        if not held:
+            return
+        old.settled = False
+        if service.desired is Desired.DOWN or service.instances.get(index) is not old:
+            return
+        if old.state is ServiceState.BACKOFF:
+            self.feed(old, Event.START, "the rollout failed: starting the old version again")
+        else:
+            self.reconcile()
+        ok, again = await self._wait_healthy(old, spec.rollout_timeout, "the old version")
+        if not ok:
+            step.detail += f"; {again}"
+
+    def _new_lines(self, service: Service, new: Instance, since: float,
+                   old: Instance | None = None) -> list[str]:
+        """The last lines ``new`` wrote since ``since`` (its processes', its hooks'), without
+        those of the other instances (``old``, the one it replaces, included); redacted."""
+        others: set[int] = set()
+        for inst in (*service.instances.values(), *service.retiring.values(), old):
+            if inst is not None and inst is not new:
+                others.update(p for p in (inst.pid, (inst.last_exit or {}).get("pid"))
+                              if isinstance(p, int))
+        log = paths.logs_dir(self.state_dir) / f"{service.spec.name}.log"
+        stamp = rfc3339(since)
+        count = 200
+        while True:
+            lines = tail(log, count, service.spec.logs.keep)
+            mine = rollout.own_lines(lines, stamp, others)
+            # A busy old instance can bury the new one's lines: look further back, within
+            # reason, until the lines reach back to the new one's start.
+            if len(mine) >= 5 or len(lines) < count or count >= 51200 or lines[0] < stamp:
+                return self.redact(mine[-5:])
+            count *= 4
+
+    async def _await_new(self, service: Service, step: Step, record: Rollout) -> None:
         """Wait until every instance of a newly added process is healthy (or ready)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + service.spec.rollout_timeout
@@ -1863,8 +2139,7 @@ class Supervisor:
             ok, why = await self._wait_healthy(inst, max(0.0, deadline - loop.time()))
             if not ok:
                 step.phase, step.detail = Phase.FAILED, f"instance {index}: {why}"
-                log = paths.logs_dir(self.state_dir) / f"{service.spec.name}.log"
-                step.last_lines = self.redact(tail(log, 5, service.spec.logs.keep))
+                step.last_lines = self._new_lines(service, inst, record.started_at)
                 self.events.emit(service.spec.name, "rollout", f"not up: {step.detail}",
                                  last_lines=step.last_lines)
                 return
@@ -1872,32 +2147,46 @@ class Supervisor:
             step.detail = f"{step.replaced}/{service.spec.instances} up"
         step.phase = Phase.DONE
 
-    async def _wait_healthy(self, inst: Instance, timeout: float) -> tuple[bool, str]:
-        """Wait until ``inst`` is up and, if it has a health check, passing it."""
+    async def _wait_healthy(self, inst: Instance, timeout: float,
+                            what: str = "the new version",
+                            beside: Instance | None = None) -> tuple[bool, str]:
+        """Wait until ``inst`` is up and, if it has a health check, passing it.  With
+        ``beside`` (the old instance it starts beside), a check on a fixed port that only
+        the old one holds reaches the old one: it does not count."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        spec = self.services[inst.service].spec
+        spec = self._spec_of(inst)
+        port = _probed_port(spec) if beside is not None else None
         while True:
             # Healthy means ok: a new version that only reaches warning is not trusted
             # with the old one's place.
             healthy = spec.health is None or inst.health is HealthState.OK
+            elsewhere = None
             if inst.state is ServiceState.UP and healthy:
-                return True, ""
+                other = beside.pid if beside is not None else None
+                if (port is None or inst.pid is None or other is None or not await
+                        asyncio.to_thread(owner.reaches_other, port, inst.pid, other)):
+                    return True, ""
+                elsewhere = (f"its check on port {port} reaches pid {other}, the old "
+                             "instance, which holds the port: replace it stop-first")
             if inst.state is ServiceState.FAILED or (inst.state is ServiceState.DOWN
                                                      and inst.settled):
-                return False, f"the new version {inst.state.value}: {inst.reason}"
+                return False, f"{what} {inst.state.value}: {inst.reason}"
             service = self.services.get(inst.service)
             if service is None or service.desired is Desired.DOWN:
                 return False, "the service was stopped during the rollout"
             remaining = deadline - loop.time()
             if remaining <= 0:
-                what = "healthy" if spec.health is not None else "ready"
-                return False, (f"the new version was not {what} within "
-                               f"{timeout:g}s ({inst.state.value}: {inst.reason})")
+                kind = "healthy" if spec.health is not None else "ready"
+                state = elsewhere or f"{inst.state.value}: {inst.reason}"
+                return False, f"{what} was not {kind} within {timeout:g}s ({state})"
             waiter: asyncio.Future[None] = loop.create_future()
             self._state_waiters.append(waiter)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, remaining)
+                # Who holds the port changes without an event: look again each interval.
+                await asyncio.wait_for(waiter, remaining if elsewhere is None or
+                                       spec.health is None
+                                       else min(remaining, spec.health.interval))
 
     async def wait_rollout(self) -> Rollout | None:
         """Wait for the running rollout (if any) to end; the last rollout's record."""
@@ -1914,15 +2203,26 @@ class Supervisor:
                       if name in subst.references(s.spec))
 
     def resource_users(self, resource_id: str) -> list[str]:
-        """The processes whose spec lists resource ``resource_id``, sorted."""
+        """The processes whose spec lists resource ``resource_id``, sorted; during a
+        rollout of a secret, under its old value too (old instances still run with it)."""
+        previous = self.secrets.previous()
         return sorted(n for n, s in self.services.items()
-                      if any(ref.id == resource_id for ref in self._resource_refs(s.spec)))
+                      if any(ref.id == resource_id for ref in self._resource_refs(s.spec))
+                      or (previous and any(ref.id == resource_id for ref in
+                                           self._resource_refs(s.spec, previous))))
 
-    def _resource_refs(self, spec: ProcessSpec) -> list[ResourceRef]:
-        """``spec.resources`` with ids held in secrets resolved (as written if unresolved)."""
+    def _resource_refs(self, spec: ProcessSpec,
+                       instead: dict[str, str | None] | None = None) -> list[ResourceRef]:
+        """``spec.resources`` with ids held in secrets resolved (as written if unresolved);
+        ``instead``: values to use in place of the stored ones (None: not set)."""
         if not any("${" in ref.id for ref in spec.resources):
             return spec.resources
         values = self.secrets.values()
+        for key, value in (instead or {}).items():
+            if value is None:
+                values.pop(key, None)
+            else:
+                values[key] = value
         refs = []
         for ref in spec.resources:
             try:
@@ -1932,32 +2232,79 @@ class Supervisor:
         return refs
 
     async def secrets_changed(self, names: list[str]) -> Rollout | None:
-        """Secrets ``names`` were set to new values (already stored): replace the
-        processes that use them with the health-gated rollout of a target change (after
-        the rollout under way, if any).  Returns the new rollout's record, or None when no
-        process uses them."""
+        """Secrets ``names`` were set to new values by their source (``--secrets-dir``: the
+        files are the truth, so a failed rollout keeps the old instances running but does
+        not put an old value back): replace the processes that use them with the
+        health-gated rollout of a target change, after the rollout under way, if any.
+
+        Returns:
+            The new rollout's record, or None when no process uses them.
+        """
+        if self.rollout_running():
+            await self.wait_rollout()
         users = [self.services[n] for n in sorted({u for name in names
                                                    for u in self.secret_users(name)})]
         if not users:
             return None
-        if self.rollout_running():
-            await self.wait_rollout()
         replace: list[tuple[Service, ProcessSpec | None, int]] = []
         for service in users:
             replace.append((service, service.spec, service.gen))
             service.gen += 1
-        self.save()
         which = ", ".join(sorted(names))
-        self.rollout = record = Rollout(
-            id=(self.rollout.id + 1 if self.rollout else 1),
-            cause=f"secret{'s' if len(names) > 1 else ''} {which} changed",
-            started_at=time.time(), changes=[])
-        for service in users:
-            record.steps[service.spec.name] = Step(service.spec.name, service.spec.instances)
+        record = self._begin_rollout(
+            f"secret{'s' if len(names) > 1 else ''} {which} changed", [], replace)
+        self.save()
         self.events.emit("", "rollout", f"{record.cause}: replacing "
                          + ", ".join(s.spec.name for s in users))
         self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace))
         return record
+
+    async def set_secret(self, name: str, value: str) -> tuple[bool, Rollout | None]:
+        """Store secret ``name``; when the value changed and processes use it, replace them
+        with the health-gated rollout of a target change (after the rollout under way, if
+        any, so that its verdict never undoes this value).  The value it replaces is kept
+        until this rollout's verdict, and put back if it fails.
+
+        Returns:
+            Whether the value changed, and the rollout's record (None when no process uses
+            the secret, or nothing changed).
+
+        Raises:
+            SpecError: a bad name or value; nothing changed.
+        """
+        check_value(check_name(name), value)
+        if self.rollout_running():
+            await self.wait_rollout()
+        users = [self.services[n] for n in self.secret_users(name)]
+        if not users or (name in self.secrets and self.secrets.get(name).reveal() == value):
+            return self.secrets.set(name, value), None
+        replace: list[tuple[Service, ProcessSpec | None, int]] = []
+        for service in users:
+            replace.append((service, service.spec, service.gen))
+            service.gen += 1
+        # The record first: a supervisor killed after it knows which value to put back.
+        record = self._begin_rollout(f"secret {name} changed", [], replace, secrets=[name])
+        try:
+            self.secrets.set(name, value, keep_previous=True)
+        except CorralError:
+            for service, _, gen in replace:
+                service.gen = gen
+                self._pin(service, {})
+            record.finish(time.time())
+            record.phase, record.reason = Phase.FAILED, f"secret {name} could not be stored"
+            self._save_rollout()
+            raise
+        self.save()
+        self.events.emit("", "rollout", f"{record.cause}: replacing "
+                         + ", ".join(s.spec.name for s in users))
+        self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace))
+        return True, record
+
+    def _settle_secrets(self, record: Rollout, revert: bool) -> None:
+        """The verdict on the secrets ``record`` changed: keep the new values, or put the
+        old ones back (before any old instance can start again with the new ones)."""
+        if record.secrets:
+            self.secrets.settle(record.secrets, revert)
     # --- end of stores ---
 
 
@@ -1968,6 +2315,19 @@ def _port_range(text: str) -> tuple[int, int]:
     if low.strip().isdigit() and high.strip().isdigit() and 0 < int(low) <= int(high) < 65536:
         return int(low), int(high)
     return 30000, 39999
+
+
+def _probed_port(spec: ProcessSpec) -> int | None:
+    """The fixed port a tcp or http health check of ``spec`` connects to (None: an exec
+    check, a check on the instance's own service port, or none)."""
+    health = spec.health
+    if health is None:
+        return None
+    if health.tcp is not None:
+        return health.tcp.port
+    if health.http is not None and health.http.service is None:
+        return health.http.port
+    return None
 
 
 def _field_loc(path: str) -> tuple[str | int, ...]:

@@ -1,7 +1,8 @@
 """Atomic state files: a kill at any instant leaves the previous or the next version.
 
 Each write goes to a temporary file in the same directory, is fsynced, renamed over the
-old file, and the directory is fsynced, so the rename itself survives a power loss.
+old file, and the directory is fsynced, so the rename itself survives a power loss.  The
+directory is made when missing (a fresh state directory has none of ``run/`` yet).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically (file mode ``mode``)."""
+    """Replace ``path`` with ``data`` atomically (file mode ``mode``); its directory is
+    created if it does not exist."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
