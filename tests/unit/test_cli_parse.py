@@ -13,7 +13,7 @@ import pytest
 
 from corral.cli import main as cli_main
 from corral.cli.client import Client
-from corral.cli.common import Context
+from corral.cli.common import CommandContext
 from corral.cli.main import build_parser, parse, run
 from corral.cli.svc import load_body
 
@@ -85,7 +85,7 @@ def test_state_dir_named_like_a_verb() -> None:
 def test_state_dir_resolution_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """--state-dir beats $CORRAL_HOME, which beats the per-name default."""
     def resolved(*argv: str) -> Path:
-        return Context(parse([*argv, "svc", "status"])).state_dir
+        return CommandContext(parse([*argv, "svc", "status"])).state_dir
 
     if os.geteuid() == 0:
         assert resolved("--override-name", "blue") == Path("/var/lib/corral/blue")

@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 
 from corral.cli import render
-from corral.cli.common import Context
+from corral.cli.common import CommandContext
 
 NOW = datetime.fromisoformat("2026-11-22T00:00:00Z").timestamp()
 
@@ -118,7 +118,7 @@ def test_colour_only_on_a_terminal_without_no_color(
     else:
         monkeypatch.setenv("NO_COLOR", no_color)
     monkeypatch.setenv("TERM", term)
-    assert Context(argparse.Namespace(), stdout=stream).colour is expected
+    assert CommandContext(argparse.Namespace(), stdout=stream).colour is expected
 
 
 def test_exit_event_shows_the_last_lines() -> None:

@@ -4,7 +4,8 @@ Contract: importing this module costs only ``argparse``, ``os``, ``sys`` and the
 modules :mod:`corral.cli.errors` and ``corral.protocol.paths`` (which are stdlib-only).  Verb
 modules raise :class:`~corral.cli.errors.CliError` subclasses; :func:`corral.cli.main.main`
 is the only place that turns them into ``corral: <message>`` on stderr and an exit code.
-:meth:`Context.client` imports the HTTP client only when a command talks to a supervisor.
+:meth:`CommandContext.client` imports the HTTP client only when a command talks to a
+supervisor.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def common_options() -> Parser:
     """Options every command accepts at every level (before or after the verb).
 
     They default to ``SUPPRESS`` so that a value given at one level is not overwritten by the
-    missing value of a deeper level; read them with :meth:`Context.state_dir`.
+    missing value of a deeper level; read them with :meth:`CommandContext.state_dir`.
     """
     common = Parser(add_help=False)
     group = common.add_argument_group("where the supervisor lives")
@@ -122,7 +123,7 @@ def quote_segment(text: str) -> str:
                    for ch in text)
 
 
-class Context:
+class CommandContext:
     """What a command handler gets besides its arguments: streams, state dir, a client.
 
     ``stdout``/``stderr`` are the streams to write to (tests pass ``StringIO``); ``colour``

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from corral.cli.common import Context, add_parser, non_negative_int, quote_segment
+from corral.cli.common import CommandContext, add_parser, non_negative_int, quote_segment
 from corral.cli.errors import EXIT_OK, CliError
 from corral.cli.render import event_line
 
@@ -47,7 +47,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_events)
 
 
-def cmd_events(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_events(args: argparse.Namespace, ctx: CommandContext) -> int:
     """Print past events, or follow the stream."""
     past = args.lines
     if past is None:
@@ -66,7 +66,7 @@ def cmd_events(args: argparse.Namespace, ctx: Context) -> int:
     raise CliError("the event stream ended")  # follow() ends only by raising
 
 
-def _print(ctx: Context, events: Iterable[Json], as_json: bool, follow: bool) -> None:
+def _print(ctx: CommandContext, events: Iterable[Json], as_json: bool, follow: bool) -> None:
     last_seq = -1
     for event in events:
         skipped = event.get("skipped")
