@@ -218,10 +218,12 @@ def test_only_the_named_verb_is_built() -> None:
 
 
 def test_real_process_unreachable_and_no_heavy_imports(tmp_path: Path) -> None:
-    """As a real process: exit 111 with one line, and no http.client/asyncio/typing imported."""
+    """As a real process: exit 111 with one line, and no http.client/asyncio/typing imported
+    (nor the remote-auth and transfer code a local status never needs)."""
     probe = ("import sys; from corral.cli.main import run; code = run(sys.argv[1:]); "
              "bad = [m for m in ('http.client', 'asyncio', 'typing', 'ssl', 'yaml', 'pydantic', "
-             "'httpx', 'rich', 'corral.supervisor', 'corral.launcher', 'fastapi') "
+             "'httpx', 'rich', 'corral.supervisor', 'corral.launcher', 'fastapi', "
+             "'corral.cli.remote', 'corral.cli.transfer') "
              "if m in sys.modules]; print(bad); sys.exit(code)")
     env = {**os.environ, "PYTHONPATH": SRC}
     env.pop("CORRAL_HOME", None)
