@@ -98,27 +98,41 @@ def test_a_hanging_check_delays_nothing_else(corral: Corral, tmp_path: Path) -> 
 
 
 def test_tcp_check_and_a_dead_port(corral: Corral, tmp_path: Path) -> None:
-    """A tcp check is ok while the port accepts and critical once nothing listens."""
+    """1. A tcp check is ok while the port accepts;
+    2. critical once nothing listens, and with `restart_on_unhealthy: false` the instance is
+       shown unhealthy but left running;
+    3. once the port accepts again it is healthy again: the same process, never restarted."""
     port = free_port()
     load(corral, tmp_path, "listener",
          f"command: [{PY}, -c, 'import socket,time; s=socket.socket(); "
          f"s.bind((\"127.0.0.1\", {port})); s.listen(); time.sleep(1000)']\n"
          f"health: {{tcp: {{port: {port}}}, interval: 200ms}}\n")
     wait_for(lambda: corral.status("listener")["health"] == "ok", what="tcp ok")
-    port, closed, script = free_port(), tmp_path / "closed", tmp_path / "closes.py"
+    port, script = free_port(), tmp_path / "closes.py"
+    closed, reopened = tmp_path / "closed", tmp_path / "reopened"
     script.write_text("import os, socket, sys, time\n"
-                      "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+                      "def listen():\n"
+                      "    s = socket.socket()\n"
+                      "    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                      "    s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); return s\n"
+                      "s = listen()\n"
                       "while not os.path.exists(sys.argv[2]): time.sleep(0.05)\n"
-                      "s.close(); time.sleep(1000)\n")
+                      "s.close()\n"
+                      "while not os.path.exists(sys.argv[3]): time.sleep(0.05)\n"
+                      "s = listen(); time.sleep(1000)\n")
     load(corral, tmp_path, "closes",
-         f"command: [{PY}, {script}, '{port}', {closed}]\n"
+         f"command: [{PY}, {script}, '{port}', {closed}, {reopened}]\n"
          f"health: {{tcp: {{port: {port}}}, interval: 200ms, restart_on_unhealthy: false}}\n")
     first = wait_for(lambda: (s := corral.status("closes"))["health"] == "ok" and s["pid"],
                      what="tcp ok")
     closed.write_text("")
     wait_for(lambda: corral.status("closes")["health"] == "critical", what="tcp critical")
-    shown = corral.wait_state("closes", "unhealthy")  # shown, but not restarted
+    shown = corral.wait_state("closes", "unhealthy")
     assert shown["pid"] == first
+    reopened.write_text("")
+    healed = wait_for(lambda: (s := corral.status("closes"))["health"] == "ok"
+                      and s["state"] == "up" and s, what="tcp ok again")
+    assert (healed["pid"], healed["restarts"]) == (first, 0)
 
 
 def _cmdlines() -> list[str]:

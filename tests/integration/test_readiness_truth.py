@@ -163,13 +163,16 @@ def test_one_instance_at_a_time_is_restarted_for_unhealthiness(corral: Corral,
 def test_a_version_that_dies_at_once_is_not_ready_and_reverts(corral: Corral,
                                                              tmp_path: Path) -> None:
     """Under `readiness: started` an instance is ready only after `start_seconds`: a new
-    version that exits at once fails its rollout and the old one keeps running."""
-    out = load(corral, tmp_path, "api", "command: [sleep, '1000']\n", "--wait", "10")
+    version that exits at once fails its rollout and the old one keeps running (start-first,
+    so the old process is never stopped and keeps its pid)."""
+    out = load(corral, tmp_path, "api", "command: [sleep, '1000']\nreplace: start-first\n",
+               "--wait", "10")
     assert "added" in out
     old = corral.status("api")
     assert old["state"] == "up" and "running for 1s" in old["reason"]
     spec = tmp_path / "api.yaml"
-    spec.write_text("name: api\ncommand: [sh, -c, 'exit 1']\nrollout_timeout: 4s\n")
+    spec.write_text("name: api\ncommand: [sh, -c, 'exit 1']\nrollout_timeout: 4s\n"
+                    "replace: start-first\n")
     result = corral.run("svc", "load", "-f", str(spec))
     assert result.returncode == 1, result.stdout
     assert "the old version keeps running" in result.stderr

@@ -16,8 +16,9 @@ from typing import Any, BinaryIO, cast
 
 import pytest
 
-from corral.cli.client import ApiError, Client, ProtocolError, UnreachableError, _sse_events
-from corral.cli.common import CliError
+from corral.cli.client import Client
+from corral.cli.errors import ApiError, CliError, ProtocolError, UnreachableError
+from corral.cli.http import sse_events
 from corral.cli.main import run
 
 Writer = Callable[[BinaryIO], None]
@@ -425,7 +426,7 @@ def test_sse_events_in_small_pieces() -> None:
               b"data: " + b"x" * 200_000 + b"\n\nid: 4\ndata: cut")
     for size in (1, 7, 4096, len(stream)):
         pieces = iter([stream[i:i + size] for i in range(0, len(stream), size)])
-        assert list(_sse_events(pieces)) == [("1", None), ("2", '{"a":\n1}'),
+        assert list(sse_events(pieces)) == [("1", None), ("2", '{"a":\n1}'),
                                              (None, "x" * 200_000)]
 
 

@@ -72,9 +72,25 @@ def test_every_cell(state: S, event: E) -> None:
     assert step(state, event) == EXPECTED.get((state, event), (state, ()))
 
 
-def test_expectations_cover_real_states_and_events() -> None:
-    """The hand-written table names only real states and events (no typo hides a cell)."""
-    assert set(EXPECTED) <= set(ALL_PAIRS)
+def _reachable(start: S) -> set[S]:
+    """Every state some sequence of events leads to from ``start`` (``start`` included)."""
+    seen, todo = {start}, [start]
+    while todo:
+        state = todo.pop()
+        for event in E:
+            after, _ = step(state, event)
+            if after not in seen:
+                seen.add(after)
+                todo.append(after)
+    return seen
+
+
+def test_every_state_is_reachable_and_none_is_a_trap() -> None:
+    """From down every state can be reached, and from every state an instance can get back
+    down: no state is dead code, and none holds an instance for ever."""
+    assert _reachable(S.DOWN) == set(S)
+    for state in S:
+        assert S.DOWN in _reachable(state), state
 
 
 @pytest.mark.parametrize("state", [S.STARTING, S.UP, S.UNHEALTHY])

@@ -28,6 +28,11 @@ def lowest(a: float, b: float) -> float:
     return a
 
 
+#: A refused spawn fails at once, so it is never retried sooner than this, whatever
+#: backoff_min and backoff_max say: a missing binary would otherwise spin the supervisor.
+SPAWN_RETRY_FLOOR = 0.1
+
+
 def spec(**fields: Any) -> RestartSpec:
     base: dict[str, Any] = {"cooldown": "10s", "backoff_min": "100ms", "backoff_max": "5s"}
     return RestartSpec(**{**base, **fields})
@@ -221,15 +226,18 @@ def test_policy_beats_max_restarts() -> None:
 
 # ------------------------------------------------------------------------- spawn failures
 @pytest.mark.parametrize("uniform", [highest, lowest])
-def test_spawn_failure_never_restarts_at_once(uniform: Any) -> None:
-    """A refused spawn is retried later, never at once, even the first time."""
-    restart = spec()
+@pytest.mark.parametrize("bounds", [("100ms", "5s"), ("0s", "5s"), ("0s", "0s"), ("0s", "50ms")])
+def test_spawn_failure_never_restarts_at_once(uniform: Any, bounds: tuple[str, str]) -> None:
+    """A refused spawn is retried later, never at once, even the first time: between
+    backoff_min and backoff_max, but never sooner than the floor."""
+    restart = spec(backoff_min=bounds[0], backoff_max=bounds[1])
+    low = max(restart.backoff_min, SPAWN_RETRY_FLOOR)
+    high = max(restart.backoff_max, SPAWN_RETRY_FLOOR)
     streak = Streak()
     for _ in range(8):
         decision = decide_spawn_failure(restart, streak, "command not found: /x", uniform)
         assert decision.verdict is Verdict.RESTART_LATER
-        assert restart.backoff_min <= decision.delay <= restart.backoff_max
-        assert decision.delay > 0
+        assert low - 1e-9 <= decision.delay <= high + 1e-9
         assert "command not found: /x" in decision.reason
         streak = decision.streak
 
@@ -257,10 +265,16 @@ def test_spawn_failure_gives_up_after_max_restarts() -> None:
     assert "gave up" in decision.reason
 
 
-def test_spawn_failure_waits_even_with_zero_backoff() -> None:
-    """A refused spawn waits a little even when the user set backoff_max to 0."""
-    decision = decide_spawn_failure(spec(backoff_min=0, backoff_max=0), Streak(), "no", highest)
-    assert decision.delay > 0
+def test_zero_backoff_restarts_a_crash_at_once_but_a_refused_spawn_waits_the_floor() -> None:
+    """With backoff_max 0 a crash loop restarts without waiting (each run is its own
+    pause), while a refused spawn, which fails at once, waits the floor every time."""
+    restart = spec(backoff_min=0, backoff_max=0)
+    assert [d.delay for d in crash_loop(restart, 5, highest)] == [0.0] * 5
+    streak = Streak()
+    for _ in range(5):
+        decision = decide_spawn_failure(restart, streak, "no", highest)
+        assert decision.delay == pytest.approx(SPAWN_RETRY_FLOOR)
+        streak = decision.streak
 
 
 # ----------------------------------------------------------------------------- describe

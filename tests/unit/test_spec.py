@@ -715,17 +715,41 @@ def test_a_character_yaml_does_not_allow_is_one_line_with_its_line_number() -> N
     "quoted: '123'\nplain: 123\nneg: -0.5\nsci: 6.02e+23\nnan: .nan\n",
     "",
     "# only a comment\n",
-    "x: !!str 5\n",                       # a tag: handed to PyYAML
-    "base: &b {a: 1}\nuse: *b\n",        # anchors and aliases: handed to PyYAML
 ])
 def test_the_fast_yaml_reader_agrees_with_pyyaml(text: str) -> None:
-    """`_plain_data` builds from libyaml's events what `yaml.load` would (or hands over)."""
+    """`_plain_data` reads these documents itself and builds what `yaml.load` would."""
     from corral import spec
     expected = yaml.load(text, Loader=spec._FastLoader)  # a SafeLoader subclass
     got = spec._plain_data(text)
-    if got is spec._UNUSUAL:
-        return
-    assert got == expected and type(got) is type(expected)
+    assert got is not spec._UNUSUAL, "the fast reader handed a plain document over"
+    assert _same(got, expected)
+
+
+def _same(got: object, expected: object) -> bool:
+    """Equal, of the same types all the way down, NaN equal to NaN."""
+    if type(got) is not type(expected):
+        return False
+    if isinstance(got, dict) and isinstance(expected, dict):
+        return list(got) == list(expected) and all(_same(got[k], expected[k]) for k in got)
+    if isinstance(got, list) and isinstance(expected, list):
+        return len(got) == len(expected) and all(map(_same, got, expected))
+    if isinstance(got, float) and got != got:
+        return expected != expected
+    return got == expected
+
+
+@pytest.mark.parametrize("text", [
+    "x: !!str 5\n",                 # a tag
+    "base: &b {a: 1}\nuse: *b\n",    # anchors and aliases
+    "a: 1\na: 2\n",                 # a key given twice: the slow path names both lines
+    "--- 1\n--- 2\n",               # several documents: yaml.load says why it refuses
+    "? [a, b]\n: 1\n",              # a list as a key
+    "<<: {a: 1}\nb: 2\n",            # a merge key
+])
+def test_the_fast_yaml_reader_hands_unusual_documents_over(text: str) -> None:
+    """What `_plain_data` does not handle itself goes to PyYAML, never half-read."""
+    from corral import spec
+    assert spec._plain_data(text) is spec._UNUSUAL
 
 
 def test_a_key_given_twice_is_refused_with_both_lines() -> None:

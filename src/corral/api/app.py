@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -41,7 +42,9 @@ _CURSOR_HELP = ("resume following just after this cursor (INODE:OFFSET[:START], 
                 "an event of an earlier follow), instead of the last n records")
 _AFTER_HELP = "only events whose seq is greater (resuming a follow)"
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 404, 409, 422, 502, 503)}
+    status: {"model": ErrorResponse} for status in (
+        HTTPStatus.BAD_REQUEST, HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT,
+        HTTPStatus.UNPROCESSABLE_ENTITY, HTTPStatus.BAD_GATEWAY, HTTPStatus.SERVICE_UNAVAILABLE)}
 
 
 def _error(status: int, code: str, message: str,
@@ -77,11 +80,12 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return _error(400, "bad_request", f"{where}: {first.get('msg', 'invalid request')}")
+        return _error(HTTPStatus.BAD_REQUEST, "bad_request",
+                      f"{where}: {first.get('msg', 'invalid request')}")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        code = "not_found" if exc.status_code == 404 else "bad_request"
+        code = "not_found" if exc.status_code == HTTPStatus.NOT_FOUND else "bad_request"
         return _error(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(yaml.YAMLError)
@@ -89,26 +93,28 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
         # The spec loader names the line of YAML errors it sees; one raised before it
         # parses (a control character in the text: libyaml's reader) lands here, and is
         # still the client's bad input, never a 500 (found by tests/integration/test_api_fuzz).
-        return _error(422, "invalid_spec", "invalid YAML: " + " ".join(str(exc).split()))
+        return _error(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid_spec",
+                      "invalid YAML: " + " ".join(str(exc).split()))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         print(f"corral-supervisor: internal error on {request.url.path}: {exc!r}",
               file=sys.stderr)
-        return _error(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
+        return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal",
+                      f"internal error: {type(exc).__name__}: {exc}")
 
     @app.get("/v1/status", tags=["supervisor"])
     async def status() -> dict[str, Any]:
         """The supervisor: versions, pids, state directory, uptime, service counts."""
         return facade.status()
 
-    @app.post("/v1/supervisor/restart", status_code=202, tags=["supervisor"])
+    @app.post("/v1/supervisor/restart", status_code=HTTPStatus.ACCEPTED, tags=["supervisor"])
     async def restart_supervisor() -> dict[str, str]:
         """Start a new supervisor process; services keep running and are reattached."""
         facade.restart_supervisor()
         return {"result": "restarting"}
 
-    @app.post("/v1/supervisor/stop", status_code=202, tags=["supervisor"])
+    @app.post("/v1/supervisor/stop", status_code=HTTPStatus.ACCEPTED, tags=["supervisor"])
     async def stop_supervisor() -> dict[str, str]:
         """Stop every service (reverse load order), then the supervisor and the launcher."""
         facade.stop_supervisor()
@@ -196,7 +202,7 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
         try:
             start = reader.Cursor.parse(resume) if resume else None
         except ValueError as exc:
-            return _error(400, "bad_request", f"cursor: {exc}")
+            return _error(HTTPStatus.BAD_REQUEST, "bad_request", f"cursor: {exc}")
         batches = facade.log_follow(name, n, start)
 
         async def stream() -> AsyncIterator[bytes]:
@@ -224,7 +230,8 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
         if after is None and follow and request.headers.get("last-event-id"):
             text = request.headers["last-event-id"].strip()
             if not text.isdigit():
-                return _error(400, "bad_request", f"Last-Event-ID: {text[:40]!r} is not a seq")
+                return _error(HTTPStatus.BAD_REQUEST, "bad_request",
+                              f"Last-Event-ID: {text[:40]!r} is not a seq")
             after = int(text)
         lost: int | None = 0
         why = ""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
@@ -111,7 +112,7 @@ async def _unauthorized(send: Send, had_header: bool) -> None:
                "this request needs a token: send 'Authorization: Bearer <token>' (get it on "
                "the host with: corral print-auth)")
     body = json.dumps({"error": {"code": "unauthorized", "message": message}}).encode()
-    await send({"type": "http.response.start", "status": 401, "headers": [
+    await send({"type": "http.response.start", "status": HTTPStatus.UNAUTHORIZED, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
         (b"www-authenticate", b'Bearer realm="corral"')]})
     await send({"type": "http.response.body", "body": body})

@@ -11,6 +11,7 @@ runs with ``--health-public`` (:class:`corral.api.auth.TokenAuth`).
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any, Literal
 
 from fastapi import APIRouter
@@ -53,7 +54,8 @@ def health_router(facade: Facade) -> APIRouter:
         """200 when every service that should be up is ready (ok or warning), 503 naming
         those that are not (critical)."""
         report = facade.health()
-        return JSONResponse(report, status_code=503 if report["status"] == "critical" else 200)
+        return JSONResponse(report, status_code=HTTPStatus.SERVICE_UNAVAILABLE
+                            if report["status"] == "critical" else HTTPStatus.OK)
 
     @router.get("/live", response_model=Alive)
     async def live() -> dict[str, str]:

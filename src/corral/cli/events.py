@@ -13,14 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from corral.cli.common import (
-    EXIT_OK,
-    CliError,
-    Context,
-    add_parser,
-    non_negative_int,
-    quote_segment,
-)
+from corral.cli.common import CommandContext, add_parser, non_negative_int, quote_segment
+from corral.cli.errors import EXIT_OK, CliError
 from corral.cli.render import event_line
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
@@ -28,7 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any
 
-    from corral.cli.common import Json
+    from corral.cli.http import Json
 
 DEFAULT_EVENTS = 50
 
@@ -53,7 +47,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_events)
 
 
-def cmd_events(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_events(args: argparse.Namespace, ctx: CommandContext) -> int:
     """Print past events, or follow the stream."""
     past = args.lines
     if past is None:
@@ -72,7 +66,7 @@ def cmd_events(args: argparse.Namespace, ctx: Context) -> int:
     raise CliError("the event stream ended")  # follow() ends only by raising
 
 
-def _print(ctx: Context, events: Iterable[Json], as_json: bool, follow: bool) -> None:
+def _print(ctx: CommandContext, events: Iterable[Json], as_json: bool, follow: bool) -> None:
     last_seq = -1
     for event in events:
         skipped = event.get("skipped")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from corral.cli.common import EXIT_OK, CliError, Context, UsageError, add_parser, non_negative_int
+from corral.cli.common import CommandContext, add_parser, non_negative_int
+from corral.cli.errors import EXIT_OK, CliError, UsageError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_k8s)
 
 
-def _target_text(args: argparse.Namespace, ctx: Context) -> tuple[str, str]:
+def _target_text(args: argparse.Namespace, ctx: CommandContext) -> tuple[str, str]:
     """The target's YAML and where it came from."""
     if args.target:
         try:
@@ -66,7 +67,7 @@ def _target_text(args: argparse.Namespace, ctx: Context) -> tuple[str, str]:
     return str(answer.get("yaml") or ""), "the running supervisor's target"
 
 
-def cmd_k8s(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_k8s(args: argparse.Namespace, ctx: CommandContext) -> int:
     """Fetch (or read) the target, make the manifests, print them."""
     from corral import __version__
     from corral.errors import SpecError

@@ -12,14 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from corral.cli.common import (
-    EXIT_OK,
-    CliError,
-    Context,
-    add_parser,
-    non_negative_int,
-    quote_segment,
-)
+from corral.cli.common import CommandContext, add_parser, non_negative_int, quote_segment
+from corral.cli.errors import EXIT_OK, CliError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:
@@ -50,7 +44,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_logs)
 
 
-def cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_logs(args: argparse.Namespace, ctx: CommandContext) -> int:
     """Print past records, then (with ``-f``) follow."""
     path = f"/v1/services/{quote_segment(args.name)}/logs?n={args.lines}"
     client = ctx.client()

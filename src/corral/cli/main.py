@@ -21,16 +21,14 @@ import importlib
 import os
 import sys
 
-from corral.cli.common import (
+from corral.cli.common import CommandContext, Parser, common_options
+from corral.cli.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     CliError,
-    Context,
-    Parser,
     UsageError,
-    common_options,
 )
 from corral.errors import CorralError
 
@@ -137,7 +135,7 @@ def run(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | None
     err = stderr if stderr is not None else sys.stderr
     try:
         args = parse(argv)
-        ctx = Context(args, stdout, stderr)
+        ctx = CommandContext(args, stdout, stderr)
         code: int = args.handler(args, ctx)
         ctx.stdout.flush()
         return code

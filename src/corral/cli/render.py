@@ -12,7 +12,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from corral.cli.common import Json
+    from corral.cli.http import Json
 
 
 #: SGR codes per state: up green, starting/stopping yellow, backoff/unhealthy magenta,

@@ -12,7 +12,8 @@ import os
 import sys
 import time
 
-from corral.cli.common import EXIT_OK, CliError, Context, UsageError, add_parser
+from corral.cli.common import CommandContext, add_parser
+from corral.cli.errors import EXIT_OK, CliError, UsageError
 from corral.cli.render import supervisor_lines
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
@@ -117,7 +118,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_rotate_token)
 
 
-def launcher_argv(args: argparse.Namespace, ctx: Context) -> list[str]:
+def launcher_argv(args: argparse.Namespace, ctx: CommandContext) -> list[str]:
     """The launcher's command line for ``sup run`` (``--state-dir`` always resolved)."""
     argv = [sys.executable, "-m", "corral.launcher", "--state-dir", str(ctx.state_dir)]
     if args.target:
@@ -176,7 +177,7 @@ def check_secrets_file(path: str) -> None:
         raise CliError(exc.message) from None
 
 
-def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_run(args: argparse.Namespace, ctx: CommandContext) -> int:
     """Exec the launcher; never returns (raises :class:`CliError` if the exec fails).
 
     A ``--target`` file and a ``--secrets-file`` are read here first, so a bad file is
@@ -214,7 +215,7 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         raise CliError(f"cannot start the launcher ({argv[0]}): {exc.strerror or exc}") from None
 
 
-def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_status(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``GET /v1/status``."""
     _, status = ctx.client().request("GET", "/v1/status")
     if args.json:
@@ -225,14 +226,14 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def cmd_restart(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_restart(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``POST /v1/supervisor/restart``."""
     ctx.client().request("POST", "/v1/supervisor/restart")
     ctx.out("restarting (services keep running)")
     return EXIT_OK
 
 
-def cmd_rotate_token(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_rotate_token(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``POST /v1/auth/token``; print the new auth file, or update ``--remote``'s own."""
     from corral.cli.print_auth import print_auth
 
@@ -249,7 +250,7 @@ def cmd_rotate_token(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_stop(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``POST /v1/supervisor/stop``, then poll until ``api.sock`` stops answering."""
     client = ctx.client()
     client.request("POST", "/v1/supervisor/stop")

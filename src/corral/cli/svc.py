@@ -12,22 +12,15 @@ import json
 import os
 import time
 
-from corral.cli.common import (
-    EXIT_OK,
-    CliError,
-    Context,
-    UsageError,
-    add_parser,
-    non_negative_int,
-    quote_segment,
-)
+from corral.cli.common import CommandContext, add_parser, non_negative_int, quote_segment
+from corral.cli.errors import EXIT_OK, CliError, UsageError
 from corral.cli.render import RUNNING, balancer_lines, service_table
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:
     from typing import Any
 
-    from corral.cli.common import Json
+    from corral.cli.http import Json
 
 EMPTY = "no services loaded (add one with: corral svc load NAME -- CMD)"
 
@@ -198,7 +191,7 @@ def _wait_query(args: argparse.Namespace) -> str:
     return f"?wait={wait:g}"
 
 
-def cmd_load(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_load(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``POST /v1/services``; prints ``web: added (pid 1234)``."""
     body = load_body(args)
     _, answer = ctx.client().request("POST", "/v1/services" + _wait_query(args), body,
@@ -209,7 +202,7 @@ def cmd_load(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def cmd_action(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_action(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``unload`` (DELETE) and ``start``/``stop``/``restart`` (POST); prints one line."""
     path = f"/v1/services/{quote_segment(args.name)}"
     client = ctx.client()
@@ -224,7 +217,7 @@ def cmd_action(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def cmd_scale(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_scale(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``POST /v1/services/{name}/scale``."""
     path = f"/v1/services/{quote_segment(args.name)}/scale"
     _, svc = ctx.client().request("POST", path, {"instances": args.instances}, timeout=None)
@@ -234,7 +227,7 @@ def cmd_scale(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_status(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``GET /v1/services`` or ``/v1/services/{name}``; table or JSON list."""
     client = ctx.client()
     if args.name:

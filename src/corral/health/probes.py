@@ -22,11 +22,15 @@ from corral.spec import HealthSpec
 from corral.states import HealthState
 
 _HABITAT = {0: HealthState.OK, 1: HealthState.WARNING, 2: HealthState.CRITICAL}
+#: The exit code an exec check killed by a signal counts as.
+KILLED_BY_SIGNAL = -1
+#: The status of an http check that got no HTTP answer at all.
+_NO_ANSWER = 0
 
 
 def exec_state(code: int, codes: str) -> HealthState:
     """The health an exec check's exit status means under ``exec_codes`` (``standard`` or
-    ``habitat``); a check killed by a signal is given as -1."""
+    ``habitat``); a check killed by a signal is given as :data:`KILLED_BY_SIGNAL`."""
     if codes == "habitat":
         return _HABITAT.get(code, HealthState.UNKNOWN)
     return HealthState.OK if code == 0 else HealthState.CRITICAL
@@ -90,7 +94,7 @@ async def _http(host: str, port: int, path: str) -> Result:
         with contextlib.suppress(OSError):
             await writer.wait_closed()
     parts = status_line.decode("latin-1").split()
-    code = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
+    code = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else _NO_ANSWER
     if 200 <= code < 300:
         return Result(HealthState.OK, f"GET {path} -> {code}")
     shown = code or "no HTTP answer"
@@ -108,7 +112,7 @@ async def _exec(argv: list[str], env: Mapping[str, str], cwd: str | None,
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         failed = HealthState.UNKNOWN if codes == "habitat" else HealthState.CRITICAL
         return Result(failed, f"cannot run {argv[0]}: {why}")
-    code = done.code if done.code is not None else -1
+    code = done.code if done.code is not None else KILLED_BY_SIGNAL
     text = done.output.decode(errors="replace").strip().splitlines()
     last = text[-1][:200] if text else ""
     state = exec_state(code, codes)

@@ -72,6 +72,9 @@ class SpawnRequest:
     memory_max: int | None = None
     cgroup: bool | None = None  # None: only with a memory limit (see .cgroup)
     listen_fds: list[str] = field(default_factory=list)
+    # How to stop it if the launcher dies and the next one finds it (see .record).
+    stop_signal: str = "TERM"
+    stop_timeout: float = 10.0
 
     @classmethod
     def parse(cls, msg: Mapping[str, Any]) -> SpawnRequest:
@@ -109,9 +112,29 @@ class SpawnRequest:
                 or len(set(listen_fds)) != len(listen_fds)):
             raise SpawnError(m.E_BAD_REQUEST,
                              "'listen_fds' must be a list of distinct listener names")
+        stop_signal, stop_timeout = _stop(msg.get("stop"))
         return cls(name=name, argv=list(argv), env=dict(env), cwd=cwd, user=user,
                    group=group, umask=umask, rlimits=dict(rlimits), memory_max=memory_max,
-                   cgroup=cgroup, listen_fds=list(listen_fds))
+                   cgroup=cgroup, listen_fds=list(listen_fds), stop_signal=stop_signal,
+                   stop_timeout=stop_timeout)
+
+
+def _stop(stop: Any) -> tuple[str, float]:
+    """Check a Spawn's optional ``stop: {signal, timeout}``: (signal name, seconds)."""
+    if stop is None:
+        return "TERM", 10.0
+    bad = SpawnError(m.E_BAD_REQUEST, "'stop' must be {'signal': a signal name, "
+                                      "'timeout': seconds >= 0}")
+    if not isinstance(stop, dict):
+        raise bad
+    timeout = stop.get("timeout", 10.0)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
+        raise bad
+    try:
+        number = m.signal_number(stop.get("signal", "TERM"))
+    except (ValueError, TypeError):
+        raise bad from None
+    return m.signal_name(number), float(timeout)
 
 
 @dataclass

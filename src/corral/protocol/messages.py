@@ -5,13 +5,13 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
 
     Hello{version}                         -> HelloOk{version, launcher_pid}
     Spawn{name, argv, env, cwd, user?, group?, umask?, rlimits?, memory_max?, cgroup?,
-          listen_fds?, log{path, format, max_bytes, keep}}
+          listen_fds?, stop?{signal, timeout}, log{path, format, max_bytes, keep}}
                                            -> Spawned{pid, started_at, cgroup, memory_max,
                                                       spawns}
                                               | Error{code, message}
     Signal{pid, signal, group?}            -> Ok | Error{NoSuchProcess}
     Terminate{pid, signal, timeout}        -> Terminated{exit_code?, signal?, method,
-                                                         oom_killed?}
+                                                         oom_killed?, strays?}
     List{}                                 -> Children{children: [{name, pid, started_at,
                                                                    argv, spawns, cgroup}],
                                                        listeners: [{name, host, port}]}
@@ -19,8 +19,8 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
                                               | Error{ListenFailed | BadRequest, message}
     Unlisten{name}                         -> Ok{existed}
     Notify{ready?, status?}                -> Ok   (passed on to systemd; see below)
-    Exited{name, pid, exit_code?, signal?, at, oom_killed?, spawns}  (unasked; queued
-                                                        while no supervisor is connected)
+    Exited{name, pid, exit_code?, signal?, at, oom_killed?, spawns, strays?}  (unasked;
+                                              queued while no supervisor is connected)
     Shutdown{}                                          (unasked; stop everything, exit 84)
 
 cgroups (optional fields, version 1 peers may ignore them): where cgroup v2 is
@@ -58,6 +58,12 @@ target's services were started, and ``Notify{status}`` when its one-line summary
 changes; the launcher sends ``READY=1`` (once in its life) and ``STATUS=``, and itself
 ``STOPPING=1`` on shutdown and ``WATCHDOG=1`` as ``WATCHDOG_USEC`` asks, whether or not a
 supervisor is connected.  Without a notify socket, ``Notify`` is simply ``Ok``.
+Leftovers (optional fields): every spawn's environment gets
+``CORRAL_INSTANCE_ID=<name>@<launcher pid>.<launcher start>.<n>``; without a cgroup, the
+processes that carry it and left the process group are signalled with the instance, and
+``strays`` in ``Exited``/``Terminated`` lists their pids.  ``Spawn.stop`` (default
+``{signal: TERM, timeout: 10}``) is how the next launcher stops the child if this one dies
+(see ``corral.launcher.record``).
 
 Times (``started_at``, ``at``) are Unix epoch seconds as floats.  Signals are names
 without the ``SIG`` prefix (``"TERM"``).

@@ -280,6 +280,7 @@ class Effects:
         self._core.events.emit(inst.service, "stop", f"stopped ({method.replace('_', ' ')})",
                          instance=inst.index, pid=inst.pid, exit_code=answer.get("exit_code"),
                          signal=answer.get("signal"))
+        self.strays_event(inst, answer)
         ran_for = time.time() - (inst.started_at or time.time())
         inst.pid = None
         fault, inst.fault = inst.fault, None
@@ -287,6 +288,19 @@ class Effects:
             self._after_fault(inst, fault, ran_for)
             return
         self._core.feed(inst, Event.STOPPED, f"stopped ({method.replace('_', ' ')})")
+
+    def strays_event(self, inst: Instance, report: Message) -> None:
+        """A ``strays`` event when the launcher killed processes the instance left behind
+        (daemons that left its process group, without a cgroup to hold them)."""
+        strays = report.get("strays")
+        if not isinstance(strays, list) or not strays:
+            return
+        pids = ", ".join(str(pid) for pid in strays)
+        self._core.events.emit(
+            inst.service, "strays",
+            f"killed {len(strays)} process{'es' if len(strays) != 1 else ''} "
+            f"it left behind (pid{'s' if len(strays) != 1 else ''} {pids})",
+            instance=inst.index, pid=report.get("pid"))
 
     def _restart_wanted(self, inst: Instance) -> bool:
         """Whether ``inst``, stopped for a fault, is still wanted running (nobody asked for

@@ -317,6 +317,7 @@ class Supervisor:
             self.events.emit(inst.service, "exit", "exited while being replaced",
                              instance=inst.index, pid=exited.get("pid"),
                              exit_code=exited.get("exit_code"), signal=exited.get("signal"))
+            self.effects.strays_event(inst, exited)
             self.feed(inst, Event.EXIT_DOWN, "exited while being replaced")
             return
         ran_for = time.time() - (inst.started_at or time.time())
@@ -340,6 +341,7 @@ class Supervisor:
                              pid=exited.get("pid"), exit_code=exited.get("exit_code"),
                              signal=exited.get("signal"), delay_s=decision.delay,
                              last_lines=self.redact(exited.get("last_lines") or []))
+            self.effects.strays_event(inst, exited)
 
         if decision.verdict is policy.Verdict.RESTART_NOW and not blocked:
             # The restart-latency hot path: the Spawn goes out before the exit is recorded

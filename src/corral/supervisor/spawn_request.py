@@ -34,6 +34,8 @@ def build(name: str, spec: ProcessSpec, argv: list[str], env: dict[str, str], cw
         "cwd": cwd, "user": user, "group": group,
         "umask": int(spec.umask, 8) if spec.umask else None, "rlimits": dict(spec.rlimits),
         "memory_max": spec.limits.memory,  # launcher: cgroup memory.max
+        # How a launcher that finds it left by a dead one stops it.
+        "stop": {"signal": spec.stop.signal, "timeout": spec.stop.timeout},
         "log": {"path": str(log), "format": spec.logs.format,
                 "max_bytes": spec.logs.max_bytes, "keep": spec.logs.keep},
     }
