@@ -125,8 +125,8 @@ def up_line(supervisor: Supervisor, api: Path, listen_http: str | None) -> str:
     stopped = len(supervisor.services) - len(wanted)
     what = (f"{len(wanted)} service{'s' if len(wanted) != 1 else ''} "
             f"({count} instance{'s' if count != 1 else ''})")
-    if supervisor.adopted:
-        what += f", {supervisor.adopted} running instances adopted"
+    if supervisor.reattach.adopted:
+        what += f", {supervisor.reattach.adopted} running instances adopted"
     else:
         what += " started"
     if stopped:

@@ -40,7 +40,7 @@ from corral.states import (
 from corral.store.resources import ResourceStore
 from corral.store.secrets import SecretStore, parse_env_file
 
-from . import adoption, graph, machine, policy, reconcile
+from . import graph, machine, policy, reconcile
 from .balancing import Balancer
 from .commands import Commands
 from .effects import EXIT_EVENTS, Effects, exit_record
@@ -51,6 +51,7 @@ from .launcher_client import LauncherClient, Message
 from .liveness import Liveness
 from .machine import Action, Event
 from .persistence import StateFiles
+from .reattach import Reattach
 from .redaction import Redactor
 from .rollout_runner import RolloutRunner
 from .sampling import Sampling
@@ -86,7 +87,6 @@ class Supervisor:
         self._base_env = {k: v for k, v in os.environ.items() if k != m.ENV_LAUNCHER_FD}
         self.stopping_all = False
         self._tasks: set[asyncio.Future[None]] = set()
-        self._adopted_watch: list[Instance] = []
         self.waiters = StateWaiters()
         self._depended: frozenset[str] | None = None  # see _depended_on
         # Three kept-open /proc files per sampled instance: 3/8 of the fd limit at most.
@@ -111,11 +111,11 @@ class Supervisor:
         # spawn (a name run again after an unload, a revert, a scale-down): restarts are
         # the launcher's count less this, so a new supervisor shows the same number.
         self.effects = Effects(self)
+        self.reattach = Reattach(self)
         self.liveness = Liveness(self)
         self.rollouts = RolloutRunner(self)
         self.targets = Targets(self)
         self.commands = Commands(self)
-        self.adopted = 0  # instances adopted from the launcher at attach
         self._boot: tuple[Target, str, str] | None = None  # sup run --target, to check
 
     # ------------------------------------------------------------------ start up
@@ -191,7 +191,7 @@ class Supervisor:
         children = await launcher.list_children()
         for child in children:
             if not self.traffic.balancer.adopt(child):
-                self._adopt(child)
+                self.reattach.adopt(child)
         self.traffic.balancer.attach(launcher)
         for svc in self.traffic.target_services:
             if svc.mode == "socket":  # idempotent: a new launcher binds, a known one has it
@@ -204,15 +204,15 @@ class Supervisor:
         self._booting = False
         for name, exited in self._early_exits.items():
             if name not in running:
-                self._replay_exit(exited)
+                self.reattach.replay_exit(exited)
         self._early_exits.clear()
-        for inst in self._adopted_watch:
+        for inst in self.reattach.watch_after_attach:
             spec = self.spec_of(inst)
             self.liveness.watch(inst, spec)
             if inst.ports and spec.health is not None:
                 self.traffic.hold_until_probed(
                     inst, spec.health.start_period + spec.health.timeout + 1.0)
-        self._adopted_watch.clear()
+        self.reattach.watch_after_attach.clear()
         self.traffic.push_when_probed()
         for service in self.services.values():
             if service.spec.watchdog is None:
@@ -225,71 +225,6 @@ class Supervisor:
         self.reconcile()
         self.traffic.dirty()
         self.rollouts.resume()
-
-    def _adopt(self, child: Message) -> None:
-        """Take over a running child.  An instance of an older generation (a rollout was
-        under way when the last supervisor died) is adopted too, and replaced once
-        attached; a newer, unconfirmed one beside it is stopped and started again."""
-        parsed = parse_launcher_name(str(child.get("name", "")))
-        name, index, gen = parsed if parsed else ("", -1, 0)
-        service = self.services.get(name)
-        pid = int(child["pid"])
-        if service is None or not adoption.wanted(service, index):
-            # Not wanted any more (unloaded or stopped while no supervisor ran): stop it.
-            self.effects.terminate_pid(pid, service.spec if service else None)
-            return
-        present = service.instances.get(index)
-        if present is not None:
-            if adoption.arbitrate(present.gen, gen, service.gen) is adoption.Keep.PRESENT:
-                self.effects.terminate_pid(pid, service.spec)
-                return
-            assert present.pid is not None
-            self.effects.terminate_pid(present.pid, service.spec)
-            if present in self._adopted_watch:
-                self._adopted_watch.remove(present)
-        inst = Instance(service=name, index=index, gen=gen, state=ServiceState.UP, pid=pid,
-                        started_at=float(child.get("started_at", time.time())),
-                        reason="adopted", passed=True, spec=self.rollouts.pinned_spec(name, gen))
-        inst.spawns = max(1, int(child.get("spawns", 1)) - self.effects.spawn_base.get(
-            inst.launcher_name, 0))
-        self.adopted += 1
-        self.traffic.adopt_ports(inst)
-        service.instances[index] = inst
-        if service.spec.health is not None:
-            self._adopted_watch.append(inst)
-        self.events.emit(name, "adopt", f"adopted pid {pid} after a supervisor restart",
-                         instance=index, pid=pid, to=inst.state.value)
-
-    def _replay_exit(self, exited: Message) -> None:
-        """An instance exited while no supervisor ran: apply its restart policy now."""
-        parsed = parse_launcher_name(str(exited.get("name", "")))
-        if parsed is None:
-            return
-        name, index, gen = parsed
-        service = self.services.get(name)
-        pinned = self.rollouts.pinned_spec(name, gen)  # an old instance of a resumed rollout
-        if (service is None or service.desired is Desired.DOWN
-                or (gen != service.gen and pinned is None)
-                or index >= service.spec.instances or index in service.instances):
-            return
-        inst = service.instances.setdefault(index, Instance(service=name, index=index,
-                                                            gen=gen, spec=pinned))
-        # The run that ended counts: its restart, if any, is one more.
-        spawns = exited.get("spawns")
-        inst.spawns = (int(spawns) - self.effects.spawn_base.get(inst.launcher_name, 0)
-                       if isinstance(spawns, int) else max(inst.spawns, 1))
-        decision = policy.decide(service.spec.restart, exited.get("exit_code"),
-                                 exited.get("signal"), service.spec.restart.cooldown,
-                                 inst.streak, self.uniform)
-        inst.last_exit = exit_record(exited, None)
-        inst.reason = decision.reason
-        if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
-            inst.settled = True
-            inst.state = (ServiceState.FAILED if decision.verdict is policy.Verdict.GIVE_UP
-                          else ServiceState.DOWN)
-        self.events.emit(name, "exit", f"{decision.reason} (while no supervisor ran)",
-                         instance=index, pid=exited.get("pid"),
-                         exit_code=exited.get("exit_code"), signal=exited.get("signal"))
 
     # ------------------------------------------------------------ launcher events
     def on_exit(self, exited: Message) -> None:
