@@ -6,7 +6,6 @@ it, and the backoff timer between a death and the next start.  The machine's act
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ from corral.spec import ProcessSpec
 from corral.states import Desired, HealthState, ServiceState
 
 from . import notify, policy, spawn_request
+from .clock import Clock
 from .events import rfc3339
 from .hooks import HookResult, run_hook
 from .identity import identity
@@ -213,7 +213,7 @@ class Effects:
         # A new process: CPU % comes from its own two readings, never against the last
         # reading of the process it replaces.
         inst.usage, inst.cpu = None, None
-        inst.started_at = float(answer.get("started_at", time.time()))
+        inst.started_at = float(answer.get("started_at", self._core.clock.time()))
         self._count_spawn(inst, answer.get("spawns"))
         inst.settled = False
         inst.health = HealthState.UNKNOWN
@@ -276,12 +276,12 @@ class Effects:
             return
         method = str(answer.get("method", m.ALREADY_EXITED))
         answer["pid"] = inst.pid
-        inst.last_exit = exit_record(answer, method)
+        inst.last_exit = exit_record(answer, method, self._core.clock)
         self._core.events.emit(inst.service, "stop", f"stopped ({method.replace('_', ' ')})",
                          instance=inst.index, pid=inst.pid, exit_code=answer.get("exit_code"),
                          signal=answer.get("signal"))
         self.strays_event(inst, answer)
-        ran_for = time.time() - (inst.started_at or time.time())
+        ran_for = self._core.clock.time() - (inst.started_at or self._core.clock.time())
         inst.pid = None
         fault, inst.fault = inst.fault, None
         if fault is not None and self._restart_wanted(inst):
@@ -342,7 +342,7 @@ class Effects:
 
     def schedule(self, inst: Instance) -> None:
         self.cancel(inst)
-        inst.next_restart_at = time.time() + inst.delay
+        inst.next_restart_at = self._core.clock.time() + inst.delay
         inst.timer = asyncio.get_running_loop().call_later(inst.delay, self._backoff_over, inst)
         self._core.events.emit(inst.service, "restart_scheduled",
                          f"restart in {inst.delay:.2f}s", instance=inst.index,
@@ -367,8 +367,10 @@ class Effects:
         inst.next_restart_at = None
 
 
-def exit_record(message: Message, stop: str | None) -> dict[str, Any]:
-    """What ``status`` shows of a run's end (``stop``: how a Terminate ended it)."""
+def exit_record(message: Message, stop: str | None, clock: Clock) -> dict[str, Any]:
+    """What ``status`` shows of a run's end (``stop``: how a Terminate ended it); the
+    message's own time, else now."""
+    at = message.get("at")
     return {"exit_code": message.get("exit_code"), "signal": message.get("signal"),
-            "at": rfc3339(float(message.get("at", time.time()))), "stop": stop,
+            "at": rfc3339(float(at if at is not None else clock.time())), "stop": stop,
             "pid": message.get("pid")}

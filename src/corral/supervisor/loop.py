@@ -15,18 +15,14 @@ full ``sup stop`` + ``sup run``, wants exactly what the user last asked for.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import resource
-import time
 from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
-from corral.balancer.ports import PortAllocator, start_for
+from corral.balancer.ports import PortAllocator
 from corral.errors import Conflict, CorralError, NotFound, SpecError
-from corral.monitor import sampler
-from corral.protocol import messages as m
+from corral.monitor.sampler import TreeSampler
 from corral.spec import (
     ProcessSpec,
     Target,
@@ -42,6 +38,7 @@ from corral.store.secrets import SecretStore, parse_env_file
 
 from . import graph, machine, policy, reconcile
 from .balancing import Balancer
+from .clock import Clock
 from .commands import Commands
 from .effects import EXIT_EVENTS, Effects, exit_record
 from .environment import Environment
@@ -70,46 +67,43 @@ class Supervisor:
 
     Args:
         state_dir: the state directory (``target.yaml``, ``desired.json``, ``logs/``).
+        files: its state files; ``secrets`` and ``resources``: its stores.
+        balancer: the load balancer's manager; ``ports``: the ``SERVICE_PORT_*``
+            allocator; ``sampler``: reads process trees' CPU and memory.
+        clock: wall and monotonic time.
+        base_env: the environment every process starts from.
         uniform: randomness for backoff jitter (deterministic in tests).
     """
 
-    def __init__(self, state_dir: Path,
+    def __init__(self, state_dir: Path, *, files: StateFiles, secrets: SecretStore,
+                 resources: ResourceStore, balancer: Balancer, ports: PortAllocator,
+                 sampler: TreeSampler, clock: Clock, base_env: dict[str, str],
                  uniform: Callable[[float, float], float] = random.uniform) -> None:
         self.state_dir = state_dir
         self.uniform = uniform
+        self.clock = clock
         self.services: dict[str, Service] = {}
         self.events = EventLog(seq_file=state_dir / "event-seq.json")
         self.launcher: LauncherClient | None = None
-        self.started_at = time.time()
+        self.started_at = self.clock.time()
         self.exit_code: asyncio.Future[int] | None = None
         self._booting = True
         self._early_exits: dict[str, Message] = {}
-        self._base_env = {k: v for k, v in os.environ.items() if k != m.ENV_LAUNCHER_FD}
         self.stopping_all = False
         self._tasks: set[asyncio.Future[None]] = set()
         self.waiters = StateWaiters()
         self._depended: frozenset[str] | None = None  # see _depended_on
-        # Three kept-open /proc files per sampled instance: 3/8 of the fd limit at most.
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        budget = soft // 8 if soft != resource.RLIM_INFINITY else 5000
-        self.sampling = Sampling(sampler.TreeSampler(max_open=min(5000, budget)),
-                                 lambda: self.services, self.events, self._over_limit)
-        self.secrets = SecretStore(state_dir / "secrets.json")
-        self.resources = ResourceStore(state_dir / "resources")
-        self.files = StateFiles(state_dir)
-        self.environment = Environment(self._base_env, self.secrets)
+        self.sampling = Sampling(sampler, lambda: self.services, self.events,
+                                 self._over_limit, clock)
+        self.secrets = secrets
+        self.resources = resources
+        self.files = files
+        self.environment = Environment(base_env, self.secrets)
         self.redact = Redactor(self.secrets)
         self.workdirs = Workdirs(state_dir, self.environment)
-        low, high = _port_range(os.environ.get("CORRAL_PORT_RANGE", ""))
-        self.traffic = Traffic(
-            self.files, Balancer(state_dir, self._base_env),
-            PortAllocator(low, high, start=start_for(
-                low, high, f"{os.geteuid()}:{state_dir.resolve()}")),
-            self.events, lambda: self.services, self.spec_of, lambda: self.launcher,
-            self.background, lambda: self._booting)
-        # Per launcher name, the launcher's Spawn count before the current record's first
-        # spawn (a name run again after an unload, a revert, a scale-down): restarts are
-        # the launcher's count less this, so a new supervisor shows the same number.
+        self.traffic = Traffic(self.files, balancer, ports, self.events, clock,
+                               lambda: self.services, self.spec_of, lambda: self.launcher,
+                               self.background, lambda: self._booting)
         self.effects = Effects(self)
         self.reattach = Reattach(self)
         self.liveness = Liveness(self)
@@ -246,7 +240,7 @@ class Supervisor:
         if inst.state is ServiceState.STOPPING:
             return  # the Terminate reply records it
         if service.retiring.get(inst.index) is inst:  # its replacement is on the way
-            inst.last_exit = exit_record(exited, None)
+            inst.last_exit = exit_record(exited, None, self.clock)
             inst.pid = None
             self.liveness.unwatch(inst)
             self.events.emit(inst.service, "exit", "exited while being replaced",
@@ -255,7 +249,7 @@ class Supervisor:
             self.effects.strays_event(inst, exited)
             self.feed(inst, Event.EXIT_DOWN, "exited while being replaced")
             return
-        ran_for = time.time() - (inst.started_at or time.time())
+        ran_for = self.clock.time() - (inst.started_at or self.clock.time())
         decision = policy.decide(service.spec.restart, exited.get("exit_code"),
                                  exited.get("signal"), ran_for, inst.streak, self.uniform)
         inst.streak = decision.streak
@@ -271,7 +265,7 @@ class Supervisor:
                      f"waiting for {', '.join(blocked)} to be ready"
 
         def record() -> None:
-            inst.last_exit = exit_record(exited, None)
+            inst.last_exit = exit_record(exited, None, self.clock)
             self.events.emit(inst.service, "exit", reason, instance=inst.index,
                              pid=exited.get("pid"), exit_code=exited.get("exit_code"),
                              signal=exited.get("signal"), delay_s=decision.delay,
@@ -485,21 +479,3 @@ class Supervisor:
     def conflict_if_stopping(self) -> None:
         if self.stopping_all:
             raise Conflict("the supervisor is shutting down")
-
-    # ----------------------------------------------------------- load balancing
-
-    # ------------------------------------------------------------------- target
-
-    # --- stores (secrets, resources) ---
-    # The stores themselves are self.secrets and self.resources (built in __init__).
-
-    # --- end of stores ---
-
-
-def _port_range(text: str) -> tuple[int, int]:
-    """``CORRAL_PORT_RANGE`` (``LOW-HIGH``) for SERVICE_PORT_* allocation; the default
-    30000-39999 when unset or unreadable."""
-    low, _, high = text.partition("-")
-    if low.strip().isdigit() and high.strip().isdigit() and 0 < int(low) <= int(high) < 65536:
-        return int(low), int(high)
-    return 30000, 39999

@@ -5,7 +5,6 @@ choice."""
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from corral.states import Desired, ServiceState
@@ -54,7 +53,7 @@ class Reattach:
             if present in self.watch_after_attach:
                 self.watch_after_attach.remove(present)
         inst = Instance(service=name, index=index, gen=gen, state=ServiceState.UP, pid=pid,
-                        started_at=float(child.get("started_at", time.time())),
+                        started_at=float(child.get("started_at", self._core.clock.time())),
                         reason="adopted", passed=True, spec=self._core.rollouts.pinned_spec(name, gen))
         inst.spawns = max(1, int(child.get("spawns", 1)) - self._core.effects.spawn_base.get(
             inst.launcher_name, 0))
@@ -87,7 +86,7 @@ class Reattach:
         decision = policy.decide(service.spec.restart, exited.get("exit_code"),
                                  exited.get("signal"), service.spec.restart.cooldown,
                                  inst.streak, self._core.uniform)
-        inst.last_exit = exit_record(exited, None)
+        inst.last_exit = exit_record(exited, None, self._core.clock)
         inst.reason = decision.reason
         if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
             inst.settled = True

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -63,7 +62,7 @@ class RolloutRunner:
         if stale:
             self.record = record = Rollout(
                 id=self.record.id + 1 if self.record else 1,
-                cause="resumed after a supervisor restart", started_at=time.time(), changes=[])
+                cause="resumed after a supervisor restart", started_at=self._core.clock.time(), changes=[])
             for service in stale:
                 record.steps[service.spec.name] = Step(service.spec.name,
                                                        service.spec.instances)
@@ -87,7 +86,7 @@ class RolloutRunner:
                 # Values kept for a rollout that never got its record: it never began.
                 self._core.secrets.settle(list(self._core.secrets.previous()), revert=True)
             elif replaced_target:
-                record.finish(time.time())
+                record.finish(self._core.clock.time())
                 record.phase = Phase.FAILED
                 record.reason = "the target was replaced by sup run --target"
                 self._core.secrets.settle(record.secrets, revert=True)
@@ -131,7 +130,7 @@ class RolloutRunner:
             # Killed before the generations were saved: nothing was replaced.
             self._core.secrets.settle(record.secrets, revert=True)
             self._core.save()
-            record.finish(time.time())
+            record.finish(self._core.clock.time())
             record.phase = Phase.FAILED
             record.reason = "the supervisor stopped before the rollout began; nothing changed"
             self.save()
@@ -151,7 +150,7 @@ class RolloutRunner:
         replaced process ran (its spec, also pinned on the instances still running it, and
         its generation), so that a failure, here or in the next supervisor, puts that back."""
         record = Rollout(id=(self.record.id + 1 if self.record else 1), cause=cause,
-                         started_at=time.time(), changes=changes, secrets=list(secrets))
+                         started_at=self._core.clock.time(), changes=changes, secrets=list(secrets))
         for service, old_spec, old_gen in replace:
             name = service.spec.name
             record.steps[name] = Step(name, service.spec.instances)
@@ -207,14 +206,14 @@ class RolloutRunner:
                 await self._revert(record, replace)
             else:
                 self.settle_secrets(record, revert=False)
-            record.finish(time.time())
+            record.finish(self._core.clock.time())
             self.save()
             what = ("done" if record.phase is Phase.DONE
                     else f"failed: {record.reason}" + (f"; {record.outcome()}"
                                                        if record.outcome() else ""))
             self._core.events.emit("", "rollout", f"rollout {record.id} ({record.cause}) {what}")
         except asyncio.CancelledError:
-            record.finish(time.time())  # here only: the saved record is resumed next time
+            record.finish(self._core.clock.time())  # here only: the saved record is resumed next time
             raise
         finally:
             self._core.waiters.wake()
@@ -298,7 +297,7 @@ class RolloutRunner:
                     self._core.forget(old)
                     step.replaced += 1
                 continue
-            since = time.time()
+            since = self._core.clock.time()
             new = service.new_instance(index)
             beside = old is not None and old.pid is not None \
                 and service.spec.replace_order == "start-first"

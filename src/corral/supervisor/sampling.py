@@ -5,13 +5,13 @@ resource history, and the limits (``limits.memory``, ``limits.cpu``, with their
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Mapping
 
 from corral.monitor import sampler
 from corral.spec import format_size
 from corral.states import LIVE_STATES
 
+from .clock import Clock
 from .events import EventLog
 from .instance import HISTORY_STEP, Instance, Service
 
@@ -27,12 +27,14 @@ class Sampling:
         events: the event log.
         over_limit: stops an instance that stayed over a limit past its grace, with the
             reason (the restart policy brings it back).
+        clock: wall time for the history, monotonic time for CPU %.
     """
 
     def __init__(self, sampler: sampler.TreeSampler,
                  processes: Callable[[], Mapping[str, Service]], events: EventLog,
-                 over_limit: Callable[[Instance, str], None]) -> None:
+                 over_limit: Callable[[Instance, str], None], clock: Clock) -> None:
         self._sampler = sampler
+        self._clock = clock
         self._processes = processes
         self._events = events
         self._over_limit = over_limit
@@ -44,14 +46,14 @@ class Sampling:
         9 ms: see :class:`corral.monitor.sampler.TreeSampler`.)"""
         while True:
             await asyncio.sleep(SAMPLE_EVERY)
-            self.sample_once(time.monotonic())
+            self.sample_once(self._clock.monotonic())
 
     def sample_once(self, now: float) -> None:
         # Per instance this is the hot part of an idle supervisor at 1,000 services: the
         # clock is read once a round, whether to keep a history point is decided once a
         # round, an instance that has not run since the last round (the sampler hands back
         # the same reading) costs a comparison, and limits are checked only where set.
-        wall = time.time()
+        wall = self._clock.time()
         record = wall - self._history_at >= HISTORY_STEP
         if record:
             self._history_at = wall

@@ -4,7 +4,6 @@ and secrets that change under running processes (each a health-gated rollout).""
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import TYPE_CHECKING
 
 from corral.errors import Conflict, CorralError
@@ -238,7 +237,7 @@ class Targets:
             for service, _, gen in replace:
                 service.gen = gen
                 self._core.rollouts.pin(service, {})
-            record.finish(time.time())
+            record.finish(self._core.clock.time())
             record.phase, record.reason = Phase.FAILED, f"secret {name} could not be stored"
             self._core.rollouts.save()
             raise

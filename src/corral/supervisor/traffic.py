@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
@@ -22,6 +21,7 @@ from corral.states import HealthState, ServiceState
 from corral.store import subst
 
 from .balancing import Backend, Balancer
+from .clock import Clock
 from .events import EventLog
 from .instance import Instance, Service
 from .launcher_client import LauncherClient
@@ -36,6 +36,7 @@ class Traffic:
         balancer: the load balancer's manager.
         ports: the allocator of ``SERVICE_PORT_*``.
         events: the event log.
+        clock: monotonic time for the wait for adopted instances' first probes.
         processes: the loaded processes (read each time: the core replaces the mapping).
         spec_of: the spec an instance runs.
         launcher: the launcher client, once attached.
@@ -44,7 +45,8 @@ class Traffic:
     """
 
     def __init__(self, files: StateFiles, balancer: Balancer, ports: PortAllocator,
-                 events: EventLog, processes: Callable[[], Mapping[str, Service]],
+                 events: EventLog, clock: Clock,
+                 processes: Callable[[], Mapping[str, Service]],
                  spec_of: Callable[[Instance], ProcessSpec],
                  launcher: Callable[[], LauncherClient | None],
                  background: Callable[[Coroutine[Any, Any, None]], None],
@@ -53,6 +55,7 @@ class Traffic:
         self.balancer = balancer
         self.ports = ports
         self._events = events
+        self._clock = clock
         self._processes = processes
         self.spec_of = spec_of
         self._launcher = launcher
@@ -86,13 +89,13 @@ class Traffic:
     def hold_until_probed(self, inst: Instance, wait: float) -> None:
         """Push no backends until adopted ``inst`` has had a probe, or ``wait`` seconds."""
         self._unprobed.add(inst.launcher_name)
-        self._unprobed_until = max(self._unprobed_until, time.monotonic() + wait)
+        self._unprobed_until = max(self._unprobed_until, self._clock.monotonic() + wait)
 
     def push_when_probed(self) -> None:
         """After attach: push at the deadline of :meth:`hold_until_probed` at the latest."""
         if self._unprobed:
             asyncio.get_running_loop().call_later(
-                self._unprobed_until - time.monotonic(), self.dirty)
+                self._unprobed_until - self._clock.monotonic(), self.dirty)
 
     def probed(self, inst: Instance) -> None:
         """``inst`` had a probe: the last one awaited lets the backends be pushed."""
@@ -184,7 +187,7 @@ class Traffic:
 
     async def push(self) -> None:
         self._pending = False
-        if self._unprobed and time.monotonic() < self._unprobed_until:
+        if self._unprobed and self._clock.monotonic() < self._unprobed_until:
             return  # pushed once they are probed (or at the deadline): see hold_until_probed
         services = [s for s in self.target_services if s.mode == "proxy"]
         backends = self.backends()
