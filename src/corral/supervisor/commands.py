@@ -95,7 +95,7 @@ class Commands:
         service = self._core.get(name)
         service.desired = Desired.UP
         for inst in service.instances.values():
-            inst.settled = False
+            inst.stays_down = False
             if inst.state is ServiceState.FAILED:
                 inst.streak = policy.Streak()
         self._core.save()
@@ -132,7 +132,7 @@ class Commands:
         self._core.save()
         await self._core.stop_instances(service, list(service.instances.values()))
         for inst in service.instances.values():
-            inst.settled = False
+            inst.stays_down = False
         self._core.reconcile()
         await self._wait_spawned(service)
 
@@ -199,7 +199,7 @@ class Commands:
             if len(ready) >= service.spec.instances:
                 return
             stuck = [i for i in insts if i.state is ServiceState.FAILED
-                     or (i.state is ServiceState.DOWN and i.settled)]
+                     or (i.state is ServiceState.DOWN and i.stays_down)]
             remaining = deadline - loop.time()
             if stuck or remaining <= 0 or service.desired is Desired.DOWN:
                 pending = stuck or [i for i in insts if i not in ready] or insts

@@ -23,16 +23,16 @@ from .hooks import HookResult, run_hook
 from .identity import identity
 from .instance import Instance
 from .launcher_client import Message, check
-from .machine import Event
+from .machine import Trigger
 
 if TYPE_CHECKING:
     from .loop import Supervisor
 
 EXIT_EVENTS = {
-    policy.Verdict.RESTART_NOW: Event.EXIT_RESTART,
-    policy.Verdict.RESTART_LATER: Event.EXIT_BACKOFF,
-    policy.Verdict.STAY_DOWN: Event.EXIT_DOWN,
-    policy.Verdict.GIVE_UP: Event.EXIT_GIVE_UP,
+    policy.Verdict.RESTART_NOW: Trigger.EXIT_RESTART,
+    policy.Verdict.RESTART_LATER: Trigger.EXIT_BACKOFF,
+    policy.Verdict.STAY_DOWN: Trigger.EXIT_DOWN,
+    policy.Verdict.GIVE_UP: Trigger.EXIT_GIVE_UP,
 }
 
 
@@ -57,12 +57,12 @@ class Effects:
             taken = [n for n, port in inst.ports.items() if port_taken(port)]
             if taken:  # another program took it while the instance was down
                 self._core.traffic.replace_ports(inst, taken)
-                inst.request = None  # rebuilt below with the new SERVICE_PORT_*
+                inst.spawn_request = None  # rebuilt below with the new SERVICE_PORT_*
         # The encoded request is kept per instance and spec: a restart costs one frame
         # write, not an environment copy, a mkdir and a JSON encoding.
-        if inst.request is None or inst.request[0] is not spec:
+        if inst.spawn_request is None or inst.spawn_request[0] is not spec:
             try:
-                inst.request = (spec, self._spawn_request(inst, spec))
+                inst.spawn_request = (spec, self._spawn_request(inst, spec))
             except Exception as exc:  # a secret gone, no free port, a disk error
                 # ... fails like a spawn (backs off), never leaves it starting for good.
                 if not isinstance(exc, CorralError):
@@ -82,7 +82,7 @@ class Effects:
                 or spec.before is not None):
             self._core.background(self._guarded_prepare(inst, spec, done))
             return
-        future = self._core.launcher.send_encoded(inst.request[1])
+        future = self._core.launcher.send_encoded(inst.spawn_request[1])
         self._core.background(self._spawned(inst, future, done))
 
     async def _guarded_prepare(self, inst: Instance, spec: ProcessSpec,
@@ -113,7 +113,7 @@ class Effects:
             if not done.done():
                 done.set_result(None)
             if inst.state is ServiceState.STOPPING:
-                self._core.feed(inst, Event.STOPPED, "stopped before it started")
+                self._core.feed(inst, Trigger.STOPPED, "stopped before it started")
             return
         if not result.ok:
             inst.failed_run = True
@@ -123,12 +123,12 @@ class Effects:
                                                    self._core.uniform)
             inst.streak, inst.delay = decision.streak, decision.delay
             if decision.verdict is policy.Verdict.GIVE_UP:
-                inst.settled = True
+                inst.stays_down = True
             self._core.feed(inst, EXIT_EVENTS[decision.verdict], decision.reason)
             return
         inst.init_done = True
-        assert inst.request is not None
-        future = self._core.launcher.send_encoded(inst.request[1])
+        assert inst.spawn_request is not None
+        future = self._core.launcher.send_encoded(inst.spawn_request[1])
         await self._spawned(inst, future, done)
 
     async def _prepare_workdir(self, inst: Instance, spec: ProcessSpec) -> HookResult:
@@ -187,7 +187,7 @@ class Effects:
         try:
             answer = check(await reply)
         except CorralError as exc:
-            inst.request = None  # rebuild it (and its working directory) next time
+            inst.spawn_request = None  # rebuild it (and its working directory) next time
             service = self._core.services.get(inst.service)
             # The launcher's message may quote the argv, which may hold a secret.
             why = self._core.redact([str(exc)])[0]
@@ -197,14 +197,14 @@ class Effects:
                 done.set_exception(exc)
                 done.exception()  # mark retrieved: a caller may not be waiting
             if inst.state is ServiceState.STOPPING:
-                self._core.feed(inst, Event.STOPPED, "stopped before it started")
+                self._core.feed(inst, Trigger.STOPPED, "stopped before it started")
             if service is None or inst.state is not ServiceState.STARTING:
                 return
             decision = policy.decide_spawn_failure(service.spec.restart, inst.streak, why,
                                                    self._core.uniform)
             inst.streak, inst.delay = decision.streak, decision.delay
             if decision.verdict is policy.Verdict.GIVE_UP:
-                inst.settled = True
+                inst.stays_down = True
             self._core.events.emit(inst.service, "spawn_failed", decision.reason,
                              instance=inst.index, delay_s=decision.delay)
             self._core.feed(inst, EXIT_EVENTS[decision.verdict], decision.reason)
@@ -215,7 +215,7 @@ class Effects:
         inst.usage, inst.cpu = None, None
         inst.started_at = float(answer.get("started_at", self._core.clock.time()))
         self._count_spawn(inst, answer.get("spawns"))
-        inst.settled = False
+        inst.stays_down = False
         inst.health = HealthState.UNKNOWN
         inst.passed, inst.fault = False, None
         if not done.done():
@@ -260,7 +260,7 @@ class Effects:
         if inst.pid is None:
             # The spawn has not answered yet; _spawned terminates once it has a pid.
             if inst.spawned is None or inst.spawned.done():
-                self._core.feed(inst, Event.STOPPED, "stopped before it started")
+                self._core.feed(inst, Trigger.STOPPED, "stopped before it started")
             return
         spec = self._core.spec_of(inst)
         assert self._core.launcher is not None
@@ -287,7 +287,7 @@ class Effects:
         if fault is not None and self._restart_wanted(inst):
             self._after_fault(inst, fault, ran_for)
             return
-        self._core.feed(inst, Event.STOPPED, f"stopped ({method.replace('_', ' ')})")
+        self._core.feed(inst, Trigger.STOPPED, f"stopped ({method.replace('_', ' ')})")
 
     def strays_event(self, inst: Instance, report: Message) -> None:
         """A ``strays`` event when the launcher killed processes the instance left behind
@@ -319,20 +319,20 @@ class Effects:
                                          self._core.uniform)
         inst.streak, inst.delay = decision.streak, decision.delay
         if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
-            inst.settled = True
+            inst.stays_down = True
         blocked = self._core.restart_blocked(service, decision.verdict)
         if blocked:
             inst.held = True
-            self._core.feed(inst, Event.STOPPED, f"{why}; waiting for {', '.join(blocked)} "
+            self._core.feed(inst, Trigger.STOPPED, f"{why}; waiting for {', '.join(blocked)} "
                                            "to be ready")
         elif decision.verdict is policy.Verdict.RESTART_NOW:
-            self._core.feed(inst, Event.STOPPED_RESTART, decision.reason)
+            self._core.feed(inst, Trigger.STOPPED_RESTART, decision.reason)
         elif decision.verdict is policy.Verdict.RESTART_LATER:
-            self._core.feed(inst, Event.STOPPED_BACKOFF, decision.reason)
+            self._core.feed(inst, Trigger.STOPPED_BACKOFF, decision.reason)
         elif decision.verdict is policy.Verdict.GIVE_UP:
-            self._core.feed(inst, Event.STOPPED_GIVE_UP, decision.reason)
+            self._core.feed(inst, Trigger.STOPPED_GIVE_UP, decision.reason)
         else:
-            self._core.feed(inst, Event.STOPPED, decision.reason)
+            self._core.feed(inst, Trigger.STOPPED, decision.reason)
 
     def terminate_pid(self, pid: int, spec: ProcessSpec | None) -> None:
         assert self._core.launcher is not None
@@ -356,9 +356,9 @@ class Effects:
             if service is not None else ()
         if blocked:
             inst.held = True
-            self._core.feed(inst, Event.WAIT, f"waiting for {', '.join(blocked)} to be ready")
+            self._core.feed(inst, Trigger.WAIT, f"waiting for {', '.join(blocked)} to be ready")
         else:
-            self._core.feed(inst, Event.TIMER, "backoff over; restarting")
+            self._core.feed(inst, Trigger.TIMER, "backoff over; restarting")
 
     def cancel(self, inst: Instance) -> None:
         if inst.timer is not None:

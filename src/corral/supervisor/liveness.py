@@ -15,7 +15,7 @@ from corral.states import LIVE_STATES, HealthState, ServiceState
 from . import notify
 from .identity import identity
 from .instance import Instance
-from .machine import Event
+from .machine import Trigger
 from .watch import HealthWatch
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class Liveness:
         pid = inst.pid
         if spec.readiness == "started":
             if spec.start_seconds <= 0:
-                self._core.feed(inst, Event.READY, f"running as pid {pid}")
+                self._core.feed(inst, Trigger.READY, f"running as pid {pid}")
             else:
                 inst.ready_timer = loop.call_later(spec.start_seconds, self._stayed_up,
                                                    inst, pid, spec.start_seconds)
@@ -47,7 +47,7 @@ class Liveness:
     def _stayed_up(self, inst: Instance, pid: int | None, seconds: float) -> None:
         inst.ready_timer = None
         if inst.pid == pid and inst.state is ServiceState.STARTING:
-            self._core.feed(inst, Event.READY, f"running for {seconds:g}s as pid {pid}")
+            self._core.feed(inst, Trigger.READY, f"running for {seconds:g}s as pid {pid}")
 
     def _start_overdue(self, inst: Instance, pid: int | None, spec: ProcessSpec) -> None:
         """``start_timeout`` after the spawn: a process not ready by then, or (with a health
@@ -98,26 +98,26 @@ class Liveness:
             return
         if (fields.get("READY") == "1" and inst.state is ServiceState.STARTING
                 and service.spec.readiness == "notify"):
-            self._core.feed(inst, Event.READY, "ready (READY=1 on NOTIFY_SOCKET)")
-        if fields.get("WATCHDOG") == "1" and inst.dog is not None:
+            self._core.feed(inst, Trigger.READY, "ready (READY=1 on NOTIFY_SOCKET)")
+        if fields.get("WATCHDOG") == "1" and inst.watchdog_timer is not None:
             self.arm_watchdog(inst, service.spec)
 
     def arm_watchdog(self, inst: Instance, spec: ProcessSpec) -> None:
         """(Re)start the watchdog countdown: no WATCHDOG=1 within ``watchdog`` -> restart."""
-        if inst.dog is not None:
-            inst.dog.cancel()
+        if inst.watchdog_timer is not None:
+            inst.watchdog_timer.cancel()
         assert spec.watchdog is not None
         pid = inst.pid
 
         def expired() -> None:
-            inst.dog = None
+            inst.watchdog_timer = None
             if inst.pid != pid or inst.state not in LIVE_STATES:
                 return
             why = f"no WATCHDOG=1 for {spec.watchdog:g}s"
             self._core.events.emit(inst.service, "watchdog", f"restarting: {why}",
                              instance=inst.index, pid=pid)
             self.restart(inst, why)
-        inst.dog = asyncio.get_running_loop().call_later(spec.watchdog, expired)
+        inst.watchdog_timer = asyncio.get_running_loop().call_later(spec.watchdog, expired)
 
     def watch(self, inst: Instance, spec: ProcessSpec) -> None:
         assert spec.health is not None and inst.pid is not None
@@ -139,9 +139,9 @@ class Liveness:
         inst.watch.start()
 
     def unwatch(self, inst: Instance) -> None:
-        if inst.dog is not None:
-            inst.dog.cancel()
-            inst.dog = None
+        if inst.watchdog_timer is not None:
+            inst.watchdog_timer.cancel()
+            inst.watchdog_timer = None
         for timer in (inst.ready_timer, inst.start_timer):
             if timer is not None:
                 timer.cancel()
@@ -171,9 +171,9 @@ class Liveness:
             if inst.state is ServiceState.STARTING:
                 # Readiness needs ok: a warning is never ready.
                 if result.state is HealthState.OK and spec.readiness == "health":
-                    self._core.feed(inst, Event.READY, f"ready: {result.detail}")
+                    self._core.feed(inst, Trigger.READY, f"ready: {result.detail}")
             elif inst.state is ServiceState.UNHEALTHY:
-                self._core.feed(inst, Event.HEALTHY, f"healthy again: {result.detail}")
+                self._core.feed(inst, Trigger.HEALTHY, f"healthy again: {result.detail}")
             return
         if not inst.passed:
             return  # starting is not unhealthy: only start_timeout fails a start
@@ -183,7 +183,7 @@ class Liveness:
         why = f"unhealthy after {inst.failures} failed checks: {result.detail}"
         if inst.state is ServiceState.UP:
             self._core.events.emit(inst.service, "health", why, instance=inst.index, pid=pid)
-            self._core.feed(inst, Event.UNHEALTHY, why)
+            self._core.feed(inst, Trigger.UNHEALTHY, why)
         if not health.restart_on_unhealthy:
             return
         other = self._out_for_restart(inst)
@@ -209,7 +209,7 @@ class Liveness:
                 continue
             if (other.state in (ServiceState.STOPPING, ServiceState.STARTING,
                                 ServiceState.BACKOFF)
-                    or (other.state is ServiceState.DOWN and not other.settled)
+                    or (other.state is ServiceState.DOWN and not other.stays_down)
                     or (other.state is ServiceState.UP and checked and not other.passed)):
                 return other
         return None
@@ -219,4 +219,4 @@ class Liveness:
         starts again (see :meth:`.Effects._terminated`)."""
         if inst.state in LIVE_STATES:
             inst.fault = why
-            self._core.feed(inst, Event.RESTART, f"restarting: {why}")
+            self._core.feed(inst, Trigger.RESTART, f"restarting: {why}")

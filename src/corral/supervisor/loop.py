@@ -46,7 +46,7 @@ from .events import EventLog
 from .instance import Instance, Service, parse_launcher_name
 from .launcher_client import LauncherClient, Message
 from .liveness import Liveness
-from .machine import Action, Event
+from .machine import Action, Trigger
 from .persistence import StateFiles
 from .reattach import Reattach
 from .redaction import Redactor
@@ -58,8 +58,8 @@ from .waiting import StateWaiters
 from .workdirs import Workdirs
 
 # The end of a Terminate: a plain stop, or one for a fault that the policy restarts.
-_STOP_ENDS = frozenset({Event.STOPPED, Event.STOPPED_RESTART, Event.STOPPED_BACKOFF,
-                        Event.STOPPED_GIVE_UP})
+_STOP_ENDS = frozenset({Trigger.STOPPED, Trigger.STOPPED_RESTART, Trigger.STOPPED_BACKOFF,
+                        Trigger.STOPPED_GIVE_UP})
 
 
 class Supervisor:
@@ -247,7 +247,7 @@ class Supervisor:
                              instance=inst.index, pid=exited.get("pid"),
                              exit_code=exited.get("exit_code"), signal=exited.get("signal"))
             self.effects.strays_event(inst, exited)
-            self.feed(inst, Event.EXIT_DOWN, "exited while being replaced")
+            self.feed(inst, Trigger.EXIT_DOWN, "exited while being replaced")
             return
         ran_for = self.clock.time() - (inst.started_at or self.clock.time())
         decision = policy.decide(service.spec.restart, exited.get("exit_code"),
@@ -257,7 +257,7 @@ class Supervisor:
         inst.pid = None
         self.liveness.unwatch(inst)
         if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
-            inst.settled = True
+            inst.stays_down = True
         reason = decision.reason
         blocked = self.restart_blocked(service, decision.verdict)
         if blocked:
@@ -277,12 +277,12 @@ class Supervisor:
             # (timestamp formatting, redaction, the event's fan-out).  A restart's only
             # action is the spawn, which emits nothing, so the exit event still comes
             # first, before the state event.
-            self.feed(inst, Event.EXIT_RESTART, decision.reason, then=record)
+            self.feed(inst, Trigger.EXIT_RESTART, decision.reason, then=record)
             return
         record()
         if blocked:
             inst.held = True
-            self.feed(inst, Event.EXIT_WAIT, reason)
+            self.feed(inst, Trigger.EXIT_WAIT, reason)
             return
         self.feed(inst, EXIT_EVENTS[decision.verdict], decision.reason)
 
@@ -321,7 +321,7 @@ class Supervisor:
         return inst.spec if inst.spec is not None else self.services[inst.service].spec
 
     # ------------------------------------------------------------------- machine
-    def feed(self, inst: Instance, event: Event, reason: str, *,
+    def feed(self, inst: Instance, event: Trigger, reason: str, *,
              then: Callable[[], None] | None = None) -> None:
         """Step the instance's machine and run the actions it returns.
 
@@ -331,7 +331,7 @@ class Supervisor:
         before = inst.state
         after, actions = machine.step(before, event)
         inst.state = after
-        if event is Event.START:
+        if event is Trigger.START:
             if not inst.held:  # a crash restart that waited for a dependency skips init
                 inst.init_done = False  # a start asked for (not a crash restart) runs init
             inst.held = False
@@ -395,7 +395,7 @@ class Supervisor:
         wanted = {name: reconcile.Want(s.spec.instances, s.desired is Desired.UP,
                                        graph.blocked_by(self.services, s))
                   for name, s in self.services.items()}
-        observed = {(name, i.index): reconcile.Seen(i.state, i.settled)
+        observed = {(name, i.index): reconcile.Seen(i.state, i.stays_down)
                     for name, s in self.services.items() for i in s.instances.values()}
         for step in reconcile.plan(wanted, observed):
             service = self.services[step.service]
@@ -407,7 +407,7 @@ class Supervisor:
             elif step.verb is reconcile.Verb.START:
                 inst = service.instances.setdefault(step.index,
                                                     service.new_instance(step.index))
-                self.feed(inst, Event.START, "starting")
+                self.feed(inst, Trigger.START, "starting")
             else:
                 inst = service.instances[step.index]
                 if inst.state in ENDED_STATES:
@@ -415,12 +415,12 @@ class Supervisor:
                         del service.instances[step.index]
                         self.forget(inst)
                     continue
-                self.feed(inst, Event.STOP, "stopping")
+                self.feed(inst, Trigger.STOP, "stopping")
 
     # ----------------------------------------------------------------- resources
 
     def _over_limit(self, inst: Instance, why: str) -> None:
-        self.feed(inst, Event.STOP, why)
+        self.feed(inst, Trigger.STOP, why)
 
     def specs_changed(self) -> None:
         """The loaded specs changed (a load, an unload, a new target, a revert)."""
@@ -456,7 +456,7 @@ class Supervisor:
         chosen = list(instances)
         for inst in chosen:
             if inst.state not in (ServiceState.DOWN, ServiceState.FAILED, ServiceState.STOPPING):
-                self.feed(inst, Event.STOP, "stopping")
+                self.feed(inst, Trigger.STOP, "stopping")
         await asyncio.gather(*[inst.until_stopped() for inst in chosen
                                if inst.state is ServiceState.STOPPING])
 
@@ -470,7 +470,7 @@ class Supervisor:
                     if i.state not in ENDED_STATES]
             for inst in live:
                 if inst.state is ServiceState.BACKOFF:
-                    self.feed(inst, Event.STOP, "shutting down")
+                    self.feed(inst, Trigger.STOP, "shutting down")
             await self.stop_instances(service, live)
 
     def status(self) -> list[dict[str, Any]]:

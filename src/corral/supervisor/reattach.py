@@ -89,7 +89,7 @@ class Reattach:
         inst.last_exit = exit_record(exited, None, self._core.clock)
         inst.reason = decision.reason
         if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
-            inst.settled = True
+            inst.stays_down = True
             inst.state = (ServiceState.FAILED if decision.verdict is policy.Verdict.GIVE_UP
                           else ServiceState.DOWN)
         self._core.events.emit(name, "exit", f"{decision.reason} (while no supervisor ran)",

@@ -21,7 +21,7 @@ from corral.states import Desired, HealthState, ServiceState
 from . import graph, rollout
 from .events import rfc3339
 from .instance import Instance, Service
-from .machine import Event
+from .machine import Trigger
 from .rollout import Change, Phase, Prior, Rollout, Step
 
 if TYPE_CHECKING:
@@ -292,7 +292,7 @@ class RolloutRunner:
                     self._core.effects.cancel(old)
                     self._core.liveness.unwatch(old)
                     replacement = service.new_instance(index)
-                    replacement.settled = old.settled
+                    replacement.stays_down = old.stays_down
                     service.instances[index] = replacement
                     self._core.forget(old)
                     step.replaced += 1
@@ -308,21 +308,21 @@ class RolloutRunner:
                 service.instances[index] = new
                 step.detail = f"instance {index}: starting the new version beside pid {old.pid}"
                 self._core.events.emit(name, "rollout", step.detail, instance=index)
-                self._core.feed(new, Event.START, f"replacing pid {old.pid}")
+                self._core.feed(new, Trigger.START, f"replacing pid {old.pid}")
             else:
                 if old is not None and old.pid is not None:
                     step.detail = f"instance {index}: stopping pid {old.pid}, then starting " \
                                   "the new version"
                     self._core.events.emit(name, "rollout", step.detail, instance=index,
                                      pid=old.pid)
-                    new.settled = True  # held: reconcile must not start it beside the old one
+                    new.stays_down = True  # held: reconcile must not start it beside the old one
                     new.reason = f"waiting for pid {old.pid} to stop"
                     service.retiring[index] = old
                     service.instances[index] = new
                     await self._core.traffic.drain(old)
                     await self._core.stop_instances(service, [old])
                     service.retiring.pop(index, None)
-                    new.settled = False
+                    new.stays_down = False
                 elif old is not None:
                     self._core.effects.cancel(old)
                     self._core.liveness.unwatch(old)
@@ -377,8 +377,8 @@ class RolloutRunner:
             old = Instance(service=service.spec.name, index=index, gen=prior.gen,
                            spec=prior.spec)
         running = old.pid is not None
-        held = not running and not old.settled
-        old.settled = old.settled or held  # reconcile must not start it beside the new one
+        held = not running and not old.stays_down
+        old.stays_down = old.stays_down or held  # reconcile must not start it beside the new one
         # The old one goes back first, so that nothing (reconcile) starts the new one again.
         new.failed_run = True
         service.instances[index] = old
@@ -393,11 +393,11 @@ class RolloutRunner:
         record.restored = True  # not running before: back as it was, or started again
         if not held:
             return
-        old.settled = False
+        old.stays_down = False
         if service.desired is Desired.DOWN or service.instances.get(index) is not old:
             return
         if old.state is ServiceState.BACKOFF:
-            self._core.feed(old, Event.START, "the rollout failed: starting the old version again")
+            self._core.feed(old, Trigger.START, "the rollout failed: starting the old version again")
         else:
             self._core.reconcile()
         ok, again = await self._wait_healthy(old, spec.rollout_timeout, "the old version")
@@ -469,7 +469,7 @@ class RolloutRunner:
                 elsewhere = (f"its check on port {port} reaches pid {other}, the old "
                              "instance, which holds the port: replace it stop-first")
             if inst.state is ServiceState.FAILED or (inst.state is ServiceState.DOWN
-                                                     and inst.settled):
+                                                     and inst.stays_down):
                 return False, f"{what} {inst.state.value}: {inst.reason}"
             service = self._core.services.get(inst.service)
             if service is None or service.desired is Desired.DOWN:

@@ -93,7 +93,7 @@ class Targets:
             return None
         replace: Replacing = []
         removed = [self._core.services[c.name] for c in changes
-                   if c.kind == "process" and c.action is rollout.Action.REMOVE]
+                   if c.kind == "process" and c.action is rollout.Edit.REMOVE]
         ordered: dict[str, Service] = {}
         added: list[Service] = []
         for spec in target.processes:
@@ -131,7 +131,7 @@ class Targets:
             self._core.services.pop(service.spec.name, None)
             self._core.events.emit(service.spec.name, "unload", f"unloaded ({cause})")
         gone = [c.name for c in changes if c.kind == "service" and
-                (c.action is rollout.Action.REMOVE or "mode" in c.fields or "on" in c.fields)]
+                (c.action is rollout.Edit.REMOVE or "mode" in c.fields or "on" in c.fields)]
         kept = {s.name for s in self._core.traffic.target_services if s.mode == "socket"}
         for name in gone:
             if name not in kept and self._core.launcher is not None:
