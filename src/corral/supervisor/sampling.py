@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 
 from corral.monitor import sampler
-from corral.spec import format_size
+from corral.spec import LimitsSpec, format_size
 from corral.states import LIVE_STATES
 
 from .clock import Clock
@@ -86,21 +86,33 @@ class Sampling:
 
     def _check_limits(self, service: Service, inst: Instance, now: float) -> None:
         limits = service.spec.limits
-        over = []
-        if limits.memory is not None and inst.rss is not None and inst.rss > limits.memory:
-            over.append(f"memory {inst.rss / 2**20:.0f}MiB over the {format_size(limits.memory)}"
-                        " limit")
-        if limits.cpu is not None and inst.cpu is not None and inst.cpu > limits.cpu:
-            over.append(f"cpu {inst.cpu:.0f}% over the {limits.cpu:g}% limit")
+        over = over_limits(limits, inst.rss, inst.cpu)
         if not over:
             inst.over_limit_since = None
             return
         if inst.over_limit_since is None:
             inst.over_limit_since = now
-        if now - inst.over_limit_since < limits.grace:
+        if not grace_over(inst.over_limit_since, now, limits.grace):
             return
         why = "; ".join(over)
         inst.over_limit_since = None
         self._events.emit(inst.service, "limit", f"restarting: {why}", instance=inst.index,
-                         pid=inst.pid)
+                          pid=inst.pid)
         self._over_limit(inst, f"restarting: {why}")
+
+
+def over_limits(limits: LimitsSpec, rss: int | None, cpu: float | None) -> list[str]:
+    """The limits a reading (``rss`` bytes, ``cpu`` percent) is over, each as a phrase;
+    empty when it is within them (or unknown)."""
+    over = []
+    if limits.memory is not None and rss is not None and rss > limits.memory:
+        over.append(f"memory {rss / 2**20:.0f}MiB over the {format_size(limits.memory)} limit")
+    if limits.cpu is not None and cpu is not None and cpu > limits.cpu:
+        over.append(f"cpu {cpu:.0f}% over the {limits.cpu:g}% limit")
+    return over
+
+
+def grace_over(since: float, now: float, grace: float) -> bool:
+    """Whether an instance over a limit since ``since`` has stayed over it past ``grace``
+    seconds (then it is restarted)."""
+    return now - since >= grace
