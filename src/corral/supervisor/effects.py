@@ -13,7 +13,7 @@ from corral.balancer.ports import port_taken
 from corral.errors import CorralError, SpawnFailed
 from corral.protocol import messages as m
 from corral.protocol import paths
-from corral.spec import ProcessSpec
+from corral.spec import ProcessSpec, StopSpec
 from corral.states import Desired, HealthState, ServiceState
 
 from . import notify, policy, spawn_request
@@ -28,12 +28,15 @@ from .machine import Trigger
 if TYPE_CHECKING:
     from .loop import Supervisor
 
-EXIT_EVENTS = {
+# The machine's trigger for each verdict of the restart policy on an exit.
+EXIT_TRIGGERS = {
     policy.Verdict.RESTART_NOW: Trigger.EXIT_RESTART,
     policy.Verdict.RESTART_LATER: Trigger.EXIT_BACKOFF,
     policy.Verdict.STAY_DOWN: Trigger.EXIT_DOWN,
     policy.Verdict.GIVE_UP: Trigger.EXIT_GIVE_UP,
 }
+
+_DEFAULT_STOP = StopSpec()
 
 
 class Effects:
@@ -124,7 +127,7 @@ class Effects:
             inst.streak, inst.delay = decision.streak, decision.delay
             if decision.verdict is policy.Verdict.GIVE_UP:
                 inst.stays_down = True
-            self._core.feed(inst, EXIT_EVENTS[decision.verdict], decision.reason)
+            self._core.feed(inst, EXIT_TRIGGERS[decision.verdict], decision.reason)
             return
         inst.init_done = True
         assert inst.spawn_request is not None
@@ -207,7 +210,7 @@ class Effects:
                 inst.stays_down = True
             self._core.events.emit(inst.service, "spawn_failed", decision.reason,
                              instance=inst.index, delay_s=decision.delay)
-            self._core.feed(inst, EXIT_EVENTS[decision.verdict], decision.reason)
+            self._core.feed(inst, EXIT_TRIGGERS[decision.verdict], decision.reason)
             return
         inst.pid = int(answer["pid"])
         # A new process: CPU % comes from its own two readings, never against the last
@@ -335,10 +338,12 @@ class Effects:
             self._core.feed(inst, Trigger.STOPPED, decision.reason)
 
     def terminate_pid(self, pid: int, spec: ProcessSpec | None) -> None:
+        """Stop a process no instance owns (``spec``: how its process is stopped; None
+        for one whose process is no longer loaded: the default stop)."""
+        stop = spec.stop if spec is not None else _DEFAULT_STOP
         assert self._core.launcher is not None
         self._core.launcher.send_request({"type": m.TERMINATE, "pid": pid,
-                                    "signal": spec.stop.signal if spec else "TERM",
-                                    "timeout": spec.stop.timeout if spec else 8.0})
+                                          "signal": stop.signal, "timeout": stop.timeout})
 
     def schedule(self, inst: Instance) -> None:
         self.cancel(inst)

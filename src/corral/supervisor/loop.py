@@ -40,7 +40,7 @@ from . import graph, machine, policy, reconcile
 from .balancing import Balancer
 from .clock import Clock
 from .commands import Commands
-from .effects import EXIT_EVENTS, Effects, exit_record
+from .effects import EXIT_TRIGGERS, Effects, exit_record
 from .environment import Environment
 from .events import EventLog
 from .instance import Instance, Service, parse_launcher_name
@@ -284,7 +284,7 @@ class Supervisor:
             inst.held = True
             self.feed(inst, Trigger.EXIT_WAIT, reason)
             return
-        self.feed(inst, EXIT_EVENTS[decision.verdict], decision.reason)
+        self.feed(inst, EXIT_TRIGGERS[decision.verdict], decision.reason)
 
     def restart_blocked(self, service: Service, verdict: policy.Verdict) -> tuple[str, ...]:
         """The dependencies a restart the policy wants must wait for (none if it wants no
