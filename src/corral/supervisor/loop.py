@@ -1,15 +1,17 @@
-"""The supervisor's control loop: feeds events to the machine and runs its actions.
+"""The supervisor's core: feeds triggers to the machine and hands its actions on.
 
 Everything here runs on one asyncio loop.  Exit reports from the launcher arrive in
 :meth:`Supervisor.on_exit`, are classified by :mod:`.policy`, and go through
-:func:`.machine.step`; the resulting actions (spawn, terminate, schedule, cancel) are the
-only places that talk to the launcher.  After anything that can change what is wanted or
-what runs, :func:`.reconcile.plan` says which instances to start, stop or drop.
+:func:`.machine.step`; the resulting actions (spawn, terminate, schedule, cancel) are run
+by :class:`.effects.Effects`, the only place that starts or stops a process.  After
+anything that can change what is wanted or what runs, :func:`.reconcile.plan` says which
+instances to start, stop or drop.
 
-Desired state lives in the state directory: ``target.yaml`` (the loaded specs, in load
-order) and ``desired.json`` (which services the user stopped).  Both are written
-atomically before a command returns, so a supervisor started after a crash, or after a
-full ``sup stop`` + ``sup run``, wants exactly what the user last asked for.
+Desired state lives in the state directory (:mod:`.persistence`): ``target.yaml`` (the
+loaded specs, in load order) and ``desired.json`` (which services the user stopped).
+Both are written atomically before a command returns, so a supervisor started after a
+crash, or after a full ``sup stop`` + ``sup run``, wants exactly what the user last asked
+for.  The user's commands are :class:`.commands.Commands` and :class:`.targets.Targets`.
 """
 
 from __future__ import annotations
