@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral.protocol import defaults, paths
 from corral.protocol import messages as m
-from corral.protocol import paths
 
 from . import procs, record
 from .cgroup import Cgroups
@@ -631,9 +631,10 @@ class Launcher:
         return {"type": m.OK, "id": rid}
 
     def _terminate(self, msg: Message) -> Message | None:
-        rid, pid, timeout = msg.get("id"), msg.get("pid"), msg.get("timeout", 8.0)
+        rid, pid = msg.get("id"), msg.get("pid")
+        timeout = msg.get("timeout", defaults.STOP_TIMEOUT)
         try:
-            signum = m.signal_number(msg.get("signal", "TERM"))
+            signum = m.signal_number(msg.get("signal", defaults.STOP_SIGNAL))
         except ValueError as exc:
             return m.error(rid, m.E_BAD_REQUEST, str(exc))
         if not isinstance(timeout, (int, float)) or timeout < 0:
@@ -899,8 +900,8 @@ def _log_settings(log: Any) -> tuple[str, int, int, bool]:
     """Check a Spawn's ``log`` object: (path, max_bytes, keep, stamped)."""
     if not isinstance(log, dict) or not isinstance(log.get("path"), str) or not log["path"]:
         raise SpawnError(m.E_BAD_REQUEST, "Spawn needs 'log': {'path': ...}")
-    max_bytes = log.get("max_bytes", 10 * 1024 * 1024)
-    keep = log.get("keep", 5)
+    max_bytes = log.get("max_bytes", defaults.LOG_MAX_BYTES)
+    keep = log.get("keep", defaults.LOG_KEEP)
     fmt = log.get("format", "stamped")
     if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 4096:
         raise SpawnError(m.E_BAD_REQUEST, "'log.max_bytes' must be an integer >= 4096")

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal, Self
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from corral.protocol import defaults
+
 from .checks import cross_problems
 from .fields import (
     EnvName,
@@ -48,8 +50,8 @@ class LogSpec(SpecModel):
     """How the launcher writes a process's output: stamped or raw, rotated by size."""
 
     format: Literal["stamped", "raw"] = "stamped"
-    max_bytes: Annotated[Size, Field(ge=4096)] = 10 * 1024**2
-    keep: Annotated[int, Field(ge=0, le=100)] = 5
+    max_bytes: Annotated[Size, Field(ge=4096)] = defaults.LOG_MAX_BYTES
+    keep: Annotated[int, Field(ge=0, le=100)] = defaults.LOG_KEEP
 
 
 class RestartSpec(SpecModel):
@@ -76,8 +78,8 @@ class RestartSpec(SpecModel):
 class StopSpec(SpecModel):
     """How a process is stopped: ``signal`` to its group, KILL after ``timeout``."""
 
-    signal: Annotated[str, BeforeValidator(parse_signal)] = "TERM"
-    timeout: Seconds = 8.0
+    signal: Annotated[str, BeforeValidator(parse_signal)] = defaults.STOP_SIGNAL
+    timeout: Seconds = defaults.STOP_TIMEOUT
 
 
 class HooksSpec(SpecModel):
@@ -292,7 +294,7 @@ class ServiceSpec(SpecModel):
     on: ServiceAddress
     balance: Literal["round-robin", "least-connections"] = "round-robin"
     mode: Literal["proxy", "socket"] = "proxy"
-    drain_timeout: Seconds = 30.0
+    drain_timeout: Seconds = defaults.DRAIN_TIMEOUT
 
     @property
     def bind_host(self) -> str:
