@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from corral.protocol import defaults
+
 from .choice import ACTIVE, DRAINING, Balance, Chooser
 from .pipe import WRITE_HIGH, WRITE_LOW, BackendSide, ClientSide
 
@@ -64,7 +66,7 @@ class ServiceConfig:
     host: str
     port: int
     balance: Balance = "round-robin"
-    drain_timeout: float = 30.0
+    drain_timeout: float = defaults.DRAIN_TIMEOUT
     backends: tuple[BackendConfig, ...] = ()
 
 

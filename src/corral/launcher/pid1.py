@@ -42,13 +42,13 @@ import subprocess
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral.protocol import defaults, paths
 from corral.protocol import messages as m
-from corral.protocol import paths
 
 from . import procs, record
 from .cgroup import Cgroups
@@ -131,7 +131,7 @@ class Launcher:
         self.spawns: Counter[str] = Counter()
         self.logs: dict[str, LogFile] = {}
         self.exits = ExitQueue()
-        self.recent_exits: dict[int, Message] = {}
+        self.recent_exits: dict[int, m.Exited] = {}
         self.sup: SupervisorProc | None = None
         self.sup_backoff = 0.0
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -433,7 +433,7 @@ class Launcher:
         except (KeyError, ValueError):
             pass
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Mapping[str, Any]) -> None:
         if self.sup is not None and not self.sup.link.closed:
             self.sup.link.send(message)
             self.sup.link.flush()
@@ -472,7 +472,7 @@ class Launcher:
         self.call_later(self.sup_backoff, self.start_supervisor)
 
     # ------------------------------------------------------------------ requests
-    def handle_request(self, msg: Message) -> Message | None:
+    def handle_request(self, msg: Message) -> m.Reply | None:
         """Answer one request from the supervisor (see :mod:`corral.protocol.messages`)."""
         kind, rid = msg.get("type"), msg.get("id")
         if kind == m.HELLO:
@@ -512,7 +512,7 @@ class Launcher:
             return self._notify(msg)
         return m.error(rid, m.E_BAD_REQUEST, f"unknown message type {kind!r}")
 
-    def _listen(self, msg: Message) -> Message:
+    def _listen(self, msg: Message) -> m.Listening | m.Error:
         rid, name, host, port = msg.get("id"), msg.get("name"), msg.get("host"), msg.get("port")
         if (not isinstance(name, str) or not isinstance(host, str)
                 or not isinstance(port, int) or isinstance(port, bool)):
@@ -524,7 +524,7 @@ class Launcher:
             return m.error(rid, m.E_LISTEN_FAILED, str(exc))
         return {"type": m.LISTENING, "id": rid, **listener.describe()}
 
-    def _notify(self, msg: Message) -> Message:
+    def _notify(self, msg: Message) -> m.Ok | m.Error:
         """``Notify{ready?, status?}``: pass it on to the service manager.  ``READY=1``
         goes out once in the launcher's life (a restarted supervisor says it again)."""
         rid, ready, status = msg.get("id"), msg.get("ready", False), msg.get("status")
@@ -545,7 +545,7 @@ class Launcher:
         for message in self.exits.pending():
             self.send(message)
 
-    def _spawn(self, msg: Message) -> Message:
+    def _spawn(self, msg: Message) -> m.Spawned | m.Error:
         rid = msg.get("id")
         if self.stopping:
             return m.error(rid, m.E_BAD_REQUEST, "the launcher is shutting down")
@@ -596,7 +596,7 @@ class Launcher:
             name=req.name, pid=pid, pgid=pid, start=0, mark=mark, stop_signal=req.stop_signal,
             stop_timeout=req.stop_timeout, cgroup=leaf)))
         self.spawns[req.name] += 1
-        reply = {"type": m.SPAWNED, "id": rid, "pid": pid, "started_at": child.started_at,
+        reply: m.Spawned = {"type": m.SPAWNED, "id": rid, "pid": pid, "started_at": child.started_at,
                  "cgroup": leaf, "memory_max": None, "spawns": self.spawns[req.name]}
         if cgroups is not None and leaf:
             cgroups.adopt(leaf, pid)
@@ -616,7 +616,7 @@ class Launcher:
                     reader.log.close()
         return on_readable
 
-    def _signal(self, msg: Message) -> Message:
+    def _signal(self, msg: Message) -> m.Ok | m.Error:
         rid, pid = msg.get("id"), msg.get("pid")
         try:
             signum = m.signal_number(msg.get("signal", "TERM"))
@@ -630,10 +630,11 @@ class Launcher:
             _kill(pid, signum)
         return {"type": m.OK, "id": rid}
 
-    def _terminate(self, msg: Message) -> Message | None:
-        rid, pid, timeout = msg.get("id"), msg.get("pid"), msg.get("timeout", 8.0)
+    def _terminate(self, msg: Message) -> m.Terminated | m.Error | None:
+        rid, pid = msg.get("id"), msg.get("pid")
+        timeout = msg.get("timeout", defaults.STOP_TIMEOUT)
         try:
-            signum = m.signal_number(msg.get("signal", "TERM"))
+            signum = m.signal_number(msg.get("signal", defaults.STOP_SIGNAL))
         except ValueError as exc:
             return m.error(rid, m.E_BAD_REQUEST, str(exc))
         if not isinstance(timeout, (int, float)) or timeout < 0:
@@ -804,7 +805,7 @@ class Launcher:
         self._kill_all(child)
         for reader in child.readers:
             reader.drain()
-        exited: Message = {
+        exited: m.Exited = {
             "type": m.EXITED, "name": child.name, "pid": child.pid, "at": time.time(),
             "exit_code": code if code >= 0 else None,
             "signal": m.signal_name(-code) if code < 0 else None,
@@ -820,7 +821,7 @@ class Launcher:
         if len(self.recent_exits) > 1000:
             self.recent_exits.pop(next(iter(self.recent_exits)))
         for rid in child.terminate_waiters:
-            terminated: Message = {"type": m.TERMINATED, "id": rid,
+            terminated: m.Terminated = {"type": m.TERMINATED, "id": rid,
                                    "method": m.KILLED if child.killed else m.GRACEFUL,
                                    "exit_code": exited["exit_code"], "signal": exited["signal"]}
             if oom_killed is not None:
@@ -899,8 +900,8 @@ def _log_settings(log: Any) -> tuple[str, int, int, bool]:
     """Check a Spawn's ``log`` object: (path, max_bytes, keep, stamped)."""
     if not isinstance(log, dict) or not isinstance(log.get("path"), str) or not log["path"]:
         raise SpawnError(m.E_BAD_REQUEST, "Spawn needs 'log': {'path': ...}")
-    max_bytes = log.get("max_bytes", 10 * 1024 * 1024)
-    keep = log.get("keep", 5)
+    max_bytes = log.get("max_bytes", defaults.LOG_MAX_BYTES)
+    keep = log.get("keep", defaults.LOG_KEEP)
     fmt = log.get("format", "stamped")
     if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 4096:
         raise SpawnError(m.E_BAD_REQUEST, "'log.max_bytes' must be an integer >= 4096")

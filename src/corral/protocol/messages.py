@@ -62,17 +62,20 @@ Leftovers (optional fields): every spawn's environment gets
 ``CORRAL_INSTANCE_ID=<name>@<launcher pid>.<launcher start>.<n>``; without a cgroup, the
 processes that carry it and left the process group are signalled with the instance, and
 ``strays`` in ``Exited``/``Terminated`` lists their pids.  ``Spawn.stop`` (default
-``{signal: TERM, timeout: 10}``) is how the next launcher stops the child if this one dies
+``{signal: TERM, timeout: 8}``) is how the next launcher stops the child if this one dies
 (see ``corral.launcher.record``).
 
 Times (``started_at``, ``at``) are Unix epoch seconds as floats.  Signals are names
 without the ``SIG`` prefix (``"TERM"``).
+
+Each message's fields are spelled out as a ``TypedDict`` below (:class:`Spawn`,
+:class:`Spawned`, ...): for type checking only, a message on the wire is the plain JSON object.
 """
 
 from __future__ import annotations
 
 import signal as _signal
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 PROTOCOL_VERSION = 1
 
@@ -125,7 +128,7 @@ ENV_LAUNCHER_FD = "CORRAL_LAUNCHER_FD"
 ENV_SUP_BINARY = "CORRAL_SUP_BINARY"
 
 
-def error(request_id: Any, code: str, message: str) -> dict[str, Any]:
+def error(request_id: Any, code: str, message: str) -> Error:
     """Build an ``Error`` reply."""
     return {"type": ERROR, "id": request_id, "code": code, "message": message}
 
@@ -157,3 +160,196 @@ def signal_name(number: int) -> str:
         return _signal.Signals(number).name.removeprefix("SIG")
     except ValueError:
         return str(number)
+
+
+# --- message shapes ------------------------------------------------------------------------
+# ``type`` is one of the names above; ``id`` is the request's, echoed by its reply (None on
+# an Error for a frame that could not be read).  ``NotRequired`` fields may be left out.
+
+
+class Hello(TypedDict):
+    type: str
+    id: int
+    version: int
+
+
+class HelloOk(TypedDict):
+    type: str
+    id: int | None
+    version: int
+    launcher_pid: int
+    started_at: float
+    notify: NotRequired[bool]
+
+
+class SpawnLog(TypedDict):
+    """A Spawn's ``log``: the file, its record format and rotation (defaults: see
+    :mod:`corral.protocol.defaults`)."""
+
+    path: str
+    format: NotRequired[str]  # "stamped" or "raw"
+    max_bytes: NotRequired[int]
+    keep: NotRequired[int]
+
+
+class SpawnStop(TypedDict, total=False):
+    """How the next launcher stops the child if this one dies."""
+
+    signal: str
+    timeout: float
+
+
+class Spawn(TypedDict):
+    type: str
+    id: int
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: SpawnLog
+    cwd: NotRequired[str | None]
+    user: NotRequired[str | None]
+    group: NotRequired[str | None]
+    umask: NotRequired[int | None]
+    rlimits: NotRequired[dict[str, int]]
+    memory_max: NotRequired[int | None]
+    cgroup: NotRequired[bool | None]
+    listen_fds: NotRequired[list[str]]
+    stop: NotRequired[SpawnStop]
+
+
+class Spawned(TypedDict):
+    type: str
+    id: int | None
+    pid: int
+    started_at: float
+    cgroup: NotRequired[str | None]
+    memory_max: NotRequired[int | None]
+    spawns: NotRequired[int]
+
+
+class Signal(TypedDict):
+    type: str
+    id: int
+    pid: int
+    signal: str
+    group: NotRequired[bool]
+
+
+class Terminate(TypedDict):
+    type: str
+    id: int
+    pid: int
+    signal: NotRequired[str]
+    timeout: NotRequired[float]
+
+
+class Terminated(TypedDict):
+    type: str
+    id: int | None
+    method: str  # ALREADY_EXITED, GRACEFUL or KILLED
+    exit_code: int | None
+    signal: str | None
+    oom_killed: NotRequired[bool]
+    strays: NotRequired[list[int]]
+
+
+class List(TypedDict):
+    type: str
+    id: int
+
+
+class ChildInfo(TypedDict):
+    """One running child, in ``Children``."""
+
+    name: str
+    pid: int
+    started_at: float
+    argv: list[str]
+    spawns: NotRequired[int]
+    cgroup: NotRequired[str | None]
+
+
+class ListenerInfo(TypedDict):
+    """One held listening socket, in ``Listening`` and ``Children``."""
+
+    name: str
+    host: str
+    port: int
+
+
+class Children(TypedDict):
+    type: str
+    id: int | None
+    children: list[ChildInfo]
+    listeners: NotRequired[list[ListenerInfo]]
+
+
+class Listen(TypedDict):
+    type: str
+    id: int
+    name: str
+    host: str
+    port: int
+
+
+class Listening(TypedDict):
+    type: str
+    id: int | None
+    name: str
+    host: str
+    port: int
+
+
+class Unlisten(TypedDict):
+    type: str
+    id: int
+    name: str
+
+
+class Notify(TypedDict):
+    type: str
+    id: int
+    ready: NotRequired[bool]
+    status: NotRequired[str]
+
+
+class Ack(TypedDict):
+    """The supervisor has handled every ``Exited`` up to ``seq``."""
+
+    type: str
+    seq: int
+
+
+class Ok(TypedDict):
+    type: str
+    id: int | None
+    existed: NotRequired[bool]  # Unlisten: whether the launcher held the socket
+
+
+class Error(TypedDict):
+    type: str
+    id: int | None
+    code: str  # one of the E_* codes
+    message: str
+
+
+class Exited(TypedDict):
+    type: str
+    name: str
+    pid: int
+    at: float
+    exit_code: int | None
+    signal: str | None
+    last_lines: NotRequired[list[str]]
+    spawns: NotRequired[int]
+    oom_killed: NotRequired[bool]
+    strays: NotRequired[list[int]]
+    seq: NotRequired[int]  # numbered by the launcher, acknowledged with Ack
+
+
+class Shutdown(TypedDict):
+    type: str
+
+
+#: What the launcher answers a request with.
+Reply = HelloOk | Spawned | Ok | Terminated | Children | Listening | Error
