@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import corral
 from corral.protocol import defaults, paths
 from corral.protocol import messages as m
 
@@ -157,6 +158,10 @@ class Launcher:
         self._record_failed: int | None = None  # errno of the last failed write (said once)
         self._orphan_marks: dict[int, str | None] = {}  # re-parented pid -> its mark
         self._sweep_pending = False
+        # Set when a supervisor could not work with this launcher (protocol versions): the
+        # line said, and no supervisor is started again until SIGHUP.
+        self.sup_refused: str | None = None
+        self.sup_held = False
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> int:
@@ -364,6 +369,11 @@ class Launcher:
             self.begin_shutdown(force=self.stopping)
         elif signum == signal.SIGHUP and self.sup is not None:
             _kill(self.sup.proc.pid, signal.SIGHUP)
+        elif signum == signal.SIGHUP and self.sup_held:
+            # A compatible supervisor may have been installed meanwhile: try again.
+            self.sup_held = False
+            self.sup_refused = None
+            self.start_supervisor()
 
     # ---------------------------------------------------------------- supervisor
     def supervisor_argv(self) -> list[str]:
@@ -405,6 +415,17 @@ class Launcher:
             name=SUPERVISOR_NAME, pid=proc.pid, pgid=proc.pid, start=0, mark=mark,
             stop_signal="KILL", stop_timeout=0.0)))
         self.sel.register(link.fileno(), selectors.EVENT_READ, self._on_link)
+        sup = self.sup
+        self.call_later(_hello_timeout(), lambda: self._hello_overdue(sup))
+
+    def _hello_overdue(self, sup: SupervisorProc) -> None:
+        """Kill a supervisor that has not said ``Hello`` in time (it is hung, or not a
+        corral supervisor): it is then started again like one that died young."""
+        if self.sup is sup and sup.greeted_at is None and sup.proc.returncode is None:
+            if self.sup_refused is None:
+                print(f"corral-launcher: the supervisor (pid {sup.proc.pid}) did not say "
+                      f"Hello within {_hello_timeout():g} s; killing it", file=sys.stderr)
+            _kill(sup.proc.pid, signal.SIGKILL)
 
     def _on_link(self, mask: int) -> None:
         sup = self.sup
@@ -452,6 +473,16 @@ class Launcher:
         if self.stopping:
             self._stop_remaining()
             return
+        if self.sup_refused is not None or code == m.EXIT_INCOMPATIBLE:
+            if self.sup_refused is None:  # it found out itself (this launcher is older)
+                print(f"corral-launcher: the supervisor cannot work with this launcher "
+                      f"(launcher protocol {m.PROTOCOL_VERSION}, corral "
+                      f"{corral.__version__}); services keep running, and no supervisor is "
+                      "started until the launcher gets SIGHUP", file=sys.stderr)
+            self.sup_held = True
+            self._tell(STATUS="no supervisor: its protocol version does not match the "
+                              "launcher's; services keep running")
+            return
         if code in (m.EXIT_DONE, m.EXIT_FATAL):
             why = "is done" if code == m.EXIT_DONE else "hit a fatal error"
             print(f"corral-launcher: the supervisor {why} (exit {code}); stopping services",
@@ -477,6 +508,9 @@ class Launcher:
         kind, rid = msg.get("type"), msg.get("id")
         if kind == m.HELLO:
             assert self.sup is not None
+            theirs = msg.get("version")
+            if not m.compatible(m.PROTOCOL_VERSION, theirs):
+                return self._refuse(rid, theirs)
             self.sup.link.greeted = True
             self.sup.greeted_at = time.monotonic()
             # It started well: only supervisors that keep failing before Hello back off.
@@ -486,7 +520,8 @@ class Launcher:
                 self.call_later(0, lambda: self.send({"type": m.SHUTDOWN}))
             return {"type": m.HELLO_OK, "id": rid, "version": m.PROTOCOL_VERSION,
                     "launcher_pid": os.getpid(), "started_at": self.started_at,
-                    "notify": self.notifier is not None}
+                    "notify": self.notifier is not None,
+                    "corral_version": corral.__version__}
         if kind == m.SPAWN:
             return self._spawn(msg)
         if kind == m.SIGNAL:
@@ -511,6 +546,17 @@ class Launcher:
         if kind == m.NOTIFY:
             return self._notify(msg)
         return m.error(rid, m.E_BAD_REQUEST, f"unknown message type {kind!r}")
+
+    def _refuse(self, rid: Any, theirs: Any) -> m.Error:
+        """Refuse a supervisor of another protocol major version: say so in one line,
+        keep every service, and start no new supervisor until SIGHUP."""
+        line = (f"the supervisor speaks launcher protocol {theirs!r} and this launcher "
+                f"{m.PROTOCOL_VERSION!r} (corral {corral.__version__}): incompatible")
+        self.sup_refused = line
+        print(f"corral-launcher: {line}; services keep running, and no supervisor is "
+              "started until a compatible corral is installed and the launcher gets SIGHUP",
+              file=sys.stderr)
+        return m.error(rid, m.E_INCOMPATIBLE, line)
 
     def _listen(self, msg: Message) -> m.Listening | m.Error:
         rid, name, host, port = msg.get("id"), msg.get("name"), msg.get("host"), msg.get("port")
@@ -894,6 +940,15 @@ class Launcher:
             for child in self.children.values():
                 self._kill_all(child)
         self.call_later(FALLBACK_STOP_TIMEOUT, kill_rest)
+
+
+def _hello_timeout() -> float:
+    """How long a new supervisor has to say ``Hello`` (``CORRAL_HELLO_TIMEOUT``)."""
+    try:
+        value = float(os.environ.get(m.ENV_HELLO_TIMEOUT, ""))
+    except ValueError:
+        return m.HELLO_TIMEOUT
+    return value if value > 0 else m.HELLO_TIMEOUT
 
 
 def _log_settings(log: Any) -> tuple[str, int, int, bool]:

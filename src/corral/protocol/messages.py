@@ -3,7 +3,9 @@
 Requests (supervisor -> launcher) carry an ``id`` that the reply echoes, so requests
 may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
 
-    Hello{version}                         -> HelloOk{version, launcher_pid}
+    Hello{version}                         -> HelloOk{version, launcher_pid, started_at,
+                                                      notify?, corral_version?}
+                                              | Error{Incompatible}
     Spawn{name, argv, env, cwd, user?, group?, umask?, rlimits?, memory_max?, cgroup?,
           listen_fds?, stop?{signal, timeout}, log{path, format, max_bytes, keep}}
                                            -> Spawned{pid, started_at, cgroup, memory_max,
@@ -65,6 +67,13 @@ processes that carry it and left the process group are signalled with the instan
 ``{signal: TERM, timeout: 8}``) is how the next launcher stops the child if this one dies
 (see ``corral.launcher.record``).
 
+Versions: ``Hello.version`` and ``HelloOk.version`` are ``"MAJOR.MINOR"``
+(:data:`PROTOCOL_VERSION`).  The launcher answers a ``Hello`` of another major version with
+``Error{Incompatible}`` naming both, keeps its children, and starts no further supervisor
+until SIGHUP; the supervisor says so in one line and exits :data:`EXIT_INCOMPATIBLE`.  A
+supervisor that has not said ``Hello`` within :data:`HELLO_TIMEOUT` is killed and started
+again.  ``HelloOk.corral_version`` is the corral release the launcher was started from.
+
 Times (``started_at``, ``at``) are Unix epoch seconds as floats.  Signals are names
 without the ``SIG`` prefix (``"TERM"``).
 
@@ -77,7 +86,11 @@ from __future__ import annotations
 import signal as _signal
 from typing import Any, NotRequired, TypedDict
 
-PROTOCOL_VERSION = 1
+#: ``"MAJOR.MINOR"``.  Peers of one major version work together: a minor version only
+#: adds optional fields.  A launcher refuses a ``Hello`` of another major version with
+#: ``Error{Incompatible}`` (and keeps its children); a version 1 peer may send the bare
+#: integer ``1``, read as ``"1.0"``.
+PROTOCOL_VERSION = "1.1"
 
 # Request types.
 HELLO = "Hello"
@@ -111,6 +124,7 @@ E_EXEC_FAILED = "ExecFailed"
 E_NO_SUCH_PROCESS = "NoSuchProcess"
 E_BAD_REQUEST = "BadRequest"
 E_LISTEN_FAILED = "ListenFailed"
+E_INCOMPATIBLE = "Incompatible"
 
 # How Terminate ended.
 ALREADY_EXITED = "already_exited"
@@ -122,10 +136,36 @@ EXIT_DONE = 84
 """The supervisor is done: stop all services; the launcher exits 0."""
 EXIT_FATAL = 86
 """The supervisor hit a fatal error: stop all services; the launcher exits 86."""
+EXIT_INCOMPATIBLE = 85
+"""The supervisor cannot work with this launcher (protocol versions): the launcher keeps its
+services and starts no supervisor until SIGHUP (after installing a compatible one)."""
+
+#: Seconds a new supervisor has to say ``Hello`` before the launcher kills and restarts it
+#: (``CORRAL_HELLO_TIMEOUT`` overrides).
+HELLO_TIMEOUT = 10.0
+ENV_HELLO_TIMEOUT = "CORRAL_HELLO_TIMEOUT"
 
 # Environment shared between launcher and supervisor.
 ENV_LAUNCHER_FD = "CORRAL_LAUNCHER_FD"
 ENV_SUP_BINARY = "CORRAL_SUP_BINARY"
+
+
+def parse_version(value: Any) -> tuple[int, int] | None:
+    """``"1.2"`` -> ``(1, 2)``; the bare integer ``1`` of version 1 peers -> ``(1, 0)``;
+    None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value, 0
+    if isinstance(value, str):
+        major, dot, minor = value.partition(".")
+        if major.isdigit() and (minor.isdigit() if dot else True):
+            return int(major), int(minor or 0)
+    return None
+
+
+def compatible(ours: str, theirs: Any) -> bool:
+    """Whether a peer announcing ``theirs`` speaks our major version."""
+    mine, other = parse_version(ours), parse_version(theirs)
+    return mine is not None and other is not None and mine[0] == other[0]
 
 
 def error(request_id: Any, code: str, message: str) -> Error:
@@ -170,16 +210,17 @@ def signal_name(number: int) -> str:
 class Hello(TypedDict):
     type: str
     id: int
-    version: int
+    version: str | int  # "MAJOR.MINOR" (an integer from version 1.0 peers)
 
 
 class HelloOk(TypedDict):
     type: str
     id: int | None
-    version: int
+    version: str
     launcher_pid: int
     started_at: float
     notify: NotRequired[bool]
+    corral_version: NotRequired[str]  # the corral release the launcher runs (1.1)
 
 
 class SpawnLog(TypedDict):
