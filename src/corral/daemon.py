@@ -40,7 +40,7 @@ from corral.supervisor.announce import announce
 from corral.supervisor.balancing import Balancer
 from corral.supervisor.clock import SYSTEM, Clock
 from corral.supervisor.facade import Facade
-from corral.supervisor.launcher_client import LauncherClient
+from corral.supervisor.launcher_client import Incompatible, LauncherClient
 from corral.supervisor.loop import Supervisor
 from corral.supervisor.persistence import StateFiles
 from corral.supervisor.settings import Settings
@@ -340,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         # The first supervisor's files were refused: stop, rather than be started again
         # without them (the launcher gives them to the first supervisor only).
         return m.EXIT_FATAL if args.target or args.secrets_file else 1
+    except Incompatible as exc:
+        # One line in all (the launcher's, when it refused us); it keeps the services
+        # and does not start a supervisor again until SIGHUP.
+        if not exc.by_launcher:
+            print(f"corral-supervisor: {exc}; services keep running", file=sys.stderr)
+        return m.EXIT_INCOMPATIBLE
     except CorralError as exc:
         print(f"corral-supervisor: {exc}", file=sys.stderr)
         return 1

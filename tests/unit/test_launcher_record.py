@@ -168,7 +168,7 @@ def test_marked_daemons_descendants_and_cgroups_belong_to_their_instance() -> No
     assert [(g.entry.name, g.pids) for g in found] == [
         ("web/0", [200, 210, 211]), ("db/0", [150]), ("late/0", [500])]
     late = found[2].entry
-    assert (late.stop_signal, late.stop_timeout) == ("TERM", 10.0)
+    assert (late.stop_signal, late.stop_timeout) == ("TERM", 8.0)  # the default stop
 
 
 def test_the_group_of_a_leader_that_is_gone_is_matched_by_mark_only() -> None:

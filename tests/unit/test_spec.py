@@ -21,6 +21,7 @@ from corral.spec import (
     parse_duration,
     parse_signal,
     parse_size,
+    reader,
     validate_process,
     validate_target,
 )
@@ -717,11 +718,10 @@ def test_a_character_yaml_does_not_allow_is_one_line_with_its_line_number() -> N
     "# only a comment\n",
 ])
 def test_the_fast_yaml_reader_agrees_with_pyyaml(text: str) -> None:
-    """`_plain_data` reads these documents itself and builds what `yaml.load` would."""
-    from corral import spec
-    expected = yaml.load(text, Loader=spec._FastLoader)  # a SafeLoader subclass
-    got = spec._plain_data(text)
-    assert got is not spec._UNUSUAL, "the fast reader handed a plain document over"
+    """`reader.plain_data` reads these documents itself and builds what `yaml.load` would."""
+    expected = yaml.load(text, Loader=reader.FastLoader)  # a SafeLoader subclass
+    got = reader.plain_data(text)
+    assert got is not reader.UNUSUAL, "the fast reader handed a plain document over"
     assert _same(got, expected)
 
 
@@ -747,9 +747,8 @@ def _same(got: object, expected: object) -> bool:
     "<<: {a: 1}\nb: 2\n",            # a merge key
 ])
 def test_the_fast_yaml_reader_hands_unusual_documents_over(text: str) -> None:
-    """What `_plain_data` does not handle itself goes to PyYAML, never half-read."""
-    from corral import spec
-    assert spec._plain_data(text) is spec._UNUSUAL
+    """What `reader.plain_data` does not handle itself goes to PyYAML, never half-read."""
+    assert reader.plain_data(text) is reader.UNUSUAL
 
 
 def test_a_key_given_twice_is_refused_with_both_lines() -> None:

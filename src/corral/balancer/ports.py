@@ -25,7 +25,9 @@ import hashlib
 import socket
 from collections.abc import Callable
 
-DEFAULT_RANGE = (30000, 39999)
+from corral.protocol import defaults
+
+DEFAULT_RANGE = defaults.PORT_RANGE
 
 
 class PortsExhausted(RuntimeError):

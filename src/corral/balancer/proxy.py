@@ -30,6 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from corral import __version__
+from corral.protocol import defaults
+
 from .choice import ACTIVE, DRAINING, Balance, Chooser
 from .pipe import WRITE_HIGH, WRITE_LOW, BackendSide, ClientSide
 
@@ -64,7 +67,7 @@ class ServiceConfig:
     host: str
     port: int
     balance: Balance = "round-robin"
-    drain_timeout: float = 30.0
+    drain_timeout: float = defaults.DRAIN_TIMEOUT
     backends: tuple[BackendConfig, ...] = ()
 
 
@@ -420,7 +423,7 @@ class Proxy:
         return found is None or found.drained(backend_id)
 
     def stats(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "started_at": self.started_at,
+        return {"pid": os.getpid(), "started_at": self.started_at, "version": __version__,
                 "services": [s.figures() for s in self.services.values()]}
 
     def shutdown(self, grace: float) -> None:

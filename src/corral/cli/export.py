@@ -72,7 +72,7 @@ def cmd_k8s(args: argparse.Namespace, ctx: CommandContext) -> int:
     from corral import __version__
     from corral.errors import SpecError
     from corral.porting import k8s
-    from corral.spec import load_target
+    from corral.spec.loading import load_target
 
     if args.secret_values and args.target:
         raise UsageError("--secret-values reads the values from the running supervisor; "

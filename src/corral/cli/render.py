@@ -149,7 +149,7 @@ def supervisor_lines(status: Json) -> list[str]:
     pairs = [("launcher pid", _text(status.get("launcher_pid"))),
              ("supervisor pid", _text(status.get("supervisor_pid"))),
              ("state dir", _text(status.get("state_dir"))),
-             ("version", _text(status.get("version"))),
+             ("version", _versions(status)),
              ("uptime", duration(status.get("uptime_s"))),
              ("services", services)]
     balancer = status.get("balancer") or {}
@@ -160,6 +160,21 @@ def supervisor_lines(status: Json) -> list[str]:
     width = max(len(label) for label, _ in pairs)
     lines = [f"{label.ljust(width)}  {value}" for label, value in pairs]
     return lines + balancer_lines(balancer)
+
+
+def _versions(status: Json) -> str:
+    """``0.2.0`` when every part runs the same release, else each part's
+    (``launcher 0.1.0, supervisor 0.2.0, balancer 0.2.0``); ``?`` for a part that cannot
+    say (an older launcher or balancer)."""
+    parts = status.get("versions")
+    if not isinstance(parts, dict):
+        return _text(status.get("version"))
+    known = {k: parts.get(k) for k in ("launcher", "supervisor", "balancer")}
+    if known["balancer"] is None and not (status.get("balancer") or {}).get("pid"):
+        del known["balancer"]  # no balancer running
+    if len(set(known.values())) == 1:
+        return _text(known["supervisor"])
+    return ", ".join(f"{k} {v or '?'}" for k, v in known.items())
 
 
 def balancer_lines(balancer: Json) -> list[str]:

@@ -141,7 +141,7 @@ def launcher_argv(args: argparse.Namespace, ctx: CommandContext) -> list[str]:
 def check_target(path: str) -> None:
     """Raise :class:`CliError` naming every problem of the target file at ``path``."""
     from corral.errors import SpecError  # only `sup run --target` pays for pydantic
-    from corral.spec import load_target
+    from corral.spec.loading import load_target
     try:
         with open(path) as f:
             text = f.read()

@@ -15,6 +15,7 @@ import time
 from corral.cli.common import CommandContext, add_parser, non_negative_int, quote_segment
 from corral.cli.errors import EXIT_OK, CliError, UsageError
 from corral.cli.render import RUNNING, balancer_lines, service_table
+from corral.protocol import defaults
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:
@@ -98,9 +99,10 @@ def _register_load(verbs: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--cwd", metavar="D", help="working directory (default: a fresh one)")
     p.add_argument("--user", metavar="U", help="run as this user (when corral runs as root)")
     p.add_argument("--group", metavar="G", help="run with this group")
-    p.add_argument("--stop-signal", metavar="S", help="stop signal (default TERM)")
+    p.add_argument("--stop-signal", metavar="S", help=f"stop signal (default {defaults.STOP_SIGNAL})")
     p.add_argument("--stop-timeout", metavar="T",
-                   help="seconds or a duration like 30s before KILL (default 8s)")
+                   help="seconds or a duration like 30s before KILL "
+                        f"(default {defaults.STOP_TIMEOUT:g}s)")
     p.add_argument("--instances", metavar="N", type=non_negative_int, help="instances to run")
     p.add_argument("--log-format", choices=("stamped", "raw"), help="log record format")
     _add_wait(p)

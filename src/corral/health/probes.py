@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from corral import command
-from corral.spec import HealthSpec
+from corral.spec.models import HealthSpec
 from corral.states import HealthState
 
 _HABITAT = {0: HealthState.OK, 1: HealthState.WARNING, 2: HealthState.CRITICAL}

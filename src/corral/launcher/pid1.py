@@ -42,13 +42,14 @@ import subprocess
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import corral
+from corral.protocol import defaults, paths
 from corral.protocol import messages as m
-from corral.protocol import paths
 
 from . import procs, record
 from .cgroup import Cgroups
@@ -131,7 +132,7 @@ class Launcher:
         self.spawns: Counter[str] = Counter()
         self.logs: dict[str, LogFile] = {}
         self.exits = ExitQueue()
-        self.recent_exits: dict[int, Message] = {}
+        self.recent_exits: dict[int, m.Exited] = {}
         self.sup: SupervisorProc | None = None
         self.sup_backoff = 0.0
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -157,6 +158,10 @@ class Launcher:
         self._record_failed: int | None = None  # errno of the last failed write (said once)
         self._orphan_marks: dict[int, str | None] = {}  # re-parented pid -> its mark
         self._sweep_pending = False
+        # Set when a supervisor could not work with this launcher (protocol versions): the
+        # line said, and no supervisor is started again until SIGHUP.
+        self.sup_refused: str | None = None
+        self.sup_held = False
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> int:
@@ -364,6 +369,11 @@ class Launcher:
             self.begin_shutdown(force=self.stopping)
         elif signum == signal.SIGHUP and self.sup is not None:
             _kill(self.sup.proc.pid, signal.SIGHUP)
+        elif signum == signal.SIGHUP and self.sup_held:
+            # A compatible supervisor may have been installed meanwhile: try again.
+            self.sup_held = False
+            self.sup_refused = None
+            self.start_supervisor()
 
     # ---------------------------------------------------------------- supervisor
     def supervisor_argv(self) -> list[str]:
@@ -405,6 +415,17 @@ class Launcher:
             name=SUPERVISOR_NAME, pid=proc.pid, pgid=proc.pid, start=0, mark=mark,
             stop_signal="KILL", stop_timeout=0.0)))
         self.sel.register(link.fileno(), selectors.EVENT_READ, self._on_link)
+        sup = self.sup
+        self.call_later(_hello_timeout(), lambda: self._hello_overdue(sup))
+
+    def _hello_overdue(self, sup: SupervisorProc) -> None:
+        """Kill a supervisor that has not said ``Hello`` in time (it is hung, or not a
+        corral supervisor): it is then started again like one that died young."""
+        if self.sup is sup and sup.greeted_at is None and sup.proc.returncode is None:
+            if self.sup_refused is None:
+                print(f"corral-launcher: the supervisor (pid {sup.proc.pid}) did not say "
+                      f"Hello within {_hello_timeout():g} s; killing it", file=sys.stderr)
+            _kill(sup.proc.pid, signal.SIGKILL)
 
     def _on_link(self, mask: int) -> None:
         sup = self.sup
@@ -433,7 +454,7 @@ class Launcher:
         except (KeyError, ValueError):
             pass
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Mapping[str, Any]) -> None:
         if self.sup is not None and not self.sup.link.closed:
             self.sup.link.send(message)
             self.sup.link.flush()
@@ -451,6 +472,16 @@ class Launcher:
         self.sup = None
         if self.stopping:
             self._stop_remaining()
+            return
+        if self.sup_refused is not None or code == m.EXIT_INCOMPATIBLE:
+            if self.sup_refused is None:  # it found out itself (this launcher is older)
+                print(f"corral-launcher: the supervisor cannot work with this launcher "
+                      f"(launcher protocol {m.PROTOCOL_VERSION}, corral "
+                      f"{corral.__version__}); services keep running, and no supervisor is "
+                      "started until the launcher gets SIGHUP", file=sys.stderr)
+            self.sup_held = True
+            self._tell(STATUS="no supervisor: its protocol version does not match the "
+                              "launcher's; services keep running")
             return
         if code in (m.EXIT_DONE, m.EXIT_FATAL):
             why = "is done" if code == m.EXIT_DONE else "hit a fatal error"
@@ -472,11 +503,14 @@ class Launcher:
         self.call_later(self.sup_backoff, self.start_supervisor)
 
     # ------------------------------------------------------------------ requests
-    def handle_request(self, msg: Message) -> Message | None:
+    def handle_request(self, msg: Message) -> m.Reply | None:
         """Answer one request from the supervisor (see :mod:`corral.protocol.messages`)."""
         kind, rid = msg.get("type"), msg.get("id")
         if kind == m.HELLO:
             assert self.sup is not None
+            theirs = msg.get("version")
+            if not m.compatible(m.PROTOCOL_VERSION, theirs):
+                return self._refuse(rid, theirs)
             self.sup.link.greeted = True
             self.sup.greeted_at = time.monotonic()
             # It started well: only supervisors that keep failing before Hello back off.
@@ -486,7 +520,8 @@ class Launcher:
                 self.call_later(0, lambda: self.send({"type": m.SHUTDOWN}))
             return {"type": m.HELLO_OK, "id": rid, "version": m.PROTOCOL_VERSION,
                     "launcher_pid": os.getpid(), "started_at": self.started_at,
-                    "notify": self.notifier is not None}
+                    "notify": self.notifier is not None,
+                    "corral_version": corral.__version__}
         if kind == m.SPAWN:
             return self._spawn(msg)
         if kind == m.SIGNAL:
@@ -512,7 +547,18 @@ class Launcher:
             return self._notify(msg)
         return m.error(rid, m.E_BAD_REQUEST, f"unknown message type {kind!r}")
 
-    def _listen(self, msg: Message) -> Message:
+    def _refuse(self, rid: Any, theirs: Any) -> m.Error:
+        """Refuse a supervisor of another protocol major version: say so in one line,
+        keep every service, and start no new supervisor until SIGHUP."""
+        line = (f"the supervisor speaks launcher protocol {theirs!r} and this launcher "
+                f"{m.PROTOCOL_VERSION!r} (corral {corral.__version__}): incompatible")
+        self.sup_refused = line
+        print(f"corral-launcher: {line}; services keep running, and no supervisor is "
+              "started until a compatible corral is installed and the launcher gets SIGHUP",
+              file=sys.stderr)
+        return m.error(rid, m.E_INCOMPATIBLE, line)
+
+    def _listen(self, msg: Message) -> m.Listening | m.Error:
         rid, name, host, port = msg.get("id"), msg.get("name"), msg.get("host"), msg.get("port")
         if (not isinstance(name, str) or not isinstance(host, str)
                 or not isinstance(port, int) or isinstance(port, bool)):
@@ -524,7 +570,7 @@ class Launcher:
             return m.error(rid, m.E_LISTEN_FAILED, str(exc))
         return {"type": m.LISTENING, "id": rid, **listener.describe()}
 
-    def _notify(self, msg: Message) -> Message:
+    def _notify(self, msg: Message) -> m.Ok | m.Error:
         """``Notify{ready?, status?}``: pass it on to the service manager.  ``READY=1``
         goes out once in the launcher's life (a restarted supervisor says it again)."""
         rid, ready, status = msg.get("id"), msg.get("ready", False), msg.get("status")
@@ -545,7 +591,7 @@ class Launcher:
         for message in self.exits.pending():
             self.send(message)
 
-    def _spawn(self, msg: Message) -> Message:
+    def _spawn(self, msg: Message) -> m.Spawned | m.Error:
         rid = msg.get("id")
         if self.stopping:
             return m.error(rid, m.E_BAD_REQUEST, "the launcher is shutting down")
@@ -596,7 +642,7 @@ class Launcher:
             name=req.name, pid=pid, pgid=pid, start=0, mark=mark, stop_signal=req.stop_signal,
             stop_timeout=req.stop_timeout, cgroup=leaf)))
         self.spawns[req.name] += 1
-        reply = {"type": m.SPAWNED, "id": rid, "pid": pid, "started_at": child.started_at,
+        reply: m.Spawned = {"type": m.SPAWNED, "id": rid, "pid": pid, "started_at": child.started_at,
                  "cgroup": leaf, "memory_max": None, "spawns": self.spawns[req.name]}
         if cgroups is not None and leaf:
             cgroups.adopt(leaf, pid)
@@ -616,7 +662,7 @@ class Launcher:
                     reader.log.close()
         return on_readable
 
-    def _signal(self, msg: Message) -> Message:
+    def _signal(self, msg: Message) -> m.Ok | m.Error:
         rid, pid = msg.get("id"), msg.get("pid")
         try:
             signum = m.signal_number(msg.get("signal", "TERM"))
@@ -630,10 +676,11 @@ class Launcher:
             _kill(pid, signum)
         return {"type": m.OK, "id": rid}
 
-    def _terminate(self, msg: Message) -> Message | None:
-        rid, pid, timeout = msg.get("id"), msg.get("pid"), msg.get("timeout", 8.0)
+    def _terminate(self, msg: Message) -> m.Terminated | m.Error | None:
+        rid, pid = msg.get("id"), msg.get("pid")
+        timeout = msg.get("timeout", defaults.STOP_TIMEOUT)
         try:
-            signum = m.signal_number(msg.get("signal", "TERM"))
+            signum = m.signal_number(msg.get("signal", defaults.STOP_SIGNAL))
         except ValueError as exc:
             return m.error(rid, m.E_BAD_REQUEST, str(exc))
         if not isinstance(timeout, (int, float)) or timeout < 0:
@@ -804,7 +851,7 @@ class Launcher:
         self._kill_all(child)
         for reader in child.readers:
             reader.drain()
-        exited: Message = {
+        exited: m.Exited = {
             "type": m.EXITED, "name": child.name, "pid": child.pid, "at": time.time(),
             "exit_code": code if code >= 0 else None,
             "signal": m.signal_name(-code) if code < 0 else None,
@@ -820,7 +867,7 @@ class Launcher:
         if len(self.recent_exits) > 1000:
             self.recent_exits.pop(next(iter(self.recent_exits)))
         for rid in child.terminate_waiters:
-            terminated: Message = {"type": m.TERMINATED, "id": rid,
+            terminated: m.Terminated = {"type": m.TERMINATED, "id": rid,
                                    "method": m.KILLED if child.killed else m.GRACEFUL,
                                    "exit_code": exited["exit_code"], "signal": exited["signal"]}
             if oom_killed is not None:
@@ -895,12 +942,21 @@ class Launcher:
         self.call_later(FALLBACK_STOP_TIMEOUT, kill_rest)
 
 
+def _hello_timeout() -> float:
+    """How long a new supervisor has to say ``Hello`` (``CORRAL_HELLO_TIMEOUT``)."""
+    try:
+        value = float(os.environ.get(m.ENV_HELLO_TIMEOUT, ""))
+    except ValueError:
+        return m.HELLO_TIMEOUT
+    return value if value > 0 else m.HELLO_TIMEOUT
+
+
 def _log_settings(log: Any) -> tuple[str, int, int, bool]:
     """Check a Spawn's ``log`` object: (path, max_bytes, keep, stamped)."""
     if not isinstance(log, dict) or not isinstance(log.get("path"), str) or not log["path"]:
         raise SpawnError(m.E_BAD_REQUEST, "Spawn needs 'log': {'path': ...}")
-    max_bytes = log.get("max_bytes", 10 * 1024 * 1024)
-    keep = log.get("keep", 5)
+    max_bytes = log.get("max_bytes", defaults.LOG_MAX_BYTES)
+    keep = log.get("keep", defaults.LOG_KEEP)
     fmt = log.get("format", "stamped")
     if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 4096:
         raise SpawnError(m.E_BAD_REQUEST, "'log.max_bytes' must be an integer >= 4096")

@@ -49,6 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.protocol import defaults
 from corral.protocol import messages as m
 
 from . import procs
@@ -72,8 +73,8 @@ class Entry:
     pgid: int
     start: int
     mark: str
-    stop_signal: str = "TERM"
-    stop_timeout: float = 10.0
+    stop_signal: str = defaults.STOP_SIGNAL
+    stop_timeout: float = defaults.STOP_TIMEOUT
     cgroup: str | None = None
 
     def encode(self) -> str:

@@ -31,6 +31,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.protocol import defaults
 from corral.protocol import messages as m
 
 from .listeners import exec_with_sockets
@@ -73,8 +74,8 @@ class SpawnRequest:
     cgroup: bool | None = None  # None: only with a memory limit (see .cgroup)
     listen_fds: list[str] = field(default_factory=list)
     # How to stop it if the launcher dies and the next one finds it (see .record).
-    stop_signal: str = "TERM"
-    stop_timeout: float = 10.0
+    stop_signal: str = defaults.STOP_SIGNAL
+    stop_timeout: float = defaults.STOP_TIMEOUT
 
     @classmethod
     def parse(cls, msg: Mapping[str, Any]) -> SpawnRequest:
@@ -122,16 +123,16 @@ class SpawnRequest:
 def _stop(stop: Any) -> tuple[str, float]:
     """Check a Spawn's optional ``stop: {signal, timeout}``: (signal name, seconds)."""
     if stop is None:
-        return "TERM", 10.0
+        return defaults.STOP_SIGNAL, defaults.STOP_TIMEOUT
     bad = SpawnError(m.E_BAD_REQUEST, "'stop' must be {'signal': a signal name, "
                                       "'timeout': seconds >= 0}")
     if not isinstance(stop, dict):
         raise bad
-    timeout = stop.get("timeout", 10.0)
+    timeout = stop.get("timeout", defaults.STOP_TIMEOUT)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
         raise bad
     try:
-        number = m.signal_number(stop.get("signal", "TERM"))
+        number = m.signal_number(stop.get("signal", defaults.STOP_SIGNAL))
     except (ValueError, TypeError):
         raise bad from None
     return m.signal_name(number), float(timeout)

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from corral import __version__
-from corral.spec import Target
+from corral.spec.models import Target
 from corral.store.subst import references
 
 API_PORT = 9631

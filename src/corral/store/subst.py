@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 
 from corral.errors import SpecError
-from corral.spec import ProcessSpec
+from corral.spec.models import ProcessSpec
 
 #: corral's own variables in every process's environment (besides SERVICE_PORT_<NAME>).
 OWN = ("CORRAL_SERVICE", "CORRAL_INSTANCE")

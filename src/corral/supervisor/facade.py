@@ -18,6 +18,7 @@ from typing import Any
 from corral import __version__
 from corral.errors import Conflict, SpecError
 from corral.logs import reader
+from corral.protocol import messages as m
 from corral.protocol import paths
 from corral.spec import ProcessSpec, Target, load_process, load_target, validate_process
 
@@ -50,7 +51,18 @@ class Facade:
                 "supervisor_pid": os.getpid(), "state_dir": str(self._sup.state_dir),
                 "started_at": rfc3339(self._sup.started_at),
                 "uptime_s": round(time.time() - self._sup.started_at, 3),
-                "services": counts, "balancer": self._sup.traffic.balancer.status()}
+                "services": counts, "balancer": self._sup.traffic.balancer.status(),
+                "versions": self.versions()}
+
+    def versions(self) -> dict[str, Any]:
+        """Each part's corral release (None where it is not known: no balancer running,
+        or one too old to say) and the launcher protocol each side speaks."""
+        launcher = self._sup.launcher
+        return {"launcher": (launcher.launcher_version or None) if launcher else None,
+                "supervisor": __version__,
+                "balancer": self._sup.traffic.balancer.stats().get("version"),
+                "protocol": {"launcher": launcher.launcher_protocol or None if launcher
+                             else None, "supervisor": m.PROTOCOL_VERSION}}
 
     def health(self) -> dict[str, Any]:
         """Whether every service that should be up is ready (``GET /v1/health``; see

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from corral.balancer.ports import DEFAULT_RANGE
 from corral.errors import SpecError
 from corral.protocol import messages as m
+from corral.protocol.defaults import PORT_RANGE as DEFAULT_RANGE
 
 
 @dataclass(frozen=True)
