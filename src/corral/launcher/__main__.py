@@ -14,6 +14,12 @@ from corral.protocol import paths
 
 from .pid1 import Launcher, take_lock
 
+# sup run's cluster flags (see corral.cluster.options): passed on to every supervisor as
+# given (`sup run` made their file paths absolute).
+CLUSTER_FLAGS = ("--cluster", "--cluster-file", "--cluster-ca", "--cluster-cert",
+                 "--cluster-key", "--cluster-user", "--cluster-password-file", "--org",
+                 "--advertise", "--cluster-ttl", "--member-name")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="corral-launcher")
@@ -29,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--watch-target", action="store_true",
                         help="re-apply the --target file whenever it changes")
     parser.add_argument("--secrets-dir", help="read (and watch) each file here as a secret")
+    for flag in CLUSTER_FLAGS:
+        parser.add_argument(flag, help="passed on to the supervisor (see corral sup run -h)")
     args = parser.parse_args(argv)
     state_dir = paths.resolve_state_dir(args.state_dir)
     try:
@@ -55,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         sup_args += ["--watch-target", os.path.abspath(args.target)]
     if args.secrets_dir:
         sup_args += ["--secrets-dir", os.path.abspath(args.secrets_dir)]
+    for flag in CLUSTER_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            sup_args += [flag, value]
+    if args.cluster or args.cluster_file:
+        # Only the first supervisor refuses to start without etcd; a later one (a restart,
+        # an upgrade) must keep the services whatever etcd does.
+        first.append("--cluster-probe")
     try:
         return Launcher(state_dir, sup_args, first).run()
     finally:
