@@ -36,6 +36,7 @@ from corral.protocol import paths
 from corral.states import Desired
 from corral.store.resources import ResourceStore
 from corral.store.secrets import SecretStore
+from corral.supervisor import formats
 from corral.supervisor.announce import announce
 from corral.supervisor.balancing import Balancer
 from corral.supervisor.clock import SYSTEM, Clock
@@ -160,6 +161,11 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
     ``target_file`` and ``secrets_file`` (the first supervisor of a ``sup run``) are checked
     before anything starts; a problem raises :class:`SpecError`.
     """
+    try:
+        formats.prepare(state_dir)
+    except formats.TooNew as exc:
+        print(f"corral-supervisor: {exc}", file=sys.stderr)
+        return await _refuse_state()
     supervisor = build_supervisor(state_dir, settings or Settings.from_environ(os.environ))
     supervisor.load_state(target_file, secrets_file)
     secrets = SecretsDir(supervisor, secrets_dir) if secrets_dir is not None else None
@@ -260,6 +266,22 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
     supervisor.events.close()
     launcher.close()
     return code
+
+
+async def _refuse_state() -> int:
+    """The exit code of a supervisor whose state directory is too new: keep the services
+    the launcher runs (it starts no supervisor again until SIGHUP), or, with none running
+    (a ``sup run`` on that directory), have the launcher exit."""
+    fd_text = os.environ.get(m.ENV_LAUNCHER_FD, "")
+    if not fd_text.isdigit():
+        return 1
+    launcher = await LauncherClient.connect(
+        socket.socket(fileno=int(fd_text)), lambda _: None, lambda: None, lambda: None)
+    try:
+        running = await launcher.list_children()
+    finally:
+        launcher.close()
+    return m.EXIT_INCOMPATIBLE if running else m.EXIT_FATAL
 
 
 def _watch_sources(supervisor: Supervisor, secrets: SecretsDir | None,

@@ -475,13 +475,13 @@ class Launcher:
             return
         if self.sup_refused is not None or code == m.EXIT_INCOMPATIBLE:
             if self.sup_refused is None:  # it found out itself (this launcher is older)
-                print(f"corral-launcher: the supervisor cannot work with this launcher "
-                      f"(launcher protocol {m.PROTOCOL_VERSION}, corral "
+                print(f"corral-launcher: the supervisor cannot work with this launcher or "
+                      f"its state directory (launcher protocol {m.PROTOCOL_VERSION}, corral "
                       f"{corral.__version__}); services keep running, and no supervisor is "
                       "started until the launcher gets SIGHUP", file=sys.stderr)
             self.sup_held = True
-            self._tell(STATUS="no supervisor: its protocol version does not match the "
-                              "launcher's; services keep running")
+            self._tell(STATUS="no supervisor: it cannot work with this launcher or its "
+                              "state directory; services keep running")
             return
         if code in (m.EXIT_DONE, m.EXIT_FATAL):
             why = "is done" if code == m.EXIT_DONE else "hit a fatal error"

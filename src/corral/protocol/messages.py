@@ -137,8 +137,9 @@ EXIT_DONE = 84
 EXIT_FATAL = 86
 """The supervisor hit a fatal error: stop all services; the launcher exits 86."""
 EXIT_INCOMPATIBLE = 85
-"""The supervisor cannot work with this launcher (protocol versions): the launcher keeps its
-services and starts no supervisor until SIGHUP (after installing a compatible one)."""
+"""The supervisor cannot work with this launcher (protocol versions) or with its state
+directory (a newer format): the launcher keeps its services and starts no supervisor until
+SIGHUP (after installing a compatible one)."""
 
 #: Seconds a new supervisor has to say ``Hello`` before the launcher kills and restarts it
 #: (``CORRAL_HELLO_TIMEOUT`` overrides).
