@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from corral.balancer.ports import PortAllocator, PortsExhausted
-from corral.errors import Conflict, CorralError, NotFound, NotReady, SpawnFailed, SpecError
+from corral.errors import (
+    Conflict,
+    CorralError,
+    NotFound,
+    NotReady,
+    SpawnFailed,
+    SpecError,
+    StateWriteFailed,
+)
 from corral.health.probes import Result
 from corral.logs.reader import tail
 from corral.monitor import sampler
@@ -1046,10 +1054,10 @@ class Supervisor:
         self.reconcile()
         try:
             await self._wait_spawned(service)
-        except SpawnFailed:
+            self.save()
+        except (SpawnFailed, StateWriteFailed):
             await self._remove(service)
             raise
-        self.save()
         return "added"
 
     async def unload(self, name: str) -> None:
@@ -1059,8 +1067,8 @@ class Supervisor:
         if users:
             raise Conflict(f"{name} cannot be unloaded: {', '.join(users)} depend on it; "
                            "unload or change those first")
+        self.save(without={name})  # first: a refused write leaves it loaded and running
         await self._remove(service)
-        self.save()
         self.events.emit(name, "unload", "unloaded")
 
     async def _remove(self, service: Service) -> None:
@@ -1074,21 +1082,28 @@ class Supervisor:
 
     async def start(self, name: str) -> None:
         service = self.get(name)
-        service.desired = Desired.UP
+        self._set_desired(service, Desired.UP)
         for inst in service.instances.values():
             inst.settled = False
             if inst.state is ServiceState.FAILED:
                 inst.streak = policy.Streak()
-        self.save()
         self.reconcile()
         await self._wait_spawned(service)
 
     async def stop(self, name: str) -> None:
         service = self.get(name)
-        service.desired = Desired.DOWN
-        self.save()
+        self._set_desired(service, Desired.DOWN)
         self.reconcile()
         await self._wait_stopped(service)
+
+    def _set_desired(self, service: Service, desired: Desired) -> None:
+        """Want ``service`` up or down, saved first: a refused write changes nothing."""
+        before, service.desired = service.desired, desired
+        try:
+            self.save()
+        except StateWriteFailed:
+            service.desired = before
+            raise
 
     async def restart(self, name: str) -> None:
         """Stop then start every instance; a process that receives traffic is replaced
@@ -1101,7 +1116,11 @@ class Supervisor:
             replace: list[tuple[Service, ProcessSpec | None, int]] = [
                 (service, service.spec, service.gen)]
             service.gen += 1
-            self.save()
+            try:
+                self.save()
+            except StateWriteFailed:
+                service.gen -= 1
+                raise
             self.rollout = record = Rollout(
                 id=(self.rollout.id + 1 if self.rollout else 1), cause=f"svc restart {name}",
                 started_at=time.time(), changes=[])
@@ -1112,8 +1131,7 @@ class Supervisor:
                 raise NotReady(f"restart of {name} failed: {record.reason}; the old "
                                "instances keep running", record.steps[name].last_lines)
             return
-        service.desired = Desired.UP
-        self.save()
+        self._set_desired(service, Desired.UP)
         await self._stop_instances(service, list(service.instances.values()))
         for inst in service.instances.values():
             inst.settled = False
@@ -1208,7 +1226,10 @@ class Supervisor:
         held = {i.launcher_name: i.ports for s in self.services.values()
                 for i in (*s.instances.values(), *s.retiring.values()) if i.ports}
         self._held_ports = held
-        statefile.write_json(self._ports_file(), held)
+        try:
+            statefile.write_json(self._ports_file(), held)
+        except StateWriteFailed as exc:  # a cache for the next supervisor: spawns go on
+            self.events.emit("", "state", str(exc))
 
     def _service_ports(self, inst: Instance, spec: ProcessSpec) -> dict[str, str]:
         """``SERVICE_PORT_<NAME>`` for each proxy-mode service ``spec`` receives, from the
@@ -1398,6 +1419,9 @@ class Supervisor:
         changes = self.plan_target(target)
         if not changes:
             return None
+        # What a refused save must put back (nothing is spawned or stopped before it).
+        undo = (self.services, self.target_services, self.rollout,
+                [(s, s.spec, s.gen, s.desired) for s in self.services.values()])
         replace: list[tuple[Service, ProcessSpec | None, int]] = []
         removed = [self.services[c.name] for c in changes
                    if c.kind == "process" and c.action is rollout.Action.REMOVE]
@@ -1436,7 +1460,14 @@ class Supervisor:
                                                        service.spec.instances, detail="starting")
         for service in removed:
             service.desired = Desired.DOWN
-        self.save(without={s.spec.name for s in removed})
+        try:
+            self.save(without={s.spec.name for s in removed})
+        except StateWriteFailed:
+            self.services, self.target_services, self.rollout, was = undo
+            for service, spec, gen, desired in was:
+                service.spec, service.gen, service.desired = spec, gen, desired
+            self._depended = None
+            raise
         for service in sorted(removed, key=self.stop_order().index):
             await self._stop_instances(service, [*service.instances.values(),
                                                  *service.retiring.values()])
@@ -1483,7 +1514,11 @@ class Supervisor:
                 if old_spec is not None and self.services.get(service.spec.name) is service:
                     service.spec, service.gen = old_spec, old_gen
                     self._depended = None
-                    self.save()
+                    try:
+                        self.save()
+                    except StateWriteFailed as exc:
+                        self.events.emit(service.spec.name, "rollout",
+                                         f"the old version is back, but not saved: {exc}")
                     await self._replace(service, Step(service.spec.name, 0))
                 for inst in service.instances.values():
                     if inst.pid is not None and inst.watch is None and service.spec.health:
@@ -1657,7 +1692,12 @@ class Supervisor:
         for service in users:
             replace.append((service, service.spec, service.gen))
             service.gen += 1
-        self.save()
+        try:
+            self.save()
+        except StateWriteFailed:
+            for service, _, gen in replace:
+                service.gen = gen
+            raise
         which = ", ".join(sorted(names))
         self.rollout = record = Rollout(
             id=(self.rollout.id + 1 if self.rollout else 1),
