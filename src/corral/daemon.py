@@ -24,6 +24,7 @@ import uvloop
 from corral.errors import CorralError
 from corral.protocol import messages as m
 from corral.protocol import paths
+from corral.supervisor.drops import OutputDrops
 from corral.supervisor.facade import Facade
 from corral.supervisor.launcher_client import LauncherClient
 from corral.supervisor.loop import Supervisor
@@ -130,10 +131,11 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
               "start corral with: corral sup run", file=sys.stderr)
         return 1
     launcher_sock = socket.socket(fileno=int(fd_text))
+    drops = OutputDrops(supervisor.events)
     launcher = await LauncherClient.connect(
         launcher_sock, supervisor.on_exit,
         on_shutdown=lambda: request_exit(m.EXIT_DONE),
-        on_lost=lambda: finish(m.EXIT_FATAL))
+        on_lost=lambda: finish(m.EXIT_FATAL), on_dropped=drops.on_message)
     await supervisor.attach(launcher)
     for sig in (signal.SIGINT, signal.SIGTERM):
         # The launcher coordinates shutdown; a stray signal must not kill us mid-stop.
@@ -153,7 +155,7 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
         from corral.api.tls import RemoteAccess
 
         remote = RemoteAccess.setup(state_dir, listen_http)
-    app = create_app(Facade(supervisor, request_exit), remote)
+    app = create_app(Facade(supervisor, request_exit, drops), remote)
     # Everything imported so far lives as long as the process: move it out of the
     # collector's reach, so a full collection landing on a restart stays short.
     gc.freeze()

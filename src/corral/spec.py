@@ -265,11 +265,13 @@ M = TypeVar("M", bound=_Spec)
 
 
 class LogSpec(_Spec):
-    """How the launcher writes a process's output: stamped or raw, rotated by size."""
+    """How the launcher writes a process's output: stamped or raw, rotated by size;
+    ``stdout`` also copies it to corral's own stdout (None: ``sup run --log-stdout``)."""
 
     format: Literal["stamped", "raw"] = "stamped"
     max_bytes: Annotated[Size, Field(ge=4096)] = 10 * 1024**2
     keep: Annotated[int, Field(ge=0, le=100)] = 5
+    stdout: bool | None = None
 
 
 class RestartSpec(_Spec):

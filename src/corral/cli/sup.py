@@ -43,12 +43,21 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                    """
   corral sup run
   corral sup run --state-dir /srv/corral --target /etc/corral/target.yaml
-  corral sup run --override-name staging --listen-http 0.0.0.0:9631""", parents)
+  corral sup run --override-name staging --listen-http 0.0.0.0:9631
+  corral sup run --log-stdout          # services' output on stdout too: web[0] O hello""",
+                   parents)
     p.add_argument("--listen-http", metavar="ADDR",
                    help="also serve the API on TCP ADDR (host:port), with TLS and a token")
     p.add_argument("--metrics-public", action="store_true",
                    help="let GET /metrics through the --listen-http address without a token")
     p.add_argument("--target", metavar="FILE", help="desired state to apply at start")
+    p.add_argument("--log-stdout", action=argparse.BooleanOptionalAction,
+                   help="also write every service's output to stdout, one line a record "
+                        "prefixed 'service[instance] O|E', for docker logs, kubectl logs "
+                        "and journalctl (default: on as PID 1 or under systemd, where "
+                        "INVOCATION_ID or NOTIFY_SOCKET is set; a process's "
+                        "logs.stdout overrides it); records nobody reads are dropped and "
+                        "counted, never waited for")
     p.set_defaults(handler=cmd_run)
 
     p = add_parser(verbs, "status", "show the supervisor's status",
@@ -103,6 +112,8 @@ def launcher_argv(args: argparse.Namespace, ctx: Context) -> list[str]:
         argv += ["--listen-http", args.listen_http]
     if args.metrics_public:
         argv.append("--metrics-public")
+    if args.log_stdout is not None:
+        argv.append("--log-stdout" if args.log_stdout else "--no-log-stdout")
     return argv
 
 

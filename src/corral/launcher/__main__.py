@@ -12,7 +12,16 @@ import sys
 
 from corral.protocol import paths
 
+from .console import Console
 from .pid1 import Launcher, take_lock
+
+
+def log_stdout_default() -> bool:
+    """Where a platform collects the main process's stdout: as PID 1 (a container), or
+    under systemd (``INVOCATION_ID`` or ``NOTIFY_SOCKET`` set), services' records go there
+    too unless ``--no-log-stdout`` says otherwise."""
+    return (os.getpid() == 1 or bool(os.environ.get("INVOCATION_ID"))
+            or bool(os.environ.get("NOTIFY_SOCKET")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen-http", help="also serve the API on this TCP address")
     parser.add_argument("--metrics-public", action="store_true",
                         help="serve /metrics on the TCP address without a token")
+    parser.add_argument("--log-stdout", action=argparse.BooleanOptionalAction,
+                        help="also write every service's records to stdout (default: on as "
+                             "PID 1 or under systemd)")
     args = parser.parse_args(argv)
+    # From here on nothing is printed with a blocking or raising write (see .console).
+    console = Console()
+    console.install()
     state_dir = paths.resolve_state_dir(args.state_dir)
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -40,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         sup_args += ["--listen-http", args.listen_http]
     if args.metrics_public:  # like --listen-http: given to every supervisor, not the first
         sup_args.append("--metrics-public")
+    log_stdout = log_stdout_default() if args.log_stdout is None else args.log_stdout
     try:
-        return Launcher(state_dir, sup_args, first).run()
+        return Launcher(state_dir, sup_args, first, log_stdout, console).run()
     finally:
         os.close(lock)
 

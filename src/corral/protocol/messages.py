@@ -5,7 +5,7 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
 
     Hello{version}                         -> HelloOk{version, launcher_pid}
     Spawn{name, argv, env, cwd, user?, group?, umask?, rlimits?, memory_max?, cgroup?,
-          listen_fds?, log{path, format, max_bytes, keep}}
+          listen_fds?, log{path, format, max_bytes, keep, stdout?}}
                                            -> Spawned{pid, started_at, cgroup, memory_max}
                                               | Error{code, message}
     Signal{pid, signal, group?}            -> Ok | Error{NoSuchProcess}
@@ -20,6 +20,8 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
     Exited{name, pid, exit_code?, signal?, at, oom_killed?}  (unasked; queued while no
                                                                supervisor is connected)
     Shutdown{}                                          (unasked; stop everything, exit 84)
+    OutputDropped{sink, bytes, records, error, total_bytes, total_records, path?, dropping?,
+                  since?, until?, gone?, replay?}        (unasked; see below)
 
 cgroups (optional fields, version 1 peers may ignore them): where cgroup v2 is
 writable, a child whose Spawn has ``cgroup: true`` or a ``memory_max`` starts in a cgroup
@@ -44,6 +46,19 @@ with ``LISTEN_FDS=<count>``, ``LISTEN_PID=<the child's own pid>`` and
 ``LISTEN_FDNAMES=<names joined by ':'>``; an unknown name is ``BadRequest``.
 ``Unlisten`` closes the launcher's copy (children keep theirs).  ``List`` reports the
 held sockets, so a new supervisor knows them.
+
+Output the launcher could not write (optional; a peer may ignore it): ``OutputDropped``
+with ``sink: "log"`` names the log file (``path``) and is sent when the file stops taking
+output (``dropping: true``, with the ``error``) and when it takes it again (``dropping:
+false``; ``bytes`` and ``records`` dropped between ``since`` and ``until``; the file itself
+holds one record saying so).  ``sink: "stdout"`` or ``"stderr"`` is the launcher's own
+descriptor (``sup run --log-stdout``): records dropped because nobody read them fast enough
+(``bytes``, ``records`` since the last report; sent at once, then at most every 10 s while
+drops go on; ``gone: true`` once its reader is gone for good: EPIPE, or EIO from a closed
+terminal).  ``total_bytes`` and ``total_records`` count since the launcher started.
+After ``Hello`` the launcher repeats the current figures of every sink that ever dropped
+anything, with ``replay: true``.  ``Spawn.log.stdout`` (true/false; absent or null: the
+launcher's ``--log-stdout`` setting) copies that child's records to the launcher's stdout.
 
 Times (``started_at``, ``at``) are Unix epoch seconds as floats.  Signals are names
 without the ``SIG`` prefix (``"TERM"``).
@@ -76,6 +91,7 @@ ERROR = "Error"
 # Unasked, launcher -> supervisor.
 EXITED = "Exited"
 SHUTDOWN = "Shutdown"
+OUTPUT_DROPPED = "OutputDropped"
 
 REQUEST_TYPES = frozenset({HELLO, SPAWN, SIGNAL, TERMINATE, LIST, ACK, LISTEN, UNLISTEN})
 

@@ -602,7 +602,7 @@ class Supervisor:
             "memory_max": spec.limits.memory,  # launcher: cgroup memory.max (additive, h5)
             "log": {"path": str(paths.logs_dir(self.state_dir) / f"{spec.name}.log"),
                     "format": spec.logs.format, "max_bytes": spec.logs.max_bytes,
-                    "keep": spec.logs.keep},
+                    "keep": spec.logs.keep, "stdout": spec.logs.stdout},
         }
         if sockets:
             request["listen_fds"] = sockets
@@ -1229,7 +1229,7 @@ class Supervisor:
         try:
             statefile.write_json(self._ports_file(), held)
         except StateWriteFailed as exc:  # a cache for the next supervisor: spawns go on
-            self.events.emit("", "state", str(exc))
+            self.events.emit("", "state_write", str(exc))
 
     def _service_ports(self, inst: Instance, spec: ProcessSpec) -> dict[str, str]:
         """``SERVICE_PORT_<NAME>`` for each proxy-mode service ``spec`` receives, from the
