@@ -2,7 +2,12 @@
 
 This is the one module that wires everything; nothing imports it but the supervisor's
 entry point.  Exit codes follow the launcher contract: 84 (done: stop everything),
-0 (restart me: used by ``corral sup restart``), 1 (failed to start; the launcher retries).
+0 (restart me: used by ``corral sup restart``), 1 (failed to start; the launcher retries),
+86 (fatal: the first supervisor's ``--target`` or ``--secrets-file`` was refused; the
+launcher stops and exits 86, since a retry without them would quietly run the old target).
+
+What it has to say goes to stderr, which is ``corral sup run``'s: one line once it is up
+(what started, where the API is), and every error that stops it.
 """
 
 from __future__ import annotations
@@ -16,18 +21,22 @@ import signal
 import socket
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvloop
 
-from corral.errors import CorralError
+from corral.errors import CorralError, SpecError
 from corral.protocol import messages as m
 from corral.protocol import paths
+from corral.states import Desired
+from corral.supervisor.announce import announce
 from corral.supervisor.drops import OutputDrops
 from corral.supervisor.facade import Facade
-from corral.supervisor.launcher_client import LauncherClient
+from corral.supervisor.launcher_client import Incompatible, LauncherClient
 from corral.supervisor.loop import Supervisor
+from corral.supervisor.sources import SecretsDir, TargetFile
 
 if TYPE_CHECKING:
     from corral.api.server import QuietServer
@@ -98,16 +107,55 @@ async def _serve_remote(server: QuietServer, remote: RemoteAccess) -> None:
         return
 
 
+def report(exc: CorralError) -> None:
+    """Print ``corral: <message>`` on stderr, then each further problem indented."""
+    problems = getattr(exc, "problems", None) or []
+    lines = exc.message.splitlines() or [""]
+    head = lines[0] if len(problems) > 1 and lines[1:] == problems else exc.message
+    print(f"corral: {head}", file=sys.stderr)
+    for problem in problems:
+        if problem != head:
+            print(f"  {problem}", file=sys.stderr)
+
+
+def up_line(supervisor: Supervisor, api: Path, listen_http: str | None) -> str:
+    """What ``sup run`` says once the supervisor is up: what it started (or adopted,
+    after a restart) and where the API listens."""
+    wanted = [s for s in supervisor.services.values() if s.desired is Desired.UP]
+    count = sum(s.spec.instances for s in wanted)
+    stopped = len(supervisor.services) - len(wanted)
+    what = (f"{len(wanted)} service{'s' if len(wanted) != 1 else ''} "
+            f"({count} instance{'s' if count != 1 else ''})")
+    if supervisor.adopted:
+        what += f", {supervisor.adopted} running instances adopted"
+    else:
+        what += " started"
+    if stopped:
+        what += f", {stopped} stopped by request"
+    where = f"API on {api}" + (f" and https://{listen_http} (TLS, token)" if listen_http
+                               else "")
+    return f"corral: up (supervisor pid {os.getpid()}): {what}; {where}"
+
+
 async def serve(state_dir: Path, target_file: Path | None, listen_http: str | None = None,
-                metrics_public: bool = False) -> int:
+                metrics_public: bool = False, health_public: bool = False,
+                watch_target: Path | None = None, secrets_dir: Path | None = None,
+                secrets_file: Path | None = None) -> int:
     """Run the supervisor until it is told to stop or restart; return its exit code.
 
     With ``listen_http`` (``HOST:PORT``), the same application is also served there over
     TLS, behind the bearer token (the material is made on first start under ``tls/``);
-    ``metrics_public`` lets ``GET /metrics`` through that listener without a token.
+    ``metrics_public`` and ``health_public`` let ``GET /metrics`` and ``GET /v1/health``
+    through that listener without a token.  ``watch_target`` is a target file to
+    re-apply whenever it changes, ``secrets_dir`` a directory of secret files (read
+    before anything starts, then watched): see :mod:`corral.supervisor.sources`.
+    ``target_file`` and ``secrets_file`` (the first supervisor of a ``sup run``) are checked
+    before anything starts; a problem raises :class:`SpecError`.
     """
     supervisor = Supervisor(state_dir)
-    supervisor.load_state(target_file)
+    supervisor.load_state(target_file, secrets_file)
+    secrets = SecretsDir(supervisor, secrets_dir) if secrets_dir is not None else None
+    fresh_secrets = secrets.load() if secrets is not None else []
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
 
@@ -136,7 +184,9 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
         launcher_sock, supervisor.on_exit,
         on_shutdown=lambda: request_exit(m.EXIT_DONE),
         on_lost=lambda: finish(m.EXIT_FATAL), on_dropped=drops.on_message)
+    await supervisor.check_boot_target(launcher)
     await supervisor.attach(launcher)
+    stoppers = _watch_sources(supervisor, secrets, fresh_secrets, watch_target)
     for sig in (signal.SIGINT, signal.SIGTERM):
         # The launcher coordinates shutdown; a stray signal must not kill us mid-stop.
         loop.add_signal_handler(sig, lambda: None)
@@ -163,7 +213,7 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
     remote_task: asyncio.Task[None] | None = None
     if remote is not None:
         remote_config = uvicorn.Config(
-            TokenAuth(app, remote.token, metrics_public), log_level="warning",
+            TokenAuth(app, remote.token, metrics_public, health_public), log_level="warning",
             lifespan="off", access_log=False, timeout_graceful_shutdown=1,
             ssl_certfile=str(remote.paths.server_cert),
             ssl_keyfile=str(remote.paths.server_key))
@@ -181,7 +231,14 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
                             lifespan="off", access_log=False, timeout_graceful_shutdown=1)
     server = QuietServer(config)
     server_task = asyncio.create_task(server.serve(sockets=[api]))
+    if launcher.notify:  # under systemd: READY=1 and STATUS= through the launcher
+        stoppers.append(asyncio.ensure_future(
+            announce(supervisor, launcher, server.answering)).cancel)
+    print(up_line(supervisor, paths.api_socket(state_dir), listen_http), file=sys.stderr,
+          flush=True)
     code = await done
+    for stop in stoppers:
+        stop()
     server.stop()
     if remote_server is not None:
         remote_server.stop()
@@ -193,16 +250,49 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
         # A listener that does not finish in 3 s is cancelled by wait_for itself.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(remote_task, 3)
+    supervisor.events.close()
     launcher.close()
     return code
+
+
+def _watch_sources(supervisor: Supervisor, secrets: SecretsDir | None,
+                   fresh_secrets: list[str],
+                   watch_target: Path | None) -> list[Callable[[], object]]:
+    """Start watching the target file and the secrets directory (once attached).
+
+    Secrets that changed while no supervisor ran were stored before the attach, so new
+    spawns have them; processes that were adopted still run with the old values and are
+    rolled out as ``secret set`` would.  Returns what to call at the end.
+    """
+    stoppers: list[Callable[[], object]] = []
+    target = TargetFile(supervisor, watch_target) if watch_target is not None else None
+    if target is not None:
+        target.start()
+        stoppers.append(target.close)
+    if secrets is not None:
+        if target is not None:
+            secrets.on_synced = lambda names: target.retry()
+        secrets.start()
+        stoppers.append(secrets.close)
+        adopted = [name for name in fresh_secrets
+                   if any(inst.started_at is not None and inst.started_at < supervisor.started_at
+                          for user in supervisor.secret_users(name)
+                          for inst in supervisor.services[user].instances.values())]
+        if adopted:
+            stoppers.append(asyncio.ensure_future(supervisor.secrets_changed(adopted)).cancel)
+    return stoppers
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="corral-supervisor")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--target")
+    parser.add_argument("--secrets-file")
     parser.add_argument("--listen-http")
     parser.add_argument("--metrics-public", action="store_true")
+    parser.add_argument("--health-public", action="store_true")
+    parser.add_argument("--watch-target")
+    parser.add_argument("--secrets-dir")
     args = parser.parse_args(argv)
     state_dir = paths.resolve_state_dir(args.state_dir)
     try:
@@ -210,7 +300,21 @@ def main(argv: list[str] | None = None) -> int:
         # and dispatches about 0.1 ms sooner than asyncio's own loop.  Hooks and exec
         # checks do not use its subprocesses (see corral.command).
         return uvloop.run(serve(state_dir, Path(args.target) if args.target else None,
-                                args.listen_http, args.metrics_public))
+                                args.listen_http, args.metrics_public, args.health_public,
+                                Path(args.watch_target) if args.watch_target else None,
+                                Path(args.secrets_dir) if args.secrets_dir else None,
+                                Path(args.secrets_file) if args.secrets_file else None))
+    except SpecError as exc:
+        report(exc)
+        # The first supervisor's files were refused: stop, rather than be started again
+        # without them (the launcher gives them to the first supervisor only).
+        return m.EXIT_FATAL if args.target or args.secrets_file else 1
+    except Incompatible as exc:
+        # One line in all (the launcher's, when it refused us); it keeps the services
+        # and does not start a supervisor again until SIGHUP.
+        if not exc.by_launcher:
+            print(f"corral-supervisor: {exc}; services keep running", file=sys.stderr)
+        return m.EXIT_INCOMPATIBLE
     except CorralError as exc:
         print(f"corral-supervisor: {exc}", file=sys.stderr)
         return 1

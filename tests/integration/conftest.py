@@ -140,3 +140,7 @@ def corral_factory(tmp_path: Path) -> Iterator[Callable[[], Corral]]:
 def python_cmd(code: str) -> list[str]:
     """argv running a Python snippet, unbuffered."""
     return [PY, "-u", "-c", code]
+
+
+# Real etcd for tests/integration/test_etcd_*.py (single member, 3-member cluster, TLS).
+from .etcd_fixtures import etcd, etcd_cluster, etcd_factory  # noqa: E402, F401

@@ -2,7 +2,10 @@
 
 Behaviour comes from files in the directory named by $FAKE_SUP_DIR:
 ``starts`` (appended to on every start), ``exit_codes`` (one code per start; the last
-repeats), ``spawn`` (argv JSON to spawn on the first start), ``hup`` (written on SIGHUP).
+repeats), ``spawn`` (argv JSON to spawn on the first start), ``hup`` (written on SIGHUP),
+``versions`` (the protocol version its Hello says, one per start; the last repeats;
+default the integer 1 of version 1.0 peers; ``silent`` says no Hello and waits).  A refused
+Hello is written to ``refused<start>`` and the start exits with its code.
 """
 
 import json
@@ -36,7 +39,18 @@ def call(message):
             backlog.append(reply)
 
 
-call({"type": "Hello", "id": 1, "version": 1})
+versions_file = here / "versions"
+version: object = 1
+if versions_file.exists():
+    versions = versions_file.read_text().split()
+    version = versions[min(starts, len(versions)) - 1]
+if version == "silent":
+    while True:
+        time.sleep(60)
+hello = call({"type": "Hello", "id": 1, "version": version})
+if hello.get("type") == "Error":
+    (here / f"refused{starts}").write_text(json.dumps(hello))
+    sys.exit(code)
 (here / f"greeted{starts}").write_text("yes")
 spawn = here / "spawn"
 if starts == 1 and spawn.exists():

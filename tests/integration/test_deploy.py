@@ -25,6 +25,7 @@ processes:
     before: "tar -xf bundle.tar && echo unpacked $GREETING"
     health: {exec: [test, -f, ready], interval: 100ms, retries: 1}
     rollout_timeout: 3s
+    replace: start-first            # it binds no port: old and new can run side by side
 """
 
 

@@ -67,13 +67,14 @@ def test_http_health_gates_readiness_and_restarts_when_unhealthy(corral: Corral,
 
 
 def test_exec_check_codes_show_in_status(corral: Corral, tmp_path: Path) -> None:
-    """An exec check's exit code maps to Habitat's health: 1 is warning, 2 critical."""
+    """With `exec_codes: habitat` an exec check's exit code maps to Habitat's health: 1 is
+    warning, 2 critical."""
     flag = tmp_path / "code"
     flag.write_text("1")
     load(corral, tmp_path, "job",
          "command: [sleep, '1000']\n"
-         f"health: {{exec: [sh, -c, 'exit $(cat {flag})'], interval: 200ms, retries: 1000,"
-         " restart_on_unhealthy: false}\n")
+         f"health: {{exec: [sh, -c, 'exit $(cat {flag})'], exec_codes: habitat,"
+         " interval: 200ms, retries: 1000, restart_on_unhealthy: false}\n")
     wait_for(lambda: corral.status("job")["health"] == "warning", what="warning")
     flag.write_text("2")
     wait_for(lambda: corral.status("job")["health"] == "critical", what="critical")
@@ -90,25 +91,48 @@ def test_a_hanging_check_delays_nothing_else(corral: Corral, tmp_path: Path) -> 
     wait_for(lambda: any(p.endswith("sleep 1000") for p in _cmdlines()), what="the check")
     pid = corral.status("other")["pid"]
     os.kill(pid, signal.SIGKILL)
-    status = wait_for(lambda: (s := corral.status("other"))["pid"] not in (None, pid) and s,
-                      what="the other service's restart")
-    assert status["state"] == "up"
+    wait_for(lambda: corral.status("other")["pid"] not in (None, pid),
+             what="the other service's restart")
+    corral.wait_state("other", "up")
     assert corral.status("hangs")["health"] == "unknown"  # its first check is still running
 
 
 def test_tcp_check_and_a_dead_port(corral: Corral, tmp_path: Path) -> None:
-    """A tcp check is ok while the port accepts and critical when nothing listens."""
+    """1. A tcp check is ok while the port accepts;
+    2. critical once nothing listens, and with `restart_on_unhealthy: false` the instance is
+       shown unhealthy but left running;
+    3. once the port accepts again it is healthy again: the same process, never restarted."""
     port = free_port()
     load(corral, tmp_path, "listener",
          f"command: [{PY}, -c, 'import socket,time; s=socket.socket(); "
          f"s.bind((\"127.0.0.1\", {port})); s.listen(); time.sleep(1000)']\n"
          f"health: {{tcp: {{port: {port}}}, interval: 200ms}}\n")
     wait_for(lambda: corral.status("listener")["health"] == "ok", what="tcp ok")
-    load(corral, tmp_path, "nolistener",
-         f"command: [sleep, '1000']\nhealth: {{tcp: {{port: {free_port()}}}, interval: 200ms,"
-         " restart_on_unhealthy: false}\n")
-    wait_for(lambda: corral.status("nolistener")["health"] == "critical", what="tcp critical")
-    corral.wait_state("nolistener", "unhealthy")  # shown, but not restarted
+    port, script = free_port(), tmp_path / "closes.py"
+    closed, reopened = tmp_path / "closed", tmp_path / "reopened"
+    script.write_text("import os, socket, sys, time\n"
+                      "def listen():\n"
+                      "    s = socket.socket()\n"
+                      "    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                      "    s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); return s\n"
+                      "s = listen()\n"
+                      "while not os.path.exists(sys.argv[2]): time.sleep(0.05)\n"
+                      "s.close()\n"
+                      "while not os.path.exists(sys.argv[3]): time.sleep(0.05)\n"
+                      "s = listen(); time.sleep(1000)\n")
+    load(corral, tmp_path, "closes",
+         f"command: [{PY}, {script}, '{port}', {closed}, {reopened}]\n"
+         f"health: {{tcp: {{port: {port}}}, interval: 200ms, restart_on_unhealthy: false}}\n")
+    first = wait_for(lambda: (s := corral.status("closes"))["health"] == "ok" and s["pid"],
+                     what="tcp ok")
+    closed.write_text("")
+    wait_for(lambda: corral.status("closes")["health"] == "critical", what="tcp critical")
+    shown = corral.wait_state("closes", "unhealthy")
+    assert shown["pid"] == first
+    reopened.write_text("")
+    healed = wait_for(lambda: (s := corral.status("closes"))["health"] == "ok"
+                      and s["state"] == "up" and s, what="tcp ok again")
+    assert (healed["pid"], healed["restarts"]) == (first, 0)
 
 
 def _cmdlines() -> list[str]:

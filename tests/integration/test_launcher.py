@@ -226,19 +226,21 @@ class DirectLauncher:
     """A real launcher whose "supervisor" is the test, through :data:`RELAY`."""
 
     def __init__(self, tmp_path: Path, env: dict[str, str] | None = None,
-                 pass_fds: tuple[int, ...] = ()) -> None:
+                 pass_fds: tuple[int, ...] = (), python: str = PY,
+                 prefix: tuple[str, ...] = ()) -> None:
         relay = tmp_path / "relay.py"
         relay.write_text(RELAY)
         self.sock_path = tmp_path / "relay.sock"
         self.state = tmp_path / "state"
         self.stderr = tmp_path / "launcher.err"
-        full = {**os.environ, "CORRAL_SUP_BINARY": f"{PY} {relay}",
+        full = {**os.environ, "CORRAL_SUP_BINARY": f"{python} {relay}",
                 "RELAY_SOCK": str(self.sock_path), **(env or {})}
         with self.stderr.open("wb") as err:
-            self.proc = subprocess.Popen([PY, "-m", "corral.launcher", "--state-dir",
-                                          str(self.state)], env=full, stderr=err,
+            self.proc = subprocess.Popen([*prefix, python, "-m", "corral.launcher",
+                                          "--state-dir", str(self.state)], env=full, stderr=err,
                                          start_new_session=True, pass_fds=pass_fds)
         self.unasked: list[dict[str, Any]] = []
+        self._read: list[dict[str, Any]] = []  # decoded, not yet looked at
         self.sock: socket.socket | None = None
         self._ids = 0
         self.connect()
@@ -257,6 +259,7 @@ class DirectLauncher:
             return s
         self.sock = wait_for(attempt, 30, "the relay to listen")
         self.decoder = framing.Decoder()
+        self._read = []
         return self.call({"type": "Hello", "version": 1})
 
     def call(self, message: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
@@ -279,15 +282,18 @@ class DirectLauncher:
         assert self.sock is not None
         self.sock.settimeout(timeout)
         while True:
-            data = self.sock.recv(1 << 20)
-            assert data, "the launcher hung up"
-            for msg in self.decoder.feed(data):
-                if match(msg):
-                    return msg
+            if not self._read:  # messages that came with an earlier match come first
+                data = self.sock.recv(1 << 20)
+                assert data, "the launcher hung up"
+                self._read.extend(self.decoder.feed(data))
+            while self._read:
+                msg = self._read.pop(0)
                 if msg.get("id") is None:
                     self.unasked.append(msg)
                     if msg.get("type") == "Exited":
                         self.sock.sendall(framing.encode({"type": "Ack", "seq": msg["seq"]}))
+                if match(msg):
+                    return msg
 
     def spawn(self, name: str, argv: list[str], **extra: Any) -> dict[str, Any]:
         log = {"path": str(self.state / "logs" / f"{name.split('/')[0]}.log")}

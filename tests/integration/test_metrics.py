@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import http.client
 import socket
+import time
 from pathlib import Path
 
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import Corral, python_cmd, wait_for
@@ -67,11 +69,14 @@ def test_metrics_follow_services_and_own_processes(corral: Corral) -> None:
     assert m[("corral_services", (("state", "up"),))] == 1
     sup = corral.sup_status()
     assert sup["supervisor_pid"] and sup["launcher_pid"]
+    # Both were started by this test process, so each one's uptime (in seconds, of that
+    # very process: not the host's, not since the epoch) is below this process's age.
+    own_age = time.time() - psutil.Process().create_time()
     for process in ("supervisor", "launcher"):
         label = (("process", process),)
         assert m[("corral_process_resident_memory_bytes", label)] > 1_000_000
         assert m[("corral_process_cpu_seconds_total", label)] > 0
-        assert m[("corral_process_uptime_seconds", label)] >= 0
+        assert 0 < m[("corral_process_uptime_seconds", label)] < own_age
 
     sampled = wait_for(lambda: (s := scrape(corral))
                        and ("corral_service_cpu_percent", web) in s and s,

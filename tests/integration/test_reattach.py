@@ -63,9 +63,9 @@ def test_exit_while_no_supervisor_is_replayed(corral: Corral) -> None:
         wait_for(lambda: not pid_alive(victim), what="the victim to die")
     finally:
         os.kill(sup, signal.SIGKILL)
-    status = wait_for(lambda: corral.answers() and (s := corral.status("victim"))["pid"]
-                      not in (None, victim) and s, 30, "a restarted victim")
-    assert status["state"] == "up"
+    wait_for(lambda: corral.answers() and corral.status("victim")["pid"] not in (None, victim),
+             30, "a restarted victim")
+    corral.wait_state("victim", "up")
 
 
 def test_desired_state_survives_a_full_stop_and_run(corral: Corral) -> None:
@@ -83,7 +83,7 @@ def test_desired_state_survives_a_full_stop_and_run(corral: Corral) -> None:
     assert not any(pid_alive(p) for p in pids)
     corral.start()
     assert [s["name"] for s in corral.status()] == ["a", "b"]
-    assert corral.status("a")["state"] == "up"
+    corral.wait_state("a", "up")
     b = corral.status("b")
     assert b["state"] == "down" and b["desired"] == "down"
 

@@ -167,14 +167,19 @@ def test_tls_files_are_private(remote: Remote) -> None:
     assert names == ["ca.crt", "ca.key", "server.crt", "server.key", "token"]
     for path in remote.tls.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    assert len(remote.token()) == 64 and int(remote.token(), 16) >= 0
+    assert len(remote.token()) == 64 and set(remote.token()) <= set("0123456789abcdef")
     sock = remote.corral.state_dir / "api.sock"
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600
 
 
 def test_local_socket_needs_no_token(remote: Remote) -> None:
-    """The CLI on the local socket works without any token."""
-    assert json.loads(remote.corral.ok("sup", "status", "--json"))["services"]["total"] >= 0
+    """The CLI on the local socket works without any token, and reaches the same supervisor
+    as the token does over TLS."""
+    local = json.loads(remote.corral.ok("sup", "status", "--json"))
+    status, over_tls = remote.request("GET", "/v1/status", remote.token())
+    assert status == 200
+    assert local["supervisor_pid"] == over_tls["supervisor_pid"]
+    assert local["state_dir"] == str(remote.corral.state_dir)
 
 
 def test_cli_acts_on_the_remote(remote: Remote, tmp_path: Path) -> None:
@@ -193,7 +198,7 @@ def test_cli_acts_on_the_remote(remote: Remote, tmp_path: Path) -> None:
     assert any(json.loads(line)["kind"] == "spawn" for line in events.stdout.splitlines())
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "CORRAL_HOME": "/nonexistent"}
     for args, needle in ((["logs", "chat", "-f"], "hello over tls"),
-                         (["events", "-f", "--service", "chat"], "chat")):
+                         (["events", "-f", "-n", "5", "--service", "chat"], "chat")):
         with subprocess.Popen([PY, "-m", "corral", "--remote", "test", *args],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env) as proc:
@@ -276,3 +281,37 @@ def test_print_auth_without_a_listener(corral: Corral) -> None:
     assert result.returncode == 1 and "--listen-http" in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert not (corral.state_dir / "tls").exists()
+
+
+def test_remote_follow_goes_on_across_a_supervisor_restart(remote: Remote,
+                                                           tmp_path: Path) -> None:
+    """`logs -f` over `--remote` is cut by `sup restart`, reconnects over TLS from its
+    cursor, and prints every line of a counter once, in order."""
+    from .test_follow_truth import Follower, counted
+
+    remote.auth_file(tmp_path)
+    stop = tmp_path / "stop"
+    remote.corral.ok("svc", "load", "counter", "--", *python_cmd(
+        "import os, sys, time\ni = 0\n"
+        f"while not os.path.exists({str(stop)!r}):\n"
+        "    print(f'n={i:08d}', flush=True); i += 1; time.sleep(0.002)\n"
+        "print('END', flush=True)\ntime.sleep(3600)\n"))
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "CORRAL_HOME": "/nonexistent"}
+    follower = Follower(env, "--remote", "test", "logs", "counter", "-f", "-n", "100000")
+    try:
+        wait_for(lambda: len(counted(follower.out)) > 100, 30, "lines over TLS")
+        old = remote.corral.sup_status()["supervisor_pid"]
+        remote.corral.ok("sup", "restart")
+        wait_for(lambda: remote.answers() and remote.corral.sup_status()["supervisor_pid"] != old,
+                 30, "a new supervisor")
+        printed = len(counted(follower.out))
+        wait_for(lambda: not follower.alive() or len(counted(follower.out)) > printed + 100, 30,
+                 "lines after the restart")
+        stop.touch()
+        wait_for(lambda: not follower.alive() or follower.out[-1].endswith(" END"), 30, "END")
+        seen = counted(follower.out)
+        assert seen == list(range(len(seen))), "a line missing or repeated"
+        assert follower.alive() and follower.err == []
+    finally:
+        follower.stop()
+        remote.corral.ok("svc", "unload", "counter")

@@ -22,7 +22,7 @@ def test_load_status_and_logs(corral: Corral) -> None:
             "import time; time.sleep(1000)")
     out = corral.ok("svc", "load", "web", "--env", "GREETING=hi", "--", PY, "-c", code)
     assert "web" in out and "added" in out
-    status = corral.status("web")
+    status = corral.wait_state("web", "up")  # ready once it has run start_seconds
     for field in ("name", "state", "desired", "pid", "instances", "restarts", "health",
                   "uptime_s"):
         assert field in status
@@ -70,10 +70,16 @@ def test_crash_loop_backs_off_then_fails_at_max_restarts(corral: Corral, tmp_pat
     failed, with the reason, once max_restarts is reached."""
     spec = tmp_path / "crash.yaml"
     spec.write_text(f"name: crasher\ncommand: [{PY}, -c, 'raise SystemExit(3)']\n"
-                    "restart: {backoff_min: 200ms, backoff_max: 400ms, max_restarts: 3}\n")
+                    "restart: {backoff_min: 1s, backoff_max: 2s, max_restarts: 3}\n")
     corral.ok("svc", "load", "-f", str(spec))
-    wait_for(lambda: corral.status("crasher")["state"] == "backoff"
-             and corral.status("crasher")["next_restart_at"], what="backoff with a next restart")
+
+    def backing_off() -> bool:
+        # Backoff windows of a second or more: a status poll on a loaded machine (about
+        # 0.1 s a call) still lands inside one.
+        now = corral.status("crasher")
+        return now["state"] == "backoff" and bool(now["next_restart_at"])
+
+    wait_for(backing_off, what="backoff with a next restart")
     failed = corral.wait_state("crasher", "failed")
     assert "gave up" in failed["reason"] and "code 3" in failed["reason"]
     assert failed["restarts"] == 3
@@ -107,8 +113,7 @@ def test_stop_start_and_stop_results(corral: Corral) -> None:
                     what="the grandchild's pid")[0]
     grandchild = int(line.rsplit(" ", 1)[1])
     parent = corral.status("stubborn")["pid"]
-    stopped = json.loads(corral.ok("svc", "status", "--json", "stubborn"))  # still up
-    assert stopped[0]["state"] == "up"
+    corral.wait_state("stubborn", "up")
     corral.ok("svc", "stop", "stubborn")
     status = corral.status("stubborn")
     assert status["state"] == "down" and status["desired"] == "down"
@@ -117,7 +122,7 @@ def test_stop_start_and_stop_results(corral: Corral) -> None:
     corral.ok("svc", "load", "polite", "--", "sleep", "1000")
     corral.ok("svc", "stop", "polite")
     assert corral.status("polite")["last_exit"]["stop"] == "graceful"
-    corral.ok("svc", "start", "polite")
+    corral.ok("svc", "start", "polite", "--wait", "10")
     assert corral.status("polite")["state"] == "up"
     first = corral.status("polite")["pid"]
     corral.ok("svc", "restart", "polite")

@@ -8,6 +8,7 @@ reads only as fast as its client takes lines, and a closed connection ends both.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 from pathlib import Path
@@ -121,11 +122,11 @@ def test_stalled_log_follower_reads_only_as_fast_as_its_client(corral: Corral,
         grown = sup.memory_info().rss - base_rss
         assert grown < RSS_SLACK, f"supervisor RSS grew by {grown / MiB:.1f} MiB"
         data = b""
-        while data.count(b"data: ") < 10:
+        while data.count(b"data: ") < 2:
             chunk = stalled.recv(65536)
             assert chunk, "the log stream ended"
             data += chunk
-        assert b'{"line": "' in data
+        assert b'data: {"lines": ["' in data
     finally:
         stalled.close()
 
@@ -143,13 +144,17 @@ def test_raw_output_without_newlines_is_followed_in_bounded_records(corral: Corr
     follower = open_stream(corral, "/v1/services/blob/logs?follow=1&n=0")
     try:
         corral.ok("svc", "scale", "blob", "1")
+        records: list[str] = []
         data = b""
-        while data.count(b"data: ") < 100:
+        while len(records) < 100:
             chunk = follower.recv(1 << 20)
             assert chunk, "the log stream ended"
             data += chunk
-        events = [e for e in data.split(b"\n\n") if e.count(b"data: ") == 1]
-        assert events and all(len(e) < 64 * 1024 + 64 for e in events)
+            # Whole events only; each is one chunk of the response, so no framing inside.
+            *whole, data = data.split(b"\n\n")
+            records += [line for event in whole if b"data: " in event
+                        for line in json.loads(event.split(b"data: ", 1)[1])["lines"]]
+        assert all(len(record) <= 64 * 1024 for record in records)
     finally:
         follower.close()
 

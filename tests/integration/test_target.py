@@ -17,7 +17,8 @@ from .conftest import PY, Corral, pid_alive, wait_for
 pytestmark = pytest.mark.slow
 
 # A service that becomes healthy (a file `ready` in its fresh working directory) after a
-# moment; its health check looks for that file.  VERSION tells the versions apart.
+# moment; its health check looks for that file.  VERSION tells the versions apart.  It
+# binds no port, so its versions can run side by side: replaced start-first.
 SERVICE = """\
   - name: {name}
     command: "echo {name} version $VERSION starting; sleep 0.3; touch ready; exec sleep 600"
@@ -25,6 +26,7 @@ SERVICE = """\
     instances: {instances}
     health: {{exec: [test, -f, ready], interval: 100ms, retries: 1}}
     rollout_timeout: {timeout}
+    replace: start-first
 """
 
 

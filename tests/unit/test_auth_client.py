@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from corral.cli.client import RemoteAuth, auth_file, render_auth
-from corral.cli.common import CliError, Context, UsageError
+from corral.cli.common import CommandContext
+from corral.cli.errors import CliError, UsageError
 from corral.cli.print_auth import auth_name, with_host
+from corral.cli.remote import RemoteAuth, auth_file, render_auth
 
 AUTH = {"host": "10.0.0.5:9631", "server_name": "corral", "hostname": "web1.example",
         "token": "ab" * 32,
@@ -93,8 +94,8 @@ def test_save_rewrites_privately_keeping_the_dialled_address(config: Path) -> No
     assert [p.name for p in config.iterdir()] == ["web1.yaml"]  # no temp file left
 
 
-def ctx(**kwargs: str) -> Context:
-    return Context(argparse.Namespace(**kwargs))
+def ctx(**kwargs: str) -> CommandContext:
+    return CommandContext(argparse.Namespace(**kwargs))
 
 
 def test_remote_resolution(monkeypatch: pytest.MonkeyPatch) -> None:

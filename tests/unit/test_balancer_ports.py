@@ -50,3 +50,42 @@ def test_invalid_range_is_refused() -> None:
         PortAllocator(40000, 30000)
     with pytest.raises(ValueError):
         PortAllocator(0, 10)
+
+
+def test_each_corral_starts_at_its_own_place_in_the_range() -> None:
+    """The start comes from the key (user and state directory): stable for one key, spread
+    over the range for several, and the walk wraps around from there."""
+    from corral.balancer.ports import start_for
+    starts = {start_for(30000, 39999, f"{uid}:/var/lib/corral/default") for uid in range(50)}
+    assert len(starts) > 45 and all(30000 <= s <= 39999 for s in starts)
+    assert start_for(30000, 39999, "0:/x") == start_for(30000, 39999, "0:/x")
+    ports = PortAllocator(31000, 31002, is_free=lambda p: True, start=31002)
+    assert [ports.allocate() for _ in range(3)] == [31002, 31000, 31001]
+    with pytest.raises(ValueError):
+        PortAllocator(31000, 31002, start=30999)
+
+
+def test_replace_hands_out_another_port_and_releases_the_old_one() -> None:
+    """A port another program took is swapped for a free one; the old one goes back."""
+    ports = PortAllocator(31000, 31002, is_free=lambda p: True)
+    old = ports.allocate()
+    new = ports.replace(old)
+    assert new != old and ports.taken == {new}
+
+
+def test_port_taken_sees_a_listener_but_not_time_wait() -> None:
+    """A listening socket makes a port taken; a closed one does not."""
+    import socket
+
+    from corral.balancer.ports import port_taken
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert port_taken(port)
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            conn, _ = server.accept()
+            conn.close()  # the server side closes first: its port keeps a TIME_WAIT
+            client.recv(1)
+    assert not port_taken(port)

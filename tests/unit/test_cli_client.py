@@ -16,7 +16,9 @@ from typing import Any, BinaryIO, cast
 
 import pytest
 
-from corral.cli.client import ApiError, Client, ProtocolError, UnreachableError
+from corral.cli.client import Client
+from corral.cli.errors import ApiError, CliError, ProtocolError, UnreachableError
+from corral.cli.http import sse_events
 from corral.cli.main import run
 
 Writer = Callable[[BinaryIO], None]
@@ -353,14 +355,79 @@ def test_not_found_exits_1(server: FakeServer, state_dir: str) -> None:
 
 
 def test_logs_prints_lines_and_follows(server: FakeServer, state_dir: str) -> None:
-    """``logs`` prints the tail; ``logs -f`` prints streamed lines, then reports the stream's end."""
+    """``logs`` prints the tail; ``logs -f`` prints streamed lines; a stream without ids (a
+    supervisor from before cursors) cannot be resumed, so its end is the end."""
     server.routes[("GET", "/v1/services/web/logs?n=2")] = json_answer({"lines": ["a", "b"]})
     server.routes[("GET", "/v1/services/web/logs?n=50&follow=1")] = sse_answer(
-        [b'data: {"line": "c"}\n\n', b'data: {"line": "d"}\n\n'])
+        [b'data: {"line": "c"}\n\n', b'data: {"lines": ["d", "e"]}\n\n'])
     assert cli(state_dir, "logs", "web", "-n", "2") == (0, "a\nb\n", "")
     code, out, err = cli(state_dir, "logs", "web", "-f")
-    assert (code, out) == (1, "c\nd\n")
-    assert err.startswith("corral: the supervisor ended the log stream")
+    assert (code, out) == (1, "c\nd\ne\n")
+    assert err.startswith("corral: the supervisor ended the stream")
+
+
+def cut_answer(frames: list[bytes]) -> Writer:
+    """An event stream that sends ``frames`` and drops the connection mid-event, as a
+    killed supervisor does."""
+    def write(w: BinaryIO) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n")
+        for frame in [*frames, b'data: {"lines": ["never sh']:
+            w.write(f"{len(frame):x}\r\n".encode() + frame + b"\r\n")
+        w.flush()
+    return write
+
+
+def test_logs_follow_resumes_from_the_last_cursor(server: FakeServer, state_dir: str) -> None:
+    """``logs -f`` cut mid-stream reconnects with ``Last-Event-ID`` set to the cursor of the
+    last whole batch, prints what follows once, says what was skipped on stderr, and ends
+    on an error answer (here: the service was unloaded meanwhile)."""
+    answers = iter([
+        cut_answer([b"id: 7:0\n\n", b'id: 7:4\ndata: {"lines": ["a", "b"]}\n\n']),
+        cut_answer([b'id: 9:0:4\ndata: {"skipped": {"bytes": 120}}\n\n',
+                    b'id: 9:2:4\ndata: {"lines": ["c"]}\n\n']),
+        json_answer({"error": {"code": "not_found", "message": "no service named 'web'"}}, 404),
+    ])
+    server.routes[("GET", "/v1/services/web/logs?n=0&follow=1")] = \
+        lambda w: next(answers)(w)
+    code, out, err = cli(state_dir, "logs", "web", "-f", "-n", "0")
+    assert (code, out) == (1, "a\nb\nc\n")
+    assert [r.headers.get("last-event-id") for r in server.requests] == [None, "7:4", "9:2:4"]
+    assert err.splitlines() == [
+        "corral: skipped 120 bytes of web's log: rotated away before they could be read "
+        "(raise logs.max_bytes or logs.keep to keep more)",
+        "corral: no service named 'web'"]
+
+
+def test_follow_gives_up_after_its_patience(server: FakeServer, state_dir: str) -> None:
+    """When no supervisor comes back, :meth:`Client.follow` retries with a growing pause
+    and gives up with one error once its patience is spent."""
+    server.routes[("GET", "/v1/events?follow=1")] = cut_answer([b"id: 3\n\n"])
+    clock = [0.0]
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        clock[0] += seconds
+        if len(pauses) == 1:
+            server.stop()  # the supervisor is gone for good
+
+    follow = Client(server.path).follow("/v1/events?follow=1", patience=5, sleep=sleep,
+                                        clock=lambda: clock[0])
+    with pytest.raises(CliError, match=r"could not resume it within 5 s \(cannot reach"):
+        list(follow)
+    assert pauses[:5] == [0.1, 0.2, 0.4, 0.8, 1.0] and 5 <= sum(pauses) < 6
+
+
+def test_sse_events_in_small_pieces() -> None:
+    """Events split anywhere (even inside CRLF) parse the same; an id-only event moves the
+    position; comments are skipped; a cut-off last event is dropped."""
+    stream = (b": hello\r\nid: 1\r\n\r\nid: 2\ndata: {\"a\":\ndata: 1}\n\n"
+              b"data: " + b"x" * 200_000 + b"\n\nid: 4\ndata: cut")
+    for size in (1, 7, 4096, len(stream)):
+        pieces = iter([stream[i:i + size] for i in range(0, len(stream), size)])
+        assert list(sse_events(pieces)) == [("1", None), ("2", '{"a":\n1}'),
+                                             (None, "x" * 200_000)]
 
 
 def test_events_human_and_json(server: FakeServer, state_dir: str) -> None:
@@ -397,14 +464,35 @@ def test_sup_status_lines(server: FakeServer, state_dir: str) -> None:
 
 
 def test_events_follow_path_and_duplicates(server: FakeServer, state_dir: str) -> None:
-    """``events -f --service`` streams /v1/events?follow=1&service=NAME and skips repeated seqs."""
+    """``events -f --service`` streams /v1/events?follow=1&n=0&service=NAME (no history
+    unless -n is given) and skips repeated seqs."""
     frames = [b'data: {"seq": 1, "kind": "spawn", "service": "web"}\n\n',
               b'data: {"seq": 1, "kind": "spawn", "service": "web"}\n\n',
               b'data: {"seq": 2, "kind": "exit", "service": "web"}\n\n']
-    server.routes[("GET", "/v1/events?follow=1&service=web")] = sse_answer(frames)
+    server.routes[("GET", "/v1/events?follow=1&n=0&service=web")] = sse_answer(frames)
     code, out, _ = cli(state_dir, "events", "-f", "--service", "web", "--json")
-    assert code == 1  # the stream ended: the supervisor went away
+    assert code == 1  # the stream ended without ids: it cannot be resumed
     assert [json.loads(line)["seq"] for line in out.splitlines()] == [1, 2]
+    server.routes[("GET", "/v1/events?follow=1&n=3")] = sse_answer(frames[2:])
+    assert cli(state_dir, "events", "-f", "-n", "3", "--json")[1].count("\n") == 1
+
+
+def test_events_follow_resumes_after_the_last_seq(server: FakeServer, state_dir: str) -> None:
+    """``events -f`` cut mid-stream asks for the events after the last id it got, and
+    says on stderr when the supervisor no longer has some of them."""
+    answers = iter([
+        cut_answer([b'id: 5\ndata: {"seq": 5, "kind": "spawn", "service": "web"}\n\n',
+                    b"id: 6\n\n"]),
+        cut_answer([b'data: {"skipped": {"events": 2, "reason": "dropped"}}\n\n',
+                    b'id: 100001\ndata: {"seq": 100001, "kind": "adopt", "service": "web"}\n\n']),
+        json_answer({"error": {"code": "internal", "message": "gone"}}, 500),
+    ])
+    server.routes[("GET", "/v1/events?follow=1&n=0")] = lambda w: next(answers)(w)
+    code, out, err = cli(state_dir, "events", "-f", "--json")
+    assert code == 1
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == [5, 100001]
+    assert [r.headers.get("last-event-id") for r in server.requests] == [None, "6", "100001"]
+    assert err.splitlines()[0] == "corral: 2 events missing here: dropped"
 
 
 class _ClosedPipe(io.StringIO):

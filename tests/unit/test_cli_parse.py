@@ -13,7 +13,7 @@ import pytest
 
 from corral.cli import main as cli_main
 from corral.cli.client import Client
-from corral.cli.common import Context
+from corral.cli.common import CommandContext
 from corral.cli.main import build_parser, parse, run
 from corral.cli.svc import load_body
 
@@ -85,7 +85,7 @@ def test_state_dir_named_like_a_verb() -> None:
 def test_state_dir_resolution_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """--state-dir beats $CORRAL_HOME, which beats the per-name default."""
     def resolved(*argv: str) -> Path:
-        return Context(parse([*argv, "svc", "status"])).state_dir
+        return CommandContext(parse([*argv, "svc", "status"])).state_dir
 
     if os.geteuid() == 0:
         assert resolved("--override-name", "blue") == Path("/var/lib/corral/blue")
@@ -218,10 +218,12 @@ def test_only_the_named_verb_is_built() -> None:
 
 
 def test_real_process_unreachable_and_no_heavy_imports(tmp_path: Path) -> None:
-    """As a real process: exit 111 with one line, and no http.client/asyncio/typing imported."""
+    """As a real process: exit 111 with one line, and no http.client/asyncio/typing imported
+    (nor the remote-auth and transfer code a local status never needs)."""
     probe = ("import sys; from corral.cli.main import run; code = run(sys.argv[1:]); "
              "bad = [m for m in ('http.client', 'asyncio', 'typing', 'ssl', 'yaml', 'pydantic', "
-             "'httpx', 'rich', 'corral.supervisor', 'corral.launcher', 'fastapi') "
+             "'httpx', 'rich', 'corral.supervisor', 'corral.launcher', 'fastapi', "
+             "'corral.cli.remote', 'corral.cli.transfer') "
              "if m in sys.modules]; print(bad); sys.exit(code)")
     env = {**os.environ, "PYTHONPATH": SRC}
     env.pop("CORRAL_HOME", None)

@@ -27,6 +27,8 @@ EXPECTED: dict[tuple[S, E], tuple[S, tuple[A, ...]]] = {
     (S.STARTING, E.EXIT_BACKOFF): (S.BACKOFF, (A.SCHEDULE,)),
     (S.STARTING, E.EXIT_DOWN): (S.DOWN, ()),
     (S.STARTING, E.EXIT_GIVE_UP): (S.FAILED, ()),
+    (S.STARTING, E.EXIT_WAIT): (S.DOWN, ()),
+    (S.STARTING, E.RESTART): (S.STOPPING, (A.TERMINATE,)),
     # up
     (S.UP, E.STOP): (S.STOPPING, (A.TERMINATE,)),
     (S.UP, E.UNHEALTHY): (S.UNHEALTHY, ()),
@@ -34,6 +36,8 @@ EXPECTED: dict[tuple[S, E], tuple[S, tuple[A, ...]]] = {
     (S.UP, E.EXIT_BACKOFF): (S.BACKOFF, (A.SCHEDULE,)),
     (S.UP, E.EXIT_DOWN): (S.DOWN, ()),
     (S.UP, E.EXIT_GIVE_UP): (S.FAILED, ()),
+    (S.UP, E.EXIT_WAIT): (S.DOWN, ()),
+    (S.UP, E.RESTART): (S.STOPPING, (A.TERMINATE,)),
     # unhealthy
     (S.UNHEALTHY, E.STOP): (S.STOPPING, (A.TERMINATE,)),
     (S.UNHEALTHY, E.HEALTHY): (S.UP, ()),
@@ -41,12 +45,19 @@ EXPECTED: dict[tuple[S, E], tuple[S, tuple[A, ...]]] = {
     (S.UNHEALTHY, E.EXIT_BACKOFF): (S.BACKOFF, (A.SCHEDULE,)),
     (S.UNHEALTHY, E.EXIT_DOWN): (S.DOWN, ()),
     (S.UNHEALTHY, E.EXIT_GIVE_UP): (S.FAILED, ()),
-    # stopping: only the end of the Terminate moves it on
+    (S.UNHEALTHY, E.EXIT_WAIT): (S.DOWN, ()),
+    (S.UNHEALTHY, E.RESTART): (S.STOPPING, (A.TERMINATE,)),
+    # stopping: only the end of the Terminate moves it on; after a RESTART the policy's
+    # verdict comes with it
     (S.STOPPING, E.STOPPED): (S.DOWN, ()),
+    (S.STOPPING, E.STOPPED_RESTART): (S.STARTING, (A.SPAWN,)),
+    (S.STOPPING, E.STOPPED_BACKOFF): (S.BACKOFF, (A.SCHEDULE,)),
+    (S.STOPPING, E.STOPPED_GIVE_UP): (S.FAILED, ()),
     # backoff
     (S.BACKOFF, E.TIMER): (S.STARTING, (A.SPAWN,)),
     (S.BACKOFF, E.STOP): (S.DOWN, (A.CANCEL,)),
     (S.BACKOFF, E.START): (S.STARTING, (A.CANCEL, A.SPAWN)),
+    (S.BACKOFF, E.WAIT): (S.DOWN, (A.CANCEL,)),
     # failed: stays down until a user starts (or stops) it
     (S.FAILED, E.START): (S.STARTING, (A.SPAWN,)),
     (S.FAILED, E.STOP): (S.DOWN, ()),
@@ -61,9 +72,25 @@ def test_every_cell(state: S, event: E) -> None:
     assert step(state, event) == EXPECTED.get((state, event), (state, ()))
 
 
-def test_expectations_cover_real_states_and_events() -> None:
-    """The hand-written table names only real states and events (no typo hides a cell)."""
-    assert set(EXPECTED) <= set(ALL_PAIRS)
+def _reachable(start: S) -> set[S]:
+    """Every state some sequence of events leads to from ``start`` (``start`` included)."""
+    seen, todo = {start}, [start]
+    while todo:
+        state = todo.pop()
+        for event in E:
+            after, _ = step(state, event)
+            if after not in seen:
+                seen.add(after)
+                todo.append(after)
+    return seen
+
+
+def test_every_state_is_reachable_and_none_is_a_trap() -> None:
+    """From down every state can be reached, and from every state an instance can get back
+    down: no state is dead code, and none holds an instance for ever."""
+    assert _reachable(S.DOWN) == set(S)
+    for state in S:
+        assert S.DOWN in _reachable(state), state
 
 
 @pytest.mark.parametrize("state", [S.STARTING, S.UP, S.UNHEALTHY])
@@ -72,7 +99,7 @@ def test_late_events_after_a_stop_are_ignored(state: S) -> None:
     stopping, actions = step(state, E.STOP)
     assert (stopping, actions) == (S.STOPPING, (A.TERMINATE,))
     for late in (E.READY, E.HEALTHY, E.UNHEALTHY, E.EXIT_RESTART, E.EXIT_BACKOFF, E.TIMER,
-                 E.START):
+                 E.START, E.EXIT_WAIT, E.RESTART, E.WAIT):
         assert step(stopping, late) == (S.STOPPING, ())
     assert step(stopping, E.STOPPED) == (S.DOWN, ())
 
@@ -94,5 +121,25 @@ def test_crash_loop_walk() -> None:
         (S.UNHEALTHY, ()),
         (S.UP, ()),
         (S.STOPPING, (A.TERMINATE,)),
+        (S.DOWN, ()),
+    ]
+
+
+def test_restart_for_a_fault_walk() -> None:
+    """An unhealthy instance is stopped, then backs off as the policy says, and a restart
+    that is due while a dependency is not ready waits down."""
+    state = S.UP
+    trail = []
+    for event in (E.UNHEALTHY, E.RESTART, E.STOPPED_BACKOFF, E.WAIT, E.START, E.READY,
+                  E.EXIT_WAIT):
+        state, actions = step(state, event)
+        trail.append((state, actions))
+    assert trail == [
+        (S.UNHEALTHY, ()),
+        (S.STOPPING, (A.TERMINATE,)),
+        (S.BACKOFF, (A.SCHEDULE,)),
+        (S.DOWN, (A.CANCEL,)),
+        (S.STARTING, (A.SPAWN,)),
+        (S.UP, ()),
         (S.DOWN, ()),
     ]

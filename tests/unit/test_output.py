@@ -21,6 +21,7 @@ import pytest
 
 from corral.launcher.output import (
     MAX_LINE,
+    START_XATTR,
     DropReport,
     Echo,
     LogFile,
@@ -391,6 +392,26 @@ def test_existing_log_size_counts_towards_rotation(log_path: Path) -> None:
     log.close()
     assert log_path.with_name("web.log.1").read_bytes() == b"o" * 90
     assert log_path.read_bytes() == b"x" * 20
+
+
+def test_each_file_records_where_it_starts_in_the_log(log_path: Path) -> None:
+    """Every file carries its offset in the whole log: the sizes of the files before it,
+    including those rotated away, and a reopened log goes on counting from its own."""
+    log = LogFile(str(log_path), max_bytes=100, keep=1)
+    writes = [b"%02d:" % i + b"w" * 26 + b"\n" for i in range(10)]  # 30 bytes each
+    for data in writes:
+        log.write([data])
+    log.close()
+
+    def start(path: Path) -> int:
+        return int(os.getxattr(path, START_XATTR))
+    # 3 records a file: files start at 0, 90, 180, 270; keep=1 leaves the last two.
+    assert start(log_path.with_name("web.log.1")) == 180
+    assert start(log_path) == 270
+    again = LogFile(str(log_path), max_bytes=100, keep=1)
+    again.write([b"x" * 80])  # 30 + 80 > 100: rotates
+    again.close()
+    assert start(log_path) == 300 and start(log_path.with_name("web.log.1")) == 270
 
 
 def test_stamped_stream_rotates_between_whole_records(pipes: list[Pipe], log_path: Path) -> None:

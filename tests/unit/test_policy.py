@@ -12,6 +12,7 @@ from corral.supervisor.policy import (
     Streak,
     Verdict,
     decide,
+    decide_restart,
     decide_spawn_failure,
     describe_exit,
 )
@@ -25,6 +26,11 @@ def highest(a: float, b: float) -> float:
 def lowest(a: float, b: float) -> float:
     """A stand-in for random.uniform that always picks the bottom of the range."""
     return a
+
+
+#: A refused spawn fails at once, so it is never retried sooner than this, whatever
+#: backoff_min and backoff_max say: a missing binary would otherwise spin the supervisor.
+SPAWN_RETRY_FLOOR = 0.1
 
 
 def spec(**fields: Any) -> RestartSpec:
@@ -220,15 +226,18 @@ def test_policy_beats_max_restarts() -> None:
 
 # ------------------------------------------------------------------------- spawn failures
 @pytest.mark.parametrize("uniform", [highest, lowest])
-def test_spawn_failure_never_restarts_at_once(uniform: Any) -> None:
-    """A refused spawn is retried later, never at once, even the first time."""
-    restart = spec()
+@pytest.mark.parametrize("bounds", [("100ms", "5s"), ("0s", "5s"), ("0s", "0s"), ("0s", "50ms")])
+def test_spawn_failure_never_restarts_at_once(uniform: Any, bounds: tuple[str, str]) -> None:
+    """A refused spawn is retried later, never at once, even the first time: between
+    backoff_min and backoff_max, but never sooner than the floor."""
+    restart = spec(backoff_min=bounds[0], backoff_max=bounds[1])
+    low = max(restart.backoff_min, SPAWN_RETRY_FLOOR)
+    high = max(restart.backoff_max, SPAWN_RETRY_FLOOR)
     streak = Streak()
     for _ in range(8):
         decision = decide_spawn_failure(restart, streak, "command not found: /x", uniform)
         assert decision.verdict is Verdict.RESTART_LATER
-        assert restart.backoff_min <= decision.delay <= restart.backoff_max
-        assert decision.delay > 0
+        assert low - 1e-9 <= decision.delay <= high + 1e-9
         assert "command not found: /x" in decision.reason
         streak = decision.streak
 
@@ -256,10 +265,16 @@ def test_spawn_failure_gives_up_after_max_restarts() -> None:
     assert "gave up" in decision.reason
 
 
-def test_spawn_failure_waits_even_with_zero_backoff() -> None:
-    """A refused spawn waits a little even when the user set backoff_max to 0."""
-    decision = decide_spawn_failure(spec(backoff_min=0, backoff_max=0), Streak(), "no", highest)
-    assert decision.delay > 0
+def test_zero_backoff_restarts_a_crash_at_once_but_a_refused_spawn_waits_the_floor() -> None:
+    """With backoff_max 0 a crash loop restarts without waiting (each run is its own
+    pause), while a refused spawn, which fails at once, waits the floor every time."""
+    restart = spec(backoff_min=0, backoff_max=0)
+    assert [d.delay for d in crash_loop(restart, 5, highest)] == [0.0] * 5
+    streak = Streak()
+    for _ in range(5):
+        decision = decide_spawn_failure(restart, streak, "no", highest)
+        assert decision.delay == pytest.approx(SPAWN_RETRY_FLOOR)
+        streak = decision.streak
 
 
 # ----------------------------------------------------------------------------- describe
@@ -267,3 +282,39 @@ def test_describe_exit() -> None:
     """Exits are described as a code or as the signal that killed the process."""
     assert describe_exit(2, None) == "exited with code 2"
     assert describe_exit(None, "SEGV") == "killed by SIGSEGV"
+
+
+def test_a_fault_restart_of_a_young_instance_backs_off_and_gives_up() -> None:
+    """A restart for a fault (unhealthy, watchdog, start timeout) is a young death like a
+    crash: at once the first time, then backoff, then failed past max_restarts."""
+    restart = spec(max_restarts=2)
+    why = "unhealthy after 3 failed checks: check exited 1"
+    first = decide_restart(restart, why, 0.5, Streak(), highest)
+    assert (first.verdict, first.delay) == (Verdict.RESTART_NOW, 0.0)
+    assert first.reason == f"{why}; restarting"
+    second = decide_restart(restart, why, 0.5, first.streak, highest)
+    assert (second.verdict, second.delay) == (Verdict.RESTART_LATER, pytest.approx(0.3))
+    third = decide_restart(restart, why, 0.5, second.streak, highest)
+    assert third.verdict is Verdict.GIVE_UP
+    assert third.reason == f"{why}; gave up after 2 quick restarts in a row"
+
+
+def test_a_fault_restart_after_a_long_run_is_at_once() -> None:
+    """An instance that ran past cooldown before its fault restarts at once, streak reset."""
+    decision = decide_restart(spec(max_restarts=0), "no WATCHDOG=1 for 5s", 11.0,
+                              Streak(5, 2.0), highest)
+    assert (decision.verdict, decision.streak) == (Verdict.RESTART_NOW, Streak())
+
+
+@pytest.mark.parametrize("policy", ["always", "on-failure"])
+def test_a_fault_is_a_failure_for_the_policy(policy: str) -> None:
+    """`on-failure` restarts after a fault as after a non-zero exit."""
+    assert decide_restart(spec(policy=policy), "x", 20.0, Streak()).verdict \
+        is Verdict.RESTART_NOW
+
+
+def test_policy_never_leaves_a_faulty_instance_down() -> None:
+    """With `never`, an instance stopped for a fault stays down, and says why."""
+    decision = decide_restart(spec(policy="never"), "not ready within 60s", 60.0, Streak())
+    assert decision.verdict is Verdict.STAY_DOWN
+    assert decision.reason == "not ready within 60s; restart policy never"

@@ -187,3 +187,15 @@ def test_a_file_that_is_not_executable_is_an_error(tmp_path: Path, devnull: int)
         spawn(req, devnull)
     assert caught.value.code == m.E_EXEC_FAILED
     assert "permission denied" in caught.value.message
+
+
+def test_an_rlimit_that_cannot_be_set_is_one_line_naming_it(tmp_path: Path,
+                                                             devnull: int) -> None:
+    """Above the kernel's ceiling (fs.nr_open, for root too) the spawn is refused before
+    the fork, with the limit's name, not "Exception occurred in preexec_fn"."""
+    ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+    with pytest.raises(SpawnError) as err:
+        spawn(_request(tmp_path, rlimits={"nofile": ceiling + 1}), devnull)
+    assert err.value.code == m.E_EXEC_FAILED
+    assert err.value.message == (f"rlimit nofile {ceiling + 1} is above the kernel's "
+                                 f"ceiling fs.nr_open = {ceiling}")

@@ -21,6 +21,7 @@ from corral.spec import (
     parse_duration,
     parse_signal,
     parse_size,
+    reader,
     validate_process,
     validate_target,
 )
@@ -603,8 +604,9 @@ def test_several_problems_are_reported_together() -> None:
         "target.yaml:4: processes[0].restart.policy: must be one of always, on-failure, never",
         "target.yaml:8: processes[1].instances: must be at least 0",
         "target.yaml:9: processes[1].colour: unknown field 'colour' (allowed: name, command, env, "
-        "cwd, resources, before, instances, receives, health, readiness, watchdog, restart, stop, "
-        "logs, limits, hooks, rollout_timeout, depends_on, user, group, umask, rlimits)",
+        "cwd, resources, before, instances, receives, health, readiness, start_seconds, "
+        "start_timeout, watchdog, restart, stop, "
+        "logs, limits, hooks, rollout_timeout, replace, depends_on, user, group, umask, rlimits)",
         "target.yaml:10: processes[2].name: duplicate name 'a' (also processes[0])",
         "target.yaml:11: processes[3].depends_on[0]: unknown process 'ghost'",
     ]
@@ -626,8 +628,9 @@ def test_dict_input_has_no_line_numbers() -> None:
     assert info.value.problems == [
         "cli: restart.policy: must be one of always, on-failure, never",
         "cli: on: unknown field 'on' (allowed: name, command, env, cwd, resources, before, "
-        "instances, receives, health, readiness, watchdog, restart, stop, logs, limits, hooks, "
-            "rollout_timeout, "
+        "instances, receives, health, readiness, start_seconds, start_timeout, watchdog, "
+        "restart, stop, logs, limits, hooks, "
+            "rollout_timeout, replace, "
         "depends_on, user, group, umask, rlimits)",
     ]
     with pytest.raises(SpecError, match=r"^api: processes\[1\].name: duplicate name 'x'"):
@@ -713,17 +716,39 @@ def test_a_character_yaml_does_not_allow_is_one_line_with_its_line_number() -> N
     "quoted: '123'\nplain: 123\nneg: -0.5\nsci: 6.02e+23\nnan: .nan\n",
     "",
     "# only a comment\n",
-    "x: !!str 5\n",                       # a tag: handed to PyYAML
-    "base: &b {a: 1}\nuse: *b\n",        # anchors and aliases: handed to PyYAML
 ])
 def test_the_fast_yaml_reader_agrees_with_pyyaml(text: str) -> None:
-    """`_plain_data` builds from libyaml's events what `yaml.load` would (or hands over)."""
-    from corral import spec
-    expected = yaml.load(text, Loader=spec._FastLoader)  # a SafeLoader subclass
-    got = spec._plain_data(text)
-    if got is spec._UNUSUAL:
-        return
-    assert got == expected and type(got) is type(expected)
+    """`reader.plain_data` reads these documents itself and builds what `yaml.load` would."""
+    expected = yaml.load(text, Loader=reader.FastLoader)  # a SafeLoader subclass
+    got = reader.plain_data(text)
+    assert got is not reader.UNUSUAL, "the fast reader handed a plain document over"
+    assert _same(got, expected)
+
+
+def _same(got: object, expected: object) -> bool:
+    """Equal, of the same types all the way down, NaN equal to NaN."""
+    if type(got) is not type(expected):
+        return False
+    if isinstance(got, dict) and isinstance(expected, dict):
+        return list(got) == list(expected) and all(_same(got[k], expected[k]) for k in got)
+    if isinstance(got, list) and isinstance(expected, list):
+        return len(got) == len(expected) and all(map(_same, got, expected))
+    if isinstance(got, float) and got != got:
+        return expected != expected
+    return got == expected
+
+
+@pytest.mark.parametrize("text", [
+    "x: !!str 5\n",                 # a tag
+    "base: &b {a: 1}\nuse: *b\n",    # anchors and aliases
+    "a: 1\na: 2\n",                 # a key given twice: the slow path names both lines
+    "--- 1\n--- 2\n",               # several documents: yaml.load says why it refuses
+    "? [a, b]\n: 1\n",              # a list as a key
+    "<<: {a: 1}\nb: 2\n",            # a merge key
+])
+def test_the_fast_yaml_reader_hands_unusual_documents_over(text: str) -> None:
+    """What `reader.plain_data` does not handle itself goes to PyYAML, never half-read."""
+    assert reader.plain_data(text) is reader.UNUSUAL
 
 
 def test_a_key_given_twice_is_refused_with_both_lines() -> None:
@@ -737,3 +762,23 @@ def test_a_key_given_twice_is_refused_with_both_lines() -> None:
         "pg.yaml:6: processes[0].hooks: given twice (also on line 4); merge the two"
     with pytest.raises(SpecError):
         load_process("name: a\ncommand: x\ncommand: y\n", "a.yaml")
+
+
+def test_start_and_exec_code_defaults() -> None:
+    """A started process is ready after 1 s, a start fails after 60 s, and an exec check
+    fails on any non-zero exit unless Habitat's codes are asked for."""
+    p = validate_process({"name": "x", "command": "y", "health": {"exec": ["true"]}}, "cli")
+    assert (p.start_seconds, p.start_timeout) == (1.0, 60.0)
+    assert p.health is not None and p.health.exec_codes == "standard"
+    q = validate_process({"name": "x", "command": "y", "start_seconds": 0,
+                          "start_timeout": "5m",
+                          "health": {"exec": ["true"], "exec_codes": "habitat"}}, "cli")
+    assert (q.start_seconds, q.start_timeout) == (0.0, 300.0)
+    assert q.health is not None and q.health.exec_codes == "habitat"
+    with pytest.raises(SpecError) as info:
+        validate_process({"name": "x", "command": "y", "start_timeout": 0,
+                          "health": {"exec": ["true"], "exec_codes": "nagios"}}, "cli")
+    assert info.value.problems == [
+        "cli: health.exec_codes: must be one of standard, habitat",
+        "cli: start_timeout: must be greater than 0",
+    ]

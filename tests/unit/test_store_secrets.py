@@ -178,3 +178,25 @@ def test_the_api_request_model_hides_the_value() -> None:
     body = SecretValue(value="topsecret")
     assert "topsecret" not in repr(body) + str(body)
     assert body.value == "topsecret"
+
+
+def test_an_env_file_gives_name_value_pairs() -> None:
+    """NAME=value lines; comments and blank lines skipped; the value is the rest of the
+    line, '=' and spaces included."""
+    from corral.store.secrets import parse_env_file
+    text = "# comment\n\n  # indented comment\nA=1\nB= two = 2 \nEMPTY=\n"
+    assert parse_env_file(text, "s.env") == {"A": "1", "B": " two = 2 ", "EMPTY": ""}
+
+
+@pytest.mark.parametrize(("text", "line", "why"), [
+    ("A=1\nno equals sign here s3cret\n", 2, "expected NAME=value"),
+    ("A=1\n\n1BAD=x\n", 3, "invalid secret name"),
+    ("A=1\nA=2\n", 2, "given twice (also on line 1)"),
+])
+def test_a_bad_env_file_line_is_one_error_with_its_line(text: str, line: int, why: str) -> None:
+    """The first bad line is named by number; its text (maybe a value) is not quoted."""
+    from corral.store.secrets import parse_env_file
+    with pytest.raises(SpecError) as err:
+        parse_env_file(text, "s.env")
+    assert err.value.message.startswith(f"s.env:{line}: ") and why in err.value.message
+    assert "s3cret" not in err.value.message

@@ -186,3 +186,38 @@ def test_a_secret_that_is_no_resource_id_is_refused_without_its_value() -> None:
         subst.substitute(s, {"BUNDLE_ID": "not-a-hash-hunter2"}, "web")
     assert str(caught.value).startswith("web.resources[0].id: the secret it names")
     assert "hunter2" not in str(caught.value)
+
+
+# ------------------------------------------------------------- corral's own variables
+def test_own_names_are_the_instance_and_the_ports_of_received_services() -> None:
+    """CORRAL_SERVICE, CORRAL_INSTANCE and a SERVICE_PORT_* per proxied received service."""
+    web = spec(receives=["web", "api-v2", "sock"])
+    assert subst.own_names(web, proxied=["web", "api-v2"]) == [
+        "CORRAL_SERVICE", "CORRAL_INSTANCE", "SERVICE_PORT_WEB", "SERVICE_PORT_API_V2"]
+    assert subst.port_variable("api-v2") == "SERVICE_PORT_API_V2"
+
+
+def test_own_variables_are_not_secrets() -> None:
+    """${CORRAL_INSTANCE} and ${SERVICE_PORT_WEB} are no missing secrets and no secret
+    references; they expand to the instance's values, over a secret of the same name."""
+    web = spec(command=["run", "--port=${SERVICE_PORT_WEB}", "--id=${CORRAL_INSTANCE}"],
+               receives=["web"])
+    own = subst.own_names(web, ["web"])
+    assert subst.missing(web, [], own) == []
+    assert subst.references(web) == {}
+    values = {"CORRAL_INSTANCE": "not this"}
+    out = subst.substitute(web, values, "web", {"SERVICE_PORT_WEB": "31000",
+                                                "CORRAL_INSTANCE": "2"})
+    assert out.command == ["run", "--port=31000", "--id=2"]
+
+
+def test_a_name_that_is_neither_says_so() -> None:
+    """A corral-looking name that is not one of this process's variables, nor a secret,
+    is the problem, and the message lists the variables it has."""
+    web = spec(env={"P": "${SERVICE_PORT_API}", "Q": "${NOPE}"}, receives=["web"])
+    problems = subst.missing(web, [], subst.own_names(web, ["web"]))
+    assert problems == [
+        "web.env.P: 'SERVICE_PORT_API' is neither a secret nor one of corral's variables for "
+        "this process (CORRAL_SERVICE, CORRAL_INSTANCE, SERVICE_PORT_WEB); set a secret with: "
+        "corral secret set SERVICE_PORT_API -",
+        "web.env.Q: secret 'NOPE' is not set; set it with: corral secret set NOPE -"]

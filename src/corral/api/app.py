@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -21,9 +22,11 @@ from starlette.exceptions import HTTPException
 
 from corral import __version__
 from corral.errors import CorralError, NotReady, SpecError
+from corral.logs import reader
 from corral.supervisor.facade import Facade
 
 from .auth import auth_routes
+from .health import health_router
 from .metrics import metrics_router
 from .models import ErrorResponse, LoadRequest, ScaleRequest
 from .stores import stores_router
@@ -35,8 +38,13 @@ if TYPE_CHECKING:  # cryptography (behind .tls) loads only with --listen-http
 
 KEEPALIVE = 15.0
 _WAIT = Query(None, ge=0, le=86400, description="seconds to wait for readiness")
+_CURSOR_HELP = ("resume following just after this cursor (INODE:OFFSET[:START], the id of "
+                "an event of an earlier follow), instead of the last n records")
+_AFTER_HELP = "only events whose seq is greater (resuming a follow)"
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 404, 409, 422, 502, 503)}
+    status: {"model": ErrorResponse} for status in (
+        HTTPStatus.BAD_REQUEST, HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT,
+        HTTPStatus.UNPROCESSABLE_ENTITY, HTTPStatus.BAD_GATEWAY, HTTPStatus.SERVICE_UNAVAILABLE)}
 
 
 def _error(status: int, code: str, message: str,
@@ -47,8 +55,8 @@ def _error(status: int, code: str, message: str,
     return JSONResponse({"error": body}, status_code=status)
 
 
-def _sse(payload: Any) -> bytes:
-    return f"data: {json.dumps(payload)}\n\n".encode()
+def _sse(payload: Any, head: str = "") -> bytes:
+    return f"{head}data: {json.dumps(payload)}\n\n".encode()
 
 
 def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
@@ -72,11 +80,12 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return _error(400, "bad_request", f"{where}: {first.get('msg', 'invalid request')}")
+        return _error(HTTPStatus.BAD_REQUEST, "bad_request",
+                      f"{where}: {first.get('msg', 'invalid request')}")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        code = "not_found" if exc.status_code == 404 else "bad_request"
+        code = "not_found" if exc.status_code == HTTPStatus.NOT_FOUND else "bad_request"
         return _error(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(yaml.YAMLError)
@@ -84,26 +93,28 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
         # The spec loader names the line of YAML errors it sees; one raised before it
         # parses (a control character in the text: libyaml's reader) lands here, and is
         # still the client's bad input, never a 500 (found by tests/integration/test_api_fuzz).
-        return _error(422, "invalid_spec", "invalid YAML: " + " ".join(str(exc).split()))
+        return _error(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid_spec",
+                      "invalid YAML: " + " ".join(str(exc).split()))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         print(f"corral-supervisor: internal error on {request.url.path}: {exc!r}",
               file=sys.stderr)
-        return _error(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
+        return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal",
+                      f"internal error: {type(exc).__name__}: {exc}")
 
     @app.get("/v1/status", tags=["supervisor"])
     async def status() -> dict[str, Any]:
         """The supervisor: versions, pids, state directory, uptime, service counts."""
         return facade.status()
 
-    @app.post("/v1/supervisor/restart", status_code=202, tags=["supervisor"])
+    @app.post("/v1/supervisor/restart", status_code=HTTPStatus.ACCEPTED, tags=["supervisor"])
     async def restart_supervisor() -> dict[str, str]:
         """Start a new supervisor process; services keep running and are reattached."""
         facade.restart_supervisor()
         return {"result": "restarting"}
 
-    @app.post("/v1/supervisor/stop", status_code=202, tags=["supervisor"])
+    @app.post("/v1/supervisor/stop", status_code=HTTPStatus.ACCEPTED, tags=["supervisor"])
     async def stop_supervisor() -> dict[str, str]:
         """Stop every service (reverse load order), then the supervisor and the launcher."""
         facade.stop_supervisor()
@@ -179,31 +190,68 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
         return facade.history(name)
 
     @app.get("/v1/services/{name}/logs", tags=["logs"], responses=_ERRORS)
-    async def logs(name: str, n: int = Query(100, ge=0, le=100_000),
-                   follow: bool = False) -> Any:
-        """The last ``n`` log records; with ``follow=1``, a stream of server-sent events."""
+    async def logs(request: Request, name: str, n: int = Query(100, ge=0, le=100_000),
+                   follow: bool = False,
+                   cursor: str | None = Query(None, description=_CURSOR_HELP)) -> Any:
+        """The last ``n`` log records; with ``follow=1``, a stream of server-sent events,
+        each a batch of records with the cursor after them as its ``id``.  From a cursor
+        (``cursor`` or the ``Last-Event-ID`` header) the stream resumes just after it."""
         if not follow:
             return {"lines": facade.log_tail(name, n)}
-        lines = facade.log_follow(name, n)
-
-        async def stream() -> AsyncIterator[bytes]:
-            async for line in lines:
-                yield _sse({"line": line})
-        return StreamingResponse(stream(), media_type="text/event-stream")
-
-    @app.get("/v1/events", tags=["events"], responses=_ERRORS)
-    async def events(n: int = Query(100, ge=0, le=2000), follow: bool = False,
-                     service: str | None = None) -> Any:
-        """Recent events; with ``follow=1``, those and then new ones as server-sent events."""
-        recent = facade.events(n, service)
-        if not follow:
-            return {"events": recent}
-        queue = facade.subscribe()
+        resume = cursor or request.headers.get("last-event-id")
+        try:
+            start = reader.Cursor.parse(resume) if resume else None
+        except ValueError as exc:
+            return _error(HTTPStatus.BAD_REQUEST, "bad_request", f"cursor: {exc}")
+        batches = facade.log_follow(name, n, start)
 
         async def stream() -> AsyncIterator[bytes]:
             try:
+                async for batch in batches:
+                    head = f"id: {batch.cursor.token()}\n"
+                    if batch.skipped != 0:
+                        yield _sse({"skipped": {"bytes": batch.skipped}}, head)
+                    if batch.lines:
+                        yield _sse({"lines": batch.lines}, head)
+                    elif batch.skipped == 0:
+                        yield (head + "\n").encode()  # the cursor alone: first, a keepalive
+            finally:
+                await batches.aclose()  # its files now, not whenever it is collected
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.get("/v1/events", tags=["events"], responses=_ERRORS)
+    async def events(request: Request, n: int = Query(100, ge=0, le=2000),
+                     follow: bool = False, service: str | None = None,
+                     after: int | None = Query(None, ge=0, description=_AFTER_HELP)) -> Any:
+        """Recent events (or those after ``seq`` ``after``); with ``follow=1``, those and
+        then new ones as server-sent events whose ``id`` is the ``seq``.  Resuming (from
+        ``after`` or the ``Last-Event-ID`` header) starts with ``{"skipped": {"events": N,
+        "reason": "..."}}`` when events after it are not kept (N ``null``: unknown)."""
+        if after is None and follow and request.headers.get("last-event-id"):
+            text = request.headers["last-event-id"].strip()
+            if not text.isdigit():
+                return _error(HTTPStatus.BAD_REQUEST, "bad_request",
+                              f"Last-Event-ID: {text[:40]!r} is not a seq")
+            after = int(text)
+        lost: int | None = 0
+        why = ""
+        if after is None:
+            recent = facade.events(n, service)
+        else:
+            recent, lost, why = facade.events_since(after, service)
+        if not follow:
+            return {"events": recent}
+        queue = facade.subscribe()
+        marker = facade.last_event_seq()
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                if lost != 0:
+                    yield _sse({"skipped": {"events": lost, "reason": why}})
                 for past in recent:
-                    yield _sse(past)
+                    yield _sse(past, f"id: {past['seq']}\n")
+                # Where the stream stands, whatever the filter let through.
+                yield f"id: {marker}\n\n".encode()
                 while True:
                     event: dict[str, Any] | None
                     try:
@@ -214,7 +262,7 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
                     if event is None:
                         return  # too slow: dropped; the client reconnects
                     if service is None or event["service"] == service:
-                        yield _sse(event)
+                        yield _sse(event, f"id: {event['seq']}\n")
             finally:
                 facade.unsubscribe(queue)
         return StreamingResponse(stream(), media_type="text/event-stream")
@@ -224,4 +272,5 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
     app.include_router(stores_router(facade))
     app.include_router(target_router(facade))
     app.include_router(auth_routes(remote))
+    app.include_router(health_router(facade))
     return app

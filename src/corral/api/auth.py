@@ -5,7 +5,9 @@ local ``api.sock`` (mode 0600: only its owner and root can connect) serves the b
 A request passes when its ``Authorization: Bearer <token>`` matches the current token
 (:func:`hmac.compare_digest`, constant time), or when it is one of the few requests that
 carry no data: ``GET /`` and ``GET /assets/...`` (the dashboard page and its static files)
-and, with ``--metrics-public``, ``GET /metrics``.  Anything else answers 401 with the API's
+and, with ``--metrics-public``, ``GET /metrics``; with ``--health-public``, ``GET
+/v1/health`` and ``GET /v1/health/live`` (for a load balancer's or kubelet's probes: they
+say which services are not ready, nothing more).  Anything else answers 401 with the API's
 error body, before the application sees it.
 
 :func:`auth_routes` adds ``GET /v1/auth/client`` (``corral print-auth``) and
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
@@ -36,6 +39,7 @@ if TYPE_CHECKING:  # cryptography (behind .tls) loads only with --listen-http
 PUBLIC = {("GET", "/"), ("HEAD", "/")}
 ASSETS = "/assets/"
 METRICS = "/metrics"
+HEALTH = frozenset({"/v1/health", "/v1/health/live"})
 
 
 class TokenAuth:
@@ -46,13 +50,15 @@ class TokenAuth:
         token: returns the current token (called per request, so a rotation applies to
             the next request without a restart).
         metrics_public: let ``GET /metrics`` through without a token.
+        health_public: let ``GET /v1/health`` and ``/v1/health/live`` through without one.
     """
 
     def __init__(self, app: ASGIApp, token: Callable[[], str],
-                 metrics_public: bool = False) -> None:
+                 metrics_public: bool = False, health_public: bool = False) -> None:
         self.app = app
         self.token = token
         self.metrics_public = metrics_public
+        self.health_public = health_public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -66,7 +72,8 @@ class TokenAuth:
             await _unauthorized(send, b"authorization" in _header_names(scope))
 
     def is_public(self, scope: Scope) -> bool:
-        """Whether this request needs no token (the dashboard shell, and maybe metrics)."""
+        """Whether this request needs no token (the dashboard shell, maybe metrics and
+        health)."""
         method = scope.get("method", "GET")
         path: str = scope.get("path", "")
         if method not in ("GET", "HEAD"):
@@ -77,6 +84,8 @@ class TokenAuth:
             # No dot segments: a path that would leave /assets/ after normalisation
             # must not ride on the exemption.
             return ".." not in path.split("/") and "\\" not in path
+        if self.health_public and path in HEALTH:
+            return True
         return self.metrics_public and path == METRICS
 
     def authorized(self, scope: Scope) -> bool:
@@ -103,7 +112,7 @@ async def _unauthorized(send: Send, had_header: bool) -> None:
                "this request needs a token: send 'Authorization: Bearer <token>' (get it on "
                "the host with: corral print-auth)")
     body = json.dumps({"error": {"code": "unauthorized", "message": message}}).encode()
-    await send({"type": "http.response.start", "status": 401, "headers": [
+    await send({"type": "http.response.start", "status": HTTPStatus.UNAUTHORIZED, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
         (b"www-authenticate", b'Bearer realm="corral"')]})
     await send({"type": "http.response.body", "body": body})

@@ -23,6 +23,8 @@ class QuietServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
         self._stopping = asyncio.Event()
+        #: Set once start-up is done and requests are being served.
+        self.answering = asyncio.Event()
 
     def stop(self, force: bool = False) -> None:
         """Finish serving: let open requests end (``force``: close at once)."""
@@ -32,6 +34,7 @@ class QuietServer(uvicorn.Server):
         self._stopping.set()
 
     async def main_loop(self) -> None:
+        self.answering.set()  # uvicorn enters its main loop once it serves
         counter = 0
         while not await self.on_tick(counter):
             counter += 10  # on_tick refreshes the Date header when counter % 10 == 0

@@ -11,6 +11,7 @@ See ``docs/api.md``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -23,7 +24,9 @@ from corral.supervisor.facade import Facade
 from .models import ErrorResponse
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 404, 409, 422, 503)}
+    status: {"model": ErrorResponse} for status in (
+        HTTPStatus.BAD_REQUEST, HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT,
+        HTTPStatus.UNPROCESSABLE_ENTITY, HTTPStatus.SERVICE_UNAVAILABLE)}
 _NO_STORE = {"Cache-Control": "no-store"}
 # A value may be 1 MiB of UTF-8; the store checks bytes, this only bounds the request.
 _MAX_VALUE_CHARS = 1024 * 1024
@@ -98,8 +101,8 @@ def stores_router(facade: Facade) -> APIRouter:
         """Every resource: ``{id, name, size, created, used_by}``, oldest first."""
         return {"resources": facade.resources()}
 
-    @router.post("/v1/resources", status_code=201, tags=["resources"], responses=_ERRORS,
-                 openapi_extra=_UPLOAD_BODY)
+    @router.post("/v1/resources", status_code=HTTPStatus.CREATED, tags=["resources"],
+                 responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
     async def upload(request: Request,
                      name: str = Query(min_length=1, max_length=1024,
                                        description="the original file name")) -> Any:
@@ -115,7 +118,7 @@ def stores_router(facade: Facade) -> APIRouter:
             # Nobody is left to read this; the store removed its partial file.
             return JSONResponse({"error": {"code": "bad_request",
                                            "message": "the upload was cut short"}},
-                                status_code=400)
+                                status_code=HTTPStatus.BAD_REQUEST)
 
     @router.post("/v1/resources/delete", tags=["resources"], responses=_ERRORS)
     async def remove_resources(body: ResourceIds) -> dict[str, Any]:

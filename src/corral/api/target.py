@@ -8,6 +8,7 @@ health-gated replacements running: ``GET /v1/target/status`` follows them.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import APIRouter
@@ -18,7 +19,9 @@ from corral.supervisor.facade import Facade
 from .models import ErrorResponse
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 409, 422, 503)}
+    status: {"model": ErrorResponse} for status in (
+        HTTPStatus.BAD_REQUEST, HTTPStatus.CONFLICT, HTTPStatus.UNPROCESSABLE_ENTITY,
+        HTTPStatus.SERVICE_UNAVAILABLE)}
 # A 1,000-process target is ~150 KiB of YAML; 16 MiB leaves room and bounds the request.
 _MAX_YAML = 16 * 1024 * 1024
 

@@ -10,6 +10,7 @@ token the user typed (kept in ``sessionStorage``), which is why the TCP listener
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from importlib import resources
 
 from fastapi import APIRouter
@@ -52,7 +53,7 @@ def dashboard_router() -> APIRouter:
         if found is None:
             return JSONResponse({"error": {"code": "not_found",
                                            "message": f"no dashboard asset named {name!r}"}},
-                                status_code=404)
+                                status_code=HTTPStatus.NOT_FOUND)
         content, media_type = found
         return Response(content, media_type=media_type, headers=_HEADERS)
 

@@ -23,6 +23,9 @@ from .proxy import Proxy
 
 #: Seconds open connections get to finish on SIGTERM.
 GRACE = 2.0
+#: Exit codes: stopped by a signal; the control socket could not be served.
+EXIT_STOPPED = 0
+EXIT_NO_CONTROL = 1
 
 
 async def serve(control: Path) -> None:
@@ -67,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the control socket cannot be created: say where and why
         print(f"corral-balancer: cannot serve the control socket {args.control}: "
               f"{exc.strerror or exc}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_NO_CONTROL
+    return EXIT_STOPPED
 
 
 if __name__ == "__main__":

@@ -4,44 +4,47 @@ Each half is an :class:`asyncio.Protocol` that writes what it receives straight 
 other half's transport, with flow control: when one side's write buffer passes
 :data:`WRITE_HIGH`, the other side stops reading until it drains below :data:`WRITE_LOW`.
 Half-closes are passed on (``write_eof``), so request/response protocols that signal the
-end of a request with a FIN work.  :class:`Client` also does the connection's accounting
-(per service and per backend) exactly once, whichever side ends first.
+end of a request with a FIN work.  Both halves count their bytes on a :class:`Meter` (the
+proxy's service), and :class:`ClientSide` tells it exactly once when the connection ends,
+whichever side ends first; what a service counts per backend is the proxy's business.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
-
-if TYPE_CHECKING:
-    from .proxy import Backend, Service
+from typing import Protocol, cast
 
 #: Write buffer limits of each half: above HIGH the other half stops reading.
 WRITE_HIGH = 256 * 1024
 WRITE_LOW = 64 * 1024
 
 
-class Client(asyncio.Protocol):
-    """The client half: bytes in go to the backend; it does the connection's accounting."""
+class Meter(Protocol):
+    """What a connection reports to: the bytes each way, and its end."""
 
-    __slots__ = ("backend", "done", "eof", "pending", "service", "transport", "upstream")
+    bytes_in: int  # from the client to the backend
+    bytes_out: int  # from the backend to the client
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.backend: Backend | None = None
-        self.upstream: Upstream | None = None
+    def ended(self, conn: ClientSide) -> None:
+        """``conn`` is over (called once, after :meth:`ClientSide.attach`)."""
+
+
+class ClientSide(asyncio.Protocol):
+    """The client half: bytes in go to the backend; it reports the connection's end."""
+
+    __slots__ = ("done", "eof", "meter", "pending", "transport", "upstream")
+
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+        self.upstream: BackendSide | None = None
         self.transport: asyncio.Transport | None = None
         self.pending: list[bytes] = []  # from the backend before the client was wrapped
         self.eof = False
         self.done = False
 
-    def attach(self, backend: Backend, upstream: Upstream) -> None:
-        self.backend = backend
+    def attach(self, upstream: BackendSide) -> None:
+        """Pair with the connected backend half, before the client socket is wrapped."""
         self.upstream = upstream
-        backend.total += 1
-        backend.conns.add(self)
-        self.service.active += 1
-        self.service.total += 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -60,7 +63,7 @@ class Client(asyncio.Protocol):
             transport.write_eof()
 
     def data_received(self, data: bytes) -> None:
-        self.service.bytes_in += len(data)
+        self.meter.bytes_in += len(data)
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None:
             upstream.transport.write(data)
@@ -96,27 +99,19 @@ class Client(asyncio.Protocol):
             self.upstream.transport.abort()
 
     def finish(self) -> None:
-        """Account for the end of the connection, once."""
+        """Report the end of the connection to the meter, once."""
         if self.done:
             return
         self.done = True
-        backend = self.backend
-        if backend is not None:
-            backend.active -= 1
-            backend.conns.discard(self)
-            if backend.active == 0 and backend.drain_timer is not None \
-                    and backend in self.service.retired:
-                backend.drain_timer.cancel()
-                self.service.retired.remove(backend)
-        self.service.active -= 1
+        self.meter.ended(self)
 
 
-class Upstream(asyncio.Protocol):
+class BackendSide(asyncio.Protocol):
     """The backend half: bytes in go to the client (buffered until it is wrapped)."""
 
     __slots__ = ("client", "eof", "lost", "transport")
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: ClientSide) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
         self.eof = False
@@ -127,7 +122,7 @@ class Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         client = self.client
-        client.service.bytes_out += len(data)
+        client.meter.bytes_out += len(data)
         if client.transport is not None:
             client.transport.write(data)
         else:

@@ -5,6 +5,13 @@ range (default 30000-39999).  A port is handed out only if nobody holds it on th
 (checked by binding it) and it is not already handed out.  After a supervisor restart,
 :meth:`PortAllocator.reserve` rebuilds the handed-out set from the running instances.
 
+Several corrals on one host (two users, two state directories) share the range, and a port
+kept for a stopped instance is bound by nobody, so another corral could hand it out.  Two
+things keep them apart: each corral walks the range from its own point
+(:func:`start_for` its user and state directory), so they do not hand out the same ports
+in the first place; and the supervisor checks an instance's ports with :func:`port_taken`
+right before each spawn, and gives it a new one for any that another program took.
+
 Example::
 
     ports = PortAllocator()
@@ -14,10 +21,13 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import socket
 from collections.abc import Callable
 
-DEFAULT_RANGE = (30000, 39999)
+from corral.protocol import defaults
+
+DEFAULT_RANGE = defaults.PORT_RANGE
 
 
 class PortsExhausted(RuntimeError):
@@ -46,23 +56,59 @@ def port_free(port: int) -> bool:
     return True
 
 
+def port_taken(port: int) -> bool:
+    """True if a program listens on ``port`` (any local IPv4 or IPv6 address), or holds it
+    without SO_REUSEADDR: what would make a server started now fail with "Address already
+    in use".
+
+    Unlike :func:`port_free`, connections in TIME_WAIT (an instance's own, just before it
+    is restarted) do not count: servers bind with SO_REUSEADDR, as this check does.
+    """
+    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue  # no IPv6 on this host
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+        except OSError:
+            return True
+        finally:
+            sock.close()
+    return False
+
+
+def start_for(low: int, high: int, key: str) -> int:
+    """Where in ``[low, high]`` a corral identified by ``key`` (its user and state
+    directory) starts handing out ports: spread evenly by a hash, the same on every start."""
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return low + digest % (high - low + 1)
+
+
 class PortAllocator:
     """Hands out ports from ``[low, high]``, one holder at a time.
 
     Args:
         low, high: the range, both included.
         is_free: the host check (a seam for tests of the bookkeeping).
+        start: the first port to try (default ``low``; see :func:`start_for`).
     """
 
     def __init__(self, low: int = DEFAULT_RANGE[0], high: int = DEFAULT_RANGE[1],
-                 is_free: Callable[[int], bool] = port_free) -> None:
+                 is_free: Callable[[int], bool] = port_free, start: int | None = None) -> None:
         if not 0 < low <= high < 65536:
             raise ValueError(f"invalid port range {low}-{high}")
+        if start is not None and not low <= start <= high:
+            raise ValueError(f"start {start} is outside the range {low}-{high}")
         self.low = low
         self.high = high
         self._is_free = is_free
         self._taken: set[int] = set()
-        self._next = low  # walk the range so a just-released port is reused last
+        # Walk the range so a just-released port is reused last.
+        self._next = low if start is None else start
 
     def allocate(self) -> int:
         """A port nobody holds.
@@ -80,6 +126,17 @@ class PortAllocator:
             return port
         raise PortsExhausted(f"no free port left in {self.low}-{self.high}: "
                              "widen the range or stop some instances")
+
+    def replace(self, port: int) -> int:
+        """A new port for a holder whose ``port`` another program took; ``port`` is
+        released once the new one is handed out (so it is not handed back).
+
+        Raises:
+            PortsExhausted: no other port is free.
+        """
+        new = self.allocate()
+        self.release(port)
+        return new
 
     def reserve(self, port: int) -> None:
         """Mark ``port`` as handed out (an adopted instance already holds it)."""

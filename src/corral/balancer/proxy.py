@@ -27,11 +27,14 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from corral import __version__
+from corral.protocol import defaults
+
 from .choice import ACTIVE, DRAINING, Balance, Chooser
-from .pipe import WRITE_HIGH, WRITE_LOW, Client, Upstream
+from .pipe import WRITE_HIGH, WRITE_LOW, BackendSide, ClientSide
 
 #: A backend that neither accepts nor refuses within this is treated as refusing.
 CONNECT_TIMEOUT = 3.0
@@ -64,13 +67,14 @@ class ServiceConfig:
     host: str
     port: int
     balance: Balance = "round-robin"
-    drain_timeout: float = 30.0
+    drain_timeout: float = defaults.DRAIN_TIMEOUT
     backends: tuple[BackendConfig, ...] = ()
 
 
 @dataclass(eq=False)
-class Backend:
-    """A backend's live state and figures."""
+class ProxiedBackend:
+    """A backend's live state and figures (``active``: open connections, and connects
+    under way)."""
 
     id: str
     host: str
@@ -79,29 +83,28 @@ class Backend:
     active: int = 0
     total: int = 0
     refused: int = 0
-    conns: set[Client] = field(default_factory=set)
     drain_timer: asyncio.TimerHandle | None = None
 
     def figures(self) -> dict[str, Any]:
         return {"id": self.id, "address": f"{self.host}:{self.port}", "state": self.state,
                 "active": self.active, "total": self.total, "refused": self.refused}
 
-    def close_all(self) -> None:
-        """Drain timeout: close whatever is still open."""
-        self.drain_timer = None
-        for client in list(self.conns):
-            client.abort()
 
+class ProxiedService:
+    """One service: its listener, its backends, its connections and its figures.
 
-class Service:
-    """One service: its listener, its backends, its figures."""
+    It is the :class:`~.pipe.Meter` of its connections: it knows which backend each one
+    went to (``routes``), so a drain can close a backend's connections and a retired
+    backend is forgotten when its last one ends.
+    """
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.name = config.name
         self.chooser = Chooser(config.balance)
-        self.backends: list[Backend] = []
-        self.retired: list[Backend] = []  # removed from the set, still finishing connections
+        self.backends: list[ProxiedBackend] = []
+        self.retired: list[ProxiedBackend] = []  # left the set, still finishing connections
+        self.routes: dict[ClientSide, ProxiedBackend] = {}
         self.sock: socket.socket | None = None
         self.bind_error: str | None = None
         self.active = 0
@@ -124,7 +127,7 @@ class Service:
         if config.balance != self.chooser.balance:
             self.chooser = Chooser(config.balance)
         old = {b.id: b for b in self.backends}
-        fresh: list[Backend] = []
+        fresh: list[ProxiedBackend] = []
         for bc in config.backends:
             backend = old.pop(bc.id, None)
             if backend is None or (backend.host, backend.port) != (bc.host, bc.port):
@@ -135,14 +138,14 @@ class Service:
                 if backend is not None:
                     self.retired.remove(backend)
                 else:
-                    backend = Backend(bc.id, bc.host, bc.port)
+                    backend = ProxiedBackend(bc.id, bc.host, bc.port)
             self._set_state(backend, bc.state)
             fresh.append(backend)
         for backend in old.values():
             self._retire(backend)
         self.backends = fresh
 
-    def _set_state(self, backend: Backend, state: str) -> None:
+    def _set_state(self, backend: ProxiedBackend, state: str) -> None:
         if state == backend.state:
             return
         backend.state = state
@@ -152,12 +155,12 @@ class Service:
             backend.drain_timer.cancel()
             backend.drain_timer = None
 
-    def _start_drain(self, backend: Backend) -> None:
+    def _start_drain(self, backend: ProxiedBackend) -> None:
         if backend.drain_timer is None:
             backend.drain_timer = self._loop.call_later(self.config.drain_timeout,
-                                                        backend.close_all)
+                                                        self._close_all, backend)
 
-    def _retire(self, backend: Backend) -> None:
+    def _retire(self, backend: ProxiedBackend) -> None:
         """A backend left the set: it drains like a draining one, then is forgotten."""
         backend.state = DRAINING
         if backend.active:
@@ -166,7 +169,7 @@ class Service:
         elif backend.drain_timer is not None:
             backend.drain_timer.cancel()
 
-    def find(self, backend_id: str) -> Backend | None:
+    def find(self, backend_id: str) -> ProxiedBackend | None:
         for backend in (*self.backends, *self.retired):
             if backend.id == backend_id:
                 return backend
@@ -187,6 +190,24 @@ class Service:
             "overloaded": self.overloaded,
             "backends": [b.figures() for b in (*self.backends, *self.retired)],
         }
+
+    def _close_all(self, backend: ProxiedBackend) -> None:
+        """Drain timeout: close whatever of ``backend`` is still open."""
+        backend.drain_timer = None
+        for conn in [c for c, b in self.routes.items() if b is backend]:
+            conn.abort()
+
+    def ended(self, conn: ClientSide) -> None:
+        """A connection is over: count it out of its backend, and forget a retired backend
+        whose last connection this was."""
+        backend = self.routes.pop(conn, None)
+        if backend is not None:
+            backend.active -= 1
+            if backend.active == 0 and backend.drain_timer is not None \
+                    and backend in self.retired:
+                backend.drain_timer.cancel()
+                self.retired.remove(backend)
+        self.active -= 1
 
     def count_error(self, kind: str, detail: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -218,7 +239,7 @@ class Service:
         for backend in (*self.backends, *self.retired):
             if backend.drain_timer is not None:
                 backend.drain_timer.cancel()
-            backend.drain_timer = self._loop.call_later(grace, backend.close_all)
+            backend.drain_timer = self._loop.call_later(grace, self._close_all, backend)
 
     def _accept(self) -> None:
         sock = self.sock
@@ -266,7 +287,7 @@ class Service:
 
     async def _serve(self, conn: socket.socket) -> None:
         tried: set[str] = set()
-        client = Client(self)
+        client = ClientSide(self)
         while True:
             backend = self.chooser.choose(self.backends, tried)
             if backend is None:
@@ -278,7 +299,7 @@ class Service:
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
                     transport, upstream = await self._loop.create_connection(
-                        lambda: Upstream(client), backend.host, backend.port)
+                        lambda: BackendSide(client), backend.host, backend.port)
             except (OSError, TimeoutError) as exc:
                 backend.active -= 1
                 backend.refused += 1
@@ -288,9 +309,13 @@ class Service:
                                             f"{backend.port}): {reason or exc}")
                 continue
             break
+        client.attach(upstream)
+        self.routes[client] = backend
+        backend.total += 1
+        self.active += 1
+        self.total += 1
         try:
             transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
-            client.attach(backend, upstream)
             await self._loop.connect_accepted_socket(lambda: client, conn)
         except OSError as exc:
             self.count_error("client", f"client: {exc.strerror or exc}")
@@ -344,7 +369,7 @@ class Proxy:
     """
 
     def __init__(self, bind_socket: Callable[[str, int], socket.socket] = bind) -> None:
-        self.services: dict[str, Service] = {}
+        self.services: dict[str, ProxiedService] = {}
         self.started_at = time.time()
         self._bind = bind_socket
 
@@ -366,7 +391,7 @@ class Proxy:
         for config in configs:
             service = self.services.get(config.name)
             if service is None:
-                service = self.services[config.name] = Service(config)
+                service = self.services[config.name] = ProxiedService(config)
             service.update(config)
             if service.sock is None:
                 try:
@@ -398,7 +423,7 @@ class Proxy:
         return found is None or found.drained(backend_id)
 
     def stats(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "started_at": self.started_at,
+        return {"pid": os.getpid(), "started_at": self.started_at, "version": __version__,
                 "services": [s.figures() for s in self.services.values()]}
 
     def shutdown(self, grace: float) -> None:

@@ -1,9 +1,11 @@
-"""What every verb module shares: the CLI's errors, the per-run context, and small helpers.
+"""What every verb module shares: the argument parser, the per-run context, and small helpers.
 
 Contract: importing this module costs only ``argparse``, ``os``, ``sys`` and the leaf
-modules ``corral.errors`` and ``corral.protocol.paths`` (which are stdlib-only).  Verb modules
-raise :class:`CliError` subclasses; :func:`corral.cli.main.main` is the only place that turns
-them into ``corral: <message>`` on stderr and an exit code.
+modules :mod:`corral.cli.errors` and ``corral.protocol.paths`` (which are stdlib-only).  Verb
+modules raise :class:`~corral.cli.errors.CliError` subclasses; :func:`corral.cli.main.main`
+is the only place that turns them into ``corral: <message>`` on stderr and an exit code.
+:meth:`CommandContext.client` imports the HTTP client only when a command talks to a
+supervisor.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import argparse
 import os
 import sys
 
-from corral.errors import CorralError
+from corral.cli.errors import UsageError
 from corral.protocol.paths import api_socket, resolve_state_dir
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
@@ -21,34 +23,6 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn, TextIO
 
     from corral.cli.client import Client
-
-    #: JSON as decoded by :mod:`json` (kept loose on purpose: the server owns the schema).
-    Json = Any
-
-#: Exit codes (the contract scripts rely on).
-EXIT_OK = 0
-EXIT_FAILED = 1  # the request was refused or failed (API 4xx/5xx), or "not running"
-EXIT_USAGE = 100  # bad command line
-EXIT_UNREACHABLE = 111  # no supervisor answers on api.sock (or at the remote address)
-EXIT_INTERRUPTED = 130  # Ctrl-C
-
-
-class CliError(CorralError):
-    """A failure the CLI reports as one line (plus ``problems``, one per line) and an exit code."""
-
-    code = "cli_error"
-    exit_code = EXIT_FAILED
-
-    def __init__(self, message: str, problems: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.problems = problems or []
-
-
-class UsageError(CliError):
-    """The command line is wrong (exit 100)."""
-
-    code = "usage"
-    exit_code = EXIT_USAGE
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
@@ -104,7 +78,7 @@ def common_options() -> Parser:
     """Options every command accepts at every level (before or after the verb).
 
     They default to ``SUPPRESS`` so that a value given at one level is not overwritten by the
-    missing value of a deeper level; read them with :meth:`Context.state_dir`.
+    missing value of a deeper level; read them with :meth:`CommandContext.state_dir`.
     """
     common = Parser(add_help=False)
     group = common.add_argument_group("where the supervisor lives")
@@ -149,7 +123,7 @@ def quote_segment(text: str) -> str:
                    for ch in text)
 
 
-class Context:
+class CommandContext:
     """What a command handler gets besides its arguments: streams, state dir, a client.
 
     ``stdout``/``stderr`` are the streams to write to (tests pass ``StringIO``); ``colour``
@@ -198,7 +172,7 @@ class Context:
 
         remote = self.remote
         if remote:
-            from corral.cli.client import RemoteAuth
+            from corral.cli.remote import RemoteAuth
 
             return Client.over_tls(RemoteAuth.load(remote))
         return Client(str(api_socket(self.state_dir)))

@@ -2,8 +2,10 @@
 
 Human lines read ``2026-11-21 23:59:01.123 web[0] exit up->backoff exited with code 1`` (time
 in UTC, as the server stamps it); ``--json`` prints each event object on one line (JSON Lines).
-``-f`` streams ``/v1/events?follow=1`` (with ``n`` only when ``-n`` is given); events already
-printed (same or lower ``seq``) are skipped.
+``-f`` streams ``/v1/events?follow=1`` with ``n=0`` unless ``-n`` is given (no history), and
+goes on across supervisor restarts: it reconnects asking for the events after the last
+``seq`` it printed (``seq`` only grows within a state directory), so none is printed twice;
+events the supervisor could no longer give are announced on stderr.
 """
 
 from __future__ import annotations
@@ -11,14 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from corral.cli.common import (
-    EXIT_OK,
-    CliError,
-    Context,
-    add_parser,
-    non_negative_int,
-    quote_segment,
-)
+from corral.cli.common import CommandContext, add_parser, non_negative_int, quote_segment
+from corral.cli.errors import EXIT_OK, CliError
 from corral.cli.render import event_line
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
@@ -26,7 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any
 
-    from corral.cli.common import Json
+    from corral.cli.http import Json
 
 DEFAULT_EVENTS = 50
 
@@ -35,7 +31,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add ``events``."""
     p = add_parser(subparsers, "events", "show or follow state changes",
                    "Print the supervisor's recent events (loads, spawns, exits, restarts,\n"
-                   "state changes), oldest first; with -f keep printing new ones.",
+                   "state changes), oldest first. With -f, print only new ones (and the\n"
+                   "last N with -n), across supervisor restarts, none twice.",
                    """
   corral events
   corral events --service web -n 10
@@ -50,13 +47,13 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_events)
 
 
-def cmd_events(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_events(args: argparse.Namespace, ctx: CommandContext) -> int:
     """Print past events, or follow the stream."""
-    query = []
-    if args.follow:
-        query.append("follow=1")
-    if args.lines is not None or not args.follow:
-        query.append(f"n={args.lines if args.lines is not None else DEFAULT_EVENTS}")
+    past = args.lines
+    if past is None:
+        past = 0 if args.follow else DEFAULT_EVENTS
+    query = ["follow=1"] if args.follow else []
+    query.append(f"n={past}")
     if args.service:
         query.append(f"service={quote_segment(args.service)}")
     path = "/v1/events?" + "&".join(query)
@@ -65,14 +62,25 @@ def cmd_events(args: argparse.Namespace, ctx: Context) -> int:
         _, answer = client.request("GET", path)
         _print(ctx, answer.get("events", []), args.json, follow=False)
         return EXIT_OK
-    _print(ctx, client.stream(path), args.json, follow=True)
-    raise CliError("the supervisor ended the event stream (is it restarting? "
-                   "check: corral sup status)")
+    _print(ctx, client.follow(path), args.json, follow=True)
+    raise CliError("the event stream ended")  # follow() ends only by raising
 
 
-def _print(ctx: Context, events: Iterable[Json], as_json: bool, follow: bool) -> None:
+def _print(ctx: CommandContext, events: Iterable[Json], as_json: bool, follow: bool) -> None:
     last_seq = -1
     for event in events:
+        skipped = event.get("skipped")
+        if isinstance(skipped, dict) and "seq" not in event:
+            ctx.stdout.flush()
+            count = skipped.get("events")
+            why = skipped.get("reason") or "no longer kept by the supervisor"
+            if isinstance(count, int):
+                ctx.stderr.write(f"corral: {count} events missing here: {why}\n")
+            else:
+                ctx.stderr.write(f"corral: events may be missing here: {why}\n")
+            ctx.stderr.flush()
+            last_seq = -1  # what comes next is new, whatever its number
+            continue
         seq = event.get("seq")
         if isinstance(seq, int):
             if seq <= last_seq:

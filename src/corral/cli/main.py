@@ -21,16 +21,14 @@ import importlib
 import os
 import sys
 
-from corral.cli.common import (
+from corral.cli.common import CommandContext, Parser, common_options
+from corral.cli.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     CliError,
-    Context,
-    Parser,
     UsageError,
-    common_options,
 )
 from corral.errors import CorralError
 
@@ -50,6 +48,7 @@ VERBS = {
     "print-auth": "print a client auth file for remote access",
     "secret": "store secrets used as ${NAME} in specs",
     "resource": "upload and manage files placed in run dirs",
+    "export": "print the target as another tool's files",
 }
 _GLOBAL_OPTIONS_WITH_VALUE = ("--state-dir", "--override-name", "--remote")
 
@@ -136,7 +135,7 @@ def run(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | None
     err = stderr if stderr is not None else sys.stderr
     try:
         args = parse(argv)
-        ctx = Context(args, stdout, stderr)
+        ctx = CommandContext(args, stdout, stderr)
         code: int = args.handler(args, ctx)
         ctx.stdout.flush()
         return code
@@ -171,7 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(err: TextIO, message: str, problems: Sequence[str]) -> None:
-    """Print ``corral: <message>`` and then each problem that adds something, indented."""
+    """Print ``corral: <message>`` and then each problem that adds something, indented.
+
+    A message that already lists the problems ("2 problems in t.yaml:" and one line each)
+    is cut to its first line, so that each problem is printed once.
+    """
+    lines = message.splitlines()
+    if len(lines) > 1 and problems and lines[1:] == list(problems):
+        message = lines[0]
     try:
         err.write(f"corral: {message}\n")
         for problem in problems:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from corral.cli.common import EXIT_OK, Context, add_parser, split_host_port
+from corral.cli.common import CommandContext, add_parser, split_host_port
+from corral.cli.errors import EXIT_OK
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:
@@ -59,9 +60,9 @@ def auth_name(auth: dict[str, str], name: str | None) -> str:
     return name or (auth.get("hostname") or "corral").split(".")[0] or "corral"
 
 
-def print_auth(ctx: Context, auth: dict[str, str], args: argparse.Namespace) -> None:
+def print_auth(ctx: CommandContext, auth: dict[str, str], args: argparse.Namespace) -> None:
     """Print ``auth`` as the client file (or JSON), honouring ``--host`` and ``--name``."""
-    from corral.cli.client import render_auth
+    from corral.cli.remote import render_auth
 
     auth = with_host(auth, args.host)
     if args.json:
@@ -70,7 +71,7 @@ def print_auth(ctx: Context, auth: dict[str, str], args: argparse.Namespace) -> 
         ctx.stdout.write(render_auth(auth, auth_name(auth, args.name)))
 
 
-def cmd_print_auth(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_print_auth(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``GET /v1/auth/client`` and print it."""
     _, auth = ctx.client().request("GET", "/v1/auth/client")
     print_auth(ctx, auth, args)

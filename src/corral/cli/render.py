@@ -12,7 +12,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from corral.cli.common import Json
+    from corral.cli.http import Json
 
 
 #: SGR codes per state: up green, starting/stopping yellow, backoff/unhealthy magenta,
@@ -89,13 +89,18 @@ def exit_text(last_exit: Json) -> str:
 
 
 def note(obj: Json, now: float) -> str:
-    """The NOTE column: next restart and why, else the reason, else the last exit."""
+    """The NOTE column, one current reason: next restart and why, else the reason, else the
+    last exit.  The reason's own "restarting in 1.2s" (fixed when it was decided) gives
+    way to the countdown."""
     reason = str(obj.get("reason") or "")
     last = exit_text(obj.get("last_exit"))
     when = obj.get("next_restart_at")
     if when:
         left = _epoch(str(when))
         prefix = f"restart in {duration(left - now)}" if left is not None else f"restart at {when}"
+        head, sep, tail = reason.rpartition("; ")
+        if sep and tail.startswith(("restarting in ", "retrying in ")):
+            reason = head
         why = reason or last
         return f"{prefix}: {why}" if why else prefix
     if obj.get("state") in RUNNING:
@@ -144,7 +149,7 @@ def supervisor_lines(status: Json) -> list[str]:
     pairs = [("launcher pid", _text(status.get("launcher_pid"))),
              ("supervisor pid", _text(status.get("supervisor_pid"))),
              ("state dir", _text(status.get("state_dir"))),
-             ("version", _text(status.get("version"))),
+             ("version", _versions(status)),
              ("uptime", duration(status.get("uptime_s"))),
              ("services", services)]
     balancer = status.get("balancer") or {}
@@ -155,6 +160,21 @@ def supervisor_lines(status: Json) -> list[str]:
     width = max(len(label) for label, _ in pairs)
     lines = [f"{label.ljust(width)}  {value}" for label, value in pairs]
     return lines + balancer_lines(balancer)
+
+
+def _versions(status: Json) -> str:
+    """``0.2.0`` when every part runs the same release, else each part's
+    (``launcher 0.1.0, supervisor 0.2.0, balancer 0.2.0``); ``?`` for a part that cannot
+    say (an older launcher or balancer)."""
+    parts = status.get("versions")
+    if not isinstance(parts, dict):
+        return _text(status.get("version"))
+    known = {k: parts.get(k) for k in ("launcher", "supervisor", "balancer")}
+    if known["balancer"] is None and not (status.get("balancer") or {}).get("pid"):
+        del known["balancer"]  # no balancer running
+    if len(set(known.values())) == 1:
+        return _text(known["supervisor"])
+    return ", ".join(f"{k} {v or '?'}" for k, v in known.items())
 
 
 def balancer_lines(balancer: Json) -> list[str]:

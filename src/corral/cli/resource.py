@@ -17,14 +17,15 @@ import json
 import os
 import sys
 
-from corral.cli.common import EXIT_OK, CliError, Context, UsageError, add_parser, quote_segment
+from corral.cli.common import CommandContext, add_parser, quote_segment
+from corral.cli.errors import EXIT_OK, CliError, UsageError
 from corral.cli.render import table
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
-    from corral.cli.common import Json
+    from corral.cli.http import Json
 
 EMPTY = "no resources (upload one with: corral resource up FILE)"
 
@@ -98,7 +99,7 @@ def human_size(n: Json) -> str:
     return f"{size:.1f}T"
 
 
-def cmd_ls(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_ls(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``GET /v1/resources``."""
     _, answer = ctx.client().request("GET", "/v1/resources")
     resources: list[Json] = answer.get("resources", [])
@@ -119,7 +120,7 @@ def cmd_ls(args: argparse.Namespace, ctx: Context) -> int:
 class _Progress:
     """``name  42%  430.1M / 1.0G`` rewritten in place on a terminal's stderr."""
 
-    def __init__(self, ctx: Context, name: str, total: int | None) -> None:
+    def __init__(self, ctx: CommandContext, name: str, total: int | None) -> None:
         isatty = getattr(ctx.stderr, "isatty", None)
         self.on = bool(isatty and isatty())
         self.ctx, self.name, self.total = ctx, name, total
@@ -143,9 +144,9 @@ class _Progress:
             self.ctx.stderr.flush()
 
 
-def cmd_up(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_up(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``POST /v1/resources?name=N`` with the file as the body; prints the id."""
-    from corral.cli.client import upload
+    from corral.cli.transfer import upload
 
     if args.file == "-":
         name = args.name or "stdin"
@@ -197,11 +198,11 @@ def _disposition_name(header: str) -> str | None:
     return name
 
 
-def cmd_down(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_down(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``GET /v1/resources/{id}`` streamed to OUT (atomically) or stdout, sha256-checked."""
     import hashlib
 
-    from corral.cli.client import Download
+    from corral.cli.transfer import Download
 
     hasher = hashlib.sha256()
     with Download(ctx.client(), f"/v1/resources/{quote_segment(args.id)}", timeout=None) as d:
@@ -255,7 +256,7 @@ def _write_atomically(target: str, pieces: Any, hasher: Any, expected: str) -> N
             pass
 
 
-def cmd_rm(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_rm(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``POST /v1/resources/delete`` (all or nothing)."""
     ids = list(dict.fromkeys(args.ids))
     _, answer = ctx.client().request("POST", "/v1/resources/delete", {"ids": ids},

@@ -16,14 +16,15 @@ import argparse
 import json
 import sys
 
-from corral.cli.common import EXIT_OK, CliError, Context, UsageError, add_parser, quote_segment
+from corral.cli.common import CommandContext, add_parser, quote_segment
+from corral.cli.errors import EXIT_OK, CliError, UsageError
 from corral.cli.render import table
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
-    from corral.cli.common import Json
+    from corral.cli.http import Json
 
 #: The store's limit (bytes of UTF-8); reading stops one byte past it.
 MAX_VALUE = 1024 * 1024
@@ -70,7 +71,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                    "(and a value that starts with - can only come this way).\n"
                    "If processes use NAME and the value changed, they are replaced one\n"
                    "instance at a time, health-gated (as by `corral target set`), and the\n"
-                   "command follows that rollout; it exits 1 if the rollout failed.",
+                   "command follows that rollout; it exits 1 if the rollout failed, and\n"
+                   "then the secret has its old value again.",
                    """
   corral secret set DB_PASS -              (then type the value and Ctrl-D)
   printf %s "$TOKEN" | corral secret set API_TOKEN -
@@ -114,7 +116,7 @@ def _quoted(value: str) -> str:
     return value if plain else json.dumps(value, ensure_ascii=False)
 
 
-def cmd_ls(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_ls(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``GET /v1/secrets``."""
     _, answer = ctx.client().request("GET", "/v1/secrets")
     secrets: list[Json] = answer.get("secrets", [])
@@ -130,7 +132,7 @@ def cmd_ls(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def cmd_get(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_get(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``POST /v1/secrets/get`` (all or nothing)."""
     names = list(dict.fromkeys(args.names))
     _, answer = ctx.client().request("POST", "/v1/secrets/get", {"names": names})
@@ -146,7 +148,7 @@ def cmd_get(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def cmd_set(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_set(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``PUT /v1/secrets/{name}``; prints ``DB_PASS: updated (used by web)``."""
     if args.value == "-":
         if sys.stdin is None:
@@ -174,7 +176,7 @@ def cmd_set(args: argparse.Namespace, ctx: Context) -> int:
     return verdict(follow(ctx.client(), rollout, ctx), ctx)
 
 
-def cmd_rm(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_rm(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``POST /v1/secrets/delete`` (all or nothing)."""
     names = list(dict.fromkeys(args.names))
     _, answer = ctx.client().request("POST", "/v1/secrets/delete", {"names": names},

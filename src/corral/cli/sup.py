@@ -12,7 +12,8 @@ import os
 import sys
 import time
 
-from corral.cli.common import EXIT_OK, CliError, Context, UsageError, add_parser
+from corral.cli.common import CommandContext, add_parser
+from corral.cli.errors import EXIT_OK, CliError, UsageError
 from corral.cli.render import supervisor_lines
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
@@ -39,17 +40,29 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = add_parser(verbs, "run", "run a launcher and supervisor in the foreground",
                    "Resolve the state directory, then replace this process with the launcher\n"
                    "(python -m corral.launcher), which starts the supervisor and keeps it\n"
-                   "running. Use it as a systemd ExecStart= or a container ENTRYPOINT.",
+                   "running. Use it as a systemd ExecStart= or a container ENTRYPOINT.\n"
+                   "Under systemd (NOTIFY_SOCKET set) it reports READY=1 once services were\n"
+                   "started, a one-line STATUS=, STOPPING=1 and WATCHDOG=1 pings.\n"
+                   "--target is checked as `target set` checks it (secrets, resources,\n"
+                   "users, addresses): any problem is printed and nothing starts (exit 86).\n"
+                   "Once up, one line on stderr says what started and where the API is.",
                    """
   corral sup run
   corral sup run --state-dir /srv/corral --target /etc/corral/target.yaml
+  corral sup run --target target.yaml --secrets-file secrets.env
   corral sup run --override-name staging --listen-http 0.0.0.0:9631
+  corral sup run --target /etc/corral/target/target.yaml --watch-target \\
+                 --secrets-dir /etc/corral/secrets \\
+                 --listen-http 0.0.0.0:9631 --health-public     # a Kubernetes pod
   corral sup run --log-stdout          # services' output on stdout too: web[0] O hello""",
                    parents)
     p.add_argument("--listen-http", metavar="ADDR",
                    help="also serve the API on TCP ADDR (host:port), with TLS and a token")
     p.add_argument("--metrics-public", action="store_true",
                    help="let GET /metrics through the --listen-http address without a token")
+    p.add_argument("--health-public", action="store_true",
+                   help="let GET /v1/health (and /v1/health/live) through the --listen-http "
+                        "address without a token (for load balancers and kubelet probes)")
     p.add_argument("--target", metavar="FILE", help="desired state to apply at start")
     p.add_argument("--log-stdout", action=argparse.BooleanOptionalAction,
                    help="also write every service's output to stdout, one line a record "
@@ -58,6 +71,17 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                         "INVOCATION_ID or NOTIFY_SOCKET is set; a process's "
                         "logs.stdout overrides it); records nobody reads are dropped and "
                         "counted, never waited for")
+    p.add_argument("--watch-target", action="store_true",
+                   help="re-apply the --target file whenever it changes (a Kubernetes "
+                        "ConfigMap, a mounted volume); a bad file is refused in an event "
+                        "and running services keep running")
+    p.add_argument("--secrets-dir", metavar="DIR",
+                   help="read each file in DIR as a secret (name = file name) and watch it: "
+                        "a changed file rolls out like `corral secret set` (a Kubernetes "
+                        "Secret mounted as files)")
+    p.add_argument("--secrets-file", metavar="ENV_FILE",
+                   help="store the secrets in ENV_FILE (NAME=value lines; # comments and "
+                        "blank lines allowed) before the target is checked")
     p.set_defaults(handler=cmd_run)
 
     p = add_parser(verbs, "status", "show the supervisor's status",
@@ -103,15 +127,23 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_rotate_token)
 
 
-def launcher_argv(args: argparse.Namespace, ctx: Context) -> list[str]:
+def launcher_argv(args: argparse.Namespace, ctx: CommandContext) -> list[str]:
     """The launcher's command line for ``sup run`` (``--state-dir`` always resolved)."""
     argv = [sys.executable, "-m", "corral.launcher", "--state-dir", str(ctx.state_dir)]
     if args.target:
         argv += ["--target", args.target]
+    if args.secrets_file:
+        argv += ["--secrets-file", args.secrets_file]
     if args.listen_http:
         argv += ["--listen-http", args.listen_http]
     if args.metrics_public:
         argv.append("--metrics-public")
+    if args.health_public:
+        argv.append("--health-public")
+    if args.watch_target:
+        argv.append("--watch-target")
+    if args.secrets_dir:
+        argv += ["--secrets-dir", args.secrets_dir]
     if args.log_stdout is not None:
         argv.append("--log-stdout" if args.log_stdout else "--no-log-stdout")
     return argv
@@ -120,7 +152,7 @@ def launcher_argv(args: argparse.Namespace, ctx: Context) -> list[str]:
 def check_target(path: str) -> None:
     """Raise :class:`CliError` naming every problem of the target file at ``path``."""
     from corral.errors import SpecError  # only `sup run --target` pays for pydantic
-    from corral.spec import load_target
+    from corral.spec.loading import load_target
     try:
         with open(path) as f:
             text = f.read()
@@ -132,11 +164,37 @@ def check_target(path: str) -> None:
         raise CliError(exc.message.splitlines()[0], exc.problems) from None
 
 
-def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
+def check_secrets_dir(path: str) -> None:
+    """Raise :class:`CliError` if the ``--secrets-dir`` cannot be listed."""
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        raise CliError(f"cannot read secrets directory {path}: "
+                       f"{exc.strerror or exc}") from None
+def check_secrets_file(path: str) -> None:
+    """Raise :class:`CliError` for an unreadable ``--secrets-file`` or its first bad line."""
+    from corral.errors import SpecError
+    from corral.store.secrets import parse_env_file
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise CliError(f"cannot read secrets file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"cannot read secrets file {path}: it is not UTF-8 text") from None
+    try:
+        parse_env_file(text, path)
+    except SpecError as exc:
+        raise CliError(exc.message) from None
+
+
+def cmd_run(args: argparse.Namespace, ctx: CommandContext) -> int:
     """Exec the launcher; never returns (raises :class:`CliError` if the exec fails).
 
-    A ``--target`` file is validated here first, so a bad file is one clear error and
-    nothing starts (rather than a supervisor that keeps failing to load it).
+    A ``--target`` file and a ``--secrets-file`` are read here first, so a bad file is
+    one clear error and nothing starts.  What needs the state directory (secrets set,
+    resources uploaded, addresses free, users) the first supervisor checks before it
+    starts anything; it exits 86 on a problem, and so does the launcher.
     """
     if args.listen_http:
         from corral.cli.common import split_host_port
@@ -147,8 +205,18 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     if args.metrics_public and not args.listen_http:
         raise UsageError("--metrics-public applies to the --listen-http address; give both "
                          "(the local socket never asks for a token)")
+    if args.health_public and not args.listen_http:
+        raise UsageError("--health-public applies to the --listen-http address; give both "
+                         "(the local socket never asks for a token)")
+    if args.watch_target and not args.target:
+        raise UsageError("--watch-target watches the --target file; give both "
+                         "(e.g. --target /etc/corral/target.yaml --watch-target)")
     if args.target:
         check_target(args.target)
+    if args.secrets_dir:
+        check_secrets_dir(args.secrets_dir)
+    if args.secrets_file:
+        check_secrets_file(args.secrets_file)
     argv = launcher_argv(args, ctx)
     ctx.stdout.flush()
     ctx.stderr.flush()
@@ -158,7 +226,7 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         raise CliError(f"cannot start the launcher ({argv[0]}): {exc.strerror or exc}") from None
 
 
-def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_status(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``GET /v1/status``."""
     _, status = ctx.client().request("GET", "/v1/status")
     if args.json:
@@ -169,14 +237,14 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def cmd_restart(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_restart(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``POST /v1/supervisor/restart``."""
     ctx.client().request("POST", "/v1/supervisor/restart")
     ctx.out("restarting (services keep running)")
     return EXIT_OK
 
 
-def cmd_rotate_token(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_rotate_token(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``POST /v1/auth/token``; print the new auth file, or update ``--remote``'s own."""
     from corral.cli.print_auth import print_auth
 
@@ -193,7 +261,7 @@ def cmd_rotate_token(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_stop(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``POST /v1/supervisor/stop``, then poll until ``api.sock`` stops answering."""
     client = ctx.client()
     client.request("POST", "/v1/supervisor/stop")

@@ -12,22 +12,16 @@ import json
 import os
 import time
 
-from corral.cli.common import (
-    EXIT_OK,
-    CliError,
-    Context,
-    UsageError,
-    add_parser,
-    non_negative_int,
-    quote_segment,
-)
+from corral.cli.common import CommandContext, add_parser, non_negative_int, quote_segment
+from corral.cli.errors import EXIT_OK, CliError, UsageError
 from corral.cli.render import RUNNING, balancer_lines, service_table
+from corral.protocol import defaults
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:
     from typing import Any
 
-    from corral.cli.common import Json
+    from corral.cli.http import Json
 
 EMPTY = "no services loaded (add one with: corral svc load NAME -- CMD)"
 
@@ -105,9 +99,10 @@ def _register_load(verbs: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--cwd", metavar="D", help="working directory (default: a fresh one)")
     p.add_argument("--user", metavar="U", help="run as this user (when corral runs as root)")
     p.add_argument("--group", metavar="G", help="run with this group")
-    p.add_argument("--stop-signal", metavar="S", help="stop signal (default TERM)")
+    p.add_argument("--stop-signal", metavar="S", help=f"stop signal (default {defaults.STOP_SIGNAL})")
     p.add_argument("--stop-timeout", metavar="T",
-                   help="seconds or a duration like 30s before KILL (default 8s)")
+                   help="seconds or a duration like 30s before KILL "
+                        f"(default {defaults.STOP_TIMEOUT:g}s)")
     p.add_argument("--instances", metavar="N", type=non_negative_int, help="instances to run")
     p.add_argument("--log-format", choices=("stamped", "raw"), help="log record format")
     _add_wait(p)
@@ -198,7 +193,7 @@ def _wait_query(args: argparse.Namespace) -> str:
     return f"?wait={wait:g}"
 
 
-def cmd_load(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_load(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``POST /v1/services``; prints ``web: added (pid 1234)``."""
     body = load_body(args)
     _, answer = ctx.client().request("POST", "/v1/services" + _wait_query(args), body,
@@ -209,7 +204,7 @@ def cmd_load(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def cmd_action(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_action(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``unload`` (DELETE) and ``start``/``stop``/``restart`` (POST); prints one line."""
     path = f"/v1/services/{quote_segment(args.name)}"
     client = ctx.client()
@@ -224,7 +219,7 @@ def cmd_action(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def cmd_scale(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_scale(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``POST /v1/services/{name}/scale``."""
     path = f"/v1/services/{quote_segment(args.name)}/scale"
     _, svc = ctx.client().request("POST", path, {"instances": args.instances}, timeout=None)
@@ -234,7 +229,7 @@ def cmd_scale(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_status(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``GET /v1/services`` or ``/v1/services/{name}``; table or JSON list."""
     client = ctx.client()
     if args.name:

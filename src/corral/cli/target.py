@@ -13,13 +13,14 @@ import json
 import sys
 import time
 
-from corral.cli.common import EXIT_OK, CliError, Context, add_parser
+from corral.cli.common import CommandContext, add_parser
+from corral.cli.errors import EXIT_OK, CliError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
 if TYPE_CHECKING:
     from typing import Any
 
-    from corral.cli.common import Json
+    from corral.cli.http import Json
 
 POLL = 0.25  # seconds between two looks at a running rollout
 MARKS = {"added": ("+", "32"), "changed": ("~", "33"), "removed": ("-", "31")}
@@ -32,7 +33,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                         "YAML file (see docs/architecture.md). `svc load/unload` edit the same\n"
                         "target. `set` validates everything before it changes anything, leaves\n"
                         "unchanged processes alone, and replaces changed ones instance by\n"
-                        "instance: the old one stops only once the new one is healthy.",
+                        "instance, health-gated (replace: start-first or stop-first).",
                         """
   corral target get > target.yaml
   corral target plan target.yaml
@@ -57,8 +58,10 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     p = add_parser(verbs, "set", "make FILE the desired state",
                    "Validate FILE (on any error nothing changes), print the plan, apply it\n"
-                   "and follow the rollout until it ends. Exits 1 if a replacement failed\n"
-                   "(the old version keeps running).",
+                   "and follow the rollout until it ends. Exits 0 once every instance it\n"
+                   "added or replaced is running and healthy; exits 1 if one is not, after\n"
+                   "putting back everything the rollout replaced (the old version keeps\n"
+                   "running, or was restored).",
                    "\n  corral target set target.yaml\n  corral target set target.yaml --no-wait",
                    parents)
     p.add_argument("file", metavar="FILE", help="the target's YAML ('-' for stdin)")
@@ -89,7 +92,7 @@ def _read(path: str) -> dict[str, str]:
         raise CliError(f"{path} is not UTF-8 text") from None
 
 
-def cmd_get(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_get(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``GET /v1/target``: the YAML as it is (so ``get > f; set f`` is a no-op)."""
     _, answer = ctx.client().request("GET", "/v1/target")
     if args.json:
@@ -118,7 +121,7 @@ def plan_lines(changes: list[Json], colour: bool) -> list[str]:
     return lines
 
 
-def cmd_plan(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_plan(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``POST /v1/target/plan``."""
     _, answer = ctx.client().request("POST", "/v1/target/plan", _read(args.file))
     if args.json:
@@ -129,7 +132,7 @@ def cmd_plan(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def cmd_set(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_set(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``PUT /v1/target``, then follow ``/v1/target/status`` until the rollout ends."""
     client = ctx.client()
     _, answer = client.request("PUT", "/v1/target", _read(args.file), timeout=None)
@@ -149,7 +152,7 @@ def cmd_set(args: argparse.Namespace, ctx: Context) -> int:
     return verdict(current, ctx, quiet=args.json)
 
 
-def follow(client: Any, rollout: Json, ctx: Context, quiet: bool = False) -> Json:
+def follow(client: Any, rollout: Json, ctx: CommandContext, quiet: bool = False) -> Json:
     """Poll ``/v1/target/status`` until ``rollout`` ends, printing each new step of its
     progress (unless ``quiet``); returns its final record."""
     seen: set[str] = set()
@@ -169,22 +172,24 @@ def follow(client: Any, rollout: Json, ctx: Context, quiet: bool = False) -> Jso
         time.sleep(POLL)  # polling the server's status, not synchronising a test
 
 
-def verdict(rollout: Json, ctx: Context, quiet: bool = False) -> int:
-    """Exit 0 for a finished rollout, raise for a failed one (with the last log lines)."""
+def verdict(rollout: Json, ctx: CommandContext, quiet: bool = False) -> int:
+    """Exit 0 for a finished rollout, raise for a failed one (with the last log lines and
+    what it left running: the old version kept, or restored)."""
     if rollout.get("phase") == "failed":
         lines = []
         for step in rollout.get("steps", []):
             if step.get("phase") == "failed" and step.get("last_lines"):
                 lines += [f"last log lines of {step.get('name')}:",
                           *("  " + ln for ln in step["last_lines"])]
-        raise CliError(f"rollout {rollout.get('id')} failed: {rollout.get('reason')}; "
-                       "the old version keeps running", lines or None)
+        outcome = rollout.get("outcome")
+        raise CliError(f"rollout {rollout.get('id')} failed: {rollout.get('reason')}"
+                       + (f"; {outcome}" if outcome else ""), lines or None)
     if not quiet:
         ctx.out(f"rollout {rollout.get('id')} {rollout.get('phase')}")
     return EXIT_OK
 
 
-def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
+def cmd_status(args: argparse.Namespace, ctx: CommandContext) -> int:
     """``GET /v1/target/status``."""
     _, status = ctx.client().request("GET", "/v1/target/status")
     if args.json:

@@ -28,9 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="corral-launcher")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--target", help="target file the supervisor applies at start")
+    parser.add_argument("--secrets-file",
+                        help="NAME=value file the supervisor stores before the target")
     parser.add_argument("--listen-http", help="also serve the API on this TCP address")
     parser.add_argument("--metrics-public", action="store_true",
                         help="serve /metrics on the TCP address without a token")
+    parser.add_argument("--health-public", action="store_true",
+                        help="serve /v1/health on the TCP address without a token")
+    parser.add_argument("--watch-target", action="store_true",
+                        help="re-apply the --target file whenever it changes")
+    parser.add_argument("--secrets-dir", help="read (and watch) each file here as a secret")
     parser.add_argument("--log-stdout", action=argparse.BooleanOptionalAction,
                         help="also write every service's records to stdout (default: on as "
                              "PID 1 or under systemd)")
@@ -51,10 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     first: list[str] = []
     if args.target:
         first += ["--target", os.path.abspath(args.target)]
+    if args.secrets_file:
+        first += ["--secrets-file", os.path.abspath(args.secrets_file)]
     if args.listen_http:
         sup_args += ["--listen-http", args.listen_http]
     if args.metrics_public:  # like --listen-http: given to every supervisor, not the first
         sup_args.append("--metrics-public")
+    if args.health_public:
+        sup_args.append("--health-public")
+    if args.watch_target and args.target:  # every supervisor watches, not only the first
+        sup_args += ["--watch-target", os.path.abspath(args.target)]
+    if args.secrets_dir:
+        sup_args += ["--secrets-dir", os.path.abspath(args.secrets_dir)]
     log_stdout = log_stdout_default() if args.log_stdout is None else args.log_stdout
     try:
         return Launcher(state_dir, sup_args, first, log_stdout, console).run()

@@ -27,6 +27,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from corral.protocol import messages as m
+
 BACKLOG = 4096
 FIRST_FD = 3  # SD_LISTEN_FDS_START
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -50,7 +52,7 @@ class Listener:
         address = self.sock.getsockname()
         return str(address[0]), int(address[1])
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> m.ListenerInfo:
         host, port = self.bound
         return {"name": self.name, "host": host, "port": port}
 
@@ -94,7 +96,7 @@ class Listeners:
         """The fds for ``names``, in order.  Raises KeyError with the first unknown name."""
         return [self.by_name[name].sock.fileno() for name in names]
 
-    def describe(self) -> list[dict[str, object]]:
+    def describe(self) -> list[m.ListenerInfo]:
         return [listener.describe() for listener in self.by_name.values()]
 
 

@@ -26,6 +26,11 @@ A reader may also copy its records to an :class:`Echo`, one of the launcher's ow
 descriptors (``sup run --log-stdout``), prefixed ``<service>[<instance>] <O|E> ``.  An echo
 never makes the launcher wait: it writes without blocking, and a reader that does not keep
 up loses records on that descriptor only (counted), never in the files.
+
+Each file carries the extended attribute :data:`START_XATTR`: how many bytes of the
+service's output went into the files before it.  A follower that finds files rotated
+away unread can then say exactly how many bytes it skipped (where the file system keeps
+no user attributes, it can only say that some were).
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ MAX_LINE = 64 * 1024
 RECENT = 5
 # Every window of this many bytes must hold a newline for all lines to be <= MAX_LINE.
 _WINDOW = MAX_LINE // 2
+#: The log's offset of a file's first byte, in decimal: the sum of the sizes of the files
+#: before it (since this log was first written, as far as the launcher knows).
+START_XATTR = "user.corral.start"
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 try:
     IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))
@@ -119,14 +127,26 @@ class LogFile:
         self.dropped_records = 0
         self.dropped_bytes_total = 0
         self.dropped_records_total = 0
+        self._start = 0  # the open file's START_XATTR
+        self._next_start = 0  # START_XATTR for a file this LogFile creates
 
     def _open(self) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                            0o640)
         self._size = os.fstat(self._fd).st_size
+        try:
+            self._start = int(os.getxattr(self._fd, START_XATTR))
+        except (OSError, ValueError):  # a new file, or none of this file system's
+            self._start = self._next_start
+            try:
+                os.setxattr(self._fd, START_XATTR, b"%d" % self._start)
+            except OSError:
+                pass
 
     def _rotate(self) -> None:
+        # From the file itself: hooks append to it too (the supervisor, O_APPEND).
+        self._next_start = self._start + os.fstat(self._fd).st_size
         self.close()
         if self.keep <= 0:
             _unlink(self.path)

@@ -12,12 +12,23 @@ signal; the loop dispatches.  Exits are found by reaping on SIGCHLD, never by po
 Reaping uses ``waitpid(-1, WNOHANG)`` until nothing is left, so orphaned grandchildren
 (the launcher is a child subreaper, or PID 1) are reaped too, and the status of a managed
 child is looked up by pid and never lost to the orphan reaper.
+
+Nothing a launcher started outlives it, and nothing runs twice:
+
+- a re-parented orphan is recognised by the instance mark in its environment
+  (:mod:`.procs`) and stopped with the instance it came from, on a stop and when the
+  instance's main process exits ("strays": what a cgroup would hold, for services that
+  have none);
+- the launcher records its children (:mod:`.record`); a launcher killed with SIGKILL
+  leaves that record, and the next one on the state directory stops what it names before
+  it starts anything.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import fcntl
 import heapq
@@ -31,18 +42,21 @@ import subprocess
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import corral
+from corral.protocol import defaults, paths
 from corral.protocol import messages as m
-from corral.protocol import paths
 
+from . import procs, record
 from .cgroup import Cgroups
 from .console import LOG_NAME, Console
 from .listeners import ListenError, Listeners
 from .output import RECENT, DropReport, Echo, LogFile, PipeReader, rfc3339
+from .sdnotify import Notifier
 from .server import ExitQueue, Link, Message
 from .spawn import SpawnError, SpawnRequest, spawn
 
@@ -70,6 +84,15 @@ ECHO_REPORT_INTERVAL = 10.0
 # A log file that stopped taking output is tried again this often even when no output
 # comes, so that its record of what was dropped is written soon after there is room.
 LOG_RETRY_INTERVAL = 1.0
+#: The children record, under ``<state>/run/`` (see :mod:`.record`).
+RECORD_NAME = "launcher-children.jsonl"
+# Orphans re-parented a moment after their instance's exit was handled are looked for
+# this long after an orphan is reaped (its children come to the launcher then).
+SWEEP_DELAY = 0.05
+# At exit, how long the launcher waits for the strays it killed to be reaped.
+FINAL_WAIT = 2.0
+#: The supervisor's name in the record and in its instance mark.
+SUPERVISOR_NAME = ".supervisor"
 
 
 @dataclass
@@ -85,6 +108,9 @@ class Child:
     killed: bool = False
     cgroup: str | None = None
     oom_base: int | None = None  # memory.events oom_kill when it started
+    mark: str = ""  # its CORRAL_INSTANCE_ID
+    entry: record.Entry | None = None  # for the children record, once it is written
+    strays: set[int] = field(default_factory=set)  # left-behind processes signalled
 
 
 @dataclass
@@ -96,6 +122,7 @@ class SupervisorProc:
     started_at: float
     greeted_at: float | None = None
     output: PipeReader | None = None  # its stdout and stderr, relayed by the launcher
+    entry: record.Entry | None = None  # for the children record, once it is written
 
 
 class Launcher:
@@ -122,7 +149,7 @@ class Launcher:
         self.spawns: Counter[str] = Counter()
         self.logs: dict[str, LogFile] = {}
         self.exits = ExitQueue()
-        self.recent_exits: dict[int, Message] = {}
+        self.recent_exits: dict[int, m.Exited] = {}
         self.sup: SupervisorProc | None = None
         self.sup_backoff = 0.0
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -136,15 +163,35 @@ class Launcher:
         self.cgroups: Cgroups | None = None
         self.listeners = Listeners()
         self._watched: set[int] = set()  # echo fds waited on for writability
+        self.notifier: Notifier | None = None  # systemd's NOTIFY_SOCKET, taken in run()
+        self.pid = os.getpid()
+        # "<pid>.<start time>": names this launcher in instance marks and in the record.
+        self.ident = f"{self.pid}.{procs.start_time(self.pid) or 0}"
+        self.boot_id = procs.boot_id()
+        self._marks = itertools.count(1)
+        self.record_path = str(paths.run_dir(state_dir) / RECORD_NAME)
+        self.record: record.Writer | None = None
+        # Spawned this loop turn, recorded at its end: (pid, what to record).
+        self._record_new: list[tuple[int, record.Entry]] = []
+        self._record_failed: int | None = None  # errno of the last failed write (said once)
+        self._orphan_marks: dict[int, str | None] = {}  # re-parented pid -> its mark
+        self._sweep_pending = False
+        # Set when a supervisor could not work with this launcher (protocol versions): the
+        # line said, and no supervisor is started again until SIGHUP.
+        self.sup_refused: str | None = None
+        self.sup_held = False
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> int:
         """Start the supervisor and serve until shutdown; return the exit code."""
         self._setup_console()
         self._install_signals()
+        self._setup_notify()
         _close_inherited_on_exec()
         if os.getpid() != 1:
             _set_child_subreaper()
+        self._stop_leftovers()
+        self._open_record()
         self._setup_cgroups()
         self.start_supervisor()
         while self.exit_code is None:
@@ -155,8 +202,13 @@ class Launcher:
                 self._guard(key.data, mask)
             self._run_timers()
             self._dispatch_signals()
+            if self._record_new:
+                self._guard(self._write_record)
+        self._guard(self._final_sweep)
         if self.cgroups is not None:
             self.cgroups.close()
+        if self.record is not None:
+            self.record.close()
         return self.exit_code
 
     def _setup_console(self) -> None:
@@ -169,6 +221,85 @@ class Launcher:
         for echo in console.echoes():
             echo.on_drop = self._echo_dropped
             echo.on_pending = self._watch_echo
+
+    # ------------------------------------------------------ the children record
+    def _stop_leftovers(self) -> None:
+        """Stop what a launcher that died on this state directory left running (see
+        :mod:`.record`), and wait until it is gone: nothing may run twice."""
+        try:
+            os.makedirs(os.path.dirname(self.record_path), mode=0o750, exist_ok=True)
+            found = record.load(self.record_path)
+        except (OSError, record.RecordError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else exc
+            print(f"corral-launcher: ignoring {self.record_path}: {why}", file=sys.stderr)
+            found = None
+        if found is None or found.boot_id != self.boot_id:
+            return  # none, or from before a reboot: nothing it names still runs
+        table = procs.all_stats()
+        spare = {self.pid}
+        stat = table.get(self.pid)
+        while stat is not None and stat.ppid > 0 and stat.ppid not in spare:
+            spare.add(stat.ppid)  # our own ancestors (a shell a service once started)
+            stat = table.get(stat.ppid)
+        groups = record.plan(found, table, procs.mark_of, record.cgroup_procs, spare)
+        if groups:
+            count = sum(len(group.pids) for group in groups)
+            names = ", ".join(f"{g.entry.name} ({len(g.pids)})" for g in groups)
+            dead = found.launcher.split(".")[0]
+            print(f"corral-launcher: the previous launcher (pid {dead}) died and left {count} "
+                  f"process{'es' if count != 1 else ''} running: {names}; stopping them "
+                  "before anything starts", file=sys.stderr)
+            # TERM, INT or QUIT meanwhile: KILL the rest now (the launcher then stops).
+            outcome = record.stop(groups, table, hurry=lambda: any(
+                sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) for sig in self.signals))
+            line = (f"corral-launcher: stopped what the previous launcher left: "
+                    f"{outcome.graceful} on their stop signal, {outcome.killed} killed")
+            if outcome.left:
+                line += (f"; still there after KILL: pids "
+                         f"{', '.join(map(str, outcome.left))}")
+            print(line, file=sys.stderr)
+        with contextlib.suppress(OSError):
+            os.unlink(self.record_path)
+
+    def _open_record(self) -> None:
+        try:
+            self.record = record.Writer(self.record_path, self.boot_id, self.ident)
+        except OSError as exc:
+            print(f"corral-launcher: cannot write {self.record_path} ({exc.strerror}): if "
+                  "this launcher is killed, the next one cannot stop its services",
+                  file=sys.stderr)
+
+    def _write_record(self) -> None:
+        """Append the children spawned this loop turn (one write however many there were,
+        after the replies went out), and compact the file when dead lines have piled up."""
+        new, self._record_new = self._record_new, []
+        lines = []
+        for pid, draft in new:
+            holder = self.children.get(pid) or (
+                self.sup if self.sup is not None and self.sup.proc.pid == pid else None)
+            if holder is None:
+                continue  # reaped this very turn: its pid may not be its own any more
+            # Its start time makes the entry name this process only, never a reused pid.
+            holder.entry = dataclasses.replace(draft, start=procs.start_time(pid) or 0)
+            lines.append(holder.entry.encode())
+        if self.record is None or not lines:
+            return
+        try:
+            self.record.append(lines)
+            if self.record.crowded(len(self.children) + 1):
+                self.record.compact([h.entry.encode() for h in (*self.children.values(), self.sup)
+                                     if h is not None and h.entry is not None])
+        except OSError as exc:
+            self._record_broken(exc)
+        else:
+            self._record_failed = None
+
+    def _record_broken(self, exc: OSError) -> None:
+        if self._record_failed != exc.errno:
+            print(f"corral-launcher: cannot write {self.record_path} ({exc.strerror}): if "
+                  "this launcher is killed, the next one finds the services started from "
+                  "now on by their instance marks only", file=sys.stderr)
+        self._record_failed = exc.errno
 
     def _setup_cgroups(self) -> None:
         self.cgroups, why = Cgroups.setup(self.state_dir)
@@ -192,6 +323,29 @@ class Launcher:
                   file=sys.stderr)
             return
         self.call_later(delay, lambda: self._remove_cgroup(path, delay * 2))
+
+    def _setup_notify(self) -> None:
+        """Take systemd's notify socket out of the environment (no supervisor or service
+        inherits it) and start the watchdog pings it asks for."""
+        self.notifier = Notifier.from_environ()
+        if self.notifier is not None:
+            self.notifier.send(STATUS="starting the supervisor")
+            if self.notifier.watchdog is not None:
+                self._ping_watchdog()
+
+    def _ping_watchdog(self) -> None:
+        """``WATCHDOG=1`` at half the manager's deadline, from this loop: the pings stop
+        only if the launcher itself stops turning, not while a supervisor restarts."""
+        notifier = self.notifier
+        if notifier is None or notifier.watchdog is None:
+            return
+        notifier.send(WATCHDOG="1")
+        self.call_later(notifier.watchdog / 2, self._ping_watchdog)
+
+    def _tell(self, **fields: str) -> None:
+        """Notify the service manager, when there is one."""
+        if self.notifier is not None:
+            self.notifier.send(**fields)
 
     @staticmethod
     def _guard(callback: Callable[..., None], *args: Any) -> None:
@@ -321,6 +475,11 @@ class Launcher:
             self.begin_shutdown(force=self.stopping)
         elif signum == signal.SIGHUP and self.sup is not None:
             _kill(self.sup.proc.pid, signal.SIGHUP)
+        elif signum == signal.SIGHUP and self.sup_held:
+            # A compatible supervisor may have been installed meanwhile: try again.
+            self.sup_held = False
+            self.sup_refused = None
+            self.start_supervisor()
 
     # ---------------------------------------------------------------- supervisor
     def supervisor_argv(self) -> list[str]:
@@ -345,6 +504,8 @@ class Launcher:
         # Its stdout and stderr come to the launcher, which writes them to its own log
         # and stderr: a stderr nobody reads (or that is gone) must not hurt it either.
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        mark = procs.make_mark(SUPERVISOR_NAME, self.ident, next(self._marks))
+        env[procs.ENV_INSTANCE_ID] = mark  # its hooks and checks inherit it
         try:
             proc = subprocess.Popen(self.supervisor_argv(), stdin=self.devnull, env=env,
                                     stdout=out_w, stderr=out_w,
@@ -361,8 +522,15 @@ class Launcher:
         os.close(out_w)
         link = Link(ours, self.handle_request)
         self.sup = SupervisorProc(proc=proc, link=link, started_at=time.monotonic())
+        # Recorded to be killed at once: a supervisor whose launcher died has nothing to
+        # stop gracefully (its state writes are atomic).
+        self._record_new.append((proc.pid, record.Entry(
+            name=SUPERVISOR_NAME, pid=proc.pid, pgid=proc.pid, start=0, mark=mark,
+            stop_signal="KILL", stop_timeout=0.0)))
         self.sel.register(link.fileno(), selectors.EVENT_READ, self._on_link)
         self._relay_supervisor_output(out_r, proc.pid)
+        sup = self.sup
+        self.call_later(_hello_timeout(), lambda: self._hello_overdue(sup))
 
     def _relay_supervisor_output(self, fd: int, pid: int) -> None:
         os.set_blocking(fd, False)
@@ -378,6 +546,15 @@ class Launcher:
                 os.close(reader.fd)
                 reader.fd = -1
         self.sel.register(fd, selectors.EVENT_READ, on_readable)
+
+    def _hello_overdue(self, sup: SupervisorProc) -> None:
+        """Kill a supervisor that has not said ``Hello`` in time (it is hung, or not a
+        corral supervisor): it is then started again like one that died young."""
+        if self.sup is sup and sup.greeted_at is None and sup.proc.returncode is None:
+            if self.sup_refused is None:
+                print(f"corral-launcher: the supervisor (pid {sup.proc.pid}) did not say "
+                      f"Hello within {_hello_timeout():g} s; killing it", file=sys.stderr)
+            _kill(sup.proc.pid, signal.SIGKILL)
 
     def _on_link(self, mask: int) -> None:
         sup = self.sup
@@ -406,7 +583,7 @@ class Launcher:
         except (KeyError, ValueError):
             pass
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Mapping[str, Any]) -> None:
         if self.sup is not None and not self.sup.link.closed:
             self.sup.link.send(message)
             self.sup.link.flush()
@@ -427,6 +604,16 @@ class Launcher:
         if self.stopping:
             self._stop_remaining()
             return
+        if self.sup_refused is not None or code == m.EXIT_INCOMPATIBLE:
+            if self.sup_refused is None:  # it found out itself (this launcher is older)
+                print(f"corral-launcher: the supervisor cannot work with this launcher "
+                      f"(launcher protocol {m.PROTOCOL_VERSION}, corral "
+                      f"{corral.__version__}); services keep running, and no supervisor is "
+                      "started until the launcher gets SIGHUP", file=sys.stderr)
+            self.sup_held = True
+            self._tell(STATUS="no supervisor: its protocol version does not match the "
+                              "launcher's; services keep running")
+            return
         if code in (m.EXIT_DONE, m.EXIT_FATAL):
             why = "is done" if code == m.EXIT_DONE else "hit a fatal error"
             print(f"corral-launcher: the supervisor {why} (exit {code}); stopping services",
@@ -436,6 +623,7 @@ class Launcher:
         if code != 0:
             print(f"corral-launcher: the supervisor died ({_describe(code)}); restarting it",
                   file=sys.stderr)
+            self._tell(STATUS=f"the supervisor died ({_describe(code)}); restarting it")
         self._schedule_supervisor(young=code != 0 and young)
 
     def _schedule_supervisor(self, young: bool) -> None:
@@ -446,11 +634,14 @@ class Launcher:
         self.call_later(self.sup_backoff, self.start_supervisor)
 
     # ------------------------------------------------------------------ requests
-    def handle_request(self, msg: Message) -> Message | None:
+    def handle_request(self, msg: Message) -> m.Reply | None:
         """Answer one request from the supervisor (see :mod:`corral.protocol.messages`)."""
         kind, rid = msg.get("type"), msg.get("id")
         if kind == m.HELLO:
             assert self.sup is not None
+            theirs = msg.get("version")
+            if not m.compatible(m.PROTOCOL_VERSION, theirs):
+                return self._refuse(rid, theirs)
             self.sup.link.greeted = True
             self.sup.greeted_at = time.monotonic()
             # It started well: only supervisors that keep failing before Hello back off.
@@ -460,7 +651,9 @@ class Launcher:
             if self.stopping:
                 self.call_later(0, lambda: self.send({"type": m.SHUTDOWN}))
             return {"type": m.HELLO_OK, "id": rid, "version": m.PROTOCOL_VERSION,
-                    "launcher_pid": os.getpid(), "started_at": self.started_at}
+                    "launcher_pid": os.getpid(), "started_at": self.started_at,
+                    "notify": self.notifier is not None,
+                    "corral_version": corral.__version__}
         if kind == m.SPAWN:
             return self._spawn(msg)
         if kind == m.SIGNAL:
@@ -482,9 +675,22 @@ class Launcher:
         if kind == m.ACK:
             self.exits.ack(msg.get("seq"))
             return None
+        if kind == m.NOTIFY:
+            return self._notify(msg)
         return m.error(rid, m.E_BAD_REQUEST, f"unknown message type {kind!r}")
 
-    def _listen(self, msg: Message) -> Message:
+    def _refuse(self, rid: Any, theirs: Any) -> m.Error:
+        """Refuse a supervisor of another protocol major version: say so in one line,
+        keep every service, and start no new supervisor until SIGHUP."""
+        line = (f"the supervisor speaks launcher protocol {theirs!r} and this launcher "
+                f"{m.PROTOCOL_VERSION!r} (corral {corral.__version__}): incompatible")
+        self.sup_refused = line
+        print(f"corral-launcher: {line}; services keep running, and no supervisor is "
+              "started until a compatible corral is installed and the launcher gets SIGHUP",
+              file=sys.stderr)
+        return m.error(rid, m.E_INCOMPATIBLE, line)
+
+    def _listen(self, msg: Message) -> m.Listening | m.Error:
         rid, name, host, port = msg.get("id"), msg.get("name"), msg.get("host"), msg.get("port")
         if (not isinstance(name, str) or not isinstance(host, str)
                 or not isinstance(port, int) or isinstance(port, bool)):
@@ -496,11 +702,28 @@ class Launcher:
             return m.error(rid, m.E_LISTEN_FAILED, str(exc))
         return {"type": m.LISTENING, "id": rid, **listener.describe()}
 
+    def _notify(self, msg: Message) -> m.Ok | m.Error:
+        """``Notify{ready?, status?}``: pass it on to the service manager.  ``READY=1``
+        goes out once in the launcher's life (a restarted supervisor says it again)."""
+        rid, ready, status = msg.get("id"), msg.get("ready", False), msg.get("status")
+        if not isinstance(ready, bool) or not (status is None or isinstance(status, str)):
+            return m.error(rid, m.E_BAD_REQUEST,
+                           "Notify takes 'ready' (a boolean) and 'status' (a string)")
+        fields: dict[str, str] = {}
+        notifier = self.notifier
+        if notifier is not None and ready and not notifier.ready_sent and not self.stopping:
+            fields["READY"] = "1"
+        if status is not None and not self.stopping:
+            fields["STATUS"] = status
+        if fields:
+            self._tell(**fields)
+        return {"type": m.OK, "id": rid}
+
     def _replay_exits(self) -> None:
         for message in self.exits.pending():
             self.send(message)
 
-    def _spawn(self, msg: Message) -> Message:
+    def _spawn(self, msg: Message) -> m.Spawned | m.Error:
         rid = msg.get("id")
         if self.stopping:
             return m.error(rid, m.E_BAD_REQUEST, "the launcher is shutting down")
@@ -510,6 +733,8 @@ class Launcher:
             path, max_bytes, keep, stamped, to_stdout = _log_settings(log)
         except SpawnError as exc:
             return m.error(rid, exc.code, exc.message)
+        mark = procs.make_mark(req.name, self.ident, next(self._marks))
+        req.env[procs.ENV_INSTANCE_ID] = mark  # what ties its descendants to it
         try:
             sockets = self.listeners.fds(req.listen_fds)
         except KeyError as exc:
@@ -549,11 +774,14 @@ class Launcher:
             logfile.users += 1
             self.sel.register(reader.fd, selectors.EVENT_READ, self._pipe_callback(reader))
         child = Child(name=req.name, pid=pid, argv=req.argv, started_at=time.time(),
-                      readers=readers, cgroup=leaf)
+                      readers=readers, cgroup=leaf, mark=mark)
         self.children[pid] = child
+        self._record_new.append((pid, record.Entry(
+            name=req.name, pid=pid, pgid=pid, start=0, mark=mark, stop_signal=req.stop_signal,
+            stop_timeout=req.stop_timeout, cgroup=leaf)))
         self.spawns[req.name] += 1
-        reply = {"type": m.SPAWNED, "id": rid, "pid": pid, "started_at": child.started_at,
-                 "cgroup": leaf, "memory_max": None}
+        reply: m.Spawned = {"type": m.SPAWNED, "id": rid, "pid": pid, "started_at": child.started_at,
+                 "cgroup": leaf, "memory_max": None, "spawns": self.spawns[req.name]}
         if cgroups is not None and leaf:
             cgroups.adopt(leaf, pid)
             # Written after the exec: the launcher was in the leaf until then.
@@ -572,7 +800,7 @@ class Launcher:
                     reader.log.close()
         return on_readable
 
-    def _signal(self, msg: Message) -> Message:
+    def _signal(self, msg: Message) -> m.Ok | m.Error:
         rid, pid = msg.get("id"), msg.get("pid")
         try:
             signum = m.signal_number(msg.get("signal", "TERM"))
@@ -586,10 +814,11 @@ class Launcher:
             _kill(pid, signum)
         return {"type": m.OK, "id": rid}
 
-    def _terminate(self, msg: Message) -> Message | None:
-        rid, pid, timeout = msg.get("id"), msg.get("pid"), msg.get("timeout", 8.0)
+    def _terminate(self, msg: Message) -> m.Terminated | m.Error | None:
+        rid, pid = msg.get("id"), msg.get("pid")
+        timeout = msg.get("timeout", defaults.STOP_TIMEOUT)
         try:
-            signum = m.signal_number(msg.get("signal", "TERM"))
+            signum = m.signal_number(msg.get("signal", defaults.STOP_SIGNAL))
         except ValueError as exc:
             return m.error(rid, m.E_BAD_REQUEST, str(exc))
         if not isinstance(timeout, (int, float)) or timeout < 0:
@@ -601,9 +830,12 @@ class Launcher:
                     "exit_code": done.get("exit_code") if done else None,
                     "signal": done.get("signal") if done else None}
         child.terminate_waiters.append(rid)
-        self._signal_all(child, signum)
+        strays = self._strays(child)
+        self._note_strays(child, strays)
+        self._signal_all(child, signum, strays)
         if signum not in (signal.SIGKILL, signal.SIGCONT):
-            self._signal_all(child, signal.SIGCONT)  # a stopped process must see the signal
+            # A stopped process must see the signal.
+            self._signal_all(child, signal.SIGCONT, strays)
 
         def escalate() -> None:
             if self.children.get(child.pid) is child:
@@ -612,19 +844,116 @@ class Launcher:
         self.call_later(float(timeout), escalate)
         return None
 
-    def _signal_all(self, child: Child, signum: int) -> None:
-        """Signal the child's process group and, with a cgroup, every process in it (a
-        daemon that left the group gets the stop signal too, as with systemd)."""
+    def _signal_all(self, child: Child, signum: int, strays: list[int]) -> None:
+        """Signal the child's process group, its ``strays`` and, with a cgroup, every
+        process in it (a daemon that left the group gets the stop signal too, as with
+        systemd)."""
         _killpg(child.pid, signum)
+        for pid in strays:
+            _kill(pid, signum)
         if self.cgroups is not None and child.cgroup:
             for pid in self.cgroups.procs(child.cgroup):
                 _kill(pid, signum)
 
     def _kill_all(self, child: Child) -> None:
-        """SIGKILL the child's process group and its whole cgroup."""
+        """SIGKILL the child's process group, its strays and its whole cgroup."""
+        strays = self._strays(child)  # found first, while the process tree is intact
+        self._note_strays(child, strays)
         if self.cgroups is not None and child.cgroup:
             self.cgroups.kill(child.cgroup)
         _killpg(child.pid, signal.SIGKILL)
+        for pid in strays:
+            _kill(pid, signal.SIGKILL)
+
+    # -------------------------------------------------------------------- strays
+    def _strays(self, child: Child) -> list[int]:
+        """Processes of ``child``'s instance that a signal to its process group misses:
+        descendants of its main process that left the group (while it runs), and
+        processes re-parented to the launcher that carry its mark, with their
+        descendants.  None with a cgroup: the cgroup holds them all."""
+        if child.cgroup:
+            return []
+        roots = [pid for pid in self._orphans() if self._mark(pid) == child.mark]
+        if self.children.get(child.pid) is child:  # not reaped: its pid is still its own
+            roots.extend(procs.children(child.pid))
+        else:
+            # It exited: what it forked in its group came to us and dies with the group;
+            # a daemon one of those forked comes to us when it dies, and the sweep its
+            # reaping starts kills it (a service with many workers pays no walk per exit).
+            roots = [pid for pid in roots if _group(pid) != child.pid]
+        if not roots:
+            return []
+        return [pid for pid in procs.subtree(roots) if _group(pid) not in (child.pid, None)]
+
+    def _orphans(self) -> list[int]:
+        """The launcher's children that it did not start: processes re-parented to it."""
+        listed = procs.children_text(self.pid)
+        if listed.count(b" ") <= len(self.children) + (self.sup is not None):
+            return []  # the common case, with no pid parsed (1,000 services: ~100 us less)
+        sup = self.sup.proc.pid if self.sup is not None else None
+        return [pid for pid in map(int, listed.split())
+                if pid not in self.children and pid != sup]
+
+    def _mark(self, orphan: int) -> str | None:
+        """An orphan's instance mark (cached: the pid stays the orphan's until we reap it)."""
+        if orphan not in self._orphan_marks:
+            self._orphan_marks[orphan] = procs.mark_of(orphan)
+        return self._orphan_marks[orphan]
+
+    def _note_strays(self, child: Child, strays: list[int]) -> None:
+        """Say (once per process) that ``child`` left processes behind; they are reported
+        with its exit."""
+        new = [pid for pid in strays if pid not in child.strays]
+        if new:
+            child.strays.update(new)
+            print(f"corral-launcher: {_left_behind(child.name, new)}; stopping "
+                  f"{_them(new)} with the instance", file=sys.stderr)
+
+    def _sweep_soon(self) -> None:
+        if not self._sweep_pending:
+            self._sweep_pending = True
+            self.call_later(SWEEP_DELAY, self._sweep)
+
+    def _sweep(self) -> None:
+        """Kill orphans whose instance has already ended (re-parented after its exit was
+        handled).  The supervisor's own (a hook, a check) are left to finish."""
+        self._sweep_pending = False
+        live = {child.mark for child in self.children.values()}
+        ended: dict[str, list[int]] = {}
+        for pid in self._orphans():
+            mark = self._mark(pid)
+            parsed = procs.parse_mark(mark) if mark else None
+            if (mark and parsed and parsed[1] == self.ident and mark not in live
+                    and parsed[0] != SUPERVISOR_NAME):
+                ended.setdefault(mark, []).append(pid)
+        for mark, roots in ended.items():
+            pids = procs.subtree(roots)
+            line = _left_behind(mark.rpartition("@")[0], pids)
+            for pid in pids:
+                _kill(pid, signal.SIGKILL)
+            print(f"corral-launcher: {line} after it ended; killed {_them(pids)}",
+                  file=sys.stderr)
+
+    def _final_sweep(self) -> None:
+        """At exit: kill whatever is still in the launcher's process tree (every service
+        has stopped: what is left was left behind), say whose it was, and reap it."""
+        pids = procs.subtree(procs.children(self.pid))
+        if not pids:
+            return
+        owners: dict[str, list[int]] = {}
+        for pid in pids:
+            mark = procs.mark_of(pid)
+            owners.setdefault(mark.rpartition("@")[0] if mark else "", []).append(pid)
+        lines = [f"{_left_behind(name or 'a process without an instance mark', left)}; "
+                 f"killed {_them(left)}" for name, left in owners.items()]
+        for pid in pids:
+            _kill(pid, signal.SIGKILL)
+        for line in lines:
+            print(f"corral-launcher: at exit, {line}", file=sys.stderr)
+        deadline = time.monotonic() + FINAL_WAIT
+        while procs.children(self.pid) and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.005)  # exiting: nothing else to wait on
 
     # ------------------------------------------------------------------- reaping
     def reap(self) -> None:
@@ -640,7 +969,12 @@ class Launcher:
                 self._on_supervisor_exit(status)
             elif pid in self.children:
                 self._on_child_exit(self.children.pop(pid), status)
-            # anything else is an orphan that was re-parented to us: reaped, nothing to tell
+            else:
+                # An orphan that was re-parented to us: nothing to tell, but its own
+                # children are ours now, and may belong to an instance that has ended.
+                self._orphan_marks.pop(pid, None)
+                if not self.stopping:
+                    self._sweep_soon()
 
     def _on_child_exit(self, child: Child, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
@@ -655,24 +989,29 @@ class Launcher:
         self._kill_all(child)
         for reader in child.readers:
             reader.drain()
-        exited: Message = {
+        exited: m.Exited = {
             "type": m.EXITED, "name": child.name, "pid": child.pid, "at": time.time(),
             "exit_code": code if code >= 0 else None,
             "signal": m.signal_name(-code) if code < 0 else None,
             "last_lines": [line[:1000].decode(errors="replace")
                            for line in child.readers[0].recent if line],
+            "spawns": self.spawns[child.name],
         }
         if oom_killed is not None:
             exited["oom_killed"] = oom_killed
+        if child.strays:
+            exited["strays"] = sorted(child.strays)
         self.recent_exits[child.pid] = exited
         if len(self.recent_exits) > 1000:
             self.recent_exits.pop(next(iter(self.recent_exits)))
         for rid in child.terminate_waiters:
-            terminated: Message = {"type": m.TERMINATED, "id": rid,
+            terminated: m.Terminated = {"type": m.TERMINATED, "id": rid,
                                    "method": m.KILLED if child.killed else m.GRACEFUL,
                                    "exit_code": exited["exit_code"], "signal": exited["signal"]}
             if oom_killed is not None:
                 terminated["oom_killed"] = oom_killed
+            if child.strays:
+                terminated["strays"] = sorted(child.strays)
             self.send(terminated)
         self.exits.add(exited)
         if self.sup is not None and self.sup.link.greeted:
@@ -705,6 +1044,7 @@ class Launcher:
             return
         self.stopping = True
         self.final_code = final_code
+        self._tell(STOPPING="1", STATUS="stopping services")
         bound = float(os.environ.get("CORRAL_SHUTDOWN_TIMEOUT", "90"))
         if self.sup is not None and not self.sup.link.closed:
             # Queued now even before Hello: the supervisor reads it once it is greeted.
@@ -729,8 +1069,10 @@ class Launcher:
                 self.exit_code = self.final_code
             return
         for child in reversed(list(self.children.values())):
-            self._signal_all(child, signal.SIGTERM)
-            self._signal_all(child, signal.SIGCONT)
+            strays = self._strays(child)
+            self._note_strays(child, strays)
+            self._signal_all(child, signal.SIGTERM, strays)
+            self._signal_all(child, signal.SIGCONT, strays)
 
         def kill_rest() -> None:
             for child in self.children.values():
@@ -759,12 +1101,21 @@ def _echo_drop_message(echo: Echo, records: int, size: int) -> Message:
             "total_records": echo.dropped_records}
 
 
+def _hello_timeout() -> float:
+    """How long a new supervisor has to say ``Hello`` (``CORRAL_HELLO_TIMEOUT``)."""
+    try:
+        value = float(os.environ.get(m.ENV_HELLO_TIMEOUT, ""))
+    except ValueError:
+        return m.HELLO_TIMEOUT
+    return value if value > 0 else m.HELLO_TIMEOUT
+
+
 def _log_settings(log: Any) -> tuple[str, int, int, bool, bool | None]:
     """Check a Spawn's ``log`` object: (path, max_bytes, keep, stamped, stdout)."""
     if not isinstance(log, dict) or not isinstance(log.get("path"), str) or not log["path"]:
         raise SpawnError(m.E_BAD_REQUEST, "Spawn needs 'log': {'path': ...}")
-    max_bytes = log.get("max_bytes", 10 * 1024 * 1024)
-    keep = log.get("keep", 5)
+    max_bytes = log.get("max_bytes", defaults.LOG_MAX_BYTES)
+    keep = log.get("keep", defaults.LOG_KEEP)
     fmt = log.get("format", "stamped")
     if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 4096:
         raise SpawnError(m.E_BAD_REQUEST, "'log.max_bytes' must be an integer >= 4096")
@@ -790,6 +1141,22 @@ def _killpg(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _left_behind(name: str, pids: list[int]) -> str:
+    """``web/0 left 2 processes behind (pid 7 sleep, pid 9 sh)``."""
+    listed = ", ".join(f"pid {pid} {procs.command(pid)}" for pid in pids)
+    return f"{name} left {len(pids)} process{'es' if len(pids) != 1 else ''} behind ({listed})"
+
+
+def _them(pids: list[int]) -> str:
+    return "it" if len(pids) == 1 else "them"
+
+
+def _group(pid: int) -> int | None:
+    """The process group of a live process; None when it is gone or a zombie."""
+    stat = procs.read_stat(pid)
+    return stat.pgrp if stat is not None and stat.alive else None
 
 
 def _describe(code: int) -> str:

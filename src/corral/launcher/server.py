@@ -13,7 +13,7 @@ import errno
 import socket
 import sys
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from corral.protocol import framing
@@ -30,10 +30,10 @@ class ExitQueue:
     """``Exited`` messages not yet acknowledged, in order."""
 
     def __init__(self) -> None:
-        self._pending: OrderedDict[int, Message] = OrderedDict()
+        self._pending: OrderedDict[int, m.Exited] = OrderedDict()
         self._seq = 0
 
-    def add(self, message: Message) -> Message:
+    def add(self, message: m.Exited) -> m.Exited:
         """Number ``message`` and keep it until acknowledged."""
         self._seq += 1
         message["seq"] = self._seq
@@ -49,7 +49,7 @@ class ExitQueue:
         for key in [k for k in self._pending if k <= seq]:
             del self._pending[key]
 
-    def pending(self) -> list[Message]:
+    def pending(self) -> list[m.Exited]:
         """The unacknowledged messages, oldest first."""
         return list(self._pending.values())
 
@@ -63,7 +63,8 @@ class Link:
     what a supervisor sends.
     """
 
-    def __init__(self, sock: socket.socket, on_request: Callable[[Message], Message | None]):
+    def __init__(self, sock: socket.socket,
+                 on_request: Callable[[Message], m.Reply | None]) -> None:
         self.sock = sock
         self.fd = sock.fileno()  # kept: a closed socket no longer knows its number
         self.sock.setblocking(False)
@@ -109,7 +110,7 @@ class Link:
                 self.send(reply)
         self.flush()
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Mapping[str, Any]) -> None:
         """Queue ``message``; call :meth:`flush` (or wait for writability) to send it."""
         if self.closed:
             return

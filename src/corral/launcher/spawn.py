@@ -31,6 +31,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.protocol import defaults
 from corral.protocol import messages as m
 
 from .listeners import exec_with_sockets
@@ -72,6 +73,9 @@ class SpawnRequest:
     memory_max: int | None = None
     cgroup: bool | None = None  # None: only with a memory limit (see .cgroup)
     listen_fds: list[str] = field(default_factory=list)
+    # How to stop it if the launcher dies and the next one finds it (see .record).
+    stop_signal: str = defaults.STOP_SIGNAL
+    stop_timeout: float = defaults.STOP_TIMEOUT
 
     @classmethod
     def parse(cls, msg: Mapping[str, Any]) -> SpawnRequest:
@@ -109,9 +113,29 @@ class SpawnRequest:
                 or len(set(listen_fds)) != len(listen_fds)):
             raise SpawnError(m.E_BAD_REQUEST,
                              "'listen_fds' must be a list of distinct listener names")
+        stop_signal, stop_timeout = _stop(msg.get("stop"))
         return cls(name=name, argv=list(argv), env=dict(env), cwd=cwd, user=user,
                    group=group, umask=umask, rlimits=dict(rlimits), memory_max=memory_max,
-                   cgroup=cgroup, listen_fds=list(listen_fds))
+                   cgroup=cgroup, listen_fds=list(listen_fds), stop_signal=stop_signal,
+                   stop_timeout=stop_timeout)
+
+
+def _stop(stop: Any) -> tuple[str, float]:
+    """Check a Spawn's optional ``stop: {signal, timeout}``: (signal name, seconds)."""
+    if stop is None:
+        return defaults.STOP_SIGNAL, defaults.STOP_TIMEOUT
+    bad = SpawnError(m.E_BAD_REQUEST, "'stop' must be {'signal': a signal name, "
+                                      "'timeout': seconds >= 0}")
+    if not isinstance(stop, dict):
+        raise bad
+    timeout = stop.get("timeout", defaults.STOP_TIMEOUT)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
+        raise bad
+    try:
+        number = m.signal_number(stop.get("signal", defaults.STOP_SIGNAL))
+    except (ValueError, TypeError):
+        raise bad from None
+    return m.signal_name(number), float(timeout)
 
 
 @dataclass
@@ -128,6 +152,36 @@ def _rlimit_setter(limits: dict[str, int]) -> Callable[[], None]:
         for key, value in limits.items():
             resource.setrlimit(RLIMITS[key], (value, value))
     return apply
+
+
+def _check_rlimits(limits: dict[str, int]) -> None:
+    """Raise :class:`SpawnError` naming the first limit that cannot be set.
+
+    Checked before the fork: ``setrlimit`` failing in the child can only be reported by
+    subprocess as "Exception occurred in preexec_fn".  Without root, no limit may go above
+    its hard limit; even root cannot give ``nofile`` more than ``fs.nr_open``.
+    """
+    root = os.geteuid() == 0
+    for key, value in limits.items():
+        infinite = value == resource.RLIM_INFINITY or value < 0
+        hard = resource.getrlimit(RLIMITS[key])[1]
+        shown = "unlimited" if infinite else str(value)
+        if not root and hard != resource.RLIM_INFINITY and (infinite or value > hard):
+            raise SpawnError(m.E_EXEC_FAILED, f"rlimit {key} {shown} is above the hard limit "
+                             f"{hard} (only root can raise a hard limit)")
+        if key == "nofile":
+            ceiling = _nr_open()
+            if ceiling is not None and (infinite or value > ceiling):
+                raise SpawnError(m.E_EXEC_FAILED, f"rlimit nofile {shown} is above the "
+                                 f"kernel's ceiling fs.nr_open = {ceiling}")
+
+
+def _nr_open() -> int | None:
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def _check_identity(req: SpawnRequest) -> None:
@@ -238,6 +292,7 @@ def _posix_spawn(req: SpawnRequest, devnull: int, out_w: int, err_w: int) -> int
 
 def _popen(req: SpawnRequest, devnull: int, out_w: int, err_w: int,
            sockets: list[int] | None) -> int:
+    _check_rlimits(req.rlimits)
     preexec = _rlimit_setter(req.rlimits) if req.rlimits else None
     if sockets:
         preexec = exec_with_sockets(_executable(req), req.argv, req.env, sockets,
@@ -277,5 +332,9 @@ def _failure(req: SpawnRequest, exc: Exception) -> SpawnError:
     if isinstance(exc, PermissionError):
         return SpawnError(m.E_EXEC_FAILED,
                           f"permission denied starting {req.argv[0]}: {exc.strerror}")
+    if isinstance(exc, subprocess.SubprocessError) and req.rlimits and not req.listen_fds:
+        limits = ", ".join(f"{k}={v}" for k, v in sorted(req.rlimits.items()))
+        return SpawnError(m.E_EXEC_FAILED, f"cannot start {req.argv[0]}: its rlimits "
+                          f"({limits}) could not be set")
     why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
     return SpawnError(m.E_EXEC_FAILED, f"cannot start {req.argv[0]}: {why}")

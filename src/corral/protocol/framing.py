@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 #: Refuse frames larger than this: a bigger length is a corrupt or hostile peer.
@@ -23,7 +24,7 @@ class FrameError(Exception):
     """The byte stream is not a sequence of valid frames; the connection must be dropped."""
 
 
-def encode(message: Message) -> bytes:
+def encode(message: Mapping[str, Any]) -> bytes:
     """Return ``message`` as one frame.
 
     Raises:

@@ -3,22 +3,27 @@
 Requests (supervisor -> launcher) carry an ``id`` that the reply echoes, so requests
 may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
 
-    Hello{version}                         -> HelloOk{version, launcher_pid}
+    Hello{version}                         -> HelloOk{version, launcher_pid, started_at,
+                                                      notify?, corral_version?}
+                                              | Error{Incompatible}
     Spawn{name, argv, env, cwd, user?, group?, umask?, rlimits?, memory_max?, cgroup?,
-          listen_fds?, log{path, format, max_bytes, keep, stdout?}}
-                                           -> Spawned{pid, started_at, cgroup, memory_max}
+          listen_fds?, stop?{signal, timeout}, log{path, format, max_bytes, keep,
+          stdout?}}
+                                           -> Spawned{pid, started_at, cgroup, memory_max,
+                                                      spawns}
                                               | Error{code, message}
     Signal{pid, signal, group?}            -> Ok | Error{NoSuchProcess}
     Terminate{pid, signal, timeout}        -> Terminated{exit_code?, signal?, method,
-                                                         oom_killed?}
+                                                         oom_killed?, strays?}
     List{}                                 -> Children{children: [{name, pid, started_at,
                                                                    argv, spawns, cgroup}],
                                                        listeners: [{name, host, port}]}
     Listen{name, host, port}               -> Listening{name, host, port}
                                               | Error{ListenFailed | BadRequest, message}
     Unlisten{name}                         -> Ok{existed}
-    Exited{name, pid, exit_code?, signal?, at, oom_killed?}  (unasked; queued while no
-                                                               supervisor is connected)
+    Notify{ready?, status?}                -> Ok   (passed on to systemd; see below)
+    Exited{name, pid, exit_code?, signal?, at, oom_killed?, spawns, strays?}  (unasked;
+                                              queued while no supervisor is connected)
     Shutdown{}                                          (unasked; stop everything, exit 84)
     OutputDropped{sink, bytes, records, error, total_bytes, total_records, path?, dropping?,
                   since?, until?, gone?, replay?}        (unasked; see below)
@@ -35,6 +40,10 @@ available; ``Spawned.memory_max`` is the limit applied, or null.  ``oom_killed``
 during the run; it is absent where that cannot be known.  On a stop, and when the main
 process exits, the whole cgroup is killed (``cgroup.kill``), daemons that left the
 process group included.
+
+``spawns`` in ``Spawned`` and ``Exited`` (optional: an older launcher leaves it out) is the
+name's Spawn count since the launcher started, as in ``Children``: a supervisor that starts
+after an exit it did not see still counts that run.
 
 Socket mode (systemd's socket-activation convention): ``Listen`` binds ``host:port``
 once (SO_REUSEADDR, backlog 4096) and the launcher holds the socket under ``name``, so
@@ -60,16 +69,44 @@ After ``Hello`` the launcher repeats the current figures of every sink that ever
 anything, with ``replay: true``.  ``Spawn.log.stdout`` (true/false; absent or null: the
 launcher's ``--log-stdout`` setting) copies that child's records to the launcher's stdout.
 
+systemd (optional; version 1 peers may ignore it): ``HelloOk.notify`` is true when the
+launcher runs under a service manager that asked for notifications (``NOTIFY_SOCKET``).
+The supervisor then sends ``Notify{ready: true, status}`` once it answers and the
+target's services were started, and ``Notify{status}`` when its one-line summary
+changes; the launcher sends ``READY=1`` (once in its life) and ``STATUS=``, and itself
+``STOPPING=1`` on shutdown and ``WATCHDOG=1`` as ``WATCHDOG_USEC`` asks, whether or not a
+supervisor is connected.  Without a notify socket, ``Notify`` is simply ``Ok``.
+Leftovers (optional fields): every spawn's environment gets
+``CORRAL_INSTANCE_ID=<name>@<launcher pid>.<launcher start>.<n>``; without a cgroup, the
+processes that carry it and left the process group are signalled with the instance, and
+``strays`` in ``Exited``/``Terminated`` lists their pids.  ``Spawn.stop`` (default
+``{signal: TERM, timeout: 8}``) is how the next launcher stops the child if this one dies
+(see ``corral.launcher.record``).
+
+Versions: ``Hello.version`` and ``HelloOk.version`` are ``"MAJOR.MINOR"``
+(:data:`PROTOCOL_VERSION`).  The launcher answers a ``Hello`` of another major version with
+``Error{Incompatible}`` naming both, keeps its children, and starts no further supervisor
+until SIGHUP; the supervisor says so in one line and exits :data:`EXIT_INCOMPATIBLE`.  A
+supervisor that has not said ``Hello`` within :data:`HELLO_TIMEOUT` is killed and started
+again.  ``HelloOk.corral_version`` is the corral release the launcher was started from.
+
 Times (``started_at``, ``at``) are Unix epoch seconds as floats.  Signals are names
 without the ``SIG`` prefix (``"TERM"``).
+
+Each message's fields are spelled out as a ``TypedDict`` below (:class:`Spawn`,
+:class:`Spawned`, ...): for type checking only, a message on the wire is the plain JSON object.
 """
 
 from __future__ import annotations
 
 import signal as _signal
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
-PROTOCOL_VERSION = 1
+#: ``"MAJOR.MINOR"``.  Peers of one major version work together: a minor version only
+#: adds optional fields.  A launcher refuses a ``Hello`` of another major version with
+#: ``Error{Incompatible}`` (and keeps its children); a version 1 peer may send the bare
+#: integer ``1``, read as ``"1.0"``.
+PROTOCOL_VERSION = "1.1"
 
 # Request types.
 HELLO = "Hello"
@@ -80,6 +117,7 @@ LIST = "List"
 ACK = "Ack"
 LISTEN = "Listen"
 UNLISTEN = "Unlisten"
+NOTIFY = "Notify"
 # Reply types.
 HELLO_OK = "HelloOk"
 SPAWNED = "Spawned"
@@ -93,7 +131,8 @@ EXITED = "Exited"
 SHUTDOWN = "Shutdown"
 OUTPUT_DROPPED = "OutputDropped"
 
-REQUEST_TYPES = frozenset({HELLO, SPAWN, SIGNAL, TERMINATE, LIST, ACK, LISTEN, UNLISTEN})
+REQUEST_TYPES = frozenset({HELLO, SPAWN, SIGNAL, TERMINATE, LIST, ACK, LISTEN, UNLISTEN,
+                           NOTIFY})
 
 # Error codes a person (or the supervisor) can act on.
 E_USER_NOT_FOUND = "UserNotFound"
@@ -102,6 +141,7 @@ E_EXEC_FAILED = "ExecFailed"
 E_NO_SUCH_PROCESS = "NoSuchProcess"
 E_BAD_REQUEST = "BadRequest"
 E_LISTEN_FAILED = "ListenFailed"
+E_INCOMPATIBLE = "Incompatible"
 
 # How Terminate ended.
 ALREADY_EXITED = "already_exited"
@@ -113,13 +153,39 @@ EXIT_DONE = 84
 """The supervisor is done: stop all services; the launcher exits 0."""
 EXIT_FATAL = 86
 """The supervisor hit a fatal error: stop all services; the launcher exits 86."""
+EXIT_INCOMPATIBLE = 85
+"""The supervisor cannot work with this launcher (protocol versions): the launcher keeps its
+services and starts no supervisor until SIGHUP (after installing a compatible one)."""
+
+#: Seconds a new supervisor has to say ``Hello`` before the launcher kills and restarts it
+#: (``CORRAL_HELLO_TIMEOUT`` overrides).
+HELLO_TIMEOUT = 10.0
+ENV_HELLO_TIMEOUT = "CORRAL_HELLO_TIMEOUT"
 
 # Environment shared between launcher and supervisor.
 ENV_LAUNCHER_FD = "CORRAL_LAUNCHER_FD"
 ENV_SUP_BINARY = "CORRAL_SUP_BINARY"
 
 
-def error(request_id: Any, code: str, message: str) -> dict[str, Any]:
+def parse_version(value: Any) -> tuple[int, int] | None:
+    """``"1.2"`` -> ``(1, 2)``; the bare integer ``1`` of version 1 peers -> ``(1, 0)``;
+    None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value, 0
+    if isinstance(value, str):
+        major, dot, minor = value.partition(".")
+        if major.isdigit() and (minor.isdigit() if dot else True):
+            return int(major), int(minor or 0)
+    return None
+
+
+def compatible(ours: str, theirs: Any) -> bool:
+    """Whether a peer announcing ``theirs`` speaks our major version."""
+    mine, other = parse_version(ours), parse_version(theirs)
+    return mine is not None and other is not None and mine[0] == other[0]
+
+
+def error(request_id: Any, code: str, message: str) -> Error:
     """Build an ``Error`` reply."""
     return {"type": ERROR, "id": request_id, "code": code, "message": message}
 
@@ -151,3 +217,217 @@ def signal_name(number: int) -> str:
         return _signal.Signals(number).name.removeprefix("SIG")
     except ValueError:
         return str(number)
+
+
+# --- message shapes ------------------------------------------------------------------------
+# ``type`` is one of the names above; ``id`` is the request's, echoed by its reply (None on
+# an Error for a frame that could not be read).  ``NotRequired`` fields may be left out.
+
+
+class Hello(TypedDict):
+    type: str
+    id: int
+    version: str | int  # "MAJOR.MINOR" (an integer from version 1.0 peers)
+
+
+class HelloOk(TypedDict):
+    type: str
+    id: int | None
+    version: str
+    launcher_pid: int
+    started_at: float
+    notify: NotRequired[bool]
+    corral_version: NotRequired[str]  # the corral release the launcher runs (1.1)
+
+
+class SpawnLog(TypedDict):
+    """A Spawn's ``log``: the file, its record format and rotation (defaults: see
+    :mod:`corral.protocol.defaults`)."""
+
+    path: str
+    format: NotRequired[str]  # "stamped" or "raw"
+    max_bytes: NotRequired[int]
+    keep: NotRequired[int]
+    stdout: NotRequired[bool | None]  # None or absent: the launcher's --log-stdout
+
+
+class SpawnStop(TypedDict, total=False):
+    """How the next launcher stops the child if this one dies."""
+
+    signal: str
+    timeout: float
+
+
+class Spawn(TypedDict):
+    type: str
+    id: int
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: SpawnLog
+    cwd: NotRequired[str | None]
+    user: NotRequired[str | None]
+    group: NotRequired[str | None]
+    umask: NotRequired[int | None]
+    rlimits: NotRequired[dict[str, int]]
+    memory_max: NotRequired[int | None]
+    cgroup: NotRequired[bool | None]
+    listen_fds: NotRequired[list[str]]
+    stop: NotRequired[SpawnStop]
+
+
+class Spawned(TypedDict):
+    type: str
+    id: int | None
+    pid: int
+    started_at: float
+    cgroup: NotRequired[str | None]
+    memory_max: NotRequired[int | None]
+    spawns: NotRequired[int]
+
+
+class Signal(TypedDict):
+    type: str
+    id: int
+    pid: int
+    signal: str
+    group: NotRequired[bool]
+
+
+class Terminate(TypedDict):
+    type: str
+    id: int
+    pid: int
+    signal: NotRequired[str]
+    timeout: NotRequired[float]
+
+
+class Terminated(TypedDict):
+    type: str
+    id: int | None
+    method: str  # ALREADY_EXITED, GRACEFUL or KILLED
+    exit_code: int | None
+    signal: str | None
+    oom_killed: NotRequired[bool]
+    strays: NotRequired[list[int]]
+
+
+class List(TypedDict):
+    type: str
+    id: int
+
+
+class ChildInfo(TypedDict):
+    """One running child, in ``Children``."""
+
+    name: str
+    pid: int
+    started_at: float
+    argv: list[str]
+    spawns: NotRequired[int]
+    cgroup: NotRequired[str | None]
+
+
+class ListenerInfo(TypedDict):
+    """One held listening socket, in ``Listening`` and ``Children``."""
+
+    name: str
+    host: str
+    port: int
+
+
+class Children(TypedDict):
+    type: str
+    id: int | None
+    children: list[ChildInfo]
+    listeners: NotRequired[list[ListenerInfo]]
+
+
+class Listen(TypedDict):
+    type: str
+    id: int
+    name: str
+    host: str
+    port: int
+
+
+class Listening(TypedDict):
+    type: str
+    id: int | None
+    name: str
+    host: str
+    port: int
+
+
+class Unlisten(TypedDict):
+    type: str
+    id: int
+    name: str
+
+
+class Notify(TypedDict):
+    type: str
+    id: int
+    ready: NotRequired[bool]
+    status: NotRequired[str]
+
+
+class Ack(TypedDict):
+    """The supervisor has handled every ``Exited`` up to ``seq``."""
+
+    type: str
+    seq: int
+
+
+class Ok(TypedDict):
+    type: str
+    id: int | None
+    existed: NotRequired[bool]  # Unlisten: whether the launcher held the socket
+
+
+class Error(TypedDict):
+    type: str
+    id: int | None
+    code: str  # one of the E_* codes
+    message: str
+
+
+class Exited(TypedDict):
+    type: str
+    name: str
+    pid: int
+    at: float
+    exit_code: int | None
+    signal: str | None
+    last_lines: NotRequired[list[str]]
+    spawns: NotRequired[int]
+    oom_killed: NotRequired[bool]
+    strays: NotRequired[list[int]]
+    seq: NotRequired[int]  # numbered by the launcher, acknowledged with Ack
+
+
+class Shutdown(TypedDict):
+    type: str
+
+
+class OutputDropped(TypedDict):
+    """Output the launcher could not write to a log file (``sink: "log"``) or to its own
+    ``stdout``/``stderr`` (see the module docstring)."""
+
+    type: str
+    sink: str  # "log", "stdout" or "stderr"
+    bytes: int
+    records: int
+    error: str
+    total_bytes: int
+    total_records: int
+    path: NotRequired[str]
+    dropping: NotRequired[bool]
+    since: NotRequired[float]
+    until: NotRequired[float]
+    gone: NotRequired[bool]
+    replay: NotRequired[bool]
+
+
+#: What the launcher answers a request with.
+Reply = HelloOk | Spawned | Ok | Terminated | Children | Listening | Error

@@ -8,6 +8,10 @@ Values are held in :class:`Secret` wrappers whose repr and str are a mask, and e
 this module produces names secrets, never their values, so that logging the store, an error
 or a ``dict`` of secrets cannot leak one.  :meth:`Secret.reveal` is the one way to the text.
 
+A change that processes must be rolled out for can keep the value it replaces
+(``set(..., keep_previous=True)``) in the same file until the rollout's verdict:
+:meth:`SecretStore.settle` then forgets it, or puts it back (a failed rollout).
+
 The file is read on first use, not at construction, so that building a supervisor does no
 I/O and a damaged file is reported to the request that needs it (as a :class:`CorralError`),
 not as a crash at start-up.  The supervisor is the only writer; each change rewrites the
@@ -82,6 +86,36 @@ def check_value(name: str, value: str) -> str:
     return value
 
 
+def parse_env_file(text: str, source: str) -> dict[str, str]:
+    """The secrets in an env file: ``NAME=value`` lines, ``#`` comments and blank lines.
+
+    The value is the rest of the line after the first ``=``, as it is (no quotes, no
+    escapes), so ``A=b=c`` sets ``A`` to ``b=c``.  Raises SpecError naming ``source`` and the
+    line of the first problem (a line without ``=``, a bad name, a name given twice); the
+    message never quotes the line, which may hold a value.
+    """
+    found: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        where = f"{source}:{number}"
+        if not sep:
+            raise SpecError(f"{where}: expected NAME=value (a secret's name, '=', then its "
+                            "value), or a # comment")
+        name = name.strip()
+        try:
+            check_value(check_name(name), value)
+        except SpecError as exc:
+            raise SpecError(f"{where}: {exc.message} (lines are NAME=value)") from None
+        if name in found:
+            raise SpecError(f"{where}: secret {name!r} is given twice (also on line "
+                            f"{lines[name]})")
+        found[name], lines[name] = value, number
+    return found
+
+
 class SecretStore:
     """Named secrets in one JSON file.
 
@@ -97,6 +131,7 @@ class SecretStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._secrets: dict[str, Secret] | None = None
+        self._previous: dict[str, Secret | None] = {}  # read with _secrets
 
     def __repr__(self) -> str:
         count = "?" if self._secrets is None else str(len(self._secrets))
@@ -124,6 +159,12 @@ class SecretStore:
         """
         return {name: secret.reveal() for name, secret in self._load().items()}
 
+    def previous(self) -> dict[str, str | None]:
+        """The values kept by ``set(..., keep_previous=True)`` until :meth:`settle`, by name
+        (None: the secret did not exist).  Shows its values in a repr, like :meth:`values`."""
+        self._load()
+        return {n: s.reveal() if s is not None else None for n, s in self._previous.items()}
+
     def require(self, names: Iterable[str]) -> None:
         """Raise NotFound naming every one of ``names`` that is not set (names checked first)."""
         secrets = self._load()
@@ -132,18 +173,41 @@ class SecretStore:
             raise NotFound(_unknown(unknown, sorted(secrets)))
 
     # changes
-    def set(self, name: str, value: str) -> bool:
+    def set(self, name: str, value: str, keep_previous: bool = False) -> bool:
         """Store ``value`` as ``name``; returns whether anything changed (new or different).
 
-        The file is rewritten only on a change.
+        The file is rewritten only on a change.  With ``keep_previous``, the value it
+        replaces (or that there was none) is kept, in the same write, until
+        :meth:`settle`; a value kept already (a second change before the verdict) stays.
         """
         check_value(check_name(name), value)
         secrets = self._load()
         secret = Secret(value)
         if secrets.get(name) == secret:
             return False
-        self._save({**secrets, name: secret})
+        previous = dict(self._previous)
+        if keep_previous and name not in previous:
+            previous[name] = secrets.get(name)
+        self._save({**secrets, name: secret}, previous)
         return True
+
+    def settle(self, names: Iterable[str], revert: bool) -> None:
+        """End the keeping of ``names``' previous values: forget them, or (``revert``) put
+        them back (a secret that did not exist before is removed).  Names with no kept
+        value are left alone, so settling twice is harmless."""
+        self._load()
+        kept = [n for n in names if n in self._previous]
+        if not kept:
+            return
+        secrets = dict(self._load())
+        if revert:
+            for name in kept:
+                old = self._previous[name]
+                if old is None:
+                    secrets.pop(name, None)
+                else:
+                    secrets[name] = old
+        self._save(secrets, {n: v for n, v in self._previous.items() if n not in kept})
 
     def remove(self, names: Iterable[str]) -> list[str]:
         """Remove every secret in ``names`` (all or nothing); returns them sorted, once each.
@@ -160,14 +224,14 @@ class SecretStore:
     # the file
     def _load(self) -> dict[str, Secret]:
         if self._secrets is None:
-            self._secrets = self._read()
+            self._secrets, self._previous = self._read()
         return self._secrets
 
-    def _read(self) -> dict[str, Secret]:
+    def _read(self) -> tuple[dict[str, Secret], dict[str, Secret | None]]:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return {}
+            return {}, {}
         except OSError as exc:
             raise CorralError(f"cannot read the secrets in {self.path}: {exc.strerror}") from None
         try:
@@ -183,20 +247,31 @@ class SecretStore:
         except (ValueError, UnicodeDecodeError):
             doc = None  # the message of a JSON error may quote the text: never show it
         entries = doc.get("secrets") if isinstance(doc, dict) else None
+        previous = doc.get("previous", {}) if isinstance(doc, dict) else None
         if not isinstance(entries, dict) or not all(
-                isinstance(v, str) for v in entries.values()):
+                isinstance(v, str) for v in entries.values()) or not isinstance(
+                previous, dict) or not all(v is None or isinstance(v, str)
+                                           for v in previous.values()):
             raise CorralError(f"{self.path} is damaged (not the JSON corral writes); "
                               "restore it from a backup, or remove it and set the secrets again")
-        return {str(k): Secret(v) for k, v in entries.items()}
+        return ({str(k): Secret(v) for k, v in entries.items()},
+                {str(k): Secret(v) if v is not None else None for k, v in previous.items()})
 
-    def _save(self, secrets: Mapping[str, Secret]) -> None:
-        doc = {"format": _FORMAT, "secrets": {n: s.reveal() for n, s in sorted(secrets.items())}}
+    def _save(self, secrets: Mapping[str, Secret],
+              previous: Mapping[str, Secret | None] | None = None) -> None:
+        kept = dict(self._previous if previous is None else previous)
+        doc: dict[str, object] = {
+            "format": _FORMAT, "secrets": {n: s.reveal() for n, s in sorted(secrets.items())}}
+        if kept:
+            doc["previous"] = {n: s.reveal() if s is not None else None
+                               for n, s in sorted(kept.items())}
         try:
             atomic_write(self.path, (json.dumps(doc, indent=1) + "\n").encode(), 0o600)
         except OSError as exc:
             raise CorralError(f"cannot write the secrets to {self.path}: "
                               f"{exc.strerror or exc}") from None
         self._secrets = dict(secrets)
+        self._previous = kept
 
 
 def _unknown(names: list[str], known: list[str]) -> str:

@@ -14,6 +14,12 @@ Fields: :data:`FIELDS` -- ``command`` (each argv item as ``command[i]``, or the 
 string as ``command``), ``env.KEY`` (values; keys are not substituted), ``cwd``,
 ``before``, and ``resources[i].id`` (Launcho's deploy flow: ``id: "${BUNDLE_ID}"``, the
 secret holding the sha256 that ``corral resource up`` printed).  Every message names the process and the field, and never a secret's value.
+
+corral's own variables are not secrets: ``${CORRAL_SERVICE}``, ``${CORRAL_INSTANCE}`` and
+``${SERVICE_PORT_<NAME>}`` (for each service the process receives through the balancer)
+expand to the values corral also puts in the process's environment (see
+:func:`own_names`); they win over a secret of the same name.  A name that is neither a
+secret nor one of these is the error.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 
 from corral.errors import SpecError
-from corral.spec import ProcessSpec
+from corral.spec.models import ProcessSpec
+
+#: corral's own variables in every process's environment (besides SERVICE_PORT_<NAME>).
+OWN = ("CORRAL_SERVICE", "CORRAL_INSTANCE")
 
 FIELDS = ("command", "env", "cwd", "before", "resources")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -87,49 +96,73 @@ def _fields(spec: ProcessSpec) -> Iterator[tuple[str, str]]:
         yield f"resources[{i}].id", ref.id
 
 
+def port_variable(service: str) -> str:
+    """``SERVICE_PORT_<NAME>``: the variable holding an instance's port for ``service``
+    (upper case, anything but A-Z and 0-9 made ``_``: ``api-v2`` -> ``SERVICE_PORT_API_V2``)."""
+    return "SERVICE_PORT_" + re.sub(r"[^A-Z0-9]", "_", service.upper())
+
+
+def own_names(spec: ProcessSpec, proxied: Iterable[str] | None = None) -> list[str]:
+    """corral's own variables for ``spec``: :data:`OWN`, and ``SERVICE_PORT_<NAME>`` for
+    each service it receives (of those in ``proxied`` when given: a socket-mode service
+    hands over a socket, not a port)."""
+    wanted = set(proxied) if proxied is not None else None
+    return [*OWN, *(port_variable(n) for n in spec.receives if wanted is None or n in wanted)]
+
+
 def references(spec: ProcessSpec) -> dict[str, list[str]]:
     """Which secrets ``spec`` uses, and where: ``{"DB_PASS": ["env.DATABASE_URL"], ...}``.
 
-    Lenient: a field with bad syntax contributes the names before the problem (use
-    :func:`missing` to report it).  Names are in order of first use.
+    corral's own variables (:func:`own_names`) are not secrets and are left out.  Lenient:
+    a field with bad syntax contributes the names before the problem (use :func:`missing`
+    to report it).  Names are in order of first use.
     """
+    own = set(own_names(spec))
     used: dict[str, list[str]] = {}
     for field, text in _fields(spec):
         try:
             for _, _, name in _scan(text):
-                if name is not None and field not in used.setdefault(name, []):
+                if name is None or name in own:
+                    continue
+                if field not in used.setdefault(name, []):
                     used[name].append(field)
         except _SyntaxProblem:
             continue
     return used
 
 
-def missing(spec: ProcessSpec, names: Iterable[str]) -> list[str]:
-    """Every problem that would stop :func:`substitute`, given the secrets called ``names``.
+def missing(spec: ProcessSpec, names: Iterable[str], own: Iterable[str] = ()) -> list[str]:
+    """Every problem that would stop :func:`substitute`, given the secrets called ``names``
+    and corral's own variables ``own`` (:func:`own_names`).
 
-    One line per problem, ``<process>.<field>: <message>``: a bad reference, or a secret
-    not among ``names``.  Empty when the spec can be substituted.
+    One line per problem, ``<process>.<field>: <message>``: a bad reference, or a name
+    that is neither a secret nor one of ``own``.  Empty when the spec can be substituted.
     """
-    known = set(names)
+    ours = list(own)
+    known = set(names) | set(ours)
     problems: list[str] = []
     for field, text in _fields(spec):
         try:
             for _, _, name in _scan(text):
                 if name is not None and name not in known:
-                    problems.append(f"{spec.name}.{field}: {_not_set(name)}")
+                    problems.append(f"{spec.name}.{field}: {_not_set(name, ours)}")
         except _SyntaxProblem as exc:
             problems.append(f"{spec.name}.{field}: {exc}")
     return list(dict.fromkeys(problems))
 
 
-def substitute(spec: ProcessSpec, values: Mapping[str, str], source: str) -> ProcessSpec:
-    """A copy of ``spec`` with every reference replaced by its secret's value.
+def substitute(spec: ProcessSpec, values: Mapping[str, str], source: str,
+               own: Mapping[str, str] | None = None) -> ProcessSpec:
+    """A copy of ``spec`` with every reference replaced by its secret's value, or by the
+    value of one of corral's own variables.
 
     Args:
         spec: the process as loaded (with ``${NAME}`` references).
         values: secret values by name (``SecretStore.values()``).
         source: where the spec came from (a file name, or the process name), put in
             front of each message unless it is the process name itself.
+        own: corral's own variables for the instance being started (``CORRAL_INSTANCE``,
+            ``SERVICE_PORT_WEB``...), which win over secrets of the same name.
 
     Returns:
         The spec to spawn.  It holds secret values: hand it to the launcher, never to a
@@ -141,6 +174,8 @@ def substitute(spec: ProcessSpec, values: Mapping[str, str], source: str) -> Pro
             process and the field (e.g. ``web.env.DATABASE_URL: secret 'DB_PASS' is not
             set; ...``); never a value.
     """
+    if own:
+        values = {**values, **own}
     problems = missing(spec, values)
     if problems:
         prefix = f"{source}: " if source and source != spec.name else ""
@@ -179,5 +214,8 @@ def substitute(spec: ProcessSpec, values: Mapping[str, str], source: str) -> Pro
     return spec.model_copy(update=update) if update else spec
 
 
-def _not_set(name: str) -> str:
+def _not_set(name: str, own: list[str] | None = None) -> str:
+    if own and name.startswith(("CORRAL_", "SERVICE_PORT_")):
+        return (f"{name!r} is neither a secret nor one of corral's variables for this process "
+                f"({', '.join(own)}); set a secret with: corral secret set {name} -")
     return f"secret {name!r} is not set; set it with: corral secret set {name} -"

@@ -11,18 +11,20 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from corral import __version__
 from corral.errors import Conflict, SpecError
 from corral.logs import reader
+from corral.protocol import messages as m
 from corral.protocol import paths
 from corral.spec import ProcessSpec, Target, load_process, load_target, validate_process
 
+from . import overall
 from .drops import OutputDrops
-from .events import Event, rfc3339
+from .events import Event, Resumed, rfc3339
 from .loop import Supervisor
 
 
@@ -53,7 +55,23 @@ class Facade:
                 "supervisor_pid": os.getpid(), "state_dir": str(self._sup.state_dir),
                 "started_at": rfc3339(self._sup.started_at),
                 "uptime_s": round(time.time() - self._sup.started_at, 3),
-                "services": counts, "balancer": self._sup.balancer.status()}
+                "services": counts, "balancer": self._sup.balancer.status(),
+                "versions": self.versions()}
+
+    def versions(self) -> dict[str, Any]:
+        """Each part's corral release (None where it is not known: no balancer running,
+        or one too old to say) and the launcher protocol each side speaks."""
+        launcher = self._sup.launcher
+        return {"launcher": (launcher.launcher_version or None) if launcher else None,
+                "supervisor": __version__,
+                "balancer": self._sup.balancer.stats().get("version"),
+                "protocol": {"launcher": launcher.launcher_protocol or None if launcher
+                             else None, "supervisor": m.PROTOCOL_VERSION}}
+
+    def health(self) -> dict[str, Any]:
+        """Whether every service that should be up is ready (``GET /v1/health``; see
+        :func:`corral.supervisor.overall.health`)."""
+        return overall.health(self._sup.services.values())
 
     def balancer_stats(self) -> dict[str, dict[str, float]]:
         """Per proxy service, the balancer's last figures (for ``/metrics``): connections
@@ -107,10 +125,20 @@ class Facade:
             self._sup.get(service)
         return self._sup.events.recent(n, service)
 
+    def events_since(self, after: int, service: str | None) -> Resumed:
+        """The kept events after ``seq`` ``after``, and how many after it are not kept
+        (``None``: unknown), and why; see :meth:`EventLog.since`."""
+        if service is not None:
+            self._sup.get(service)
+        return self._sup.events.since(after, service)
+
+    def last_event_seq(self) -> int:
+        """The ``seq`` of the last event recorded (or the last number before ours)."""
+        return self._sup.events.last_seq
+
     def event_count(self) -> int:
-        """Events recorded since this supervisor started (the last event's ``seq``)."""
-        last = self._sup.events.recent(1)
-        return int(last[0]["seq"]) if last else 0
+        """Events recorded since this supervisor started."""
+        return self._sup.events.count
 
     def own_processes(self) -> list[dict[str, Any]]:
         """CPU seconds, RSS and uptime of the supervisor and the launcher themselves
@@ -149,8 +177,12 @@ class Facade:
         keep = self._sup.get(name).spec.logs.keep
         return reader.tail(self.log_path(name), n, keep)
 
-    def log_follow(self, name: str, n: int) -> AsyncIterator[str]:
-        return reader.follow(self.log_path(name), n)
+    def log_follow(self, name: str, n: int,
+                   cursor: reader.Cursor | None = None) -> AsyncGenerator[reader.Batch, None]:
+        """Batches of ``name``'s log records: the last ``n`` then new ones, or from
+        ``cursor`` on (see :func:`corral.logs.reader.follow`)."""
+        keep = self._sup.get(name).spec.logs.keep
+        return reader.follow(self.log_path(name), n, keep, cursor)
 
     # commands
     def parse_spec(self, spec: dict[str, Any] | None, text: str | None,
@@ -251,12 +283,11 @@ class Facade:
 
     async def set_secret(self, name: str, value: str) -> dict[str, Any]:
         """Store a secret; when its value changed, the processes using it are rolled out
-        (``Supervisor.secrets_changed``).  ``result``: added, updated or unchanged."""
+        and a failed rollout puts the old value back (``Supervisor.set_secret``).
+        ``result``: added, updated or unchanged."""
         self._sup.conflict_if_stopping()
-        store = self._sup.secrets
-        existed = name in store
-        changed = store.set(name, value)
-        record = await self._sup.secrets_changed([name]) if changed else None
+        existed = name in self._sup.secrets
+        changed, record = await self._sup.set_secret(name, value)
         result = "unchanged" if not changed else "updated" if existed else "added"
         return {"name": name, "result": result, "used_by": self._sup.secret_users(name),
                 "rollout": record.as_dict() if record is not None else None}

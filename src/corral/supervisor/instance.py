@@ -79,6 +79,13 @@ class Instance:
     ports: dict[str, int] = field(default_factory=dict)  # SERVICE_PORT_<service> it got
     draining: bool = False            # the balancer sends it no new connections
     early_exit: dict[str, Any] | None = None  # its Exited, read before its Spawned reply
+    passed: bool = False              # its process has passed a health check (or was adopted)
+    fault: str | None = None          # why corral is stopping it to restart it, if it is
+    held: bool = False                # down because its restart waits for a dependency
+    ready_timer: asyncio.TimerHandle | None = None   # readiness: started, after start_seconds
+    start_timer: asyncio.TimerHandle | None = None   # start_timeout
+    # Notify messages read before its pid was known, with their senders' lineage.
+    early_notify: list[tuple[dict[str, str], frozenset[int]]] = field(default_factory=list)
 
     def until_stopped(self) -> asyncio.Future[None]:
         """A future done once this instance is down or failed (done already if it is).

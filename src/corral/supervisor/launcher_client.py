@@ -19,11 +19,24 @@ import struct
 from collections.abc import Callable
 from typing import Any, cast
 
+from corral import __version__
 from corral.errors import LauncherError, SpawnFailed, Unavailable
 from corral.protocol import framing
 from corral.protocol import messages as m
 
 Message = dict[str, Any]
+
+
+
+class Incompatible(LauncherError):
+    """The launcher and this supervisor speak different protocol major versions.
+
+    ``by_launcher``: the launcher refused our ``Hello`` (and has said so itself)."""
+
+    def __init__(self, message: str, by_launcher: bool) -> None:
+        super().__init__(m.E_INCOMPATIBLE, message)
+        self.by_launcher = by_launcher
+
 
 _SPAWN_CODES = {m.E_EXEC_FAILED, m.E_USER_NOT_FOUND, m.E_GROUP_NOT_FOUND}
 
@@ -67,6 +80,9 @@ class LauncherClient:
         self._pending: dict[int, asyncio.Future[Message]] = {}
         self.launcher_pid = 0
         self.launcher_started_at = 0.0
+        self.notify = False  # the launcher passes Notify on to systemd (HelloOk.notify)
+        self.launcher_version = ""  # the corral release it runs ("" from an older one)
+        self.launcher_protocol = ""  # its protocol version, "MAJOR.MINOR"
 
     @classmethod
     async def connect(cls, sock: socket.socket, on_exit: Callable[[Message], None],
@@ -76,9 +92,23 @@ class LauncherClient:
         client = cls(on_exit, on_shutdown, on_lost, on_dropped)
         await asyncio.get_running_loop().create_unix_connection(
             lambda: _Protocol(client), sock=sock)
-        reply = await client.request({"type": m.HELLO, "version": m.PROTOCOL_VERSION})
+        try:
+            reply = await client.request({"type": m.HELLO, "version": m.PROTOCOL_VERSION})
+        except LauncherError as exc:
+            if exc.launcher_code == m.E_INCOMPATIBLE:
+                raise Incompatible(str(exc), by_launcher=True) from None
+            raise
+        theirs = reply.get("version")
+        if not m.compatible(m.PROTOCOL_VERSION, theirs):  # a launcher that does not check
+            raise Incompatible(
+                f"the launcher speaks launcher protocol {theirs!r} and this supervisor "
+                f"{m.PROTOCOL_VERSION!r} (corral {__version__}): incompatible",
+                by_launcher=False)
+        client.launcher_version = str(reply.get("corral_version") or "")
+        client.launcher_protocol = str(theirs)
         client.launcher_pid = int(reply.get("launcher_pid", 0))
         client.launcher_started_at = float(reply.get("started_at", 0.0))
+        client.notify = reply.get("notify") is True
         return client
 
     def send_request(self, message: Message) -> asyncio.Future[Message]:
@@ -156,6 +186,14 @@ class LauncherClient:
         reply = await self.request({"type": m.LIST})
         held = reply.get("listeners", [])
         return held if isinstance(held, list) else []
+
+    async def tell_manager(self, ready: bool = False, status: str | None = None) -> None:
+        """``Notify``: have the launcher tell systemd ``READY=1`` and/or ``STATUS=``
+        (only worth sending when :attr:`notify` is true)."""
+        message: Message = {"type": m.NOTIFY, "ready": ready}
+        if status is not None:
+            message["status"] = status
+        await self.request(message)
 
     def _lost(self) -> None:
         """The connection ended (EOF, an error, a bad frame or :meth:`close`)."""

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import resource
 import shutil
 import time
@@ -27,7 +26,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
-from corral.balancer.ports import PortAllocator, PortsExhausted
+from corral.balancer.ports import PortAllocator, PortsExhausted, port_taken, start_for
 from corral.errors import (
     Conflict,
     CorralError,
@@ -37,6 +36,7 @@ from corral.errors import (
     SpecError,
     StateWriteFailed,
 )
+from corral.health import owner
 from corral.health.probes import Result
 from corral.logs.reader import tail
 from corral.monitor import sampler
@@ -56,16 +56,17 @@ from corral.spec import (
 from corral.states import Desired, HealthState, ServiceState
 from corral.store import subst
 from corral.store.resources import ResourceStore
-from corral.store.secrets import SecretStore
+from corral.store.secrets import SecretStore, check_name, check_value, parse_env_file
 
 from . import machine, notify, policy, reconcile, rollout, statefile
 from .balancing import Backend, Balancer  # balancer hook (issue 6)
 from .events import EventLog, rfc3339
 from .hooks import HookResult, run_hook
+from .identity import give_workdir, identity, identity_problems
 from .instance import HISTORY_STEP, Instance, Service, parse_launcher_name
 from .launcher_client import LauncherClient, Message, check
 from .machine import Action, Event
-from .rollout import Change, Phase, Rollout, Step
+from .rollout import Change, Phase, Prior, Rollout, Step
 from .watch import HealthWatch
 
 SAMPLE_EVERY = 2.0
@@ -76,6 +77,9 @@ _EXIT_EVENTS = {
     policy.Verdict.STAY_DOWN: Event.EXIT_DOWN,
     policy.Verdict.GIVE_UP: Event.EXIT_GIVE_UP,
 }
+# The end of a Terminate: a plain stop, or one for a fault that the policy restarts.
+_STOP_ENDS = frozenset({Event.STOPPED, Event.STOPPED_RESTART, Event.STOPPED_BACKOFF,
+                        Event.STOPPED_GIVE_UP})
 
 
 class Supervisor:
@@ -91,7 +95,7 @@ class Supervisor:
         self.state_dir = state_dir
         self.uniform = uniform
         self.services: dict[str, Service] = {}
-        self.events = EventLog()
+        self.events = EventLog(seq_file=state_dir / "event-seq.json")
         self.launcher: LauncherClient | None = None
         self.started_at = time.time()
         self.exit_code: asyncio.Future[int] | None = None
@@ -115,9 +119,17 @@ class Supervisor:
         self._rollout_task: asyncio.Future[None] | None = None
         # balancer hook (issue 6): the load balancer is a launcher child kept by its manager.
         self.balancer = Balancer(state_dir, self._base_env)
-        self.ports = PortAllocator(*_port_range(os.environ.get("CORRAL_PORT_RANGE", "")))
+        low, high = _port_range(os.environ.get("CORRAL_PORT_RANGE", ""))
+        self.ports = PortAllocator(low, high, start=start_for(
+            low, high, f"{os.geteuid()}:{state_dir.resolve()}"))
         self._held_ports: dict[str, dict[str, int]] = statefile.read_json(
             self._ports_file(), {})
+        # Per launcher name, the launcher's Spawn count before the current record's first
+        # spawn (a name run again after an unload, a revert, a scale-down): restarts are
+        # the launcher's count less this, so a new supervisor shows the same number.
+        self._spawn_base: dict[str, int] = statefile.read_json(self._spawn_base_file(), {})
+        self.adopted = 0  # instances adopted from the launcher at attach
+        self._boot: tuple[Target, str, str] | None = None  # sup run --target, to check
         self._balancer_pending = False
         self._balancer_last: object = None
         # Adopted instances whose health this supervisor has not seen yet: until each has
@@ -127,10 +139,25 @@ class Supervisor:
         self._unprobed_until = 0.0
 
     # ------------------------------------------------------------------ start up
-    def load_state(self, target_file: Path | None = None) -> None:
+    def load_state(self, target_file: Path | None = None,
+                   secrets_file: Path | None = None) -> None:
         """Read ``target.yaml`` and ``desired.json``; ``target_file`` (``sup run --target``)
-        replaces the stored target when given."""
+        replaces the stored target when given: :meth:`check_boot_target` checks and saves
+        it.  ``secrets_file`` (``sup run --secrets-file``, ``NAME=value`` lines) is stored
+        in the secret store first.
+
+        Raises:
+            SpecError: a file cannot be read, or is not valid on its own.
+        """
         path = self.state_dir / "target.yaml"
+        if secrets_file is not None:
+            try:
+                lines = secrets_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+                raise SpecError(f"cannot read secrets file {secrets_file}: {why}") from None
+            for name, value in parse_env_file(lines, str(secrets_file)).items():
+                self.secrets.set(name, value)
         if target_file is not None:
             try:
                 text = target_file.read_text()
@@ -149,14 +176,84 @@ class Supervisor:
             self.services[spec.name] = Service(spec=spec, desired=desired,
                                                gen=int(gens.get(spec.name, 0)))
         self.target_services = list(target.services)
+        self._load_rollout(replaced_target=target_file is not None
+                           and (not path.exists() or path.read_text() != text))
         if target_file is not None:
-            # Saved before anything is spawned (a supervisor killed right after its first
-            # Spawns must leave a target that wants them), and as the file's own text: it
-            # is valid, and dumping 1,000 specs as YAML would cost a cold start ~0.3 s.
-            stored = path.read_text() if path.exists() else None
-            if stored != text:
-                statefile.atomic_write(path, text.encode())
-                self._save_desired()
+            self._boot = (target, text, str(target_file))
+
+    async def check_boot_target(self, launcher: LauncherClient) -> None:
+        """Check the ``sup run --target`` file as ``target set`` would (secrets, resources,
+        users, limits, addresses), before anything starts; then save it.
+
+        Raises:
+            SpecError: one line per problem; nothing was started or saved.
+        """
+        if self._boot is None:
+            return
+        target, text, source = self._boot
+        self.launcher = launcher
+        self.check_target(target, text, source)
+        # A new launcher holds no address yet: every service's address is checked.
+        services, self.target_services = self.target_services, []
+        try:
+            await self.check_binds(target, text, source, hold=True)
+        finally:
+            self.target_services = services
+        self._boot = None
+        # Saved before anything is spawned (a supervisor killed right after its first
+        # Spawns must leave a target that wants them), and as the file's own text: it
+        # is valid, and dumping 1,000 specs as YAML would cost a cold start ~0.3 s.
+        path = self.state_dir / "target.yaml"
+        stored = path.read_text() if path.exists() else None
+        if stored != text:
+            statefile.atomic_write(path, text.encode())
+            self._save_desired()
+
+    def _load_rollout(self, replaced_target: bool) -> None:
+        """The last rollout's record (``target status`` shows it after a restart).  One
+        still running is resumed by :meth:`attach`, unless ``sup run --target`` replaced
+        the target it was applying: then it ends here, failed, and the secrets it changed
+        get their old values back."""
+        try:
+            doc = statefile.read_json(self._rollout_file(), None)
+            record = Rollout.from_state(doc) if doc is not None else None
+        except (ValueError, KeyError, TypeError, AttributeError, CorralError):
+            self.events.emit("", "rollout", f"{self._rollout_file()} is damaged; the last "
+                             "rollout is forgotten")
+            record = None
+        self.rollout = record
+        try:
+            if record is None or record.phase is not Phase.RUNNING:
+                # Values kept for a rollout that never got its record: it never began.
+                self.secrets.settle(list(self.secrets.previous()), revert=True)
+            elif replaced_target:
+                record.finish(time.time())
+                record.phase = Phase.FAILED
+                record.reason = "the target was replaced by sup run --target"
+                self.secrets.settle(record.secrets, revert=True)
+                self._save_rollout()
+        except CorralError as exc:  # an unreadable secrets file: the request that needs it says
+            self.events.emit("", "rollout", f"cannot settle the secrets of the last rollout: "
+                             f"{exc}")
+
+    def _rollout_file(self) -> Path:
+        return self.state_dir / "rollout.json"
+
+    def _save_rollout(self) -> None:
+        """Persist the rollout's record: written before a rollout changes anything, at its
+        verdict and at its end (a new supervisor resumes it, or shows it)."""
+        if self.rollout is not None:
+            statefile.write_json(self._rollout_file(), self.rollout.to_state())
+
+    def _pinned_spec(self, name: str, gen: int) -> ProcessSpec | None:
+        """The spec an instance of generation ``gen`` runs when that is not its service's
+        current one: the previous spec of a rollout this supervisor resumes, else None."""
+        record, service = self.rollout, self.services.get(name)
+        prior = record.prior.get(name) if record is not None else None
+        if (record is None or record.phase is not Phase.RUNNING or prior is None
+                or service is None or gen == service.gen or gen != prior.gen):
+            return None
+        return prior.spec
 
     async def attach(self, launcher: LauncherClient) -> None:
         """Adopt the launcher's children (same PIDs, no restart), then reconcile."""
@@ -180,7 +277,7 @@ class Supervisor:
                 self._replay_exit(exited)
         self._early_exits.clear()
         for inst in self._adopted_watch:
-            spec = self.services[inst.service].spec
+            spec = self._spec_of(inst)
             self._watch(inst, spec)
             if inst.ports and spec.health is not None:
                 self._unprobed.add(inst.launcher_name)
@@ -200,16 +297,52 @@ class Supervisor:
         self._background(self.monitor())
         self.reconcile()
         self._balancer_dirty()
+        if self.rollout is not None and self.rollout.phase is Phase.RUNNING:
+            self._resume_rollout(self.rollout)
+            return
         stale = [s for s in self.services.values()
                  if any(i.gen != s.gen for i in s.instances.values())]
-        if stale:  # a rollout was under way when the last supervisor died: finish it
-            self.rollout = record = Rollout(id=1, cause="resumed after a supervisor restart",
-                                            started_at=time.time(), changes=[])
+        if stale:  # a rollout (with no record) was under way: finish it, forward
+            self.rollout = record = Rollout(
+                id=self.rollout.id + 1 if self.rollout else 1,
+                cause="resumed after a supervisor restart", started_at=time.time(), changes=[])
             for service in stale:
                 record.steps[service.spec.name] = Step(service.spec.name,
                                                        service.spec.instances)
             self._rollout_task = asyncio.ensure_future(
                 self._run_rollout(record, [(s, None, s.gen) for s in stale]))
+
+    def _resume_rollout(self, record: Rollout) -> None:
+        """Go on with the rollout the last supervisor left running, as if nothing had
+        happened: each replaced process is brought to its new version health-gated, and a
+        failure puts the previous one back (``record.prior``).  A process whose generation
+        was never bumped (killed between the record and the target's save) is back on its
+        previous spec: nothing of it changed."""
+        replace: list[tuple[Service, ProcessSpec | None, int]] = []
+        for name, prior in record.prior.items():
+            service = self.services.get(name)
+            if service is None:
+                continue
+            if service.gen == prior.gen:
+                service.spec = prior.spec
+                self._depended = None
+            replace.append((service, prior.spec, prior.gen))
+        if replace and not record.reverting and all(s.gen == g for s, _, g in replace):
+            # Killed before the generations were saved: nothing was replaced.
+            self.secrets.settle(record.secrets, revert=True)
+            self.save()
+            record.finish(time.time())
+            record.phase = Phase.FAILED
+            record.reason = "the supervisor stopped before the rollout began; nothing changed"
+            self._save_rollout()
+            return
+        for step in record.steps.values():
+            if step.phase is Phase.RUNNING:
+                step.detail = "resumed after a supervisor restart"
+        self.events.emit("", "rollout", f"rollout {record.id} ({record.cause}) resumed after "
+                         "a supervisor restart")
+        added = [self.services[n] for n in record.added if n in self.services]
+        self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace, added))
 
     def _adopt(self, child: Message) -> None:
         """Take over a running child.  An instance of an older generation (a rollout was
@@ -238,7 +371,10 @@ class Supervisor:
                 self._adopted_watch.remove(present)
         inst = Instance(service=name, index=index, gen=gen, state=ServiceState.UP, pid=pid,
                         started_at=float(child.get("started_at", time.time())),
-                        spawns=int(child.get("spawns", 1)), reason="adopted")
+                        reason="adopted", passed=True, spec=self._pinned_spec(name, gen))
+        inst.spawns = max(1, int(child.get("spawns", 1)) - self._spawn_base.get(
+            inst.launcher_name, 0))
+        self.adopted += 1
         inst.ports = {k: int(v) for k, v in self._held_ports.get(inst.launcher_name, {}).items()}
         for port in inst.ports.values():
             self.ports.reserve(port)
@@ -255,10 +391,17 @@ class Supervisor:
             return
         name, index, gen = parsed
         service = self.services.get(name)
-        if (service is None or service.desired is Desired.DOWN or gen != service.gen
+        pinned = self._pinned_spec(name, gen)  # an old instance of a resumed rollout
+        if (service is None or service.desired is Desired.DOWN
+                or (gen != service.gen and pinned is None)
                 or index >= service.spec.instances or index in service.instances):
             return
-        inst = service.instances.setdefault(index, service.new_instance(index))
+        inst = service.instances.setdefault(index, Instance(service=name, index=index,
+                                                            gen=gen, spec=pinned))
+        # The run that ended counts: its restart, if any, is one more.
+        spawns = exited.get("spawns")
+        inst.spawns = (int(spawns) - self._spawn_base.get(inst.launcher_name, 0)
+                       if isinstance(spawns, int) else max(inst.spawns, 1))
         decision = policy.decide(service.spec.restart, exited.get("exit_code"),
                                  exited.get("signal"), service.spec.restart.cooldown,
                                  inst.streak, self.uniform)
@@ -291,13 +434,14 @@ class Supervisor:
         service = self.services[inst.service]
         if inst.state is ServiceState.STOPPING:
             return  # the Terminate reply records it
-        if inst.spec is not None:  # retiring: its replacement is on the way; no restart
+        if service.retiring.get(inst.index) is inst:  # its replacement is on the way
             inst.last_exit = _exit_record(exited, None)
             inst.pid = None
             self._unwatch(inst)
             self.events.emit(inst.service, "exit", "exited while being replaced",
                              instance=inst.index, pid=exited.get("pid"),
                              exit_code=exited.get("exit_code"), signal=exited.get("signal"))
+            self._strays_event(inst, exited)
             self.feed(inst, Event.EXIT_DOWN, "exited while being replaced")
             return
         ran_for = time.time() - (inst.started_at or time.time())
@@ -309,15 +453,21 @@ class Supervisor:
         self._unwatch(inst)
         if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
             inst.settled = True
+        reason = decision.reason
+        blocked = self._restart_blocked(service, decision.verdict)
+        if blocked:
+            reason = f"{policy.describe_exit(exited.get('exit_code'), exited.get('signal'))}; " \
+                     f"waiting for {', '.join(blocked)} to be ready"
 
         def record() -> None:
             inst.last_exit = _exit_record(exited, None)
-            self.events.emit(inst.service, "exit", decision.reason, instance=inst.index,
+            self.events.emit(inst.service, "exit", reason, instance=inst.index,
                              pid=exited.get("pid"), exit_code=exited.get("exit_code"),
                              signal=exited.get("signal"), delay_s=decision.delay,
                              last_lines=self.redact(exited.get("last_lines") or []))
+            self._strays_event(inst, exited)
 
-        if decision.verdict is policy.Verdict.RESTART_NOW:
+        if decision.verdict is policy.Verdict.RESTART_NOW and not blocked:
             # The restart-latency hot path: the Spawn goes out before the exit is recorded
             # (timestamp formatting, redaction, the event's fan-out).  A restart's only
             # action is the spawn, which emits nothing, so the exit event still comes
@@ -325,7 +475,30 @@ class Supervisor:
             self.feed(inst, Event.EXIT_RESTART, decision.reason, then=record)
             return
         record()
+        if blocked:
+            inst.held = True
+            self.feed(inst, Event.EXIT_WAIT, reason)
+            return
         self.feed(inst, _EXIT_EVENTS[decision.verdict], decision.reason)
+
+    def _restart_blocked(self, service: Service, verdict: policy.Verdict) -> tuple[str, ...]:
+        """The dependencies a restart the policy wants must wait for (none if it wants no
+        restart): every start waits until its dependencies are ready, not only the first."""
+        if not service.spec.depends_on or verdict not in (policy.Verdict.RESTART_NOW,
+                                                          policy.Verdict.RESTART_LATER):
+            return ()
+        return self._blocked_by(service)
+    def _strays_event(self, inst: Instance, report: Message) -> None:
+        """A ``strays`` event when the launcher killed processes the instance left behind
+        (daemons that left its process group, without a cgroup to hold them)."""
+        strays = report.get("strays")
+        if not isinstance(strays, list) or not strays:
+            return
+        pids = ", ".join(str(pid) for pid in strays)
+        self.events.emit(inst.service, "strays",
+                         f"killed {len(strays)} process{'es' if len(strays) != 1 else ''} "
+                         f"it left behind (pid{'s' if len(strays) != 1 else ''} {pids})",
+                         instance=inst.index, pid=report.get("pid"))
 
     def _find(self, name: str, pid: Any) -> Instance | None:
         parsed = parse_launcher_name(name)
@@ -365,7 +538,9 @@ class Supervisor:
         after, actions = machine.step(before, event)
         inst.state = after
         if event is Event.START:
-            inst.init_done = False  # a start asked for (not a crash restart) runs init
+            if not inst.held:  # a crash restart that waited for a dependency skips init
+                inst.init_done = False  # a start asked for (not a crash restart) runs init
+            inst.held = False
         if after is not before:
             inst.reason = reason
         # Actions first: a restart's Spawn is on the wire before any bookkeeping.
@@ -390,10 +565,12 @@ class Supervisor:
         if hooks is not None and after is not before:
             if before is ServiceState.STARTING and after is ServiceState.UP and hooks.post_run:
                 self._background(self._hook_later(inst, "post_run", hooks.post_run))
-            if event is Event.STOPPED and hooks.post_stop:
+            if event in _STOP_ENDS and hooks.post_stop:
                 self._background(self._hook_later(inst, "post_stop", hooks.post_stop))
+        if after in (ServiceState.DOWN, ServiceState.FAILED) or (
+                before is ServiceState.STOPPING and after is not before):
+            inst.stopped()  # the stop is over, also when a restart for a fault follows it
         if after in (ServiceState.DOWN, ServiceState.FAILED):
-            inst.stopped()
             if inst.notify is not None:
                 inst.notify.close()
                 inst.notify = None
@@ -411,14 +588,23 @@ class Supervisor:
         self._state_waiters.clear()
 
     def _spawn(self, inst: Instance) -> None:
-        spec = self.services[inst.service].spec
+        spec = self._spec_of(inst)
         assert self.launcher is not None
+        if inst.ports:
+            taken = [n for n, port in inst.ports.items() if port_taken(port)]
+            if taken:  # another program took it while the instance was down
+                self._replace_ports(inst, taken)
+                inst.request = None  # rebuilt below with the new SERVICE_PORT_*
         # The encoded request is kept per instance and spec: a restart costs one frame
         # write, not an environment copy, a mkdir and a JSON encoding.
         if inst.request is None or inst.request[0] is not spec:
             try:
                 inst.request = (spec, self._spawn_request(inst, spec))
-            except CorralError as exc:  # a secret gone, no free port: fail like a spawn
+            except Exception as exc:  # a secret gone, no free port, a disk error
+                # ... fails like a spawn (backs off), never leaves it starting for good.
+                if not isinstance(exc, CorralError):
+                    exc = SpawnFailed(m.E_EXEC_FAILED, f"cannot prepare the spawn: "
+                                      f"{type(exc).__name__}: {exc}")
                 failed: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
                 failed.set_exception(exc)
                 inst.spawned = asyncio.get_running_loop().create_future()
@@ -431,10 +617,24 @@ class Supervisor:
         inst.spawned = done
         if ((spec.hooks.init is not None and not inst.init_done) or spec.resources
                 or spec.before is not None):
-            self._background(self._prepare_then_spawn(inst, spec, done))
+            self._background(self._guarded_prepare(inst, spec, done))
             return
         future = self.launcher.send_encoded(inst.request[1])
         self._background(self._spawned(inst, future, done))
+
+    async def _guarded_prepare(self, inst: Instance, spec: ProcessSpec,
+                               done: asyncio.Future[None]) -> None:
+        """:meth:`_prepare_then_spawn`, with any unexpected error handled as a failed spawn
+        (it backs off) rather than an instance left starting with no process."""
+        try:
+            await self._prepare_then_spawn(inst, spec, done)
+        except Exception as exc:
+            if done.done() or inst.state is not ServiceState.STARTING:
+                raise
+            failed: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+            failed.set_exception(SpawnFailed(m.E_EXEC_FAILED, "cannot prepare the spawn: "
+                                             f"{type(exc).__name__}: {exc}"))
+            await self._spawned(inst, failed, done)
 
     async def _prepare_then_spawn(self, inst: Instance, spec: ProcessSpec,
                                   done: asyncio.Future[None]) -> None:
@@ -471,7 +671,7 @@ class Supervisor:
     async def _prepare_workdir(self, inst: Instance, spec: ProcessSpec) -> HookResult:
         """A fresh working directory (unless ``cwd`` is given) with the process's resources
         in place, then its ``before`` script run there; the result says what failed."""
-        effective = self._effective(spec)
+        effective = self._effective(spec, inst)
         workdir = Path(self._instance_cwd(inst, spec))
         try:
             await asyncio.to_thread(self._fresh_workdir, inst, spec, workdir)
@@ -500,6 +700,7 @@ class Supervisor:
             else:
                 shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True, exist_ok=True)
+        give_workdir(workdir, spec)
         inst.failed_run = False
 
     def _forget(self, inst: Instance) -> None:
@@ -549,22 +750,34 @@ class Supervisor:
             out.append(line)
         return out
 
-    def _effective(self, spec: ProcessSpec) -> ProcessSpec:
-        """``spec`` with its secrets substituted (the spec itself when it uses none).
+    def _effective(self, spec: ProcessSpec, inst: Instance | None = None) -> ProcessSpec:
+        """``spec`` with its secrets, and ``inst``'s own variables (``CORRAL_INSTANCE``,
+        ``SERVICE_PORT_*``...), substituted (the spec itself when it uses none).
 
         Raises:
             SpecError: a secret it uses is not set (removal is refused while in use, so
                 only a hand-edited state directory gets here).
         """
-        return subst.substitute(spec, self.secrets.values(), spec.name)
+        own = self._own_values(inst, spec) if inst is not None else None
+        return subst.substitute(spec, self.secrets.values(), spec.name, own)
+
+    def _own_values(self, inst: Instance, spec: ProcessSpec) -> dict[str, str]:
+        """corral's own variables for ``inst``: what ``${CORRAL_INSTANCE}`` and
+        ``${SERVICE_PORT_<NAME>}`` stand for (its ports, once allocated)."""
+        own = {"CORRAL_SERVICE": spec.name, "CORRAL_INSTANCE": str(inst.index)}
+        for name, port in inst.ports.items():
+            if name in spec.receives:
+                own[subst.port_variable(name)] = str(port)
+        return own
 
     async def _hook(self, inst: Instance, spec: ProcessSpec, hook: str,
                     command: str) -> HookResult:
         env = self._instance_env(inst, spec)
         if inst.pid is not None:
             env["CORRAL_PID"] = str(inst.pid)
+        user, group = identity(spec)
         result = await run_hook(hook, command, env=env, cwd=self._instance_cwd(inst, spec),
-                                user=spec.user, group=spec.group, timeout=spec.hooks.timeout,
+                                user=user, group=group, timeout=spec.hooks.timeout,
                                 log=paths.logs_dir(self.state_dir) / f"{spec.name}.log")
         self.events.emit(inst.service, "hook", result.summary, instance=inst.index,
                          pid=inst.pid, last_lines=self.redact(result.output))
@@ -572,34 +785,40 @@ class Supervisor:
 
     def _instance_env(self, inst: Instance, spec: ProcessSpec) -> dict[str, str]:
         env = dict(self._base_env)
-        env.update(self._effective(spec).env)
+        env.update(self._effective(spec, inst).env)
         env["CORRAL_SERVICE"] = spec.name
         env["CORRAL_INSTANCE"] = str(inst.index)
         return env
 
     def _instance_cwd(self, inst: Instance, spec: ProcessSpec) -> str:
         if spec.cwd is not None:
-            return self._effective(spec).cwd or spec.cwd
+            return self._effective(spec, inst).cwd or spec.cwd
         workdir = self._workdir(inst)
-        workdir.mkdir(parents=True, exist_ok=True)
+        if not workdir.is_dir():
+            workdir.mkdir(parents=True, exist_ok=True)
+            give_workdir(workdir, spec)
         return str(workdir)
 
     def _spawn_request(self, inst: Instance, spec: ProcessSpec) -> bytes:
+        ports = self._service_ports(inst, spec)  # first: ${SERVICE_PORT_*} may be used below
         cwd = self._instance_cwd(inst, spec)
         env = self._instance_env(inst, spec)
         if spec.readiness == "notify" or spec.watchdog is not None:
             env["NOTIFY_SOCKET"] = notify.socket_name(self.state_dir, inst.launcher_name)
         if spec.watchdog is not None:
             env["WATCHDOG_USEC"] = str(int(spec.watchdog * 1_000_000))
-        env.update(self._service_ports(inst, spec))
+        env.update(ports)
         sockets = [s.name for s in self.target_services
                    if s.mode == "socket" and s.name in spec.receives]
+        user, group = identity(spec)
         request: Message = {
-            "type": m.SPAWN, "name": inst.launcher_name, "argv": self._effective(spec).argv,
-            "env": env,
-            "cwd": cwd, "user": spec.user, "group": spec.group,
+            "type": m.SPAWN, "name": inst.launcher_name,
+            "argv": self._effective(spec, inst).argv, "env": env,
+            "cwd": cwd, "user": user, "group": group,
             "umask": int(spec.umask, 8) if spec.umask else None, "rlimits": dict(spec.rlimits),
             "memory_max": spec.limits.memory,  # launcher: cgroup memory.max (additive, h5)
+            # How a launcher that finds it left by a dead one stops it.
+            "stop": {"signal": spec.stop.signal, "timeout": spec.stop.timeout},
             "log": {"path": str(paths.logs_dir(self.state_dir) / f"{spec.name}.log"),
                     "format": spec.logs.format, "max_bytes": spec.logs.max_bytes,
                     "keep": spec.logs.keep, "stdout": spec.logs.stdout},
@@ -640,25 +859,86 @@ class Supervisor:
         # reading of the process it replaces.
         inst.usage, inst.cpu = None, None
         inst.started_at = float(answer.get("started_at", time.time()))
-        inst.spawns += 1
+        self._count_spawn(inst, answer.get("spawns"))
         inst.settled = False
         inst.health = HealthState.UNKNOWN
+        inst.passed, inst.fault = False, None
         if not done.done():
             done.set_result(None)
         self.events.emit(inst.service, "spawn", f"spawned pid {inst.pid}", instance=inst.index,
                          pid=inst.pid)
-        spec = self.services[inst.service].spec
+        spec = self._spec_of(inst)
         if spec.health is not None and inst.state is ServiceState.STARTING:
             self._watch(inst, spec)
         if spec.watchdog is not None and inst.state is ServiceState.STARTING:
             self._arm_watchdog(inst, spec)
-        if inst.state is ServiceState.STARTING and spec.readiness == "started":
-            self.feed(inst, Event.READY, f"running as pid {inst.pid}")
+        if inst.state is ServiceState.STARTING:
+            self._arm_start(inst, spec)
         elif inst.state is ServiceState.STOPPING:
             self._terminate(inst)  # a stop came while the spawn was on its way
+        early_notify, inst.early_notify = inst.early_notify, []
+        for fields, lineage in early_notify:
+            self._on_notify(inst, fields, inst.pid if inst.pid in lineage else 0)
         early, inst.early_exit = inst.early_exit, None
         if early is not None and early.get("pid") == inst.pid:
             self.on_exit(early)  # it died before we knew its pid: handle that now
+
+    def _arm_start(self, inst: Instance, spec: ProcessSpec) -> None:
+        """Readiness of a new process under ``readiness: started`` (once it has run
+        ``start_seconds``), and the ``start_timeout`` by which it must be ready and, with a
+        health check, have passed it."""
+        loop = asyncio.get_running_loop()
+        pid = inst.pid
+        if spec.readiness == "started":
+            if spec.start_seconds <= 0:
+                self.feed(inst, Event.READY, f"running as pid {pid}")
+            else:
+                inst.ready_timer = loop.call_later(spec.start_seconds, self._stayed_up,
+                                                   inst, pid, spec.start_seconds)
+        if spec.readiness != "started" or spec.health is not None:
+            inst.start_timer = loop.call_later(spec.start_timeout, self._start_overdue,
+                                               inst, pid, spec)
+
+    def _stayed_up(self, inst: Instance, pid: int | None, seconds: float) -> None:
+        inst.ready_timer = None
+        if inst.pid == pid and inst.state is ServiceState.STARTING:
+            self.feed(inst, Event.READY, f"running for {seconds:g}s as pid {pid}")
+
+    def _start_overdue(self, inst: Instance, pid: int | None, spec: ProcessSpec) -> None:
+        """``start_timeout`` after the spawn: a process not ready by then, or (with a health
+        check) that never passed it, has failed its start."""
+        inst.start_timer = None
+        if inst.pid != pid or inst.state not in (ServiceState.STARTING, ServiceState.UP,
+                                                 ServiceState.UNHEALTHY):
+            return
+        ready = inst.state is not ServiceState.STARTING
+        if ready and (spec.health is None or inst.passed):
+            return
+        why = (f"not ready within {spec.start_timeout:g}s" if not ready
+               else f"no passing health check within {spec.start_timeout:g}s")
+        self.events.emit(inst.service, "health", f"restarting: {why}", instance=inst.index,
+                         pid=pid)
+        self._restart(inst, why)
+    def _count_spawn(self, inst: Instance, launcher_count: object) -> None:
+        """One more spawn of ``inst``.  With the launcher's count for its name, the
+        instance's count follows it, less the name's base: the launcher's count before
+        this record's first spawn (kept in ``run/spawn_base.json``, so that the next
+        supervisor, which learns counts from the launcher, shows the same restarts)."""
+        if not isinstance(launcher_count, int):  # a launcher that does not say
+            inst.spawns += 1
+            return
+        name = inst.launcher_name
+        if inst.spawns == 0 and self._spawn_base.get(name, 0) != launcher_count - 1:
+            self._spawn_base[name] = launcher_count - 1
+            live = {i.launcher_name for s in self.services.values()
+                    for i in (*s.instances.values(), *s.retiring.values())}
+            self._spawn_base = {n: b for n, b in self._spawn_base.items() if b and n in live}
+            self._spawn_base_file().parent.mkdir(parents=True, exist_ok=True)
+            statefile.write_json(self._spawn_base_file(), self._spawn_base)
+        inst.spawns = launcher_count - self._spawn_base.get(name, 0)
+
+    def _spawn_base_file(self) -> Path:
+        return paths.run_dir(self.state_dir) / "spawn_base.json"
 
     async def _hook_later(self, inst: Instance, hook: str, command: str) -> None:
         service = self.services.get(inst.service)
@@ -697,15 +977,34 @@ class Supervisor:
     def _listen_notify(self, inst: Instance, spec: ProcessSpec) -> None:
         name = notify.socket_name(self.state_dir, inst.launcher_name)
         try:
-            inst.notify = notify.NotifySocket(name, lambda f: self._on_notify(inst, f))
+            inst.notify = notify.NotifySocket(name, lambda f, pid: self._on_notify(inst, f, pid))
         except OSError as exc:
             self.events.emit(inst.service, "state", f"cannot listen on NOTIFY_SOCKET {name}: "
                              f"{exc.strerror}; readiness will never be reported",
                              instance=inst.index)
 
-    def _on_notify(self, inst: Instance, fields: notify.Fields) -> None:
+    def _on_notify(self, inst: Instance, fields: notify.Fields, sender: int) -> None:
+        """A notify message from process ``sender`` (0: unknown): believed only when the
+        sender is one of the instance's own processes."""
         service = self.services.get(inst.service)
         if service is None:
+            return
+        if inst.pid is None:
+            # Its spawn has not answered yet: judge the sender once the pid is known, by
+            # its lineage now (it may be gone by then).
+            if inst.spawned is not None and not inst.spawned.done() \
+                    and len(inst.early_notify) < 16:
+                inst.early_notify.append((fields, notify.lineage(sender) if sender
+                                          else frozenset()))
+            return
+        if not sender or not notify.from_tree(sender, inst.pid):
+            if inst.notify is not None:
+                inst.notify.ignored += 1
+                if inst.notify.ignored == 1:  # one event: a flood must not fill the history
+                    who = f"pid {sender}" if sender else "an unknown sender"
+                    self.events.emit(inst.service, "notify",
+                                     f"ignored a notify message from {who}: not a process "
+                                     f"of this instance", instance=inst.index, pid=inst.pid)
             return
         if (fields.get("READY") == "1" and inst.state is ServiceState.STARTING
                 and service.spec.readiness == "notify"):
@@ -728,7 +1027,7 @@ class Supervisor:
             why = f"no WATCHDOG=1 for {spec.watchdog:g}s"
             self.events.emit(inst.service, "watchdog", f"restarting: {why}",
                              instance=inst.index, pid=pid)
-            self.feed(inst, Event.STOP, f"restarting: {why}")
+            self._restart(inst, why)
         inst.dog = asyncio.get_running_loop().call_later(spec.watchdog, expired)
 
     def _watch(self, inst: Instance, spec: ProcessSpec) -> None:
@@ -748,13 +1047,17 @@ class Supervisor:
         inst.watch = HealthWatch(health, inst.pid, self._instance_env(inst, spec),
                                  self._instance_cwd(inst, spec),
                                  lambda pid, result: self._on_health(inst, pid, result))
-        inst.watch.user, inst.watch.group = spec.user, spec.group
+        inst.watch.user, inst.watch.group = identity(spec)
         inst.watch.start()
 
     def _unwatch(self, inst: Instance) -> None:
         if inst.dog is not None:
             inst.dog.cancel()
             inst.dog = None
+        for timer in (inst.ready_timer, inst.start_timer):
+            if timer is not None:
+                timer.cancel()
+        inst.ready_timer = inst.start_timer = None
         if inst.watch is not None:
             inst.watch.stop()
             inst.watch = None
@@ -764,7 +1067,8 @@ class Supervisor:
         if inst.pid != pid or inst.state not in (ServiceState.STARTING, ServiceState.UP,
                                                   ServiceState.UNHEALTHY):
             return
-        health = self.services[inst.service].spec.health
+        spec = self._spec_of(inst)
+        health = spec.health
         assert health is not None
         if result.state is not inst.health:
             self.events.emit(inst.service, "health", f"health {result.state.value}: "
@@ -779,11 +1083,16 @@ class Supervisor:
                 self._balancer_dirty()
         if result.state in (HealthState.OK, HealthState.WARNING):
             inst.failures = 0
+            inst.passed = True
             if inst.state is ServiceState.STARTING:
-                self.feed(inst, Event.READY, f"ready: {result.detail}")
+                # Readiness needs ok: a warning is never ready.
+                if result.state is HealthState.OK and spec.readiness == "health":
+                    self.feed(inst, Event.READY, f"ready: {result.detail}")
             elif inst.state is ServiceState.UNHEALTHY:
                 self.feed(inst, Event.HEALTHY, f"healthy again: {result.detail}")
             return
+        if not inst.passed:
+            return  # starting is not unhealthy: only start_timeout fails a start
         inst.failures += 1
         if inst.failures < health.retries:
             return
@@ -791,11 +1100,42 @@ class Supervisor:
         if inst.state is ServiceState.UP:
             self.events.emit(inst.service, "health", why, instance=inst.index, pid=pid)
             self.feed(inst, Event.UNHEALTHY, why)
-        if health.restart_on_unhealthy:
-            inst.failures = 0
-            self.events.emit(inst.service, "restart_scheduled", f"restarting: {why}",
-                             instance=inst.index, pid=pid, delay_s=0.0)
-            self.feed(inst, Event.STOP, f"restarting: {why}")
+        if not health.restart_on_unhealthy:
+            return
+        other = self._out_for_restart(inst)
+        if other is not None:
+            # One instance of a process at a time: this one keeps its place (and keeps
+            # being checked) until the other is back.
+            wait = f"unhealthy; waiting for instance {other.index} to be back before " \
+                   "restarting"
+            if inst.reason != wait:
+                inst.reason = wait
+                self.events.emit(inst.service, "health", wait, instance=inst.index, pid=pid)
+            return
+        inst.failures = 0
+        self._restart(inst, why)
+
+    def _out_for_restart(self, inst: Instance) -> Instance | None:
+        """Another instance of the same process that is on its way back (stopping,
+        starting, backing off, or up but not past its first health check), if any."""
+        service = self.services[inst.service]
+        checked = service.spec.health is not None
+        for other in service.instances.values():
+            if other is inst:
+                continue
+            if (other.state in (ServiceState.STOPPING, ServiceState.STARTING,
+                                ServiceState.BACKOFF)
+                    or (other.state is ServiceState.DOWN and not other.settled)
+                    or (other.state is ServiceState.UP and checked and not other.passed)):
+                return other
+        return None
+
+    def _restart(self, inst: Instance, why: str) -> None:
+        """Stop ``inst`` for a fault; once stopped, the restart policy decides when it
+        starts again (see :meth:`_terminated`)."""
+        if inst.state in (ServiceState.STARTING, ServiceState.UP, ServiceState.UNHEALTHY):
+            inst.fault = why
+            self.feed(inst, Event.RESTART, f"restarting: {why}")
 
     def _terminate(self, inst: Instance) -> None:
         self._unwatch(inst)
@@ -822,8 +1162,46 @@ class Supervisor:
         self.events.emit(inst.service, "stop", f"stopped ({method.replace('_', ' ')})",
                          instance=inst.index, pid=inst.pid, exit_code=answer.get("exit_code"),
                          signal=answer.get("signal"))
+        self._strays_event(inst, answer)
+        ran_for = time.time() - (inst.started_at or time.time())
         inst.pid = None
+        fault, inst.fault = inst.fault, None
+        if fault is not None and self._restart_wanted(inst):
+            self._after_fault(inst, fault, ran_for)
+            return
         self.feed(inst, Event.STOPPED, f"stopped ({method.replace('_', ' ')})")
+
+    def _restart_wanted(self, inst: Instance) -> bool:
+        """Whether ``inst``, stopped for a fault, is still wanted running (nobody asked for
+        a stop, a scale-down or a replacement meanwhile)."""
+        service = self.services.get(inst.service)
+        return (service is not None and not self._stopping_all
+                and service.desired is Desired.UP and inst.gen == service.gen
+                and service.instances.get(inst.index) is inst
+                and inst.index < service.spec.instances)
+
+    def _after_fault(self, inst: Instance, why: str, ran_for: float) -> None:
+        """An instance stopped for a fault: the restart policy decides, as after a crash,
+        and a restart waits for dependencies that are not ready."""
+        service = self.services[inst.service]
+        decision = policy.decide_restart(service.spec.restart, why, ran_for, inst.streak,
+                                         self.uniform)
+        inst.streak, inst.delay = decision.streak, decision.delay
+        if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
+            inst.settled = True
+        blocked = self._restart_blocked(service, decision.verdict)
+        if blocked:
+            inst.held = True
+            self.feed(inst, Event.STOPPED, f"{why}; waiting for {', '.join(blocked)} "
+                                           "to be ready")
+        elif decision.verdict is policy.Verdict.RESTART_NOW:
+            self.feed(inst, Event.STOPPED_RESTART, decision.reason)
+        elif decision.verdict is policy.Verdict.RESTART_LATER:
+            self.feed(inst, Event.STOPPED_BACKOFF, decision.reason)
+        elif decision.verdict is policy.Verdict.GIVE_UP:
+            self.feed(inst, Event.STOPPED_GIVE_UP, decision.reason)
+        else:
+            self.feed(inst, Event.STOPPED, decision.reason)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` as a task kept referenced until it ends (asyncio keeps weak ones)."""
@@ -840,11 +1218,22 @@ class Supervisor:
     def _schedule(self, inst: Instance) -> None:
         self._cancel(inst)
         inst.next_restart_at = time.time() + inst.delay
-        inst.timer = asyncio.get_running_loop().call_later(
-            inst.delay, lambda: self.feed(inst, Event.TIMER, "backoff over; restarting"))
+        inst.timer = asyncio.get_running_loop().call_later(inst.delay, self._backoff_over, inst)
         self.events.emit(inst.service, "restart_scheduled",
                          f"restart in {inst.delay:.2f}s", instance=inst.index,
                          delay_s=round(inst.delay, 3))
+
+    def _backoff_over(self, inst: Instance) -> None:
+        """The backoff delay is over: restart, or wait for dependencies not ready yet."""
+        inst.timer = None
+        service = self.services.get(inst.service)
+        blocked = self._restart_blocked(service, policy.Verdict.RESTART_LATER) \
+            if service is not None else ()
+        if blocked:
+            inst.held = True
+            self.feed(inst, Event.WAIT, f"waiting for {', '.join(blocked)} to be ready")
+        else:
+            self.feed(inst, Event.TIMER, "backoff over; restarting")
 
     def _cancel(self, inst: Instance) -> None:
         if inst.timer is not None:
@@ -1044,7 +1433,7 @@ class Supervisor:
             await self._wait_spawned(existing)
             if record is not None and record.phase is Phase.FAILED:
                 step = record.steps.get(spec.name)
-                raise NotReady(f"{spec.name}: {record.reason}; the old version keeps running",
+                raise NotReady(f"{spec.name}: {record.reason}; {record.outcome()}",
                                step.last_lines if step else [])
             return "updated"
         service = Service(spec=spec)
@@ -1116,20 +1505,18 @@ class Supervisor:
             replace: list[tuple[Service, ProcessSpec | None, int]] = [
                 (service, service.spec, service.gen)]
             service.gen += 1
+            previous = self.rollout
             try:
+                record = self._begin_rollout(f"svc restart {name}", [], replace)
                 self.save()
             except StateWriteFailed:
-                service.gen -= 1
+                self._abandon_rollout(previous, replace)
                 raise
-            self.rollout = record = Rollout(
-                id=(self.rollout.id + 1 if self.rollout else 1), cause=f"svc restart {name}",
-                started_at=time.time(), changes=[])
-            record.steps[name] = Step(name, service.spec.instances)
             self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace))
             await self.wait_rollout()
             if record.phase is Phase.FAILED:
-                raise NotReady(f"restart of {name} failed: {record.reason}; the old "
-                               "instances keep running", record.steps[name].last_lines)
+                raise NotReady(f"restart of {name} failed: {record.reason}; "
+                               f"{record.outcome()}", record.steps[name].last_lines)
             return
         self._set_desired(service, Desired.UP)
         await self._stop_instances(service, list(service.instances.values()))
@@ -1247,8 +1634,22 @@ class Supervisor:
                         raise SpawnFailed("PortsExhausted",
                                           f"no free port for service {name}: {exc}") from None
             self._save_ports()
-        return {"SERVICE_PORT_" + re.sub(r"[^A-Z0-9]", "_", n.upper()): str(inst.ports[n])
-                for n in proxied}
+        return {subst.port_variable(n): str(inst.ports[n]) for n in proxied}
+
+    def _replace_ports(self, inst: Instance, names: list[str]) -> None:
+        """Give ``inst`` new ports for ``names``, whose ports another program holds now (it
+        was down: a port kept for it is reserved in ``ports.json`` only, and another corral
+        on the host, or anything else, may have bound it)."""
+        for name in names:
+            old = inst.ports[name]
+            try:
+                inst.ports[name] = self.ports.replace(old)
+            except PortsExhausted:
+                continue  # the spawn fails to bind and backs off; the next one tries again
+            self.events.emit(inst.service, "port", f"port {old} for service {name} is taken "
+                             f"by another program; using {inst.ports[name]}",
+                             instance=inst.index)
+        self._save_ports()
 
     def _balancer_dirty(self) -> None:
         """Something that decides who gets traffic changed: push the backends soon (once
@@ -1361,7 +1762,8 @@ class Supervisor:
     # ------------------------------------------------------------------- target
     def check_target(self, target: Target, text: str | None, source: str) -> None:
         """Refuse what the target's own validation cannot see: secrets that are not set,
-        resources that were never uploaded.
+        resources that were never uploaded, users, groups and rlimits that the user corral
+        runs as cannot give a process.
 
         Raises:
             SpecError: one line per problem, naming ``source``, the line (when ``text``,
@@ -1370,8 +1772,10 @@ class Supervisor:
         problems: list[Problem] = []
         names = self.secrets.names()
         values: dict[str, str] | None = None
+        proxied = [s.name for s in target.services if s.mode == "proxy"]
         for i, spec in enumerate(target.processes):
-            lacking = subst.missing(spec, names)
+            problems += identity_problems(i, spec)
+            lacking = subst.missing(spec, names, subst.own_names(spec, proxied))
             for line in lacking:
                 where, _, msg = line.partition(": ")
                 problems.append((("processes", i, *_field_loc(where.split(".", 1)[1])), msg))
@@ -1403,8 +1807,11 @@ class Supervisor:
         (health-gated, in the background: see :attr:`rollout`) and remove.
 
         Returns:
-            The rollout record (None when nothing changes).  Processes that are added,
-            removed or only rescaled are done when this returns; replacements go on.
+            The rollout record (None when nothing changes).  Processes that are removed
+            are gone when this returns; the rollout goes on in the background: it waits
+            for added processes and new instances of rescaled ones to be healthy (or
+            ready), and replaces changed ones, putting everything it replaced back if one
+            fails.
 
         Raises:
             SpecError: the target is refused; nothing changed.
@@ -1440,6 +1847,8 @@ class Supervisor:
                 if not only_scale:
                     service.gen += 1
                     replace.append((service, old, old_gen))
+                elif spec.instances > old.instances:
+                    added.append(service)  # its new instances are waited for, as added ones
                 self.events.emit(spec.name, "update", f"scaled to {spec.instances}"
                                  if only_scale else "spec changed; replacing its instances")
             ordered[spec.name] = service
@@ -1448,25 +1857,17 @@ class Supervisor:
         self.services = ordered
         self.target_services = list(target.services)
         self._depended = None
-        self.rollout = record = Rollout(
-            id=(self.rollout.id + 1 if self.rollout else 1), cause=cause,
-            started_at=time.time(), changes=changes)
-        for service, _, _ in replace:
-            record.steps[service.spec.name] = Step(service.spec.name,
-                                                   service.spec.instances)
-        for service in added:
-            if service.spec.instances:
-                record.steps[service.spec.name] = Step(service.spec.name,
-                                                       service.spec.instances, detail="starting")
         for service in removed:
             service.desired = Desired.DOWN
         try:
+            record = self._begin_rollout(cause, changes, replace, added)
             self.save(without={s.spec.name for s in removed})
         except StateWriteFailed:
-            self.services, self.target_services, self.rollout, was = undo
+            self.services, self.target_services, previous, was = undo
             for service, spec, gen, desired in was:
                 service.spec, service.gen, service.desired = spec, gen, desired
             self._depended = None
+            self._abandon_rollout(previous, replace)
             raise
         for service in sorted(removed, key=self.stop_order().index):
             await self._stop_instances(service, [*service.instances.values(),
@@ -1489,115 +1890,310 @@ class Supervisor:
             self._run_rollout(record, replace, added))
         return record
 
+    def _begin_rollout(self, cause: str, changes: list[Change],
+                       replace: list[tuple[Service, ProcessSpec | None, int]],
+                       added: Iterable[Service] = (), secrets: Iterable[str] = ()) -> Rollout:
+        """A new rollout's record, saved before anything changes: it holds what each
+        replaced process ran (its spec, also pinned on the instances still running it, and
+        its generation), so that a failure, here or in the next supervisor, puts that back."""
+        record = Rollout(id=(self.rollout.id + 1 if self.rollout else 1), cause=cause,
+                         started_at=time.time(), changes=changes, secrets=list(secrets))
+        for service, old_spec, old_gen in replace:
+            name = service.spec.name
+            record.steps[name] = Step(name, service.spec.instances)
+            if old_spec is not None:
+                record.prior[name] = Prior(old_spec, old_gen)
+                self._pin(service, {old_gen: old_spec})
+        for service in added:
+            record.added.append(service.spec.name)
+            if service.spec.instances:
+                record.steps[service.spec.name] = Step(service.spec.name,
+                                                       service.spec.instances, detail="starting")
+        self.rollout = record
+        self._save_rollout()
+        return record
+
+    def _abandon_rollout(self, previous: Rollout | None,
+                         replace: list[tuple[Service, ProcessSpec | None, int]]) -> None:
+        """Undo :meth:`_begin_rollout` when the save after it was refused: ``previous`` is
+        the record again (on disk too, when that can be written: else the next supervisor
+        finds a record whose generations were never saved, and ends it), and each replaced
+        service is back at its old generation, its instances unpinned."""
+        self.rollout = previous
+        for service, _, old_gen in replace:
+            service.gen = old_gen
+            self._pin(service, {})
+        try:
+            if previous is not None:
+                self._save_rollout()
+            else:
+                self._rollout_file().unlink(missing_ok=True)
+        except (StateWriteFailed, OSError) as exc:
+            self.events.emit("", "state_write", f"the refused rollout's record stays: {exc}")
+
+    def _pin(self, service: Service, specs: dict[int, ProcessSpec]) -> None:
+        """Every instance runs its own generation's spec: none is pinned on those of the
+        service's current generation, ``specs[gen]`` on those of another (older, or after
+        a revert newer) one, so that a crash restarts them as what they were."""
+        for inst in (*service.instances.values(), *service.retiring.values()):
+            if inst.gen == service.gen:
+                inst.spec = None
+            elif inst.gen in specs:
+                inst.spec = specs[inst.gen]
+
     async def _run_rollout(self, record: Rollout,
                            replace: list[tuple[Service, ProcessSpec | None, int]],
                            added: list[Service] | None = None) -> None:
-        """Replace each changed process, dependencies first; a process whose new
-        instances do not become healthy in time keeps (or gets back) its old version.
-        Added processes are waited for too (healthy, or ready), so that the caller learns
-        whether the whole target came up."""
+        """Replace each changed process, dependencies first, every instance healthy (or
+        ready) before the next; added processes are waited for too, so that the caller
+        learns whether the whole target came up.  When a replacement fails, everything
+        the rollout replaced is put back (:meth:`_revert`), secrets included."""
         order = {s.spec.name: i for i, s in enumerate(reversed(self.stop_order()))}
+        replace = sorted(replace, key=lambda r: order.get(r[0].spec.name, -1))
         try:
-            if added:
-                await asyncio.gather(*(self._await_new(s, record.steps[s.spec.name])
+            if added and not record.reverting:
+                await asyncio.gather(*(self._await_new(s, record.steps[s.spec.name], record)
                                        for s in added if s.spec.name in record.steps))
-            for service, old_spec, old_gen in sorted(replace,
-                                                     key=lambda r: order[r[0].spec.name]):
-                step = record.steps[service.spec.name]
-                if await self._replace(service, step):
+            failed = record.reverting
+            for service, _, _ in ([] if failed else replace):
+                name = service.spec.name
+                step = record.steps[name]
+                if await self._replace(service, step, record, record.prior.get(name)):
                     step.phase, step.detail = Phase.DONE, "replaced"
                     continue
                 step.phase = Phase.FAILED
-                self.events.emit(service.spec.name, "rollout",
-                                 f"rollout failed: {step.detail}; keeping the old version",
-                                 last_lines=step.last_lines)
-                if old_spec is not None and self.services.get(service.spec.name) is service:
-                    service.spec, service.gen = old_spec, old_gen
-                    self._depended = None
-                    try:
-                        self.save()
-                    except StateWriteFailed as exc:
-                        self.events.emit(service.spec.name, "rollout",
-                                         f"the old version is back, but not saved: {exc}")
-                    await self._replace(service, Step(service.spec.name, 0))
-                for inst in service.instances.values():
-                    if inst.pid is not None and inst.watch is None and service.spec.health:
-                        self._watch(inst, service.spec)  # unwatched while it was retiring
+                self.events.emit(name, "rollout", f"rollout failed: {step.detail}; putting "
+                                 "the old version back", last_lines=step.last_lines)
+                failed = True
+                break
+            if failed:
+                await self._revert(record, replace)
+            else:
+                self._settle_secrets(record, revert=False)
             record.finish(time.time())
-            what = "done" if record.phase is Phase.DONE else f"failed: {record.reason}"
+            self._save_rollout()
+            what = ("done" if record.phase is Phase.DONE
+                    else f"failed: {record.reason}" + (f"; {record.outcome()}"
+                                                       if record.outcome() else ""))
             self.events.emit("", "rollout", f"rollout {record.id} ({record.cause}) {what}")
         except asyncio.CancelledError:
-            record.finish(time.time())
+            record.finish(time.time())  # here only: the saved record is resumed next time
             raise
         finally:
             self._wake()
 
-    async def _replace(self, service: Service, step: Step) -> bool:
-        """Replace every instance of ``service`` that runs an older generation, one at a
-        time: the new one starts, the old one stops once the new one is healthy (or, with
-        no health check, ready).  False (with ``step.detail`` and ``step.last_lines``) when
-        a new instance does not get there within ``rollout_timeout``: it is stopped and
-        the old one kept."""
-        for index in sorted(service.instances):
-            old = service.instances.get(index)
-            if old is None or old.gen == service.gen:
+    async def _revert(self, record: Rollout,
+                      replace: list[tuple[Service, ProcessSpec | None, int]]) -> None:
+        """Put back what a failed rollout changed: the secrets' old values first (so that
+        no old instance starts again with a new one), then each replaced process's spec
+        and generation, its instances brought back the same way, health-gated.  Saved as
+        it goes: a supervisor killed meanwhile finishes the revert."""
+        record.reverting = True
+        self._settle_secrets(record, revert=True)
+        self._save_rollout()
+        for service, old_spec, old_gen in replace:
+            name = service.spec.name
+            step = record.steps[name]
+            if old_spec is None or self.services.get(name) is not service:
                 continue
-            old_spec = old.spec or service.spec
-            if old.spawned is not None and not old.spawned.done():
-                with contextlib.suppress(CorralError):
-                    await asyncio.shield(old.spawned)  # a spawn on its way: let it land
-            if old.state is ServiceState.STOPPING:
-                await old.until_stopped()
-            if old.pid is None or service.desired is Desired.DOWN:
-                # Nothing runs there: the next start simply uses the new spec.
-                self._cancel(old)
-                if old.state in (ServiceState.DOWN, ServiceState.FAILED, ServiceState.BACKOFF):
+            newer = {service.gen: service.spec}
+            service.spec, service.gen = old_spec, old_gen
+            self._depended = None
+            self._pin(service, newer)
+            try:
+                self.save()
+            except StateWriteFailed as exc:  # the old version comes back all the same
+                self.events.emit(name, "rollout", f"the old version is back, but not saved: "
+                                 f"{exc}")
+            back = Step(name, service.spec.instances)
+            ok = await self._replace(service, back, record, None, reverting=True)
+            if step.phase is not Phase.FAILED:
+                what = ("not replaced" if step.phase is Phase.RUNNING
+                        else "put back to the old version")
+                step.phase = Phase.REVERTED
+                step.detail = what if ok else f"{what}; the old version is not healthy: " \
+                                              f"{back.detail}"
+            elif not ok:
+                step.detail += f"; the old version is not healthy: {back.detail}"
+
+    async def _replace(self, service: Service, step: Step, record: Rollout,
+                       prior: Prior | None, reverting: bool = False) -> bool:
+        """Bring every instance of ``service`` to its current generation, index by index,
+        each healthy (or, with no health check, ready) before the next:
+
+        - start-first (see ``ProcessSpec.replace_order``): the new instance starts beside
+          the old one, which is drained and stopped once the new one is healthy;
+        - stop-first: the old one is drained and stopped, then the new one started;
+        - where nothing runs (down, waiting, backing off, failed), the new version starts;
+        - an instance already of the current generation (replaced before a supervisor
+          restart, or started meanwhile) must be healthy too.
+
+        False (with ``step.detail`` and ``step.last_lines``) when a new instance is not
+        healthy within ``rollout_timeout``: see :meth:`_put_back`.  ``reverting``: the
+        current generation is the old version coming back (``record.restored``)."""
+        name = service.spec.name
+        for index in range(service.spec.instances):
+            if self.services.get(name) is not service:
+                return True  # unloaded meanwhile: nothing is left to replace
+            timeout = service.spec.rollout_timeout
+            old = service.instances.get(index)
+            if old is not None and old.gen == service.gen:
+                if service.desired is Desired.DOWN:
+                    continue
+                ok, why = await self._wait_healthy(old, timeout)
+                if ok:
+                    step.replaced += 1
+                    continue
+                await self._put_back(service, step, record, prior, index, None, old, why,
+                                     record.started_at, reverting)
+                return False
+            if old is not None:
+                if old.spawned is not None and not old.spawned.done():
+                    with contextlib.suppress(CorralError):
+                        await asyncio.shield(old.spawned)  # a spawn on its way: let it land
+                if old.state is ServiceState.STOPPING:
+                    await old.until_stopped()
+            if service.desired is Desired.DOWN:
+                if old is not None:
+                    # Stopped (reconcile stops a running one): its next start is the new spec.
+                    await self._stop_instances(service, [old])
+                    self._cancel(old)
                     self._unwatch(old)
                     replacement = service.new_instance(index)
-                    replacement.state = ServiceState.DOWN
-                    replacement.settled = old.settled and service.desired is Desired.DOWN
+                    replacement.settled = old.settled
                     service.instances[index] = replacement
                     self._forget(old)
                     step.replaced += 1
                 continue
-            old.spec = old_spec
-            self._unwatch(old)  # its checks belong to the old spec; it is leaving anyway
-            service.retiring[index] = old
+            since = time.time()
             new = service.new_instance(index)
-            service.instances[index] = new
-            step.detail = f"instance {index}: starting the new version beside pid {old.pid}"
-            self.events.emit(service.spec.name, "rollout", step.detail, instance=index)
-            self.feed(new, Event.START, f"replacing pid {old.pid}")
-            ok, why = await self._wait_healthy(new, service.spec.rollout_timeout)
-            if ok:
+            beside = old is not None and old.pid is not None \
+                and service.spec.replace_order == "start-first"
+            if beside:
+                assert old is not None
+                self._unwatch(old)  # its checks belong to its spec; it is leaving anyway
+                service.retiring[index] = old
+                service.instances[index] = new
+                step.detail = f"instance {index}: starting the new version beside pid {old.pid}"
+                self.events.emit(name, "rollout", step.detail, instance=index)
+                self.feed(new, Event.START, f"replacing pid {old.pid}")
+            else:
+                if old is not None and old.pid is not None:
+                    step.detail = f"instance {index}: stopping pid {old.pid}, then starting " \
+                                  "the new version"
+                    self.events.emit(name, "rollout", step.detail, instance=index,
+                                     pid=old.pid)
+                    new.settled = True  # held: reconcile must not start it beside the old one
+                    new.reason = f"waiting for pid {old.pid} to stop"
+                    service.retiring[index] = old
+                    service.instances[index] = new
+                    await self._drain(old)
+                    await self._stop_instances(service, [old])
+                    service.retiring.pop(index, None)
+                    new.settled = False
+                elif old is not None:
+                    self._cancel(old)
+                    self._unwatch(old)
+                    step.detail = f"instance {index}: starting the new version (the old " \
+                                  f"one was {old.state.value})"
+                    self.events.emit(name, "rollout", step.detail, instance=index)
+                    service.instances[index] = new
+                else:
+                    service.instances[index] = new
+                self.reconcile()  # starts it, or has it wait for its dependencies
+            ok, why = await self._wait_healthy(new, timeout, beside=old if beside else None)
+            if not ok:
+                await self._put_back(service, step, record, prior, index, old, new, why,
+                                     since, reverting)
+                return False
+            if beside:
+                assert old is not None
                 step.detail = f"instance {index}: new pid {new.pid} is ready; stopping " \
                               f"pid {old.pid}"
-                self.events.emit(service.spec.name, "rollout", step.detail, instance=index,
-                                 pid=new.pid)
+                self.events.emit(name, "rollout", step.detail, instance=index, pid=new.pid)
                 await self._drain(old)
                 await self._stop_instances(service, [old])
                 service.retiring.pop(index, None)
+            if old is not None:
                 self._forget(old)
-                step.replaced += 1
-                continue
-            step.detail = f"instance {index}: {why}"
-            log = paths.logs_dir(self.state_dir) / f"{service.spec.name}.log"
-            pid = new.pid or (new.last_exit or {}).get("pid")
-            lines = tail(log, 200, service.spec.logs.keep)
-            mine = [ln for ln in lines if pid is not None and f" {pid} " in ln[:48]]
-            step.last_lines = self.redact((mine or lines)[-5:])
-            # Put the old one back first, so that nothing (reconcile) restarts the new one.
-            new.failed_run = True
-            new.spec = service.spec
-            old.spec = None
-            service.instances[index] = old
-            service.retiring.pop(index, None)
-            await self._stop_instances(service, [new])
-            self._forget(new)
-            return False
+            step.replaced += 1
+            if reverting:
+                record.restored = True
         return True
 
-    async def _await_new(self, service: Service, step: Step) -> None:
+    async def _put_back(self, service: Service, step: Step, record: Rollout,
+                        prior: Prior | None, index: int, old: Instance | None, new: Instance,
+                        why: str, since: float, reverting: bool) -> None:
+        """``new`` did not become healthy: record why, with its own last lines, stop it, and
+        put the old instance back in its place — still running (start-first), or started
+        again and waited for (``record.restored``; the secrets' old values are back first).
+        An old instance that its policy had left down (failed, or exited for good) stays so.
+        While ``reverting``, ``new`` is the old version coming back: it stays (restarting as
+        its policy says), and what it was replacing goes."""
+        step.detail = f"instance {index}: {why}"
+        step.last_lines = self._new_lines(service, new, since, old)
+        if reverting:
+            if old is not None:
+                await self._stop_instances(service, [old])
+                service.retiring.pop(index, None)
+                self._forget(old)
+            return
+        self._settle_secrets(record, revert=True)
+        if old is None:
+            if prior is None:
+                return  # nothing known to put back: what runs stays
+            old = Instance(service=service.spec.name, index=index, gen=prior.gen,
+                           spec=prior.spec)
+        running = old.pid is not None
+        held = not running and not old.settled
+        old.settled = old.settled or held  # reconcile must not start it beside the new one
+        # The old one goes back first, so that nothing (reconcile) starts the new one again.
+        new.failed_run = True
+        service.instances[index] = old
+        service.retiring.pop(index, None)
+        await self._stop_instances(service, [new])
+        self._forget(new)
+        spec = self._spec_of(old)
+        if running:
+            if old.watch is None and spec.health is not None and old.pid is not None:
+                self._watch(old, spec)  # unwatched while it was retiring
+            return
+        record.restored = True  # not running before: back as it was, or started again
+        if not held:
+            return
+        old.settled = False
+        if service.desired is Desired.DOWN or service.instances.get(index) is not old:
+            return
+        if old.state is ServiceState.BACKOFF:
+            self.feed(old, Event.START, "the rollout failed: starting the old version again")
+        else:
+            self.reconcile()
+        ok, again = await self._wait_healthy(old, spec.rollout_timeout, "the old version")
+        if not ok:
+            step.detail += f"; {again}"
+
+    def _new_lines(self, service: Service, new: Instance, since: float,
+                   old: Instance | None = None) -> list[str]:
+        """The last lines ``new`` wrote since ``since`` (its processes', its hooks'), without
+        those of the other instances (``old``, the one it replaces, included); redacted."""
+        others: set[int] = set()
+        for inst in (*service.instances.values(), *service.retiring.values(), old):
+            if inst is not None and inst is not new:
+                others.update(p for p in (inst.pid, (inst.last_exit or {}).get("pid"))
+                              if isinstance(p, int))
+        log = paths.logs_dir(self.state_dir) / f"{service.spec.name}.log"
+        stamp = rfc3339(since)
+        count = 200
+        while True:
+            lines = tail(log, count, service.spec.logs.keep)
+            mine = rollout.own_lines(lines, stamp, others)
+            # A busy old instance can bury the new one's lines: look further back, within
+            # reason, until the lines reach back to the new one's start.
+            if len(mine) >= 5 or len(lines) < count or count >= 51200 or lines[0] < stamp:
+                return self.redact(mine[-5:])
+            count *= 4
+
+    async def _await_new(self, service: Service, step: Step, record: Rollout) -> None:
         """Wait until every instance of a newly added process is healthy (or ready)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + service.spec.rollout_timeout
@@ -1613,8 +2209,7 @@ class Supervisor:
             ok, why = await self._wait_healthy(inst, max(0.0, deadline - loop.time()))
             if not ok:
                 step.phase, step.detail = Phase.FAILED, f"instance {index}: {why}"
-                log = paths.logs_dir(self.state_dir) / f"{service.spec.name}.log"
-                step.last_lines = self.redact(tail(log, 5, service.spec.logs.keep))
+                step.last_lines = self._new_lines(service, inst, record.started_at)
                 self.events.emit(service.spec.name, "rollout", f"not up: {step.detail}",
                                  last_lines=step.last_lines)
                 return
@@ -1622,32 +2217,46 @@ class Supervisor:
             step.detail = f"{step.replaced}/{service.spec.instances} up"
         step.phase = Phase.DONE
 
-    async def _wait_healthy(self, inst: Instance, timeout: float) -> tuple[bool, str]:
-        """Wait until ``inst`` is up and, if it has a health check, passing it."""
+    async def _wait_healthy(self, inst: Instance, timeout: float,
+                            what: str = "the new version",
+                            beside: Instance | None = None) -> tuple[bool, str]:
+        """Wait until ``inst`` is up and, if it has a health check, passing it.  With
+        ``beside`` (the old instance it starts beside), a check on a fixed port that only
+        the old one holds reaches the old one: it does not count."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        spec = self.services[inst.service].spec
+        spec = self._spec_of(inst)
+        port = _probed_port(spec) if beside is not None else None
         while True:
             # Healthy means ok: a new version that only reaches warning is not trusted
             # with the old one's place.
             healthy = spec.health is None or inst.health is HealthState.OK
+            elsewhere = None
             if inst.state is ServiceState.UP and healthy:
-                return True, ""
+                other = beside.pid if beside is not None else None
+                if (port is None or inst.pid is None or other is None or not await
+                        asyncio.to_thread(owner.reaches_other, port, inst.pid, other)):
+                    return True, ""
+                elsewhere = (f"its check on port {port} reaches pid {other}, the old "
+                             "instance, which holds the port: replace it stop-first")
             if inst.state is ServiceState.FAILED or (inst.state is ServiceState.DOWN
                                                      and inst.settled):
-                return False, f"the new version {inst.state.value}: {inst.reason}"
+                return False, f"{what} {inst.state.value}: {inst.reason}"
             service = self.services.get(inst.service)
             if service is None or service.desired is Desired.DOWN:
                 return False, "the service was stopped during the rollout"
             remaining = deadline - loop.time()
             if remaining <= 0:
-                what = "healthy" if spec.health is not None else "ready"
-                return False, (f"the new version was not {what} within "
-                               f"{timeout:g}s ({inst.state.value}: {inst.reason})")
+                kind = "healthy" if spec.health is not None else "ready"
+                state = elsewhere or f"{inst.state.value}: {inst.reason}"
+                return False, f"{what} was not {kind} within {timeout:g}s ({state})"
             waiter: asyncio.Future[None] = loop.create_future()
             self._state_waiters.append(waiter)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, remaining)
+                # Who holds the port changes without an event: look again each interval.
+                await asyncio.wait_for(waiter, remaining if elsewhere is None or
+                                       spec.health is None
+                                       else min(remaining, spec.health.interval))
 
     async def wait_rollout(self) -> Rollout | None:
         """Wait for the running rollout (if any) to end; the last rollout's record."""
@@ -1664,51 +2273,128 @@ class Supervisor:
                       if name in subst.references(s.spec))
 
     def resource_users(self, resource_id: str) -> list[str]:
-        """The processes whose spec lists resource ``resource_id``, sorted."""
+        """The processes whose spec lists resource ``resource_id``, sorted; during a
+        rollout of a secret, under its old value too (old instances still run with it)."""
+        previous = self.secrets.previous()
         return sorted(n for n, s in self.services.items()
-                      if any(ref.id == resource_id for ref in self._resource_refs(s.spec)))
+                      if any(ref.id == resource_id for ref in self._resource_refs(s.spec))
+                      or (previous and any(ref.id == resource_id for ref in
+                                           self._resource_refs(s.spec, previous))))
 
-    def _resource_refs(self, spec: ProcessSpec) -> list[ResourceRef]:
-        """``spec.resources`` with ids held in secrets resolved (as written if unresolved)."""
+    def _resource_refs(self, spec: ProcessSpec,
+                       instead: dict[str, str | None] | None = None) -> list[ResourceRef]:
+        """``spec.resources`` with ids held in secrets resolved (as written if unresolved);
+        ``instead``: values to use in place of the stored ones (None: not set)."""
         if not any("${" in ref.id for ref in spec.resources):
             return spec.resources
-        try:
-            return self._effective(spec).resources
-        except SpecError:
-            return spec.resources
+        values = self.secrets.values()
+        for key, value in (instead or {}).items():
+            if value is None:
+                values.pop(key, None)
+            else:
+                values[key] = value
+        refs = []
+        for ref in spec.resources:
+            try:
+                refs.append(ref.model_copy(update={"id": subst.expand(ref.id, values)}))
+            except (KeyError, ValueError):
+                refs.append(ref)
+        return refs
 
     async def secrets_changed(self, names: list[str]) -> Rollout | None:
-        """Secrets ``names`` were set to new values (already stored): replace the
-        processes that use them with the health-gated rollout of a target change (after
-        the rollout under way, if any).  Returns the new rollout's record, or None when no
-        process uses them."""
+        """Secrets ``names`` were set to new values by their source (``--secrets-dir``: the
+        files are the truth, so a failed rollout keeps the old instances running but does
+        not put an old value back): replace the processes that use them with the
+        health-gated rollout of a target change, after the rollout under way, if any.
+
+        Returns:
+            The new rollout's record, or None when no process uses them.
+        """
+        if self.rollout_running():
+            await self.wait_rollout()
         users = [self.services[n] for n in sorted({u for name in names
                                                    for u in self.secret_users(name)})]
         if not users:
             return None
-        if self.rollout_running():
-            await self.wait_rollout()
         replace: list[tuple[Service, ProcessSpec | None, int]] = []
         for service in users:
             replace.append((service, service.spec, service.gen))
             service.gen += 1
+        which = ", ".join(sorted(names))
+        previous = self.rollout
         try:
+            record = self._begin_rollout(
+                f"secret{'s' if len(names) > 1 else ''} {which} changed", [], replace)
             self.save()
         except StateWriteFailed:
-            for service, _, gen in replace:
-                service.gen = gen
+            self._abandon_rollout(previous, replace)
             raise
-        which = ", ".join(sorted(names))
-        self.rollout = record = Rollout(
-            id=(self.rollout.id + 1 if self.rollout else 1),
-            cause=f"secret{'s' if len(names) > 1 else ''} {which} changed",
-            started_at=time.time(), changes=[])
-        for service in users:
-            record.steps[service.spec.name] = Step(service.spec.name, service.spec.instances)
         self.events.emit("", "rollout", f"{record.cause}: replacing "
                          + ", ".join(s.spec.name for s in users))
         self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace))
         return record
+
+    async def set_secret(self, name: str, value: str) -> tuple[bool, Rollout | None]:
+        """Store secret ``name``; when the value changed and processes use it, replace them
+        with the health-gated rollout of a target change (after the rollout under way, if
+        any, so that its verdict never undoes this value).  The value it replaces is kept
+        until this rollout's verdict, and put back if it fails.
+
+        Returns:
+            Whether the value changed, and the rollout's record (None when no process uses
+            the secret, or nothing changed).
+
+        Raises:
+            SpecError: a bad name or value; nothing changed.
+        """
+        check_value(check_name(name), value)
+        if self.rollout_running():
+            await self.wait_rollout()
+        users = [self.services[n] for n in self.secret_users(name)]
+        if not users or (name in self.secrets and self.secrets.get(name).reveal() == value):
+            return self.secrets.set(name, value), None
+        replace: list[tuple[Service, ProcessSpec | None, int]] = []
+        for service in users:
+            replace.append((service, service.spec, service.gen))
+            service.gen += 1
+        # The record first: a supervisor killed after it knows which value to put back.
+        previous = self.rollout
+        try:
+            record = self._begin_rollout(f"secret {name} changed", [], replace,
+                                         secrets=[name])
+        except StateWriteFailed:
+            self._abandon_rollout(previous, replace)
+            raise
+        try:
+            self.secrets.set(name, value, keep_previous=True)
+        except CorralError:
+            for service, _, gen in replace:
+                service.gen = gen
+                self._pin(service, {})
+            record.finish(time.time())
+            record.phase, record.reason = Phase.FAILED, f"secret {name} could not be stored"
+            self._save_rollout()
+            raise
+        try:
+            self.save()
+        except StateWriteFailed:
+            # Refused: the old value is back and nothing is replaced.
+            try:
+                self._settle_secrets(record, revert=True)
+            except CorralError as exc:
+                self.events.emit("", "state_write", f"secret {name} keeps its new value: {exc}")
+            self._abandon_rollout(previous, replace)
+            raise
+        self.events.emit("", "rollout", f"{record.cause}: replacing "
+                         + ", ".join(s.spec.name for s in users))
+        self._rollout_task = asyncio.ensure_future(self._run_rollout(record, replace))
+        return True, record
+
+    def _settle_secrets(self, record: Rollout, revert: bool) -> None:
+        """The verdict on the secrets ``record`` changed: keep the new values, or put the
+        old ones back (before any old instance can start again with the new ones)."""
+        if record.secrets:
+            self.secrets.settle(record.secrets, revert)
     # --- end of stores ---
 
 
@@ -1719,6 +2405,19 @@ def _port_range(text: str) -> tuple[int, int]:
     if low.strip().isdigit() and high.strip().isdigit() and 0 < int(low) <= int(high) < 65536:
         return int(low), int(high)
     return 30000, 39999
+
+
+def _probed_port(spec: ProcessSpec) -> int | None:
+    """The fixed port a tcp or http health check of ``spec`` connects to (None: an exec
+    check, a check on the instance's own service port, or none)."""
+    health = spec.health
+    if health is None:
+        return None
+    if health.tcp is not None:
+        return health.tcp.port
+    if health.http is not None and health.http.service is None:
+        return health.http.port
+    return None
 
 
 def _field_loc(path: str) -> tuple[str | int, ...]:

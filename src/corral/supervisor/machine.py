@@ -4,7 +4,11 @@
 events and runs the actions it returns; it never changes an instance's state any other
 way.  Exits are classified by :mod:`.policy` *before* they reach the table, so the table
 needs no guards: ``EXIT_RESTART`` (now), ``EXIT_BACKOFF`` (later), ``EXIT_DOWN`` (policy
-says stay down) and ``EXIT_GIVE_UP`` (too many quick restarts).
+says stay down), ``EXIT_GIVE_UP`` (too many quick restarts) and ``EXIT_WAIT`` (a restart
+is due but a dependency is not ready: down until it is).  A restart corral decides for a
+fault (``RESTART``: failing health checks, no watchdog ping, a start that took too long)
+stops the instance first; the end of that stop is classified by the same policy
+(``STOPPED_RESTART``, ``STOPPED_BACKOFF``, ``STOPPED_GIVE_UP``, or plain ``STOPPED``).
 
 A pair that is not in the table is ignored: the state stays and nothing is done (for
 example a late ``READY`` after a stop).  ``tests/unit/test_machine.py`` checks every cell.
@@ -23,15 +27,21 @@ class Event(StrEnum):
     START = "start"            # the user (or reconcile) wants it running
     STOP = "stop"              # the user (or reconcile) wants it stopped
     SPAWNED = "spawned"        # the launcher started the process
-    READY = "ready"            # readiness reached (at once for readiness: started)
+    READY = "ready"            # readiness reached (readiness: started, after start_seconds)
     UNHEALTHY = "unhealthy"    # health checks failed `retries` times
     HEALTHY = "healthy"        # a health check passed again
     EXIT_RESTART = "exit_restart"
     EXIT_BACKOFF = "exit_backoff"
     EXIT_DOWN = "exit_down"
     EXIT_GIVE_UP = "exit_give_up"
+    EXIT_WAIT = "exit_wait"    # its restart waits for a dependency to be ready
+    RESTART = "restart"        # stop it for a fault; the restart policy decides what next
     STOPPED = "stopped"        # a Terminate finished
+    STOPPED_RESTART = "stopped_restart"    # a RESTART's Terminate finished: start it now
+    STOPPED_BACKOFF = "stopped_backoff"    # ... start it after the backoff delay
+    STOPPED_GIVE_UP = "stopped_give_up"    # ... too many quick restarts: failed
     TIMER = "timer"            # the backoff delay is over
+    WAIT = "wait"              # the backoff delay is over but a dependency is not ready
 
 
 class Action(StrEnum):
@@ -49,6 +59,7 @@ _EXITS = {
     Event.EXIT_BACKOFF: (S.BACKOFF, (Action.SCHEDULE,)),
     Event.EXIT_DOWN: (S.DOWN, ()),
     Event.EXIT_GIVE_UP: (S.FAILED, ()),
+    Event.EXIT_WAIT: (S.DOWN, ()),
 }
 
 TABLE: dict[tuple[S, Event], tuple[S, tuple[Action, ...]]] = {
@@ -58,11 +69,16 @@ TABLE: dict[tuple[S, Event], tuple[S, tuple[Action, ...]]] = {
     (S.BACKOFF, Event.TIMER): (S.STARTING, (Action.SPAWN,)),
     (S.BACKOFF, Event.STOP): (S.DOWN, (Action.CANCEL,)),
     (S.BACKOFF, Event.START): (S.STARTING, (Action.CANCEL, Action.SPAWN)),
+    (S.BACKOFF, Event.WAIT): (S.DOWN, (Action.CANCEL,)),
     (S.STARTING, Event.READY): (S.UP, ()),
     (S.UP, Event.UNHEALTHY): (S.UNHEALTHY, ()),
     (S.UNHEALTHY, Event.HEALTHY): (S.UP, ()),
     (S.STOPPING, Event.STOPPED): (S.DOWN, ()),
+    (S.STOPPING, Event.STOPPED_RESTART): (S.STARTING, (Action.SPAWN,)),
+    (S.STOPPING, Event.STOPPED_BACKOFF): (S.BACKOFF, (Action.SCHEDULE,)),
+    (S.STOPPING, Event.STOPPED_GIVE_UP): (S.FAILED, ()),
     **{(state, Event.STOP): (S.STOPPING, (Action.TERMINATE,)) for state in _LIVE},
+    **{(state, Event.RESTART): (S.STOPPING, (Action.TERMINATE,)) for state in _LIVE},
     **{(state, event): result for state in _LIVE for event, result in _EXITS.items()},
 }
 

@@ -9,7 +9,9 @@ The rules, after Habitat and systemd:
   jitter, ``delay = min(backoff_max, uniform(backoff_min, previous * 3))``, so a crash loop
   costs little and many crashing services do not restart in lock step;
 - ``max_restarts`` (when set) bounds the young deaths in a row; past it the instance is
-  ``failed`` and stays down until a user starts it.
+  ``failed`` and stays down until a user starts it;
+- an instance corral stops for a fault (failing health checks, a missed watchdog, a start
+  that took too long) is judged like one that exited with a failure.
 """
 
 from __future__ import annotations
@@ -77,6 +79,29 @@ def decide(spec: RestartSpec, exit_code: int | None, signal: str | None, ran_for
     failed = signal is not None or exit_code != 0
     if policy == "never" or (policy == "on-failure" and not failed):
         return Decision(Verdict.STAY_DOWN, 0.0, f"{what}; restart policy {policy}", Streak())
+    return _again(spec, what, ran_for, streak, uniform)
+
+
+def decide_restart(spec: RestartSpec, why: str, ran_for: float, streak: Streak,
+                   uniform: Uniform = random.uniform) -> Decision:
+    """Decide when an instance that corral stopped for a fault starts again.
+
+    A fault (failing health checks, no watchdog ping, not ready within ``start_timeout``)
+    is a failure like a non-zero exit: ``never`` leaves the instance down, and one that ran
+    less than ``cooldown`` is a young death (backoff, ``max_restarts``).
+
+    Args:
+        why: the fault in words, e.g. ``unhealthy after 3 failed checks: ...``.
+        ran_for: seconds between the spawn and the stop.
+    """
+    if spec.policy == "never":
+        return Decision(Verdict.STAY_DOWN, 0.0, f"{why}; restart policy never", Streak())
+    return _again(spec, why, ran_for, streak, uniform)
+
+
+def _again(spec: RestartSpec, what: str, ran_for: float, streak: Streak,
+           uniform: Uniform) -> Decision:
+    """When a failed instance that the policy restarts starts again."""
     if ran_for >= spec.cooldown:
         return Decision(Verdict.RESTART_NOW, 0.0, f"{what}; restarting", Streak())
     deaths = streak.young_deaths + 1

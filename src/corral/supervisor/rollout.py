@@ -8,7 +8,10 @@ one, health-gated (see :meth:`corral.supervisor.loop.Supervisor.apply_target`).
 
 :class:`Rollout` is the record of one ``target set`` (or secret change): which processes it
 replaces, how far each got, and, when one failed, why and the new instance's last log lines.
-``corral target status`` shows the last one.
+``corral target status`` shows the last one.  It also holds what a failure must put back
+(each replaced process's previous spec and generation, the secrets it changed), and
+:meth:`Rollout.to_state` / :meth:`Rollout.from_state` carry all of it through
+``rollout.json``, so that a supervisor started after a crash can finish (or revert) it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from corral.spec import ProcessSpec, ServiceSpec, Target
+from corral.spec import ProcessSpec, ServiceSpec, Target, validate_process
 
 from .events import rfc3339
 
@@ -46,6 +49,11 @@ class Change:
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "action": self.action.value,
                 "fields": list(self.fields), "replaces": self.replaces}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Change:
+        return cls(str(doc["kind"]), str(doc["name"]), Action(doc["action"]),
+                   tuple(str(f) for f in doc.get("fields", [])))
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -88,6 +96,7 @@ class Phase(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    REVERTED = "reverted"   # a step put back to its old version after another one failed
 
 
 @dataclass
@@ -106,6 +115,20 @@ class Step:
                 "phase": self.phase.value, "detail": self.detail,
                 "last_lines": list(self.last_lines)}
 
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Step:
+        return cls(str(doc["name"]), int(doc["instances"]), int(doc.get("replaced", 0)),
+                   Phase(doc.get("phase", "running")), str(doc.get("detail", "")),
+                   [str(line) for line in doc.get("last_lines", [])])
+
+
+@dataclass(frozen=True)
+class Prior:
+    """What a replaced process ran before the rollout, to put back if the rollout fails."""
+
+    spec: ProcessSpec
+    gen: int
+
 
 @dataclass
 class Rollout:
@@ -119,6 +142,13 @@ class Rollout:
     phase: Phase = Phase.RUNNING
     ended_at: float | None = None
     reason: str = ""
+    prior: dict[str, Prior] = field(default_factory=dict)   # by process name
+    added: list[str] = field(default_factory=list)          # processes it adds
+    secrets: list[str] = field(default_factory=list)        # secrets whose change it rolls out
+    reverting: bool = False   # a step failed: putting back what it changed
+    # An old instance was not kept running: it was started again, or put back as it was
+    # (down, failed).
+    restored: bool = False
 
     def finish(self, now: float) -> None:
         """Close the record: failed if any step failed, else done."""
@@ -128,10 +158,69 @@ class Rollout:
             self.reason = "; ".join(f"{s.name}: {s.detail}" for s in failed)
         self.ended_at = now
 
+    def outcome(self) -> str:
+        """What a failed rollout left running, in words ("" when it replaced nothing back)."""
+        if self.restored:
+            return "the old version was restored"
+        if self.reverting:
+            return "the old version keeps running"
+        return ""
+
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "cause": self.cause, "phase": self.phase.value,
                 "started_at": rfc3339(self.started_at),
                 "ended_at": rfc3339(self.ended_at) if self.ended_at else None,
-                "reason": self.reason,
+                "reason": self.reason, "restored": self.restored,
+                "outcome": self.outcome() if self.phase is Phase.FAILED else "",
                 "changes": [c.as_dict() for c in self.changes],
                 "steps": [s.as_dict() for s in self.steps.values()]}
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything, JSON-able, for ``rollout.json`` (names of secrets, never values)."""
+        return {"format": 1, "id": self.id, "cause": self.cause, "phase": self.phase.value,
+                "started_at": self.started_at, "ended_at": self.ended_at,
+                "reason": self.reason, "reverting": self.reverting, "restored": self.restored,
+                "changes": [c.as_dict() for c in self.changes],
+                "steps": [s.as_dict() for s in self.steps.values()],
+                "prior": {name: {"spec": p.spec.to_dict(), "gen": p.gen}
+                          for name, p in self.prior.items()},
+                "added": list(self.added), "secrets": list(self.secrets)}
+
+    @classmethod
+    def from_state(cls, doc: dict[str, Any]) -> Rollout:
+        """The record :meth:`to_state` wrote.
+
+        Raises:
+            ValueError: (or KeyError, TypeError, SpecError) the document is not one.
+        """
+        ended = doc.get("ended_at")
+        steps = [Step.from_dict(s) for s in doc.get("steps", [])]
+        return cls(id=int(doc["id"]), cause=str(doc["cause"]),
+                   started_at=float(doc["started_at"]),
+                   changes=[Change.from_dict(c) for c in doc.get("changes", [])],
+                   steps={s.name: s for s in steps}, phase=Phase(doc["phase"]),
+                   ended_at=float(ended) if ended is not None else None,
+                   reason=str(doc.get("reason", "")),
+                   prior={str(name): Prior(validate_process(p["spec"], "rollout.json"),
+                                           int(p["gen"]))
+                          for name, p in doc.get("prior", {}).items()},
+                   added=[str(n) for n in doc.get("added", [])],
+                   secrets=[str(n) for n in doc.get("secrets", [])],
+                   reverting=bool(doc.get("reverting", False)),
+                   restored=bool(doc.get("restored", False)))
+
+
+def own_lines(lines: list[str], since: str, exclude: set[int]) -> list[str]:
+    """The log records in ``lines`` (``<stamp> <pid> <O|E> <text>``) stamped at or after
+    ``since`` (an RFC 3339 stamp of the same form) by a pid not in ``exclude``: what a new
+    instance (its process, its hooks) wrote, without the lines of the old instances running
+    beside it.  Records without a stamp and pid (``format: raw``) cannot be told apart:
+    they are all kept."""
+    out = []
+    for line in lines:
+        stamp, _, rest = line.partition(" ")
+        pid, _, _ = rest.partition(" ")
+        unstamped = not pid.isdigit() or not stamp.endswith("Z")
+        if unstamped or (stamp >= since and int(pid) not in exclude):
+            out.append(line)
+    return out

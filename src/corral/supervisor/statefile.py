@@ -1,7 +1,8 @@
 """Atomic state files: a kill at any instant leaves the previous or the next version.
 
 Each write goes to a temporary file in the same directory, is fsynced, renamed over the
-old file, and the directory is fsynced, so the rename itself survives a power loss.  A
+old file, and the directory is fsynced, so the rename itself survives a power loss.  The
+directory is made when missing (a fresh state directory has none of ``run/`` yet).  A
 write that fails (a full disk, an I/O error) removes its temporary file and raises
 :class:`~corral.errors.StateWriteFailed`: the old file is intact, and the caller refuses
 the change.
@@ -18,13 +19,15 @@ from corral.errors import StateWriteFailed
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically (file mode ``mode``).
+    """Replace ``path`` with ``data`` atomically (file mode ``mode``); its directory is
+    created if it does not exist.
 
     Raises:
         StateWriteFailed: nothing was replaced; the temp file is gone.
     """
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         try:
             view = memoryview(data)

@@ -148,20 +148,23 @@
 
   /**
    * Follow a server-sent event stream with fetch (so it can carry the token), calling
-   * onData(object) for each event; reconnects with a growing pause until stopped.
+   * onData(object) for each event; reconnects with a growing pause until stopped, sending
+   * the last event id received as Last-Event-ID so the stream resumes where it was cut.
    * pathFor(reconnecting) gives the URL. Returns {stop()}.
    */
   function follow(pathFor, onData, onConnect) {
     const controller = new AbortController();
     let stopped = false;
+    let lastId = null;
     (async () => {
       let pause = 500;
       let reconnecting = false;
       while (!stopped) {
         try {
+          const headers = {Accept: "text/event-stream"};
+          if (lastId !== null) headers["Last-Event-ID"] = lastId;
           const response = await fetch(pathFor(reconnecting), {
-            headers: authHeaders({Accept: "text/event-stream"}),
-            signal: controller.signal, cache: "no-store"});
+            headers: authHeaders(headers), signal: controller.signal, cache: "no-store"});
           if (response.status === 401) { await askToken(); continue; }
           if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
           if (onConnect) onConnect(reconnecting);
@@ -178,7 +181,8 @@
               const frame = buffer.slice(0, end);
               buffer = buffer.slice(end + 2);
               for (const line of frame.split("\n")) {
-                if (line.startsWith("data: ")) onData(JSON.parse(line.slice(6)));
+                if (line.startsWith("id: ")) lastId = line.slice(4);
+                else if (line.startsWith("data: ")) onData(JSON.parse(line.slice(6)));
               }
             }
           }
@@ -499,11 +503,15 @@
     logStream = follow(
       () => `/v1/services/${name}/logs?follow=1&n=200`,
       (event) => {
-        pendingLines.push(event.line);
+        // A resumed stream goes on where it was cut: nothing to clear on a reconnect.
+        if (event.skipped) {
+          const size = event.skipped.bytes;
+          pendingLines.push(`… ${size === null ? "some" : size} bytes skipped (rotated away before they could be read)`);
+        }
+        for (const text of event.lines || []) pendingLines.push(text);
         if (pendingLines.length > MAX_LOG_LINES) pendingLines.splice(0, pendingLines.length - MAX_LOG_LINES);
         if (!logFrame) logFrame = requestAnimationFrame(flushLog);
-      },
-      (reconnecting) => { if (reconnecting) { $("log").replaceChildren(); pendingLines = []; } });
+      });
   }
 
   $("log-clear").addEventListener("click", () => $("log").replaceChildren());
@@ -533,6 +541,7 @@
   }
 
   function addEvent(e, live) {
+    if (!e.kind) return;  // a note that some events were not kept, not an event
     if (typeof e.seq === "number") {
       if (e.seq <= lastSeq) return;
       lastSeq = e.seq;
