@@ -933,8 +933,10 @@ class Supervisor:
             live = {i.launcher_name for s in self.services.values()
                     for i in (*s.instances.values(), *s.retiring.values())}
             self._spawn_base = {n: b for n, b in self._spawn_base.items() if b and n in live}
-            self._spawn_base_file().parent.mkdir(parents=True, exist_ok=True)
-            statefile.write_json(self._spawn_base_file(), self._spawn_base)
+            try:
+                statefile.write_json(self._spawn_base_file(), self._spawn_base)
+            except StateWriteFailed as exc:  # only the next supervisor's count is off
+                self.events.emit(inst.service, "state_write", str(exc))
         inst.spawns = launcher_count - self._spawn_base.get(name, 0)
 
     def _spawn_base_file(self) -> Path:
