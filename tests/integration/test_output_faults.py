@@ -184,6 +184,49 @@ def test_a_failed_state_write_refuses_the_change_and_keeps_the_old_state(
             corral.stop()
 
 
+def test_a_refused_state_write_starts_no_rollout(tmp_path: Path) -> None:
+    """A target change and a new value of a secret in use, refused for a full disk: one
+    line each, the process keeps running as it was (same pid, old secret), the rollout
+    record and state files are untouched; with room again the same change rolls out."""
+    state = tmp_path / "state"
+    spec = "processes:\n  - name: web\n    command: [sleep, '{n}']\n    env: {{T: '${{TOKEN}}'}}\n"
+    v1, v2 = tmp_path / "v1.yaml", tmp_path / "v2.yaml"
+    v1.write_text(spec.format(n=1000))
+    v2.write_text(spec.format(n=2000))
+    with small_tmpfs(state, "4m") as where:
+        corral = Corral(state)
+        quiet_env(corral)
+        corral.start()
+        try:
+            corral.ok("secret", "set", "TOKEN", "one")
+            corral.ok("target", "set", str(v1))
+            pid = corral.wait_state("web", "up")["instance_list"][0]["pid"]
+            wait_for(lambda: (state / "rollout.json").exists()
+                     and json.loads((state / "rollout.json").read_text())["phase"] != "running",
+                     30, "the first rollout to end")
+            names = ("target.yaml", "desired.json", "rollout.json", "secrets.json")
+            before = {name: (state / name).read_bytes() for name in names}
+            shown = json.loads(corral.ok("target", "status", "--json"))["rollout"]
+            filler = fill(where)
+            for args in (["target", "set", str(v2)], ["secret", "set", "TOKEN", "two"]):
+                result = corral.run(*args)
+                assert result.returncode != 0, args
+                lines = result.stderr.strip().splitlines()
+                assert len(lines) == 1 and "No space left on device" in lines[0], lines
+            web = corral.status("web")
+            assert web["state"] == "up" and web["instance_list"][0]["pid"] == pid
+            assert {name: (state / name).read_bytes() for name in names} == before
+            assert corral.ok("secret", "get", "TOKEN") == "one\n"
+            # The rollouts that were refused never began: the last one is still the record.
+            assert json.loads(corral.ok("target", "status", "--json"))["rollout"] == shown
+            filler.unlink()
+            corral.ok("target", "set", str(v2))
+            wait_for(lambda: (inst := corral.status("web")["instance_list"])
+                     and inst[0]["pid"] not in (None, pid), 60, "web replaced")
+        finally:
+            corral.stop()
+
+
 def ticker(corral: Corral) -> int:
     corral.ok("svc", "load", "ticker", "--", PY, "-u", "-c",
               "import time\nwhile True:\n    print('tick'); time.sleep(0.05)")

@@ -1917,14 +1917,21 @@ class Supervisor:
 
     def _abandon_rollout(self, previous: Rollout | None,
                          replace: list[tuple[Service, ProcessSpec | None, int]]) -> None:
-        """Undo :meth:`_begin_rollout` when the save after it was refused: ``previous`` is
-        the record again (on disk too, when that can be written: else the next supervisor
-        finds a record whose generations were never saved, and ends it), and each replaced
-        service is back at its old generation, its instances unpinned."""
+        """Undo :meth:`_begin_rollout` when it, or the save after it, was refused:
+        ``previous`` is the record again (on disk too, when the new one got there and the
+        old one can be written back), and each replaced service is back at its old
+        generation, its instances unpinned."""
         self.rollout = previous
         for service, _, old_gen in replace:
             service.gen = old_gen
             self._pin(service, {})
+        try:
+            on_disk = statefile.read_json(self._rollout_file(), None)
+        except (OSError, ValueError):
+            on_disk = None
+        kept = previous.id if previous is not None else None
+        if not isinstance(on_disk, dict) or on_disk.get("id") == kept:
+            return  # the refused write was the new record's own: the file is as it was
         try:
             if previous is not None:
                 self._save_rollout()
