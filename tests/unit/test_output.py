@@ -19,6 +19,7 @@ from time import time
 
 import pytest
 
+from corral.launcher import output
 from corral.launcher.output import (
     MAX_LINE,
     START_XATTR,
@@ -537,29 +538,55 @@ def test_echo_of_raw_output_is_split_into_lines(tmp_path: Path) -> None:
         log.close()
 
 
-def test_full_echo_pipe_drops_whole_records_and_counts_them() -> None:
-    """A pipe nobody reads takes what fits; a record it took part of is finished once it
-    is read, later ones are dropped and counted: the reader never sees a torn line."""
+def read_all(r: int, echo: Echo) -> bytes:
+    """What the reader gets when it reads until the echo has nothing left to send."""
+    got = b""
+    os.set_blocking(r, False)
+    while True:
+        with contextlib.suppress(BlockingIOError):
+            got += os.read(r, 1 << 20)
+        if not echo.buffer:
+            return got
+        echo.flush()
+
+
+def test_echo_keeps_a_burst_for_a_reader_that_is_behind() -> None:
+    """A burst larger than the pipe waits in the echo's buffer: nothing is lost, and the
+    loop is asked to flush it when the pipe has room."""
     r, w = os.pipe()
-    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
     echo = Echo(w, "stdout")
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 64 * KIB)
+    asked: list[int] = []
+    echo.on_pending = lambda e: asked.append(len(e.buffer))
+    try:
+        lines = [b"%06d " % i + b"b" * 92 + b"\n" for i in range(10_000)]  # 1 MB
+        for start in range(0, 10_000, 1000):
+            echo.write([b"".join(lines[start:start + 1000])], lambda: 1000)
+        assert asked and echo.dropped_records == 0
+        assert read_all(r, echo) == b"".join(lines)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_full_echo_drops_whole_records_and_counts_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader that falls further behind than the buffer loses whole records (counted);
+    a record the pipe took part of is finished first, so no line is ever torn."""
+    monkeypatch.setattr(output, "ECHO_BUFFER", 1000)
+    r, w = os.pipe()
+    echo = Echo(w, "stdout")
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
     drops: list[int] = []
     echo.on_drop = lambda e: drops.append(e.dropped_records)
     try:
         lines = [b"%05d " % i + b"z" * 94 + b"\n" for i in range(100)]  # 100 bytes each
-        # Writes over PIPE_BUF (4 KiB) are not atomic: the pipe takes part of the first.
+        # Over PIPE_BUF (4 KiB), a write is not atomic: the pipe takes part of this one.
         echo.write([b"".join(lines[:50])], lambda: 50)
         echo.write([b"".join(lines[50:99])], lambda: 49)
-        torn = len(lines[0]) - len(echo.pending)
-        assert 0 < torn < len(lines[0])  # one record, in part
-        got = os.read(r, 1 << 16)
-        whole = len(got) // len(lines[0])
-        assert got == b"".join(lines[:whole]) + lines[whole][:torn]
-        assert echo.dropped_records == 99 - whole - 1 and drops == [49 - whole, 98 - whole]
-        echo.flush()
-        got += os.read(r, 1 << 16)
-        assert not echo.pending
-        assert got == b"".join(lines[:whole + 1])
+        assert echo.buffer.endswith(b"\n") and len(echo.buffer) <= 1000
+        assert drops and drops[-1] == echo.dropped_records
+        kept = 99 - echo.dropped_records
+        assert read_all(r, echo) == b"".join(lines[:kept]) and kept > 4096 // 100
         echo.write([lines[99]], lambda: 1)
         assert os.read(r, 1 << 16) == lines[99]
     finally:

@@ -303,6 +303,8 @@ def _unlink(path: str) -> None:
         pass
 
 
+# What an echo keeps for a reader that is behind (a burst), at most: the rest is dropped.
+ECHO_BUFFER = 4 * 1024 * 1024
 # Errors after which a descriptor never takes data again: its reader is gone.
 _GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EIO, errno.EBADF,
                    errno.ENXIO})
@@ -311,18 +313,20 @@ _GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EIO, err
 class Echo:
     """One of the launcher's own output descriptors (stdout, stderr), never waited on.
 
-    Records go out whole or not at all.  When the reader does not keep up (a full pipe),
-    records are dropped and counted (``dropped_records``, ``dropped_bytes``, and
-    ``on_drop(echo)`` on each drop).  When the descriptor took only part of a record, the
-    rest is kept (``pending``; ``on_pending(echo)`` asks the loop to call :meth:`flush`
-    once the descriptor is writable) and records that come meanwhile are dropped, so the
-    reader never sees a torn or mixed line.  A reader gone for good (EPIPE; EIO from a
-    terminal that hung up) is not written to again (``gone``).
+    Records go out whole or not at all.  What the descriptor does not take at once waits
+    in a buffer of at most ``ECHO_BUFFER`` bytes (``on_pending(echo)`` asks the loop to
+    call :meth:`flush` when the descriptor is writable), so a reader that keeps up on
+    average loses nothing to a burst.  Records that do not fit in the buffer are dropped
+    and counted (``dropped_records``, ``dropped_bytes``, and ``on_drop(echo)`` on each
+    drop); the buffer always ends on a record boundary, so the reader never sees a torn
+    or mixed line.  A reader gone for good (EPIPE; EIO from a terminal that hung up) is
+    not written to again (``gone``).
 
     Pipes, FIFOs and terminals are reopened through ``/proc/self/fd`` so that the
     launcher's ``O_NONBLOCK`` is on a file description of its own, never on one it shares
-    with a shell; a socket (journald's stdout) is written with ``MSG_DONTWAIT``; regular
-    files and ``/dev/null`` are written as they are: they never make a writer wait.
+    with a shell (a pipe is also enlarged to 1 MiB); a socket (journald's stdout) is
+    written with ``MSG_DONTWAIT``; regular files and ``/dev/null`` are written as they are:
+    they never make a writer wait.
     """
 
     def __init__(self, fd: int, label: str) -> None:
@@ -330,7 +334,7 @@ class Echo:
         self.fd, self._sock, self.pollable = _own_nonblocking(fd)
         self.gone = self.fd < 0
         self.error = "closed" if self.gone else ""
-        self.pending = b""
+        self.buffer = bytearray()
         self.dropped_records = 0
         self.dropped_bytes = 0
         # What the launcher has reported of it so far (its report is throttled).
@@ -342,45 +346,54 @@ class Echo:
         self.on_pending: Callable[[Echo], None] | None = None
 
     def write(self, pieces: Pieces, count: Callable[[], int]) -> None:
-        """Send the whole records ``pieces`` now, or drop them; ``count()`` says how many
-        records they hold (called only when they are dropped)."""
-        if self.pending:
+        """Send the whole records ``pieces``, keep them for later, or drop them;
+        ``count()`` says how many records they hold (called only when they are dropped)."""
+        if self.buffer:
             self.flush()
-        if self.pending or self.gone:
+        if self.gone:
             self._drop(sum(len(p) for p in pieces), count())
             return
-        try:
-            sent = self._send(pieces)
-        except OSError as exc:
-            if not isinstance(exc, BlockingIOError):
-                self._fail(exc)
-            self._drop(sum(len(p) for p in pieces), count())
-            return
-        total = sum(len(p) for p in pieces)
-        if sent < total:
+        if self.buffer:
             data = b"".join(pieces)
-            end = sent if data[sent - 1:sent] == b"\n" else (data.find(b"\n", sent) + 1
-                                                               or total)
-            self.pending = data[sent:end]
-            if end < total:
-                self._drop(total - end, data.count(b"\n", end) + (data[-1:] != b"\n"))
-            if self.pending and self.on_pending is not None:
-                self.on_pending(self)
+        else:
+            try:
+                sent = self._send(pieces)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._fail(exc)
+                self._drop(sum(len(p) for p in pieces), count())
+                return
+            if sent == sum(len(p) for p in pieces):
+                return
+            # The rest of a record the descriptor took part of comes first: it fits, as
+            # the buffer was empty and holds far more than a record.
+            data = b"".join(pieces)[sent:]
+        room = ECHO_BUFFER - len(self.buffer)
+        if len(data) <= room:
+            self.buffer += data
+        else:
+            cut = data.rfind(b"\n", 0, room) + 1
+            self.buffer += memoryview(data)[:cut]
+            self._drop(len(data) - cut, data.count(b"\n", cut) + (data[-1:] != b"\n"))
+        if self.buffer and self.on_pending is not None:
+            self.on_pending(self)
 
     def flush(self) -> None:
-        """Send what is left of a partly sent record, as far as the descriptor takes it."""
-        while self.pending:
+        """Send what waits in the buffer, as far as the descriptor takes it."""
+        while self.buffer:
             try:
-                sent = self._send([self.pending])
+                sent = self._send([self.buffer])
             except BlockingIOError:
                 return
             except OSError as exc:
                 self._fail(exc)
-                self.pending = b""
+                self._drop(len(self.buffer), self.buffer.count(b"\n"))
+                self.buffer.clear()
                 return
-            self.pending = self.pending[sent:]
+            del self.buffer[:sent]
 
-    def _send(self, pieces: Pieces) -> int:
+    def _send(self, pieces: Pieces | list[bytearray]) -> int:
         if len(pieces) > IOV_MAX:
             pieces = [b"".join(pieces)]
         if self._sock is not None:
@@ -418,6 +431,8 @@ def _own_nonblocking(fd: int) -> tuple[int, socket.socket | None, bool]:
     except OSError:  # no /proc, or a pipe with no reader left: share the description
         own = os.dup(fd)
         os.set_blocking(own, False)
+    if stat.S_ISFIFO(mode):
+        enlarge_pipe(own)
     return own, None, True
 
 

@@ -414,7 +414,7 @@ class Launcher:
         self.send(message)
 
     def _watch_echo(self, echo: Echo) -> None:
-        """Part of a record is left: send the rest once the descriptor takes it."""
+        """Records wait in the echo's buffer: send them once the descriptor takes them."""
         if echo.pollable and echo.fd not in self._watched:
             self._watched.add(echo.fd)
             self.sel.register(echo.fd, selectors.EVENT_WRITE,
@@ -422,7 +422,7 @@ class Launcher:
 
     def _echo_writable(self, echo: Echo) -> None:
         echo.flush()
-        if not echo.pending and echo.fd in self._watched:
+        if not echo.buffer and echo.fd in self._watched:
             self._watched.discard(echo.fd)
             self.sel.unregister(echo.fd)
 
