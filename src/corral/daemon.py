@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -27,15 +28,23 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
+from corral.balancer.ports import PortAllocator, start_for
 from corral.errors import CorralError, SpecError
+from corral.monitor.sampler import TreeSampler
 from corral.protocol import messages as m
 from corral.protocol import paths
 from corral.states import Desired
+from corral.store.resources import ResourceStore
+from corral.store.secrets import SecretStore
 from corral.supervisor.announce import announce
+from corral.supervisor.balancing import Balancer
+from corral.supervisor.clock import SYSTEM, Clock
 from corral.supervisor.drops import OutputDrops
 from corral.supervisor.facade import Facade
 from corral.supervisor.launcher_client import Incompatible, LauncherClient
 from corral.supervisor.loop import Supervisor
+from corral.supervisor.persistence import StateFiles
+from corral.supervisor.settings import Settings
 from corral.supervisor.sources import SecretsDir, TargetFile
 
 if TYPE_CHECKING:
@@ -126,8 +135,8 @@ def up_line(supervisor: Supervisor, api: Path, listen_http: str | None) -> str:
     stopped = len(supervisor.services) - len(wanted)
     what = (f"{len(wanted)} service{'s' if len(wanted) != 1 else ''} "
             f"({count} instance{'s' if count != 1 else ''})")
-    if supervisor.adopted:
-        what += f", {supervisor.adopted} running instances adopted"
+    if supervisor.reattach.adopted:
+        what += f", {supervisor.reattach.adopted} running instances adopted"
     else:
         what += " started"
     if stopped:
@@ -140,7 +149,7 @@ def up_line(supervisor: Supervisor, api: Path, listen_http: str | None) -> str:
 async def serve(state_dir: Path, target_file: Path | None, listen_http: str | None = None,
                 metrics_public: bool = False, health_public: bool = False,
                 watch_target: Path | None = None, secrets_dir: Path | None = None,
-                secrets_file: Path | None = None) -> int:
+                secrets_file: Path | None = None, settings: Settings | None = None) -> int:
     """Run the supervisor until it is told to stop or restart; return its exit code.
 
     With ``listen_http`` (``HOST:PORT``), the same application is also served there over
@@ -152,7 +161,7 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
     ``target_file`` and ``secrets_file`` (the first supervisor of a ``sup run``) are checked
     before anything starts; a problem raises :class:`SpecError`.
     """
-    supervisor = Supervisor(state_dir)
+    supervisor = build_supervisor(state_dir, settings or Settings.from_environ(os.environ))
     supervisor.load_state(target_file, secrets_file)
     secrets = SecretsDir(supervisor, secrets_dir) if secrets_dir is not None else None
     fresh_secrets = secrets.load() if secrets is not None else []
@@ -276,11 +285,29 @@ def _watch_sources(supervisor: Supervisor, secrets: SecretsDir | None,
         stoppers.append(secrets.close)
         adopted = [name for name in fresh_secrets
                    if any(inst.started_at is not None and inst.started_at < supervisor.started_at
-                          for user in supervisor.secret_users(name)
+                          for user in supervisor.targets.secret_users(name)
                           for inst in supervisor.services[user].instances.values())]
         if adopted:
-            stoppers.append(asyncio.ensure_future(supervisor.secrets_changed(adopted)).cancel)
+            stoppers.append(asyncio.ensure_future(supervisor.targets.secrets_changed(adopted)).cancel)
     return stoppers
+
+
+def build_supervisor(state_dir: Path, settings: Settings, clock: Clock = SYSTEM) -> Supervisor:
+    """The supervisor of ``state_dir``, with its stores, balancer, port allocator, sampler
+    and clock."""
+    low, high = settings.port_range
+    ports = PortAllocator(low, high, start=start_for(
+        low, high, f"{os.geteuid()}:{state_dir.resolve()}"))
+    # Three kept-open /proc files per sampled instance: 3/8 of the fd limit at most.
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    budget = soft // 8 if soft != resource.RLIM_INFINITY else 5000
+    return Supervisor(
+        state_dir, files=StateFiles(state_dir),
+        secrets=SecretStore(state_dir / "secrets.json"),
+        resources=ResourceStore(state_dir / "resources"),
+        balancer=Balancer(state_dir, settings.base_env), ports=ports,
+        sampler=TreeSampler(max_open=min(5000, budget)), clock=clock,
+        base_env=settings.base_env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state_dir = paths.resolve_state_dir(args.state_dir)
     try:
+        settings = Settings.from_environ(os.environ)
+    except SpecError as exc:
+        report(exc)
+        return m.EXIT_FATAL  # the same environment would be refused again
+    try:
         # uvloop: on the restart path (an Exited frame in, a Spawn frame out) it wakes
         # and dispatches about 0.1 ms sooner than asyncio's own loop.  Hooks and exec
         # checks do not use its subprocesses (see corral.command).
@@ -303,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                                 args.listen_http, args.metrics_public, args.health_public,
                                 Path(args.watch_target) if args.watch_target else None,
                                 Path(args.secrets_dir) if args.secrets_dir else None,
-                                Path(args.secrets_file) if args.secrets_file else None))
+                                Path(args.secrets_file) if args.secrets_file else None,
+                                settings))
     except SpecError as exc:
         report(exc)
         # The first supervisor's files were refused: stop, rather than be started again

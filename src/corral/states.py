@@ -43,3 +43,9 @@ RUNNING_STATES = frozenset({ServiceState.STARTING, ServiceState.UP, ServiceState
                             ServiceState.STOPPING})
 #: States in which no process exists.
 STOPPED_STATES = frozenset({ServiceState.DOWN, ServiceState.BACKOFF, ServiceState.FAILED})
+#: States in which the instance has a process that is not being stopped.
+LIVE_STATES = frozenset({ServiceState.STARTING, ServiceState.UP, ServiceState.UNHEALTHY})
+#: States in which the instance is ready (it may be failing its health check).
+READY_STATES = frozenset({ServiceState.UP, ServiceState.UNHEALTHY})
+#: States in which the instance is at rest: no process, and no restart on its way.
+ENDED_STATES = frozenset({ServiceState.DOWN, ServiceState.FAILED})

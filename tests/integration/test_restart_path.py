@@ -18,12 +18,14 @@ from typing import Any
 
 import pytest
 
+from corral.daemon import build_supervisor
 from corral.errors import Unavailable
 from corral.protocol import framing
 from corral.protocol import messages as m
 from corral.supervisor.launcher_client import LauncherClient
 from corral.supervisor.loop import Supervisor
 from corral.supervisor.policy import Streak
+from corral.supervisor.settings import Settings
 
 Message = dict[str, Any]
 
@@ -78,7 +80,7 @@ def run_with_supervisor(tmp_path: Path,
     theirs.setblocking(False)
 
     async def main() -> None:
-        sup = Supervisor(tmp_path / "state")
+        sup = build_supervisor(tmp_path / "state", Settings.from_environ(os.environ))
         sup.load_state(target)
         fake = FakeLauncher(theirs)
         serving = asyncio.ensure_future(fake.serve())

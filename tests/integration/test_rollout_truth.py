@@ -348,7 +348,10 @@ services:
   - name: web
     on: 127.0.0.1:{port}
 """
-    assert not (corral.state_dir / "run").exists()
+    # run/ holds only the launcher's children record: no process directory, no ports.json
+    # (whose temp file could not be made in a missing directory).
+    run = corral.state_dir / "run"
+    assert not run.exists() or {p.name for p in run.iterdir()} <= {"launcher-children.jsonl"}
     result = corral.run("target", "set", str(write(tmp_path, text, "t.yaml")))
     assert result.returncode == 0, result.stderr
     assert len(running(corral, "web")) == 1 and len(running(corral, "other")) == 1

@@ -19,9 +19,10 @@ from corral.cli import render
 from corral.cli.common import CommandContext
 from corral.spec import ProcessSpec
 from corral.states import Desired, HealthState, ServiceState
+from corral.supervisor.clock import SYSTEM
+from corral.supervisor.effects import exit_record
 from corral.supervisor.events import EventLog
 from corral.supervisor.instance import Service
-from corral.supervisor.loop import _exit_record
 
 NOW = datetime.fromisoformat("2026-11-22T00:00:00Z").timestamp()
 
@@ -37,12 +38,12 @@ def _services() -> list[dict[str, Any]]:
     up.cpu, up.rss = 12.34, 50 * 1024 * 1024  # sampled
     crashed.state, crashed.spawns, crashed.reason = ServiceState.BACKOFF, 2, "exited with code 1"
     crashed.next_restart_at = NOW + 4
-    crashed.last_exit = _exit_record({"exit_code": 1, "pid": 1235, "at": NOW - 1}, None)
+    crashed.last_exit = exit_record({"exit_code": 1, "pid": 1235, "at": NOW - 1}, None, SYSTEM)
     web.instances = {0: up, 1: crashed}
     db = Service(ProcessSpec(name="db", command="postgres"), desired=Desired.DOWN)
     stopped = db.new_instance(0)
     stopped.spawns = 1
-    stopped.last_exit = _exit_record({"signal": 15, "pid": 99, "at": NOW - 60}, "graceful")
+    stopped.last_exit = exit_record({"signal": 15, "pid": 99, "at": NOW - 60}, "graceful", SYSTEM)
     db.instances = {0: stopped}
     return [web.as_dict(), db.as_dict()]
 

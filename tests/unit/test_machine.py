@@ -11,9 +11,9 @@ import itertools
 import pytest
 
 from corral.states import ServiceState as S
-from corral.supervisor.machine import Action, Event, step
+from corral.supervisor.machine import Action, Trigger, step
 
-A, E = Action, Event  # short names keep the table below readable
+A, E = Action, Trigger  # short names keep the table below readable
 
 # Every (state, event) pair that changes something.  Any pair not listed must leave the
 # state as it is and ask for no action.

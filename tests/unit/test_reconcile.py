@@ -5,19 +5,19 @@ from __future__ import annotations
 import pytest
 
 from corral.states import ServiceState as S
-from corral.supervisor.reconcile import Seen, Step, Verb, Want, plan
+from corral.supervisor.reconcile import Move, Seen, Verb, Want, plan
 
 
-def start(service: str, index: int) -> Step:
-    return Step(Verb.START, service, index)
+def start(service: str, index: int) -> Move:
+    return Move(Verb.START, service, index)
 
 
-def stop(service: str, index: int) -> Step:
-    return Step(Verb.STOP, service, index)
+def stop(service: str, index: int) -> Move:
+    return Move(Verb.STOP, service, index)
 
 
-def drop(service: str, index: int) -> Step:
-    return Step(Verb.DROP, service, index)
+def drop(service: str, index: int) -> Move:
+    return Move(Verb.DROP, service, index)
 
 
 # --------------------------------------------------------------------------- starting
@@ -69,7 +69,7 @@ def test_converged_service_needs_nothing(state: S) -> None:
 
 def test_stopped_service_already_down_needs_nothing() -> None:
     """A stopped service whose instances are all down needs nothing."""
-    observed = {("web", 0): Seen(S.DOWN), ("web", 1): Seen(S.DOWN, settled=True)}
+    observed = {("web", 0): Seen(S.DOWN), ("web", 1): Seen(S.DOWN, stays_down=True)}
     assert plan({"web": Want(2, up=False)}, observed) == []
 
 
@@ -143,11 +143,11 @@ def test_stopping_instance_of_an_unloaded_service_is_not_dropped_yet() -> None:
     assert plan({}, observed) == [drop("web", 0)]
 
 
-# ------------------------------------------------------------------------------- settled
+# ------------------------------------------------------------------------------- stays_down
 @pytest.mark.parametrize("state", [S.DOWN, S.FAILED])
 def test_settled_instances_are_not_restarted(state: S) -> None:
     """An instance left down on purpose by its restart policy is not started again."""
-    assert plan({"web": Want(1, up=True)}, {("web", 0): Seen(state, settled=True)}) == []
+    assert plan({"web": Want(1, up=True)}, {("web", 0): Seen(state, stays_down=True)}) == []
 
 
 def test_failed_instance_is_not_restarted() -> None:
@@ -162,7 +162,7 @@ def test_backoff_instance_is_left_to_its_timer() -> None:
 
 def test_settled_instances_are_still_dropped_when_unloaded() -> None:
     """Settled instances of an unloaded service are still forgotten."""
-    assert plan({}, {("web", 0): Seen(S.DOWN, settled=True)}) == [drop("web", 0)]
+    assert plan({}, {("web", 0): Seen(S.DOWN, stays_down=True)}) == [drop("web", 0)]
 
 
 # ----------------------------------------------------------------------------- several
@@ -173,7 +173,7 @@ def test_several_services_at_once() -> None:
         ("web", 0): Seen(S.UP),
         ("db", 0): Seen(S.UP),
         ("old", 0): Seen(S.UP),
-        ("worker", 0): Seen(S.DOWN, settled=True),
+        ("worker", 0): Seen(S.DOWN, stays_down=True),
         ("worker", 1): Seen(S.UP),
     }
     steps = plan(wanted, observed)
@@ -185,6 +185,6 @@ def test_several_services_at_once() -> None:
 
 def test_blocked_instances_wait_instead_of_starting() -> None:
     """An instance whose dependencies are not ready gets a WAIT step, never a START."""
-    from corral.supervisor.reconcile import Step, Verb, Want, plan
+    from corral.supervisor.reconcile import Move, Verb, Want, plan
     steps = plan({"app": Want(2, True, ("db",))}, {})
-    assert steps == [Step(Verb.WAIT, "app", 0), Step(Verb.WAIT, "app", 1)]
+    assert steps == [Move(Verb.WAIT, "app", 0), Move(Verb.WAIT, "app", 1)]

@@ -17,14 +17,14 @@ from corral.errors import SpecError
 from corral.health import owner
 from corral.spec import validate_process
 from corral.store.secrets import SecretStore
-from corral.supervisor.rollout import Action, Change, Phase, Prior, Rollout, Step, own_lines
+from corral.supervisor.rollout import Change, Edit, Phase, Prior, Rollout, Step, own_lines
 
 
 # ------------------------------------------------------------------------- the record
 def record() -> Rollout:
     spec = validate_process({"name": "api", "command": "sleep 1", "env": {"V": "${V}"}}, "t")
     made = Rollout(id=7, cause="secret V changed", started_at=1700000000.25,
-                   changes=[Change("process", "api", Action.CHANGE, ("env.V",))],
+                   changes=[Change("process", "api", Edit.CHANGE, ("env.V",))],
                    secrets=["V"], added=["web"])
     made.steps["api"] = Step("api", 2, replaced=1, detail="instance 1: starting")
     made.prior["api"] = Prior(spec, 3)

@@ -55,7 +55,7 @@ class Facade:
                 "supervisor_pid": os.getpid(), "state_dir": str(self._sup.state_dir),
                 "started_at": rfc3339(self._sup.started_at),
                 "uptime_s": round(time.time() - self._sup.started_at, 3),
-                "services": counts, "balancer": self._sup.balancer.status(),
+                "services": counts, "balancer": self._sup.traffic.balancer.status(),
                 "versions": self.versions()}
 
     def versions(self) -> dict[str, Any]:
@@ -64,7 +64,7 @@ class Facade:
         launcher = self._sup.launcher
         return {"launcher": (launcher.launcher_version or None) if launcher else None,
                 "supervisor": __version__,
-                "balancer": self._sup.balancer.stats().get("version"),
+                "balancer": self._sup.traffic.balancer.stats().get("version"),
                 "protocol": {"launcher": launcher.launcher_protocol or None if launcher
                              else None, "supervisor": m.PROTOCOL_VERSION}}
 
@@ -77,7 +77,7 @@ class Facade:
         """Per proxy service, the balancer's last figures (for ``/metrics``): connections
         open now, accepted in all, and failed; empty while no balancer reports."""
         out: dict[str, dict[str, float]] = {}
-        for svc in self._sup.balancer.stats().get("services", []):
+        for svc in self._sup.traffic.balancer.stats().get("services", []):
             out[str(svc.get("name"))] = {"connections": svc.get("active", 0),
                                          "connections_total": svc.get("total", 0),
                                          "errors_total": sum((svc.get("errors") or {})
@@ -106,7 +106,7 @@ class Facade:
             return entry
         mine = f"{entry['name']}/"
         traffic = {}
-        for svc in self._sup.balancer.stats().get("services", []):
+        for svc in self._sup.traffic.balancer.stats().get("services", []):
             if svc.get("name") in receives:
                 traffic[svc["name"]] = {**svc, "backends": [
                     b for b in svc.get("backends", []) if str(b.get("id")).startswith(mine)]}
@@ -196,35 +196,35 @@ class Facade:
 
     async def load(self, spec: ProcessSpec) -> str:
         self._sup.conflict_if_stopping()
-        return await self._sup.load(spec)
+        return await self._sup.commands.load(spec)
 
     async def unload(self, name: str) -> None:
         self._sup.conflict_if_stopping()
-        await self._sup.unload(name)
+        await self._sup.commands.unload(name)
 
     async def start(self, name: str) -> None:
         self._sup.conflict_if_stopping()
-        await self._sup.start(name)
+        await self._sup.commands.start(name)
 
     async def stop(self, name: str) -> None:
         self._sup.conflict_if_stopping()
-        await self._sup.stop(name)
+        await self._sup.commands.stop(name)
 
     async def restart(self, name: str) -> None:
         self._sup.conflict_if_stopping()
-        await self._sup.restart(name)
+        await self._sup.commands.restart(name)
 
     async def reload(self, name: str) -> None:
         self._sup.conflict_if_stopping()
-        await self._sup.reload(name)
+        await self._sup.commands.reload(name)
 
     async def scale(self, name: str, instances: int) -> None:
         self._sup.conflict_if_stopping()
-        await self._sup.scale(name, instances)
+        await self._sup.commands.scale(name, instances)
 
     async def wait_ready(self, name: str, timeout: float | None) -> None:
         if timeout is not None:
-            await self._sup.wait_ready(name, timeout)
+            await self._sup.commands.wait_ready(name, timeout)
 
     def restart_supervisor(self) -> None:
         self._request_exit(0)
@@ -241,20 +241,20 @@ class Facade:
 
     def _parse_target(self, text: str, source: str) -> Target:
         target = load_target(text, source)
-        self._sup.check_target(target, text, source)
+        self._sup.targets.check(target, text, source)
         return target
 
     async def target_plan(self, text: str, source: str) -> dict[str, Any]:
         """What ``target set`` would do with this YAML (SpecError if it would refuse it)."""
         target = self._parse_target(text, source)
-        await self._sup.check_binds(target, text, source, hold=False)
-        return {"changes": [c.as_dict() for c in self._sup.plan_target(target)]}
+        await self._sup.traffic.check_binds(target, text, source, hold=False)
+        return {"changes": [c.as_dict() for c in self._sup.targets.plan(target)]}
 
     async def target_set(self, text: str, source: str) -> dict[str, Any]:
         """Apply a target; replacements go on in the background (see target_status)."""
         self._sup.conflict_if_stopping()
         target = self._parse_target(text, source)
-        record = await self._sup.apply_target(target, text, source)
+        record = await self._sup.targets.apply(target, text, source)
         if record is None:
             return {"result": "unchanged", "changes": [], "rollout": None}
         return {"result": "applying" if record.steps else "applied",
@@ -263,8 +263,8 @@ class Facade:
 
     def target_status(self) -> dict[str, Any]:
         """The running rollout, or the last one (None before the first)."""
-        record = self._sup.rollout
-        return {"running": self._sup.rollout_running(),
+        record = self._sup.rollouts.record
+        return {"running": self._sup.rollouts.running(),
                 "rollout": record.as_dict() if record is not None else None}
 
     # --- stores (secrets, resources) ---
@@ -272,7 +272,7 @@ class Facade:
     # and every message names secrets, never their values.
     def secrets(self) -> list[dict[str, Any]]:
         """``[{name, used_by}]`` for every secret, sorted by name."""
-        return [{"name": name, "used_by": self._sup.secret_users(name)}
+        return [{"name": name, "used_by": self._sup.targets.secret_users(name)}
                 for name in self._sup.secrets.names()]
 
     def secret_values(self, names: list[str]) -> dict[str, str]:
@@ -283,13 +283,13 @@ class Facade:
 
     async def set_secret(self, name: str, value: str) -> dict[str, Any]:
         """Store a secret; when its value changed, the processes using it are rolled out
-        and a failed rollout puts the old value back (``Supervisor.set_secret``).
+        and a failed rollout puts the old value back (``Targets.set_secret``).
         ``result``: added, updated or unchanged."""
         self._sup.conflict_if_stopping()
         existed = name in self._sup.secrets
-        changed, record = await self._sup.set_secret(name, value)
+        changed, record = await self._sup.targets.set_secret(name, value)
         result = "unchanged" if not changed else "updated" if existed else "added"
-        return {"name": name, "result": result, "used_by": self._sup.secret_users(name),
+        return {"name": name, "result": result, "used_by": self._sup.targets.secret_users(name),
                 "rollout": record.as_dict() if record is not None else None}
 
     def remove_secrets(self, names: list[str]) -> list[str]:
@@ -297,11 +297,11 @@ class Facade:
         the processes for one in use."""
         store = self._sup.secrets
         return self._remove_unused("secret", store.require, store.remove, names,
-                                   self._sup.secret_users, repr)
+                                   self._sup.targets.secret_users, repr)
 
     def resources(self) -> list[dict[str, Any]]:
         """``[{id, name, size, created, used_by}]``, oldest first."""
-        return [{**entry, "used_by": self._sup.resource_users(entry["id"])}
+        return [{**entry, "used_by": self._sup.targets.resource_users(entry["id"])}
                 for entry in self._sup.resources.list()]
 
     async def add_resource(self, name: str, chunks: AsyncIterator[bytes]) -> dict[str, Any]:
@@ -309,7 +309,7 @@ class Facade:
         (the first upload's name and time when the content was there already)."""
         store = self._sup.resources
         resource_id = await store.add(name, chunks)
-        return {**store.info(resource_id), "used_by": self._sup.resource_users(resource_id)}
+        return {**store.info(resource_id), "used_by": self._sup.targets.resource_users(resource_id)}
 
     def resource_file(self, resource_id: str) -> tuple[Path, str]:
         """The blob of a resource and its original name (for a download)."""
@@ -321,7 +321,7 @@ class Facade:
         processes for one that a process lists."""
         store = self._sup.resources
         return self._remove_unused("resource", store.require, store.remove, ids,
-                                   self._sup.resource_users, str)
+                                   self._sup.targets.resource_users, str)
 
     def _remove_unused(self, kind: str, require: Callable[[list[str]], object],
                        remove: Callable[[list[str]], list[str]], keys: list[str],

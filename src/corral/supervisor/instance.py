@@ -52,7 +52,7 @@ class Instance:
     started_at: float | None = None
     spawns: int = 0
     streak: Streak = field(default_factory=Streak)
-    settled: bool = False
+    stays_down: bool = False          # left down on purpose: reconcile does not start it
     delay: float = 0.0
     next_restart_at: float | None = None
     reason: str = ""
@@ -62,7 +62,7 @@ class Instance:
     spawned: asyncio.Future[None] | None = None
     # Futures of callers waiting for this instance to be down (see until_stopped).
     stop_waiters: list[asyncio.Future[None]] = field(default_factory=list)
-    request: tuple[ProcessSpec, bytes] | None = None
+    spawn_request: tuple[ProcessSpec, bytes] | None = None
     watch: HealthWatch | None = None
     cpu: float | None = None          # percent of one core, over the last sample period
     rss: int | None = None            # bytes, whole process tree
@@ -70,7 +70,7 @@ class Instance:
     sampled_at: float = 0.0           # monotonic time it was last sampled
     over_limit_since: float | None = None
     init_done: bool = False
-    dog: asyncio.TimerHandle | None = None   # the watchdog countdown
+    watchdog_timer: asyncio.TimerHandle | None = None   # the watchdog countdown
     history: History = field(default_factory=lambda: History(HISTORY_POINTS))
     notify: NotifySocket | None = None
     failures: int = 0

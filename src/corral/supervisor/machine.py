@@ -21,7 +21,7 @@ from enum import StrEnum
 from corral.states import ServiceState as S
 
 
-class Event(StrEnum):
+class Trigger(StrEnum):
     """Something that happened to an instance, or something a user asked of it."""
 
     START = "start"            # the user (or reconcile) wants it running
@@ -55,34 +55,34 @@ class Action(StrEnum):
 
 _LIVE = (S.STARTING, S.UP, S.UNHEALTHY)
 _EXITS = {
-    Event.EXIT_RESTART: (S.STARTING, (Action.SPAWN,)),
-    Event.EXIT_BACKOFF: (S.BACKOFF, (Action.SCHEDULE,)),
-    Event.EXIT_DOWN: (S.DOWN, ()),
-    Event.EXIT_GIVE_UP: (S.FAILED, ()),
-    Event.EXIT_WAIT: (S.DOWN, ()),
+    Trigger.EXIT_RESTART: (S.STARTING, (Action.SPAWN,)),
+    Trigger.EXIT_BACKOFF: (S.BACKOFF, (Action.SCHEDULE,)),
+    Trigger.EXIT_DOWN: (S.DOWN, ()),
+    Trigger.EXIT_GIVE_UP: (S.FAILED, ()),
+    Trigger.EXIT_WAIT: (S.DOWN, ()),
 }
 
-TABLE: dict[tuple[S, Event], tuple[S, tuple[Action, ...]]] = {
-    (S.DOWN, Event.START): (S.STARTING, (Action.SPAWN,)),
-    (S.FAILED, Event.START): (S.STARTING, (Action.SPAWN,)),
-    (S.FAILED, Event.STOP): (S.DOWN, ()),
-    (S.BACKOFF, Event.TIMER): (S.STARTING, (Action.SPAWN,)),
-    (S.BACKOFF, Event.STOP): (S.DOWN, (Action.CANCEL,)),
-    (S.BACKOFF, Event.START): (S.STARTING, (Action.CANCEL, Action.SPAWN)),
-    (S.BACKOFF, Event.WAIT): (S.DOWN, (Action.CANCEL,)),
-    (S.STARTING, Event.READY): (S.UP, ()),
-    (S.UP, Event.UNHEALTHY): (S.UNHEALTHY, ()),
-    (S.UNHEALTHY, Event.HEALTHY): (S.UP, ()),
-    (S.STOPPING, Event.STOPPED): (S.DOWN, ()),
-    (S.STOPPING, Event.STOPPED_RESTART): (S.STARTING, (Action.SPAWN,)),
-    (S.STOPPING, Event.STOPPED_BACKOFF): (S.BACKOFF, (Action.SCHEDULE,)),
-    (S.STOPPING, Event.STOPPED_GIVE_UP): (S.FAILED, ()),
-    **{(state, Event.STOP): (S.STOPPING, (Action.TERMINATE,)) for state in _LIVE},
-    **{(state, Event.RESTART): (S.STOPPING, (Action.TERMINATE,)) for state in _LIVE},
+TABLE: dict[tuple[S, Trigger], tuple[S, tuple[Action, ...]]] = {
+    (S.DOWN, Trigger.START): (S.STARTING, (Action.SPAWN,)),
+    (S.FAILED, Trigger.START): (S.STARTING, (Action.SPAWN,)),
+    (S.FAILED, Trigger.STOP): (S.DOWN, ()),
+    (S.BACKOFF, Trigger.TIMER): (S.STARTING, (Action.SPAWN,)),
+    (S.BACKOFF, Trigger.STOP): (S.DOWN, (Action.CANCEL,)),
+    (S.BACKOFF, Trigger.START): (S.STARTING, (Action.CANCEL, Action.SPAWN)),
+    (S.BACKOFF, Trigger.WAIT): (S.DOWN, (Action.CANCEL,)),
+    (S.STARTING, Trigger.READY): (S.UP, ()),
+    (S.UP, Trigger.UNHEALTHY): (S.UNHEALTHY, ()),
+    (S.UNHEALTHY, Trigger.HEALTHY): (S.UP, ()),
+    (S.STOPPING, Trigger.STOPPED): (S.DOWN, ()),
+    (S.STOPPING, Trigger.STOPPED_RESTART): (S.STARTING, (Action.SPAWN,)),
+    (S.STOPPING, Trigger.STOPPED_BACKOFF): (S.BACKOFF, (Action.SCHEDULE,)),
+    (S.STOPPING, Trigger.STOPPED_GIVE_UP): (S.FAILED, ()),
+    **{(state, Trigger.STOP): (S.STOPPING, (Action.TERMINATE,)) for state in _LIVE},
+    **{(state, Trigger.RESTART): (S.STOPPING, (Action.TERMINATE,)) for state in _LIVE},
     **{(state, event): result for state in _LIVE for event, result in _EXITS.items()},
 }
 
 
-def step(state: S, event: Event) -> tuple[S, tuple[Action, ...]]:
+def step(state: S, event: Trigger) -> tuple[S, tuple[Action, ...]]:
     """Return the next state and the actions to run; unknown pairs change nothing."""
     return TABLE.get((state, event), (state, ()))

@@ -2,7 +2,7 @@
 
 ``plan(wanted, observed)`` returns steps the loop carries out; calling it again after
 they are done returns nothing but ``WAIT`` steps for instances whose dependencies are not
-ready yet (it converges).  ``settled`` instances are those the
+ready yet (it converges).  ``stays_down`` instances are those the
 restart policy left down on purpose (``never``, ``on-failure`` after success, or
 ``failed``): they are not started again until a user asks.
 """
@@ -37,11 +37,11 @@ class Seen:
     """One existing instance."""
 
     state: S
-    settled: bool = False
+    stays_down: bool = False
 
 
 @dataclass(frozen=True)
-class Step:
+class Move:
     verb: Verb
     service: str
     index: int
@@ -50,22 +50,22 @@ class Step:
 _STOPPABLE = frozenset({S.STARTING, S.UP, S.UNHEALTHY, S.BACKOFF, S.FAILED})
 
 
-def plan(wanted: Mapping[str, Want], observed: Mapping[tuple[str, int], Seen]) -> list[Step]:
+def plan(wanted: Mapping[str, Want], observed: Mapping[tuple[str, int], Seen]) -> list[Move]:
     """The steps that bring ``observed`` to ``wanted``, in service then instance order."""
-    steps: list[Step] = []
+    steps: list[Move] = []
     for (service, index), seen in observed.items():
         want = wanted.get(service)
         if want is None or index >= want.instances:
             if seen.state != S.STOPPING:
-                steps.append(Step(Verb.DROP, service, index))
+                steps.append(Move(Verb.DROP, service, index))
         elif not want.up and seen.state in _STOPPABLE:
-            steps.append(Step(Verb.STOP, service, index))
+            steps.append(Move(Verb.STOP, service, index))
     for service, want in wanted.items():
         if not want.up:
             continue
         for index in range(want.instances):
             have = observed.get((service, index))
-            if have is None or (have.state == S.DOWN and not have.settled):
+            if have is None or (have.state == S.DOWN and not have.stays_down):
                 verb = Verb.WAIT if want.blocked_by else Verb.START
-                steps.append(Step(verb, service, index))
+                steps.append(Move(verb, service, index))
     return steps

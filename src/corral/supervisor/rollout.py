@@ -4,7 +4,7 @@
 ``corral target set`` does: processes and services added, changed (with the fields that
 differ) and removed.  A changed process whose only difference is ``instances`` is scaled
 (the instances that stay are not touched); any other change replaces its instances one by
-one, health-gated (see :meth:`corral.supervisor.loop.Supervisor.apply_target`).
+one, health-gated (see :meth:`corral.supervisor.targets.Targets.apply`).
 
 :class:`Rollout` is the record of one ``target set`` (or secret change): which processes it
 replaces, how far each got, and, when one failed, why and the new instance's last log lines.
@@ -25,7 +25,7 @@ from corral.spec import ProcessSpec, ServiceSpec, Target, validate_process
 from .events import rfc3339
 
 
-class Action(StrEnum):
+class Edit(StrEnum):
     ADD = "added"
     CHANGE = "changed"
     REMOVE = "removed"
@@ -37,13 +37,13 @@ class Change:
 
     kind: str            # "process" | "service"
     name: str
-    action: Action
+    action: Edit
     fields: tuple[str, ...] = ()   # dotted paths that differ (changes only)
 
     @property
     def replaces(self) -> bool:
         """Whether applying it replaces running instances (anything but ``instances``)."""
-        return (self.kind == "process" and self.action is Action.CHANGE
+        return (self.kind == "process" and self.action is Edit.CHANGE
                 and self.fields != ("instances",))
 
     def as_dict(self) -> dict[str, Any]:
@@ -52,7 +52,7 @@ class Change:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Change:
-        return cls(str(doc["kind"]), str(doc["name"]), Action(doc["action"]),
+        return cls(str(doc["kind"]), str(doc["name"]), Edit(doc["action"]),
                    tuple(str(f) for f in doc.get("fields", [])))
 
 
@@ -83,12 +83,12 @@ def diff(old: Target, new: Target) -> list[Change]:
         for name, spec in after.items():
             was = before.get(name)
             if was is None:
-                changes.append(Change(kind, name, Action.ADD))
+                changes.append(Change(kind, name, Edit.ADD))
             # Equal models dump to equal dicts: only a model that differs pays for the two
             # dumps (at 1,000 processes they were most of a no-op plan's diff).
             elif spec != was and (a := was.to_dict()) != (b := spec.to_dict()):
-                changes.append(Change(kind, name, Action.CHANGE, tuple(differences(a, b))))
-        changes += [Change(kind, name, Action.REMOVE) for name in before if name not in after]
+                changes.append(Change(kind, name, Edit.CHANGE, tuple(differences(a, b))))
+        changes += [Change(kind, name, Edit.REMOVE) for name in before if name not in after]
     return changes
 
 

@@ -110,20 +110,20 @@ class TargetFile:
         sup = self.supervisor
         try:
             target = load_target(text, source)
-            changes = sup.plan_target(target)
+            changes = sup.targets.plan(target)
             if not changes:  # as running (the first supervisor applied it at start)
                 self.refused = False
                 return
-            sup.check_target(target, text, source)
+            sup.targets.check(target, text, source)
             plan = "; ".join(f"{_MARKS[c.action.value]} {c.kind} {c.name}"
                              + (f": {', '.join(c.fields)}" if c.fields else "")
                              for c in changes)
             sup.events.emit("", "target", f"target file {source} changed: {plan}")
             while True:
-                if sup.rollout_running():
-                    await sup.wait_rollout()
+                if sup.rollouts.running():
+                    await sup.rollouts.wait()
                 try:
-                    await sup.apply_target(target, text, source,
+                    await sup.targets.apply(target, text, source,
                                            cause=f"target file {source} changed")
                     break
                 except Conflict:
@@ -240,7 +240,7 @@ class SecretsDir:
             self.supervisor.events.emit(
                 "", "secrets", f"{', '.join(changed)} changed in {self.directory}")
             try:
-                await self.supervisor.secrets_changed(changed)
+                await self.supervisor.targets.secrets_changed(changed)
             except Conflict:
                 return  # shutting down
             if self.on_synced is not None:

@@ -1,0 +1,97 @@
+"""Reattaching to a launcher after a supervisor restart: its running children are
+adopted (same PIDs, no restart) and the exits it saw while no supervisor ran are replayed
+through the restart policy.  Which of two children to keep is :mod:`.adoption`'s pure
+choice."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from corral.states import Desired, ServiceState
+
+from . import adoption, policy
+from .effects import exit_record
+from .instance import Instance, parse_launcher_name
+from .launcher_client import Message
+
+if TYPE_CHECKING:
+    from .loop import Supervisor
+
+
+class Reattach:
+    """Adopts the launcher's children into ``core``'s records.
+
+    Attributes:
+        adopted: how many instances were adopted (the ``up`` line says so).
+        watch_after_attach: adopted instances with a health check, watched once attached.
+    """
+
+    def __init__(self, core: Supervisor) -> None:
+        self._core = core
+        self.adopted = 0
+        self.watch_after_attach: list[Instance] = []
+
+    def adopt(self, child: Message) -> None:
+        """Take over a running child.  An instance of an older generation (a rollout was
+        under way when the last supervisor died) is adopted too, and replaced once
+        attached; a newer, unconfirmed one beside it is stopped and started again."""
+        parsed = parse_launcher_name(str(child.get("name", "")))
+        name, index, gen = parsed if parsed else ("", -1, 0)
+        service = self._core.services.get(name)
+        pid = int(child["pid"])
+        if service is None or not adoption.wanted(service, index):
+            # Not wanted any more (unloaded or stopped while no supervisor ran): stop it.
+            self._core.effects.terminate_pid(pid, service.spec if service else None)
+            return
+        present = service.instances.get(index)
+        if present is not None:
+            if adoption.arbitrate(present.gen, gen, service.gen) is adoption.Keep.PRESENT:
+                self._core.effects.terminate_pid(pid, service.spec)
+                return
+            assert present.pid is not None
+            self._core.effects.terminate_pid(present.pid, service.spec)
+            if present in self.watch_after_attach:
+                self.watch_after_attach.remove(present)
+        inst = Instance(service=name, index=index, gen=gen, state=ServiceState.UP, pid=pid,
+                        started_at=float(child.get("started_at", self._core.clock.time())),
+                        reason="adopted", passed=True, spec=self._core.rollouts.pinned_spec(name, gen))
+        inst.spawns = max(1, int(child.get("spawns", 1)) - self._core.effects.spawn_base.get(
+            inst.launcher_name, 0))
+        self.adopted += 1
+        self._core.traffic.adopt_ports(inst)
+        service.instances[index] = inst
+        if service.spec.health is not None:
+            self.watch_after_attach.append(inst)
+        self._core.events.emit(name, "adopt", f"adopted pid {pid} after a supervisor restart",
+                         instance=index, pid=pid, to=inst.state.value)
+
+    def replay_exit(self, exited: Message) -> None:
+        """An instance exited while no supervisor ran: apply its restart policy now."""
+        parsed = parse_launcher_name(str(exited.get("name", "")))
+        if parsed is None:
+            return
+        name, index, gen = parsed
+        service = self._core.services.get(name)
+        pinned = self._core.rollouts.pinned_spec(name, gen)  # an old instance of a resumed rollout
+        if (service is None or service.desired is Desired.DOWN
+                or (gen != service.gen and pinned is None)
+                or index >= service.spec.instances or index in service.instances):
+            return
+        inst = service.instances.setdefault(index, Instance(service=name, index=index,
+                                                            gen=gen, spec=pinned))
+        # The run that ended counts: its restart, if any, is one more.
+        spawns = exited.get("spawns")
+        inst.spawns = (int(spawns) - self._core.effects.spawn_base.get(inst.launcher_name, 0)
+                       if isinstance(spawns, int) else max(inst.spawns, 1))
+        decision = policy.decide(service.spec.restart, exited.get("exit_code"),
+                                 exited.get("signal"), service.spec.restart.cooldown,
+                                 inst.streak, self._core.uniform)
+        inst.last_exit = exit_record(exited, None, self._core.clock)
+        inst.reason = decision.reason
+        if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
+            inst.stays_down = True
+            inst.state = (ServiceState.FAILED if decision.verdict is policy.Verdict.GIVE_UP
+                          else ServiceState.DOWN)
+        self._core.events.emit(name, "exit", f"{decision.reason} (while no supervisor ran)",
+                         instance=index, pid=exited.get("pid"),
+                         exit_code=exited.get("exit_code"), signal=exited.get("signal"))
