@@ -40,6 +40,7 @@ from corral.supervisor import formats
 from corral.supervisor.announce import announce
 from corral.supervisor.balancing import Balancer
 from corral.supervisor.clock import SYSTEM, Clock
+from corral.supervisor.drops import OutputDrops
 from corral.supervisor.facade import Facade
 from corral.supervisor.launcher_client import Incompatible, LauncherClient
 from corral.supervisor.loop import Supervisor
@@ -193,10 +194,11 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
               "start corral with: corral sup run", file=sys.stderr)
         return 1
     launcher_sock = socket.socket(fileno=int(fd_text))
+    drops = OutputDrops(supervisor.events)
     launcher = await LauncherClient.connect(
         launcher_sock, supervisor.on_exit,
         on_shutdown=lambda: request_exit(m.EXIT_DONE),
-        on_lost=lambda: finish(m.EXIT_FATAL))
+        on_lost=lambda: finish(m.EXIT_FATAL), on_dropped=drops.on_message)
     await supervisor.check_boot_target(launcher)
     await supervisor.attach(launcher)
     stoppers = _watch_sources(supervisor, secrets, fresh_secrets, watch_target)
@@ -218,7 +220,7 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
         from corral.api.tls import RemoteAccess
 
         remote = RemoteAccess.setup(state_dir, listen_http)
-    app = create_app(Facade(supervisor, request_exit), remote)
+    app = create_app(Facade(supervisor, request_exit, drops), remote)
     # Everything imported so far lives as long as the process: move it out of the
     # collector's reach, so a full collection landing on a restart stays short.
     gc.freeze()

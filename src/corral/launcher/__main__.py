@@ -12,7 +12,16 @@ import sys
 
 from corral.protocol import paths
 
+from .console import Console
 from .pid1 import Launcher, take_lock
+
+
+def log_stdout_default() -> bool:
+    """Where a platform collects the main process's stdout: as PID 1 (a container), or
+    under systemd (``INVOCATION_ID`` or ``NOTIFY_SOCKET`` set), services' records go there
+    too unless ``--no-log-stdout`` says otherwise."""
+    return (os.getpid() == 1 or bool(os.environ.get("INVOCATION_ID"))
+            or bool(os.environ.get("NOTIFY_SOCKET")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--watch-target", action="store_true",
                         help="re-apply the --target file whenever it changes")
     parser.add_argument("--secrets-dir", help="read (and watch) each file here as a secret")
+    parser.add_argument("--log-stdout", action=argparse.BooleanOptionalAction,
+                        help="also write every service's records to stdout (default: on as "
+                             "PID 1 or under systemd)")
     args = parser.parse_args(argv)
+    # From here on nothing is printed with a blocking or raising write (see .console).
+    console = Console()
+    console.install()
     state_dir = paths.resolve_state_dir(args.state_dir)
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -55,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         sup_args += ["--watch-target", os.path.abspath(args.target)]
     if args.secrets_dir:
         sup_args += ["--secrets-dir", os.path.abspath(args.secrets_dir)]
+    log_stdout = log_stdout_default() if args.log_stdout is None else args.log_stdout
     try:
-        return Launcher(state_dir, sup_args, first).run()
+        return Launcher(state_dir, sup_args, first, log_stdout, console).run()
     finally:
         os.close(lock)
 

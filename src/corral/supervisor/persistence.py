@@ -11,6 +11,8 @@
 Each JSON file carries its format (see :mod:`.formats`, which the supervisor runs over the
 directory before it reads any of them); the readers here also take a file of an older
 format, brought up to date as it is read.
+A write that fails raises :class:`~corral.errors.StateWriteFailed` and leaves the old
+file as it was; the ``run/`` files are caches, which their callers write best effort.
 """
 
 from __future__ import annotations
@@ -81,7 +83,6 @@ class StateFiles:
         return base
 
     def save_spawn_base(self, base: dict[str, int]) -> None:
-        self.spawn_base_path.parent.mkdir(parents=True, exist_ok=True)
         statefile.write_json(self.spawn_base_path, {**base, "format": formats.SPAWN_BASE})
 
     def ports(self) -> dict[str, dict[str, int]]:
@@ -90,7 +91,6 @@ class StateFiles:
         return held
 
     def save_ports(self, held: dict[str, dict[str, int]]) -> None:
-        self.ports_path.parent.mkdir(parents=True, exist_ok=True)
         statefile.write_json(self.ports_path, {**held, "format": formats.PORTS})
 
     @staticmethod
