@@ -38,9 +38,11 @@ from corral.protocol import paths
 from corral.states import Desired
 from corral.store.resources import ResourceStore
 from corral.store.secrets import SecretStore
+from corral.supervisor import formats
 from corral.supervisor.announce import announce
 from corral.supervisor.balancing import Balancer
 from corral.supervisor.clock import SYSTEM, Clock
+from corral.supervisor.drops import OutputDrops
 from corral.supervisor.facade import Facade
 from corral.supervisor.launcher_client import Incompatible, LauncherClient
 from corral.supervisor.loop import Supervisor
@@ -167,6 +169,11 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
     supervisor) an etcd that cannot be used raises :class:`ClusterError` before anything
     starts, while a later supervisor starts whatever etcd does.
     """
+    try:
+        formats.prepare(state_dir)
+    except formats.TooNew as exc:
+        print(f"corral-supervisor: {exc}", file=sys.stderr)
+        return await _refuse_state()
     backend = (cluster or ClusterOptions()).backend(state_dir, os.environ)
     if cluster_probe:
         try:
@@ -202,10 +209,11 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
               "start corral with: corral sup run", file=sys.stderr)
         return 1
     launcher_sock = socket.socket(fileno=int(fd_text))
+    drops = OutputDrops(supervisor.events)
     launcher = await LauncherClient.connect(
         launcher_sock, supervisor.on_exit,
         on_shutdown=lambda: request_exit(m.EXIT_DONE),
-        on_lost=lambda: finish(m.EXIT_FATAL))
+        on_lost=lambda: finish(m.EXIT_FATAL), on_dropped=drops.on_message)
     await supervisor.check_boot_target(launcher)
     await supervisor.attach(launcher)
     await membership.start()
@@ -228,7 +236,7 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
         from corral.api.tls import RemoteAccess
 
         remote = RemoteAccess.setup(state_dir, listen_http)
-    app = create_app(Facade(supervisor, request_exit, membership), remote)
+    app = create_app(Facade(supervisor, request_exit, drops, membership), remote)
     # Everything imported so far lives as long as the process: move it out of the
     # collector's reach, so a full collection landing on a restart stays short.
     gc.freeze()
@@ -279,6 +287,22 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
     supervisor.events.close()
     launcher.close()
     return code
+
+
+async def _refuse_state() -> int:
+    """The exit code of a supervisor whose state directory is too new: keep the services
+    the launcher runs (it starts no supervisor again until SIGHUP), or, with none running
+    (a ``sup run`` on that directory), have the launcher exit."""
+    fd_text = os.environ.get(m.ENV_LAUNCHER_FD, "")
+    if not fd_text.isdigit():
+        return 1
+    launcher = await LauncherClient.connect(
+        socket.socket(fileno=int(fd_text)), lambda _: None, lambda: None, lambda: None)
+    try:
+        running = await launcher.list_children()
+    finally:
+        launcher.close()
+    return m.EXIT_INCOMPATIBLE if running else m.EXIT_FATAL
 
 
 def _watch_sources(supervisor: Supervisor, secrets: SecretsDir | None,

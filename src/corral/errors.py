@@ -12,6 +12,8 @@ stable ``code`` (used as the API's error code) and a message a person can act on
     │   └── SpawnFailed         spawn_failed    422   the command could not be started (missing binary, user)
     ├── Unavailable             unavailable     503   the supervisor or launcher cannot be reached
     ├── NotReady                not_ready       504   a service did not become ready in time
+    ├── StateWriteFailed        state_write_failed 507 a state file could not be written (disk
+    │                                                  full, I/O error); nothing changed
     ├── ClusterError            cluster_error   502   etcd refused a request (carries etcd's gRPC code)
     │   ├── ClusterUnavailable  cluster_unavailable 503  no etcd endpoint answers (each one's reason)
     │   ├── ClusterAuthError    cluster_auth    502   etcd refused the user, password or permission
@@ -101,6 +103,18 @@ class NotReady(CorralError):
     def __init__(self, message: str, details: list[str] | None = None) -> None:
         super().__init__(message)
         self.details = details or []
+
+
+class StateWriteFailed(CorralError):
+    """A state file could not be written (``ENOSPC``, ``EIO``...): the change is refused,
+    and the previous file is intact and still in force."""
+
+    code = "state_write_failed"
+    status = 507
+
+    def __init__(self, path: object, exc: OSError) -> None:
+        super().__init__(f"cannot write {path}: {exc.strerror or exc}; nothing was changed")
+        self.errno = exc.errno
 
 
 class TemplateError(SpecError):

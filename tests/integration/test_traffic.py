@@ -266,11 +266,12 @@ def test_ports_are_released_and_never_shared(corral: Corral, tmp_path: Path,
     port = free_port()
     start_app(corral, tmp_path, app, port, instances=3)
     held = json.loads((corral.state_dir / "run" / "ports.json").read_text())
+    assert held.pop("format") == 1
     ports = [p["web"] for p in held.values()]
     assert len(ports) == 3 and len(set(ports)) == 3
     assert all(30000 <= p <= 39999 for p in ports)
     corral.ok("svc", "scale", "app", "1")
     wait_for(lambda: len(json.loads((corral.state_dir / "run" / "ports.json").read_text()))
-             == 1, what="the ports of the stopped instances released")
+             == 2, what="the ports of the stopped instances released")  # and the format
     left = healthy_pids(corral)
     assert len(left) == 1 and pid_alive(left[0])

@@ -6,9 +6,12 @@ by one read, so a test controls exactly which bytes arrive together.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
+import resource
+import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,14 +19,18 @@ from time import time
 
 import pytest
 
+from corral.launcher import output
 from corral.launcher.output import (
     MAX_LINE,
     START_XATTR,
+    DropReport,
+    Echo,
     LogFile,
     PipeReader,
     enlarge_pipe,
     timestamp,
 )
+from corral.launcher.pid1 import echo_label
 
 KIB = 1024
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
@@ -422,19 +429,203 @@ def test_stamped_stream_rotates_between_whole_records(pipes: list[Pipe], log_pat
     assert got == lines
 
 
-def test_failed_write_is_reported_once_and_retried(tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """A log that cannot be written is reported once, never raises, and works again later."""
+def test_failed_write_is_reported_once_and_retried(tmp_path: Path) -> None:
+    """A log that cannot be written says so once, never raises, works again later, and
+    the file then says first how much was dropped and when."""
     blocker = tmp_path / "logs"
     blocker.write_text("a file where the log directory should be")
     log = LogFile(str(blocker / "web.log"), max_bytes=1000, keep=1)
+    reports: list[DropReport] = []
+    log.on_drop = lambda _, report: reports.append(report)
     log.write([b"lost 1\n"])
-    log.write([b"lost 2\n"])
-    assert capsys.readouterr().err.count("cannot write") == 1
+    log.write([b"lost 2\n", b"lost 3\n"])
+    assert [r.dropping for r in reports] == [True]
+    why = reports[0].error.encode()  # the directory cannot be made: a file is in the way
+    assert why
     blocker.unlink()
     log.write([b"kept\n"])
     log.close()
-    assert (blocker / "web.log").read_bytes() == b"kept\n"
+    assert [r.dropping for r in reports] == [True, False]
+    assert (reports[1].bytes, reports[1].records) == (21, 3)
+    assert (log.dropped_bytes_total, log.dropped_records_total) == (21, 3)
+    note, kept = (blocker / "web.log").read_bytes().split(b"\n")[:2]
+    _, pid, tag, text = RECORD.match(note).groups()  # type: ignore[union-attr]
+    assert (int(pid), tag) == (os.getpid(), b"E")
+    assert re.fullmatch(rb"\[corral\] dropped 21 bytes \(3 records\) of output from "
+                        + STAMP + b" to " + STAMP + b": " + re.escape(why), text)
+    assert kept == b"kept"
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Writes past ``limit`` bytes of any file are cut short, then fail (EFBIG): a full
+    disk, for one file, without a file system to fill."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+
+
+def test_a_write_cut_short_leaves_no_torn_record(pipe: Pipe, log_path: Path) -> None:
+    """When the file takes only part of a write, the whole records of it stay, the torn
+    one is cut off, the rest is counted; once writing works, one record says so."""
+    lines = [b"line %04d " % i + b"x" * 90 for i in range(100)]
+    pipe.chunk(b"".join(line + b"\n" for line in lines[:10]))
+    size = log_path.stat().st_size
+    with file_size_limit(size + 5000):  # room for 37 records and part of one more
+        pipe.chunk(b"".join(line + b"\n" for line in lines[10:90]))
+    assert log_path.stat().st_size <= size + 5000
+    pipe.chunk(b"".join(line + b"\n" for line in lines[90:]))
+    got = texts(log_path)  # every line is a whole record
+    kept = [t for t in got if not t.startswith(b"[corral]")]
+    assert 0 < len(kept) - 20 < 80  # the records that fitted stayed
+    assert kept == lines[:10 + len(kept) - 20] + lines[90:]
+    missing = 100 - len(kept)
+    notes = [t for t in got if t.startswith(b"[corral]")]
+    assert len(notes) == 1 and b"(%d records)" % missing in notes[0], notes
+    assert b"File too large" in notes[0]
+    assert got.index(notes[0]) == len(kept) - 10  # just before the first line after
+
+
+def test_echo_gets_every_record_with_its_prefix(tmp_path: Path) -> None:
+    """With an echo, each record also goes out as one line after the prefix: lines
+    that span reads, long lines (split as in the file) and a last line without newline."""
+    r, w = os.pipe()
+    enlarge_pipe(w)
+    echo = Echo(w, "stdout")
+    log = LogFile(str(tmp_path / "web.log"), 1 << 30, 1)
+    pipe = Pipe(log)
+    pipe.reader = PipeReader(pipe.r, 123, b"O", log, True, echo=echo, echo_prefix=b"web[0] O ")
+    try:
+        pipe.chunk(b"one\ntw")
+        pipe.chunk(b"o\nthree\n")
+        pipe.chunk(b"y" * (MAX_LINE + 10) + b"\n")
+        pipe.chunk(b"last")
+        pipe.eof()
+        out = os.read(r, 1 << 20).split(b"\n")
+        assert out[:3] == [b"web[0] O one", b"web[0] O two", b"web[0] O three"]
+        assert out[3:5] == [b"web[0] O " + b"y" * MAX_LINE, b"web[0] O " + b"y" * 10]
+        assert out[5:] == [b"web[0] O last", b""]
+        assert [t for t in texts(tmp_path / "web.log")] == [
+            b"one", b"two", b"three", b"y" * MAX_LINE, b"y" * 10, b"last"]
+    finally:
+        os.close(r)
+        os.close(w)
+        log.close()
+
+
+def test_echo_of_raw_output_is_split_into_lines(tmp_path: Path) -> None:
+    """Raw output goes to the file as it comes, and to the echo one prefixed line at a
+    time (a partial line waits for the rest)."""
+    r, w = os.pipe()
+    echo = Echo(w, "stdout")
+    log = LogFile(str(tmp_path / "raw.log"), 1 << 30, 1)
+    pipe = Pipe(log, stamped=False)
+    pipe.reader = PipeReader(pipe.r, 1, b"E", log, False, echo=echo, echo_prefix=b"db[2] E ")
+    try:
+        pipe.chunk(b"12:00 a\n12:00 b")
+        pipe.chunk(b"c\n12:01 d")
+        pipe.eof()
+        assert os.read(r, 1 << 20) == b"db[2] E 12:00 a\ndb[2] E 12:00 bc\ndb[2] E 12:01 d\n"
+        assert (tmp_path / "raw.log").read_bytes() == b"12:00 a\n12:00 bc\n12:01 d"
+    finally:
+        os.close(r)
+        os.close(w)
+        log.close()
+
+
+def read_all(r: int, echo: Echo) -> bytes:
+    """What the reader gets when it reads until the echo has nothing left to send."""
+    got = b""
+    os.set_blocking(r, False)
+    while True:
+        with contextlib.suppress(BlockingIOError):
+            got += os.read(r, 1 << 20)
+        if not echo.buffer:
+            return got
+        echo.flush()
+
+
+def test_echo_keeps_a_burst_for_a_reader_that_is_behind() -> None:
+    """A burst larger than the pipe waits in the echo's buffer: nothing is lost, and the
+    loop is asked to flush it when the pipe has room."""
+    r, w = os.pipe()
+    echo = Echo(w, "stdout")
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 64 * KIB)
+    asked: list[int] = []
+    echo.on_pending = lambda e: asked.append(len(e.buffer))
+    try:
+        lines = [b"%06d " % i + b"b" * 92 + b"\n" for i in range(10_000)]  # 1 MB
+        for start in range(0, 10_000, 1000):
+            echo.write([b"".join(lines[start:start + 1000])], lambda: 1000)
+        assert asked and echo.dropped_records == 0
+        assert read_all(r, echo) == b"".join(lines)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_full_echo_drops_whole_records_and_counts_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader that falls further behind than the buffer loses whole records (counted);
+    a record the pipe took part of is finished first, so no line is ever torn."""
+    monkeypatch.setattr(output, "ECHO_BUFFER", 1000)
+    r, w = os.pipe()
+    echo = Echo(w, "stdout")
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    drops: list[int] = []
+    echo.on_drop = lambda e: drops.append(e.dropped_records)
+    try:
+        lines = [b"%05d " % i + b"z" * 94 + b"\n" for i in range(100)]  # 100 bytes each
+        # Over PIPE_BUF (4 KiB), a write is not atomic: the pipe takes part of this one.
+        echo.write([b"".join(lines[:50])], lambda: 50)
+        echo.write([b"".join(lines[50:99])], lambda: 49)
+        assert echo.buffer.endswith(b"\n") and len(echo.buffer) <= 1000
+        assert drops and drops[-1] == echo.dropped_records
+        kept = 99 - echo.dropped_records
+        assert read_all(r, echo) == b"".join(lines[:kept]) and kept > 4096 // 100
+        echo.write([lines[99]], lambda: 1)
+        assert os.read(r, 1 << 16) == lines[99]
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_echo_leaves_the_shared_description_blocking() -> None:
+    """The launcher's stdout may be shared with a shell: the echo writes through a file
+    description of its own, so the original stays blocking."""
+    r, w = os.pipe()
+    try:
+        echo = Echo(w, "stdout")
+        assert echo.fd != w and os.get_blocking(w)
+        assert not os.get_blocking(echo.fd)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_echo_to_a_pipe_without_reader_drops_and_never_raises() -> None:
+    """EPIPE (the reader exited) marks the echo gone: records are counted, never sent."""
+    r, w = os.pipe()
+    echo = Echo(w, "stdout")
+    os.close(r)
+    try:
+        echo.write([b"a\n", b"b\n"], lambda: 2)
+        echo.write([b"c\n"], lambda: 1)
+        assert echo.gone and echo.error == "Broken pipe"
+        assert (echo.dropped_records, echo.dropped_bytes) == (3, 6)
+    finally:
+        os.close(w)
+
+
+def test_echo_label_names_service_and_instance() -> None:
+    """``web/0`` and ``web/0@3`` both show as ``web[0]``; other names as they are."""
+    assert echo_label("web/0") == b"web[0]"
+    assert echo_label("web/12@3") == b"web[12]"
+    assert echo_label(".balancer") == b".balancer"
 
 
 def test_log_path_without_directory_is_written(tmp_path: Path,

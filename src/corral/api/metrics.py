@@ -31,6 +31,11 @@ Series (labels in braces)::
     corral_balancer_connections{service}          (when the balancer reports them)
     corral_balancer_connections_total{service}
     corral_balancer_errors_total{service}
+    corral_log_dropped_bytes_total{service}       output the launcher could not write to the
+    corral_log_dropped_records_total{service}     service's log file (a full disk); only once
+                                                  something was dropped
+    corral_output_dropped_records_total{stream}   records dropped on the launcher's stdout or
+    corral_output_dropped_bytes_total{stream}     stderr (nobody reading it); likewise
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class CorralCollector(Collector):
         yield from supervisor_families(self._source.status(), self._source.own_processes(),
                                        self._source.event_count())
         yield from balancer_families(self._source)
+        yield from drop_families(self._source)
 
 
 def _one_hot(family: GaugeMetricFamily, service: str, values: Iterable[str],
@@ -208,6 +214,35 @@ def balancer_families(source: object) -> list[Metric]:
         if "errors_total" in figures:
             errors.add_metric([service], float(figures["errors_total"]))
     return [family for family in (open_now, accepted, errors) if family.samples]
+
+
+def drop_families(source: object) -> list[Metric]:
+    """Dropped output, from ``source.output_drops()`` when the facade has it: ``{"logs":
+    {service: (bytes, records)}, "streams": {stream: (bytes, records)}}``."""
+    reader = getattr(source, "output_drops", None)
+    if not callable(reader):
+        return []
+    drops: Mapping[str, Mapping[str, tuple[int, int]]] = reader() or {}
+    log_bytes = CounterMetricFamily(f"{PREFIX}_log_dropped_bytes",
+                                    "Output not written to the service's log file (it could "
+                                    "not be written: a full disk)", labels=["service"])
+    log_records = CounterMetricFamily(f"{PREFIX}_log_dropped_records",
+                                      "Records not written to the service's log file",
+                                      labels=["service"])
+    out_bytes = CounterMetricFamily(f"{PREFIX}_output_dropped_bytes",
+                                    "Bytes dropped on corral's stdout or stderr (not read "
+                                    "fast enough); the log files have them", labels=["stream"])
+    out_records = CounterMetricFamily(f"{PREFIX}_output_dropped_records",
+                                      "Records dropped on corral's stdout or stderr",
+                                      labels=["stream"])
+    for service, (size, records) in drops.get("logs", {}).items():
+        log_bytes.add_metric([service], float(size))
+        log_records.add_metric([service], float(records))
+    for stream, (size, records) in drops.get("streams", {}).items():
+        out_bytes.add_metric([stream], float(size))
+        out_records.add_metric([stream], float(records))
+    return [family for family in (log_bytes, log_records, out_bytes, out_records)
+            if family.samples]
 
 
 def registry_for(source: MetricsSource) -> CollectorRegistry:

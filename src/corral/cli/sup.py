@@ -55,7 +55,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
   corral sup run --override-name staging --listen-http 0.0.0.0:9631
   corral sup run --target /etc/corral/target/target.yaml --watch-target \\
                  --secrets-dir /etc/corral/secrets \\
-                 --listen-http 0.0.0.0:9631 --health-public     # a Kubernetes pod""", parents)
+                 --listen-http 0.0.0.0:9631 --health-public     # a Kubernetes pod
+  corral sup run --log-stdout          # services' output on stdout too: web[0] O hello""",
+                   parents)
     p.add_argument("--listen-http", metavar="ADDR",
                    help="also serve the API on TCP ADDR (host:port), with TLS and a token")
     p.add_argument("--metrics-public", action="store_true",
@@ -64,6 +66,13 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                    help="let GET /v1/health (and /v1/health/live) through the --listen-http "
                         "address without a token (for load balancers and kubelet probes)")
     p.add_argument("--target", metavar="FILE", help="desired state to apply at start")
+    p.add_argument("--log-stdout", action=argparse.BooleanOptionalAction,
+                   help="also write every service's output to stdout, one line a record "
+                        "prefixed 'service[instance] O|E', for docker logs, kubectl logs "
+                        "and journalctl (default: on as PID 1 or under systemd, where "
+                        "INVOCATION_ID or NOTIFY_SOCKET is set; a process's "
+                        "logs.stdout overrides it); records nobody reads are dropped and "
+                        "counted, never waited for")
     p.add_argument("--watch-target", action="store_true",
                    help="re-apply the --target file whenever it changes (a Kubernetes "
                         "ConfigMap, a mounted volume); a bad file is refused in an event "
@@ -170,6 +179,8 @@ def launcher_argv(args: argparse.Namespace, ctx: CommandContext) -> list[str]:
         argv.append("--watch-target")
     if args.secrets_dir:
         argv += ["--secrets-dir", args.secrets_dir]
+    if args.log_stdout is not None:
+        argv.append("--log-stdout" if args.log_stdout else "--no-log-stdout")
     return argv + cluster_options(args).argv()
 
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from corral.errors import ClusterError, Conflict, SpecError
+from corral.errors import ClusterError, Conflict, SpecError, StateWriteFailed
 from corral.store.files import atomic_write
 
 from .backend import DEFAULT_TTL, BaseBackend, ClusterListener
@@ -264,7 +264,8 @@ class EtcdBackend(BaseBackend):
         if self._cache is None:
             return
         data = json.dumps(self._view.snapshot(), sort_keys=True).encode()
-        with contextlib.suppress(OSError):  # a cache that cannot be written is only a lost hint
+        # A cache that cannot be written is only a lost hint.
+        with contextlib.suppress(OSError, StateWriteFailed):
             os.makedirs(self._cache.parent, mode=0o700, exist_ok=True)
             atomic_write(self._cache, data)
 

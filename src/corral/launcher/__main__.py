@@ -12,6 +12,7 @@ import sys
 
 from corral.protocol import paths
 
+from .console import Console
 from .pid1 import Launcher, take_lock
 
 # sup run's cluster flags (see corral.cluster.options): passed on to every supervisor as
@@ -19,6 +20,14 @@ from .pid1 import Launcher, take_lock
 CLUSTER_FLAGS = ("--cluster", "--cluster-file", "--cluster-ca", "--cluster-cert",
                  "--cluster-key", "--cluster-user", "--cluster-password-file", "--org",
                  "--advertise", "--cluster-ttl", "--member-name")
+
+
+def log_stdout_default() -> bool:
+    """Where a platform collects the main process's stdout: as PID 1 (a container), or
+    under systemd (``INVOCATION_ID`` or ``NOTIFY_SOCKET`` set), services' records go there
+    too unless ``--no-log-stdout`` says otherwise."""
+    return (os.getpid() == 1 or bool(os.environ.get("INVOCATION_ID"))
+            or bool(os.environ.get("NOTIFY_SOCKET")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--secrets-dir", help="read (and watch) each file here as a secret")
     for flag in CLUSTER_FLAGS:
         parser.add_argument(flag, help="passed on to the supervisor (see corral sup run -h)")
+    parser.add_argument("--log-stdout", action=argparse.BooleanOptionalAction,
+                        help="also write every service's records to stdout (default: on as "
+                             "PID 1 or under systemd)")
     args = parser.parse_args(argv)
+    # From here on nothing is printed with a blocking or raising write (see .console).
+    console = Console()
+    console.install()
     state_dir = paths.resolve_state_dir(args.state_dir)
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -71,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         # Only the first supervisor refuses to start without etcd; a later one (a restart,
         # an upgrade) must keep the services whatever etcd does.
         first.append("--cluster-probe")
+    log_stdout = log_stdout_default() if args.log_stdout is None else args.log_stdout
     try:
-        return Launcher(state_dir, sup_args, first).run()
+        return Launcher(state_dir, sup_args, first, log_stdout, console).run()
     finally:
         os.close(lock)
 

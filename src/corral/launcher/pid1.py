@@ -53,8 +53,9 @@ from corral.protocol import messages as m
 
 from . import procs, record
 from .cgroup import Cgroups
+from .console import LOG_NAME, Console
 from .listeners import ListenError, Listeners
-from .output import RECENT, LogFile, PipeReader
+from .output import RECENT, DropReport, Echo, LogFile, PipeReader, rfc3339
 from .sdnotify import Notifier
 from .server import ExitQueue, Link, Message
 from .spawn import SpawnError, SpawnRequest, spawn
@@ -77,6 +78,12 @@ CGROUP_RMDIR_LAST = 10.0
 # An exited instance's cgroup is kept this long first: a restart reuses it, which saves a
 # mkdir and an rmdir (0.05-0.1 ms) on the restart path.
 CGROUP_LINGER = 1.0
+# Records dropped on the launcher's stdout or stderr are reported at once, then at most
+# this often while the drops go on (a slow reader would otherwise fill the log with it).
+ECHO_REPORT_INTERVAL = 10.0
+# A log file that stopped taking output is tried again this often even when no output
+# comes, so that its record of what was dropped is written soon after there is room.
+LOG_RETRY_INTERVAL = 1.0
 #: The children record, under ``<state>/run/`` (see :mod:`.record`).
 RECORD_NAME = "launcher-children.jsonl"
 # Orphans re-parented a moment after their instance's exit was handled are looked for
@@ -114,16 +121,26 @@ class SupervisorProc:
     link: Link
     started_at: float
     greeted_at: float | None = None
+    output: PipeReader | None = None  # its stdout and stderr, relayed by the launcher
     entry: record.Entry | None = None  # for the children record, once it is written
 
 
 class Launcher:
-    """Runs until told to stop; :meth:`run` returns the launcher's exit code."""
+    """Runs until told to stop; :meth:`run` returns the launcher's exit code.
+
+    Args:
+        log_stdout: copy every service's records to the launcher's stdout (a Spawn's
+            ``log.stdout`` overrides it for that process).
+        console: the launcher's stdout, stderr and own log (made here if not given).
+    """
 
     def __init__(self, state_dir: Path, sup_args: list[str],
-                 first_sup_args: list[str] | None = None) -> None:
+                 first_sup_args: list[str] | None = None, log_stdout: bool = False,
+                 console: Console | None = None) -> None:
         self.state_dir = state_dir
         self.sup_args = sup_args
+        self.log_stdout = log_stdout
+        self.console = console if console is not None else Console()
         # Given to the first supervisor only (``--target``): later ones, after a crash or
         # an upgrade, must rebuild from the state directory, not re-apply the file.
         self.first_sup_args = first_sup_args or []
@@ -145,6 +162,7 @@ class Launcher:
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.cgroups: Cgroups | None = None
         self.listeners = Listeners()
+        self._watched: set[int] = set()  # echo fds waited on for writability
         self.notifier: Notifier | None = None  # systemd's NOTIFY_SOCKET, taken in run()
         self.pid = os.getpid()
         # "<pid>.<start time>": names this launcher in instance marks and in the record.
@@ -166,6 +184,7 @@ class Launcher:
     # ----------------------------------------------------------------- main loop
     def run(self) -> int:
         """Start the supervisor and serve until shutdown; return the exit code."""
+        self._setup_console()
         self._install_signals()
         self._setup_notify()
         _close_inherited_on_exec()
@@ -191,6 +210,17 @@ class Launcher:
         if self.record is not None:
             self.record.close()
         return self.exit_code
+
+    def _setup_console(self) -> None:
+        console = self.console
+        console.install()
+        if console.log is None:
+            console.open_log(str(paths.logs_dir(self.state_dir) / LOG_NAME))
+        assert console.log is not None
+        console.log.on_drop = self._log_dropping
+        for echo in console.echoes():
+            echo.on_drop = self._echo_dropped
+            echo.on_pending = self._watch_echo
 
     # ------------------------------------------------------ the children record
     def _stop_leftovers(self) -> None:
@@ -336,6 +366,82 @@ class Launcher:
             _, _, callback = heapq.heappop(self.timers)
             self._guard(callback)
 
+    # ------------------------------------------------------------ dropped output
+    def _log_dropping(self, log: LogFile, report: DropReport) -> None:
+        """A log file stopped taking output, or takes it again (its own record says so)."""
+        if report.dropping:
+            print(f"corral-launcher: cannot write {log.path}: {report.error}; dropping output "
+                  "until it works again", file=sys.stderr)
+            self.call_later(LOG_RETRY_INTERVAL, lambda: self._retry_log(log))
+        else:
+            print(f"corral-launcher: writing {log.path} again; dropped {report.bytes} bytes "
+                  f"({report.records} records) of output from {rfc3339(report.since).decode()} "
+                  f"to {rfc3339(report.until).decode()}: {report.error}", file=sys.stderr)
+        self.send(_log_drop_message(log, report))
+
+    def _retry_log(self, log: LogFile) -> None:
+        if not log.retry():
+            self.call_later(LOG_RETRY_INTERVAL, lambda: self._retry_log(log))
+
+    def _echo_dropped(self, echo: Echo) -> None:
+        """Records were dropped on stdout or stderr: report it now, then at most every
+        ECHO_REPORT_INTERVAL while drops go on."""
+        if not echo.reporting:
+            echo.reporting = True
+            self._report_echo(echo)
+
+    def _report_echo(self, echo: Echo) -> None:
+        records = echo.dropped_records - echo.reported_records
+        size = echo.dropped_bytes - echo.reported_bytes
+        if records == 0 and size == 0:
+            echo.reporting = False
+            return
+        echo.reported_records, echo.reported_bytes = echo.dropped_records, echo.dropped_bytes
+        self.call_later(ECHO_REPORT_INTERVAL, lambda: self._report_echo(echo))
+        message = _echo_drop_message(echo, records, size)
+        if echo.gone and echo.reported_gone:
+            self.send(message)  # the totals only: its end was said once
+            return
+        echo.reported_gone = echo.gone
+        why = echo.error or "its reader does not keep up"
+        then = ("; it is gone: services' records go to their log files only from now on"
+                if echo.gone else "")
+        # Never said on the descriptor it is about: that would be one more drop.
+        self.console.say(f"corral-launcher: dropped {records} records ({size} bytes) of "
+                         f"output on the launcher's {echo.label} ({why}){then}; "
+                         f"{echo.dropped_records} records in all",
+                         to_stderr=echo is not self.console.stderr)
+        self.send(message)
+
+    def _watch_echo(self, echo: Echo) -> None:
+        """Records wait in the echo's buffer: send them once the descriptor takes them."""
+        if echo.pollable and echo.fd not in self._watched:
+            self._watched.add(echo.fd)
+            self.sel.register(echo.fd, selectors.EVENT_WRITE,
+                              lambda mask: self._echo_writable(echo))
+
+    def _echo_writable(self, echo: Echo) -> None:
+        echo.flush()
+        if not echo.buffer and echo.fd in self._watched:
+            self._watched.discard(echo.fd)
+            self.sel.unregister(echo.fd)
+
+    def _replay_drops(self) -> None:
+        """Tell a new supervisor what was dropped so far (its totals start from these)."""
+        for log in self._all_logs():
+            if log.dropped_bytes_total or log.drop_since is not None:
+                report = DropReport(log.drop_since is not None, log.dropped_bytes,
+                                    log.dropped_records, log.drop_since or log.drop_last,
+                                    log.drop_last, log.drop_error)
+                self.send({**_log_drop_message(log, report), "replay": True})
+        for echo in self.console.echoes():
+            if echo.dropped_records or echo.dropped_bytes:
+                self.send({**_echo_drop_message(echo, 0, 0), "replay": True})
+
+    def _all_logs(self) -> list[LogFile]:
+        console = self.console.log
+        return [*self.logs.values(), *([console] if console is not None else [])]
+
     # ------------------------------------------------------------------- signals
     def _install_signals(self) -> None:
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -395,18 +501,25 @@ class Launcher:
             theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SUP_LINK_SNDBUF)
         env = dict(os.environ)
         env[m.ENV_LAUNCHER_FD] = str(theirs.fileno())
+        # Its stdout and stderr come to the launcher, which writes them to its own log
+        # and stderr: a stderr nobody reads (or that is gone) must not hurt it either.
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
         mark = procs.make_mark(SUPERVISOR_NAME, self.ident, next(self._marks))
         env[procs.ENV_INSTANCE_ID] = mark  # its hooks and checks inherit it
         try:
             proc = subprocess.Popen(self.supervisor_argv(), stdin=self.devnull, env=env,
+                                    stdout=out_w, stderr=out_w,
                                     pass_fds=(theirs.fileno(),), start_new_session=True)
         except (OSError, subprocess.SubprocessError) as exc:
             print(f"corral-launcher: cannot start the supervisor: {exc}", file=sys.stderr)
             ours.close()
             theirs.close()
+            os.close(out_r)
+            os.close(out_w)
             self._schedule_supervisor(young=True)
             return
         theirs.close()
+        os.close(out_w)
         link = Link(ours, self.handle_request)
         self.sup = SupervisorProc(proc=proc, link=link, started_at=time.monotonic())
         # Recorded to be killed at once: a supervisor whose launcher died has nothing to
@@ -415,8 +528,24 @@ class Launcher:
             name=SUPERVISOR_NAME, pid=proc.pid, pgid=proc.pid, start=0, mark=mark,
             stop_signal="KILL", stop_timeout=0.0)))
         self.sel.register(link.fileno(), selectors.EVENT_READ, self._on_link)
+        self._relay_supervisor_output(out_r, proc.pid)
         sup = self.sup
         self.call_later(_hello_timeout(), lambda: self._hello_overdue(sup))
+
+    def _relay_supervisor_output(self, fd: int, pid: int) -> None:
+        os.set_blocking(fd, False)
+        log = self.console.log
+        assert log is not None
+        reader = PipeReader(fd, pid, b"E", log, stamped=True, echo=self.console.stderr)
+        assert self.sup is not None
+        self.sup.output = reader
+
+        def on_readable(mask: int) -> None:
+            if not reader.read():
+                self.sel.unregister(reader.fd)
+                os.close(reader.fd)
+                reader.fd = -1
+        self.sel.register(fd, selectors.EVENT_READ, on_readable)
 
     def _hello_overdue(self, sup: SupervisorProc) -> None:
         """Kill a supervisor that has not said ``Hello`` in time (it is hung, or not a
@@ -467,6 +596,8 @@ class Launcher:
         code = sup.proc.returncode
         greeted = sup.greeted_at
         young = greeted is None or time.monotonic() - greeted < SUP_YOUNG
+        if sup.output is not None:
+            sup.output.drain()  # its last words before ours
         self._forget_link(sup.link)
         sup.link.close()
         self.sup = None
@@ -475,13 +606,13 @@ class Launcher:
             return
         if self.sup_refused is not None or code == m.EXIT_INCOMPATIBLE:
             if self.sup_refused is None:  # it found out itself (this launcher is older)
-                print(f"corral-launcher: the supervisor cannot work with this launcher "
-                      f"(launcher protocol {m.PROTOCOL_VERSION}, corral "
+                print(f"corral-launcher: the supervisor cannot work with this launcher or "
+                      f"its state directory (launcher protocol {m.PROTOCOL_VERSION}, corral "
                       f"{corral.__version__}); services keep running, and no supervisor is "
                       "started until the launcher gets SIGHUP", file=sys.stderr)
             self.sup_held = True
-            self._tell(STATUS="no supervisor: its protocol version does not match the "
-                              "launcher's; services keep running")
+            self._tell(STATUS="no supervisor: it cannot work with this launcher or its "
+                              "state directory; services keep running")
             return
         if code in (m.EXIT_DONE, m.EXIT_FATAL):
             why = "is done" if code == m.EXIT_DONE else "hit a fatal error"
@@ -516,6 +647,7 @@ class Launcher:
             # It started well: only supervisors that keep failing before Hello back off.
             self.sup_backoff = 0.0
             self.call_later(0, self._replay_exits)
+            self.call_later(0, self._replay_drops)
             if self.stopping:
                 self.call_later(0, lambda: self.send({"type": m.SHUTDOWN}))
             return {"type": m.HELLO_OK, "id": rid, "version": m.PROTOCOL_VERSION,
@@ -598,7 +730,7 @@ class Launcher:
         log = msg.get("log")
         try:
             req = SpawnRequest.parse(msg)
-            path, max_bytes, keep, stamped = _log_settings(log)
+            path, max_bytes, keep, stamped, to_stdout = _log_settings(log)
         except SpawnError as exc:
             return m.error(rid, exc.code, exc.message)
         mark = procs.make_mark(req.name, self.ident, next(self._marks))
@@ -627,11 +759,17 @@ class Launcher:
         logfile = self.logs.get(path)
         if logfile is None:
             logfile = self.logs[path] = LogFile(path, max_bytes, keep)
+            logfile.on_drop = self._log_dropping
         logfile.max_bytes, logfile.keep = max_bytes, keep
         pid = started.pid
         recent: deque[bytes] = deque(maxlen=RECENT)
-        readers = [PipeReader(started.stdout, pid, b"O", logfile, stamped, recent),
-                   PipeReader(started.stderr, pid, b"E", logfile, stamped, recent)]
+        echo = self.console.stdout if (self.log_stdout if to_stdout is None else to_stdout) \
+            else None
+        label = echo_label(req.name)
+        readers = [PipeReader(started.stdout, pid, b"O", logfile, stamped, recent, echo,
+                              label + b" O "),
+                   PipeReader(started.stderr, pid, b"E", logfile, stamped, recent, echo,
+                              label + b" E ")]
         for reader in readers:
             logfile.users += 1
             self.sel.register(reader.fd, selectors.EVENT_READ, self._pipe_callback(reader))
@@ -942,6 +1080,27 @@ class Launcher:
         self.call_later(FALLBACK_STOP_TIMEOUT, kill_rest)
 
 
+def echo_label(name: str) -> bytes:
+    """How a child's records start on the launcher's stdout: ``web[0]`` for ``web/0``
+    and ``web/0@3`` (the generation is corral's own business), the name itself otherwise."""
+    service, _, instance = name.partition("/")
+    instance = instance.partition("@")[0]
+    return (f"{service}[{instance}]" if instance else service).encode(errors="replace")
+
+
+def _log_drop_message(log: LogFile, report: DropReport) -> Message:
+    return {"type": m.OUTPUT_DROPPED, "sink": "log", "path": log.path,
+            "dropping": report.dropping, "bytes": report.bytes, "records": report.records,
+            "since": report.since, "until": report.until, "error": report.error,
+            "total_bytes": log.dropped_bytes_total, "total_records": log.dropped_records_total}
+
+
+def _echo_drop_message(echo: Echo, records: int, size: int) -> Message:
+    return {"type": m.OUTPUT_DROPPED, "sink": echo.label, "bytes": size, "records": records,
+            "error": echo.error, "gone": echo.gone, "total_bytes": echo.dropped_bytes,
+            "total_records": echo.dropped_records}
+
+
 def _hello_timeout() -> float:
     """How long a new supervisor has to say ``Hello`` (``CORRAL_HELLO_TIMEOUT``)."""
     try:
@@ -951,8 +1110,8 @@ def _hello_timeout() -> float:
     return value if value > 0 else m.HELLO_TIMEOUT
 
 
-def _log_settings(log: Any) -> tuple[str, int, int, bool]:
-    """Check a Spawn's ``log`` object: (path, max_bytes, keep, stamped)."""
+def _log_settings(log: Any) -> tuple[str, int, int, bool, bool | None]:
+    """Check a Spawn's ``log`` object: (path, max_bytes, keep, stamped, stdout)."""
     if not isinstance(log, dict) or not isinstance(log.get("path"), str) or not log["path"]:
         raise SpawnError(m.E_BAD_REQUEST, "Spawn needs 'log': {'path': ...}")
     max_bytes = log.get("max_bytes", defaults.LOG_MAX_BYTES)
@@ -964,7 +1123,10 @@ def _log_settings(log: Any) -> tuple[str, int, int, bool]:
         raise SpawnError(m.E_BAD_REQUEST, "'log.keep' must be an integer 0..1000")
     if fmt not in ("stamped", "raw"):
         raise SpawnError(m.E_BAD_REQUEST, "'log.format' must be 'stamped' or 'raw'")
-    return log["path"], max_bytes, keep, fmt == "stamped"
+    stdout = log.get("stdout")
+    if stdout is not None and not isinstance(stdout, bool):
+        raise SpawnError(m.E_BAD_REQUEST, "'log.stdout' must be true, false or null")
+    return log["path"], max_bytes, keep, fmt == "stamped", stdout
 
 
 def _kill(pid: int, signum: int) -> None:

@@ -7,7 +7,8 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
                                                       notify?, corral_version?}
                                               | Error{Incompatible}
     Spawn{name, argv, env, cwd, user?, group?, umask?, rlimits?, memory_max?, cgroup?,
-          listen_fds?, stop?{signal, timeout}, log{path, format, max_bytes, keep}}
+          listen_fds?, stop?{signal, timeout}, log{path, format, max_bytes, keep,
+          stdout?}}
                                            -> Spawned{pid, started_at, cgroup, memory_max,
                                                       spawns}
                                               | Error{code, message}
@@ -24,6 +25,8 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
     Exited{name, pid, exit_code?, signal?, at, oom_killed?, spawns, strays?}  (unasked;
                                               queued while no supervisor is connected)
     Shutdown{}                                          (unasked; stop everything, exit 84)
+    OutputDropped{sink, bytes, records, error, total_bytes, total_records, path?, dropping?,
+                  since?, until?, gone?, replay?}        (unasked; see below)
 
 cgroups (optional fields, version 1 peers may ignore them): where cgroup v2 is
 writable, a child whose Spawn has ``cgroup: true`` or a ``memory_max`` starts in a cgroup
@@ -52,6 +55,19 @@ with ``LISTEN_FDS=<count>``, ``LISTEN_PID=<the child's own pid>`` and
 ``LISTEN_FDNAMES=<names joined by ':'>``; an unknown name is ``BadRequest``.
 ``Unlisten`` closes the launcher's copy (children keep theirs).  ``List`` reports the
 held sockets, so a new supervisor knows them.
+
+Output the launcher could not write (optional; a peer may ignore it): ``OutputDropped``
+with ``sink: "log"`` names the log file (``path``) and is sent when the file stops taking
+output (``dropping: true``, with the ``error``) and when it takes it again (``dropping:
+false``; ``bytes`` and ``records`` dropped between ``since`` and ``until``; the file itself
+holds one record saying so).  ``sink: "stdout"`` or ``"stderr"`` is the launcher's own
+descriptor (``sup run --log-stdout``): records dropped because nobody read them fast enough
+(``bytes``, ``records`` since the last report; sent at once, then at most every 10 s while
+drops go on; ``gone: true`` once its reader is gone for good: EPIPE, or EIO from a closed
+terminal).  ``total_bytes`` and ``total_records`` count since the launcher started.
+After ``Hello`` the launcher repeats the current figures of every sink that ever dropped
+anything, with ``replay: true``.  ``Spawn.log.stdout`` (true/false; absent or null: the
+launcher's ``--log-stdout`` setting) copies that child's records to the launcher's stdout.
 
 systemd (optional; version 1 peers may ignore it): ``HelloOk.notify`` is true when the
 launcher runs under a service manager that asked for notifications (``NOTIFY_SOCKET``).
@@ -113,6 +129,7 @@ ERROR = "Error"
 # Unasked, launcher -> supervisor.
 EXITED = "Exited"
 SHUTDOWN = "Shutdown"
+OUTPUT_DROPPED = "OutputDropped"
 
 REQUEST_TYPES = frozenset({HELLO, SPAWN, SIGNAL, TERMINATE, LIST, ACK, LISTEN, UNLISTEN,
                            NOTIFY})
@@ -137,8 +154,9 @@ EXIT_DONE = 84
 EXIT_FATAL = 86
 """The supervisor hit a fatal error: stop all services; the launcher exits 86."""
 EXIT_INCOMPATIBLE = 85
-"""The supervisor cannot work with this launcher (protocol versions): the launcher keeps its
-services and starts no supervisor until SIGHUP (after installing a compatible one)."""
+"""The supervisor cannot work with this launcher (protocol versions) or with its state
+directory (a newer format): the launcher keeps its services and starts no supervisor until
+SIGHUP (after installing a compatible one)."""
 
 #: Seconds a new supervisor has to say ``Hello`` before the launcher kills and restarts it
 #: (``CORRAL_HELLO_TIMEOUT`` overrides).
@@ -231,6 +249,7 @@ class SpawnLog(TypedDict):
     format: NotRequired[str]  # "stamped" or "raw"
     max_bytes: NotRequired[int]
     keep: NotRequired[int]
+    stdout: NotRequired[bool | None]  # None or absent: the launcher's --log-stdout
 
 
 class SpawnStop(TypedDict, total=False):
@@ -390,6 +409,25 @@ class Exited(TypedDict):
 
 class Shutdown(TypedDict):
     type: str
+
+
+class OutputDropped(TypedDict):
+    """Output the launcher could not write to a log file (``sink: "log"``) or to its own
+    ``stdout``/``stderr`` (see the module docstring)."""
+
+    type: str
+    sink: str  # "log", "stdout" or "stderr"
+    bytes: int
+    records: int
+    error: str
+    total_bytes: int
+    total_records: int
+    path: NotRequired[str]
+    dropping: NotRequired[bool]
+    since: NotRequired[float]
+    until: NotRequired[float]
+    gone: NotRequired[bool]
+    replay: NotRequired[bool]
 
 
 #: What the launcher answers a request with.

@@ -47,11 +47,13 @@ class SpecModel(BaseModel):
 
 
 class LogSpec(SpecModel):
-    """How the launcher writes a process's output: stamped or raw, rotated by size."""
+    """How the launcher writes a process's output: stamped or raw, rotated by size;
+    ``stdout`` also copies it to corral's own stdout (None: ``sup run --log-stdout``)."""
 
     format: Literal["stamped", "raw"] = "stamped"
     max_bytes: Annotated[Size, Field(ge=4096)] = defaults.LOG_MAX_BYTES
     keep: Annotated[int, Field(ge=0, le=100)] = defaults.LOG_KEEP
+    stdout: bool | None = None
 
 
 class RestartSpec(SpecModel):

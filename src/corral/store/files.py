@@ -11,12 +11,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from corral.errors import StateWriteFailed
+
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` atomically; the file has ``mode`` from its creation.
 
-    Error handling: an OSError leaves ``path`` as it was and removes the temp file.
+    Raises:
+        StateWriteFailed: it could not be written (a full disk, an I/O error); ``path`` is
+            as it was and the temp file is removed.
     """
+    try:
+        _replace(path, data, mode)
+    except OSError as exc:
+        raise StateWriteFailed(path, exc) from None
+
+
+def _replace(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         tmp.unlink()  # left by a crash of this pid's predecessor: O_EXCL below needs it gone
@@ -42,7 +53,10 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(path.parent)
+    try:
+        fsync_dir(path.parent)
+    except OSError:
+        pass  # the new file is in place; only its durability across a power loss is unsure
 
 
 def fsync_dir(path: Path) -> None:

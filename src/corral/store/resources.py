@@ -53,7 +53,8 @@ MAX_NAME_BYTES = 255
 BLOB_MODE = 0o444
 INDEX = "index.json"
 PARTIAL = ".partial"
-_FORMAT = 1
+FORMAT = 1
+"""The format of ``index.json`` this release writes and reads up to."""
 # Errors of os.link for which a copy still works: another file system, a file system
 # without hard links, too many links, or fs.protected_hardlinks refusing a non-root caller.
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
@@ -331,6 +332,11 @@ class ResourceStore:
                               f"{exc.strerror or exc}") from None
         try:
             doc = json.loads(raw)
+            found = doc.get("format", 1) if isinstance(doc, dict) else 1
+            if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT:
+                raise CorralError(f"{self.directory / INDEX} has format {found}; this corral "
+                                  f"reads up to {FORMAT}: upgrade corral or use a new state "
+                                  "directory")
             entries = doc["resources"]
             index = {check_id(str(k)): {"name": str(v["name"]), "size": int(v["size"]),
                                         "created": str(v["created"])}
@@ -343,7 +349,7 @@ class ResourceStore:
         return {rid: meta for rid, meta in index.items() if (self.directory / rid).is_file()}
 
     def _save(self, index: dict[str, dict[str, Any]]) -> None:
-        doc = {"format": _FORMAT, "resources": dict(sorted(index.items()))}
+        doc = {"format": FORMAT, "resources": dict(sorted(index.items()))}
         try:
             atomic_write(self.directory / INDEX,
                          (json.dumps(doc, indent=1) + "\n").encode(), 0o600)

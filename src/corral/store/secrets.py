@@ -34,7 +34,8 @@ from .files import atomic_write
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_NAME = 128
 MAX_VALUE = 1024 * 1024
-_FORMAT = 1
+FORMAT = 1
+"""The format of ``secrets.json`` this release writes and reads up to."""
 
 
 class Secret:
@@ -246,6 +247,10 @@ class SecretStore:
             doc = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             doc = None  # the message of a JSON error may quote the text: never show it
+        found = doc.get("format", 1) if isinstance(doc, dict) else 1
+        if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT:
+            raise CorralError(f"{self.path} has format {found}; this corral reads up to "
+                              f"{FORMAT}: upgrade corral or use a new state directory")
         entries = doc.get("secrets") if isinstance(doc, dict) else None
         previous = doc.get("previous", {}) if isinstance(doc, dict) else None
         if not isinstance(entries, dict) or not all(
@@ -261,7 +266,7 @@ class SecretStore:
               previous: Mapping[str, Secret | None] | None = None) -> None:
         kept = dict(self._previous if previous is None else previous)
         doc: dict[str, object] = {
-            "format": _FORMAT, "secrets": {n: s.reveal() for n, s in sorted(secrets.items())}}
+            "format": FORMAT, "secrets": {n: s.reveal() for n, s in sorted(secrets.items())}}
         if kept:
             doc["previous"] = {n: s.reveal() if s is not None else None
                                for n, s in sorted(kept.items())}

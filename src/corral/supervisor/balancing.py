@@ -284,7 +284,7 @@ class Balancer:
             "env": self.env, "cwd": str(self.state_dir), "user": None, "group": None,
             "umask": None, "rlimits": {},
             "log": {"path": str(log), "format": "stamped", "max_bytes": 10 * 1024 * 1024,
-                    "keep": 5}})
+                    "keep": 5, "stdout": False}})  # corral's own part, not a service
         if self.started_at is not None:
             self.restarts += 1
         self.pid = int(reply["pid"])

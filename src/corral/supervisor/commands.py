@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from corral.errors import Conflict, NotReady, SpawnFailed, SpecError
+from corral.errors import Conflict, NotReady, SpawnFailed, SpecError, StateWriteFailed
 from corral.logs.reader import tail
 from corral.protocol import messages as m
 from corral.protocol import paths
@@ -33,7 +33,8 @@ class Commands:
         """Add or update a service; returns ``added``, ``updated`` or ``unchanged``.
 
         Error handling: a new service whose first spawn fails (missing binary, unknown
-        user) is removed again and :class:`SpawnFailed` is raised: nothing changed.
+        user), or whose save is refused (:class:`StateWriteFailed`), is removed again and
+        the error is raised: nothing changed.
         """
         existing = self._core.services.get(spec.name)
         if existing is not None and existing.spec == spec:
@@ -65,10 +66,10 @@ class Commands:
         self._core.reconcile()
         try:
             await self._wait_spawned(service)
-        except SpawnFailed:
+            self._core.save()
+        except (SpawnFailed, StateWriteFailed):
             await self._remove(service)
             raise
-        self._core.save()
         return "added"
 
     async def unload(self, name: str) -> None:
@@ -78,8 +79,8 @@ class Commands:
         if users:
             raise Conflict(f"{name} cannot be unloaded: {', '.join(users)} depend on it; "
                            "unload or change those first")
+        self._core.save(without={name})  # first: a refused write leaves it loaded and running
         await self._remove(service)
-        self._core.save()
         self._core.events.emit(name, "unload", "unloaded")
 
     async def _remove(self, service: Service) -> None:
@@ -93,21 +94,28 @@ class Commands:
 
     async def start(self, name: str) -> None:
         service = self._core.get(name)
-        service.desired = Desired.UP
+        self._set_desired(service, Desired.UP)
         for inst in service.instances.values():
             inst.stays_down = False
             if inst.state is ServiceState.FAILED:
                 inst.streak = policy.Streak()
-        self._core.save()
         self._core.reconcile()
         await self._wait_spawned(service)
 
     async def stop(self, name: str) -> None:
         service = self._core.get(name)
-        service.desired = Desired.DOWN
-        self._core.save()
+        self._set_desired(service, Desired.DOWN)
         self._core.reconcile()
         await self._wait_stopped(service)
+
+    def _set_desired(self, service: Service, desired: Desired) -> None:
+        """Want ``service`` up or down, saved first: a refused write changes nothing."""
+        before, service.desired = service.desired, desired
+        try:
+            self._core.save()
+        except StateWriteFailed:
+            service.desired = before
+            raise
 
     async def restart(self, name: str) -> None:
         """Stop then start every instance; a process that receives traffic is replaced
@@ -120,16 +128,20 @@ class Commands:
             replace: Replacing = [
                 (service, service.spec, service.gen)]
             service.gen += 1
-            record = self._core.rollouts.begin(f"svc restart {name}", [], replace)
-            self._core.save()
+            previous = self._core.rollouts.record
+            try:
+                record = self._core.rollouts.begin(f"svc restart {name}", [], replace)
+                self._core.save()
+            except StateWriteFailed:
+                self._core.rollouts.abandon(previous, replace)
+                raise
             self._core.rollouts.start(record, replace)
             await self._core.rollouts.wait()
             if record.phase is Phase.FAILED:
                 raise NotReady(f"restart of {name} failed: {record.reason}; "
                                f"{record.outcome()}", record.steps[name].last_lines)
             return
-        service.desired = Desired.UP
-        self._core.save()
+        self._set_desired(service, Desired.UP)
         await self._core.stop_instances(service, list(service.instances.values()))
         for inst in service.instances.values():
             inst.stays_down = False

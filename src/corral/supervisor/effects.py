@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.balancer.ports import port_taken
-from corral.errors import CorralError, SpawnFailed
+from corral.errors import CorralError, SpawnFailed, StateWriteFailed
 from corral.protocol import messages as m
 from corral.protocol import paths
 from corral.spec import ProcessSpec, StopSpec
@@ -255,7 +255,10 @@ class Effects:
             live = {i.launcher_name for s in self._core.services.values()
                     for i in (*s.instances.values(), *s.retiring.values())}
             self.spawn_base = {n: b for n, b in self.spawn_base.items() if b and n in live}
-            self._core.files.save_spawn_base(self.spawn_base)
+            try:
+                self._core.files.save_spawn_base(self.spawn_base)
+            except StateWriteFailed as exc:  # only the next supervisor's count is off
+                self._core.events.emit(inst.service, "state_write", str(exc))
         inst.spawns = launcher_count - self.spawn_base.get(name, 0)
 
     def terminate(self, inst: Instance) -> None:

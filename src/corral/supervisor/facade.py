@@ -23,6 +23,7 @@ from corral.protocol import paths
 from corral.spec import ProcessSpec, Target, load_process, load_target, validate_process
 
 from . import overall
+from .drops import OutputDrops
 from .events import Event, Resumed, rfc3339
 from .loop import Supervisor
 from .membership import Membership
@@ -35,13 +36,16 @@ class Facade:
         supervisor: the running supervisor.
         request_exit: ``request_exit(code)`` ends the supervisor process with ``code``
             after the current response is sent (0: restart me; 84: stop everything).
+        drops: what the launcher reported it could not write (None: nothing known).
         membership: the supervisor's members in the service groups (None: no census).
     """
 
     def __init__(self, supervisor: Supervisor, request_exit: Callable[[int], None],
+                 drops: OutputDrops | None = None,
                  membership: Membership | None = None) -> None:
         self._sup = supervisor
         self._request_exit = request_exit
+        self._drops = drops
         self._membership = membership
 
     # reads
@@ -91,6 +95,14 @@ class Facade:
                                          "errors_total": sum((svc.get("errors") or {})
                                                              .values())}
         return out
+
+    def output_drops(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """For ``/metrics``: ``{"logs": {service: (bytes, records)}, "streams": {"stdout":
+        (bytes, records)}}``, output the launcher dropped since it started (only what it
+        reported: a log that never dropped anything is absent)."""
+        if self._drops is None:
+            return {"logs": {}, "streams": {}}
+        return {"logs": dict(self._drops.logs), "streams": dict(self._drops.streams)}
 
     def services(self) -> list[dict[str, Any]]:
         return [self._with_traffic(entry) for entry in self._sup.status()]

@@ -6,7 +6,8 @@ step, so a restart decided in the exit handler reaches the launcher without wait
 another turn of the loop.  Frames are decoded in the transport's ``data_received``
 callback itself, not in a reader task that callback would wake a loop turn later: that is
 the restart-latency path (``Exited`` in, ``Spawn`` out).  Unasked ``Exited`` frames are
-handed to ``on_exit`` and acknowledged after it returns; ``Shutdown`` calls ``on_shutdown``.
+handed to ``on_exit`` and acknowledged after it returns; ``Shutdown`` calls ``on_shutdown``;
+``OutputDropped`` goes to ``on_dropped`` when one is given.
 """
 
 from __future__ import annotations
@@ -68,9 +69,11 @@ class LauncherClient:
     """A connected launcher.  Create with :meth:`connect`."""
 
     def __init__(self, on_exit: Callable[[Message], None], on_shutdown: Callable[[], None],
-                 on_lost: Callable[[], None]) -> None:
+                 on_lost: Callable[[], None],
+                 on_dropped: Callable[[Message], None] | None = None) -> None:
         self._transport: asyncio.WriteTransport | None = None  # set once connected
         self._on_exit = on_exit
+        self._on_dropped = on_dropped
         self._on_shutdown = on_shutdown
         self._on_lost = on_lost
         self._ids = itertools.count(1)
@@ -83,10 +86,10 @@ class LauncherClient:
 
     @classmethod
     async def connect(cls, sock: socket.socket, on_exit: Callable[[Message], None],
-                      on_shutdown: Callable[[], None],
-                      on_lost: Callable[[], None]) -> LauncherClient:
+                      on_shutdown: Callable[[], None], on_lost: Callable[[], None],
+                      on_dropped: Callable[[Message], None] | None = None) -> LauncherClient:
         """Wrap the inherited socket, start reading, and say ``Hello``."""
-        client = cls(on_exit, on_shutdown, on_lost)
+        client = cls(on_exit, on_shutdown, on_lost, on_dropped)
         await asyncio.get_running_loop().create_unix_connection(
             lambda: _Protocol(client), sock=sock)
         try:
@@ -214,6 +217,8 @@ class LauncherClient:
                                                       "seq": message.get("seq")}))
         elif kind == m.SHUTDOWN:
             self._on_shutdown()
+        elif kind == m.OUTPUT_DROPPED and self._on_dropped is not None:
+            self._on_dropped(message)
 
     def close(self) -> None:
         if self._transport is not None:

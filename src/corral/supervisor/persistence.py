@@ -7,6 +7,12 @@
 - ``run/spawn_base.json``: per launcher name, the launcher's Spawn count before the
   current record's first spawn (restarts are the launcher's count less this);
 - ``run/ports.json``: which instance holds which port (a new supervisor adopts them).
+
+Each JSON file carries its format (see :mod:`.formats`, which the supervisor runs over the
+directory before it reads any of them); the readers here also take a file of an older
+format, brought up to date as it is read.
+A write that fails raises :class:`~corral.errors.StateWriteFailed` and leaves the old
+file as it was; the ``run/`` files are caches, which their callers write best effort.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from corral.protocol import paths
 from corral.spec import Target
 from corral.states import Desired
 
-from . import statefile
+from . import formats, statefile
 from .instance import Service
 
 
@@ -51,12 +57,13 @@ class StateFiles:
                      without: Set[str] = frozenset()) -> None:
         kept = {n: s for n, s in services.items() if n not in without}
         statefile.write_json(self.desired_path, {
+            "format": formats.DESIRED,
             "down": sorted(n for n, s in kept.items() if s.desired is Desired.DOWN),
             "gen": {n: s.gen for n, s in kept.items() if s.gen}})
 
     def desired(self) -> tuple[set[str], dict[str, Any]]:
         """The stopped services, and each service's generation (as stored)."""
-        stored = statefile.read_json(self.desired_path, {})
+        stored = self._read("desired.json", self.desired_path, {})
         return set(stored.get("down", [])), dict(stored.get("gen", {}))
 
     def rollout(self) -> Any:
@@ -65,23 +72,35 @@ class StateFiles:
         Raises:
             ValueError: the file is not JSON.
         """
-        return statefile.read_json(self.rollout_path, None)
+        return self._read("rollout.json", self.rollout_path, None)
 
     def save_rollout(self, state: dict[str, Any]) -> None:
-        statefile.write_json(self.rollout_path, state)
+        statefile.write_json(self.rollout_path, {**state, "format": formats.ROLLOUT})
 
     def spawn_base(self) -> dict[str, int]:
-        base: dict[str, int] = statefile.read_json(self.spawn_base_path, {})
+        doc = self._read("run/spawn_base.json", self.spawn_base_path, {})
+        base: dict[str, int] = {k: v for k, v in doc.items() if k != "format"}
         return base
 
     def save_spawn_base(self, base: dict[str, int]) -> None:
-        self.spawn_base_path.parent.mkdir(parents=True, exist_ok=True)
-        statefile.write_json(self.spawn_base_path, base)
+        statefile.write_json(self.spawn_base_path, {**base, "format": formats.SPAWN_BASE})
 
     def ports(self) -> dict[str, dict[str, int]]:
-        held: dict[str, dict[str, int]] = statefile.read_json(self.ports_path, {})
+        doc = self._read("run/ports.json", self.ports_path, {})
+        held: dict[str, dict[str, int]] = {k: v for k, v in doc.items() if k != "format"}
         return held
 
     def save_ports(self, held: dict[str, dict[str, int]]) -> None:
-        self.ports_path.parent.mkdir(parents=True, exist_ok=True)
-        statefile.write_json(self.ports_path, held)
+        statefile.write_json(self.ports_path, {**held, "format": formats.PORTS})
+
+    @staticmethod
+    def _read(name: str, path: Path, default: Any) -> Any:
+        """``path`` (file ``name`` of :data:`formats.CURRENT`) in the current format, or
+        ``default`` if it does not exist.
+
+        Raises:
+            ValueError: the file is not JSON.
+            formats.TooNew: the file is of a newer format.
+        """
+        doc = statefile.read_json(path, None)
+        return default if doc is None else formats.upgrade(name, path, doc)

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from corral.errors import CorralError
+from corral.errors import CorralError, StateWriteFailed
 from corral.health import owner
 from corral.logs.reader import tail
 from corral.protocol import paths
@@ -166,6 +166,31 @@ class RolloutRunner:
         self.save()
         return record
 
+    def abandon(self, previous: Rollout | None, replace: Replacing) -> None:
+        """Undo :meth:`begin` when it, or the save after it, was refused: ``previous`` is
+        the record again (on disk too, when the new one got there and the old one can be
+        written back), and each replaced service is back at its old generation, its
+        instances unpinned."""
+        self.record = previous
+        for service, _, old_gen in replace:
+            service.gen = old_gen
+            self.pin(service, {})
+        try:
+            on_disk = self._core.files.rollout()
+        except (OSError, ValueError):
+            on_disk = None
+        kept = previous.id if previous is not None else None
+        if not isinstance(on_disk, dict) or on_disk.get("id") == kept:
+            return  # the refused write was the new record's own: the file is as it was
+        try:
+            if previous is not None:
+                self.save()
+            else:
+                self._core.files.rollout_path.unlink(missing_ok=True)
+        except (StateWriteFailed, OSError) as exc:
+            self._core.events.emit("", "state_write",
+                                   f"the refused rollout's record stays: {exc}")
+
     def pin(self, service: Service, specs: dict[int, ProcessSpec]) -> None:
         """Every instance runs its own generation's spec: none is pinned on those of the
         service's current generation, ``specs[gen]`` on those of another (older, or after
@@ -236,7 +261,11 @@ class RolloutRunner:
             service.spec, service.gen = old_spec, old_gen
             self._core.specs_changed()
             self.pin(service, newer)
-            self._core.save()
+            try:
+                self._core.save()
+            except StateWriteFailed as exc:  # the old version comes back all the same
+                self._core.events.emit(name, "rollout", "the old version is back, but not "
+                                       f"saved: {exc}")
             back = Step(name, service.spec.instances)
             ok = await self._replace(service, back, record, None, reverting=True)
             if step.phase is not Phase.FAILED:

@@ -37,7 +37,8 @@ def build(name: str, spec: ProcessSpec, argv: list[str], env: dict[str, str], cw
         # How a launcher that finds it left by a dead one stops it.
         "stop": {"signal": spec.stop.signal, "timeout": spec.stop.timeout},
         "log": {"path": str(log), "format": spec.logs.format,
-                "max_bytes": spec.logs.max_bytes, "keep": spec.logs.keep},
+                "max_bytes": spec.logs.max_bytes, "keep": spec.logs.keep,
+                "stdout": spec.logs.stdout},
     }
     if sockets:
         request["listen_fds"] = sockets

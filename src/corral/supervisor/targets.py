@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-from corral.errors import Conflict, CorralError
+from corral.errors import Conflict, CorralError, StateWriteFailed
 from corral.spec import Problem, ProcessSpec, ResourceRef, Target, refuse
 from corral.states import Desired
 from corral.store import subst
@@ -91,6 +91,10 @@ class Targets:
         changes = self.plan(target)
         if not changes:
             return None
+        # What a refused save must put back (nothing is spawned or stopped before it).
+        undo = (self._core.services, self._core.traffic.target_services,
+                self._core.rollouts.record,
+                [(s, s.spec, s.gen, s.desired) for s in self._core.services.values()])
         replace: Replacing = []
         removed = [self._core.services[c.name] for c in changes
                    if c.kind == "process" and c.action is rollout.Edit.REMOVE]
@@ -119,10 +123,18 @@ class Targets:
         self._core.services = ordered
         self._core.traffic.target_services = list(target.services)
         self._core.specs_changed()
-        record = self._core.rollouts.begin(cause, changes, replace, added)
         for service in removed:
             service.desired = Desired.DOWN
-        self._core.save(without={s.spec.name for s in removed})
+        try:
+            record = self._core.rollouts.begin(cause, changes, replace, added)
+            self._core.save(without={s.spec.name for s in removed})
+        except StateWriteFailed:
+            self._core.services, self._core.traffic.target_services, previous, was = undo
+            for service, spec, gen, desired in was:
+                service.spec, service.gen, service.desired = spec, gen, desired
+            self._core.specs_changed()
+            self._core.rollouts.abandon(previous, replace)
+            raise
         for service in sorted(removed, key=graph.stop_order(self._core.services).index):
             await self._core.stop_instances(service, [*service.instances.values(),
                                                  *service.retiring.values()])
@@ -198,9 +210,14 @@ class Targets:
             replace.append((service, service.spec, service.gen))
             service.gen += 1
         which = ", ".join(sorted(names))
-        record = self._core.rollouts.begin(
-            f"secret{'s' if len(names) > 1 else ''} {which} changed", [], replace)
-        self._core.save()
+        previous = self._core.rollouts.record
+        try:
+            record = self._core.rollouts.begin(
+                f"secret{'s' if len(names) > 1 else ''} {which} changed", [], replace)
+            self._core.save()
+        except StateWriteFailed:
+            self._core.rollouts.abandon(previous, replace)
+            raise
         self._core.events.emit("", "rollout", f"{record.cause}: replacing "
                          + ", ".join(s.spec.name for s in users))
         self._core.rollouts.start(record, replace)
@@ -230,7 +247,13 @@ class Targets:
             replace.append((service, service.spec, service.gen))
             service.gen += 1
         # The record first: a supervisor killed after it knows which value to put back.
-        record = self._core.rollouts.begin(f"secret {name} changed", [], replace, secrets=[name])
+        previous = self._core.rollouts.record
+        try:
+            record = self._core.rollouts.begin(f"secret {name} changed", [], replace,
+                                               secrets=[name])
+        except StateWriteFailed:
+            self._core.rollouts.abandon(previous, replace)
+            raise
         try:
             self._core.secrets.set(name, value, keep_previous=True)
         except CorralError:
@@ -241,7 +264,17 @@ class Targets:
             record.phase, record.reason = Phase.FAILED, f"secret {name} could not be stored"
             self._core.rollouts.save()
             raise
-        self._core.save()
+        try:
+            self._core.save()
+        except StateWriteFailed:
+            # Refused: the old value is back and nothing is replaced.
+            try:
+                self._core.rollouts.settle_secrets(record, revert=True)
+            except CorralError as exc:
+                self._core.events.emit("", "state_write",
+                                       f"secret {name} keeps its new value: {exc}")
+            self._core.rollouts.abandon(previous, replace)
+            raise
         self._core.events.emit("", "rollout", f"{record.cause}: replacing "
                          + ", ".join(s.spec.name for s in users))
         self._core.rollouts.start(record, replace)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from corral.balancer.ports import PortAllocator, PortsExhausted
-from corral.errors import CorralError, SpawnFailed
+from corral.errors import CorralError, SpawnFailed, StateWriteFailed
 from corral.spec import Problem, ProcessSpec, ServiceSpec, Target, refuse
 from corral.states import HealthState, ServiceState
 from corral.store import subst
@@ -116,11 +116,15 @@ class Traffic:
         return inst.ports.get(service) or (svc.port if svc is not None else None)
 
     def save_ports(self) -> None:
-        """Persist which instance holds which port (a new supervisor adopts them)."""
+        """Persist which instance holds which port (a new supervisor adopts them); a
+        refused write is an event, not an error."""
         held = {i.launcher_name: i.ports for s in self._processes().values()
                 for i in (*s.instances.values(), *s.retiring.values()) if i.ports}
         self.held_ports = held
-        self._files.save_ports(held)
+        try:
+            self._files.save_ports(held)
+        except StateWriteFailed as exc:  # a cache for the next supervisor: spawns go on
+            self._events.emit("", "state_write", str(exc))
 
     def service_ports(self, inst: Instance, spec: ProcessSpec) -> dict[str, str]:
         """``SERVICE_PORT_<NAME>`` for each proxy-mode service ``spec`` receives, from the
