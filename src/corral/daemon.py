@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING
 import uvloop
 
 from corral.balancer.ports import PortAllocator, start_for
-from corral.errors import CorralError, SpecError
+from corral.cluster import ClusterOptions
+from corral.cluster.options import FLAGS as CLUSTER_FLAGS
+from corral.errors import ClusterError, CorralError, SpecError
 from corral.monitor.sampler import TreeSampler
 from corral.protocol import messages as m
 from corral.protocol import paths
@@ -44,6 +46,7 @@ from corral.supervisor.drops import OutputDrops
 from corral.supervisor.facade import Facade
 from corral.supervisor.launcher_client import Incompatible, LauncherClient
 from corral.supervisor.loop import Supervisor
+from corral.supervisor.membership import Membership
 from corral.supervisor.persistence import StateFiles
 from corral.supervisor.settings import Settings
 from corral.supervisor.sources import SecretsDir, TargetFile
@@ -150,7 +153,8 @@ def up_line(supervisor: Supervisor, api: Path, listen_http: str | None) -> str:
 async def serve(state_dir: Path, target_file: Path | None, listen_http: str | None = None,
                 metrics_public: bool = False, health_public: bool = False,
                 watch_target: Path | None = None, secrets_dir: Path | None = None,
-                secrets_file: Path | None = None, settings: Settings | None = None) -> int:
+                secrets_file: Path | None = None, settings: Settings | None = None,
+                cluster: ClusterOptions | None = None, cluster_probe: bool = False) -> int:
     """Run the supervisor until it is told to stop or restart; return its exit code.
 
     With ``listen_http`` (``HOST:PORT``), the same application is also served there over
@@ -160,14 +164,25 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
     re-apply whenever it changes, ``secrets_dir`` a directory of secret files (read
     before anything starts, then watched): see :mod:`corral.supervisor.sources`.
     ``target_file`` and ``secrets_file`` (the first supervisor of a ``sup run``) are checked
-    before anything starts; a problem raises :class:`SpecError`.
+    before anything starts; a problem raises :class:`SpecError`.  ``cluster`` says where
+    the service groups live (etcd, or this host only); with ``cluster_probe`` (the first
+    supervisor) an etcd that cannot be used raises :class:`ClusterError` before anything
+    starts, while a later supervisor starts whatever etcd does.
     """
     try:
         formats.prepare(state_dir)
     except formats.TooNew as exc:
         print(f"corral-supervisor: {exc}", file=sys.stderr)
         return await _refuse_state()
+    backend = (cluster or ClusterOptions()).backend(state_dir, os.environ)
+    if cluster_probe:
+        try:
+            await backend.probe()
+        except CorralError:
+            await backend.close()
+            raise
     supervisor = build_supervisor(state_dir, settings or Settings.from_environ(os.environ))
+    membership = Membership(supervisor, backend)
     supervisor.load_state(target_file, secrets_file)
     secrets = SecretsDir(supervisor, secrets_dir) if secrets_dir is not None else None
     fresh_secrets = secrets.load() if secrets is not None else []
@@ -201,6 +216,7 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
         on_lost=lambda: finish(m.EXIT_FATAL), on_dropped=drops.on_message)
     await supervisor.check_boot_target(launcher)
     await supervisor.attach(launcher)
+    await membership.start()
     stoppers = _watch_sources(supervisor, secrets, fresh_secrets, watch_target)
     for sig in (signal.SIGINT, signal.SIGTERM):
         # The launcher coordinates shutdown; a stray signal must not kill us mid-stop.
@@ -220,7 +236,7 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
         from corral.api.tls import RemoteAccess
 
         remote = RemoteAccess.setup(state_dir, listen_http)
-    app = create_app(Facade(supervisor, request_exit, drops), remote)
+    app = create_app(Facade(supervisor, request_exit, drops, membership), remote)
     # Everything imported so far lives as long as the process: move it out of the
     # collector's reach, so a full collection landing on a restart stays short.
     gc.freeze()
@@ -265,6 +281,9 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
         # A listener that does not finish in 3 s is cancelled by wait_for itself.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(remote_task, 3)
+    # A stop leaves the census at once; a restart keeps the members for the next
+    # supervisor to take over (same key, new lease).
+    await membership.close(leave=code == m.EXIT_DONE)
     supervisor.events.close()
     launcher.close()
     return code
@@ -342,7 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--health-public", action="store_true")
     parser.add_argument("--watch-target")
     parser.add_argument("--secrets-dir")
+    for flag, _ in CLUSTER_FLAGS:
+        parser.add_argument(flag)
+    parser.add_argument("--cluster-probe", action="store_true")
     args = parser.parse_args(argv)
+    cluster = ClusterOptions(**{attr: getattr(args, flag[2:].replace("-", "_"))
+                                for flag, attr in CLUSTER_FLAGS})
     state_dir = paths.resolve_state_dir(args.state_dir)
     try:
         settings = Settings.from_environ(os.environ)
@@ -358,7 +382,11 @@ def main(argv: list[str] | None = None) -> int:
                                 Path(args.watch_target) if args.watch_target else None,
                                 Path(args.secrets_dir) if args.secrets_dir else None,
                                 Path(args.secrets_file) if args.secrets_file else None,
-                                settings))
+                                settings, cluster, args.cluster_probe))
+    except ClusterError as exc:
+        report(exc)
+        # Only the first supervisor probes: the same etcd would refuse it again.
+        return m.EXIT_FATAL
     except SpecError as exc:
         report(exc)
         # The first supervisor's files were refused: stop, rather than be started again

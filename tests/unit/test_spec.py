@@ -606,7 +606,8 @@ def test_several_problems_are_reported_together() -> None:
         "target.yaml:9: processes[1].colour: unknown field 'colour' (allowed: name, command, env, "
         "cwd, resources, before, instances, receives, health, readiness, start_seconds, "
         "start_timeout, watchdog, restart, stop, "
-        "logs, limits, hooks, rollout_timeout, replace, depends_on, user, group, umask, rlimits)",
+        "logs, limits, hooks, rollout_timeout, replace, depends_on, user, group, umask, rlimits, "
+        "cluster)",
         "target.yaml:10: processes[2].name: duplicate name 'a' (also processes[0])",
         "target.yaml:11: processes[3].depends_on[0]: unknown process 'ghost'",
     ]
@@ -631,7 +632,7 @@ def test_dict_input_has_no_line_numbers() -> None:
         "instances, receives, health, readiness, start_seconds, start_timeout, watchdog, "
         "restart, stop, logs, limits, hooks, "
             "rollout_timeout, replace, "
-        "depends_on, user, group, umask, rlimits)",
+        "depends_on, user, group, umask, rlimits, cluster)",
     ]
     with pytest.raises(SpecError, match=r"^api: processes\[1\].name: duplicate name 'x'"):
         validate_target({"processes": [{"name": "x", "command": "a"}] * 2}, "api")

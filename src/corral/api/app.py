@@ -108,6 +108,17 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
         """The supervisor: versions, pids, state directory, uptime, service counts."""
         return facade.status()
 
+    @app.get("/v1/census", tags=["cluster"])
+    async def census() -> dict[str, Any]:
+        """Every member of every service group, from every host (etcd) or this one: host,
+        address, state, health, instances, ports, config version, alive or stale."""
+        return facade.census()
+
+    @app.get("/v1/census/{service_group}", tags=["cluster"])
+    async def census_group(service_group: str) -> dict[str, Any]:
+        """The members of one service group (404 when none is known)."""
+        return facade.census(service_group)
+
     @app.post("/v1/supervisor/restart", status_code=HTTPStatus.ACCEPTED, tags=["supervisor"])
     async def restart_supervisor() -> dict[str, str]:
         """Start a new supervisor process; services keep running and are reattached."""

@@ -49,6 +49,7 @@ VERBS = {
     "secret": "store secrets used as ${NAME} in specs",
     "resource": "upload and manage files placed in run dirs",
     "export": "print the target as another tool's files",
+    "census": "show the members of every service group",
 }
 _GLOBAL_OPTIONS_WITH_VALUE = ("--state-dir", "--override-name", "--remote")
 

@@ -157,9 +157,28 @@ def supervisor_lines(status: Json) -> list[str]:
         count = len(balancer.get("services") or [])
         pairs.append(("balancer", f"pid {_text(balancer.get('pid'))}, {count} service"
                       + ("" if count == 1 else "s")))
+    cluster = status.get("cluster")
+    if isinstance(cluster, dict):
+        pairs += cluster_pairs(cluster)
     width = max(len(label) for label, _ in pairs)
     lines = [f"{label.ljust(width)}  {value}" for label, value in pairs]
     return lines + balancer_lines(balancer)
+
+
+def cluster_pairs(link: Json) -> list[tuple[str, str]]:
+    """The link to the service groups: local, or etcd's endpoints, connection, lease."""
+    member = f"{_text(link.get('member'))} ({_text(link.get('host'))}, " \
+             f"advertised {_text(link.get('address'))})"
+    if link.get("backend") != "etcd":
+        return [("cluster", "local (this host only; sup run --cluster joins etcd)"),
+                ("member", member)]
+    state = f"connected to {link.get('endpoint')}" if link.get("connected") else "DOWN"
+    pairs = [("cluster", f"etcd {', '.join(link.get('endpoints') or [])}: {state}"),
+             ("member", member),
+             ("lease", f"{link.get('lease_id') or 'none'} (ttl {_text(link.get('ttl'))}s)")]
+    if link.get("last_error"):
+        pairs.append(("last error", str(link["last_error"])))
+    return pairs
 
 
 def _versions(status: Json) -> str:

@@ -20,6 +20,8 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms 
 if TYPE_CHECKING:
     from typing import Any
 
+    from corral.cluster.options import ClusterOptions
+
 STOP_WAIT = 120.0
 _POLL = 0.1
 
@@ -82,6 +84,39 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--secrets-file", metavar="ENV_FILE",
                    help="store the secrets in ENV_FILE (NAME=value lines; # comments and "
                         "blank lines allowed) before the target is checked")
+    c = p.add_argument_group(
+        "service groups across hosts",
+        "Join an etcd cluster: each loaded process registers as a member of its service\n"
+        "group (<process>.<cluster group>), shown by `corral census` on every host.\n"
+        "Without --cluster the groups are this host's only. The etcd password comes\n"
+        "from $CORRAL_CLUSTER_PASSWORD or --cluster-password-file. E.g.:\n"
+        "  corral sup run --cluster http://10.0.0.1:2379,http://10.0.0.2:2379 "
+        "--advertise 10.0.0.5\n"
+        "  corral sup run --cluster-file /etc/corral/etcd-endpoints --cluster-ca ca.pem \\\n"
+        "                 --cluster-user corral --cluster-password-file /run/secrets/etcd")
+    c.add_argument("--cluster", metavar="URL[,URL...]",
+                   help="etcd endpoints (http(s)://host:port; host:port gets http, or https "
+                        "with --cluster-ca/--cluster-cert)")
+    c.add_argument("--cluster-file", metavar="PATH",
+                   help="read the etcd endpoints from PATH (one or more a line, # comments); "
+                        "re-read when it changes (a mounted ConfigMap)")
+    c.add_argument("--cluster-ca", metavar="PEM", help="CA of the etcd servers' certificates")
+    c.add_argument("--cluster-cert", metavar="PEM", help="client certificate for etcd")
+    c.add_argument("--cluster-key", metavar="PEM", help="the client certificate's key")
+    c.add_argument("--cluster-user", metavar="USER",
+                   help="etcd user (password: $CORRAL_CLUSTER_PASSWORD or "
+                        "--cluster-password-file)")
+    c.add_argument("--cluster-password-file", metavar="FILE",
+                   help="read the etcd user's password from FILE")
+    c.add_argument("--org", metavar="NAME",
+                   help="the organisation: the keyspace /corral/NAME/ (default: default)")
+    c.add_argument("--advertise", metavar="ADDR",
+                   help="the address other hosts reach this one at (default: the address "
+                        "of the default route's interface)")
+    c.add_argument("--cluster-ttl", metavar="SECONDS",
+                   help="lease TTL: how soon a dead host leaves the census (default: 5)")
+    c.add_argument("--member-name", metavar="NAME",
+                   help="this supervisor's member name (default: <host>-<state name>)")
     p.set_defaults(handler=cmd_run)
 
     p = add_parser(verbs, "status", "show the supervisor's status",
@@ -146,7 +181,37 @@ def launcher_argv(args: argparse.Namespace, ctx: CommandContext) -> list[str]:
         argv += ["--secrets-dir", args.secrets_dir]
     if args.log_stdout is not None:
         argv.append("--log-stdout" if args.log_stdout else "--no-log-stdout")
-    return argv
+    return argv + cluster_options(args).argv()
+
+
+def cluster_options(args: argparse.Namespace) -> ClusterOptions:
+    """The cluster flags as :class:`corral.cluster.ClusterOptions`."""
+    from corral.cluster.options import FLAGS, ClusterOptions
+    return ClusterOptions(**{attr: getattr(args, flag[2:].replace("-", "_"))
+                             for flag, attr in FLAGS})
+
+
+def check_cluster(args: argparse.Namespace, ctx: CommandContext) -> None:
+    """Raise :class:`CliError` (one line) for cluster flags that cannot be used, or an etcd
+    that cannot be reached with them (no endpoint answers, credentials or TLS refused)."""
+    import asyncio
+
+    from corral.errors import CorralError
+    options = cluster_options(args)
+    try:
+        options.check(os.environ)
+        if not options.joins:
+            return
+        backend = options.backend(ctx.state_dir, os.environ)
+
+        async def probe() -> None:
+            try:
+                await backend.probe()
+            finally:
+                await backend.close()
+        asyncio.run(probe())
+    except CorralError as exc:
+        raise CliError(f"cannot join the cluster: {exc.message.splitlines()[0]}") from None
 
 
 def check_target(path: str) -> None:
@@ -217,6 +282,7 @@ def cmd_run(args: argparse.Namespace, ctx: CommandContext) -> int:
         check_secrets_dir(args.secrets_dir)
     if args.secrets_file:
         check_secrets_file(args.secrets_file)
+    check_cluster(args, ctx)
     argv = launcher_argv(args, ctx)
     ctx.stdout.flush()
     ctx.stderr.flush()

@@ -8,6 +8,7 @@ Public surface (what the supervisor and the API use; the rest is private to the 
   publishes), :class:`MemberRecord`, :class:`GroupConfig`;
 - :class:`Census`, :class:`CensusMember`, :class:`LinkStatus` (what ``census`` and
   ``sup status`` show);
+- :class:`ClusterOptions` (``sup run``'s flags, and the backend they describe);
 - :class:`EtcdSettings`, :func:`parse_endpoints`, :func:`read_endpoints_file`;
 - names: :func:`service_group`, :func:`split_service_group`, :func:`default_member_name`,
   :func:`default_address`, :class:`Keyspace`.
@@ -33,6 +34,7 @@ from .keys import (
     split_service_group,
 )
 from .local import LocalBackend
+from .options import PASSWORD_ENV, ClusterOptions
 from .records import GroupConfig, Identity, InstanceStatus, MemberRecord, MemberStatus
 from .remote import EtcdBackend
 
@@ -46,10 +48,12 @@ __all__ = [
     "DEFAULT_GROUP",
     "DEFAULT_ORG",
     "DEFAULT_TTL",
+    "PASSWORD_ENV",
     "Census",
     "CensusMember",
     "ClusterBackend",
     "ClusterListener",
+    "ClusterOptions",
     "EtcdBackend",
     "EtcdSettings",
     "GroupConfig",

@@ -15,6 +15,12 @@ from corral.protocol import paths
 from .console import Console
 from .pid1 import Launcher, take_lock
 
+# sup run's cluster flags (see corral.cluster.options): passed on to every supervisor as
+# given (`sup run` made their file paths absolute).
+CLUSTER_FLAGS = ("--cluster", "--cluster-file", "--cluster-ca", "--cluster-cert",
+                 "--cluster-key", "--cluster-user", "--cluster-password-file", "--org",
+                 "--advertise", "--cluster-ttl", "--member-name")
+
 
 def log_stdout_default() -> bool:
     """Where a platform collects the main process's stdout: as PID 1 (a container), or
@@ -38,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--watch-target", action="store_true",
                         help="re-apply the --target file whenever it changes")
     parser.add_argument("--secrets-dir", help="read (and watch) each file here as a secret")
+    for flag in CLUSTER_FLAGS:
+        parser.add_argument(flag, help="passed on to the supervisor (see corral sup run -h)")
     parser.add_argument("--log-stdout", action=argparse.BooleanOptionalAction,
                         help="also write every service's records to stdout (default: on as "
                              "PID 1 or under systemd)")
@@ -70,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         sup_args += ["--watch-target", os.path.abspath(args.target)]
     if args.secrets_dir:
         sup_args += ["--secrets-dir", os.path.abspath(args.secrets_dir)]
+    for flag in CLUSTER_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            sup_args += [flag, value]
+    if args.cluster or args.cluster_file:
+        # Only the first supervisor refuses to start without etcd; a later one (a restart,
+        # an upgrade) must keep the services whatever etcd does.
+        first.append("--cluster-probe")
     log_stdout = log_stdout_default() if args.log_stdout is None else args.log_stdout
     try:
         return Launcher(state_dir, sup_args, first, log_stdout, console).run()

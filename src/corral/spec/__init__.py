@@ -36,6 +36,7 @@ from .fields import (
 from .loading import load_process, load_target, refuse, validate_process, validate_target
 from .models import (
     MAX_BACKOFF,
+    ClusterSpec,
     HealthSpec,
     HooksSpec,
     HttpCheck,
@@ -63,6 +64,7 @@ from .units import (
 
 __all__ = [
     "MAX_BACKOFF",
+    "ClusterSpec",
     "Duration",
     "EnvName",
     "EnvValue",

@@ -192,6 +192,23 @@ class ResourceRef(SpecModel):
         return norm
 
 
+class ClusterSpec(SpecModel):
+    """How a process takes part in service groups: its cluster ``group`` (its service
+    group is ``<process>.<group>``, e.g. ``redis.default``)."""
+
+    group: str = "default"
+
+    @field_validator("group")
+    @classmethod
+    def _check_group(cls, v: str) -> str:
+        # The same rule as corral.cluster.keys.GROUP_PATTERN (a key segment without '.').
+        # 63 at most: with a 64-character process name, the service group fits in 128.
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", v) or len(v) > 63:
+            raise ValueError(f"invalid cluster group {v!r}: use at most 63 of a-z 0-9 _ -, "
+                             "starting with a letter or digit (no '.')")
+        return v
+
+
 class ProcessSpec(SpecModel):
     """One entry of the target's ``processes``: what to run, how many, and how to keep it up.
 
@@ -228,6 +245,7 @@ class ProcessSpec(SpecModel):
     group: NonEmpty | None = None
     umask: Umask | None = None
     rlimits: dict[RlimitName, RlimitValue] = Field(default_factory=dict)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
 
     @field_validator("command", mode="before")
     @classmethod
@@ -276,6 +294,11 @@ class ProcessSpec(SpecModel):
         if self.replace is not None:
             return self.replace
         return "start-first" if self.receives else "stop-first"
+
+    @property
+    def service_group(self) -> str:
+        """``<name>.<cluster group>``: the service group this process is a member of."""
+        return f"{self.name}.{self.cluster.group}"
 
     @property
     def argv(self) -> list[str]:
@@ -353,3 +376,4 @@ class Target(SpecModel):
 FIELD_OWNERS: dict[str, type[SpecModel]] = {"processes": ProcessSpec, "services": ServiceSpec}
 FIELD_OWNERS |= {"restart": RestartSpec, "stop": StopSpec, "logs": LogSpec, "limits": LimitsSpec}
 FIELD_OWNERS |= {"health": HealthSpec, "http": HttpCheck, "tcp": TcpCheck, "resources": ResourceRef}
+FIELD_OWNERS |= {"cluster": ClusterSpec}

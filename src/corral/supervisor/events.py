@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -91,6 +92,8 @@ class EventLog:
         self._previous = (previous.get("first"), previous.get("last"))
         self._unwritable = False
         self._subscribers: set[asyncio.Queue[Event | None]] = set()
+        # Called with every event as it is recorded (in the emitter's call: keep them cheap).
+        self.observers: list[Callable[[Event], None]] = []
 
     @property
     def last_seq(self) -> int:
@@ -136,6 +139,8 @@ class EventLog:
         for key, value in fields.items():
             event["from" if key == "from_" else key] = value
         self._events.append(event)
+        for observe in self.observers:
+            observe(event)
         for queue in list(self._subscribers):
             try:
                 queue.put_nowait(event)

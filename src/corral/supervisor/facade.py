@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from corral import __version__
-from corral.errors import Conflict, SpecError
+from corral.errors import Conflict, NotFound, SpecError
 from corral.logs import reader
 from corral.protocol import messages as m
 from corral.protocol import paths
@@ -26,6 +26,7 @@ from . import overall
 from .drops import OutputDrops
 from .events import Event, Resumed, rfc3339
 from .loop import Supervisor
+from .membership import Membership
 
 
 class Facade:
@@ -36,13 +37,16 @@ class Facade:
         request_exit: ``request_exit(code)`` ends the supervisor process with ``code``
             after the current response is sent (0: restart me; 84: stop everything).
         drops: what the launcher reported it could not write (None: nothing known).
+        membership: the supervisor's members in the service groups (None: no census).
     """
 
     def __init__(self, supervisor: Supervisor, request_exit: Callable[[int], None],
-                 drops: OutputDrops | None = None) -> None:
+                 drops: OutputDrops | None = None,
+                 membership: Membership | None = None) -> None:
         self._sup = supervisor
         self._request_exit = request_exit
         self._drops = drops
+        self._membership = membership
 
     # reads
     def status(self) -> dict[str, Any]:
@@ -56,7 +60,15 @@ class Facade:
                 "started_at": rfc3339(self._sup.started_at),
                 "uptime_s": round(time.time() - self._sup.started_at, 3),
                 "services": counts, "balancer": self._sup.traffic.balancer.status(),
-                "versions": self.versions()}
+                "versions": self.versions(),
+                "cluster": self._membership.link() if self._membership else None}
+
+    def census(self, service_group: str | None = None) -> dict[str, Any]:
+        """Every member of every service group (``GET /v1/census``); NotFound for a
+        ``service_group`` with no known member."""
+        if self._membership is None:
+            raise NotFound("this supervisor keeps no census")
+        return self._membership.census(service_group)
 
     def versions(self) -> dict[str, Any]:
         """Each part's corral release (None where it is not known: no balancer running,

@@ -22,7 +22,8 @@ class Settings:
         port_range: ``CORRAL_PORT_RANGE`` (``LOW-HIGH``), where ``SERVICE_PORT_*`` ports
             are allocated; 30000-39999 by default.
         base_env: the environment every process (and hook, and exec check) starts from:
-            the supervisor's own, less the launcher's socket.
+            the supervisor's own, less the launcher's socket and the etcd password
+            (``CORRAL_CLUSTER_PASSWORD``: it is the supervisor's, not its processes').
     """
 
     port_range: tuple[int, int] = DEFAULT_RANGE
@@ -36,7 +37,12 @@ class Settings:
             SpecError: a variable holds a value it cannot (one line: which, and why).
         """
         return cls(port_range=_port_range(environ.get("CORRAL_PORT_RANGE", "")),
-                   base_env={k: v for k, v in environ.items() if k != m.ENV_LAUNCHER_FD})
+                   base_env={k: v for k, v in environ.items() if k not in _PRIVATE})
+
+
+# Kept from the processes' environment.  The name is corral.cluster.PASSWORD_ENV's, written
+# out: the settings are read before anything of the cluster package is imported.
+_PRIVATE = frozenset({m.ENV_LAUNCHER_FD, "CORRAL_CLUSTER_PASSWORD"})
 
 
 def _port_range(text: str) -> tuple[int, int]:

@@ -1,0 +1,145 @@
+"""This supervisor's members in the service groups: what it registers, and the census.
+
+Every loaded process is a member of its service group (``<process>.<cluster group>``,
+:attr:`corral.spec.ProcessSpec.service_group`).  :class:`Membership` keeps the cluster
+backend (:class:`corral.cluster.LocalBackend` without ``--cluster``, else
+:class:`corral.cluster.EtcdBackend`) told about each of them: instances and their states,
+health, ports, spec generation.  It watches the event log (every state, health, load,
+unload and update is an event) and, at most once per loop turn, builds each process's
+:class:`~corral.cluster.MemberStatus` again; the backend writes only what changed.
+
+The backend never blocks a service: with etcd down, registrations are kept and written
+once it answers again, and the census is the last known one, marked stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from corral.cluster import (
+    ClusterBackend,
+    GroupConfig,
+    InstanceStatus,
+    LinkStatus,
+    MemberStatus,
+)
+from corral.errors import NotFound
+
+from .events import Event
+
+if TYPE_CHECKING:
+    from .instance import Service
+    from .loop import Supervisor
+
+
+class Membership:
+    """Registers the supervisor's processes with ``backend`` and answers census queries.
+
+    Args:
+        core: the supervisor whose services are the members.
+        backend: where the members are registered and the census comes from.
+    """
+
+    def __init__(self, core: Supervisor, backend: ClusterBackend) -> None:
+        self._core = core
+        self.backend = backend
+        self._registered: set[str] = set()
+        self._pending = False
+        self._started = False
+        self._connected: bool | None = None
+
+    async def start(self) -> None:
+        """Start the backend and register every loaded process (after the attach, so the
+        instances' states are known).  Never fails because etcd is down."""
+        await self.backend.start(self)
+        self._started = True
+        self._core.events.observers.append(self._observe)
+        self.sync()
+
+    async def close(self, *, leave: bool = False) -> None:
+        """Stop the backend; ``leave`` (``sup stop``) drops the members from the census now."""
+        if self._observe in self._core.events.observers:
+            self._core.events.observers.remove(self._observe)
+        self._started = False
+        await self.backend.close(leave=leave)
+
+    # ------------------------------------------------------------------ registering
+    def _observe(self, event: Event) -> None:
+        if event["service"] and not self._pending:
+            self._pending = True
+            asyncio.get_running_loop().call_soon(self.sync)
+
+    def sync(self) -> None:
+        """Register each loaded process's member as it is now; withdraw the removed ones."""
+        self._pending = False
+        if not self._started:
+            return
+        groups: set[str] = set()
+        for service in self._core.services.values():
+            group = service.spec.service_group
+            groups.add(group)
+            self.backend.register(group, self.status_of(service))
+        for group in self._registered - groups:
+            self.backend.withdraw(group)
+        self._registered = groups
+
+    def status_of(self, service: Service) -> MemberStatus:
+        """What the member of ``service`` publishes: its instances, ports and generation."""
+        instances = tuple(InstanceStatus(i.index, i.state, i.health)
+                          for i in sorted(service.instances.values(), key=lambda i: i.index))
+        ports: dict[str, int] = {}
+        for inst in sorted(service.instances.values(), key=lambda i: i.index):
+            for name, port in inst.ports.items():
+                ports.setdefault(name, port)
+        # A received service is reached at its balancer's address, not an instance's port.
+        for svc in self._core.traffic.target_services:
+            if svc.name in service.spec.receives:
+                ports[svc.name] = svc.port
+        return MemberStatus(instances=instances, ports=ports, spec_generation=service.gen)
+
+    # ------------------------------------------------------------------ the listener
+    def census_changed(self, service_groups: frozenset[str]) -> None:
+        """Nothing renders from the census yet: ``census`` reads it when asked."""
+
+    def config_changed(self, service_group: str, config: GroupConfig | None) -> None:
+        """Group configs are not applied to processes yet."""
+
+    def link_changed(self, link: LinkStatus) -> None:
+        """Record in the event log when the link to the cluster goes down or comes back."""
+        if link.connected == self._connected:
+            return
+        first = self._connected is None
+        self._connected = link.connected
+        if link.connected:
+            if not first:
+                self._core.events.emit("", "cluster", f"cluster link back ({link.endpoint})")
+        else:
+            self._core.events.emit("", "cluster", "cluster link down: "
+                                   f"{link.last_error or 'no endpoint answers'}; services "
+                                   "keep running, the census is the last known one")
+
+    # ------------------------------------------------------------------ reading
+    def census(self, service_group: str | None = None) -> dict[str, Any]:
+        """The census as JSON (``GET /v1/census``); ``service_group`` keeps only that one.
+
+        Raises:
+            NotFound: no member of ``service_group`` is known.
+        """
+        census = self.backend.census()
+        data = census.to_json()
+        data["member"] = self.backend.identity.member
+        data["backend"] = self.backend.link().backend
+        if service_group is not None:
+            if service_group not in data["groups"]:
+                known = ", ".join(data["groups"]) or "none"
+                raise NotFound(f"no member of service group {service_group!r} is known "
+                               f"(known: {known})")
+            data["groups"] = {service_group: data["groups"][service_group]}
+        return data
+
+    def link(self) -> dict[str, Any]:
+        """The link's status for ``sup status``, plus the advertised address and host."""
+        identity = self.backend.identity
+        return {**self.backend.link().to_json(), "host": identity.host,
+                "address": identity.address}
