@@ -166,8 +166,10 @@ class Service:
             "pid": first.pid if first is not None else None,
             "instances": self.spec.instances, "running": len(live),
             "restarts": sum(i.restarts for i in ordered),
-            "cpu": round(sum(i.cpu or 0.0 for i in live), 1) if live else None,
-            "rss": sum(i.rss or 0 for i in live) if live else None,
+            # Unknown (not 0) until an instance has been sampled, as on the instance rows.
+            "cpu": (round(sum(i.cpu or 0.0 for i in live), 1)
+                    if any(i.cpu is not None for i in live) else None),
+            "rss": sum(i.rss or 0 for i in live) if any(i.rss is not None for i in live) else None,
             "health": first.health.value if first is not None else HealthState.UNKNOWN.value,
             "uptime_s": round(uptime, 3) if uptime is not None else None,
             "reason": first.reason if first is not None else "",
