@@ -210,10 +210,13 @@ def test_scale_keeps_the_instances_that_stay(corral: Corral) -> None:
 
 
 def test_events_follow_streams_new_events(corral: Corral) -> None:
-    """`corral events -f` prints events as they happen."""
+    """`corral events -f` prints events as they happen.  `-n` asks for the recent history
+    too, so the spawn is printed whether it happens before or after the follower has
+    subscribed (without `-n` a follower shows only what comes after it subscribed)."""
     import subprocess
     import sys
-    follower = subprocess.Popen([sys.executable, "-m", "corral", "events", "-f", "--json"],
+    follower = subprocess.Popen([sys.executable, "-m", "corral", "events", "-f", "-n", "1000",
+                                 "--json"],
                                 stdout=subprocess.PIPE, text=True, env=corral.env)
     try:
         corral.ok("svc", "load", "watched", "--", "sleep", "1000")

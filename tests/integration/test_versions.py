@@ -81,7 +81,9 @@ def test_incompatible_supervisor_is_refused_and_services_keep_running(tmp_path: 
     second = int((fake / "starts").read_text().split()[1])
     wait_for(lambda: not pid_alive(second), what="the refused supervisor to exit")
     err = tmp_path / "launcher.err"
-    lines = [line for line in err.read_text().splitlines() if "incompatible" in line]
+    # The launcher's line may reach its stderr a moment after the supervisor is gone.
+    lines = wait_for(lambda: [line for line in err.read_text().splitlines()
+                              if "incompatible" in line], what="the launcher's line")
     assert len(lines) == 1 and "'2.0'" in lines[0] and "services keep running" in lines[0]
     assert pid_alive(pid)
     # A compatible supervisor is installed; SIGHUP tells the launcher to try again.
