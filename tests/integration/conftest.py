@@ -144,3 +144,6 @@ def python_cmd(code: str) -> list[str]:
 
 # Real etcd for tests/integration/test_etcd_*.py (single member, 3-member cluster, TLS).
 from .etcd_fixtures import etcd, etcd_cluster, etcd_factory  # noqa: E402, F401
+
+# Hosts in network namespaces on a bridge, each running a real corral (test_cluster_hosts.py).
+from .netns_fixtures import cluster_hosts, netns_network  # noqa: E402, F401

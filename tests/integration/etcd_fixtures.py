@@ -35,23 +35,25 @@ ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
 class EtcdMember:
-    """One etcd process; ``start`` again after ``kill`` reuses its data and ports."""
+    """One etcd process; ``start`` again after ``kill`` reuses its data and ports.
+    Clients reach it at ``host`` (loopback unless a test's hosts need another address)."""
 
     def __init__(self, root: Path, name: str, *, tls: Pki | None = None,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), host: str = "127.0.0.1") -> None:
         self.name = name
+        self.host = host
         self.data = root / name
         self.log = root / f"{name}.log"
         self.tls = tls
         self.extra = extra
-        self.client_port = free_port()
+        self.client_port = free_port(host)
         self.peer_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.initial_cluster = f"{name}={self.peer_url}"
@@ -62,7 +64,7 @@ class EtcdMember:
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:

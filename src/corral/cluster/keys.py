@@ -15,6 +15,7 @@ supervisor's copy of a service group, named by ``--member-name``.
 
 from __future__ import annotations
 
+import fcntl
 import re
 import socket
 import struct
@@ -86,32 +87,58 @@ def default_member_name(host: str, state_name: str) -> str:
 def default_address() -> str:
     """The address of the interface the default route goes out of (``127.0.0.1`` if none).
 
-    A UDP ``connect`` to the default gateway makes the kernel pick that interface's
-    address, without sending a packet.
+    With a gateway, a UDP ``connect`` to it makes the kernel pick the source address the
+    route would use, without sending a packet; a default route straight onto a link (no
+    gateway) gives that interface's own address.
     """
-    gateway = _default_gateway()
-    if gateway is None:
+    route = _default_route()
+    if route is None:
         return "127.0.0.1"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect((gateway, 9))
-            return str(probe.getsockname()[0])
-        except OSError:
-            return "127.0.0.1"
+    interface, gateway = route
+    if gateway is not None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect((gateway, 9))
+                return str(probe.getsockname()[0])
+            except OSError:
+                pass
+    return _interface_address(interface) or "127.0.0.1"
 
 
-def _default_gateway() -> str | None:
-    """The IPv4 default gateway from ``/proc/net/route`` (None: no default route)."""
+def _default_route() -> tuple[str, str | None] | None:
+    """The IPv4 default route with the lowest metric from ``/proc/net/route``: its
+    interface and its gateway (None: on the link).  None: no default route."""
     try:
         with open("/proc/net/route") as table:
             rows = [line.split() for line in table.readlines()[1:]]
     except OSError:
         return None
+    best: tuple[int, str, str | None] | None = None
     for row in rows:
-        # Iface Destination Gateway Flags ...: a default route is up (1) via a gateway (2).
-        if len(row) > 3 and row[1] == "00000000" and int(row[3], 16) & 3 == 3:
-            return socket.inet_ntoa(struct.pack("<L", int(row[2], 16)))
-    return None
+        # Iface Destination Gateway Flags RefCnt Use Metric Mask ...; flags: 1 up, 2 gateway.
+        if len(row) < 8 or row[1] != "00000000" or row[7] != "00000000":
+            continue
+        flags, metric = int(row[3], 16), int(row[6])
+        if not flags & 1:
+            continue
+        gateway = socket.inet_ntoa(struct.pack("<L", int(row[2], 16))) if flags & 2 else None
+        if best is None or metric < best[0]:
+            best = (metric, row[0], gateway)
+    return None if best is None else (best[1], best[2])
+
+
+def _interface_address(interface: str) -> str | None:
+    """The primary IPv4 address of ``interface`` (SIOCGIFADDR), None if it has none."""
+    request = struct.pack("256s", interface.encode()[:15])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            answer = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)
+        except OSError:
+            return None
+    return socket.inet_ntoa(answer[20:24])
+
+
+_SIOCGIFADDR = 0x8915
 
 
 @dataclass(frozen=True)
