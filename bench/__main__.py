@@ -3,9 +3,11 @@
 ``python -m bench balancer [--quick]``: corral's load balancer against HAProxy (see
 bench/balancer.py); it rewrites only its own section of docs/benchmarks.md.
 
-``python -m bench target [--quick]`` (bench/target.py: ``target plan/set`` at 1,000 processes)
-and ``python -m bench api [--quick]`` (bench/api.py: ``GET /v1/services`` latency, supervisor
-RSS under followers) likewise rewrite only their own sections.
+``python -m bench target [--quick]`` (bench/target.py: ``target plan/set`` at 1,000 processes),
+``python -m bench api [--quick]`` (bench/api.py: ``GET /v1/services`` latency, supervisor
+RSS under followers) and ``python -m bench cluster [--quick]`` (bench/cluster.py: hosts in
+network namespaces joining and leaving the census, RSS with 100 members) likewise rewrite
+only their own sections.
 
 Installs or finds the peers under /tmp/corral-bench (supervisor and circus in their own
 venvs, pm2 from npm, s6 and runit from apt, corral from this tree in a venv), runs the
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["target"]:  # target plan/set at 1,000 processes (issue 5): bench/target.py
         from bench import target
         return target.main(argv[1:])
+    if argv[:1] == ["cluster"]:  # service groups across hosts in namespaces (issue 14)
+        from bench import cluster
+        return cluster.main(argv[1:])
     if argv[:1] == ["api"]:  # GET /v1/services latency and RSS under followers (issue 7)
         from bench import api
         return api.main(argv[1:])

@@ -1,0 +1,402 @@
+"""``python -m bench cluster [--quick]``: service groups across hosts (issue 14).
+
+**The rig.**  Five hosts, each a network namespace on one bridge (``tests/integration/netns.py``:
+``198.18.N.0/24``, nothing leaves the bridge), and one etcd (Debian's ``etcd-server``) in the
+root namespace listening on the bridge's address.  A host's corral is this tree's
+``python -m corral sup run --state-dir <scratch>/hostI/state --cluster http://198.18.N.1:PORT
+--advertise 198.18.N.(10+I) --member-name hostI`` run with ``ip netns exec`` under its own host
+name, with the default lease TTL (5 s); the bench reads and drives each over its ``api.sock``
+(``GET /v1/census/<group>``, ``POST /v1/services``) with one keep-alive connection.
+
+**The figures** (each starts the corrals it needs on fresh state directories and stops them):
+
+* ``join``: a *member* is one supervisor's copy of a service group, so a member joins when a
+  host loads a process of a new group.  host2 loads ``jNNN`` (``sleep 3600``, ``cluster:
+  {group: bench}``) with ``POST /v1/services``; the sample runs from sending that request
+  until host1's ``GET /v1/census/jNNN.bench`` lists host2 (polled every 2 ms).  It covers
+  host2's load and spawn, its record put under its lease, etcd's watch, host1's mirror and
+  its API.  30 joins (20 with ``--quick``) after 2 warm-ups.  Goal: p99 <= 100 ms.
+* ``leave``: host4 runs one process ``leaver`` (group ``bench``); once host1's census shows
+  it, every process of host4's namespace is SIGKILLed (launcher, supervisor, child: the
+  host loses power).  The sample runs from the kill until host1's census no longer lists
+  host4 (polled every 20 ms).  5 rounds (3 with ``--quick``), host4 started afresh each time.
+  Goal: <= TTL + 1 s.
+* ``rss``: host1's supervisor (``VmRSS``) running 10 processes, once without a cluster and
+  once with ``--cluster`` while host2 and host3 run 45 processes each, so that host1's
+  census holds 100 members: real members registered by real supervisors, not records
+  written for the occasion.  After the census is complete (or the 10 processes up) and
+  15 s of rest, 10 samples 2 s apart; the medians are compared.  Goal: within 10 MB.
+
+**Adding a figure** (a ``config apply`` one: five members re-render and run their
+``reconfigure`` hook): write ``run(rig, quick) -> dict`` and ``render(result) -> list[str]``
+(Markdown rows of the one table: figure, N, p50, p99, max, goal, verdict, how) and append a
+:class:`Figure` to :data:`FIGURES`.  :class:`Rig` starts up to five hosts
+(``rig.start(i)``), gives their API connections (``host.http()``) and stops them
+(``rig.stop_all()``); ``--only`` selects figures by name.
+
+Writes ``bench/results/cluster-<stamp>.json`` and the "Cluster" section of
+``docs/benchmarks.md`` (replacing only that section).  Needs root (namespaces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.integration.etcd_fixtures import EtcdMember
+from tests.integration.netns import Host, Network, why_not
+
+from bench import sysinfo
+from bench.api import rss_kib
+from bench.target import ROOT, Corral, Http, percentiles, scratch_dir, wait, write_section
+
+BEGIN = "<!-- cluster:begin -->"
+END = "<!-- cluster:end -->"
+HOSTS = 5
+GOAL_JOIN_MS = 100.0
+GOAL_RSS_MB = 10.0
+TTL_S = 5  # the default --cluster-ttl: the bench passes none
+
+
+def process_yaml(name: str, group: str = "bench") -> str:
+    return f"name: {name}\ncommand: [/usr/bin/sleep, '3600']\ncluster: {{group: {group}}}\n"
+
+
+class HostCorral(Corral):
+    """bench.target's Corral inside a host's namespace, under the host's own name."""
+
+    def __init__(self, host: Host, scratch: Path, *extra: str) -> None:
+        super().__init__(scratch, *extra)
+        self.host = host
+
+    def argv(self, *args: str) -> list[str]:
+        return self.host.argv(*super().argv(*args))
+
+    def start(self) -> None:
+        self.start_argv = self.host.argv(
+            "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.host.name,
+            sys.executable, "-m", "corral", "sup", "run", "--state-dir", str(self.state),
+            *self.extra)
+        with (self.scratch / "launcher.out").open("ab") as out:
+            self.proc = subprocess.Popen(self.start_argv, stdout=out, stderr=subprocess.STDOUT,
+                                         env=self.env, start_new_session=True)
+        wait(lambda: self.run("sup", "status", "--json").returncode == 0, 60,
+             f"{self.host.name}'s API")
+
+    def load(self, client: Http, name: str, group: str = "bench") -> None:
+        client.json("POST", "/v1/services", {"yaml": process_yaml(name, group),
+                                             "source": "bench"})
+
+    def kill_host(self) -> None:
+        """SIGKILL every process of the host's namespace; reap the launcher."""
+        self.host.kill_all()
+        if self.proc is not None:
+            self.proc.wait()
+
+
+class Rig:
+    """The network, the etcd and the corrals started so far."""
+
+    def __init__(self, network: Network, etcd: EtcdMember) -> None:
+        self.network, self.etcd = network, etcd
+        self.running: list[HostCorral] = []
+
+    def start(self, i: int, cluster: bool = True) -> HostCorral:
+        """A corral on host ``i`` (1-based) on a fresh state directory, with the cluster
+        flags unless ``cluster`` is False."""
+        host = self.network.hosts[i - 1]
+        extra = (["--cluster", self.etcd.url, "--advertise", host.address,
+                  "--member-name", host.name] if cluster else [])
+        c = HostCorral(host, scratch_dir(f"cluster-{host.name}"), *extra)
+        self.running.append(c)
+        c.start()
+        return c
+
+    def stop(self, c: HostCorral) -> None:
+        c.stop()
+        self.running.remove(c)
+
+    def stop_all(self) -> None:
+        for c in list(self.running):
+            self.stop(c)
+
+
+def members_of(client: Http, group: str) -> list[dict[str, Any]]:
+    status, raw = client.request("GET", f"/v1/census/{group}")
+    if status == 404:
+        return []
+    if status != 200:
+        raise RuntimeError(f"GET /v1/census/{group}: HTTP {status}: {raw[:200]!r}")
+    return list(json.loads(raw)["groups"].get(group, []))
+
+
+def shows(client: Http, group: str, member: str) -> bool:
+    return any(m["member"] == member and m["alive"] for m in members_of(client, group))
+
+
+def census_size(client: Http) -> int:
+    groups = client.json("GET", "/v1/census")["groups"]
+    return sum(1 for ms in groups.values() for m in ms if m["alive"])
+
+
+def census_has(client: Http, n: int) -> bool:
+    return census_size(client) >= n
+
+
+# --------------------------------------------------------------------------- figures
+def run_join(rig: Rig, quick: bool) -> dict[str, Any]:
+    joins, warmups = (20 if quick else 30), 2
+    a, b = rig.start(1), rig.start(2)
+    ca, cb = a.http(), b.http()
+    samples: list[float] = []
+    acks: list[float] = []
+    after: list[float] = []
+    try:
+        for j in range(warmups + joins):
+            name = f"j{j:03d}"
+            t0 = time.perf_counter()
+            b.load(cb, name)
+            ack = time.perf_counter()
+            deadline = t0 + 30
+            while not shows(ca, f"{name}.bench", "host2"):
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"host1 never saw host2 join {name}.bench")
+                time.sleep(0.002)  # the polling interval: the figure's resolution
+            t1 = time.perf_counter()
+            if j >= warmups:
+                samples.append((t1 - t0) * 1000)
+                acks.append((ack - t0) * 1000)
+                after.append((t1 - ack) * 1000)
+            print(f"bench cluster: join {name}: {(t1 - t0) * 1000:.1f} ms "
+                  f"(load answered after {(ack - t0) * 1000:.1f} ms)", flush=True)
+    finally:
+        ca.close()
+        cb.close()
+        rig.stop_all()
+    return {"ms": [round(x, 2) for x in samples], **percentiles(samples),
+            "load_answer_ms": percentiles(acks), "after_answer_ms": percentiles(after)}
+
+
+def run_leave(rig: Rig, quick: bool) -> dict[str, Any]:
+    rounds = 3 if quick else 5
+    a = rig.start(1)
+    ca = a.http()
+    samples: list[float] = []
+    ttl = None
+    try:
+        for k in range(rounds):
+            d = rig.start(4)
+            cd = d.http()
+            ttl = d.sup_status()["cluster"]["ttl"]
+            d.load(cd, "leaver")
+            cd.close()
+            wait(lambda: shows(ca, "leaver.bench", "host4"), 30, "host1 to see host4")
+            t0 = time.perf_counter()
+            d.kill_host()
+            while any(m["member"] == "host4" for m in members_of(ca, "leaver.bench")):
+                if time.perf_counter() > t0 + 60:
+                    raise RuntimeError("host4 never left host1's census")
+                time.sleep(0.02)  # the polling interval
+            samples.append(time.perf_counter() - t0)
+            rig.running.remove(d)
+            print(f"bench cluster: leave round {k + 1}: {samples[-1]:.2f} s "
+                  f"(TTL {ttl} s)", flush=True)
+    finally:
+        ca.close()
+        rig.stop_all()
+    return {"s": [round(x, 3) for x in samples], "ttl_s": ttl, **percentiles(samples)}
+
+
+def _rss_samples(pid: int) -> list[int]:
+    time.sleep(15)  # rest before sampling (a measurement window, not synchronisation)
+    out: list[int] = []
+    for _ in range(10):
+        kib = rss_kib(pid)
+        if kib:
+            out.append(kib)
+        time.sleep(2)  # the sampling clock
+    return out
+
+
+def run_rss(rig: Rig, quick: bool) -> dict[str, Any]:
+    own, each = 10, 45
+    res: dict[str, Any] = {"own_processes": own, "remote_processes": 2 * each}
+    try:
+        for i in (2, 3):
+            c = rig.start(i)
+            client = c.http()
+            for p in range(each):
+                c.load(client, f"r{i}{p:02d}")
+            client.close()
+        for label, cluster in (("without a cluster", False), ("with --cluster", True)):
+            a = rig.start(1, cluster=cluster)
+            client = a.http()
+            for p in range(own):
+                a.load(client, f"own{p:02d}")
+            a.wait_up({f"own{p:02d}" for p in range(own)}, 60)
+            want = own + (2 * each if cluster else 0)
+            wait(functools.partial(census_has, client, want), 120,
+                 f"{want} members in the census")
+            res[label] = {"members": census_size(client)}
+            client.close()
+            pid = int(a.sup_status()["supervisor_pid"])
+            kib = _rss_samples(pid)
+            res[label].update({"kib": kib, "median_mib": round(statistics.median(kib) / 1024, 1),
+                               "max_mib": round(max(kib) / 1024, 1)})
+            print(f"bench cluster: rss {label}: {res[label]}", flush=True)
+            rig.stop(a)
+    finally:
+        rig.stop_all()
+    res["delta_mb"] = round((res["with --cluster"]["median_mib"]
+                             - res["without a cluster"]["median_mib"]) * 1.048576, 1)
+    return res
+
+
+def render_join(r: dict[str, Any]) -> list[str]:
+    met = "met" if r["p99"] <= GOAL_JOIN_MS else "**not met**"
+    return [f"| member joins → another host's census shows it | {r['n']} | {r['p50']:.1f} ms | "
+            f"{r['p99']:.1f} ms | {r['max']:.1f} ms | p99 ≤ {GOAL_JOIN_MS:.0f} ms | {met} | "
+            f"host2 `POST /v1/services` until host1's `GET /v1/census/<group>` lists it, "
+            "polled every 2 ms; of which the load's answer took "
+            f"{r['load_answer_ms']['p50']:.1f} ms p50 / {r['load_answer_ms']['p99']:.1f} ms "
+            f"p99, and from it to host1's census {r['after_answer_ms']['p50']:.1f} / "
+            f"{r['after_answer_ms']['p99']:.1f} ms |"]
+
+
+def render_leave(r: dict[str, Any]) -> list[str]:
+    goal = (r["ttl_s"] or TTL_S) + 1
+    met = "met" if r["max"] <= goal else "**not met**"
+    return [f"| host killed → it leaves another host's census | {r['n']} | {r['p50']:.2f} s | "
+            f"{r['p99']:.2f} s | {r['max']:.2f} s | ≤ TTL + 1 s = {goal} s | {met} | "
+            "SIGKILL of every process in host4's namespace until host1's census drops it; "
+            "polled every 20 ms |"]
+
+
+def render_rss(r: dict[str, Any]) -> list[str]:
+    off, on = r["without a cluster"], r["with --cluster"]
+    met = "met" if r["delta_mb"] <= GOAL_RSS_MB else "**not met**"
+    return [f"| supervisor RSS, cluster link on, {on['members']} members in the census | 10 | "
+            f"{on['median_mib']} MiB (without: {off['median_mib']} MiB) | | "
+            f"{on['max_mib']} MiB (without: {off['max_mib']} MiB) | within "
+            f"{GOAL_RSS_MB:.0f} MB: +{r['delta_mb']} MB | {met} | host1 runs {r['own_processes']} "
+            f"processes; host2 and host3 run {r['remote_processes'] // 2} each (real members); "
+            "median of 10 samples 2 s apart after 15 s of rest |"]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure: ``run`` measures it on the rig (self-contained: it starts and stops its
+    own corrals), ``render`` gives its rows of the section's table."""
+
+    name: str
+    run: Callable[[Rig, bool], dict[str, Any]]
+    render: Callable[[dict[str, Any]], list[str]]
+
+
+FIGURES = [Figure("join", run_join, render_join), Figure("leave", run_leave, render_leave),
+           Figure("rss", run_rss, render_rss)]
+
+
+# ------------------------------------------------------------------------- the page
+def run(quick: bool, only: list[str]) -> dict[str, Any]:
+    res: dict[str, Any] = {"machine": sysinfo.machine(), "quick": quick, "figures": {}}
+    root = scratch_dir("cluster-etcd")
+    with Network(HOSTS) as network:
+        etcd = EtcdMember(root, "s1", host=network.gateway)
+        etcd.start()
+        try:
+            etcd.wait_healthy()
+            rig = Rig(network, etcd)
+            res["network"] = {"bridge": network.gateway,
+                              "hosts": {h.name: h.address for h in network.hosts},
+                              "etcd": etcd.url}
+            for figure in FIGURES:
+                if figure.name in only:
+                    res["figures"][figure.name] = figure.run(rig, quick)
+        finally:
+            etcd.kill()
+    res["load_at_end"] = sysinfo.load_now()
+    return res
+
+
+def render(res: dict[str, Any]) -> str:
+    quick = " --quick" if res["quick"] else ""
+    m = res["machine"]
+    out = [BEGIN, "## Cluster: service groups across hosts (issue 14)", "",
+           f"Generated by `python -m bench cluster{quick}` (as root, from the repository "
+           "root). Five hosts, each a network namespace on one bridge (`198.18.N.0/24`, "
+           "`tests/integration/netns.py`), each running this tree's `python -m corral sup run "
+           "--cluster http://198.18.N.1:PORT --advertise 198.18.N.(10+I) --member-name hostI` "
+           "(`ip netns exec`, own host name, default lease TTL 5 s), and one etcd "
+           "(`/usr/bin/etcd`, Debian's etcd-server, one member) listening on the bridge's "
+           "address in the root namespace. The bench drives each host over its `api.sock`, "
+           "one keep-alive connection each. `bench/cluster.py`'s docstring has the method.", "",
+           "| figure | N | p50 | p99 | max | goal | verdict | how |",
+           "|---|---:|---:|---:|---:|---|---|---|"]
+    for figure in FIGURES:
+        if figure.name in res["figures"]:
+            out += figure.render(res["figures"][figure.name])
+    if "config" not in res["figures"]:
+        out += ["", "Not in this run: `config apply` until every member of a 5-member group "
+                "has re-rendered and run its reconfigure hook (no such figure in "
+                "`bench/cluster.py` when this ran)."]
+    out += ["",
+            "Machine: " + ", ".join(f"{k} {m[k]}" for k in (
+                "date (UTC)", "nproc", "cpu", "memory", "kernel", "os", "python", "git")
+                if k in m) + f"; load average at start {m.get('load average at start')}, "
+            f"at end {res.get('load_at_end')}. The host is shared with other engineers' test "
+            "runs: latencies can move by tens of per cent between runs.", "", END]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = [f.name for f in FIGURES]
+    ap = argparse.ArgumentParser(
+        prog="python -m bench cluster",
+        description="service groups across hosts in network namespaces: a member joining "
+                    "until another host's census shows it, a killed host leaving it, and the "
+                    "supervisor's RSS with 100 members in the census (issue 14)",
+        epilog="examples:\n  python -m bench cluster --quick\n  python -m bench cluster\n"
+               "  python -m bench cluster --only join\n"
+               "  python -m bench cluster --render bench/results/cluster-STAMP.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="20 joins and 3 kills, not 30 and 5")
+    ap.add_argument("--only", default=",".join(names),
+                    help=f"figures, comma-separated (default all: {','.join(names)})")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--render", type=Path, metavar="JSON",
+                    help="re-render the section from a saved results file; run nothing")
+    args = ap.parse_args(argv)
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    if unknown := [x for x in only if x not in names]:
+        ap.error(f"unknown figure {unknown[0]!r} (choose from {', '.join(names)})")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.render:
+        write_section(render(json.loads(args.render.read_text())), args.out, BEGIN, END)
+        print(f"bench cluster: wrote {args.out}")
+        return 0
+    if problem := why_not():
+        print(f"bench cluster: {problem}", file=sys.stderr)
+        return 2
+    res = run(args.quick, only)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    saved = ROOT / "bench" / "results" / f"cluster-{stamp}.json"
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(res, indent=1))
+    write_section(render(res), args.out, BEGIN, END)
+    print(f"bench cluster: wrote {args.out} and {saved}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
