@@ -169,7 +169,7 @@ class Network:
             raise NetworkError(problem)
         tag = f"{os.getpid()}-{next(_made)}"
         self.bridge = f"cr{tag}"
-        assert len(self.bridge) + 3 <= 15, "interface names are at most 15 characters"
+        assert len(f"{self.bridge}v{self.size}") <= 15, "interface names: 15 characters"
         self.hosts = [Host(f"host{i}", f"corral-{tag}-h{i}", "", f"{self.bridge}v{i}")
                       for i in range(1, self.size + 1)]
         self.index = self._claim()
@@ -207,7 +207,7 @@ class Network:
 
     def down(self) -> None:
         """Kill what runs in the namespaces; delete them, the veths, the bridge, the lock.
-        Each step is tried even if an earlier one failed; the first failure is raised."""
+        Each step is tried even if an earlier one failed; then the failures are raised."""
         errors: list[str] = []
         for host in self.hosts:
             try:
