@@ -26,8 +26,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from corral.errors import ClusterError, Conflict, SpecError, StateWriteFailed
-from corral.store.files import atomic_write
+from corral import atomic
+from corral.errors import ClusterError, Conflict, SpecError
 
 from .backend import DEFAULT_TTL, BaseBackend, ClusterListener
 from .census import Census, KeyspaceView, LinkStatus
@@ -265,9 +265,9 @@ class EtcdBackend(BaseBackend):
             return
         data = json.dumps(self._view.snapshot(), sort_keys=True).encode()
         # A cache that cannot be written is only a lost hint.
-        with contextlib.suppress(OSError, StateWriteFailed):
+        with contextlib.suppress(OSError):
             os.makedirs(self._cache.parent, mode=0o700, exist_ok=True)
-            atomic_write(self._cache, data)
+            atomic.write(self._cache, data)
 
 
 def _stamp(path: Path | None) -> tuple[int, int] | None:

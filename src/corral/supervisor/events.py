@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from corral import atomic
 
 Event = dict[str, Any]
 
@@ -108,12 +109,12 @@ class EventLog:
     def _write(self, **fields: int) -> None:
         if self._seq_file is None:
             return
-        # Renamed into place without fsync: the numbers must outlive a killed process
-        # (the page cache does), not a power loss, which loses the history anyway.
-        tmp = self._seq_file.with_name(f".{self._seq_file.name}.tmp{os.getpid()}")
+        # Not durable: the numbers must outlive a killed process (the page cache does),
+        # not a power loss, which loses the history anyway.
         try:
-            tmp.write_text(json.dumps({"first": self._start + 1, **fields}) + "\n")
-            os.replace(tmp, self._seq_file)
+            atomic.write(self._seq_file,
+                         (json.dumps({"first": self._start + 1, **fields}) + "\n").encode(),
+                         0o644, durable=False, make_dirs=False)
         except OSError as exc:
             if not self._unwritable:
                 print(f"corral-supervisor: cannot write {self._seq_file}: {exc}; event "
