@@ -44,6 +44,7 @@ from corral.balancer import proxy as balancer_proxy
 from corral.errors import CorralError, Unavailable
 from corral.protocol import framing, paths
 from corral.protocol import messages as m
+from corral.protocol.binding import BindError
 from corral.spec import ServiceSpec
 
 from .launcher_client import LauncherClient, Message
@@ -367,6 +368,6 @@ class Balancer:
 def _probe(host: str, port: int) -> str | None:
     try:
         balancer_proxy.bind(host, port).close()
-    except OSError as exc:
-        return balancer_proxy.bind_reason(exc, host, port)
+    except BindError as exc:
+        return str(exc)
     return None

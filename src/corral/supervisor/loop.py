@@ -194,8 +194,7 @@ class Supervisor:
                 try:
                     await launcher.listen(svc.name, svc.bind_host, svc.port)
                 except CorralError as exc:
-                    self.events.emit("", "balancer", f"service {svc.name} cannot listen on "
-                                     f"{svc.on}: {exc}")
+                    self.events.emit("", "balancer", f"service {svc.name}: {exc}")
         running = {str(c.get("name")) for c in children}
         self._booting = False
         for name, exited in self._early_exits.items():
