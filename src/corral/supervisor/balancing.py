@@ -279,7 +279,7 @@ class Balancer:
         if self.restarts or self.last_exit is not None:
             await asyncio.sleep(self._delay)  # backoff while it keeps dying young
         self.control.parent.mkdir(parents=True, exist_ok=True)
-        log = paths.logs_dir(self.state_dir) / f"{NAME}.log"
+        log = paths.service_log(self.state_dir, NAME)
         reply = await self._launcher.request({
             "type": m.SPAWN, "name": NAME, "argv": [*self.argv, "--control", str(self.control)],
             "env": self.env, "cwd": str(self.state_dir), "user": None, "group": None,
@@ -359,7 +359,7 @@ class Balancer:
         task.add_done_callback(self._tasks.discard)
 
     def _log_path(self) -> Path:
-        return paths.logs_dir(self.state_dir) / f"{NAME}.log"
+        return paths.service_log(self.state_dir, NAME)
 
     def _log(self, text: str) -> None:
         print(f"corral-supervisor: {text}", file=sys.stderr, flush=True)

@@ -183,7 +183,7 @@ class Facade:
 
     def log_path(self, name: str) -> Path:
         self._sup.get(name)
-        return paths.logs_dir(self._sup.state_dir) / f"{name}.log"
+        return paths.service_log(self._sup.state_dir, name)
 
     def log_tail(self, name: str, n: int) -> list[str]:
         keep = self._sup.get(name).spec.logs.keep
