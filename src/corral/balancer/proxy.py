@@ -32,6 +32,7 @@ from typing import Any
 
 from corral import __version__
 from corral.protocol import binding, defaults
+from corral.protocol.backoff import doubled
 
 from .choice import ACTIVE, DRAINING, Balance, Chooser
 from .pipe import WRITE_HIGH, WRITE_LOW, BackendSide, ClientSide
@@ -268,7 +269,7 @@ class ProxiedService:
         self._loop.remove_reader(self.sock.fileno())
         self._paused = True
         self._retry = self._loop.call_later(self._backoff, self._resume)
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        self._backoff = doubled(self._backoff, BACKOFF_MIN, BACKOFF_MAX)
 
     def _resume(self) -> None:
         self._retry = None

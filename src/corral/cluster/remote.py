@@ -28,6 +28,7 @@ from typing import Any
 
 from corral import atomic
 from corral.errors import ClusterError, Conflict, SpecError
+from corral.protocol.backoff import doubled
 
 from .backend import DEFAULT_TTL, BaseBackend, ClusterListener
 from .census import Census, KeyspaceView, LinkStatus
@@ -196,11 +197,11 @@ class EtcdBackend(BaseBackend):
                 self._lease = None  # its records are gone with it: grant another, write again
                 self._emit_link(self.link())
             except ClusterError:  # the client's state has it; etcd may be back in a moment
-                delay = min(1.0, max(0.1, delay * 2))
+                delay = doubled(delay, 0.1, 1.0)
                 await asyncio.sleep(delay)
             except Exception as exc:  # a bug must not stop the keepalives: say it, go on
                 self._client.report(f"the etcd session failed: {type(exc).__name__}: {exc}")
-                delay = min(1.0, max(0.1, delay * 2))
+                delay = doubled(delay, 0.1, 1.0)
                 await asyncio.sleep(delay)
 
     async def _flush(self, lease: Lease) -> None:

@@ -44,6 +44,7 @@ from corral.balancer import proxy as balancer_proxy
 from corral.errors import CorralError, Unavailable
 from corral.protocol import framing, paths
 from corral.protocol import messages as m
+from corral.protocol.backoff import doubled
 from corral.protocol.binding import BindError
 from corral.spec import ServiceSpec
 
@@ -138,7 +139,8 @@ class Balancer:
             return False
         if exited.get("pid") == self.pid or self.pid is None:
             ran = time.time() - (self.started_at or time.time())
-            self._delay = RESTART_MIN if ran > COOLDOWN else min(self._delay * 2, RESTART_MAX)
+            self._delay = (RESTART_MIN if ran > COOLDOWN
+                           else doubled(self._delay, RESTART_MIN, RESTART_MAX))
             self.pid = None
             self.last_exit = {k: exited.get(k) for k in ("exit_code", "signal", "at")}
             self._drop_connection()
@@ -271,7 +273,7 @@ class Balancer:
             except (OSError, CorralError, TimeoutError) as exc:
                 self._log(f"balancer not reachable: {exc}; retrying in {self._delay:.1f}s")
                 await asyncio.sleep(self._delay)
-                self._delay = min(self._delay * 2, RESTART_MAX)
+                self._delay = doubled(self._delay, RESTART_MIN, RESTART_MAX)
                 self._wake.set()
 
     async def _spawn(self) -> None:
