@@ -346,7 +346,7 @@ def build_supervisor(state_dir: Path, settings: Settings, clock: Clock = SYSTEM)
         state_dir, files=StateFiles(state_dir),
         secrets=SecretStore(state_dir / "secrets.json"),
         resources=ResourceStore(state_dir / "resources"),
-        balancer=Balancer(state_dir, settings.base_env), ports=ports,
+        balancer=Balancer(state_dir, settings.base_env, clock=clock), ports=ports,
         sampler=TreeSampler(max_open=min(5000, budget)), clock=clock,
         base_env=settings.base_env)
 

@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import itertools
 import sys
-import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from corral.protocol.backoff import doubled
 from corral.protocol.binding import BindError
 from corral.spec import ServiceSpec
 
+from .clock import SYSTEM, Clock
 from .launcher_client import LauncherClient, Message
 
 #: The balancer's name at the launcher (never a valid user process name).
@@ -97,8 +97,9 @@ class Balancer:
     """
 
     def __init__(self, state_dir: Path, env: dict[str, str],
-                 argv: list[str] | None = None) -> None:
+                 argv: list[str] | None = None, clock: Clock = SYSTEM) -> None:
         self.state_dir = state_dir
+        self._clock = clock
         self.control = control_path(state_dir)
         self.env = env
         self.argv = argv or [sys.executable, "-m", "corral.balancer"]
@@ -129,7 +130,7 @@ class Balancer:
         if child.get("name") != NAME:
             return False
         self.pid = int(child["pid"])
-        self.started_at = float(child.get("started_at", time.time()))
+        self.started_at = float(child.get("started_at", self._clock.time()))
         self._wanted = True  # it ran, so it was wanted; keep it until told otherwise
         return True
 
@@ -138,7 +139,7 @@ class Balancer:
         if exited.get("name") != NAME:
             return False
         if exited.get("pid") == self.pid or self.pid is None:
-            ran = time.time() - (self.started_at or time.time())
+            ran = self._clock.time() - (self.started_at or self._clock.time())
             self._delay = (RESTART_MIN if ran > COOLDOWN
                            else doubled(self._delay, RESTART_MIN, RESTART_MAX))
             self.pid = None
@@ -291,7 +292,7 @@ class Balancer:
         if self.started_at is not None:
             self.restarts += 1
         self.pid = int(reply["pid"])
-        self.started_at = float(reply.get("started_at", time.time()))
+        self.started_at = float(reply.get("started_at", self._clock.time()))
 
     async def _connect(self) -> None:
         """Connect to the control socket (it appears shortly after a spawn), then
@@ -341,7 +342,7 @@ class Balancer:
                 self._stats = await self._request({"type": "stats"})
                 self._stats.pop("id", None)
                 self._stats.pop("type", None)
-                self._stats_at = time.time()
+                self._stats_at = self._clock.time()
             await asyncio.sleep(STATS_EVERY)
 
     def _drop_connection(self) -> None:

@@ -160,7 +160,8 @@ class Effects:
         user, group = identity(spec)
         result = await run_hook(hook, command, env=env, cwd=self._core.workdirs.cwd(inst, spec),
                                 user=user, group=group, timeout=spec.hooks.timeout,
-                                log=paths.service_log(self._core.state_dir, spec.name))
+                                log=paths.service_log(self._core.state_dir, spec.name),
+                                clock=self._core.clock)
         self._core.events.emit(inst.service, "hook", result.summary, instance=inst.index,
                          pid=inst.pid, last_lines=self._core.redact(result.output))
         return result

@@ -29,6 +29,8 @@ from typing import Any, NamedTuple
 
 from corral import atomic
 
+from .clock import SYSTEM, Clock
+
 Event = dict[str, Any]
 
 HISTORY = 2000
@@ -83,7 +85,9 @@ class EventLog:
             and are not kept across restarts).
     """
 
-    def __init__(self, history: int = HISTORY, seq_file: Path | None = None) -> None:
+    def __init__(self, history: int = HISTORY, seq_file: Path | None = None,
+                 clock: Clock = SYSTEM) -> None:
+        self._clock = clock
         self._events: deque[Event] = deque(maxlen=history)
         self._seq_file = seq_file
         previous = _read_seq_file(seq_file)
@@ -133,7 +137,7 @@ class EventLog:
             self._limit = self._seq + SEQ_BLOCK
             self._write(next=self._limit)
         self._seq += 1
-        event: Event = {"seq": self._seq, "at": rfc3339(time.time()), "service": service,
+        event: Event = {"seq": self._seq, "at": rfc3339(self._clock.time()), "service": service,
                         "instance": instance, "kind": kind, "from": None, "to": None,
                         "reason": reason, "pid": None, "exit_code": None, "signal": None,
                         "delay_s": None}

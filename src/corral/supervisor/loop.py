@@ -85,7 +85,7 @@ class Supervisor:
         self.uniform = uniform
         self.clock = clock
         self.services: dict[str, Service] = {}
-        self.events = EventLog(seq_file=state_dir / "event-seq.json")
+        self.events = EventLog(seq_file=state_dir / "event-seq.json", clock=clock)
         self.launcher: LauncherClient | None = None
         self.started_at = self.clock.time()
         self.exit_code: asyncio.Future[int] | None = None
@@ -475,7 +475,7 @@ class Supervisor:
             await self.stop_instances(service, live)
 
     def status(self) -> list[dict[str, Any]]:
-        return [s.as_dict() for s in self.services.values()]
+        return [s.as_dict(self.clock.time()) for s in self.services.values()]
 
     def conflict_if_stopping(self) -> None:
         if self.stopping_all:
