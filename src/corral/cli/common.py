@@ -15,6 +15,7 @@ import os
 import sys
 
 from corral.cli.errors import UsageError
+from corral.protocol import binding
 from corral.protocol.paths import api_socket, resolve_state_dir
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
@@ -107,13 +108,10 @@ def non_negative_int(text: str) -> int:
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[V6]:PORT`` for IPv6); raise :class:`UsageError` naming ``what``."""
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"{what} {text!r}: expected HOST:PORT with a port from 1 to 65535 "
-                         "(e.g. 0.0.0.0:9631 or [::1]:9631)")
-    return host, int(port)
+    try:
+        return binding.split(text)
+    except ValueError as exc:
+        raise UsageError(f"{what} {text!r}: {exc}") from None
 
 
 def quote_segment(text: str) -> str:

@@ -67,6 +67,22 @@ def reason(exc: OSError, host: str) -> str:
     return str(exc.strerror or exc)
 
 
+def split(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6) as ``(host, port)``.
+
+    Raises:
+        ValueError: malformed, or the port is not from 1 to 65535; the message says what
+            is expected (the caller names the option).
+    """
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT with a port from 1 to 65535 "
+                         "(e.g. 0.0.0.0:9631 or [::1]:9631)")
+    return host, int(port)
+
+
 def where(host: str, port: int) -> str:
     """``host:port`` as a person writes it (``[::1]:80`` for IPv6)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
