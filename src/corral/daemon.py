@@ -375,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         return m.EXIT_FATAL  # the same environment would be refused again
     try:
         # uvloop: on the restart path (an Exited frame in, a Spawn frame out) it wakes
-        # and dispatches about 0.1 ms sooner than asyncio's own loop.  Hooks and exec
-        # checks do not use its subprocesses (see corral.command).
+        # and dispatches sooner than asyncio's own loop.  Hooks and exec checks do not
+        # use its subprocesses (see corral.command).
         return uvloop.run(serve(state_dir, Path(args.target) if args.target else None,
                                 args.listen_http, args.metrics_public, args.health_public,
                                 Path(args.watch_target) if args.watch_target else None,

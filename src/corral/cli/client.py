@@ -50,7 +50,7 @@ from corral.cli.http import (
 )
 from corral.protocol.backoff import doubled
 
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing slows every command's start
 if TYPE_CHECKING:
     import ssl
     from collections.abc import Callable, Iterator

@@ -18,7 +18,7 @@ from corral.cli.errors import UsageError
 from corral.protocol import binding
 from corral.protocol.paths import api_socket, resolve_state_dir
 
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing slows every command's start
 if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any, NoReturn, TextIO
@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 class Formatter(argparse.RawDescriptionHelpFormatter):
     """Descriptions and epilogs laid out verbatim; sized without importing ``shutil``.
 
-    argparse's default formatter imports ``shutil`` (about 3 ms with ``bz2``, ``lzma``...)
-    for every ``add_argument``; ``os.get_terminal_size`` gives the same answer.
+    argparse's default formatter imports ``shutil`` (and with it ``bz2``, ``lzma``...) for
+    every ``add_argument``, which every command would pay at start; ``os.get_terminal_size``
+    gives the same answer.
     """
 
     def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,

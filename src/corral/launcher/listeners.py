@@ -12,9 +12,10 @@ socket-activation convention (``sd_listen_fds(3)``): the sockets are fds 3, 4, .
 fork, while ``subprocess`` fixes the environment before it.  So a spawn with sockets
 execs from a ``preexec_fn`` of its own (:func:`exec_with_sockets`): dup2 the sockets to
 3.., then ``execve`` with ``LISTEN_PID=getpid()``.  That costs the ``vfork`` fast path
-(measured here: 1.9 ms instead of 0.2 ms to start ``/bin/true``), paid by socket-mode
-spawns only.  A ``/bin/sh -c 'LISTEN_PID=$$ exec ...'`` wrapper costs 0.7 ms but cannot
-move an fd above 9 (dash), and a launcher's listening sockets usually are.
+(a spawn several times slower: docs/benchmarks.md, "Figures behind the code"), paid by
+socket-mode spawns only.  A ``/bin/sh -c 'LISTEN_PID=$$ exec ...'`` wrapper would be
+cheaper but cannot move an fd above 9 (dash), and a launcher's listening sockets usually
+are.
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ class Facade:
         pids = [("supervisor", os.getpid())]
         if launcher is not None and launcher.launcher_pid:
             pids.append(("launcher", launcher.launcher_pid))
-        import psutil  # only /metrics asks: 9 ms and a few MB the supervisor's start can skip
+        import psutil  # only /metrics asks: an import the supervisor's start can skip
 
         figures = []
         for role, pid in pids:
