@@ -44,8 +44,8 @@ host-wide.)  While the launcher is inside, ``memory.max`` is ``max``: the limit 
 written after the child has exec'd, so the launcher itself can never be charged against
 a service's limit.
 
-Fallback: no cgroup2 mount, no write access, no ``cgroup.kill`` -> process groups, as
-before, and one line on stderr says why.
+Fallback: no cgroup2 mount, no write access, no ``cgroup.kill`` -> process groups alone
+(what every child without a cgroup has), and one line on stderr says why.
 
 Enabling the memory controller: ``+memory`` is written to the parent's and our
 directory's ``cgroup.subtree_control`` where ``cgroup.controllers`` offers it.  The
