@@ -346,7 +346,7 @@ def build_supervisor(state_dir: Path, settings: Settings, clock: Clock = SYSTEM)
         state_dir, files=StateFiles(state_dir),
         secrets=SecretStore(state_dir / "secrets.json"),
         resources=ResourceStore(state_dir / "resources"),
-        balancer=Balancer(state_dir, settings.base_env), ports=ports,
+        balancer=Balancer(state_dir, settings.base_env, clock=clock), ports=ports,
         sampler=TreeSampler(max_open=min(5000, budget)), clock=clock,
         base_env=settings.base_env)
 
@@ -375,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         return m.EXIT_FATAL  # the same environment would be refused again
     try:
         # uvloop: on the restart path (an Exited frame in, a Spawn frame out) it wakes
-        # and dispatches about 0.1 ms sooner than asyncio's own loop.  Hooks and exec
-        # checks do not use its subprocesses (see corral.command).
+        # and dispatches sooner than asyncio's own loop.  Hooks and exec checks do not
+        # use its subprocesses (see corral.command).
         return uvloop.run(serve(state_dir, Path(args.target) if args.target else None,
                                 args.listen_http, args.metrics_public, args.health_public,
                                 Path(args.watch_target) if args.watch_target else None,

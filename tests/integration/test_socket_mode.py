@@ -126,11 +126,13 @@ def test_listen_errors_say_why(launcher: DirectLauncher) -> None:
         reply = launcher.call({"type": "Listen", "name": "a", "host": "127.0.0.1",
                                "port": port})
         assert (reply["type"], reply["code"]) == ("Error", "ListenFailed")
-        assert reply["message"] == f"127.0.0.1:{port} is in use"
+        assert reply["message"] == (f"cannot listen on 127.0.0.1:{port}: "
+                                  "the address is already in use")
     finally:
         busy.close()
     reply = launcher.call({"type": "Listen", "name": "a", "host": "192.0.2.1", "port": 0})
-    assert reply["message"] == "192.0.2.1 is not an address of this host", reply
+    assert reply["message"] == ("cannot listen on 192.0.2.1:0: "
+                                "192.0.2.1 is not an address of this host"), reply
     reply = launcher.call({"type": "Listen", "name": "a:b", "host": "127.0.0.1", "port": 0})
     assert reply["code"] == "ListenFailed" and "bad listener name" in reply["message"]
     reply = launcher.call({"type": "Listen", "name": "a", "host": "127.0.0.1", "port": "x"})
@@ -176,5 +178,5 @@ def test_no_permission_is_reported() -> None:
             "try:\n    bind('127.0.0.1', 1)\n"
             "except ListenError as exc:\n    print(exc)\n")
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=30)
-    assert out.stdout.strip() == ("no permission to listen on 127.0.0.1:1 (ports below 1024 "
-                                  "need root or CAP_NET_BIND_SERVICE)"), out.stderr
+    assert out.stdout.strip() == ("cannot listen on 127.0.0.1:1: permission denied (ports "
+                                  "below 1024 need root or CAP_NET_BIND_SERVICE)"), out.stderr

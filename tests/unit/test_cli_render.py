@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import time
 from datetime import datetime
 from typing import Any
 
@@ -34,7 +33,7 @@ def _services() -> list[dict[str, Any]]:
     web = Service(ProcessSpec(name="web", command="serve", instances=2))
     up, crashed = web.new_instance(0), web.new_instance(1)
     up.state, up.pid, up.spawns, up.health = ServiceState.UP, 1234, 1, HealthState.OK
-    up.started_at, up.reason = time.time() - 192.5, "spawned"
+    up.started_at, up.reason = NOW - 192.5, "spawned"
     up.cpu, up.rss = 12.34, 50 * 1024 * 1024  # sampled
     crashed.state, crashed.spawns, crashed.reason = ServiceState.BACKOFF, 2, "exited with code 1"
     crashed.next_restart_at = NOW + 4
@@ -45,7 +44,7 @@ def _services() -> list[dict[str, Any]]:
     stopped.spawns = 1
     stopped.last_exit = exit_record({"signal": 15, "pid": 99, "at": NOW - 60}, "graceful", SYSTEM)
     db.instances = {0: stopped}
-    return [web.as_dict(), db.as_dict()]
+    return [web.as_dict(NOW), db.as_dict(NOW)]
 
 
 SERVICES = _services()

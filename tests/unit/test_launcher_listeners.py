@@ -65,7 +65,8 @@ def test_in_use_is_reported() -> None:
     busy = bind("127.0.0.1", 0)
     try:
         port = busy.getsockname()[1]
-        with pytest.raises(ListenError, match=rf"^127\.0\.0\.1:{port} is in use$"):
+        in_use = rf"^cannot listen on 127\.0\.0\.1:{port}: the address is already in use$"
+        with pytest.raises(ListenError, match=in_use):
             bind("127.0.0.1", port)
     finally:
         busy.close()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from corral import atomic
 from corral.errors import CorralError, NotFound, SpecError
-from corral.store import files
 from corral.store.secrets import MAX_VALUE, Secret, SecretStore
 
 VALUE = "hunter2-\u00e9-line1\nline2\n"
@@ -73,7 +73,7 @@ def test_temp_file_is_never_wider_than_0600(tmp_path: Path, monkeypatch: pytest.
     def spy(src: str | Path, dst: str | Path) -> None:
         seen.append(stat.S_IMODE(os.stat(src).st_mode))
         real_rename(src, dst)
-    monkeypatch.setattr(files.os, "rename", spy)
+    monkeypatch.setattr(atomic.os, "rename", spy)
     SecretStore(tmp_path / "secrets.json").set("K", "v")
     assert seen == [0o600]
 
@@ -88,7 +88,7 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path: Path,
 
     def boom(fd: int) -> None:
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(files.os, "fsync", boom)
+    monkeypatch.setattr(atomic.os, "fsync", boom)
     with pytest.raises(CorralError, match="No space left"):
         store.set("NEW", "2")
     assert path.read_bytes() == before

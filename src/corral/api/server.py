@@ -2,9 +2,8 @@
 
 ``uvicorn.Server.main_loop`` sleeps 0.1 s in a loop to notice ``should_exit`` and to
 refresh the ``Date`` header once a second.  In an idle supervisor those ten wake-ups a
-second were the largest fixed cost: 0.23 % of a core with no service at all (measured
-with ``/proc/<pid>/stat`` over 30 s on the bench host), against about 0.2 % for sampling
-1,000 idle services.  Here the loop sleeps until :meth:`QuietServer.stop` or the next
+second are its largest fixed cost, larger than sampling 1,000 idle services (figures in
+docs/benchmarks.md, "Figures behind the code").  Here the loop sleeps until :meth:`QuietServer.stop` or the next
 whole second (the ``Date`` header stays right to the second), so an exit is still seen
 at once.
 """

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from corral.errors import CorralError, SpecError
+from corral.protocol import binding
 from corral.supervisor.statefile import atomic_write
 
 #: The name every server certificate carries and clients verify by default, whatever
@@ -51,13 +52,10 @@ def parse_listen(text: str) -> tuple[str, int]:
 
     Raises :class:`SpecError` naming the option when the address is malformed.
     """
-    host, sep, port_text = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise SpecError(f"--listen-http {text!r}: expected HOST:PORT with a port from 1 to "
-                        "65535 (e.g. 0.0.0.0:9631 or [::1]:9631)")
-    return host, int(port_text)
+    try:
+        return binding.split(text)
+    except ValueError as exc:
+        raise SpecError(f"--listen-http {text!r}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -40,20 +40,7 @@ def port_free(port: int) -> bool:
     No SO_REUSEADDR: a port with connections still in TIME_WAIT counts as taken, so an
     instance binding it without that option will not fail.
     """
-    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-        try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError:
-            continue  # no IPv6 on this host
-        try:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((host, port))
-        except OSError:
-            return False
-        finally:
-            sock.close()
-    return True
+    return _binds_everywhere(port, reuse=False)
 
 
 def port_taken(port: int) -> bool:
@@ -64,21 +51,28 @@ def port_taken(port: int) -> bool:
     Unlike :func:`port_free`, connections in TIME_WAIT (an instance's own, just before it
     is restarted) do not count: servers bind with SO_REUSEADDR, as this check does.
     """
+    return not _binds_everywhere(port, reuse=True)
+
+
+def _binds_everywhere(port: int, reuse: bool) -> bool:
+    """Whether ``port`` can be bound on every local IPv4 address (and IPv6 if present),
+    with SO_REUSEADDR or without; the sockets are closed at once."""
     for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError:
             continue  # no IPv6 on this host
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((host, port))
         except OSError:
-            return True
+            return False
         finally:
             sock.close()
-    return False
+    return True
 
 
 def start_for(low: int, high: int, key: str) -> int:

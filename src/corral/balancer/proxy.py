@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral import __version__
-from corral.protocol import defaults
+from corral.protocol import binding, defaults
+from corral.protocol.backoff import doubled
 
 from .choice import ACTIVE, DRAINING, Balance, Chooser
 from .pipe import WRITE_HIGH, WRITE_LOW, BackendSide, ClientSide
@@ -268,7 +269,7 @@ class ProxiedService:
         self._loop.remove_reader(self.sock.fileno())
         self._paused = True
         self._retry = self._loop.call_later(self._backoff, self._resume)
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        self._backoff = doubled(self._backoff, BACKOFF_MIN, BACKOFF_MAX)
 
     def _resume(self) -> None:
         self._retry = None
@@ -327,37 +328,9 @@ def bind(host: str, port: int) -> socket.socket:
     """Bind and listen on ``host:port`` (non-blocking).
 
     Raises:
-        OSError: with a ``strerror`` a person can act on (see :func:`bind_reason`).
+        binding.BindError: with the one line saying why (:mod:`corral.protocol.binding`).
     """
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        # Without SO_REUSEADDR a restarted balancer could not bind while the old
-        # connections sit in TIME_WAIT; it does not allow two live listeners.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(BACKLOG)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def bind_reason(exc: OSError, host: str, port: int) -> str:
-    """One line saying why ``host:port`` cannot be bound, and what to do."""
-    where = f"{host}:{port}"
-    if exc.errno == errno.EADDRINUSE:
-        return f"cannot listen on {where}: the address is already in use"
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return f"cannot listen on {where}: {host} is not an address of this host"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return (f"cannot listen on {where}: permission denied (ports below 1024 need root "
-                "or CAP_NET_BIND_SERVICE)")
-    if isinstance(exc, socket.gaierror):
-        return f"cannot listen on {where}: cannot resolve {host!r}"
-    return f"cannot listen on {where}: {exc.strerror or exc}"
+    return binding.bind(host, port, BACKLOG, blocking=False)
 
 
 class Proxy:
@@ -396,8 +369,8 @@ class Proxy:
             if service.sock is None:
                 try:
                     service.listen(self._bind(config.host, config.port))
-                except OSError as exc:
-                    service.bind_error = bind_reason(exc, config.host, config.port)
+                except binding.BindError as exc:
+                    service.bind_error = str(exc)
             result[config.name] = service.bind_error
         return result
 
@@ -414,8 +387,8 @@ class Proxy:
             try:
                 self._bind(config.host, config.port).close()
                 result[config.name] = None
-            except OSError as exc:
-                result[config.name] = bind_reason(exc, config.host, config.port)
+            except binding.BindError as exc:
+                result[config.name] = str(exc)
         return result
 
     def drained(self, service: str, backend_id: str) -> bool:

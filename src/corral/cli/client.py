@@ -48,8 +48,9 @@ from corral.cli.http import (
     request_head,
     sse_events,
 )
+from corral.protocol.backoff import doubled
 
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing slows every command's start
 if TYPE_CHECKING:
     import ssl
     from collections.abc import Callable, Iterator
@@ -150,7 +151,7 @@ class Client:
                 raise CliError(f"lost the stream from the supervisor and could not resume it "
                                f"within {patience:g} s ({reason}); check: corral sup status")
             pause(delay)
-            delay = min(delay * 2, RETRY_MAX)
+            delay = doubled(delay, RETRY_FIRST, RETRY_MAX)
 
     def _events(self, path: str, last_id: str | None,
                 silence: float | None = None) -> Iterator[tuple[str | None, Json]]:

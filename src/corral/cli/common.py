@@ -15,9 +15,10 @@ import os
 import sys
 
 from corral.cli.errors import UsageError
+from corral.protocol import binding
 from corral.protocol.paths import api_socket, resolve_state_dir
 
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing slows every command's start
 if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any, NoReturn, TextIO
@@ -28,8 +29,9 @@ if TYPE_CHECKING:
 class Formatter(argparse.RawDescriptionHelpFormatter):
     """Descriptions and epilogs laid out verbatim; sized without importing ``shutil``.
 
-    argparse's default formatter imports ``shutil`` (about 3 ms with ``bz2``, ``lzma``...)
-    for every ``add_argument``; ``os.get_terminal_size`` gives the same answer.
+    argparse's default formatter imports ``shutil`` (and with it ``bz2``, ``lzma``...) for
+    every ``add_argument``, which every command would pay at start; ``os.get_terminal_size``
+    gives the same answer.
     """
 
     def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
@@ -107,13 +109,10 @@ def non_negative_int(text: str) -> int:
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[V6]:PORT`` for IPv6); raise :class:`UsageError` naming ``what``."""
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"{what} {text!r}: expected HOST:PORT with a port from 1 to 65535 "
-                         "(e.g. 0.0.0.0:9631 or [::1]:9631)")
-    return host, int(port)
+    try:
+        return binding.split(text)
+    except ValueError as exc:
+        raise UsageError(f"{what} {text!r}: {exc}") from None
 
 
 def quote_segment(text: str) -> str:

@@ -17,7 +17,7 @@ from corral.cli.common import CommandContext, add_parser, non_negative_int, quot
 from corral.cli.errors import EXIT_OK, CliError
 from corral.cli.render import event_line
 
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing slows every command's start
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any

@@ -17,7 +17,7 @@ import json
 
 from corral.cli.errors import ApiError, ProtocolError
 
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing slows every command's start
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from io import BufferedReader

@@ -32,7 +32,7 @@ from corral.cli.errors import (
 )
 from corral.errors import CorralError
 
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing slows every command's start
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import TextIO

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+from corral import atomic
 from corral.cli.errors import CliError
 
 
@@ -102,13 +103,7 @@ class RemoteAuth:
         keeping the address this client dials."""
         text = render_auth({**auth, "host": self.host, "server_name": self.server_name},
                            self.name)
-        tmp = f"{self.path}.tmp{os.getpid()}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            atomic.write(self.path, text.encode(), 0o600, make_dirs=False)
         except OSError as exc:
             raise CliError(f"cannot rewrite the auth file {self.path}: {exc.strerror}") from None

@@ -17,11 +17,12 @@ import json
 import os
 import sys
 
+from corral import atomic
 from corral.cli.common import CommandContext, add_parser, quote_segment
 from corral.cli.errors import EXIT_OK, CliError, UsageError
 from corral.cli.render import table
 
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing slows every command's start
 if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
@@ -232,28 +233,14 @@ def _check(digest: str, expected: str) -> None:
 
 def _write_atomically(target: str, pieces: Any, hasher: Any, expected: str) -> None:
     """Write ``pieces`` to a temp file beside ``target``; rename it there once checked."""
-    directory = os.path.dirname(target) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(target)}.part{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic.replacing(target, 0o644, make_dirs=False) as f:
             for piece in pieces:
                 hasher.update(piece)
                 f.write(piece)
-            f.flush()
-            os.fsync(f.fileno())
-        _check(hasher.hexdigest(), expected)
-        os.replace(tmp, target)
+            _check(hasher.hexdigest(), expected)
     except OSError as exc:
         raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
 
 
 def cmd_rm(args: argparse.Namespace, ctx: CommandContext) -> int:

@@ -17,7 +17,7 @@ from corral.cli.errors import EXIT_OK, CliError, UsageError
 from corral.cli.render import RUNNING, balancer_lines, service_table
 from corral.protocol import defaults
 
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing slows every command's start
 if TYPE_CHECKING:
     from typing import Any
 

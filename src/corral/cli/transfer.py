@@ -12,7 +12,7 @@ from corral.cli.client import READ_TIMEOUT
 from corral.cli.errors import CliError, ProtocolError
 from corral.cli.http import FIRST_ERROR, FIRST_REDIRECT, body_pieces, decode_json, read_head
 
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms at start-up
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing slows every command's start
 if TYPE_CHECKING:
     import socket
     from collections.abc import Callable, Iterator

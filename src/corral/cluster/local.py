@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from corral.errors import CorralError
-from corral.store.files import atomic_write
+from corral import atomic
+from corral.errors import CorralError, StateWriteFailed
 
 from .backend import BaseBackend, ClusterListener
 from .census import LinkStatus
@@ -90,7 +90,10 @@ class LocalBackend(BaseBackend):
         data = {"format": _FORMAT, "configs": {g: c.to_json() for g, c in sorted(configs.items())}}
         try:
             os.makedirs(self._path.parent, mode=0o700, exist_ok=True)
-            atomic_write(self._path, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
         except OSError as exc:
             raise CorralError(f"{self._path}: cannot write the group configs: "
                               f"{exc.strerror or exc}") from None
+        try:
+            atomic.write(self._path, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
+        except OSError as exc:
+            raise StateWriteFailed(self._path, exc) from None

@@ -26,8 +26,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from corral.errors import ClusterError, Conflict, SpecError, StateWriteFailed
-from corral.store.files import atomic_write
+from corral import atomic
+from corral.errors import ClusterError, Conflict, SpecError
+from corral.protocol.backoff import doubled
 
 from .backend import DEFAULT_TTL, BaseBackend, ClusterListener
 from .census import Census, KeyspaceView, LinkStatus
@@ -196,11 +197,11 @@ class EtcdBackend(BaseBackend):
                 self._lease = None  # its records are gone with it: grant another, write again
                 self._emit_link(self.link())
             except ClusterError:  # the client's state has it; etcd may be back in a moment
-                delay = min(1.0, max(0.1, delay * 2))
+                delay = doubled(delay, 0.1, 1.0)
                 await asyncio.sleep(delay)
             except Exception as exc:  # a bug must not stop the keepalives: say it, go on
                 self._client.report(f"the etcd session failed: {type(exc).__name__}: {exc}")
-                delay = min(1.0, max(0.1, delay * 2))
+                delay = doubled(delay, 0.1, 1.0)
                 await asyncio.sleep(delay)
 
     async def _flush(self, lease: Lease) -> None:
@@ -265,9 +266,9 @@ class EtcdBackend(BaseBackend):
             return
         data = json.dumps(self._view.snapshot(), sort_keys=True).encode()
         # A cache that cannot be written is only a lost hint.
-        with contextlib.suppress(OSError, StateWriteFailed):
+        with contextlib.suppress(OSError):
             os.makedirs(self._cache.parent, mode=0o700, exist_ok=True)
-            atomic_write(self._cache, data)
+            atomic.write(self._cache, data)
 
 
 def _stamp(path: Path | None) -> tuple[int, int] | None:

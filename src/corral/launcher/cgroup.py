@@ -32,21 +32,20 @@ Who gets one: an instance whose Spawn asks (``cgroup: true``) or has a memory li
 Not everyone by default, because of what it costs on the restart path.  The child is
 placed in its leaf *before* it execs by moving the launcher itself into the leaf around
 the ``vfork``/``exec`` and back (two writes to ``cgroup.procs``; a ``preexec_fn`` writing
-``0`` would lose ``vfork``, 1.7 ms, and a ``/bin/sh`` wrapper costs 0.7 ms).  Back to back
-those writes take 20 us, but a migration is a writer of the kernel's
-``cgroup_threadgroup_rwsem``, which waits for an RCU grace period when none ran lately:
-measured here, the first migration after 100 ms of quiet takes 11.5 ms (p50), and a
-service's restarts are seldom closer together than that.  In the restart bench (quick,
-on a loaded machine, four runs): p50 2.3-6.6 ms without cgroups, 13.6-13.9 ms with one
-for every instance; so only the instances that ask pay it.
+``0`` would lose ``vfork``, and a ``/bin/sh`` wrapper costs a shell's start).  Back to
+back those writes are cheap, but a migration is a writer of the kernel's
+``cgroup_threadgroup_rwsem``, which waits for an RCU grace period when none ran lately,
+and a service's restarts are seldom close enough together for one to have run: a cgroup
+makes each restart several times slower (figures in docs/benchmarks.md, "Figures behind
+the code"), so only the instances that ask pay it.
 (``clone3(CLONE_INTO_CGROUP)`` would avoid the writer lock, but Python's ``subprocess``
 cannot use it; the ``favordynmods`` cgroup2 mount option makes the writes cheap
 host-wide.)  While the launcher is inside, ``memory.max`` is ``max``: the limit is
 written after the child has exec'd, so the launcher itself can never be charged against
 a service's limit.
 
-Fallback: no cgroup2 mount, no write access, no ``cgroup.kill`` -> process groups, as
-before, and one line on stderr says why.
+Fallback: no cgroup2 mount, no write access, no ``cgroup.kill`` -> process groups alone
+(what every child without a cgroup has), and one line on stderr says why.
 
 Enabling the memory controller: ``+memory`` is written to the parent's and our
 directory's ``cgroup.subtree_control`` where ``cgroup.controllers`` offers it.  The

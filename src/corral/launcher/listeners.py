@@ -12,14 +12,14 @@ socket-activation convention (``sd_listen_fds(3)``): the sockets are fds 3, 4, .
 fork, while ``subprocess`` fixes the environment before it.  So a spawn with sockets
 execs from a ``preexec_fn`` of its own (:func:`exec_with_sockets`): dup2 the sockets to
 3.., then ``execve`` with ``LISTEN_PID=getpid()``.  That costs the ``vfork`` fast path
-(measured here: 1.9 ms instead of 0.2 ms to start ``/bin/true``), paid by socket-mode
-spawns only.  A ``/bin/sh -c 'LISTEN_PID=$$ exec ...'`` wrapper costs 0.7 ms but cannot
-move an fd above 9 (dash), and a launcher's listening sockets usually are.
+(a spawn several times slower: docs/benchmarks.md, "Figures behind the code"), paid by
+socket-mode spawns only.  A ``/bin/sh -c 'LISTEN_PID=$$ exec ...'`` wrapper would be
+cheaper but cannot move an fd above 9 (dash), and a launcher's listening sockets usually
+are.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import re
@@ -27,6 +27,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from corral.protocol import binding
 from corral.protocol import messages as m
 
 BACKLOG = 4096
@@ -79,7 +80,7 @@ class Listeners:
             # The same request again, or one naming the port that port 0 got.
             if held.host == host and port in (0, held.port, held.bound[1]):
                 return held
-            raise ListenError(f"{name!r} already listens on {_show(*held.bound)}; "
+            raise ListenError(f"{name!r} already listens on {binding.where(*held.bound)}; "
                               "Unlisten it first")
         self.by_name[name] = listener = Listener(name, host, port, bind(host, port))
         return listener
@@ -103,32 +104,9 @@ class Listeners:
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port``.  Raises :class:`ListenError`."""
     try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ListenError(f"cannot resolve {host!r}: {exc.strerror}") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(BACKLOG)
-    except OSError as exc:
-        sock.close()
-        where = _show(host, port)
-        if exc.errno == errno.EADDRINUSE:
-            raise ListenError(f"{where} is in use") from None
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise ListenError(f"{host} is not an address of this host") from None
-        if exc.errno == errno.EACCES:
-            raise ListenError(f"no permission to listen on {where} (ports below 1024 "
-                              "need root or CAP_NET_BIND_SERVICE)") from None
-        raise ListenError(f"cannot listen on {where}: {exc.strerror}") from None
-    return sock
-
-
-def _show(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return binding.bind(host, port, BACKLOG)
+    except binding.BindError as exc:
+        raise ListenError(str(exc)) from None
 
 
 def exec_with_sockets(path: str, argv: list[str], env: dict[str, str], fds: list[int],

@@ -16,9 +16,10 @@ reused by another process never matches; ``boot_id`` voids a record from before 
 (start times count from boot).
 
 How it is written, and why: it is on the restart path.  A rewrite by temp file and rename
-costs 0.6 to 8 ms on this host's ext4 (a rename over an existing file flushes its data),
-so the launcher appends instead: at the end of a loop turn that spawned, the new
-children's lines in one ``pwrite`` (5 us), however many spawns the turn had.  An exit
+costs milliseconds on ext4 (a rename over an existing file flushes its data), a
+thousand times an append, so the launcher appends instead: at the end of a loop turn
+that spawned, the new children's lines in one ``pwrite``, however many spawns the turn
+had (figures in docs/benchmarks.md, "Figures behind the code").  An exit
 writes nothing: an entry whose process is gone matches nothing.  When dead lines
 outnumber live ones (2 x live + 64), the file is compacted in place (the live lines from
 offset 0, then ``ftruncate``).  A kill cuts a write at worst at a page boundary: the

@@ -9,8 +9,8 @@ binary is an error reply, not a child that exits 127) and start the child with `
   ``os.posix_spawn``: glibc's ``clone(CLONE_VFORK)`` with the file actions done in C.  It
   has no working-directory or umask attribute in Python 3.11, so the launcher, which is
   single-threaded, steps into ``cwd`` and sets the umask around the call and steps back.
-  Measured on the bench host: 160 us a spawn against ``subprocess.Popen``'s 250 us, on a
-  path (restart latency) where the whole supervisor round trip is about 1.5 ms;
+  It is the cheaper of the two, and a spawn is a sizeable part of a restart's latency
+  (figures in docs/benchmarks.md, "Figures behind the code");
 - anything else goes through ``subprocess.Popen``, which can change the user and group and
   run the rlimit and socket hand-over code between fork and exec.
 

@@ -64,9 +64,10 @@ class TreeSampler:
     instead of open, read and close.  ``schedstat`` (the task's run time in ns) is read
     first: a single-threaded root that has not run since the last round, and had no
     children, cannot have used CPU, forked or made a thread, and its usage is the last one
-    read (``schedstat`` is the main thread's own, so a multi-threaded root is read in full).  Generating ``schedstat``
-    costs the kernel about a quarter of ``stat`` (1.4 against 4.9 ms for 1,000 ``sleep``s
-    on the bench host), so an idle service costs one cheap read a round.  Its memory is
+    read (``schedstat`` is the main thread's own, so a multi-threaded root is read in
+    full).  Generating ``schedstat`` costs the kernel about a quarter of ``stat`` (figures
+    in docs/benchmarks.md, "Figures behind the code"), so an idle service costs one cheap
+    read a round.  Its memory is
     still read afresh every ``REFRESH_EVERY`` rounds (the kernel may reclaim pages of an
     idle process).  An open ``/proc/<pid>`` file stays bound to that process, so a reused
     pid number can never be read by mistake.  Descendants (rare, and changing) are read

@@ -32,8 +32,8 @@ cgroups (optional fields, version 1 peers may ignore them): where cgroup v2 is
 writable, a child whose Spawn has ``cgroup: true`` or a ``memory_max`` starts in a cgroup
 of its own (``cgroup: false`` refuses one; the launcher's ``CORRAL_CGROUP=all`` gives one
 to every child, ``=off`` to none), named in ``Spawned.cgroup`` and ``Children[].cgroup``
-(null: process group only).  Not every child by default: a cgroup costs its restarts
-~10 ms (see ``corral.launcher.cgroup``).  ``Spawn.memory_max`` (bytes; the process's
+(null: process group only).  Not every child by default: a cgroup makes each of its
+restarts slower (see ``corral.launcher.cgroup``).  ``Spawn.memory_max`` (bytes; the process's
 ``limits.memory``) is written to its ``memory.max`` where the memory controller is
 available; ``Spawned.memory_max`` is the limit applied, or null.  ``oom_killed`` in
 ``Exited``/``Terminated`` says whether the kernel's OOM killer struck in that cgroup

@@ -43,6 +43,12 @@ def logs_dir(state_dir: Path) -> Path:
     return state_dir / "logs"
 
 
+def service_log(state_dir: Path, name: str) -> Path:
+    """The log a service's (or ``.balancer``'s, ``.launcher``'s) output goes to; its
+    rotations are ``<name>.log.1`` and on."""
+    return logs_dir(state_dir) / f"{name}.log"
+
+
 def run_dir(state_dir: Path) -> Path:
     """Parent of every instance's fresh working directory."""
     return state_dir / "run"

@@ -43,9 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from corral.errors import CorralError, NotFound, SpecError
-
-from .files import atomic_write, fsync_dir
+from corral import atomic
+from corral.errors import CorralError, NotFound, SpecError, StateWriteFailed
 
 ID_PATTERN = re.compile(r"[0-9a-f]{64}")
 FLUSH_BYTES = 1024 * 1024
@@ -213,7 +212,7 @@ class ResourceStore:
                     tmp.unlink()  # same content: keep the existing inode (placed files link it)
                 else:
                     os.rename(tmp, blob)
-                    fsync_dir(self.directory)
+                    atomic.fsync_dir(self.directory)
             except OSError as exc:
                 raise self._disk_error(exc) from None
         finally:
@@ -351,9 +350,8 @@ class ResourceStore:
     def _save(self, index: dict[str, dict[str, Any]]) -> None:
         doc = {"format": FORMAT, "resources": dict(sorted(index.items()))}
         try:
-            atomic_write(self.directory / INDEX,
+            atomic.write(self.directory / INDEX,
                          (json.dumps(doc, indent=1) + "\n").encode(), 0o600)
         except OSError as exc:
-            raise CorralError(f"cannot write {self.directory / INDEX}: "
-                              f"{exc.strerror or exc}") from None
+            raise StateWriteFailed(self.directory / INDEX, exc) from None
         self._index = index

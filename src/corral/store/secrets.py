@@ -27,9 +27,8 @@ import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from corral.errors import CorralError, NotFound, SpecError
-
-from .files import atomic_write
+from corral import atomic
+from corral.errors import CorralError, NotFound, SpecError, StateWriteFailed
 
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_NAME = 128
@@ -271,10 +270,9 @@ class SecretStore:
             doc["previous"] = {n: s.reveal() if s is not None else None
                                for n, s in sorted(kept.items())}
         try:
-            atomic_write(self.path, (json.dumps(doc, indent=1) + "\n").encode(), 0o600)
+            atomic.write(self.path, (json.dumps(doc, indent=1) + "\n").encode(), 0o600)
         except OSError as exc:
-            raise CorralError(f"cannot write the secrets to {self.path}: "
-                              f"{exc.strerror or exc}") from None
+            raise StateWriteFailed(self.path, exc) from None
         self._secrets = dict(secrets)
         self._previous = kept
 

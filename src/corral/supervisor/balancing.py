@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import itertools
 import sys
-import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +43,11 @@ from corral.balancer import proxy as balancer_proxy
 from corral.errors import CorralError, Unavailable
 from corral.protocol import framing, paths
 from corral.protocol import messages as m
+from corral.protocol.backoff import doubled
+from corral.protocol.binding import BindError
 from corral.spec import ServiceSpec
 
+from .clock import SYSTEM, Clock
 from .launcher_client import LauncherClient, Message
 
 #: The balancer's name at the launcher (never a valid user process name).
@@ -95,8 +97,9 @@ class Balancer:
     """
 
     def __init__(self, state_dir: Path, env: dict[str, str],
-                 argv: list[str] | None = None) -> None:
+                 argv: list[str] | None = None, clock: Clock = SYSTEM) -> None:
         self.state_dir = state_dir
+        self._clock = clock
         self.control = control_path(state_dir)
         self.env = env
         self.argv = argv or [sys.executable, "-m", "corral.balancer"]
@@ -127,7 +130,7 @@ class Balancer:
         if child.get("name") != NAME:
             return False
         self.pid = int(child["pid"])
-        self.started_at = float(child.get("started_at", time.time()))
+        self.started_at = float(child.get("started_at", self._clock.time()))
         self._wanted = True  # it ran, so it was wanted; keep it until told otherwise
         return True
 
@@ -136,8 +139,9 @@ class Balancer:
         if exited.get("name") != NAME:
             return False
         if exited.get("pid") == self.pid or self.pid is None:
-            ran = time.time() - (self.started_at or time.time())
-            self._delay = RESTART_MIN if ran > COOLDOWN else min(self._delay * 2, RESTART_MAX)
+            ran = self._clock.time() - (self.started_at or self._clock.time())
+            self._delay = (RESTART_MIN if ran > COOLDOWN
+                           else doubled(self._delay, RESTART_MIN, RESTART_MAX))
             self.pid = None
             self.last_exit = {k: exited.get(k) for k in ("exit_code", "signal", "at")}
             self._drop_connection()
@@ -270,7 +274,7 @@ class Balancer:
             except (OSError, CorralError, TimeoutError) as exc:
                 self._log(f"balancer not reachable: {exc}; retrying in {self._delay:.1f}s")
                 await asyncio.sleep(self._delay)
-                self._delay = min(self._delay * 2, RESTART_MAX)
+                self._delay = doubled(self._delay, RESTART_MIN, RESTART_MAX)
                 self._wake.set()
 
     async def _spawn(self) -> None:
@@ -278,7 +282,7 @@ class Balancer:
         if self.restarts or self.last_exit is not None:
             await asyncio.sleep(self._delay)  # backoff while it keeps dying young
         self.control.parent.mkdir(parents=True, exist_ok=True)
-        log = paths.logs_dir(self.state_dir) / f"{NAME}.log"
+        log = paths.service_log(self.state_dir, NAME)
         reply = await self._launcher.request({
             "type": m.SPAWN, "name": NAME, "argv": [*self.argv, "--control", str(self.control)],
             "env": self.env, "cwd": str(self.state_dir), "user": None, "group": None,
@@ -288,7 +292,7 @@ class Balancer:
         if self.started_at is not None:
             self.restarts += 1
         self.pid = int(reply["pid"])
-        self.started_at = float(reply.get("started_at", time.time()))
+        self.started_at = float(reply.get("started_at", self._clock.time()))
 
     async def _connect(self) -> None:
         """Connect to the control socket (it appears shortly after a spawn), then
@@ -338,7 +342,7 @@ class Balancer:
                 self._stats = await self._request({"type": "stats"})
                 self._stats.pop("id", None)
                 self._stats.pop("type", None)
-                self._stats_at = time.time()
+                self._stats_at = self._clock.time()
             await asyncio.sleep(STATS_EVERY)
 
     def _drop_connection(self) -> None:
@@ -358,7 +362,7 @@ class Balancer:
         task.add_done_callback(self._tasks.discard)
 
     def _log_path(self) -> Path:
-        return paths.logs_dir(self.state_dir) / f"{NAME}.log"
+        return paths.service_log(self.state_dir, NAME)
 
     def _log(self, text: str) -> None:
         print(f"corral-supervisor: {text}", file=sys.stderr, flush=True)
@@ -367,6 +371,6 @@ class Balancer:
 def _probe(host: str, port: int) -> str | None:
     try:
         balancer_proxy.bind(host, port).close()
-    except OSError as exc:
-        return balancer_proxy.bind_reason(exc, host, port)
+    except BindError as exc:
+        return str(exc)
     return None

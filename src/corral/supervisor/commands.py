@@ -218,7 +218,7 @@ class Commands:
                 state = (f"{pending[0].state.value}: {pending[0].reason}" if pending
                          else "no instance")
                 when = "" if stuck else f" within {timeout:g}s"
-                log = paths.logs_dir(self._core.state_dir) / f"{name}.log"
+                log = paths.service_log(self._core.state_dir, name)
                 raise NotReady(f"{name} did not become ready{when} ({state})",
                                tail(log, 5, service.spec.logs.keep))
             await self._core.waiters.wait(remaining)

@@ -21,7 +21,7 @@ import asyncio
 import ctypes
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 #: Seconds between looks while no inotify watch holds the directory.
@@ -143,3 +143,35 @@ class DirWatch:
             self._loop.remove_reader(self._fd)
             os.close(self._fd)
             self._fd = -1
+
+
+class Rerun:
+    """Runs ``work`` when called, one run at a time: calls that come while it runs make
+    one more run after it, not one each (a burst of changes is looked at once more).
+
+    ``work`` returns False when no further run makes sense (the supervisor is shutting
+    down); calls made meanwhile are then dropped.
+    """
+
+    def __init__(self, work: Callable[[], Awaitable[bool | None]]) -> None:
+        self._work = work
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def __call__(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        self._again = True
+        while self._again:
+            self._again = False
+            if await self._work() is False:
+                return
+
+    def cancel(self) -> None:
+        """Stop the run under way, if any."""
+        if self._task is not None:
+            self._task.cancel()

@@ -160,7 +160,8 @@ class Effects:
         user, group = identity(spec)
         result = await run_hook(hook, command, env=env, cwd=self._core.workdirs.cwd(inst, spec),
                                 user=user, group=group, timeout=spec.hooks.timeout,
-                                log=paths.logs_dir(self._core.state_dir) / f"{spec.name}.log")
+                                log=paths.service_log(self._core.state_dir, spec.name),
+                                clock=self._core.clock)
         self._core.events.emit(inst.service, "hook", result.summary, instance=inst.index,
                          pid=inst.pid, last_lines=self._core.redact(result.output))
         return result
@@ -182,7 +183,7 @@ class Effects:
         user, group = identity(spec)
         return spawn_request.build(
             inst.launcher_name, spec, self._core.environment.effective(spec, inst).argv, env, cwd,
-            user, group, paths.logs_dir(self._core.state_dir) / f"{spec.name}.log",
+            user, group, paths.service_log(self._core.state_dir, spec.name),
             self._core.traffic.sockets_for(spec))
 
     async def _spawned(self, inst: Instance, reply: asyncio.Future[Message],

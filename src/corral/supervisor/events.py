@@ -20,13 +20,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from corral import atomic
+
+from .clock import SYSTEM, Clock
 
 Event = dict[str, Any]
 
@@ -82,7 +85,9 @@ class EventLog:
             and are not kept across restarts).
     """
 
-    def __init__(self, history: int = HISTORY, seq_file: Path | None = None) -> None:
+    def __init__(self, history: int = HISTORY, seq_file: Path | None = None,
+                 clock: Clock = SYSTEM) -> None:
+        self._clock = clock
         self._events: deque[Event] = deque(maxlen=history)
         self._seq_file = seq_file
         previous = _read_seq_file(seq_file)
@@ -108,12 +113,12 @@ class EventLog:
     def _write(self, **fields: int) -> None:
         if self._seq_file is None:
             return
-        # Renamed into place without fsync: the numbers must outlive a killed process
-        # (the page cache does), not a power loss, which loses the history anyway.
-        tmp = self._seq_file.with_name(f".{self._seq_file.name}.tmp{os.getpid()}")
+        # Not durable: the numbers must outlive a killed process (the page cache does),
+        # not a power loss, which loses the history anyway.
         try:
-            tmp.write_text(json.dumps({"first": self._start + 1, **fields}) + "\n")
-            os.replace(tmp, self._seq_file)
+            atomic.write(self._seq_file,
+                         (json.dumps({"first": self._start + 1, **fields}) + "\n").encode(),
+                         0o644, durable=False, make_dirs=False)
         except OSError as exc:
             if not self._unwritable:
                 print(f"corral-supervisor: cannot write {self._seq_file}: {exc}; event "
@@ -132,7 +137,7 @@ class EventLog:
             self._limit = self._seq + SEQ_BLOCK
             self._write(next=self._limit)
         self._seq += 1
-        event: Event = {"seq": self._seq, "at": rfc3339(time.time()), "service": service,
+        event: Event = {"seq": self._seq, "at": rfc3339(self._clock.time()), "service": service,
                         "instance": instance, "kind": kind, "from": None, "to": None,
                         "reason": reason, "pid": None, "exit_code": None, "signal": None,
                         "delay_s": None}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ class Facade:
                 "launcher_pid": launcher.launcher_pid if launcher else None,
                 "supervisor_pid": os.getpid(), "state_dir": str(self._sup.state_dir),
                 "started_at": rfc3339(self._sup.started_at),
-                "uptime_s": round(time.time() - self._sup.started_at, 3),
+                "uptime_s": round(self._sup.clock.time() - self._sup.started_at, 3),
                 "services": counts, "balancer": self._sup.traffic.balancer.status(),
                 "versions": self.versions(),
                 "cluster": self._membership.link() if self._membership else None}
@@ -108,7 +107,7 @@ class Facade:
         return [self._with_traffic(entry) for entry in self._sup.status()]
 
     def service(self, name: str) -> dict[str, Any]:
-        return self._with_traffic(self._sup.get(name).as_dict())
+        return self._with_traffic(self._sup.get(name).as_dict(self._sup.clock.time()))
 
     def _with_traffic(self, entry: dict[str, Any]) -> dict[str, Any]:
         """Add ``traffic``: for each service this process receives, the balancer's figures
@@ -159,7 +158,7 @@ class Facade:
         pids = [("supervisor", os.getpid())]
         if launcher is not None and launcher.launcher_pid:
             pids.append(("launcher", launcher.launcher_pid))
-        import psutil  # only /metrics asks: 9 ms and a few MB the supervisor's start can skip
+        import psutil  # only /metrics asks: an import the supervisor's start can skip
 
         figures = []
         for role, pid in pids:
@@ -170,7 +169,7 @@ class Facade:
                     figures.append({"process": role, "pid": pid,
                                     "cpu_seconds": times.user + times.system,
                                     "rss_bytes": proc.memory_info().rss,
-                                    "uptime_s": max(0.0, time.time() - proc.create_time())})
+                                    "uptime_s": max(0.0, self._sup.clock.time() - proc.create_time())})
             except psutil.Error:
                 continue
         return figures
@@ -183,7 +182,7 @@ class Facade:
 
     def log_path(self, name: str) -> Path:
         self._sup.get(name)
-        return paths.logs_dir(self._sup.state_dir) / f"{name}.log"
+        return paths.service_log(self._sup.state_dir, name)
 
     def log_tail(self, name: str, n: int) -> list[str]:
         keep = self._sup.get(name).spec.logs.keep

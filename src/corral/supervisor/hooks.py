@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from corral import command
 
+from .clock import Clock
 from .events import rfc3339
 
 
@@ -30,9 +30,9 @@ class HookResult:
 
 async def run_hook(hook: str, command_line: str, *, env: Mapping[str, str], cwd: str,
                    user: str | None, group: str | None, timeout: float,
-                   log: Path) -> HookResult:
+                   log: Path, clock: Clock) -> HookResult:
     """Run one hook; the result says how it ended (exit status, timeout or spawn error)."""
-    started = time.monotonic()
+    started = clock.monotonic()
     try:
         done = await command.run(["/bin/sh", "-c", command_line], env=env, cwd=cwd,
                                  user=user, group=group, timeout=timeout)
@@ -40,8 +40,8 @@ async def run_hook(hook: str, command_line: str, *, env: Mapping[str, str], cwd:
         return HookResult(False, f"hook {hook} could not start: {exc}", [])
     output, code, timed_out = done.output, done.code, done.timed_out
     lines = output.decode(errors="replace").splitlines()
-    _append(log, done.pid, hook, lines)
-    took = time.monotonic() - started
+    _append(log, done.pid, hook, lines, clock.time())
+    took = clock.monotonic() - started
     if timed_out:
         return HookResult(False, f"hook {hook} timed out after {timeout:g}s", lines[-5:])
     if code == 0:
@@ -50,10 +50,10 @@ async def run_hook(hook: str, command_line: str, *, env: Mapping[str, str], cwd:
     return HookResult(False, f"hook {hook} {what}", lines[-5:])
 
 
-def _append(log: Path, pid: int, hook: str, lines: list[str]) -> None:
+def _append(log: Path, pid: int, hook: str, lines: list[str], now: float) -> None:
     if not lines:
         return
-    prefix = f"{rfc3339(time.time())} {pid} E [hook {hook}] "
+    prefix = f"{rfc3339(now)} {pid} E [hook {hook}] "
     data = "".join(prefix + line[:65000] + "\n" for line in lines).encode()
     try:
         fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,13 +118,14 @@ class Instance:
     def restarts(self) -> int:
         return max(0, self.spawns - 1)
 
-    def uptime(self) -> float | None:
+    def uptime(self, now: float) -> float | None:
+        """Seconds it has run at wall time ``now``; None while it does not run."""
         if self.pid is None or self.started_at is None:
             return None
-        return max(0.0, time.time() - self.started_at)
+        return max(0.0, now - self.started_at)
 
-    def as_dict(self) -> dict[str, Any]:
-        uptime = self.uptime()
+    def as_dict(self, now: float) -> dict[str, Any]:
+        uptime = self.uptime(now)
         return {
             "index": self.index, "state": self.state.value, "pid": self.pid,
             "restarts": self.restarts,
@@ -154,13 +154,14 @@ class Service:
         """A fresh record for ``index`` at the current generation."""
         return Instance(service=self.spec.name, index=index, gen=self.gen)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, now: float) -> dict[str, Any]:
+        """The row ``GET /v1/services`` answers, at wall time ``now`` (for uptimes)."""
         ordered = [self.instances[i] for i in sorted(self.instances)]
         states = [inst.state for inst in ordered]
         state = min(states, key=_SEVERITY.index) if states else ServiceState.DOWN
         first = ordered[0] if ordered else None
         live = [i for i in ordered if i.pid is not None]
-        uptime = first.uptime() if first is not None else None
+        uptime = first.uptime(now) if first is not None else None
         return {
             "name": self.spec.name, "state": state.value, "desired": self.desired.value,
             "pid": first.pid if first is not None else None,
@@ -177,6 +178,6 @@ class Service:
                                 if first is not None and first.next_restart_at else None),
             "last_exit": first.last_exit if first is not None else None,
             "command": self.spec.argv,
-            "instance_list": [i.as_dict() for i in ordered] + [
-                {**self.retiring[i].as_dict(), "retiring": True} for i in sorted(self.retiring)],
+            "instance_list": [i.as_dict(now) for i in ordered] + [
+                {**self.retiring[i].as_dict(now), "retiring": True} for i in sorted(self.retiring)],
         }

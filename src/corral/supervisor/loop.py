@@ -85,7 +85,7 @@ class Supervisor:
         self.uniform = uniform
         self.clock = clock
         self.services: dict[str, Service] = {}
-        self.events = EventLog(seq_file=state_dir / "event-seq.json")
+        self.events = EventLog(seq_file=state_dir / "event-seq.json", clock=clock)
         self.launcher: LauncherClient | None = None
         self.started_at = self.clock.time()
         self.exit_code: asyncio.Future[int] | None = None
@@ -194,8 +194,7 @@ class Supervisor:
                 try:
                     await launcher.listen(svc.name, svc.bind_host, svc.port)
                 except CorralError as exc:
-                    self.events.emit("", "balancer", f"service {svc.name} cannot listen on "
-                                     f"{svc.on}: {exc}")
+                    self.events.emit("", "balancer", f"service {svc.name}: {exc}")
         running = {str(c.get("name")) for c in children}
         self._booting = False
         for name, exited in self._early_exits.items():
@@ -476,7 +475,7 @@ class Supervisor:
             await self.stop_instances(service, live)
 
     def status(self) -> list[dict[str, Any]]:
-        return [s.as_dict() for s in self.services.values()]
+        return [s.as_dict(self.clock.time()) for s in self.services.values()]
 
     def conflict_if_stopping(self) -> None:
         if self.stopping_all:

@@ -442,7 +442,7 @@ class RolloutRunner:
             if inst is not None and inst is not new:
                 others.update(p for p in (inst.pid, (inst.last_exit or {}).get("pid"))
                               if isinstance(p, int))
-        log = paths.logs_dir(self._core.state_dir) / f"{service.spec.name}.log"
+        log = paths.service_log(self._core.state_dir, service.spec.name)
         stamp = rfc3339(since)
         count = 200
         while True:

@@ -42,8 +42,8 @@ class Sampling:
 
     async def run(self) -> None:
         """Sample CPU and RSS of every instance's process tree every 2 s, forever; enforce
-        limits.  (Kept-open /proc files make a round of 1,000 ``sleep`` services cost about
-        9 ms: see :class:`corral.monitor.sampler.TreeSampler`.)"""
+        limits.  (Kept-open /proc files keep a round cheap even at 1,000 services: see
+        :class:`corral.monitor.sampler.TreeSampler`.)"""
         while True:
             await asyncio.sleep(SAMPLE_EVERY)
             self.sample_once(self._clock.monotonic())

@@ -24,7 +24,6 @@ Secret values never appear in an event or a message: files are named, not quoted
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from corral.errors import Conflict, CorralError, SpecError
 from corral.spec import load_target
 from corral.store.secrets import MAX_VALUE, NAME_PATTERN, check_value
 
-from .dirwatch import DirWatch
+from .dirwatch import DirWatch, Rerun
 from .loop import Supervisor
 
 
@@ -57,10 +56,10 @@ class TargetFile:
         self.path = path
         self.refused = False
         self._last: str | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._again = False
         self._said = ""
         self._watch: DirWatch | None = None
+        # A look at the file; changes that come while one is applied wait for it.
+        self.changed = Rerun(self._apply)
 
     def start(self) -> None:
         self._watch = DirWatch(self.path.parent, self.changed)
@@ -69,27 +68,13 @@ class TargetFile:
     def close(self) -> None:
         if self._watch is not None:
             self._watch.close()
-        if self._task is not None:
-            self._task.cancel()
+        self.changed.cancel()
 
     def retry(self) -> None:
         """Look at the file again even if it did not change (a secret it lacked is set)."""
         if self.refused:
             self._last = None
             self.changed()
-
-    def changed(self) -> None:
-        """Schedule a look at the file; changes that come while one is applied wait."""
-        if self._task is not None and not self._task.done():
-            self._again = True
-            return
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        self._again = True
-        while self._again:
-            self._again = False
-            await self._apply()
 
     async def _apply(self) -> None:
         source = str(self.path)
@@ -193,8 +178,7 @@ class SecretsDir:
         self.on_synced = on_synced
         self._said: set[str] = set()
         self._watch: DirWatch | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._again = False
+        self.changed = Rerun(self._sync)
 
     def load(self) -> list[str]:
         """Store every secret of the directory; the names whose value changed.  Each
@@ -221,30 +205,22 @@ class SecretsDir:
     def close(self) -> None:
         if self._watch is not None:
             self._watch.close()
-        if self._task is not None:
-            self._task.cancel()
+        self.changed.cancel()
 
-    def changed(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._again = True
-            return
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        self._again = True
-        while self._again:
-            self._again = False
-            changed = self.load()
-            if not changed:
-                continue
-            self.supervisor.events.emit(
-                "", "secrets", f"{', '.join(changed)} changed in {self.directory}")
-            try:
-                await self.supervisor.targets.secrets_changed(changed)
-            except Conflict:
-                return  # shutting down
-            if self.on_synced is not None:
-                self.on_synced(changed)
+    async def _sync(self) -> bool:
+        """Store what changed and roll it out; False when the supervisor is shutting down."""
+        changed = self.load()
+        if not changed:
+            return True
+        self.supervisor.events.emit(
+            "", "secrets", f"{', '.join(changed)} changed in {self.directory}")
+        try:
+            await self.supervisor.targets.secrets_changed(changed)
+        except Conflict:
+            return False
+        if self.on_synced is not None:
+            self.on_synced(changed)
+        return True
 
     def _read(self, problems: list[str]) -> dict[str, str]:
         """Name -> value for every file that can be a secret; a line per problem."""

@@ -1,20 +1,17 @@
-"""Atomic state files: a kill at any instant leaves the previous or the next version.
-
-Each write goes to a temporary file in the same directory, is fsynced, renamed over the
-old file, and the directory is fsynced, so the rename itself survives a power loss.  The
-directory is made when missing (a fresh state directory has none of ``run/`` yet).  A
-write that fails (a full disk, an I/O error) removes its temporary file and raises
-:class:`~corral.errors.StateWriteFailed`: the old file is intact, and the caller refuses
-the change.
+"""The supervisor's state files: a kill at any instant leaves the previous or the next
+version (:mod:`corral.atomic`: temp file, fsync, rename, fsync of the directory; the
+directory made if missing).  A write that fails (a full disk, an I/O error) removes its temp
+file and raises :class:`~corral.errors.StateWriteFailed`: the old file is intact, and the
+caller refuses the change.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from corral import atomic
 from corral.errors import StateWriteFailed
 
 
@@ -25,32 +22,10 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     Raises:
         StateWriteFailed: nothing was replaced; the temp file is gone.
     """
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+        atomic.write(path, data, mode)
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise StateWriteFailed(path, exc) from None
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass  # the new file is in place; only its durability across a power loss is unsure
 
 
 def read_json(path: Path, default: Any) -> Any:

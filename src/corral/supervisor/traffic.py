@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from corral.balancer.ports import PortAllocator, PortsExhausted
-from corral.errors import CorralError, SpawnFailed, StateWriteFailed
+from corral.errors import CorralError, LauncherError, SpawnFailed, StateWriteFailed
 from corral.spec import Problem, ProcessSpec, ServiceSpec, Target, refuse
 from corral.states import HealthState, ServiceState
 from corral.store import subst
@@ -207,7 +207,7 @@ class Traffic:
             return
         for name, reason in errors.items():
             if reason:
-                self._events.emit("", "balancer", f"service {name} cannot listen: {reason}")
+                self._events.emit("", "balancer", f"service {name}: {reason}")
 
     async def drain(self, inst: Instance) -> None:
         """Take ``inst`` out of the balancer: no new connections, then wait until its open
@@ -246,7 +246,7 @@ class Traffic:
         try:
             refused = await self.balancer.validate_bind(proxied) if proxied else {}
         except CorralError as exc:
-            refused = {s.name: str(exc) for s in proxied}
+            refused = {s.name: f"cannot listen on {s.on}: {exc}" for s in proxied}
         bound: list[str] = []
         launcher = self._launcher()
         for i, svc in fresh:
@@ -256,10 +256,12 @@ class Traffic:
                 try:
                     await launcher.listen(svc.name, svc.bind_host, svc.port)
                     bound.append(svc.name)
-                except CorralError as exc:
+                except LauncherError as exc:  # ListenFailed: one line naming the address
                     reason = str(exc)
+                except CorralError as exc:
+                    reason = f"cannot listen on {svc.on}: {exc}"
             if reason:
-                problems.append((("services", i, "on"), f"cannot listen on {svc.on}: {reason}"))
+                problems.append((("services", i, "on"), reason))
         if problems or not hold:
             for name in bound:
                 if name not in current:

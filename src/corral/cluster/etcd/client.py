@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 import httpx
 
 from corral.errors import ClusterAuthError, ClusterError, ClusterTLSError
+from corral.protocol.backoff import doubled
 
 from .settings import EtcdSettings
 from .wire import (
@@ -427,7 +428,7 @@ class Watch:
             if self._streaming:  # it was working until now: reconnect (almost) at once
                 failures, delay = 0, 0.05
             else:
-                delay = min(1.0, max(0.05, delay * 2))
+                delay = doubled(delay, 0.05, 1.0)
 
     async def _stream(self, endpoint: str) -> None:
         """Follow the watch stream on ``endpoint`` until it fails (always raises)."""
