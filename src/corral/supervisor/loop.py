@@ -24,6 +24,7 @@ from typing import Any
 
 from corral.balancer.ports import PortAllocator
 from corral.errors import Conflict, CorralError, NotFound, SpecError
+from corral.health import probes
 from corral.monitor.sampler import TreeSampler
 from corral.spec import (
     ProcessSpec,
@@ -57,6 +58,7 @@ from .sampling import Sampling
 from .targets import Targets
 from .traffic import Traffic
 from .waiting import StateWaiters
+from .watch import Probe
 from .workdirs import Workdirs
 
 
@@ -71,14 +73,18 @@ class Supervisor:
         clock: wall and monotonic time.
         base_env: the environment every process starts from.
         uniform: randomness for backoff jitter (deterministic in tests).
+        probe: runs a health check once (:func:`corral.health.probes.probe`; a fake in
+            unit tests).
     """
 
     def __init__(self, state_dir: Path, *, files: StateFiles, secrets: SecretStore,
                  resources: ResourceStore, balancer: Balancer, ports: PortAllocator,
                  sampler: TreeSampler, clock: Clock, base_env: dict[str, str],
-                 uniform: Callable[[float, float], float] = random.uniform) -> None:
+                 uniform: Callable[[float, float], float] = random.uniform,
+                 probe: Probe = probes.probe) -> None:
         self.state_dir = state_dir
         self.uniform = uniform
+        self.probe = probe
         self.clock = clock
         self.services: dict[str, Service] = {}
         self.events = EventLog(seq_file=state_dir / "event-seq.json")

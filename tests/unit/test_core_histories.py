@@ -1,0 +1,201 @@
+"""The supervisor core, driven by replayed event histories: no process, no socket.
+
+Each history is a list of steps ``(event, expected states, expected launcher requests)``:
+the event is fed to a real :class:`corral.supervisor.loop.Supervisor` built on
+:mod:`corral.testing`'s fakes (launcher, clock, health checks, sampler), then the states of
+every instance of ``web`` (by index) and the requests the launcher received meanwhile are
+compared with the step's.  Events:
+
+- ``("attach",)``: the supervisor attaches to the launcher (adopting what it runs);
+- ``("exit", name, code)``: the launcher reports that child ``name`` exited;
+- ``("advance", seconds)``: time passes (due timers fire);
+- ``("ready",)``: time passes until ``readiness: started`` calls instances ready;
+- ``("stop",)`` / ``("start",)``: ``svc stop web`` / ``svc start web``;
+- ``("health", index, state)``: from now on instance ``index``'s check answers ``state``;
+- ``("usage", index, rss)``: instance ``index``'s tree uses ``rss`` bytes;
+- ``("spawn_fails", name)``: the launcher refuses the next spawns of ``name``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.health.probes import Result
+from corral.monitor.sampler import Usage
+from corral.protocol import messages as m
+from corral.states import HealthState
+from corral.testing import Harness
+
+Step = tuple[tuple[Any, ...], list[str], list[tuple[str, Any]]]
+
+ALWAYS = """
+processes:
+  - name: web
+    command: [srv]
+    restart: {policy: always, cooldown: 10s, backoff_min: 1s, backoff_max: 8s, max_restarts: 3}
+"""
+
+ON_FAILURE = """
+processes:
+  - name: web
+    command: [srv]
+    restart: {policy: on-failure}
+"""
+
+TWO = """
+processes:
+  - name: web
+    command: [srv]
+    instances: 2
+"""
+
+HEALTH = """
+processes:
+  - name: web
+    command: [srv]
+    readiness: health
+    start_timeout: 30s
+    health: {exec: [check], interval: 5s, timeout: 1s, retries: 3}
+    restart: {cooldown: 1s, backoff_min: 2s}
+"""
+
+LIMITS = """
+processes:
+  - name: web
+    command: [srv]
+    limits: {memory: 100MiB, grace: 10s}
+    restart: {cooldown: 1s}
+"""
+
+SPAWN, TERM = m.SPAWN, m.TERMINATE
+P = 40_000  # the fake launcher's first pid
+
+HISTORIES: dict[str, tuple[str, list[Step]]] = {
+    "start, crash, restart at once, then back off, then give up": (ALWAYS, [
+        (("attach",), ["starting"], [("List", None), (SPAWN, "web/0")]),
+        (("ready",), ["up"], []),
+        # young deaths: the first restarts at once, the next ones back off ...
+        (("exit", "web/0", 1), ["starting"], [(SPAWN, "web/0")]),
+        (("exit", "web/0", 1), ["backoff"], []),
+        (("advance", 0.9), ["backoff"], []),
+        (("advance", 0.1), ["starting"], [(SPAWN, "web/0")]),
+        (("exit", "web/0", 1), ["backoff"], []),
+        (("advance", 3), ["starting"], [(SPAWN, "web/0")]),
+        # ... and past max_restarts young deaths in a row it is failed, and stays so
+        (("exit", "web/0", 1), ["failed"], []),
+        (("advance", 60), ["failed"], []),
+    ]),
+    "a run past the cooldown restarts at once and forgets the streak": (ALWAYS, [
+        (("attach",), ["starting"], [("List", None), (SPAWN, "web/0")]),
+        (("exit", "web/0", 1), ["starting"], [(SPAWN, "web/0")]),
+        (("exit", "web/0", 1), ["backoff"], []),
+        (("advance", 1), ["starting"], [(SPAWN, "web/0")]),
+        (("advance", 10), ["up"], []),
+        (("exit", "web/0", 1), ["starting"], [(SPAWN, "web/0")]),
+    ]),
+    "on-failure: a clean exit stays down, a failure restarts": (ON_FAILURE, [
+        (("attach",), ["starting"], [("List", None), (SPAWN, "web/0")]),
+        (("exit", "web/0", 2), ["starting"], [(SPAWN, "web/0")]),
+        (("exit", "web/0", 0), ["down"], []),
+        (("advance", 120), ["down"], []),
+    ]),
+    "stop and start": (TWO, [
+        (("attach",), ["starting", "starting"],
+         [("List", None), (SPAWN, "web/0"), (SPAWN, "web/1")]),
+        (("ready",), ["up", "up"], []),
+        (("stop",), ["down", "down"], [(TERM, P), (TERM, P + 1)]),
+        (("advance", 120), ["down", "down"], []),
+        (("start",), ["starting", "starting"], [(SPAWN, "web/0"), (SPAWN, "web/1")]),
+    ]),
+    "a stop while backing off cancels the restart": (ALWAYS, [
+        (("attach",), ["starting"], [("List", None), (SPAWN, "web/0")]),
+        (("exit", "web/0", 1), ["starting"], [(SPAWN, "web/0")]),
+        (("exit", "web/0", 1), ["backoff"], []),
+        (("stop",), ["down"], []),
+        (("advance", 60), ["down"], []),
+    ]),
+    "a refused spawn backs off like a crash": (ALWAYS, [
+        (("spawn_fails", "web/0"), [], []),
+        (("attach",), ["backoff"], [("List", None), (SPAWN, "web/0")]),
+        (("advance", 1), ["backoff"], [(SPAWN, "web/0")]),
+    ]),
+    "health: a failing check restarts only after `retries` failures": (HEALTH, [
+        # the first check runs at once and passes: ready
+        (("attach",), ["up"], [("List", None), (SPAWN, "web/0")]),
+        (("health", 0, HealthState.CRITICAL), ["up"], []),
+        (("advance", 5), ["up"], []),                 # one failure ...
+        (("advance", 5), ["up"], []),                 # two ...
+        # three: stopped for the fault; it ran past its cooldown, so it starts again
+        (("advance", 5), ["starting"], [(TERM, P), (SPAWN, "web/0")]),
+        (("advance", 5), ["starting"], []),           # a new process must pass first
+        (("health", 0, HealthState.OK), ["starting"], []),
+        (("advance", 5), ["up"], []),
+    ]),
+    "health: a start that never passes fails after start_timeout": (HEALTH, [
+        (("health", 0, HealthState.CRITICAL), [], []),
+        (("attach",), ["starting"], [("List", None), (SPAWN, "web/0")]),
+        (("advance", 25), ["starting"], []),          # failures while starting do not count
+        (("advance", 5), ["starting"], [(TERM, P), (SPAWN, "web/0")]),  # 30 s: too late
+    ]),
+    "limits: over memory restarts only once the grace is over": (LIMITS, [
+        (("attach",), ["starting"], [("List", None), (SPAWN, "web/0")]),
+        (("ready",), ["up"], []),
+        (("usage", 0, 200 * 2**20), ["up"], []),
+        (("advance", 2), ["up"], []),                 # over since this round
+        (("advance", 8), ["up"], []),                 # 8 s over: within the grace
+        (("usage", 0, 10 * 2**20), ["up"], []),
+        (("advance", 2), ["up"], []),                 # back under: the grace starts again
+        (("usage", 0, 200 * 2**20), ["up"], []),
+        (("advance", 2), ["up"], []),
+        (("advance", 10), ["starting"], [(TERM, P), (SPAWN, "web/0")]),
+    ]),
+}
+
+
+async def _feed(harness: Harness, event: tuple[Any, ...]) -> None:
+    kind, *args = event
+    sup, launcher = harness.supervisor, harness.launcher
+    if kind == "attach":
+        await harness.attach()
+    elif kind == "exit":
+        launcher.exit(args[0], exit_code=args[1])
+    elif kind == "advance":
+        await harness.advance(args[0])
+    elif kind == "ready":
+        await harness.advance(max(s.spec.start_seconds for s in sup.services.values()))
+    elif kind in ("stop", "start"):
+        command = sup.commands.stop if kind == "stop" else sup.commands.start
+        harness.command(command("web"))
+    elif kind == "health":
+        harness.probes.answer("web", args[0], Result(args[1], args[1].value))
+    elif kind == "usage":
+        pid = harness.instances("web")[args[0]].pid
+        assert pid is not None
+        harness.sampler.readings[pid] = Usage(0.0, args[1], 1)
+    elif kind == "spawn_fails":
+        launcher.spawn_errors[args[0]] = m.E_EXEC_FAILED
+    else:
+        raise AssertionError(f"unknown event {event}")
+    await harness.settle()
+
+
+def replay(tmp_path: Path, target: str, steps: list[Step]) -> None:
+    """Feed each step's event, then check the states and the requests it led to."""
+    harness = Harness(tmp_path / "state", target)
+
+    async def scenario() -> None:
+        for number, (event, states, requests) in enumerate(steps):
+            await _feed(harness, event)
+            seen = (harness.states("web") if "web" in harness.supervisor.services else [],
+                    harness.launcher.take())
+            assert seen == (states, requests), f"step {number}: {event}"
+
+    harness.run(scenario())
+
+
+@pytest.mark.parametrize("name", list(HISTORIES))
+def test_history(tmp_path: Path, name: str) -> None:
+    replay(tmp_path, *HISTORIES[name])
