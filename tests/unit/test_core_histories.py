@@ -3,17 +3,23 @@
 Each history is a list of steps ``(event, expected states, expected launcher requests)``:
 the event is fed to a real :class:`corral.supervisor.loop.Supervisor` built on
 :mod:`corral.testing`'s fakes (launcher, clock, health checks, sampler), then the states of
-every instance of ``web`` (by index) and the requests the launcher received meanwhile are
-compared with the step's.  Events:
+every instance of ``web`` (by index; or of each named service) and the requests the
+launcher received meanwhile are compared with the step's.  Events:
 
 - ``("attach",)``: the supervisor attaches to the launcher (adopting what it runs);
 - ``("exit", name, code)``: the launcher reports that child ``name`` exited;
+- ``("runs", name)``: the launcher runs a child ``name`` (before an attach);
 - ``("advance", seconds)``: time passes (due timers fire);
 - ``("ready",)``: time passes until ``readiness: started`` calls instances ready;
 - ``("stop",)`` / ``("start",)``: ``svc stop web`` / ``svc start web``;
+- ``("target", yaml)``: ``target set`` (a rollout, in the background);
+- ``("rollout", phase)``: checks the last rollout's phase;
 - ``("health", index, state)``: from now on instance ``index``'s check answers ``state``;
 - ``("usage", index, rss)``: instance ``index``'s tree uses ``rss`` bytes;
-- ``("spawn_fails", name)``: the launcher refuses the next spawns of ``name``.
+- ``("spawn_fails", name)``: the launcher refuses the next spawns of ``name``;
+- ``("crash",)``: the supervisor dies; a new one starts on the same state directory,
+  launcher and clock (the launcher keeps its children, and reports again the exits the
+  dead one never acknowledged).
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ import pytest
 from corral.health.probes import Result
 from corral.monitor.sampler import Usage
 from corral.protocol import messages as m
+from corral.spec import load_target
 from corral.states import HealthState
 from corral.testing import Harness
 
-Step = tuple[tuple[Any, ...], list[str], list[tuple[str, Any]]]
+# (event, states of web's instances (or of each service's, by name), launcher requests)
+Step = tuple[tuple[Any, ...], list[str] | dict[str, list[str]], list[tuple[str, Any]]]
 
 ALWAYS = """
 processes:
@@ -69,6 +77,37 @@ processes:
     limits: {memory: 100MiB, grace: 10s}
     restart: {cooldown: 1s}
 """
+
+TWO_ON_FAILURE = """
+processes:
+  - name: web
+    command: [srv]
+    instances: 2
+    restart: {policy: on-failure}
+"""
+
+V1 = """
+processes:
+  - name: web
+    command: [srv]
+    rollout_timeout: 20s
+"""
+V2 = V1.replace("[srv]", "[srv, v2]")
+# The new version has a health check (it must pass it before it takes the old one's place).
+V2_CHECKED = V2 + "    health: {exec: [check], interval: 5s, timeout: 1s}\n"
+
+PAIR = """
+processes:
+  - name: api
+    command: [api]
+    rollout_timeout: 20s
+  - name: web
+    command: [srv]
+    rollout_timeout: 20s
+    depends_on: [api]
+"""
+PAIR_V2 = PAIR.replace("[api]\n", "[api, v2]\n", 1).replace(
+    "[srv]", "[srv, v2]\n    health: {exec: [check], interval: 5s, timeout: 1s}")
 
 SPAWN, TERM = m.SPAWN, m.TERMINATE
 P = 40_000  # the fake launcher's first pid
@@ -152,6 +191,95 @@ HISTORIES: dict[str, tuple[str, list[Step]]] = {
         (("advance", 2), ["up"], []),
         (("advance", 10), ["starting"], [(TERM, P), (SPAWN, "web/0")]),
     ]),
+    # ------------------------------------------------------------ reattach, adoption
+    "a new supervisor adopts what runs and replays what exited meanwhile": (TWO_ON_FAILURE, [
+        (("attach",), ["starting", "starting"],
+         [("List", None), (SPAWN, "web/0"), (SPAWN, "web/1")]),
+        (("ready",), ["up", "up"], []),
+        (("crash",), [], []),
+        # the launcher reports (again) the exit no supervisor acknowledged: it is kept
+        # until the new one has adopted what runs
+        (("exit", "web/1", 0), [], []),
+        (("attach",), ["up", "down"], [("List", None)]),   # same pid; a clean exit stays down
+        (("advance", 60), ["up", "down"], []),
+        (("exit", "web/0", 1), ["starting", "down"], [(SPAWN, "web/0")]),
+    ]),
+    "an exit while no supervisor ran that the policy restarts is restarted once attached": (
+        TWO_ON_FAILURE, [
+            (("attach",), ["starting", "starting"],
+             [("List", None), (SPAWN, "web/0"), (SPAWN, "web/1")]),
+            (("crash",), [], []),
+            (("exit", "web/0", 3), [], []),
+            (("attach",), ["starting", "up"], [("List", None), (SPAWN, "web/0")]),
+        ]),
+    "a child that is no longer wanted is stopped, not adopted": (TWO_ON_FAILURE, [
+        (("attach",), ["starting", "starting"],
+         [("List", None), (SPAWN, "web/0"), (SPAWN, "web/1")]),
+        (("crash",), [], []),
+        (("runs", "web/5"), [], []),                       # beyond the instance count
+        (("attach",), ["up", "up"], [("List", None), (TERM, P + 2)]),
+    ]),
+    # ------------------------------------------------------------------- rollouts
+    "rollout: the new version replaces the old one": (V1, [
+        (("attach",), ["starting"], [("List", None), (SPAWN, "web/0")]),
+        (("ready",), ["up"], []),
+        (("target", V2), ["starting"], [(TERM, P), (SPAWN, "web/0@1")]),
+        (("rollout", "running"), ["starting"], []),
+        (("ready",), ["up"], []),
+        (("rollout", "done"), ["up"], []),
+    ]),
+    "rollout: a new version not healthy in time is stopped and the old one is back": (V1, [
+        (("attach",), ["starting"], [("List", None), (SPAWN, "web/0")]),
+        (("ready",), ["up"], []),
+        (("health", 0, HealthState.CRITICAL), ["up"], []),
+        (("target", V2_CHECKED), ["starting"], [(TERM, P), (SPAWN, "web/0@1")]),
+        # ready (readiness: started), but never passing its check
+        (("advance", 15), ["up"], []),
+        (("rollout", "running"), ["up"], []),
+        (("advance", 5), ["starting"], [(TERM, P + 1), (SPAWN, "web/0")]),
+        (("ready",), ["up"], []),
+        (("rollout", "failed"), ["up"], []),
+    ]),
+    "rollout: a failure puts back what was already replaced": (PAIR, [
+        (("attach",), {"api": ["starting"], "web": ["down"]}, [("List", None), (SPAWN, "api/0")]),
+        (("ready",), {"api": ["up"], "web": ["starting"]}, [(SPAWN, "web/0")]),
+        (("ready",), {"api": ["up"], "web": ["up"]}, []),
+        (("health", 0, HealthState.CRITICAL), {"api": ["up"], "web": ["up"]}, []),
+        # dependencies first: api is replaced, then web
+        (("target", PAIR_V2), {"api": ["starting"], "web": ["up"]},
+         [(TERM, P), (SPAWN, "api/0@1")]),
+        (("ready",), {"api": ["up"], "web": ["starting"]}, [(TERM, P + 1), (SPAWN, "web/0@1")]),
+        (("advance", 19), {"api": ["up"], "web": ["up"]}, []),
+        # web's new version is not healthy in time: it goes and web's old one comes back;
+        # once that is ready, api is put back to its old version too
+        (("advance", 1), {"api": ["up"], "web": ["starting"]},
+         [(TERM, P + 3), (SPAWN, "web/0")]),
+        (("ready",), {"api": ["starting"], "web": ["up"]}, [(TERM, P + 2), (SPAWN, "api/0")]),
+        (("rollout", "running"), {"api": ["starting"], "web": ["up"]}, []),
+        (("ready",), {"api": ["up"], "web": ["up"]}, []),
+        (("rollout", "failed"), {"api": ["up"], "web": ["up"]}, []),
+    ]),
+    "rollout: resumed by the next supervisor after a crash": (V1, [
+        (("attach",), ["starting"], [("List", None), (SPAWN, "web/0")]),
+        (("ready",), ["up"], []),
+        (("target", V2), ["starting"], [(TERM, P), (SPAWN, "web/0@1")]),
+        (("crash",), [], []),
+        (("attach",), ["up"], [("List", None)]),           # the new version, adopted
+        (("rollout", "done"), ["up"], []),
+    ]),
+    "rollout: the next supervisor puts the old version back when the new one fails": (V1, [
+        (("attach",), ["starting"], [("List", None), (SPAWN, "web/0")]),
+        (("ready",), ["up"], []),
+        (("target", V2_CHECKED), ["starting"], [(TERM, P), (SPAWN, "web/0@1")]),
+        (("crash",), [], []),
+        (("health", 0, HealthState.CRITICAL), [], []),
+        (("attach",), ["up"], [("List", None)]),
+        (("advance", 19), ["up"], []),
+        (("rollout", "running"), ["up"], []),
+        (("advance", 1), ["starting"], [(TERM, P + 1), (SPAWN, "web/0")]),
+        (("ready",), ["up"], []),
+        (("rollout", "failed"), ["up"], []),
+    ]),
 }
 
 
@@ -162,6 +290,8 @@ async def _feed(harness: Harness, event: tuple[Any, ...]) -> None:
         await harness.attach()
     elif kind == "exit":
         launcher.exit(args[0], exit_code=args[1])
+    elif kind == "runs":
+        launcher.run(args[0])
     elif kind == "advance":
         await harness.advance(args[0])
     elif kind == "ready":
@@ -169,6 +299,11 @@ async def _feed(harness: Harness, event: tuple[Any, ...]) -> None:
     elif kind in ("stop", "start"):
         command = sup.commands.stop if kind == "stop" else sup.commands.start
         harness.command(command("web"))
+    elif kind == "target":
+        harness.command(sup.targets.apply(load_target(args[0], "test"), args[0], "test"))
+    elif kind == "rollout":
+        record = sup.rollouts.record
+        assert record is not None and record.phase.value == args[0], record
     elif kind == "health":
         harness.probes.answer("web", args[0], Result(args[1], args[1].value))
     elif kind == "usage":
@@ -183,17 +318,31 @@ async def _feed(harness: Harness, event: tuple[Any, ...]) -> None:
 
 
 def replay(tmp_path: Path, target: str, steps: list[Step]) -> None:
-    """Feed each step's event, then check the states and the requests it led to."""
-    harness = Harness(tmp_path / "state", target)
+    """Feed each step's event, then check the states and the requests it led to.  At a
+    ``("crash",)`` step the supervisor dies (its tasks are cancelled, nothing more) and a
+    new one is built on the same state directory, launcher and clock."""
+    lives: list[list[Step]] = [[]]
+    for step in steps:
+        if step[0] == ("crash",):
+            lives.append([])
+        else:
+            lives[-1].append(step)
+    state_dir = tmp_path / "state"
+    harness = Harness(state_dir, target)
+    for life, lived in enumerate(lives):
+        if life:
+            harness = Harness(state_dir, None, clock=harness.clock, launcher=harness.launcher)
+        harness.run(_live(harness, lived, life))
 
-    async def scenario() -> None:
-        for number, (event, states, requests) in enumerate(steps):
-            await _feed(harness, event)
-            seen = (harness.states("web") if "web" in harness.supervisor.services else [],
-                    harness.launcher.take())
-            assert seen == (states, requests), f"step {number}: {event}"
 
-    harness.run(scenario())
+async def _live(harness: Harness, steps: list[Step], life: int) -> None:
+    for number, (event, states, requests) in enumerate(steps):
+        await _feed(harness, event)
+        loaded = harness.supervisor.services
+        now = ({name: harness.states(name) for name in states} if isinstance(states, dict)
+               else harness.states("web") if "web" in loaded else [])
+        seen = (now, harness.launcher.take())
+        assert seen == (states, requests), f"supervisor {life + 1}, step {number}: {event}"
 
 
 @pytest.mark.parametrize("name", list(HISTORIES))
