@@ -24,6 +24,9 @@ launcher received meanwhile are compared with the step's.  Events:
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +284,20 @@ HISTORIES: dict[str, tuple[str, list[Step]]] = {
         (("rollout", "failed"), ["up"], []),
     ]),
 }
+
+
+@pytest.fixture(autouse=True)
+def _no_process_no_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing here may start a process or bind or connect a socket: each way to do so
+    raises.  (The event loop's own wake-up socket pair is neither.)"""
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a unit test started a process or used a socket: {args}")
+
+    for owner, name in ((os, "posix_spawn"), (os, "fork"), (os, "execve"),
+                        (subprocess.Popen, "__init__"), (socket.socket, "bind"),
+                        (socket.socket, "connect"), (socket.socket, "connect_ex"),
+                        (socket.socket, "sendto")):
+        monkeypatch.setattr(owner, name, refused)
 
 
 async def _feed(harness: Harness, event: tuple[Any, ...]) -> None:
