@@ -129,6 +129,7 @@ HISTORIES: dict[str, tuple[str, list[Step]]] = {
         # ... and past max_restarts young deaths in a row it is failed, and stays so
         (("exit", "web/0", 1), ["failed"], []),
         (("advance", 60), ["failed"], []),
+        (("start",), ["starting"], [(SPAWN, "web/0")]),     # until a user starts it
     ]),
     "a run past the cooldown restarts at once and forgets the streak": (ALWAYS, [
         (("attach",), ["starting"], [("List", None), (SPAWN, "web/0")]),
