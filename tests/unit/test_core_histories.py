@@ -17,6 +17,8 @@ launcher received meanwhile are compared with the step's.  Events:
 - ``("health", index, state)``: from now on instance ``index``'s check answers ``state``;
 - ``("usage", index, rss)``: instance ``index``'s tree uses ``rss`` bytes;
 - ``("spawn_fails", name)``: the launcher refuses the next spawns of ``name``;
+- ``("hooks", (hook, index), ...)``: checks the hooks run since the last such check;
+- ``("hook_fails", hook)`` / ``("hook_works", hook)``: how ``hook`` ends from now on;
 - ``("crash",)``: the supervisor dies; a new one starts on the same state directory,
   launcher and clock (the launcher keeps its children, and reports again the exits the
   dead one never acknowledged).
@@ -112,6 +114,14 @@ processes:
 PAIR_V2 = PAIR.replace("[api]\n", "[api, v2]\n", 1).replace(
     "[srv]", "[srv, v2]\n    health: {exec: [check], interval: 5s, timeout: 1s}")
 
+HOOKS = """
+processes:
+  - name: web
+    command: [srv]
+    restart: {cooldown: 1s, backoff_min: 2s}
+    hooks: {init: prepare, post_run: announce, post_stop: clean}
+"""
+
 SPAWN, TERM = m.SPAWN, m.TERMINATE
 P = 40_000  # the fake launcher's first pid
 
@@ -194,6 +204,29 @@ HISTORIES: dict[str, tuple[str, list[Step]]] = {
         (("usage", 0, 200 * 2**20), ["up"], []),
         (("advance", 2), ["up"], []),
         (("advance", 10), ["starting"], [(TERM, P), (SPAWN, "web/0")]),
+    ]),
+    "hooks: init before a start asked for, post_run once ready, post_stop after a stop": (
+        HOOKS, [
+            (("attach",), ["starting"], [("List", None), (SPAWN, "web/0")]),
+            (("hooks", ("init", 0)), ["starting"], []),
+            (("ready",), ["up"], []),
+            (("hooks", ("post_run", 0)), ["up"], []),
+            # a crash restart runs no init hook
+            (("exit", "web/0", 1), ["starting"], [(SPAWN, "web/0")]),
+            (("ready",), ["up"], []),
+            (("hooks", ("post_run", 0)), ["up"], []),
+            (("stop",), ["down"], [(TERM, P + 1)]),
+            (("hooks", ("post_stop", 0)), ["down"], []),
+            (("start",), ["starting"], [(SPAWN, "web/0")]),
+            (("hooks", ("init", 0)), ["starting"], []),
+        ]),
+    "hooks: an init hook that fails backs off like a crash": (HOOKS, [
+        (("hook_fails", "init"), [], []),
+        (("attach",), ["backoff"], [("List", None)]),
+        (("hooks", ("init", 0)), ["backoff"], []),
+        (("hook_works", "init"), ["backoff"], []),
+        (("advance", 2), ["starting"], [(SPAWN, "web/0")]),
+        (("hooks", ("init", 0)), ["starting"], []),
     ]),
     # ------------------------------------------------------------ reattach, adoption
     "a new supervisor adopts what runs and replays what exited meanwhile": (TWO_ON_FAILURE, [
@@ -328,6 +361,12 @@ async def _feed(harness: Harness, event: tuple[Any, ...]) -> None:
         pid = harness.instances("web")[args[0]].pid
         assert pid is not None
         harness.sampler.readings[pid] = Usage(0.0, args[1], 1)
+    elif kind == "hooks":
+        assert harness.hooks.take() == [(hook, "web", index) for hook, index in args]
+    elif kind == "hook_fails":
+        harness.hooks.failing.add(args[0])
+    elif kind == "hook_works":
+        harness.hooks.failing.discard(args[0])
     elif kind == "spawn_fails":
         launcher.spawn_errors[args[0]] = m.E_EXEC_FAILED
     else:

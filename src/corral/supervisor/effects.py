@@ -19,7 +19,7 @@ from corral.states import Desired, HealthState, ServiceState
 from . import notify, policy, spawn_request
 from .clock import Clock
 from .events import rfc3339
-from .hooks import HookResult, run_hook
+from .hooks import HookResult
 from .identity import identity
 from .instance import Instance
 from .launcher_client import Message, check
@@ -163,9 +163,10 @@ class Effects:
         if inst.pid is not None:
             env["CORRAL_PID"] = str(inst.pid)
         user, group = identity(spec)
-        result = await run_hook(hook, command, env=env, cwd=self._core.workdirs.cwd(inst, spec),
-                                user=user, group=group, timeout=spec.hooks.timeout,
-                                log=paths.logs_dir(self._core.state_dir) / f"{spec.name}.log")
+        result = await self._core.run_hook(
+            hook, command, env=env, cwd=self._core.workdirs.cwd(inst, spec), user=user,
+            group=group, timeout=spec.hooks.timeout,
+            log=paths.logs_dir(self._core.state_dir) / f"{spec.name}.log")
         self._core.events.emit(inst.service, "hook", result.summary, instance=inst.index,
                          pid=inst.pid, last_lines=self._core.redact(result.output))
         return result

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,14 @@ from corral.states import (
 from corral.store.resources import ResourceStore
 from corral.store.secrets import SecretStore, parse_env_file
 
-from . import graph, machine, policy, reconcile
+from . import graph, hooks, machine, policy, reconcile
 from .balancing import Balancer
 from .clock import Clock
 from .commands import Commands
 from .effects import EXIT_TRIGGERS, Effects, exit_record
 from .environment import Environment
 from .events import EventLog
+from .hooks import HookResult
 from .instance import Instance, Service, parse_launcher_name
 from .launcher_client import LauncherClient, Message
 from .liveness import Liveness
@@ -75,16 +76,19 @@ class Supervisor:
         uniform: randomness for backoff jitter (deterministic in tests).
         probe: runs a health check once (:func:`corral.health.probes.probe`; a fake in
             unit tests).
+        run_hook: runs a hook (:func:`.hooks.run_hook`; a fake in unit tests).
     """
 
     def __init__(self, state_dir: Path, *, files: StateFiles, secrets: SecretStore,
                  resources: ResourceStore, balancer: Balancer, ports: PortAllocator,
                  sampler: TreeSampler, clock: Clock, base_env: dict[str, str],
                  uniform: Callable[[float, float], float] = random.uniform,
-                 probe: Probe = probes.probe) -> None:
+                 probe: Probe = probes.probe,
+                 run_hook: Callable[..., Awaitable[HookResult]] = hooks.run_hook) -> None:
         self.state_dir = state_dir
         self.uniform = uniform
         self.probe = probe
+        self.run_hook = run_hook
         self.clock = clock
         self.services: dict[str, Service] = {}
         self.events = EventLog(seq_file=state_dir / "event-seq.json")

@@ -15,8 +15,9 @@ Example::
 The :class:`Supervisor` is the real one (machine, policy, effects, liveness, rollouts);
 only its edges are fakes: the launcher (:class:`.launcher.FakeLauncher`), the clock and
 the event loop's time (:class:`.clock.FakeClock`), health checks
-(:class:`.health.FakeProbes`) and the process-tree sampler (:class:`.sampler.FakeSampler`).
-Hooks, ``before`` scripts, resources, notify sockets and proxy services reach the real
+(:class:`.health.FakeProbes`), hooks (:class:`.hooks.FakeHooks`) and the process-tree
+sampler (:class:`.sampler.FakeSampler`).  ``before`` scripts and resources (a fresh
+working directory, made in a thread), notify sockets and proxy services reach the real
 world: a scenario that uses them is an integration test, not one of these.
 """
 
@@ -37,6 +38,7 @@ from corral.supervisor.persistence import StateFiles
 
 from .clock import FakeClock, FakeLoop
 from .health import FakeProbes
+from .hooks import FakeHooks
 from .launcher import FakeLauncher
 from .sampler import FakeSampler
 
@@ -63,6 +65,7 @@ class Harness:
         self.launcher = launcher or FakeLauncher(self.clock)
         self.probes = FakeProbes()
         self.sampler = FakeSampler()
+        self.hooks = FakeHooks()
         if target is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
             (state_dir / "target.yaml").write_text(target)
@@ -72,7 +75,7 @@ class Harness:
             resources=ResourceStore(state_dir / "resources"),
             balancer=Balancer(state_dir, {}), ports=PortAllocator(), sampler=self.sampler,
             clock=self.clock, base_env={"PATH": "/usr/bin:/bin"},
-            uniform=lambda low, high: low, probe=self.probes)
+            uniform=lambda low, high: low, probe=self.probes, run_hook=self.hooks)
         self.launcher.on_exit = self.supervisor.on_exit
         self.commands: list[asyncio.Task[Any]] = []
         self.supervisor.load_state()
