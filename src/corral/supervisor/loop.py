@@ -376,9 +376,9 @@ class Supervisor:
             if self.traffic.target_services:
                 self.traffic.dirty()
         elif action in (Action.POST_RUN, Action.POST_STOP):
-            hooks = self.spec_of(inst).hooks if inst.service in self.services else None
-            command = (None if hooks is None
-                       else hooks.post_run if action is Action.POST_RUN else hooks.post_stop)
+            own = self.spec_of(inst).hooks if inst.service in self.services else None
+            command = (None if own is None
+                       else own.post_run if action is Action.POST_RUN else own.post_stop)
             if command:
                 self.background(self.effects.hook_later(inst, action.value, command))
         elif action is Action.RELEASE:
