@@ -212,7 +212,9 @@ def test_watchdog_restarts_a_process_that_stops_pinging(corral: Corral, tmp_path
         "    time.sleep(0.1)\n")
     load(corral, tmp_path, "stuck", f"command: [{PY}, {script}, '3']\nwatchdog: 500ms\n")
     load(corral, tmp_path, "alive", f"command: [{PY}, {script}, '1000000']\nwatchdog: 500ms\n")
-    first = corral.status("stuck")["pid"]
+    # Its first pid, from its first spawn: by the time a status is read (after loading
+    # "alive", on a loaded machine) it may already be restarting, with no pid.
+    first = next(e for e in events(corral, "stuck") if e["kind"] == "spawn")["pid"]
     event = wait_for(lambda: [e for e in events(corral, "stuck") if e["kind"] == "watchdog"],
                      30, "a watchdog event")[0]
     assert "WATCHDOG=1" in event["reason"] and event["pid"] == first

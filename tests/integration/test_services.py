@@ -87,6 +87,21 @@ def test_crash_loop_backs_off_then_fails_at_max_restarts(corral: Corral, tmp_pat
     assert "crasher" in human and "failed" in human
 
 
+def test_a_user_starts_a_failed_service_again(corral: Corral, tmp_path: Path) -> None:
+    """A service the restart policy gave up on stays failed until a user starts it: then
+    it runs again (here it has been fixed meanwhile: a file it needs is there)."""
+    needed = tmp_path / "config"
+    spec = tmp_path / "flaky.yaml"
+    spec.write_text(f"name: flaky\ncommand: [{PY}, -c, 'import os, sys, time; "
+                    f"sys.exit(3) if not os.path.exists(\"{needed}\") else time.sleep(1000)']\n"
+                    "restart: {backoff_min: 0s, backoff_max: 0s, max_restarts: 1}\n")
+    corral.ok("svc", "load", "-f", str(spec))
+    corral.wait_state("flaky", "failed")
+    needed.write_text("fixed\n")
+    corral.ok("svc", "start", "flaky")
+    assert corral.wait_state("flaky", "up")["pid"]
+
+
 def test_restart_policies(corral: Corral) -> None:
     """`never` leaves a finished service down; `on-failure` restarts only failures."""
     corral.ok("svc", "load", "once", "--restart", "never", "--", PY, "-c", "pass")

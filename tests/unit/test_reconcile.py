@@ -150,9 +150,13 @@ def test_settled_instances_are_not_restarted(state: S) -> None:
     assert plan({"web": Want(1, up=True)}, {("web", 0): Seen(state, stays_down=True)}) == []
 
 
-def test_failed_instance_is_not_restarted() -> None:
-    """A failed instance stays failed until a user starts it."""
-    assert plan({"web": Want(1, up=True)}, {("web", 0): Seen(S.FAILED)}) == []
+def test_a_failed_instance_a_user_starts_is_started() -> None:
+    """A failed instance is left down on purpose until a user starts it (which clears
+    ``stays_down``): then it is started, or waits for its dependencies."""
+    assert plan({"web": Want(1, up=True)}, {("web", 0): Seen(S.FAILED)}) == [
+        Move(Verb.START, "web", 0)]
+    assert plan({"web": Want(1, up=True, blocked_by=("db",))},
+                {("web", 0): Seen(S.FAILED)}) == [Move(Verb.WAIT, "web", 0)]
 
 
 def test_backoff_instance_is_left_to_its_timer() -> None:

@@ -1,20 +1,16 @@
 """Tests of what a rollout keeps to put things back: the record's round trip through
 ``rollout.json``, the new instance's own log lines, the secret store's kept values, the
-replacement order of a spec, and who holds a port (real sockets, real processes)."""
+and the replacement order of a spec (who holds a port, which needs real sockets and
+processes, is tests/integration/test_port_owner.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from corral.errors import SpecError
-from corral.health import owner
 from corral.spec import validate_process
 from corral.store.secrets import SecretStore
 from corral.supervisor.rollout import Change, Edit, Phase, Prior, Rollout, Step, own_lines
@@ -126,24 +122,3 @@ def test_replace_order_defaults_by_whether_it_receives_a_service(
 def test_an_unknown_replace_order_is_refused() -> None:
     with pytest.raises(SpecError, match="replace: must be one of stop-first, start-first"):
         validate_process({"name": "a", "command": "x", "replace": "sideways"}, "t")
-
-
-# --------------------------------------------------------------------- port holders
-def test_who_holds_a_port() -> None:
-    """This process listens on a port: it holds it; a child that does not listen does
-    not, and a check meant for the child can only reach this process."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
-                                 close_fds=True)
-        try:
-            assert owner.holds(port, os.getpid()) is True
-            assert owner.holds(port, child.pid) is False
-            assert owner.reaches_other(port, child.pid, os.getpid())
-            assert not owner.reaches_other(port, os.getpid(), child.pid)
-        finally:
-            child.kill()
-            child.wait()
-    assert owner.holds(port, os.getpid()) is False

@@ -19,7 +19,7 @@ from corral.states import Desired, HealthState, ServiceState
 from . import notify, policy, spawn_request
 from .clock import Clock
 from .events import rfc3339
-from .hooks import HookResult, run_hook
+from .hooks import HookResult
 from .identity import identity
 from .instance import Instance
 from .launcher_client import Message, check
@@ -34,6 +34,13 @@ EXIT_TRIGGERS = {
     policy.Verdict.RESTART_LATER: Trigger.EXIT_BACKOFF,
     policy.Verdict.STAY_DOWN: Trigger.EXIT_DOWN,
     policy.Verdict.GIVE_UP: Trigger.EXIT_GIVE_UP,
+}
+# ... and for each verdict on the end of a stop for a fault.
+STOPPED_TRIGGERS = {
+    policy.Verdict.RESTART_NOW: Trigger.STOPPED_RESTART,
+    policy.Verdict.RESTART_LATER: Trigger.STOPPED_BACKOFF,
+    policy.Verdict.STAY_DOWN: Trigger.STOPPED_DOWN,
+    policy.Verdict.GIVE_UP: Trigger.STOPPED_GIVE_UP,
 }
 
 _DEFAULT_STOP = StopSpec()
@@ -125,8 +132,6 @@ class Effects:
             decision = policy.decide_spawn_failure(spec.restart, inst.streak, result.summary,
                                                    self._core.uniform)
             inst.streak, inst.delay = decision.streak, decision.delay
-            if decision.verdict is policy.Verdict.GIVE_UP:
-                inst.stays_down = True
             self._core.feed(inst, EXIT_TRIGGERS[decision.verdict], decision.reason)
             return
         inst.init_done = True
@@ -158,10 +163,10 @@ class Effects:
         if inst.pid is not None:
             env["CORRAL_PID"] = str(inst.pid)
         user, group = identity(spec)
-        result = await run_hook(hook, command, env=env, cwd=self._core.workdirs.cwd(inst, spec),
-                                user=user, group=group, timeout=spec.hooks.timeout,
-                                log=paths.service_log(self._core.state_dir, spec.name),
-                                clock=self._core.clock)
+        result = await self._core.run_hook(
+            hook, command, env=env, cwd=self._core.workdirs.cwd(inst, spec), user=user,
+            group=group, timeout=spec.hooks.timeout,
+            log=paths.service_log(self._core.state_dir, spec.name), clock=self._core.clock)
         self._core.events.emit(inst.service, "hook", result.summary, instance=inst.index,
                          pid=inst.pid, last_lines=self._core.redact(result.output))
         return result
@@ -207,8 +212,6 @@ class Effects:
             decision = policy.decide_spawn_failure(service.spec.restart, inst.streak, why,
                                                    self._core.uniform)
             inst.streak, inst.delay = decision.streak, decision.delay
-            if decision.verdict is policy.Verdict.GIVE_UP:
-                inst.stays_down = True
             self._core.events.emit(inst.service, "spawn_failed", decision.reason,
                              instance=inst.index, delay_s=decision.delay)
             self._core.feed(inst, EXIT_TRIGGERS[decision.verdict], decision.reason)
@@ -325,21 +328,12 @@ class Effects:
         decision = policy.decide_restart(service.spec.restart, why, ran_for, inst.streak,
                                          self._core.uniform)
         inst.streak, inst.delay = decision.streak, decision.delay
-        if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
-            inst.stays_down = True
         blocked = self._core.restart_blocked(service, decision.verdict)
         if blocked:
-            inst.held = True
-            self._core.feed(inst, Trigger.STOPPED, f"{why}; waiting for {', '.join(blocked)} "
-                                           "to be ready")
-        elif decision.verdict is policy.Verdict.RESTART_NOW:
-            self._core.feed(inst, Trigger.STOPPED_RESTART, decision.reason)
-        elif decision.verdict is policy.Verdict.RESTART_LATER:
-            self._core.feed(inst, Trigger.STOPPED_BACKOFF, decision.reason)
-        elif decision.verdict is policy.Verdict.GIVE_UP:
-            self._core.feed(inst, Trigger.STOPPED_GIVE_UP, decision.reason)
+            self._core.feed(inst, Trigger.STOPPED_WAIT, f"{why}; waiting for "
+                            f"{', '.join(blocked)} to be ready")
         else:
-            self._core.feed(inst, Trigger.STOPPED, decision.reason)
+            self._core.feed(inst, STOPPED_TRIGGERS[decision.verdict], decision.reason)
 
     def terminate_pid(self, pid: int, spec: ProcessSpec | None) -> None:
         """Stop a process no instance owns (``spec``: how its process is stopped; None
@@ -364,7 +358,6 @@ class Effects:
         blocked = self._core.restart_blocked(service, policy.Verdict.RESTART_LATER) \
             if service is not None else ()
         if blocked:
-            inst.held = True
             self._core.feed(inst, Trigger.WAIT, f"waiting for {', '.join(blocked)} to be ready")
         else:
             self._core.feed(inst, Trigger.TIMER, "backoff over; restarting")

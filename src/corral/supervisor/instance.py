@@ -46,7 +46,7 @@ class Instance:
     service: str
     index: int
     gen: int = 0                      # the service's generation (spec version) it runs
-    state: ServiceState = ServiceState.DOWN
+    state: ServiceState = ServiceState.DOWN  # assigned only by Supervisor.feed (machine.py)
     pid: int | None = None
     started_at: float | None = None
     spawns: int = 0

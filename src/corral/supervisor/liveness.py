@@ -134,7 +134,8 @@ class Liveness:
                     update={"port": port, "service": None})})
         inst.watch = HealthWatch(health, inst.pid, self._core.environment.of(inst, spec),
                                  self._core.workdirs.cwd(inst, spec),
-                                 lambda pid, result: self._on_health(inst, pid, result))
+                                 lambda pid, result: self._on_health(inst, pid, result),
+                                 self._core.probe)
         inst.watch.user, inst.watch.group = identity(spec)
         inst.watch.start()
 

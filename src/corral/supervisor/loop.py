@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
 from corral.balancer.ports import PortAllocator
 from corral.errors import Conflict, CorralError, NotFound, SpecError
+from corral.health import probes
 from corral.monitor.sampler import TreeSampler
 from corral.spec import (
     ProcessSpec,
@@ -38,13 +39,14 @@ from corral.states import (
 from corral.store.resources import ResourceStore
 from corral.store.secrets import SecretStore, parse_env_file
 
-from . import graph, machine, policy, reconcile
+from . import graph, hooks, machine, policy, reconcile
 from .balancing import Balancer
 from .clock import Clock
 from .commands import Commands
 from .effects import EXIT_TRIGGERS, Effects, exit_record
 from .environment import Environment
 from .events import EventLog
+from .hooks import HookResult
 from .instance import Instance, Service, parse_launcher_name
 from .launcher_client import LauncherClient, Message
 from .liveness import Liveness
@@ -57,11 +59,8 @@ from .sampling import Sampling
 from .targets import Targets
 from .traffic import Traffic
 from .waiting import StateWaiters
+from .watch import Probe
 from .workdirs import Workdirs
-
-# The end of a Terminate: a plain stop, or one for a fault that the policy restarts.
-_STOP_ENDS = frozenset({Trigger.STOPPED, Trigger.STOPPED_RESTART, Trigger.STOPPED_BACKOFF,
-                        Trigger.STOPPED_GIVE_UP})
 
 
 class Supervisor:
@@ -75,14 +74,21 @@ class Supervisor:
         clock: wall and monotonic time.
         base_env: the environment every process starts from.
         uniform: randomness for backoff jitter (deterministic in tests).
+        probe: runs a health check once (:func:`corral.health.probes.probe`; a fake in
+            unit tests).
+        run_hook: runs a hook (:func:`.hooks.run_hook`; a fake in unit tests).
     """
 
     def __init__(self, state_dir: Path, *, files: StateFiles, secrets: SecretStore,
                  resources: ResourceStore, balancer: Balancer, ports: PortAllocator,
                  sampler: TreeSampler, clock: Clock, base_env: dict[str, str],
-                 uniform: Callable[[float, float], float] = random.uniform) -> None:
+                 uniform: Callable[[float, float], float] = random.uniform,
+                 probe: Probe = probes.probe,
+                 run_hook: Callable[..., Awaitable[HookResult]] = hooks.run_hook) -> None:
         self.state_dir = state_dir
         self.uniform = uniform
+        self.probe = probe
+        self.run_hook = run_hook
         self.clock = clock
         self.services: dict[str, Service] = {}
         self.events = EventLog(seq_file=state_dir / "event-seq.json", clock=clock)
@@ -248,7 +254,7 @@ class Supervisor:
                              instance=inst.index, pid=exited.get("pid"),
                              exit_code=exited.get("exit_code"), signal=exited.get("signal"))
             self.effects.strays_event(inst, exited)
-            self.feed(inst, Trigger.EXIT_DOWN, "exited while being replaced")
+            self.feed(inst, Trigger.EXIT_RETIRED, "exited while being replaced")
             return
         ran_for = self.clock.time() - (inst.started_at or self.clock.time())
         decision = policy.decide(service.spec.restart, exited.get("exit_code"),
@@ -257,8 +263,6 @@ class Supervisor:
         inst.delay = decision.delay
         inst.pid = None
         self.liveness.unwatch(inst)
-        if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
-            inst.stays_down = True
         reason = decision.reason
         blocked = self.restart_blocked(service, decision.verdict)
         if blocked:
@@ -282,7 +286,6 @@ class Supervisor:
             return
         record()
         if blocked:
-            inst.held = True
             self.feed(inst, Trigger.EXIT_WAIT, reason)
             return
         self.feed(inst, EXIT_TRIGGERS[decision.verdict], decision.reason)
@@ -324,55 +327,68 @@ class Supervisor:
     # ------------------------------------------------------------------- machine
     def feed(self, inst: Instance, event: Trigger, reason: str, *,
              then: Callable[[], None] | None = None) -> None:
-        """Step the instance's machine and run the actions it returns.
+        """Step the instance's machine and run the actions it returns: the one place an
+        instance's state is assigned.  A transition that changes the state records
+        ``reason``.
 
-        ``then`` runs right after the actions, before the state event and the rest of the
-        bookkeeping (``on_exit`` records a restarting exit there, after the Spawn).
+        ``then`` runs right after the actions that talk to the launcher and the timers,
+        before the bookkeeping (``on_exit`` records a restarting exit there, after the
+        Spawn).
         """
         before = inst.state
         after, actions = machine.step(before, event)
         inst.state = after
-        if event is Trigger.START:
+        if after is not before:
+            inst.reason = reason
+        # In the table's order: a restart's Spawn is on the wire before any bookkeeping.
+        for action in actions:
+            if then is not None and action in machine.BOOKKEEPING:
+                then()
+                then = None
+            self._act(inst, action, before, after, reason)
+        if then is not None:
+            then()
+
+    def _act(self, inst: Instance, action: Action, before: ServiceState,
+             after: ServiceState, reason: str) -> None:
+        """Run one of the machine's actions for ``inst`` (which went ``before`` -> ``after``)."""
+        if action is Action.SPAWN:
+            self.effects.spawn(inst)
+        elif action is Action.TERMINATE:
+            self.effects.terminate(inst)
+        elif action is Action.SCHEDULE:
+            self.effects.schedule(inst)
+        elif action is Action.CANCEL:
+            self.effects.cancel(inst)
+        elif action is Action.FRESH_START:
             if not inst.held:  # a crash restart that waited for a dependency skips init
                 inst.init_done = False  # a start asked for (not a crash restart) runs init
             inst.held = False
-        if after is not before:
-            inst.reason = reason
-        # Actions first: a restart's Spawn is on the wire before any bookkeeping.
-        for action in actions:
-            if action is Action.SPAWN:
-                self.effects.spawn(inst)
-            elif action is Action.TERMINATE:
-                self.effects.terminate(inst)
-            elif action is Action.SCHEDULE:
-                self.effects.schedule(inst)
-            elif action is Action.CANCEL:
-                self.effects.cancel(inst)
-        if then is not None:
-            then()
-        if after is not before:
+        elif action is Action.HOLD:
+            inst.held = True
+        elif action is Action.KEEP_DOWN:
+            inst.stays_down = True
+        elif action is Action.ANNOUNCE:
             self.events.emit(inst.service, "state", reason, instance=inst.index,
                              from_=before.value, to=after.value, pid=inst.pid)
             self.waiters.wake()
             if self.traffic.target_services:
                 self.traffic.dirty()
-        hooks = self.spec_of(inst).hooks if inst.service in self.services else None
-        if hooks is not None and after is not before:
-            if before is ServiceState.STARTING and after is ServiceState.UP and hooks.post_run:
-                self.background(self.effects.hook_later(inst, "post_run", hooks.post_run))
-            if event in _STOP_ENDS and hooks.post_stop:
-                self.background(self.effects.hook_later(inst, "post_stop", hooks.post_stop))
-        if after in ENDED_STATES or (
-                before is ServiceState.STOPPING and after is not before):
+        elif action in (Action.POST_RUN, Action.POST_STOP):
+            own = self.spec_of(inst).hooks if inst.service in self.services else None
+            command = (None if own is None
+                       else own.post_run if action is Action.POST_RUN else own.post_stop)
+            if command:
+                self.background(self.effects.hook_later(inst, action.value, command))
+        elif action is Action.RELEASE:
             inst.stopped()  # the stop is over, also when a restart for a fault follows it
-        if after in ENDED_STATES:
+        elif action is Action.CLOSE_NOTIFY:
             if inst.notify is not None:
                 inst.notify.close()
                 inst.notify = None
-            if after is not before:
-                self.reconcile()
-        elif after is ServiceState.UP and before is not after \
-                and inst.service in self._depended_on():
+        elif action is Action.RECONCILE:
+            self.reconcile()
+        elif action is Action.RECONCILE_DEPENDENTS and inst.service in self._depended_on():
             self.reconcile()  # a dependent may be waiting for this one
 
     def forget(self, inst: Instance) -> None:

@@ -7,15 +7,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from corral.states import Desired, ServiceState
+from corral.states import Desired
 
 from . import adoption, policy
 from .effects import exit_record
 from .instance import Instance, parse_launcher_name
 from .launcher_client import Message
+from .machine import Trigger
 
 if TYPE_CHECKING:
     from .loop import Supervisor
+
+# The machine's trigger for an exit replayed after a restart, when the policy leaves the
+# instance down (a restart needs none: it is down, and reconcile starts it).
+_AWAY = {policy.Verdict.STAY_DOWN: Trigger.AWAY_DOWN, policy.Verdict.GIVE_UP: Trigger.AWAY_GIVE_UP}
 
 
 class Reattach:
@@ -52,9 +57,10 @@ class Reattach:
             self._core.effects.terminate_pid(present.pid, service.spec)
             if present in self.watch_after_attach:
                 self.watch_after_attach.remove(present)
-        inst = Instance(service=name, index=index, gen=gen, state=ServiceState.UP, pid=pid,
+        inst = Instance(service=name, index=index, gen=gen, pid=pid,
                         started_at=float(child.get("started_at", self._core.clock.time())),
-                        reason="adopted", passed=True, spec=self._core.rollouts.pinned_spec(name, gen))
+                        passed=True, spec=self._core.rollouts.pinned_spec(name, gen))
+        self._core.feed(inst, Trigger.ADOPTED, "adopted")
         inst.spawns = max(1, int(child.get("spawns", 1)) - self._core.effects.spawn_base.get(
             inst.launcher_name, 0))
         self.adopted += 1
@@ -88,10 +94,9 @@ class Reattach:
                                  inst.streak, self._core.uniform)
         inst.last_exit = exit_record(exited, None, self._core.clock)
         inst.reason = decision.reason
-        if decision.verdict in (policy.Verdict.STAY_DOWN, policy.Verdict.GIVE_UP):
-            inst.stays_down = True
-            inst.state = (ServiceState.FAILED if decision.verdict is policy.Verdict.GIVE_UP
-                          else ServiceState.DOWN)
+        away = _AWAY.get(decision.verdict)
+        if away is not None:
+            self._core.feed(inst, away, decision.reason)
         self._core.events.emit(name, "exit", f"{decision.reason} (while no supervisor ran)",
                          instance=index, pid=exited.get("pid"),
                          exit_code=exited.get("exit_code"), signal=exited.get("signal"))

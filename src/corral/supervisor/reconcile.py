@@ -47,6 +47,9 @@ class Move:
     index: int
 
 
+# Down or failed: started when wanted, unless left down on purpose (a failed instance
+# always is, until a user starts it).
+_AT_REST = frozenset({S.DOWN, S.FAILED})
 _STOPPABLE = frozenset({S.STARTING, S.UP, S.UNHEALTHY, S.BACKOFF, S.FAILED})
 
 
@@ -65,7 +68,7 @@ def plan(wanted: Mapping[str, Want], observed: Mapping[tuple[str, int], Seen]) -
             continue
         for index in range(want.instances):
             have = observed.get((service, index))
-            if have is None or (have.state == S.DOWN and not have.stays_down):
+            if have is None or (have.state in _AT_REST and not have.stays_down):
                 verb = Verb.WAIT if want.blocked_by else Verb.START
                 steps.append(Move(verb, service, index))
     return steps

@@ -9,18 +9,23 @@ replaced is recognised and dropped.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from corral.health.probes import Result, probe
 from corral.spec import HealthSpec
 
+#: Runs a check once: ``probe(spec, env, cwd, user=..., group=...)``.
+Probe = Callable[..., Awaitable[Result]]
+
 
 class HealthWatch:
-    """Probe one instance until :meth:`stop`."""
+    """Probe one instance until :meth:`stop` (``run_probe``: how a check is run; the
+    real one by default, a fake in unit tests)."""
 
     def __init__(self, spec: HealthSpec, pid: int, env: Mapping[str, str], cwd: str | None,
-                 on_result: Callable[[int, Result], None]) -> None:
+                 on_result: Callable[[int, Result], None], run_probe: Probe = probe) -> None:
         self.spec = spec
+        self._probe = run_probe
         self.pid = pid
         self._env = env
         self._cwd = cwd
@@ -37,8 +42,8 @@ class HealthWatch:
         if self.spec.start_period > 0:
             await asyncio.sleep(self.spec.start_period)
         while True:
-            result = await probe(self.spec, self._env, self._cwd, user=self.user,
-                                 group=self.group)
+            result = await self._probe(self.spec, self._env, self._cwd, user=self.user,
+                                       group=self.group)
             self._on_result(self.pid, result)
             await asyncio.sleep(self.spec.interval)
 
