@@ -39,6 +39,7 @@ class Dispatcher:
 
     def __init__(self, launcher: Launcher) -> None:
         self.launcher = launcher
+        self.escalations: dict[int, float] = {}  # pid -> when a Terminate escalates to KILL
 
     def handle_request(self, msg: Message) -> m.Reply | None:
         """Answer one request from the supervisor (see :mod:`corral.protocol.messages`)."""
@@ -67,6 +68,8 @@ class Dispatcher:
             return None
         if kind == m.NOTIFY:
             return self._notify(msg)
+        if kind == m.UPGRADE:
+            return launcher.upgrader.request(rid)
         return m.error(rid, m.E_BAD_REQUEST, f"unknown message type {kind!r}")
 
     def _hello(self, rid: Any, theirs: Any) -> m.HelloOk | m.Error:
@@ -170,8 +173,7 @@ class Dispatcher:
                               label + b" E ")]
         for reader in readers:
             logfile.users += 1
-            launcher.reactor.sel.register(reader.fd, selectors.EVENT_READ,
-                                          self._pipe_callback(reader))
+            self.watch(reader)
         child = Child(name=req.name, pid=pid, argv=req.argv, started_at=time.time(),
                       readers=readers, cgroup=leaf, mark=mark)
         spawns = launcher.children.add(child)
@@ -187,6 +189,11 @@ class Dispatcher:
             reply["memory_max"] = cgroups.set_memory_max(leaf, req.memory_max, req.name)
             child.oom_base = cgroups.oom_kills(leaf)
         return reply
+
+    def watch(self, reader: PipeReader) -> None:
+        """Read the pipe whenever it has output, until its end."""
+        self.launcher.reactor.sel.register(reader.fd, selectors.EVENT_READ,
+                                           self._pipe_callback(reader))
 
     def _pipe_callback(self, reader: PipeReader) -> Callable[[int], None]:
         sel = self.launcher.reactor.sel
@@ -238,13 +245,21 @@ class Dispatcher:
         if signum not in (signal.SIGKILL, signal.SIGCONT):
             # A stopped process must see the signal.
             launcher.signal_all(child, signal.SIGCONT, strays)
+        self.escalate_later(child, float(timeout))
+        return None
+
+    def escalate_later(self, child: Child, delay: float) -> None:
+        """KILL ``child`` (and all that is its) ``delay`` seconds from now if it still runs."""
+        launcher = self.launcher
+        deadline = self.escalations[child.pid] = time.time() + delay
 
         def escalate() -> None:
+            if self.escalations.get(child.pid) == deadline:
+                del self.escalations[child.pid]
             if launcher.children.get(child.pid) is child:
                 child.killed = True
                 launcher.kill_all(child)
-        launcher.reactor.call_later(float(timeout), escalate)
-        return None
+        launcher.reactor.call_later(delay, escalate)
 
 
 def echo_label(name: str) -> bytes:

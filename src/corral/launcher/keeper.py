@@ -243,6 +243,8 @@ class SupervisorKeeper:
         if launcher.stopping:
             launcher.stop_remaining()
             return
+        if launcher.upgrader.on_supervisor_exit():
+            return  # it made way for the upgrade, which starts the next one
         if self.refused is not None or code == m.EXIT_INCOMPATIBLE:
             if self.refused is None:  # it found out itself (this launcher is older)
                 print(f"corral-launcher: the supervisor cannot work with this launcher or "

@@ -46,7 +46,9 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import corral
 from corral.protocol import messages as m
 from corral.protocol import paths
 
@@ -62,6 +64,7 @@ from .logfile import DropReport, LogFile, rfc3339
 from .reactor import Reactor, guard
 from .sdnotify import Notifier
 from .server import Message
+from .upgrade import Upgrader, restore, unblock_signals
 
 _PR_SET_CHILD_SUBREAPER = 36
 # Fallback stop when no supervisor can do it: TERM, then KILL after this long.
@@ -128,20 +131,33 @@ class Launcher:
         self._record_failed: int | None = None  # errno of the last failed write (said once)
         self._orphan_marks: dict[int, str | None] = {}  # re-parented pid -> its mark
         self._sweep_pending = False
+        self.upgrader = Upgrader(self)
+        self.lock_fd: int | None = None  # <state>/LOCK, held for life (kept by an upgrade)
 
     # ----------------------------------------------------------------- main loop
-    def run(self) -> int:
-        """Start the supervisor and serve until shutdown; return the exit code."""
+    def run(self, resume: dict[str, Any] | None = None) -> int:
+        """Start the supervisor and serve until shutdown; return the exit code.
+
+        ``resume``: the state of the launcher this one replaced in place (see
+        :mod:`.upgrade`): its children, pipes, logs and sockets are taken over instead
+        of starting afresh."""
+        if resume is not None:
+            resume = self._take_over(resume)
         self._setup_console()
         self.reactor.install_signals([signal.SIGCHLD, signal.SIGTERM, signal.SIGINT,
                                       signal.SIGHUP, signal.SIGQUIT])
-        self._setup_notify()
+        if resume is None:
+            self._setup_notify()
         _close_inherited_on_exec()
         if os.getpid() != 1:
             _set_child_subreaper()
-        self._stop_leftovers()
-        self._open_record()
-        self._setup_cgroups()
+        if resume is None:
+            self._stop_leftovers()
+            self._open_record()
+            self._setup_cgroups()
+        else:
+            self._after_take_over()
+        unblock_signals()  # held across an upgrade's exec; nothing is blocked otherwise
         self.keeper.start()
         while self.exit_code is None:
             self.reactor.turn(self._on_signal)
@@ -153,6 +169,47 @@ class Launcher:
         if self.record is not None:
             self.record.close()
         return self.exit_code
+
+    def _take_over(self, state: dict[str, Any]) -> dict[str, Any] | None:
+        """Restore the replaced launcher's state; None (start afresh) if that fails."""
+        try:
+            restore(self, state)
+        except Exception as exc:
+            print(f"corral-launcher: cannot take over from the launcher this one replaced "
+                  f"({exc!r}); stopping what it ran and starting afresh", file=sys.stderr)
+            self.reactor = Reactor()
+            self.children = ChildTable()
+            self.logs = {}
+            self.listeners = Listeners()
+            self.record = None
+            self.console.log = None
+            return None
+        return state
+
+    def _after_take_over(self) -> None:
+        """After an upgrade in place: what the exec cut short (exits during it, timers)."""
+        self.reap()
+        for log in self._all_logs():
+            if log.drop_since is not None:
+                self.log_dropping(log, DropReport(True, log.dropped_bytes, log.dropped_records,
+                                                  log.drop_since, log.drop_last, log.drop_error))
+        if self.notifier is not None and self.notifier.watchdog is not None:
+            self._ping_watchdog()
+        if self.cgroups is not None:
+            # Leaves released just before the exec were to be removed by its timers.
+            busy = {child.cgroup for child in self.children.values()}
+            for path in self.cgroups.stale():
+                if path not in busy:
+                    self._remove_cgroup(path, CGROUP_RMDIR_FIRST)
+        self._sweep_soon()
+
+    def resumed(self, previous: dict[str, Any]) -> None:
+        """Say that this launcher took over from ``previous`` (its release and protocol)."""
+        print(f"corral-launcher: upgraded in place (pid {self.pid}) from corral "
+              f"{previous.get('corral')} to {corral.__version__} (launcher protocol "
+              f"{previous.get('protocol')} to {m.PROTOCOL_VERSION}); {len(self.children)} "
+              f"service process{'es' if len(self.children) != 1 else ''} kept",
+              file=sys.stderr)
 
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGCHLD:
@@ -509,6 +566,8 @@ class Launcher:
                 return
             if self.keeper.sup is not None and pid == self.keeper.sup.proc.pid:
                 self.keeper.on_exit(status)
+            elif pid == self.upgrader.checking:
+                self.upgrader.on_check_exit(status)
             elif pid in self.children:
                 self._on_child_exit(self.children.remove(pid), status)
             else:

@@ -1,0 +1,118 @@
+"""`corral sup upgrade`: the launcher re-executes itself with the installed code, keeping
+its pid and every service, and no line of output is lost; installed code that cannot
+work with it is refused in one line and nothing changes.
+
+The installed code is a copy of the source tree with the protocol minor version and the
+release bumped (``build`` from test_versions), named by ``CORRAL_UPGRADE_PYTHONPATH``,
+which the launcher reads once when it starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from corral import __version__
+from corral.protocol import messages as m
+
+from .conftest import PY, Corral, pid_alive, wait_for
+from .test_reattach import COUNTER, numbers
+from .test_versions import build
+
+MAJOR = m.PROTOCOL_VERSION.split(".")[0]
+
+
+def started(corral_factory: object, root: Path) -> Corral:
+    assert callable(corral_factory)
+    corral: Corral = corral_factory()
+    corral.env["CORRAL_UPGRADE_PYTHONPATH"] = str(root)
+    corral.start()
+    corral.ok("svc", "load", "counter", "--", PY, "-u", "-c", COUNTER)
+    corral.wait_state("counter", "up")
+    return corral
+
+
+def assert_counted(corral: Corral) -> None:
+    """The counter's log holds every number once, in order, and it still counts."""
+    before = len(numbers(corral, "counter"))
+    wait_for(lambda: len(numbers(corral, "counter")) > before + 100, what="more numbers")
+    seen = numbers(corral, "counter")
+    assert seen == list(range(seen[0], seen[0] + len(seen))), "gap or duplicate in the log"
+
+
+def test_upgrade_keeps_pids_and_every_line(corral_factory: object, tmp_path: Path) -> None:
+    """Under a counter writing a line a millisecond: `sup upgrade` into a build of the next
+    minor version keeps the launcher's pid and the service's, restarts nothing, `sup
+    status` shows the new release for every part, and the log has no gap or duplicate."""
+    new = build(tmp_path, "next", f"{MAJOR}.99", "9.9.1")
+    corral = started(corral_factory, new)
+    pid = corral.status("counter")["pid"]
+    before = corral.sup_status()
+    assert before["versions"]["launcher"] == __version__
+    wait_for(lambda: len(numbers(corral, "counter")) > 200, what="the counter to count")
+
+    result = corral.run("sup", "upgrade", "--json")
+    assert result.returncode == 0, result.stderr
+    after = json.loads(result.stdout)
+    assert after["upgraded"]["to"] == {"corral": "9.9.1", "protocol": f"{MAJOR}.99"}
+    assert after["launcher_pid"] == before["launcher_pid"]
+    assert after["supervisor_pid"] != before["supervisor_pid"]
+    assert after["versions"]["launcher"] == after["versions"]["supervisor"] == "9.9.1"
+    assert after["versions"]["protocol"] == {"launcher": f"{MAJOR}.99",
+                                             "supervisor": f"{MAJOR}.99"}
+    status = corral.status("counter")
+    assert status["pid"] == pid and status["restarts"] == 0 and status["state"] == "up"
+    assert "supervisor 9.9.1" in corral.ok("sup", "status") or \
+        "9.9.1" in corral.ok("sup", "status")
+    assert_counted(corral)
+    text = corral.output.read_text()
+    assert f"upgraded in place (pid {before['launcher_pid']}) from corral {__version__} " \
+           "to 9.9.1" in text
+
+    # And once more, from the new build to itself: the hand-over state it wrote reads back.
+    again = corral.run("sup", "upgrade")
+    assert again.returncode == 0, again.stderr
+    assert f"pid {before['launcher_pid']} kept" in again.stdout
+    assert corral.status("counter")["pid"] == pid
+    assert_counted(corral)
+    assert corral.stop() == 0
+    assert not pid_alive(pid)
+
+
+def test_incompatible_upgrade_is_refused(corral_factory: object, tmp_path: Path) -> None:
+    """Installed code of the next protocol major version: one line, a non-zero exit, and
+    the launcher, the supervisor and the service all run on as they were."""
+    new = build(tmp_path, "major", f"{int(MAJOR) + 1}.0", "9.9.2")
+    corral = started(corral_factory, new)
+    pid = corral.status("counter")["pid"]
+    before = corral.sup_status()
+    result = corral.run("sup", "upgrade")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "incompatible" in lines[0] and f"'{int(MAJOR) + 1}.0'" in lines[0]
+    assert "nothing was changed" in lines[0]
+    after = corral.sup_status()
+    assert after["supervisor_pid"] == before["supervisor_pid"]
+    assert after["launcher_pid"] == before["launcher_pid"]
+    assert after["versions"] == before["versions"]
+    assert corral.status("counter")["pid"] == pid
+    assert_counted(corral)
+
+
+def test_broken_installed_code_is_refused(corral_factory: object, tmp_path: Path) -> None:
+    """Installed code that cannot even be imported: the check's last line, in one line;
+    nothing changes."""
+    new = build(tmp_path, "broken", f"{MAJOR}.99", "9.9.3")
+    (new / "corral" / "launcher" / "pid1.py").write_text("import corral_no_such_module\n")
+    corral = started(corral_factory, new)
+    pid = corral.status("counter")["pid"]
+    before = corral.sup_status()
+    result = corral.run("sup", "upgrade")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "fails its check" in lines[0] and "ModuleNotFoundError" in lines[0]
+    after = corral.sup_status()
+    assert after["supervisor_pid"] == before["supervisor_pid"]
+    assert corral.status("counter")["pid"] == pid
+    assert_counted(corral)
