@@ -16,6 +16,7 @@ from corral.protocol import messages as m
 
 from .conftest import PY, Corral, pid_alive, wait_for
 from .test_reattach import COUNTER, numbers
+from .test_traffic import APP, Client, free_port, healthy_pids, start_app
 from .test_versions import build
 
 MAJOR = m.PROTOCOL_VERSION.split(".")[0]
@@ -116,3 +117,44 @@ def test_broken_installed_code_is_refused(corral_factory: object, tmp_path: Path
     assert after["supervisor_pid"] == before["supervisor_pid"]
     assert corral.status("counter")["pid"] == pid
     assert_counted(corral)
+
+
+def test_upgrade_replaces_the_balancer_without_refusing_a_connection(
+        corral_factory: object, tmp_path: Path) -> None:
+    """A proxy service under a loop of HTTP requests (a new connection each): `sup upgrade`
+    replaces the balancer by one of the new build, which takes over its listening socket;
+    not one request fails, the app's instances keep their pids, and `sup status` shows the
+    new release for every part."""
+    new = build(tmp_path, "next", f"{MAJOR}.99", "9.9.4")
+    assert callable(corral_factory)
+    corral: Corral = corral_factory()
+    corral.env["CORRAL_UPGRADE_PYTHONPATH"] = str(new)
+    corral.start()
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    port = free_port()
+    start_app(corral, tmp_path, app, port)
+    pids = healthy_pids(corral)
+    old_balancer = corral.sup_status()["balancer"]["pid"]
+    wait_for(lambda: corral.sup_status()["versions"]["balancer"] == __version__,
+             what="the balancer's version")
+    client = Client(port)
+    client.start()
+    try:
+        wait_for(lambda: client.ok > 20, what="requests through the balancer")
+        result = corral.run("sup", "upgrade")
+        assert result.returncode == 0, result.stderr
+        assert "balancer " + __version__ + " -> 9.9.4" in result.stdout
+        count = client.ok
+        wait_for(lambda: client.ok > count + 50, what="requests after the upgrade")
+    finally:
+        client.stop()
+    assert client.failures == []
+    status = corral.sup_status()
+    assert status["versions"]["balancer"] == "9.9.4"
+    assert status["balancer"]["pid"] != old_balancer
+    assert status["balancer"]["restarts"] == 0
+    wait_for(lambda: not pid_alive(old_balancer), what="the old balancer to finish")
+    assert healthy_pids(corral) == pids
+    assert "handed 1 listening socket over to a new balancer" in \
+        (corral.state_dir / "logs" / ".balancer.log").read_text()
