@@ -189,6 +189,9 @@ class Launcher:
     def _after_take_over(self) -> None:
         """After an upgrade in place: what the exec cut short (exits during it, timers)."""
         self.reap()
+        for echo in self.console.echoes():
+            if echo.buffer:
+                self._watch_echo(echo)
         for log in self._all_logs():
             if log.drop_since is not None:
                 self.log_dropping(log, DropReport(True, log.dropped_bytes, log.dropped_records,

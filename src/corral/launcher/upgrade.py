@@ -474,10 +474,9 @@ def restore(launcher: Launcher, state: dict[str, Any]) -> None:
         for reader in readers:
             if reader.fd >= 0:
                 launcher.dispatcher.watch(reader)
-    table_hints = typing.get_type_hints(ChildTable.__init__)
     for key, value in state["table"].items():
         if hasattr(table, key):
-            setattr(table, key, decode(value, _attr_hint(table, key, table_hints)))
+            setattr(table, key, decode(value, _attr_hint(table, key)))
     table.exits._seq = int(state["exits"]["seq"])
     for message in decode(state["exits"]["pending"]):
         table.exits._pending[int(message["seq"])] = message
@@ -504,7 +503,7 @@ def restore(launcher: Launcher, state: dict[str, Any]) -> None:
     launcher.resumed(state["from"])
 
 
-def _attr_hint(table: ChildTable, key: str, hints: dict[str, Any]) -> Any:
+def _attr_hint(table: ChildTable, key: str) -> Any:
     """A container type for a table attribute JSON cannot name (Counter, OrderedDict)."""
     current = getattr(table, key)
     return type(current) if isinstance(current, (collections.Counter,
@@ -514,11 +513,7 @@ def _attr_hint(table: ChildTable, key: str, hints: dict[str, Any]) -> Any:
 def _restore_echo(echo: Echo, saved: dict[str, Any]) -> None:
     for key in _ECHO_COUNTS:
         setattr(echo, key, saved[key])
-    buffered = decode(saved["buffer"])
-    if buffered:
-        echo.buffer += buffered
-        if echo.on_pending is not None:
-            echo.on_pending(echo)
+    echo.buffer += decode(saved["buffer"])  # sent once the loop runs
 
 
 def _restore_reader(launcher: Launcher, raw: dict[str, Any],

@@ -208,7 +208,16 @@ class LauncherClient:
                 old to upgrade in place).
             Unavailable: the connection was lost first.
         """
-        reply = await self.request({"type": m.UPGRADE})
+        try:
+            reply = await self.request({"type": m.UPGRADE})
+        except LauncherError as exc:
+            if exc.launcher_code == m.E_BAD_REQUEST and "unknown message type" in str(exc):
+                which = f" (corral {self.launcher_version})" if self.launcher_version else ""
+                raise LauncherError(exc.launcher_code, (
+                    f"the launcher{which} cannot upgrade in place; restart it instead "
+                    "(corral sup stop, then corral sup run): its services restart too")) \
+                    from None
+            raise
         return {"version": reply.get("version"), "corral_version": reply.get("corral_version")}
 
     def _lost(self) -> None:
