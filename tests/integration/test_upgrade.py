@@ -158,3 +158,32 @@ def test_upgrade_replaces_the_balancer_without_refusing_a_connection(
     assert healthy_pids(corral) == pids
     assert "handed 1 listening socket over to a new balancer" in \
         (corral.state_dir / "logs" / ".balancer.log").read_text()
+
+
+def test_installed_code_that_breaks_after_its_check_falls_back(corral_factory: object,
+                                                               tmp_path: Path) -> None:
+    """Installed code that passes its check but cannot start for real (it changed since):
+    the launcher goes back to the code it ran, with the same pid and every service; `sup
+    upgrade` says so in one line and exits non-zero."""
+    new = build(tmp_path, "flaky", f"{MAJOR}.99", "9.9.6")
+    main = new / "corral" / "launcher" / "__main__.py"
+    # Only when imported with a hand-over state (the check runs it as __main__ and exits
+    # before the end of the file).
+    main.write_text(main.read_text() + '\nif os.environ.get("CORRAL_UPGRADE_STATE_FD"):\n'
+                    '    raise ImportError("this build cannot start")\n')
+    corral = started(corral_factory, new)
+    pid = corral.status("counter")["pid"]
+    before = corral.sup_status()
+    wait_for(lambda: len(numbers(corral, "counter")) > 200, what="the counter to count")
+    result = corral.run("sup", "upgrade")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"could not start corral 9.9.6 and went back to corral {__version__}" in lines[0]
+    after = corral.sup_status()
+    assert after["launcher_pid"] == before["launcher_pid"]
+    assert after["versions"] == before["versions"]
+    status = corral.status("counter")
+    assert status["pid"] == pid and status["restarts"] == 0
+    assert_counted(corral)
+    assert "this build cannot start" in corral.output.read_text()

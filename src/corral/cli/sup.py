@@ -348,7 +348,14 @@ def cmd_upgrade(args: argparse.Namespace, ctx: CommandContext) -> int:
             with contextlib.suppress(CliError):
                 _, status = client.request("GET", "/v1/status")
         versions = status.get("versions") or {}
-        if (status.get("supervisor_pid") not in (None, started["supervisor_pid"])
+        new_supervisor = status.get("supervisor_pid") not in (None, started["supervisor_pid"])
+        if new_supervisor and versions.get("launcher") == started["from"].get("launcher") \
+                and versions.get("launcher") != release:
+            raise CliError(f"the launcher could not start corral {release} and went back to "
+                           f"corral {versions.get('launcher')} (pid {status.get('launcher_pid')} "
+                           "kept, services untouched); its reason is in logs/.launcher.log in the "
+                           "state directory")
+        if (new_supervisor
                 and versions.get("launcher") == release
                 and versions.get("supervisor") == release
                 and (not had_balancer or versions.get("balancer") == release)):

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     resume: dict[str, Any] | None = None
+    os.environ.pop(upgrade.ENV_FALLBACK, None)  # the bootstrap's, not the services'
     state_fd = os.environ.pop(upgrade.ENV_STATE_FD, "")
     if state_fd.isdigit():
         try:

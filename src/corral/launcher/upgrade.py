@@ -38,8 +38,11 @@ with non-string keys and dataclasses are tagged; see :func:`encode`), so a field
 there travels without changes here, as long as it holds data (not a callable).
 
 If the ``execve`` itself fails, the launcher goes on with the code it runs and starts a
-supervisor again.  If the new code cannot take the state over (a bug), it says so, stops
-every process the children record names (nothing may run twice), and starts afresh.
+supervisor again.  If the installed code cannot be imported after all (it changed since
+the check), the exec'd :data:`BOOTSTRAP` execs the code the launcher ran, from its own
+environment, which takes the state over instead (``sup upgrade`` then says the launcher
+went back).  If the new code cannot take the state over (a bug), it says so, stops every
+process the children record names (nothing may run twice), and starts afresh.
 """
 
 from __future__ import annotations
@@ -77,6 +80,27 @@ if TYPE_CHECKING:
 ENV_STATE_FD = "CORRAL_UPGRADE_STATE_FD"
 #: The ``PYTHONPATH`` of the upgraded launcher (read once, when the launcher starts).
 ENV_PYTHONPATH = "CORRAL_UPGRADE_PYTHONPATH"
+#: The old launcher's environment (JSON), for the bootstrap to go back to.
+ENV_FALLBACK = "CORRAL_UPGRADE_FALLBACK"
+#: What the exec runs (``python -c BOOTSTRAP -m corral.launcher ARGS``: ``ps`` still says
+#: what it is): the installed launcher, or, when that cannot even be imported (changed
+#: since its check), the code this launcher ran, from its own environment, once.
+BOOTSTRAP = f"""\
+import os, sys
+del sys.argv[1:3]
+try:
+    from corral.launcher.__main__ import main
+except BaseException as exc:
+    back = os.environ.get({ENV_FALLBACK!r})
+    if not back:
+        raise
+    print(f"corral-launcher: the installed corral cannot start ({{exc!r}}); going back to "
+          "the code this launcher ran", file=sys.stderr, flush=True)
+    import json
+    os.execve(sys.executable, [sys.executable, "-m", "corral.launcher", *sys.argv[1:]],
+              json.loads(back))
+sys.exit(main())
+"""
 #: The hand-over state's format; ``--check-upgrade`` says which ones the code reads.
 STATE_VERSION = 1
 #: How long the check of the installed code may take before it is killed (and refused).
@@ -240,7 +264,12 @@ class Upgrader:
             os.set_inheritable(each, True)
         env = self.exec_env()
         env[ENV_STATE_FD] = str(fd)
-        argv = [sys.executable, "-m", "corral.launcher", *sys.argv[1:]]
+        back = dict(os.environ)
+        back[ENV_STATE_FD] = str(fd)
+        if self.pythonpath is not None:
+            back[ENV_PYTHONPATH] = self.pythonpath
+        env[ENV_FALLBACK] = json.dumps(back)
+        argv = [sys.executable, "-c", BOOTSTRAP, "-m", "corral.launcher", *sys.argv[1:]]
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         try:
             os.execve(sys.executable, argv, env)
