@@ -15,8 +15,9 @@ from corral import __version__
 from corral.protocol import messages as m
 
 from .conftest import PY, Corral, pid_alive, wait_for
+from .test_cgroup import _fs_path, needs_v2
 from .test_reattach import COUNTER, numbers
-from .test_traffic import APP, Client, free_port, healthy_pids, start_app
+from .test_traffic import APP, Client, free_port, get, healthy_pids, start_app
 from .test_versions import build
 
 MAJOR = m.PROTOCOL_VERSION.split(".")[0]
@@ -187,3 +188,34 @@ def test_installed_code_that_breaks_after_its_check_falls_back(corral_factory: o
     assert status["pid"] == pid and status["restarts"] == 0
     assert_counted(corral)
     assert "this build cannot start" in corral.output.read_text()
+
+
+@needs_v2
+def test_upgrade_keeps_held_sockets_and_cgroups(corral_factory: object,
+                                                tmp_path: Path) -> None:
+    """Socket mode, every instance in a cgroup (CORRAL_CGROUP=all): after `sup upgrade` the
+    instances are in the same cgroups, a restart hands the socket the launcher held across
+    the exec to the new instances, which serve it, and a stop removes the cgroups."""
+    new = build(tmp_path, "next", f"{MAJOR}.99", "9.9.7")
+    assert callable(corral_factory)
+    corral: Corral = corral_factory()
+    corral.env["CORRAL_UPGRADE_PYTHONPATH"] = str(new)
+    corral.start(env={"CORRAL_CGROUP": "all"})
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    port = free_port()
+    start_app(corral, tmp_path, app, port, mode="socket")
+    pids = healthy_pids(corral)
+    groups = {pid: Path(f"/proc/{pid}/cgroup").read_text() for pid in pids}
+    assert all("/corral-" in text for text in groups.values()), groups
+    result = corral.run("sup", "upgrade")
+    assert result.returncode == 0, result.stderr
+    assert {pid: Path(f"/proc/{pid}/cgroup").read_text() for pid in pids} == groups
+    corral.ok("svc", "restart", "app")
+    wait_for(lambda: len(fresh := healthy_pids(corral)) == 2 and not set(fresh) & set(pids),
+             30, "new instances")
+    assert get(port).startswith("version 1")
+    base = _fs_path(next(iter(groups.values())).strip().split("::", 1)[1]).parent
+    assert base.is_dir()
+    assert corral.stop() == 0
+    wait_for(lambda: not base.exists(), what="corral's cgroups to be removed")
