@@ -252,9 +252,15 @@ class Upgrader:
                 reader.drain()
         for echo in launcher.console.echoes():
             echo.flush()
-        state, kept = capture(launcher)
+        try:
+            state, kept = capture(launcher)
+            data = json.dumps(state, separators=(",", ":")).encode()
+        except (TypeError, ValueError) as exc:  # a field that cannot be handed over: a bug
+            print(f"corral-launcher: cannot hand the launcher's state over ({exc}); carrying "
+                  f"on with corral {corral.__version__}", file=sys.stderr)
+            launcher.keeper.start()
+            return
         fd = os.memfd_create("corral-upgrade-state", 0)
-        data = json.dumps(state, separators=(",", ":")).encode()
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -305,9 +311,11 @@ def read_state(fd: int) -> dict[str, Any]:
     finally:
         os.close(fd)
     state = json.loads(data)
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise ValueError(f"hand-over state of format {state.get('version')!r}, "
-                         f"this launcher reads {STATE_VERSION}")
+    version = state.get("version") if isinstance(state, dict) else None
+    if version != STATE_VERSION:
+        raise ValueError(f"hand-over state of format {version!r}, this launcher reads "
+                         f"{STATE_VERSION}")
+    assert isinstance(state, dict)
     return state
 
 
@@ -396,10 +404,10 @@ def _restore_log(state: dict[str, Any]) -> LogFile:
     return log
 
 
-def _reader_state(reader: PipeReader, logs: dict[int, str], console: Any) -> dict[str, Any]:
+def _reader_state(reader: PipeReader, console: Any) -> dict[str, Any]:
     state = {k: encode(v) for k, v in vars(reader).items()
              if k not in ("log", "echo", "recent")}
-    state["log"] = logs.get(id(reader.log), reader.log.path)
+    state["log"] = reader.log.path
     state["echo"] = ("stdout" if reader.echo is console.stdout else
                      "stderr" if reader.echo is console.stderr else None)
     state["recent"] = encode(reader.recent)
@@ -410,14 +418,13 @@ def capture(launcher: Launcher) -> tuple[dict[str, Any], list[int]]:
     """The launcher's whole state, and the fds that must survive the exec."""
     kept: list[int] = []
     console = launcher.console
-    logs = {id(log): path for path, log in launcher.logs.items()}
     table = launcher.children
     children = []
     for child in table.values():
         fields = {f.name: getattr(child, f.name) for f in dataclasses.fields(Child)}
         readers = fields.pop("readers")
         entry = {k: encode(v) for k, v in fields.items()}
-        entry["readers"] = [_reader_state(r, logs, console) for r in readers]
+        entry["readers"] = [_reader_state(r, console) for r in readers]
         kept += [r.fd for r in readers if r.fd >= 0]
         children.append(entry)
     extra = {k: encode(v) for k, v in vars(table).items()
