@@ -134,8 +134,17 @@ class Balancer:
         """Called for each child the launcher lists: take it if it is the balancer."""
         if child.get("name") != NAME:
             return False
+        started_at = float(child.get("started_at", time.time()))
+        if self.pid is not None and self.started_at is not None \
+                and started_at < self.started_at:
+            # An older one still finishing its connections after it handed over: its exit
+            # is reported like any replaced balancer's.
+            self._replacing = int(child["pid"])
+            return True
+        if self.pid is not None:
+            self._replacing = self.pid
         self.pid = int(child["pid"])
-        self.started_at = float(child.get("started_at", time.time()))
+        self.started_at = started_at
         self._wanted = True  # it ran, so it was wanted; keep it until told otherwise
         return True
 
