@@ -14,6 +14,9 @@ composition root of its parts:
   it does not say Hello in time; the link to it;
 - :mod:`.dispatch` -- each protocol request turned into an action and a reply;
 - :mod:`.children` -- the child table: running children, spawn counts, queued exits.
+- :mod:`.upgrade` -- ``Upgrade{}``: check the installed code, hand the whole state over
+  across ``execve`` (same pid), and take it over in the new code (:meth:`Launcher.run`
+  with ``resume``).
 
 What stays here: reaping, stopping what an instance left behind, the children record,
 reports of dropped output, and shutdown.  Exits are found by reaping on SIGCHLD, never by
