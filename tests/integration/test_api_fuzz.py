@@ -28,7 +28,8 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 
 #: The only operations left out: they end the supervisor under test (a restart would
 #: also drop the listener mid-run); the supervisor's lifecycle has its own tests.
-EXCLUDED = {"POST /v1/supervisor/restart", "POST /v1/supervisor/stop"}
+EXCLUDED = {"POST /v1/supervisor/restart", "POST /v1/supervisor/stop",
+            "POST /v1/supervisor/upgrade"}
 #: A known service name is given to these too, so that they reach past the 404; not to
 #: `scale`, whose generated boundary (1,000 instances) would test the CI box, not the API.
 NOT_WITH_KNOWN_NAME = {"POST /v1/services/{name}/scale"}

@@ -85,10 +85,10 @@ STUBBORN = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\
 class Pod:
     """The Dockerfile's entrypoint as PID 1 of a new PID namespace."""
 
-    def __init__(self, volume: Path, output: Path) -> None:
+    def __init__(self, volume: Path, output: Path, extra_env: dict[str, str] | None = None) -> None:
         spec = dockerfile()
         entry = [*spec["ENTRYPOINT"], *spec["CMD"]]  # type: ignore[misc]
-        env = {**os.environ, **spec["ENV"]}  # type: ignore[dict-item]
+        env = {**os.environ, **spec["ENV"], **(extra_env or {})}  # type: ignore[dict-item]
         # Inside: hide the host's /var/lib, put our directory where the volume goes, then
         # exec the entrypoint, which becomes PID 1 (sh was, until the exec).
         script = (f"mount -t tmpfs tmpfs /var/lib && mkdir {VOLUME} && "
@@ -181,3 +181,43 @@ def test_service_output_reaches_the_containers_stdout(pod: Pod) -> None:
     logs = pod.out.parent / "volume" / "state" / "logs"
     assert "hello from web" in (logs / "web.log").read_text()
     assert "stubborn is up" in (logs / "stubborn.log").read_text()
+
+
+def test_pid1_upgrades_in_place(tmp_path: Path) -> None:
+    """As PID 1: `sup upgrade` into another build keeps PID 1 and both services (same
+    pids), their output still reaches the container's stdout, and SIGTERM afterwards still
+    stops them gracefully with exit 0."""
+    from corral.protocol import messages as m
+
+    from .test_versions import build
+
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is needed: .ci/run installs it")
+    major = m.PROTOCOL_VERSION.split(".")[0]
+    new = build(tmp_path, "next", f"{major}.99", "9.9.5")
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "target.yaml").write_text(TARGET.format(web=json.dumps(python_cmd(WEB)),
+                                                      stubborn=json.dumps(python_cmd(STUBBORN))))
+    pod = Pod(volume, tmp_path / "stdout", {"CORRAL_UPGRADE_PYTHONPATH": str(new)})
+    try:
+        wait_for(lambda: pod.proc.poll() is not None or up(pod), 60, "both services up")
+        assert pod.proc.poll() is None, pod.err.read_text()
+        pid1 = pod.pid1()
+        pids = {str(s["name"]): s["pid"] for s in pod.status()}
+        result = pod.corral("sup", "upgrade")
+        assert result.returncode == 0, result.stderr
+        assert "upgraded to corral 9.9.5" in result.stdout
+        assert pod.pid1() == pid1
+        assert {str(s["name"]): s["pid"] for s in pod.status()} == pids
+        status = json.loads(pod.corral("sup", "status", "--json").stdout)
+        assert status["versions"]["launcher"] == "9.9.5"
+        os.kill(pid1, signal.SIGTERM)
+        assert pod.proc.wait(30) == 0
+        web = (volume / "state" / "logs" / "web.log").read_text()
+        assert "web says goodbye" in web
+        assert any(ln.startswith("web[0]") and ln.endswith("web says goodbye")
+                   for ln in pod.out.read_text().splitlines())
+        assert "Traceback" not in pod.err.read_text()
+    finally:
+        pod.kill()

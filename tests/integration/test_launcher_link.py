@@ -1,4 +1,4 @@
-"""Tests of the launcher's side of the protocol: Link, ExitQueue and Launcher.handle_request.
+"""Tests of the launcher's side of the protocol: Link, ExitQueue and Dispatcher.handle_request.
 
 Everything runs in-process over ``socket.socketpair()``; the only child processes are the
 ones a successful ``Spawn`` starts, and each test that makes one kills and reaps it.
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from corral.launcher import pid1, server
+from corral.launcher import dispatch, server
 from corral.launcher.pid1 import Launcher
 from corral.launcher.server import ExitQueue, Link
 from corral.launcher.spawn import Started
@@ -216,7 +216,7 @@ def test_handler_exception_gets_error_reply_and_link_stays_open(
 def test_unknown_message_type_gets_error_and_link_stays_open(
         pair: tuple[socket.socket, Peer], launcher: Launcher) -> None:
     """An unknown request type is answered with Error BadRequest; the link stays usable."""
-    link, peer = make_link(pair, launcher.handle_request)
+    link, peer = make_link(pair, launcher.dispatcher.handle_request)
     peer.send({"type": "Frobnicate", "id": 7}, {"type": m.LIST, "id": 8})
     link.on_readable()
     error, children = peer.receive(2)
@@ -343,27 +343,27 @@ def test_exit_queue_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [msg["seq"] for msg in queue.pending()] == [8, 9, 10]
 
 
-# ------------------------------------------------------------ Launcher.handle_request
+# ------------------------------------------------------------ Dispatcher.handle_request
 @pytest.fixture
 def launcher(tmp_path: Path) -> Iterator[Launcher]:
     launcher = Launcher(tmp_path, [])
     yield launcher
     os.close(launcher.devnull)
-    launcher.sel.close()
+    launcher.reactor.sel.close()
 
 
 @pytest.fixture
 def spawned(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Started]]:
     """Record every child the launcher starts, and kill and reap them after the test."""
     started: list[Started] = []
-    real_spawn = pid1.spawn
+    real_spawn = dispatch.spawn
 
     def recording_spawn(*args: Any, **kwargs: Any) -> Started:
         result = real_spawn(*args, **kwargs)
         started.append(result)
         return result
 
-    monkeypatch.setattr(pid1, "spawn", recording_spawn)
+    monkeypatch.setattr(dispatch, "spawn", recording_spawn)
     yield started
     for child in started:
         try:
@@ -392,21 +392,21 @@ def spawn_request(tmp_path: Path, **fields: Any) -> Message:
 
 def test_handle_unknown_type_is_bad_request(launcher: Launcher) -> None:
     """A request of a type the launcher does not know is answered with BadRequest."""
-    reply = launcher.handle_request({"type": "Reboot", "id": 11})
+    reply = launcher.dispatcher.handle_request({"type": "Reboot", "id": 11})
     assert reply is not None
     assert (reply["type"], reply["id"], reply["code"]) == (m.ERROR, 11, m.E_BAD_REQUEST)
 
 
 def test_handle_request_without_type_is_bad_request(launcher: Launcher) -> None:
     """A request with no type at all is answered with BadRequest."""
-    reply = launcher.handle_request({"id": 12})
+    reply = launcher.dispatcher.handle_request({"id": 12})
     assert reply is not None
     assert (reply["type"], reply["code"]) == (m.ERROR, m.E_BAD_REQUEST)
 
 
 def test_signal_unknown_pid_is_no_such_process(launcher: Launcher) -> None:
     """Signalling a pid the launcher did not start is refused with NoSuchProcess."""
-    reply = launcher.handle_request({"type": m.SIGNAL, "id": 2, "pid": os.getpid(),
+    reply = launcher.dispatcher.handle_request({"type": m.SIGNAL, "id": 2, "pid": os.getpid(),
                                      "signal": "HUP"})
     assert reply is not None
     assert (reply["type"], reply["id"], reply["code"]) == (m.ERROR, 2, m.E_NO_SUCH_PROCESS)
@@ -414,14 +414,14 @@ def test_signal_unknown_pid_is_no_such_process(launcher: Launcher) -> None:
 
 def test_signal_with_unknown_signal_is_bad_request(launcher: Launcher) -> None:
     """Signalling with a name that is no signal is refused with BadRequest."""
-    reply = launcher.handle_request({"type": m.SIGNAL, "id": 3, "pid": 1, "signal": "NOPE"})
+    reply = launcher.dispatcher.handle_request({"type": m.SIGNAL, "id": 3, "pid": 1, "signal": "NOPE"})
     assert reply is not None
     assert (reply["type"], reply["code"]) == (m.ERROR, m.E_BAD_REQUEST)
 
 
 def test_terminate_unknown_pid_is_already_exited(launcher: Launcher) -> None:
     """Terminating a pid that is not running reports it as already exited."""
-    reply = launcher.handle_request({"type": m.TERMINATE, "id": 4, "pid": 999_999_999,
+    reply = launcher.dispatcher.handle_request({"type": m.TERMINATE, "id": 4, "pid": 999_999_999,
                                      "signal": "TERM", "timeout": 5})
     assert reply == {"type": m.TERMINATED, "id": 4, "method": m.ALREADY_EXITED,
                      "exit_code": None, "signal": None}
@@ -429,9 +429,9 @@ def test_terminate_unknown_pid_is_already_exited(launcher: Launcher) -> None:
 
 def test_terminate_recently_exited_pid_reports_its_status(launcher: Launcher) -> None:
     """Terminating a child that just exited reports how it exited."""
-    launcher.recent_exits[4321] = {"type": m.EXITED, "name": "web", "pid": 4321,
+    launcher.children.recent_exits[4321] = {"type": m.EXITED, "name": "web", "pid": 4321,
                                    "exit_code": None, "signal": "KILL", "at": 0.0}
-    reply = launcher.handle_request({"type": m.TERMINATE, "id": 5, "pid": 4321})
+    reply = launcher.dispatcher.handle_request({"type": m.TERMINATE, "id": 5, "pid": 4321})
     assert reply is not None
     assert (reply["method"], reply["exit_code"], reply["signal"]) == (
         m.ALREADY_EXITED, None, "KILL")
@@ -441,23 +441,23 @@ def test_terminate_recently_exited_pid_reports_its_status(launcher: Launcher) ->
 def test_terminate_with_bad_fields_is_bad_request(launcher: Launcher,
                                                   fields: dict[str, Any]) -> None:
     """Terminate with a negative or non-numeric timeout or an unknown signal is refused."""
-    reply = launcher.handle_request({"type": m.TERMINATE, "id": 6, "pid": 1, **fields})
+    reply = launcher.dispatcher.handle_request({"type": m.TERMINATE, "id": 6, "pid": 1, **fields})
     assert reply is not None
     assert (reply["type"], reply["code"]) == (m.ERROR, m.E_BAD_REQUEST)
 
 
 def test_list_without_children(launcher: Launcher) -> None:
     """List on a fresh launcher answers Children with an empty list."""
-    assert launcher.handle_request({"type": m.LIST, "id": 7}) == {
+    assert launcher.dispatcher.handle_request({"type": m.LIST, "id": 7}) == {
         "type": m.CHILDREN, "id": 7, "children": [], "listeners": []}
 
 
 def test_ack_forgets_exits_and_sends_no_reply(launcher: Launcher) -> None:
     """An Ack is not answered and drops the acknowledged exits from the replay queue."""
     for pid in (1, 2, 3):
-        launcher.exits.add(exited(pid))
-    assert launcher.handle_request({"type": m.ACK, "seq": 2}) is None
-    assert [msg["seq"] for msg in launcher.exits.pending()] == [3]
+        launcher.children.exits.add(exited(pid))
+    assert launcher.dispatcher.handle_request({"type": m.ACK, "seq": 2}) is None
+    assert [msg["seq"] for msg in launcher.children.exits.pending()] == [3]
 
 
 @pytest.mark.parametrize(
@@ -484,19 +484,19 @@ def test_spawn_with_bad_fields_is_bad_request(launcher: Launcher, tmp_path: Path
                                               spawned: list[Started], fields: dict[str, Any],
                                               why: str) -> None:
     """A Spawn with malformed fields is refused with BadRequest and starts nothing."""
-    reply = launcher.handle_request(spawn_request(tmp_path, **fields))
+    reply = launcher.dispatcher.handle_request(spawn_request(tmp_path, **fields))
     assert reply is not None
     assert (reply["type"], reply["id"], reply["code"]) == (m.ERROR, 1, m.E_BAD_REQUEST)
     assert spawned == []
     assert launcher.children == {}
-    assert launcher.spawns["web"] == 0
+    assert launcher.children.spawns["web"] == 0
 
 
 def test_spawn_missing_binary_is_exec_failed(launcher: Launcher, tmp_path: Path,
                                              spawned: list[Started]) -> None:
     """Spawning a binary that does not exist is refused with ExecFailed naming the path."""
     missing = str(tmp_path / "no" / "such-binary")
-    reply = launcher.handle_request(spawn_request(tmp_path, argv=[missing, "--flag"]))
+    reply = launcher.dispatcher.handle_request(spawn_request(tmp_path, argv=[missing, "--flag"]))
     assert reply is not None
     assert (reply["type"], reply["code"]) == (m.ERROR, m.E_EXEC_FAILED)
     assert missing in reply["message"]
@@ -508,7 +508,7 @@ def test_spawn_missing_working_directory_is_exec_failed(launcher: Launcher, tmp_
                                                         spawned: list[Started]) -> None:
     """Spawning into a working directory that does not exist says it is the directory."""
     missing = str(tmp_path / "gone")
-    reply = launcher.handle_request(spawn_request(tmp_path, cwd=missing))
+    reply = launcher.dispatcher.handle_request(spawn_request(tmp_path, cwd=missing))
     assert reply is not None
     assert (reply["type"], reply["code"]) == (m.ERROR, m.E_EXEC_FAILED)
     assert "working directory" in reply["message"]
@@ -518,7 +518,7 @@ def test_spawn_missing_working_directory_is_exec_failed(launcher: Launcher, tmp_
 def test_spawn_unknown_user_is_user_not_found(launcher: Launcher, tmp_path: Path,
                                               spawned: list[Started]) -> None:
     """Spawning as a user that does not exist is refused with UserNotFound."""
-    reply = launcher.handle_request(spawn_request(tmp_path, user="no-such-user-xyz"))
+    reply = launcher.dispatcher.handle_request(spawn_request(tmp_path, user="no-such-user-xyz"))
     assert reply is not None
     assert (reply["type"], reply["code"]) == (m.ERROR, m.E_USER_NOT_FOUND)
     assert "no-such-user-xyz" in reply["message"]
@@ -528,7 +528,7 @@ def test_spawn_unknown_user_is_user_not_found(launcher: Launcher, tmp_path: Path
 def test_spawn_unknown_group_is_group_not_found(launcher: Launcher, tmp_path: Path,
                                                 spawned: list[Started]) -> None:
     """Spawning with a group that does not exist is refused with GroupNotFound."""
-    reply = launcher.handle_request(spawn_request(tmp_path, group="no-such-group-xyz"))
+    reply = launcher.dispatcher.handle_request(spawn_request(tmp_path, group="no-such-group-xyz"))
     assert reply is not None
     assert (reply["type"], reply["code"]) == (m.ERROR, m.E_GROUP_NOT_FOUND)
     assert spawned == []
@@ -537,21 +537,21 @@ def test_spawn_unknown_group_is_group_not_found(launcher: Launcher, tmp_path: Pa
 def test_spawn_then_list_and_signal(launcher: Launcher, tmp_path: Path,
                                     spawned: list[Started]) -> None:
     """A spawned child is reported by List with its argv and spawn count, and can be signalled."""
-    reply = launcher.handle_request(spawn_request(tmp_path))
+    reply = launcher.dispatcher.handle_request(spawn_request(tmp_path))
     assert reply is not None
     assert reply["type"] == m.SPAWNED, reply
     pid = reply["pid"]
     assert [started.pid for started in spawned] == [pid]
     assert isinstance(reply["started_at"], float)
 
-    listing = launcher.handle_request({"type": m.LIST, "id": 2})
+    listing = launcher.dispatcher.handle_request({"type": m.LIST, "id": 2})
     assert listing == {"type": m.CHILDREN, "id": 2, "children": [
         {"name": "web", "pid": pid, "started_at": reply["started_at"], "argv": [SLEEP, "60"],
          "spawns": 1, "cgroup": None}], "listeners": []}
 
-    ok = launcher.handle_request({"type": m.SIGNAL, "id": 3, "pid": pid, "signal": "CONT"})
+    ok = launcher.dispatcher.handle_request({"type": m.SIGNAL, "id": 3, "pid": pid, "signal": "CONT"})
     assert ok == {"type": m.OK, "id": 3}
-    ok = launcher.handle_request({"type": m.SIGNAL, "id": 4, "pid": pid, "signal": "CONT",
+    ok = launcher.dispatcher.handle_request({"type": m.SIGNAL, "id": 4, "pid": pid, "signal": "CONT",
                                   "group": True})
     assert ok == {"type": m.OK, "id": 4}
     _forget_children(launcher)
@@ -565,7 +565,7 @@ def test_spawn_with_bad_log_settings_starts_nothing(launcher: Launcher, tmp_path
     """A Spawn with an invalid log size, keep count or format is refused before any child runs."""
     request = spawn_request(tmp_path, log={"path": str(tmp_path / "web.log"), **log})
     try:
-        reply = launcher.handle_request(request)
+        reply = launcher.dispatcher.handle_request(request)
     finally:
         _forget_children(launcher)
     assert reply is not None
@@ -577,8 +577,9 @@ def _forget_children(launcher: Launcher) -> None:
     """Undo the launcher's bookkeeping of children (the ``spawned`` fixture reaps them)."""
     for child in launcher.children.values():
         for reader in child.readers:
-            launcher.sel.unregister(reader.fd)
-    launcher.children.clear()
+            launcher.reactor.sel.unregister(reader.fd)
+    for pid in list(launcher.children):
+        launcher.children.remove(pid)
     for log in launcher.logs.values():
         log.close()
 

@@ -97,17 +97,17 @@ def test_handle_listen_list_unlisten(tmp_path: Path) -> None:
     """Through the launcher's request handler: Listening, List's listeners, Ok{existed}."""
     launcher = Launcher(tmp_path, [])
     try:
-        reply = launcher.handle_request({"type": m.LISTEN, "id": 1, "name": "web",
+        reply = launcher.dispatcher.handle_request({"type": m.LISTEN, "id": 1, "name": "web",
                                          "host": "127.0.0.1", "port": 0})
         assert reply is not None and reply["type"] == m.LISTENING, reply
-        listing = launcher.handle_request({"type": m.LIST, "id": 2})
+        listing = launcher.dispatcher.handle_request({"type": m.LIST, "id": 2})
         assert listing is not None
         assert listing["listeners"] == [{"name": "web", "host": "127.0.0.1",
                                          "port": reply["port"]}]
-        bad = launcher.handle_request({"type": m.LISTEN, "id": 3, "name": "web"})
+        bad = launcher.dispatcher.handle_request({"type": m.LISTEN, "id": 3, "name": "web"})
         assert bad is not None and bad["code"] == m.E_BAD_REQUEST
-        gone = launcher.handle_request({"type": m.UNLISTEN, "id": 4, "name": "web"})
+        gone = launcher.dispatcher.handle_request({"type": m.UNLISTEN, "id": 4, "name": "web"})
         assert gone == {"type": m.OK, "id": 4, "existed": True}
     finally:
         launcher.listeners.unlisten("web")
-        launcher.sel.close()
+        launcher.reactor.sel.close()

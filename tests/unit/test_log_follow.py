@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.launcher.output import LogFile
+from corral.launcher.logfile import LogFile
 from corral.logs import reader
 from corral.logs.reader import Batch, Cursor
 

@@ -1,4 +1,5 @@
-"""Tests of service output handling (corral.launcher.output): stamping, long lines, rotation.
+"""Tests of service output handling (corral.launcher.output, .logfile and .echo): stamping,
+long lines, rotation.
 
 Real ``os.pipe()`` pairs feed a :class:`PipeReader`; each ``chunk()`` is one write followed
 by one read, so a test controls exactly which bytes arrive together.
@@ -19,18 +20,11 @@ from time import time
 
 import pytest
 
-from corral.launcher import output
-from corral.launcher.output import (
-    MAX_LINE,
-    START_XATTR,
-    DropReport,
-    Echo,
-    LogFile,
-    PipeReader,
-    enlarge_pipe,
-    timestamp,
-)
-from corral.launcher.pid1 import echo_label
+from corral.launcher import echo as echo_module
+from corral.launcher.dispatch import echo_label
+from corral.launcher.echo import Echo
+from corral.launcher.logfile import START_XATTR, DropReport, LogFile, timestamp
+from corral.launcher.output import MAX_LINE, PipeReader, enlarge_pipe
 
 KIB = 1024
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
@@ -572,7 +566,7 @@ def test_echo_keeps_a_burst_for_a_reader_that_is_behind() -> None:
 def test_full_echo_drops_whole_records_and_counts_them(monkeypatch: pytest.MonkeyPatch) -> None:
     """A reader that falls further behind than the buffer loses whole records (counted);
     a record the pipe took part of is finished first, so no line is ever torn."""
-    monkeypatch.setattr(output, "ECHO_BUFFER", 1000)
+    monkeypatch.setattr(echo_module, "ECHO_BUFFER", 1000)
     r, w = os.pipe()
     echo = Echo(w, "stdout")
     fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)

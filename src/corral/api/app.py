@@ -125,6 +125,14 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
         facade.restart_supervisor()
         return {"result": "restarting"}
 
+    @app.post("/v1/supervisor/upgrade", status_code=HTTPStatus.ACCEPTED, tags=["supervisor"])
+    async def upgrade_supervisor() -> dict[str, Any]:
+        """Upgrade the launcher in place to the installed corral (same pid, services keep
+        running), then the supervisor and the balancer.  The installed code is checked
+        first: one that fails its check or speaks another protocol major version is
+        refused (502, ``launcher_error``) and nothing changes."""
+        return await facade.upgrade()
+
     @app.post("/v1/supervisor/stop", status_code=HTTPStatus.ACCEPTED, tags=["supervisor"])
     async def stop_supervisor() -> dict[str, str]:
         """Stop every service (reverse load order), then the supervisor and the launcher."""

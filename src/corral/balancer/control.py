@@ -8,6 +8,8 @@ controllers may be connected (the last ``configure`` wins).  Requests and replie
     {type: probe, services: [SERVICE...]}       -> {type: probed, services: {NAME: ERROR}}
     {type: stats}                               -> {type: stats, pid, started_at, services: [...]}
     {type: drained, service, backend}           -> {type: drained, drained: BOOL}
+    {type: hand_over}                           -> {type: handed_over, services: [SERVICE...]}
+                                                   + the listening sockets (SCM_RIGHTS)
     anything malformed                          -> {type: error, message}
 
     SERVICE = {name, host, port, balance: round-robin|least-connections, drain_timeout,
@@ -18,6 +20,13 @@ controllers may be connected (the last ``configure`` wins).  Requests and replie
 listener closed, its connections drained), a backend missing from a service is drained.
 The balancer keeps its configuration when a controller disconnects: it goes on serving,
 and a new controller simply sends the whole set again.
+
+``hand_over`` is how a new balancer (``--take-over``, started by ``sup upgrade``) replaces
+this one without refusing a connection: this balancer stops serving control (its socket
+path is removed, for the new one to bind), sends its whole configuration with its
+listening sockets attached in the reply's first bytes (in ``services`` order, those that
+listen), closes its own copies, finishes the connections it has and exits.  Connections
+that arrive meanwhile wait in the sockets' backlog, which both processes share.
 """
 
 from __future__ import annotations
@@ -25,7 +34,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +51,8 @@ CONFIGURE = "configure"
 PROBE = "probe"
 STATS = "stats"
 DRAINED = "drained"
+HAND_OVER = "hand_over"
+HANDED_OVER = "handed_over"
 ERROR = "error"
 
 
@@ -116,6 +129,64 @@ def parse_services(message: Message) -> list[ServiceConfig]:
     return services
 
 
+def wire(config: ServiceConfig) -> Message:
+    """A service as ``configure`` sends it."""
+    return {"name": config.name, "host": config.host, "port": config.port,
+            "balance": config.balance, "drain_timeout": config.drain_timeout,
+            "backends": [{"id": b.id, "host": b.host, "port": b.port, "state": b.state}
+                         for b in config.backends]}
+
+
+class TakeOverError(Exception):
+    """The running balancer would not hand over its sockets; the message says why."""
+
+
+def take_over(path: Path, timeout: float = 10.0) -> tuple[list[ServiceConfig],
+                                                            list[socket.socket]] | None:
+    """Ask the balancer serving ``path`` for its listening sockets and configuration
+    (``hand_over``); None when no balancer serves it.
+
+    Raises:
+        TakeOverError: it answered something else (an older balancer), or broke off.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        try:
+            conn.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+        conn.sendall(framing.encode({"type": HAND_OVER, "id": 1}))
+        decoder = framing.Decoder()
+        fds: list[int] = []
+        try:
+            while True:
+                data, more, _flags, _addr = socket.recv_fds(conn, 1024 * 1024, 1024)
+                fds += more
+                if not data:
+                    raise TakeOverError("the running balancer closed the connection")
+                messages = decoder.feed(data)
+                if messages:
+                    break
+        except (OSError, framing.FrameError) as exc:
+            for fd in fds:
+                os.close(fd)
+            raise TakeOverError(f"no hand-over from the running balancer: {exc}") from None
+    reply = messages[0]
+    socks = [socket.socket(fileno=fd) for fd in fds]
+    if reply.get("type") != HANDED_OVER:
+        for sock in socks:
+            sock.close()
+        raise TakeOverError(f"the running balancer does not hand over: "
+                            f"{reply.get('message', reply.get('type'))}")
+    try:
+        configs = parse_services(reply)
+    except ControlError as exc:
+        for sock in socks:
+            sock.close()
+        raise TakeOverError(f"the running balancer's configuration: {exc}") from None
+    return configs, socks
+
+
 def handle(proxy: Proxy, request: Message) -> Message:
     """Answer one request (pure apart from what it asks the proxy to do)."""
     kind = request.get("type")
@@ -136,11 +207,17 @@ def handle(proxy: Proxy, request: Message) -> Message:
 
 
 class ControlServer:
-    """Serves the control protocol for one :class:`Proxy` on a Unix socket."""
+    """Serves the control protocol for one :class:`Proxy` on a Unix socket.
 
-    def __init__(self, proxy: Proxy, path: Path) -> None:
+    ``on_handed_over()`` is called once this balancer has handed its listening sockets to
+    a new one (it should then finish its connections and exit)."""
+
+    def __init__(self, proxy: Proxy, path: Path,
+                 on_handed_over: Callable[[], None] | None = None) -> None:
         self.proxy = proxy
         self.path = path
+        self.on_handed_over = on_handed_over
+        self.handed_over = False
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -162,6 +239,9 @@ class ControlServer:
         try:
             while data := await reader.read(1024 * 1024):
                 for request in decoder.feed(data):
+                    if request.get("type") == HAND_OVER and not self.handed_over:
+                        self._hand_over(request, writer)
+                        return
                     reply = handle(self.proxy, request)
                     if "id" in request:
                         reply["id"] = request["id"]
@@ -177,10 +257,35 @@ class ControlServer:
             self._writers.discard(writer)
             writer.close()
 
+    def _hand_over(self, request: Message, writer: asyncio.StreamWriter) -> None:
+        """Give the listening sockets and the configuration to the new balancer that asked."""
+        # A socket of our own on the connection: sendmsg with SCM_RIGHTS.  The reply is the
+        # first thing on a new connection and small: it fits the socket buffer at once.
+        own = os.dup(writer.get_extra_info("socket").fileno())
+        configs, socks = self.proxy.listening()
+        reply = framing.encode({"type": HANDED_OVER, "id": request.get("id"),
+                                "services": [wire(c) for c in configs]})
+        self.close()  # the path is free for the new balancer's control socket
+        self.handed_over = True
+        with socket.socket(fileno=own) as conn:
+            sent = socket.send_fds(conn, [reply], [s.fileno() for s in socks])
+            if sent < len(reply):
+                conn.setblocking(True)
+                conn.sendall(reply[sent:])
+        self.proxy.stop_listening()
+        print(f"corral-balancer: handed {len(socks)} listening socket"
+              f"{'s' if len(socks) != 1 else ''} over to a new balancer; finishing the "
+              f"{self.proxy.active} open connection{'s' if self.proxy.active != 1 else ''}",
+              flush=True)
+        if self.on_handed_over is not None:
+            self.on_handed_over()
+
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
         for writer in list(self._writers):
             writer.close()
+        if self.handed_over:
+            return  # the path is the new balancer's now
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

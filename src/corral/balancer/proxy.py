@@ -391,6 +391,30 @@ class Proxy:
                 result[config.name] = str(exc)
         return result
 
+    def adopt(self, configs: list[ServiceConfig], socks: list[socket.socket]) -> None:
+        """Serve ``configs`` with the listening sockets a balancer handed over (in order,
+        for the services that listened: see :meth:`listening`)."""
+        held = iter(socks)
+        for config in configs:
+            service = self.services[config.name] = ProxiedService(config)
+            service.update(config)
+            sock = next(held, None)
+            if sock is not None:
+                sock.setblocking(False)
+                service.listen(sock)
+
+    def listening(self) -> tuple[list[ServiceConfig], list[socket.socket]]:
+        """The services (those that listen first) and their listening sockets, in order."""
+        on = [s for s in self.services.values() if s.sock is not None]
+        off = [s for s in self.services.values() if s.sock is None]
+        return ([s.config for s in (*on, *off)],
+                [s.sock for s in on if s.sock is not None])
+
+    def stop_listening(self) -> None:
+        """Close every listener (handed over); open connections go on to their end."""
+        for service in self.services.values():
+            service.close()
+
     def drained(self, service: str, backend_id: str) -> bool:
         found = self.services.get(service)
         return found is None or found.drained(backend_id)

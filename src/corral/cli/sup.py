@@ -1,4 +1,4 @@
-"""``corral sup run | status | restart | stop | rotate-token``: the supervisor itself.
+"""``corral sup run | status | restart | upgrade | stop | rotate-token``: the supervisor itself.
 
 ``sup run`` resolves the state directory and *execs* ``python -m corral.launcher`` (it imports
 nothing of the launcher); the others talk to ``/v1/status`` and ``/v1/supervisor/*``.
@@ -7,6 +7,7 @@ nothing of the launcher); the others talk to ``/v1/status`` and ``/v1/supervisor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from corral.cluster.options import ClusterOptions
 
 STOP_WAIT = 120.0
+UPGRADE_WAIT = 60.0
 _POLL = 0.1
 
 
@@ -35,6 +37,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
   corral sup run --state-dir /srv/corral
   corral sup status
   corral sup restart
+  corral sup upgrade
   corral sup stop --timeout 300
   corral sup rotate-token""", parents)
     verbs = sup.add_subparsers(dest="sup_verb", metavar="SUBCOMMAND", required=True)
@@ -134,6 +137,26 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
                    """
   pip install -U corral && corral sup restart""", parents)
     p.set_defaults(handler=cmd_restart)
+
+    p = add_parser(verbs, "upgrade", "upgrade launcher, supervisor and balancer in place",
+                   "After installing a new corral: the launcher checks the installed code\n"
+                   "(python -m corral.launcher --check-upgrade), then re-executes itself with\n"
+                   "it, keeping its pid, every service (same pids, no line of output lost),\n"
+                   "their log files and held sockets; a supervisor of the new code starts and\n"
+                   "reattaches, and hands the balancer's listening sockets to a new balancer,\n"
+                   "so no connection is refused. Installed code that fails its check or\n"
+                   "speaks another launcher protocol major version is refused in one line\n"
+                   "and nothing changes. Waits until every part runs the installed release.",
+                   """
+  pip install -U corral && corral sup upgrade
+  corral sup upgrade --json | jq .versions
+  corral sup upgrade --timeout 300""", parents)
+    p.add_argument("--timeout", type=float, default=UPGRADE_WAIT, metavar="SECONDS",
+                   help=f"how long to wait for every part to run the installed release "
+                        f"(default {UPGRADE_WAIT:g})")
+    p.add_argument("--json", action="store_true",
+                   help="print the status after the upgrade, with 'upgraded': {from, to}")
+    p.set_defaults(handler=cmd_upgrade)
 
     p = add_parser(verbs, "stop", "stop every service, the supervisor and the launcher",
                    "Stop the services (in reverse load order, each within its stop timeout),\n"
@@ -308,6 +331,59 @@ def cmd_restart(args: argparse.Namespace, ctx: CommandContext) -> int:
     ctx.client().request("POST", "/v1/supervisor/restart")
     ctx.out("restarting (services keep running)")
     return EXIT_OK
+
+
+def cmd_upgrade(args: argparse.Namespace, ctx: CommandContext) -> int:
+    """``POST /v1/supervisor/upgrade``, then poll ``/v1/status`` until the launcher (same
+    pid), a new supervisor and the balancer (if one runs) all run the installed release."""
+    client = ctx.client()
+    _, before = client.request("GET", "/v1/status")
+    _, started = client.request("POST", "/v1/supervisor/upgrade", timeout=None)
+    release = started["to"]["corral"]
+    had_balancer = bool((before.get("balancer") or {}).get("pid"))
+    deadline = time.monotonic() + args.timeout
+    status: dict[str, Any] = {}
+    while True:
+        if client.answers():
+            with contextlib.suppress(CliError):
+                _, status = client.request("GET", "/v1/status")
+        versions = status.get("versions") or {}
+        new_supervisor = status.get("supervisor_pid") not in (None, started["supervisor_pid"])
+        if new_supervisor and versions.get("launcher") == started["from"].get("launcher") \
+                and versions.get("launcher") != release:
+            raise CliError(f"the launcher could not start corral {release} and went back to "
+                           f"corral {versions.get('launcher')} (pid {status.get('launcher_pid')} "
+                           "kept, services untouched); its reason is in logs/.launcher.log in the "
+                           "state directory")
+        if (new_supervisor
+                and versions.get("launcher") == release
+                and versions.get("supervisor") == release
+                and (not had_balancer or versions.get("balancer") == release)):
+            break
+        if time.monotonic() >= deadline:
+            raise CliError(f"not every part runs corral {release} after {args.timeout:g}s "
+                           f"(now: {_parts(versions)}); check: corral sup status")
+        time.sleep(_POLL)
+    if status.get("launcher_pid") != started["launcher_pid"]:
+        raise CliError(f"the launcher's pid changed ({started['launcher_pid']} -> "
+                       f"{status.get('launcher_pid')}): it did not upgrade in place")
+    if args.json:
+        ctx.out(json.dumps({**status, "upgraded": {"from": started["from"],
+                                                   "to": started["to"]}}, indent=2))
+        return EXIT_OK
+    was = started["from"]
+    ctx.out(f"upgraded to corral {release}: launcher {was.get('launcher') or '?'} -> "
+            f"{release} (pid {status['launcher_pid']} kept), supervisor "
+            f"{was.get('supervisor')} -> {release} (pid {started['supervisor_pid']} -> "
+            f"{status['supervisor_pid']})"
+            + (f", balancer {was.get('balancer') or '?'} -> {release}" if had_balancer else "")
+            + f"; {(status.get('services') or {}).get('total', 0)} services kept running")
+    return EXIT_OK
+
+
+def _parts(versions: dict[str, Any]) -> str:
+    return ", ".join(f"{part} {versions.get(part) or '?'}"
+                     for part in ("launcher", "supervisor", "balancer"))
 
 
 def cmd_rotate_token(args: argparse.Namespace, ctx: CommandContext) -> int:

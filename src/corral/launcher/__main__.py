@@ -1,19 +1,33 @@
 """``python -m corral.launcher --state-dir D [supervisor options]``: run the launcher.
 
 Normally started by ``corral sup run``, which execs it so that the launcher is the
-foreground process (a systemd unit's main process, or a container's PID 1).
+foreground process (a systemd unit's main process, or a container's PID 1).  A launcher
+upgrading in place execs it again with the same arguments and ``CORRAL_UPGRADE_STATE_FD``
+(see :mod:`.upgrade`).
+
+``python -m corral.launcher --check-upgrade`` imports every part of this corral and prints
+``{"protocol": ..., "corral": ..., "states": [...]}``: how a launcher checks the installed
+code before it upgrades into it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import os
 import sys
+from typing import Any
 
 from corral.protocol import paths
 
+from . import upgrade
 from .console import Console
 from .pid1 import Launcher, take_lock
+
+# What --check-upgrade imports besides the launcher: the supervisor and the balancer the
+# upgraded launcher will start (by name: the launcher itself never imports them).
+CHECKED_PARTS = ("corral.daemon", "corral.balancer.control", "corral.balancer.proxy")
 
 # sup run's cluster flags (see corral.cluster.options): passed on to every supervisor as
 # given (`sup run` made their file paths absolute).
@@ -30,7 +44,17 @@ def log_stdout_default() -> bool:
             or bool(os.environ.get("NOTIFY_SOCKET")))
 
 
+def check_upgrade() -> int:
+    """``--check-upgrade``: import every part, print the version report."""
+    for name in CHECKED_PARTS:
+        importlib.import_module(name)
+    print(json.dumps(upgrade.check_report()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["--check-upgrade"]:
+        return check_upgrade()
     parser = argparse.ArgumentParser(prog="corral-launcher")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--target", help="target file the supervisor applies at start")
@@ -61,7 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"corral: cannot create state directory {state_dir}: {exc.strerror}",
               file=sys.stderr)
         return 1
-    lock = take_lock(state_dir)
+    resume: dict[str, Any] | None = None
+    os.environ.pop(upgrade.ENV_FALLBACK, None)  # the bootstrap's, not the services'
+    state_fd = os.environ.pop(upgrade.ENV_STATE_FD, "")
+    if state_fd.isdigit():
+        try:
+            resume = upgrade.read_state(int(state_fd))
+        except (OSError, ValueError) as exc:
+            print(f"corral-launcher: cannot read the upgrade's hand-over state ({exc}); "
+                  "starting afresh", file=sys.stderr)
+    lock = resume["lock_fd"] if resume is not None and resume.get("lock_fd") is not None \
+        else take_lock(state_dir)
     sup_args: list[str] = []
     first: list[str] = []
     if args.target:
@@ -87,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         # an upgrade) must keep the services whatever etcd does.
         first.append("--cluster-probe")
     log_stdout = log_stdout_default() if args.log_stdout is None else args.log_stdout
+    launcher = Launcher(state_dir, sup_args, first if resume is None else [], log_stdout,
+                        console)
+    launcher.lock_fd = lock
     try:
-        return Launcher(state_dir, sup_args, first, log_stdout, console).run()
+        return launcher.run(resume)
     finally:
         os.close(lock)
 

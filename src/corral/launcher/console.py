@@ -18,7 +18,8 @@ import io
 import os
 import sys
 
-from .output import Echo, LogFile, timestamp
+from .echo import Echo
+from .logfile import LogFile, timestamp
 
 #: The launcher's own log, beside the services' (a name no service can take).
 LOG_NAME = ".launcher.log"

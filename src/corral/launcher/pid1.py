@@ -4,14 +4,25 @@ STDLIB ONLY (it imports :mod:`corral.protocol` and nothing else of corral), so t
 stays small, starts fast, and never has to change when the supervisor is upgraded.
 
 The launcher never decides anything.  It spawns, signals and reaps on the supervisor's
-behalf, writes service output to log files, and reports exits.  Its loop waits on one
-``selectors`` selector: the supervisor's socket, every service pipe, and a self-pipe
-that signal handlers write to (``signal.set_wakeup_fd``).  Handlers only record the
-signal; the loop dispatches.  Exits are found by reaping on SIGCHLD, never by polling.
+behalf, writes service output to log files, and reports exits.  :class:`Launcher` is the
+composition root of its parts:
 
-Reaping uses ``waitpid(-1, WNOHANG)`` until nothing is left, so orphaned grandchildren
-(the launcher is a child subreaper, or PID 1) are reaped too, and the status of a managed
-child is looked up by pid and never lost to the orphan reaper.
+- :mod:`.reactor` -- the loop: one selector over the supervisor's socket, every service
+  pipe and a self-pipe that signal handlers write to; handlers only record the signal,
+  the loop dispatches; timers;
+- :mod:`.keeper` -- the supervisor process: started, restarted with backoff, killed when
+  it does not say Hello in time; the link to it;
+- :mod:`.dispatch` -- each protocol request turned into an action and a reply;
+- :mod:`.children` -- the child table: running children, spawn counts, queued exits.
+- :mod:`.upgrade` -- ``Upgrade{}``: check the installed code, hand the whole state over
+  across ``execve`` (same pid), and take it over in the new code (:meth:`Launcher.run`
+  with ``resume``).
+
+What stays here: reaping, stopping what an instance left behind, the children record,
+reports of dropped output, and shutdown.  Exits are found by reaping on SIGCHLD, never by
+polling.  Reaping uses ``waitpid(-1, WNOHANG)`` until nothing is left, so orphaned
+grandchildren (the launcher is a child subreaper, or PID 1) are reaped too, and the status
+of a managed child is looked up by pid and never lost to the orphan reaper.
 
 Nothing a launcher started outlives it, and nothing runs twice:
 
@@ -31,46 +42,36 @@ import ctypes
 import dataclasses
 import errno
 import fcntl
-import heapq
 import itertools
 import os
 import selectors
-import shlex
 import signal
-import socket
-import subprocess
 import sys
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import corral
-from corral.protocol import defaults, paths
 from corral.protocol import messages as m
+from corral.protocol import paths
 
 from . import procs, record
 from .cgroup import Cgroups
+from .children import Child, ChildTable
 from .console import LOG_NAME, Console
-from .listeners import ListenError, Listeners
-from .output import RECENT, DropReport, Echo, LogFile, PipeReader, rfc3339
+from .dispatch import Dispatcher
+from .echo import Echo
+from .keeper import SUPERVISOR_NAME, SupervisorKeeper
+from .listeners import Listeners
+from .logfile import DropReport, LogFile, rfc3339
+from .reactor import Reactor, guard
 from .sdnotify import Notifier
-from .server import ExitQueue, Link, Message
-from .spawn import SpawnError, SpawnRequest, spawn
+from .server import Message
+from .upgrade import Upgrader, restore, unblock_signals
 
 _PR_SET_CHILD_SUBREAPER = 36
 # Fallback stop when no supervisor can do it: TERM, then KILL after this long.
 FALLBACK_STOP_TIMEOUT = 10.0
-# A supervisor "died young" if it never said Hello (the backoff doubles from 0.1 s to 5 s
-# while that goes on), or died within this long after it (restarted after 0.1 s).  One that got going and was killed later (an admin's kill -9,
-# the OOM killer) is restarted at once: that is the path the services' API waits on.
-SUP_YOUNG = 1.0
-SUP_BACKOFF_MIN = 0.1
-SUP_BACKOFF_MAX = 5.0
-#: Send buffer of the supervisor's end of the link (see start_supervisor).
-SUP_LINK_SNDBUF = 4 * 1024 * 1024
 # Removing a killed cgroup waits for its processes to die: retried from this delay,
 # doubling, for as long as the last bound (then left for the next launcher's clean-up).
 CGROUP_RMDIR_FIRST = 0.002
@@ -91,38 +92,6 @@ RECORD_NAME = "launcher-children.jsonl"
 SWEEP_DELAY = 0.05
 # At exit, how long the launcher waits for the strays it killed to be reaped.
 FINAL_WAIT = 2.0
-#: The supervisor's name in the record and in its instance mark.
-SUPERVISOR_NAME = ".supervisor"
-
-
-@dataclass
-class Child:
-    """A service process the launcher started."""
-
-    name: str
-    pid: int
-    argv: list[str]
-    started_at: float
-    readers: list[PipeReader]
-    terminate_waiters: list[Any] = field(default_factory=list)
-    killed: bool = False
-    cgroup: str | None = None
-    oom_base: int | None = None  # memory.events oom_kill when it started
-    mark: str = ""  # its CORRAL_INSTANCE_ID
-    entry: record.Entry | None = None  # for the children record, once it is written
-    strays: set[int] = field(default_factory=set)  # left-behind processes signalled
-
-
-@dataclass
-class SupervisorProc:
-    """The current supervisor process and its link."""
-
-    proc: subprocess.Popen[bytes]
-    link: Link
-    started_at: float
-    greeted_at: float | None = None
-    output: PipeReader | None = None  # its stdout and stderr, relayed by the launcher
-    entry: record.Entry | None = None  # for the children record, once it is written
 
 
 class Launcher:
@@ -138,25 +107,14 @@ class Launcher:
                  first_sup_args: list[str] | None = None, log_stdout: bool = False,
                  console: Console | None = None) -> None:
         self.state_dir = state_dir
-        self.sup_args = sup_args
         self.log_stdout = log_stdout
         self.console = console if console is not None else Console()
-        # Given to the first supervisor only (``--target``): later ones, after a crash or
-        # an upgrade, must rebuild from the state directory, not re-apply the file.
-        self.first_sup_args = first_sup_args or []
-        self.sel = selectors.DefaultSelector()
-        self.children: dict[int, Child] = {}
-        self.spawns: Counter[str] = Counter()
+        self.reactor = Reactor()
+        self.children = ChildTable()
+        self.keeper = SupervisorKeeper(self, sup_args, first_sup_args)
+        self.dispatcher = Dispatcher(self)
         self.logs: dict[str, LogFile] = {}
-        self.exits = ExitQueue()
-        self.recent_exits: dict[int, m.Exited] = {}
-        self.sup: SupervisorProc | None = None
-        self.sup_backoff = 0.0
-        self.timers: list[tuple[float, int, Callable[[], None]]] = []
-        self._timer_ids = itertools.count()
-        self.signals: list[int] = []
         self.stopping = False
-        self.stop_deadline = 0.0
         self.exit_code: int | None = None
         self.started_at = time.time()
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -176,40 +134,105 @@ class Launcher:
         self._record_failed: int | None = None  # errno of the last failed write (said once)
         self._orphan_marks: dict[int, str | None] = {}  # re-parented pid -> its mark
         self._sweep_pending = False
-        # Set when a supervisor could not work with this launcher (protocol versions): the
-        # line said, and no supervisor is started again until SIGHUP.
-        self.sup_refused: str | None = None
-        self.sup_held = False
+        self.upgrader = Upgrader(self)
+        self.lock_fd: int | None = None  # <state>/LOCK, held for life (kept by an upgrade)
 
     # ----------------------------------------------------------------- main loop
-    def run(self) -> int:
-        """Start the supervisor and serve until shutdown; return the exit code."""
+    def run(self, resume: dict[str, Any] | None = None) -> int:
+        """Start the supervisor and serve until shutdown; return the exit code.
+
+        ``resume``: the state of the launcher this one replaced in place (see
+        :mod:`.upgrade`): its children, pipes, logs and sockets are taken over instead
+        of starting afresh."""
+        if resume is not None:
+            resume = self._take_over(resume)
         self._setup_console()
-        self._install_signals()
-        self._setup_notify()
+        self.reactor.install_signals([signal.SIGCHLD, signal.SIGTERM, signal.SIGINT,
+                                      signal.SIGHUP, signal.SIGQUIT])
+        if resume is None:
+            self._setup_notify()
         _close_inherited_on_exec()
         if os.getpid() != 1:
             _set_child_subreaper()
-        self._stop_leftovers()
-        self._open_record()
-        self._setup_cgroups()
-        self.start_supervisor()
+        if resume is None:
+            self._stop_leftovers()
+            self._open_record()
+            self._setup_cgroups()
+        else:
+            self._after_take_over()
+        unblock_signals()  # held across an upgrade's exec; nothing is blocked otherwise
+        self.keeper.start()
         while self.exit_code is None:
-            timeout = None
-            if self.timers:
-                timeout = max(0.0, self.timers[0][0] - time.monotonic())
-            for key, mask in self.sel.select(timeout):
-                self._guard(key.data, mask)
-            self._run_timers()
-            self._dispatch_signals()
+            self.reactor.turn(self._on_signal)
             if self._record_new:
-                self._guard(self._write_record)
-        self._guard(self._final_sweep)
+                guard(self._write_record)
+        guard(self._final_sweep)
         if self.cgroups is not None:
             self.cgroups.close()
         if self.record is not None:
             self.record.close()
         return self.exit_code
+
+    def _take_over(self, state: dict[str, Any]) -> dict[str, Any] | None:
+        """Restore the replaced launcher's state; None (start afresh) if that fails."""
+        try:
+            restore(self, state)
+        except Exception as exc:
+            print(f"corral-launcher: cannot take over from the launcher this one replaced "
+                  f"({exc!r}); stopping what it ran and starting afresh", file=sys.stderr)
+            self.reactor = Reactor()
+            self.children = ChildTable()
+            self.logs = {}
+            self.listeners = Listeners()
+            self.record = None
+            self.console.log = None
+            return None
+        return state
+
+    def _after_take_over(self) -> None:
+        """After an upgrade in place: what the exec cut short (exits during it, timers)."""
+        self.reap()
+        for echo in self.console.echoes():
+            if echo.buffer:
+                self._watch_echo(echo)
+        for log in self._all_logs():
+            if log.drop_since is not None:
+                self.log_dropping(log, DropReport(True, log.dropped_bytes, log.dropped_records,
+                                                  log.drop_since, log.drop_last, log.drop_error))
+        if self.notifier is not None and self.notifier.watchdog is not None:
+            self._ping_watchdog()
+        if self.cgroups is not None:
+            # Leaves released just before the exec were to be removed by its timers.
+            busy = {child.cgroup for child in self.children.values()}
+            for path in self.cgroups.stale():
+                if path not in busy:
+                    self._remove_cgroup(path, CGROUP_RMDIR_FIRST)
+        self._sweep_soon()
+
+    def resumed(self, previous: dict[str, Any]) -> None:
+        """Say that this launcher took over from ``previous`` (its release and protocol)."""
+        print(f"corral-launcher: upgraded in place (pid {self.pid}) from corral "
+              f"{previous.get('corral')} to {corral.__version__} (launcher protocol "
+              f"{previous.get('protocol')} to {m.PROTOCOL_VERSION}); {len(self.children)} "
+              f"service process{'es' if len(self.children) != 1 else ''} kept",
+              file=sys.stderr)
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGCHLD:
+            self.reap()
+        elif signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            self.begin_shutdown(force=self.stopping)
+        elif signum == signal.SIGHUP:
+            self.keeper.on_hangup()
+
+    def next_mark(self, name: str) -> str:
+        """A new instance mark for a process named ``name`` (see :mod:`.procs`)."""
+        return procs.make_mark(name, self.ident, next(self._marks))
+
+    def record_later(self, pid: int, entry: record.Entry) -> None:
+        """Add the process ``pid`` just spawned to the children record at the end of this
+        loop turn (see :meth:`_write_record`)."""
+        self._record_new.append((pid, entry))
 
     def _setup_console(self) -> None:
         console = self.console
@@ -217,7 +240,7 @@ class Launcher:
         if console.log is None:
             console.open_log(str(paths.logs_dir(self.state_dir) / LOG_NAME))
         assert console.log is not None
-        console.log.on_drop = self._log_dropping
+        console.log.on_drop = self.log_dropping
         for echo in console.echoes():
             echo.on_drop = self._echo_dropped
             echo.on_pending = self._watch_echo
@@ -251,7 +274,8 @@ class Launcher:
                   "before anything starts", file=sys.stderr)
             # TERM, INT or QUIT meanwhile: KILL the rest now (the launcher then stops).
             outcome = record.stop(groups, table, hurry=lambda: any(
-                sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT) for sig in self.signals))
+                sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+                for sig in self.reactor.signals))
             line = (f"corral-launcher: stopped what the previous launcher left: "
                     f"{outcome.graceful} on their stop signal, {outcome.killed} killed")
             if outcome.left:
@@ -273,10 +297,11 @@ class Launcher:
         """Append the children spawned this loop turn (one write however many there were,
         after the replies went out), and compact the file when dead lines have piled up."""
         new, self._record_new = self._record_new, []
+        sup = self.keeper.sup
         lines = []
         for pid, draft in new:
             holder = self.children.get(pid) or (
-                self.sup if self.sup is not None and self.sup.proc.pid == pid else None)
+                sup if sup is not None and sup.proc.pid == pid else None)
             if holder is None:
                 continue  # reaped this very turn: its pid may not be its own any more
             # Its start time makes the entry name this process only, never a reused pid.
@@ -287,7 +312,7 @@ class Launcher:
         try:
             self.record.append(lines)
             if self.record.crowded(len(self.children) + 1):
-                self.record.compact([h.entry.encode() for h in (*self.children.values(), self.sup)
+                self.record.compact([h.entry.encode() for h in (*self.children.values(), sup)
                                      if h is not None and h.entry is not None])
         except OSError as exc:
             self._record_broken(exc)
@@ -322,7 +347,7 @@ class Launcher:
             print(f"corral-launcher: {path} still has processes; left in place",
                   file=sys.stderr)
             return
-        self.call_later(delay, lambda: self._remove_cgroup(path, delay * 2))
+        self.reactor.call_later(delay, lambda: self._remove_cgroup(path, delay * 2))
 
     def _setup_notify(self) -> None:
         """Take systemd's notify socket out of the environment (no supervisor or service
@@ -340,48 +365,29 @@ class Launcher:
         if notifier is None or notifier.watchdog is None:
             return
         notifier.send(WATCHDOG="1")
-        self.call_later(notifier.watchdog / 2, self._ping_watchdog)
+        self.reactor.call_later(notifier.watchdog / 2, self._ping_watchdog)
 
-    def _tell(self, **fields: str) -> None:
+    def tell(self, **fields: str) -> None:
         """Notify the service manager, when there is one."""
         if self.notifier is not None:
             self.notifier.send(**fields)
 
-    @staticmethod
-    def _guard(callback: Callable[..., None], *args: Any) -> None:
-        """Run a loop callback; a bug in one must never take the launcher down."""
-        try:
-            callback(*args)
-        except Exception as exc:
-            import traceback
-            print(f"corral-launcher: internal error (please report): {exc!r}", file=sys.stderr)
-            traceback.print_exc()
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
-        heapq.heappush(self.timers, (time.monotonic() + delay, next(self._timer_ids), callback))
-
-    def _run_timers(self) -> None:
-        now = time.monotonic()
-        while self.timers and self.timers[0][0] <= now:
-            _, _, callback = heapq.heappop(self.timers)
-            self._guard(callback)
-
     # ------------------------------------------------------------ dropped output
-    def _log_dropping(self, log: LogFile, report: DropReport) -> None:
+    def log_dropping(self, log: LogFile, report: DropReport) -> None:
         """A log file stopped taking output, or takes it again (its own record says so)."""
         if report.dropping:
             print(f"corral-launcher: cannot write {log.path}: {report.error}; dropping output "
                   "until it works again", file=sys.stderr)
-            self.call_later(LOG_RETRY_INTERVAL, lambda: self._retry_log(log))
+            self.reactor.call_later(LOG_RETRY_INTERVAL, lambda: self._retry_log(log))
         else:
             print(f"corral-launcher: writing {log.path} again; dropped {report.bytes} bytes "
                   f"({report.records} records) of output from {rfc3339(report.since).decode()} "
                   f"to {rfc3339(report.until).decode()}: {report.error}", file=sys.stderr)
-        self.send(_log_drop_message(log, report))
+        self.keeper.send(_log_drop_message(log, report))
 
     def _retry_log(self, log: LogFile) -> None:
         if not log.retry():
-            self.call_later(LOG_RETRY_INTERVAL, lambda: self._retry_log(log))
+            self.reactor.call_later(LOG_RETRY_INTERVAL, lambda: self._retry_log(log))
 
     def _echo_dropped(self, echo: Echo) -> None:
         """Records were dropped on stdout or stderr: report it now, then at most every
@@ -397,10 +403,10 @@ class Launcher:
             echo.reporting = False
             return
         echo.reported_records, echo.reported_bytes = echo.dropped_records, echo.dropped_bytes
-        self.call_later(ECHO_REPORT_INTERVAL, lambda: self._report_echo(echo))
+        self.reactor.call_later(ECHO_REPORT_INTERVAL, lambda: self._report_echo(echo))
         message = _echo_drop_message(echo, records, size)
         if echo.gone and echo.reported_gone:
-            self.send(message)  # the totals only: its end was said once
+            self.keeper.send(message)  # the totals only: its end was said once
             return
         echo.reported_gone = echo.gone
         why = echo.error or "its reader does not keep up"
@@ -411,462 +417,61 @@ class Launcher:
                          f"output on the launcher's {echo.label} ({why}){then}; "
                          f"{echo.dropped_records} records in all",
                          to_stderr=echo is not self.console.stderr)
-        self.send(message)
+        self.keeper.send(message)
 
     def _watch_echo(self, echo: Echo) -> None:
         """Records wait in the echo's buffer: send them once the descriptor takes them."""
         if echo.pollable and echo.fd not in self._watched:
             self._watched.add(echo.fd)
-            self.sel.register(echo.fd, selectors.EVENT_WRITE,
-                              lambda mask: self._echo_writable(echo))
+            self.reactor.sel.register(echo.fd, selectors.EVENT_WRITE,
+                                      lambda mask: self._echo_writable(echo))
 
     def _echo_writable(self, echo: Echo) -> None:
         echo.flush()
         if not echo.buffer and echo.fd in self._watched:
             self._watched.discard(echo.fd)
-            self.sel.unregister(echo.fd)
+            self.reactor.sel.unregister(echo.fd)
 
-    def _replay_drops(self) -> None:
+    def replay_drops(self) -> None:
         """Tell a new supervisor what was dropped so far (its totals start from these)."""
         for log in self._all_logs():
             if log.dropped_bytes_total or log.drop_since is not None:
                 report = DropReport(log.drop_since is not None, log.dropped_bytes,
                                     log.dropped_records, log.drop_since or log.drop_last,
                                     log.drop_last, log.drop_error)
-                self.send({**_log_drop_message(log, report), "replay": True})
+                self.keeper.send({**_log_drop_message(log, report), "replay": True})
         for echo in self.console.echoes():
             if echo.dropped_records or echo.dropped_bytes:
-                self.send({**_echo_drop_message(echo, 0, 0), "replay": True})
+                self.keeper.send({**_echo_drop_message(echo, 0, 0), "replay": True})
 
     def _all_logs(self) -> list[LogFile]:
         console = self.console.log
         return [*self.logs.values(), *([console] if console is not None else [])]
 
-    # ------------------------------------------------------------------- signals
-    def _install_signals(self) -> None:
-        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._wake_r = rfd
-        signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
-                    signal.SIGQUIT):
-            signal.signal(sig, self._record_signal)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        self.sel.register(rfd, selectors.EVENT_READ, self._drain_wakeup)
-
-    def _record_signal(self, signum: int, frame: object) -> None:
-        self.signals.append(signum)  # only record: the loop dispatches
-
-    def _drain_wakeup(self, mask: int) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def _dispatch_signals(self) -> None:
-        while self.signals:
-            signum = self.signals.pop(0)
-            self._guard(self._on_signal, signum)
-
-    def _on_signal(self, signum: int) -> None:
-        if signum == signal.SIGCHLD:
-            self.reap()
-        elif signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            self.begin_shutdown(force=self.stopping)
-        elif signum == signal.SIGHUP and self.sup is not None:
-            _kill(self.sup.proc.pid, signal.SIGHUP)
-        elif signum == signal.SIGHUP and self.sup_held:
-            # A compatible supervisor may have been installed meanwhile: try again.
-            self.sup_held = False
-            self.sup_refused = None
-            self.start_supervisor()
-
-    # ---------------------------------------------------------------- supervisor
-    def supervisor_argv(self) -> list[str]:
-        """``CORRAL_SUP_BINARY`` (a path or a command line), else this Python's supervisor."""
-        override = os.environ.get(m.ENV_SUP_BINARY)
-        base = shlex.split(override) if override else [sys.executable, "-m", "corral.supervisor"]
-        first, self.first_sup_args = self.first_sup_args, []
-        return [*base, "--state-dir", str(self.state_dir), *self.sup_args, *first]
-
-    def start_supervisor(self) -> None:
-        if self.stopping or self.sup is not None:
-            return
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Room for a cold start's whole burst of Spawns (about 2 KB each, mostly the
-        # environment): requests that do not fit wait in the supervisor's own buffer,
-        # which only its event loop flushes, and its loop is busy importing the API
-        # stack right after it sent them.  The kernel caps this at net.core.wmem_max.
-        with contextlib.suppress(OSError):
-            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SUP_LINK_SNDBUF)
-        env = dict(os.environ)
-        env[m.ENV_LAUNCHER_FD] = str(theirs.fileno())
-        # Its stdout and stderr come to the launcher, which writes them to its own log
-        # and stderr: a stderr nobody reads (or that is gone) must not hurt it either.
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        mark = procs.make_mark(SUPERVISOR_NAME, self.ident, next(self._marks))
-        env[procs.ENV_INSTANCE_ID] = mark  # its hooks and checks inherit it
-        try:
-            proc = subprocess.Popen(self.supervisor_argv(), stdin=self.devnull, env=env,
-                                    stdout=out_w, stderr=out_w,
-                                    pass_fds=(theirs.fileno(),), start_new_session=True)
-        except (OSError, subprocess.SubprocessError) as exc:
-            print(f"corral-launcher: cannot start the supervisor: {exc}", file=sys.stderr)
-            ours.close()
-            theirs.close()
-            os.close(out_r)
-            os.close(out_w)
-            self._schedule_supervisor(young=True)
-            return
-        theirs.close()
-        os.close(out_w)
-        link = Link(ours, self.handle_request)
-        self.sup = SupervisorProc(proc=proc, link=link, started_at=time.monotonic())
-        # Recorded to be killed at once: a supervisor whose launcher died has nothing to
-        # stop gracefully (its state writes are atomic).
-        self._record_new.append((proc.pid, record.Entry(
-            name=SUPERVISOR_NAME, pid=proc.pid, pgid=proc.pid, start=0, mark=mark,
-            stop_signal="KILL", stop_timeout=0.0)))
-        self.sel.register(link.fileno(), selectors.EVENT_READ, self._on_link)
-        self._relay_supervisor_output(out_r, proc.pid)
-        sup = self.sup
-        self.call_later(_hello_timeout(), lambda: self._hello_overdue(sup))
-
-    def _relay_supervisor_output(self, fd: int, pid: int) -> None:
-        os.set_blocking(fd, False)
-        log = self.console.log
-        assert log is not None
-        reader = PipeReader(fd, pid, b"E", log, stamped=True, echo=self.console.stderr)
-        assert self.sup is not None
-        self.sup.output = reader
-
-        def on_readable(mask: int) -> None:
-            if not reader.read():
-                self.sel.unregister(reader.fd)
-                os.close(reader.fd)
-                reader.fd = -1
-        self.sel.register(fd, selectors.EVENT_READ, on_readable)
-
-    def _hello_overdue(self, sup: SupervisorProc) -> None:
-        """Kill a supervisor that has not said ``Hello`` in time (it is hung, or not a
-        corral supervisor): it is then started again like one that died young."""
-        if self.sup is sup and sup.greeted_at is None and sup.proc.returncode is None:
-            if self.sup_refused is None:
-                print(f"corral-launcher: the supervisor (pid {sup.proc.pid}) did not say "
-                      f"Hello within {_hello_timeout():g} s; killing it", file=sys.stderr)
-            _kill(sup.proc.pid, signal.SIGKILL)
-
-    def _on_link(self, mask: int) -> None:
-        sup = self.sup
-        if sup is None:
-            return
-        if mask & selectors.EVENT_READ:
-            sup.link.on_readable()
-        if mask & selectors.EVENT_WRITE:
-            sup.link.flush()
-        self._update_link_interest()
-
-    def _update_link_interest(self) -> None:
-        sup = self.sup
-        if sup is None:
-            return
-        if sup.link.closed:
-            self._forget_link(sup.link)
-            return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if sup.link.wants_write else 0)
-        if self.sel.get_key(sup.link.fileno()).events != events:  # an epoll_ctl per send
-            self.sel.modify(sup.link.fileno(), events, self._on_link)
-
-    def _forget_link(self, link: Link) -> None:
-        try:
-            self.sel.unregister(link.fd)
-        except (KeyError, ValueError):
-            pass
-
-    def send(self, message: Mapping[str, Any]) -> None:
-        if self.sup is not None and not self.sup.link.closed:
-            self.sup.link.send(message)
-            self.sup.link.flush()
-            self._update_link_interest()
-
-    def _on_supervisor_exit(self, status: int) -> None:
-        sup = self.sup
-        assert sup is not None
-        sup.proc.returncode = os.waitstatus_to_exitcode(status)
-        code = sup.proc.returncode
-        greeted = sup.greeted_at
-        young = greeted is None or time.monotonic() - greeted < SUP_YOUNG
-        if sup.output is not None:
-            sup.output.drain()  # its last words before ours
-        self._forget_link(sup.link)
-        sup.link.close()
-        self.sup = None
-        if self.stopping:
-            self._stop_remaining()
-            return
-        if self.sup_refused is not None or code == m.EXIT_INCOMPATIBLE:
-            if self.sup_refused is None:  # it found out itself (this launcher is older)
-                print(f"corral-launcher: the supervisor cannot work with this launcher or "
-                      f"its state directory (launcher protocol {m.PROTOCOL_VERSION}, corral "
-                      f"{corral.__version__}); services keep running, and no supervisor is "
-                      "started until the launcher gets SIGHUP", file=sys.stderr)
-            self.sup_held = True
-            self._tell(STATUS="no supervisor: it cannot work with this launcher or its "
-                              "state directory; services keep running")
-            return
-        if code in (m.EXIT_DONE, m.EXIT_FATAL):
-            why = "is done" if code == m.EXIT_DONE else "hit a fatal error"
-            print(f"corral-launcher: the supervisor {why} (exit {code}); stopping services",
-                  file=sys.stderr)
-            self.begin_shutdown(force=False, final_code=0 if code == m.EXIT_DONE else code)
-            return
-        if code != 0:
-            print(f"corral-launcher: the supervisor died ({_describe(code)}); restarting it",
-                  file=sys.stderr)
-            self._tell(STATUS=f"the supervisor died ({_describe(code)}); restarting it")
-        self._schedule_supervisor(young=code != 0 and young)
-
-    def _schedule_supervisor(self, young: bool) -> None:
-        if young:
-            self.sup_backoff = min(SUP_BACKOFF_MAX, max(SUP_BACKOFF_MIN, self.sup_backoff * 2))
-        else:
-            self.sup_backoff = 0.0
-        self.call_later(self.sup_backoff, self.start_supervisor)
-
-    # ------------------------------------------------------------------ requests
-    def handle_request(self, msg: Message) -> m.Reply | None:
-        """Answer one request from the supervisor (see :mod:`corral.protocol.messages`)."""
-        kind, rid = msg.get("type"), msg.get("id")
-        if kind == m.HELLO:
-            assert self.sup is not None
-            theirs = msg.get("version")
-            if not m.compatible(m.PROTOCOL_VERSION, theirs):
-                return self._refuse(rid, theirs)
-            self.sup.link.greeted = True
-            self.sup.greeted_at = time.monotonic()
-            # It started well: only supervisors that keep failing before Hello back off.
-            self.sup_backoff = 0.0
-            self.call_later(0, self._replay_exits)
-            self.call_later(0, self._replay_drops)
-            if self.stopping:
-                self.call_later(0, lambda: self.send({"type": m.SHUTDOWN}))
-            return {"type": m.HELLO_OK, "id": rid, "version": m.PROTOCOL_VERSION,
-                    "launcher_pid": os.getpid(), "started_at": self.started_at,
-                    "notify": self.notifier is not None,
-                    "corral_version": corral.__version__}
-        if kind == m.SPAWN:
-            return self._spawn(msg)
-        if kind == m.SIGNAL:
-            return self._signal(msg)
-        if kind == m.TERMINATE:
-            return self._terminate(msg)
-        if kind == m.LIST:
-            return {"type": m.CHILDREN, "id": rid, "children": [
-                {"name": c.name, "pid": c.pid, "started_at": c.started_at, "argv": c.argv,
-                 "spawns": self.spawns[c.name], "cgroup": c.cgroup}
-                for c in self.children.values()], "listeners": self.listeners.describe()}
-        if kind == m.LISTEN:
-            return self._listen(msg)
-        if kind == m.UNLISTEN:
-            name = msg.get("name")
-            if not isinstance(name, str):
-                return m.error(rid, m.E_BAD_REQUEST, "Unlisten needs a 'name'")
-            return {"type": m.OK, "id": rid, "existed": self.listeners.unlisten(name)}
-        if kind == m.ACK:
-            self.exits.ack(msg.get("seq"))
-            return None
-        if kind == m.NOTIFY:
-            return self._notify(msg)
-        return m.error(rid, m.E_BAD_REQUEST, f"unknown message type {kind!r}")
-
-    def _refuse(self, rid: Any, theirs: Any) -> m.Error:
-        """Refuse a supervisor of another protocol major version: say so in one line,
-        keep every service, and start no new supervisor until SIGHUP."""
-        line = (f"the supervisor speaks launcher protocol {theirs!r} and this launcher "
-                f"{m.PROTOCOL_VERSION!r} (corral {corral.__version__}): incompatible")
-        self.sup_refused = line
-        print(f"corral-launcher: {line}; services keep running, and no supervisor is "
-              "started until a compatible corral is installed and the launcher gets SIGHUP",
-              file=sys.stderr)
-        return m.error(rid, m.E_INCOMPATIBLE, line)
-
-    def _listen(self, msg: Message) -> m.Listening | m.Error:
-        rid, name, host, port = msg.get("id"), msg.get("name"), msg.get("host"), msg.get("port")
-        if (not isinstance(name, str) or not isinstance(host, str)
-                or not isinstance(port, int) or isinstance(port, bool)):
-            return m.error(rid, m.E_BAD_REQUEST,
-                           "Listen needs 'name' and 'host' (strings) and 'port' (an integer)")
-        try:
-            listener = self.listeners.listen(name, host, port)
-        except ListenError as exc:
-            return m.error(rid, m.E_LISTEN_FAILED, str(exc))
-        return {"type": m.LISTENING, "id": rid, **listener.describe()}
-
-    def _notify(self, msg: Message) -> m.Ok | m.Error:
-        """``Notify{ready?, status?}``: pass it on to the service manager.  ``READY=1``
-        goes out once in the launcher's life (a restarted supervisor says it again)."""
-        rid, ready, status = msg.get("id"), msg.get("ready", False), msg.get("status")
-        if not isinstance(ready, bool) or not (status is None or isinstance(status, str)):
-            return m.error(rid, m.E_BAD_REQUEST,
-                           "Notify takes 'ready' (a boolean) and 'status' (a string)")
-        fields: dict[str, str] = {}
-        notifier = self.notifier
-        if notifier is not None and ready and not notifier.ready_sent and not self.stopping:
-            fields["READY"] = "1"
-        if status is not None and not self.stopping:
-            fields["STATUS"] = status
-        if fields:
-            self._tell(**fields)
-        return {"type": m.OK, "id": rid}
-
-    def _replay_exits(self) -> None:
-        for message in self.exits.pending():
-            self.send(message)
-
-    def _spawn(self, msg: Message) -> m.Spawned | m.Error:
-        rid = msg.get("id")
-        if self.stopping:
-            return m.error(rid, m.E_BAD_REQUEST, "the launcher is shutting down")
-        log = msg.get("log")
-        try:
-            req = SpawnRequest.parse(msg)
-            path, max_bytes, keep, stamped, to_stdout = _log_settings(log)
-        except SpawnError as exc:
-            return m.error(rid, exc.code, exc.message)
-        mark = procs.make_mark(req.name, self.ident, next(self._marks))
-        req.env[procs.ENV_INSTANCE_ID] = mark  # what ties its descendants to it
-        try:
-            sockets = self.listeners.fds(req.listen_fds)
-        except KeyError as exc:
-            return m.error(rid, m.E_BAD_REQUEST,
-                           f"no listening socket named {exc.args[0]!r}; send Listen first")
-        cgroups = self.cgroups
-        leaf = None
-        if cgroups is not None and (req.cgroup if req.cgroup is not None
-                                    else cgroups.everyone or req.memory_max is not None):
-            leaf = cgroups.create(req.name)
-        try:
-            started = spawn(req, self.devnull,
-                            cgroups.inside(leaf) if cgroups is not None and leaf else None,
-                            sockets)
-        except SpawnError as exc:
-            if cgroups is not None and leaf:
-                cgroups.remove(leaf)
-            return m.error(rid, exc.code, exc.message)
-        if cgroups is not None and leaf and not cgroups.entered:
-            cgroups.remove(leaf)  # the child started outside it: process group only
-            leaf = None
-        logfile = self.logs.get(path)
-        if logfile is None:
-            logfile = self.logs[path] = LogFile(path, max_bytes, keep)
-            logfile.on_drop = self._log_dropping
-        logfile.max_bytes, logfile.keep = max_bytes, keep
-        pid = started.pid
-        recent: deque[bytes] = deque(maxlen=RECENT)
-        echo = self.console.stdout if (self.log_stdout if to_stdout is None else to_stdout) \
-            else None
-        label = echo_label(req.name)
-        readers = [PipeReader(started.stdout, pid, b"O", logfile, stamped, recent, echo,
-                              label + b" O "),
-                   PipeReader(started.stderr, pid, b"E", logfile, stamped, recent, echo,
-                              label + b" E ")]
-        for reader in readers:
-            logfile.users += 1
-            self.sel.register(reader.fd, selectors.EVENT_READ, self._pipe_callback(reader))
-        child = Child(name=req.name, pid=pid, argv=req.argv, started_at=time.time(),
-                      readers=readers, cgroup=leaf, mark=mark)
-        self.children[pid] = child
-        self._record_new.append((pid, record.Entry(
-            name=req.name, pid=pid, pgid=pid, start=0, mark=mark, stop_signal=req.stop_signal,
-            stop_timeout=req.stop_timeout, cgroup=leaf)))
-        self.spawns[req.name] += 1
-        reply: m.Spawned = {"type": m.SPAWNED, "id": rid, "pid": pid, "started_at": child.started_at,
-                 "cgroup": leaf, "memory_max": None, "spawns": self.spawns[req.name]}
-        if cgroups is not None and leaf:
-            cgroups.adopt(leaf, pid)
-            # Written after the exec: the launcher was in the leaf until then.
-            reply["memory_max"] = cgroups.set_memory_max(leaf, req.memory_max, req.name)
-            child.oom_base = cgroups.oom_kills(leaf)
-        return reply
-
-    def _pipe_callback(self, reader: PipeReader) -> Callable[[int], None]:
-        def on_readable(mask: int) -> None:
-            if not reader.read():
-                self.sel.unregister(reader.fd)
-                os.close(reader.fd)
-                reader.fd = -1  # closed: drain() must not read a reused fd number
-                reader.log.users -= 1
-                if reader.log.users <= 0:
-                    reader.log.close()
-        return on_readable
-
-    def _signal(self, msg: Message) -> m.Ok | m.Error:
-        rid, pid = msg.get("id"), msg.get("pid")
-        try:
-            signum = m.signal_number(msg.get("signal", "TERM"))
-        except ValueError as exc:
-            return m.error(rid, m.E_BAD_REQUEST, str(exc))
-        if not isinstance(pid, int) or pid not in self.children:
-            return m.error(rid, m.E_NO_SUCH_PROCESS, f"no service process with pid {pid}")
-        if msg.get("group"):
-            _killpg(pid, signum)
-        else:
-            _kill(pid, signum)
-        return {"type": m.OK, "id": rid}
-
-    def _terminate(self, msg: Message) -> m.Terminated | m.Error | None:
-        rid, pid = msg.get("id"), msg.get("pid")
-        timeout = msg.get("timeout", defaults.STOP_TIMEOUT)
-        try:
-            signum = m.signal_number(msg.get("signal", defaults.STOP_SIGNAL))
-        except ValueError as exc:
-            return m.error(rid, m.E_BAD_REQUEST, str(exc))
-        if not isinstance(timeout, (int, float)) or timeout < 0:
-            return m.error(rid, m.E_BAD_REQUEST, "'timeout' must be a number >= 0")
-        child = self.children.get(pid) if isinstance(pid, int) else None
-        if child is None:
-            done = self.recent_exits.get(pid) if isinstance(pid, int) else None
-            return {"type": m.TERMINATED, "id": rid, "method": m.ALREADY_EXITED,
-                    "exit_code": done.get("exit_code") if done else None,
-                    "signal": done.get("signal") if done else None}
-        child.terminate_waiters.append(rid)
-        strays = self._strays(child)
-        self._note_strays(child, strays)
-        self._signal_all(child, signum, strays)
-        if signum not in (signal.SIGKILL, signal.SIGCONT):
-            # A stopped process must see the signal.
-            self._signal_all(child, signal.SIGCONT, strays)
-
-        def escalate() -> None:
-            if self.children.get(child.pid) is child:
-                child.killed = True
-                self._kill_all(child)
-        self.call_later(float(timeout), escalate)
-        return None
-
-    def _signal_all(self, child: Child, signum: int, strays: list[int]) -> None:
+    # ------------------------------------------------------------ signalling
+    def signal_all(self, child: Child, signum: int, strays: list[int]) -> None:
         """Signal the child's process group, its ``strays`` and, with a cgroup, every
         process in it (a daemon that left the group gets the stop signal too, as with
         systemd)."""
-        _killpg(child.pid, signum)
+        procs.killpg(child.pid, signum)
         for pid in strays:
-            _kill(pid, signum)
+            procs.kill(pid, signum)
         if self.cgroups is not None and child.cgroup:
             for pid in self.cgroups.procs(child.cgroup):
-                _kill(pid, signum)
+                procs.kill(pid, signum)
 
-    def _kill_all(self, child: Child) -> None:
+    def kill_all(self, child: Child) -> None:
         """SIGKILL the child's process group, its strays and its whole cgroup."""
-        strays = self._strays(child)  # found first, while the process tree is intact
-        self._note_strays(child, strays)
+        strays = self.strays(child)  # found first, while the process tree is intact
+        self.note_strays(child, strays)
         if self.cgroups is not None and child.cgroup:
             self.cgroups.kill(child.cgroup)
-        _killpg(child.pid, signal.SIGKILL)
+        procs.killpg(child.pid, signal.SIGKILL)
         for pid in strays:
-            _kill(pid, signal.SIGKILL)
+            procs.kill(pid, signal.SIGKILL)
 
     # -------------------------------------------------------------------- strays
-    def _strays(self, child: Child) -> list[int]:
+    def strays(self, child: Child) -> list[int]:
         """Processes of ``child``'s instance that a signal to its process group misses:
         descendants of its main process that left the group (while it runs), and
         processes re-parented to the launcher that carry its mark, with their
@@ -888,9 +493,9 @@ class Launcher:
     def _orphans(self) -> list[int]:
         """The launcher's children that it did not start: processes re-parented to it."""
         listed = procs.children_text(self.pid)
-        if listed.count(b" ") <= len(self.children) + (self.sup is not None):
+        if listed.count(b" ") <= len(self.children) + (self.keeper.sup is not None):
             return []  # the common case, with no pid parsed (1,000 services: ~100 us less)
-        sup = self.sup.proc.pid if self.sup is not None else None
+        sup = self.keeper.sup.proc.pid if self.keeper.sup is not None else None
         return [pid for pid in map(int, listed.split())
                 if pid not in self.children and pid != sup]
 
@@ -900,7 +505,7 @@ class Launcher:
             self._orphan_marks[orphan] = procs.mark_of(orphan)
         return self._orphan_marks[orphan]
 
-    def _note_strays(self, child: Child, strays: list[int]) -> None:
+    def note_strays(self, child: Child, strays: list[int]) -> None:
         """Say (once per process) that ``child`` left processes behind; they are reported
         with its exit."""
         new = [pid for pid in strays if pid not in child.strays]
@@ -912,7 +517,7 @@ class Launcher:
     def _sweep_soon(self) -> None:
         if not self._sweep_pending:
             self._sweep_pending = True
-            self.call_later(SWEEP_DELAY, self._sweep)
+            self.reactor.call_later(SWEEP_DELAY, self._sweep)
 
     def _sweep(self) -> None:
         """Kill orphans whose instance has already ended (re-parented after its exit was
@@ -930,7 +535,7 @@ class Launcher:
             pids = procs.subtree(roots)
             line = _left_behind(mark.rpartition("@")[0], pids)
             for pid in pids:
-                _kill(pid, signal.SIGKILL)
+                procs.kill(pid, signal.SIGKILL)
             print(f"corral-launcher: {line} after it ended; killed {_them(pids)}",
                   file=sys.stderr)
 
@@ -947,7 +552,7 @@ class Launcher:
         lines = [f"{_left_behind(name or 'a process without an instance mark', left)}; "
                  f"killed {_them(left)}" for name, left in owners.items()]
         for pid in pids:
-            _kill(pid, signal.SIGKILL)
+            procs.kill(pid, signal.SIGKILL)
         for line in lines:
             print(f"corral-launcher: at exit, {line}", file=sys.stderr)
         deadline = time.monotonic() + FINAL_WAIT
@@ -965,10 +570,12 @@ class Launcher:
                 return
             if pid == 0:
                 return
-            if self.sup is not None and pid == self.sup.proc.pid:
-                self._on_supervisor_exit(status)
+            if self.keeper.sup is not None and pid == self.keeper.sup.proc.pid:
+                self.keeper.on_exit(status)
+            elif pid == self.upgrader.checking:
+                self.upgrader.on_check_exit(status)
             elif pid in self.children:
-                self._on_child_exit(self.children.pop(pid), status)
+                self._on_child_exit(self.children.remove(pid), status)
             else:
                 # An orphan that was re-parented to us: nothing to tell, but its own
                 # children are ours now, and may belong to an instance that has ended.
@@ -986,43 +593,29 @@ class Launcher:
             now = self.cgroups.oom_kills(child.cgroup)
             if now is not None and child.oom_base is not None:
                 oom_killed = now > child.oom_base
-        self._kill_all(child)
+        self.kill_all(child)
         for reader in child.readers:
             reader.drain()
-        exited: m.Exited = {
-            "type": m.EXITED, "name": child.name, "pid": child.pid, "at": time.time(),
-            "exit_code": code if code >= 0 else None,
-            "signal": m.signal_name(-code) if code < 0 else None,
-            "last_lines": [line[:1000].decode(errors="replace")
-                           for line in child.readers[0].recent if line],
-            "spawns": self.spawns[child.name],
-        }
-        if oom_killed is not None:
-            exited["oom_killed"] = oom_killed
-        if child.strays:
-            exited["strays"] = sorted(child.strays)
-        self.recent_exits[child.pid] = exited
-        if len(self.recent_exits) > 1000:
-            self.recent_exits.pop(next(iter(self.recent_exits)))
+        exited = self.children.exited(child, code, oom_killed)
         for rid in child.terminate_waiters:
-            terminated: m.Terminated = {"type": m.TERMINATED, "id": rid,
-                                   "method": m.KILLED if child.killed else m.GRACEFUL,
-                                   "exit_code": exited["exit_code"], "signal": exited["signal"]}
+            terminated: m.Terminated = {
+                "type": m.TERMINATED, "id": rid,
+                "method": m.KILLED if child.killed else m.GRACEFUL,
+                "exit_code": exited["exit_code"], "signal": exited["signal"]}
             if oom_killed is not None:
                 terminated["oom_killed"] = oom_killed
             if child.strays:
                 terminated["strays"] = sorted(child.strays)
-            self.send(terminated)
-        self.exits.add(exited)
-        if self.sup is not None and self.sup.link.greeted:
-            self.send(exited)
+            self.keeper.send(terminated)
+        if self.keeper.sup is not None and self.keeper.sup.link.greeted:
+            self.keeper.send(exited)
         if self.cgroups is not None and child.cgroup:
             # After the report, and later still, so a restart can reuse the leaf.
             self.cgroups.release(child.cgroup, child.pid)
             leaf = child.cgroup
-            self.call_later(CGROUP_LINGER,
-                            lambda: self._remove_cgroup(leaf, CGROUP_RMDIR_FIRST))
-        if self.stopping and not self.children and self.sup is None:
+            self.reactor.call_later(CGROUP_LINGER,
+                                    lambda: self._remove_cgroup(leaf, CGROUP_RMDIR_FIRST))
+        if self.stopping and not self.children and self.keeper.sup is None:
             self.exit_code = self.final_code
 
     # ------------------------------------------------------------------ shutdown
@@ -1036,56 +629,48 @@ class Launcher:
         if force:
             print("corral-launcher: forced shutdown: killing every service", file=sys.stderr)
             for child in self.children.values():
-                self._kill_all(child)
-            if self.sup is not None:
-                _kill(self.sup.proc.pid, signal.SIGKILL)
+                self.kill_all(child)
+            if self.keeper.sup is not None:
+                procs.kill(self.keeper.sup.proc.pid, signal.SIGKILL)
             return
         if self.stopping:
             return
         self.stopping = True
         self.final_code = final_code
-        self._tell(STOPPING="1", STATUS="stopping services")
+        self.tell(STOPPING="1", STATUS="stopping services")
         bound = float(os.environ.get("CORRAL_SHUTDOWN_TIMEOUT", "90"))
-        if self.sup is not None and not self.sup.link.closed:
+        if self.keeper.sup is not None and not self.keeper.sup.link.closed:
             # Queued now even before Hello: the supervisor reads it once it is greeted.
-            if self.sup.link.greeted:
-                self.send({"type": m.SHUTDOWN})
-            self.call_later(bound, self._shutdown_overdue)
+            if self.keeper.sup.link.greeted:
+                self.keeper.send({"type": m.SHUTDOWN})
+            self.reactor.call_later(bound, self._shutdown_overdue)
         else:
-            if self.sup is not None:
-                _kill(self.sup.proc.pid, signal.SIGKILL)
-            self._stop_remaining()
+            if self.keeper.sup is not None:
+                procs.kill(self.keeper.sup.proc.pid, signal.SIGKILL)
+            self.stop_remaining()
 
     def _shutdown_overdue(self) -> None:
-        if self.sup is not None:
+        if self.keeper.sup is not None:
             print("corral-launcher: the supervisor did not finish stopping in time; "
                   "killing it", file=sys.stderr)
-            _kill(self.sup.proc.pid, signal.SIGKILL)
+            procs.kill(self.keeper.sup.proc.pid, signal.SIGKILL)
 
-    def _stop_remaining(self) -> None:
+    def stop_remaining(self) -> None:
         """Stop services the supervisor did not (reverse start order), then exit."""
         if not self.children:
-            if self.sup is None:
+            if self.keeper.sup is None:
                 self.exit_code = self.final_code
             return
         for child in reversed(list(self.children.values())):
-            strays = self._strays(child)
-            self._note_strays(child, strays)
-            self._signal_all(child, signal.SIGTERM, strays)
-            self._signal_all(child, signal.SIGCONT, strays)
+            strays = self.strays(child)
+            self.note_strays(child, strays)
+            self.signal_all(child, signal.SIGTERM, strays)
+            self.signal_all(child, signal.SIGCONT, strays)
 
         def kill_rest() -> None:
             for child in self.children.values():
-                self._kill_all(child)
-        self.call_later(FALLBACK_STOP_TIMEOUT, kill_rest)
-
-
-def echo_label(name: str) -> bytes:
-    """How a child's records start on the launcher's stdout: ``web[0]`` for ``web/0``
-    and ``web/0@3`` (the generation is corral's own business), the name itself otherwise."""
-    service, _, instance = name.partition("/")
-    instance = instance.partition("@")[0]
-    return (f"{service}[{instance}]" if instance else service).encode(errors="replace")
+                self.kill_all(child)
+        self.reactor.call_later(FALLBACK_STOP_TIMEOUT, kill_rest)
 
 
 def _log_drop_message(log: LogFile, report: DropReport) -> Message:
@@ -1099,48 +684,6 @@ def _echo_drop_message(echo: Echo, records: int, size: int) -> Message:
     return {"type": m.OUTPUT_DROPPED, "sink": echo.label, "bytes": size, "records": records,
             "error": echo.error, "gone": echo.gone, "total_bytes": echo.dropped_bytes,
             "total_records": echo.dropped_records}
-
-
-def _hello_timeout() -> float:
-    """How long a new supervisor has to say ``Hello`` (``CORRAL_HELLO_TIMEOUT``)."""
-    try:
-        value = float(os.environ.get(m.ENV_HELLO_TIMEOUT, ""))
-    except ValueError:
-        return m.HELLO_TIMEOUT
-    return value if value > 0 else m.HELLO_TIMEOUT
-
-
-def _log_settings(log: Any) -> tuple[str, int, int, bool, bool | None]:
-    """Check a Spawn's ``log`` object: (path, max_bytes, keep, stamped, stdout)."""
-    if not isinstance(log, dict) or not isinstance(log.get("path"), str) or not log["path"]:
-        raise SpawnError(m.E_BAD_REQUEST, "Spawn needs 'log': {'path': ...}")
-    max_bytes = log.get("max_bytes", defaults.LOG_MAX_BYTES)
-    keep = log.get("keep", defaults.LOG_KEEP)
-    fmt = log.get("format", "stamped")
-    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 4096:
-        raise SpawnError(m.E_BAD_REQUEST, "'log.max_bytes' must be an integer >= 4096")
-    if not isinstance(keep, int) or isinstance(keep, bool) or not 0 <= keep <= 1000:
-        raise SpawnError(m.E_BAD_REQUEST, "'log.keep' must be an integer 0..1000")
-    if fmt not in ("stamped", "raw"):
-        raise SpawnError(m.E_BAD_REQUEST, "'log.format' must be 'stamped' or 'raw'")
-    stdout = log.get("stdout")
-    if stdout is not None and not isinstance(stdout, bool):
-        raise SpawnError(m.E_BAD_REQUEST, "'log.stdout' must be true, false or null")
-    return log["path"], max_bytes, keep, fmt == "stamped", stdout
-
-
-def _kill(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _killpg(pgid: int, signum: int) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _left_behind(name: str, pids: list[int]) -> str:
@@ -1157,10 +700,6 @@ def _group(pid: int) -> int | None:
     """The process group of a live process; None when it is gone or a zombie."""
     stat = procs.read_stat(pid)
     return stat.pgrp if stat is not None and stat.alive else None
-
-
-def _describe(code: int) -> str:
-    return f"exit code {code}" if code >= 0 else f"killed by SIG{m.signal_name(-code)}"
 
 
 def _close_inherited_on_exec() -> None:

@@ -14,7 +14,8 @@ started it: the launcher is the subreaper it is re-parented to, and reads the ma
 ``/proc/<pid>/environ`` (readable for the launcher's own user, and for root).
 
 Every reader here returns None or an empty result for a process that is gone or cannot be
-read; none raises ``OSError``.
+read; none raises ``OSError``.  :func:`kill` and :func:`killpg` signal a process or group
+that may be gone already.
 """
 
 from __future__ import annotations
@@ -199,6 +200,23 @@ def all_stats() -> dict[int, Stat]:
             if stat is not None:
                 table[stat.pid] = stat
     return table
+
+
+def kill(pid: int, signum: int) -> None:
+    """Send ``signum`` to ``pid``; nothing if it is gone."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def killpg(pgid: int, signum: int) -> None:
+    """Send ``signum`` to the process group ``pgid``; nothing if it is gone (or no longer
+    ours to signal)."""
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def boot_id() -> str:

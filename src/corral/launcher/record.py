@@ -188,6 +188,14 @@ class Writer:
         self._put(self.header, 0)
         self.size = len(self.header)
 
+    @classmethod
+    def resume(cls, path: str, fd: int, header: bytes, size: int, lines: int) -> Writer:
+        """The writer of a launcher this one replaced in place (same process, same file)."""
+        writer = cls.__new__(cls)
+        writer.path, writer.fd, writer.header = path, fd, header
+        writer.size, writer.lines = size, lines
+        return writer
+
     def append(self, entries: list[str]) -> None:
         """Add children's lines (:meth:`Entry.encode`) in one write."""
         data = "".join(entry + "\n" for entry in entries).encode()

@@ -1,7 +1,7 @@
 """Reading the launcher's log files: the last lines, and following across rotation.
 
 The launcher appends to ``<service>.log`` and rotates it to ``.1`` ... ``.keep`` (see
-:mod:`corral.launcher.output`).  A tail reads backwards from the current file into older
+:mod:`corral.launcher.logfile`).  A tail reads backwards from the current file into older
 ones until it has ``n`` lines.
 
 A follower knows a file by its identity, not its name: it holds the file open and reads
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from io import FileIO
 from pathlib import Path
 
-from corral.launcher.output import START_XATTR
+from corral.launcher.logfile import START_XATTR
 
 FOLLOW_INTERVAL = 0.1  # the longest pause at the end of the live file
 FIRST_INTERVAL = 0.005  # the first pause after data: a busy writer is looked at often

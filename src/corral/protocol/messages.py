@@ -22,6 +22,8 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
                                               | Error{ListenFailed | BadRequest, message}
     Unlisten{name}                         -> Ok{existed}
     Notify{ready?, status?}                -> Ok   (passed on to systemd; see below)
+    Upgrade{}                              -> Upgrading{version, corral_version} (later)
+                                              | Error{Incompatible | UpgradeFailed}
     Exited{name, pid, exit_code?, signal?, at, oom_killed?, spawns, strays?}  (unasked;
                                               queued while no supervisor is connected)
     Shutdown{}                                          (unasked; stop everything, exit 84)
@@ -90,6 +92,16 @@ until SIGHUP; the supervisor says so in one line and exits :data:`EXIT_INCOMPATI
 supervisor that has not said ``Hello`` within :data:`HELLO_TIMEOUT` is killed and started
 again.  ``HelloOk.corral_version`` is the corral release the launcher was started from.
 
+Upgrade in place (optional; a 1.1 launcher answers ``BadRequest``): ``Upgrade`` has the
+launcher check the installed code (``python -m corral.launcher --check-upgrade``) and
+answers once that is done: ``Error{UpgradeFailed}`` with the check's last line when it
+fails, ``Error{Incompatible}`` when the installed code speaks another major version (or
+cannot read the launcher's hand-over state), else ``Upgrading`` with the installed code's
+protocol version and release.  The supervisor that asked then exits (as for a restart);
+once it has, the launcher re-executes itself with the installed code, keeping its pid,
+children, pipes, log files, held sockets and queued exits (see
+:mod:`corral.launcher.upgrade`), and starts a supervisor of the installed code.
+
 Times (``started_at``, ``at``) are Unix epoch seconds as floats.  Signals are names
 without the ``SIG`` prefix (``"TERM"``).
 
@@ -106,7 +118,7 @@ from typing import Any, NotRequired, TypedDict
 #: adds optional fields.  A launcher refuses a ``Hello`` of another major version with
 #: ``Error{Incompatible}`` (and keeps its children); a version 1 peer may send the bare
 #: integer ``1``, read as ``"1.0"``.
-PROTOCOL_VERSION = "1.1"
+PROTOCOL_VERSION = "1.2"
 
 # Request types.
 HELLO = "Hello"
@@ -118,6 +130,7 @@ ACK = "Ack"
 LISTEN = "Listen"
 UNLISTEN = "Unlisten"
 NOTIFY = "Notify"
+UPGRADE = "Upgrade"
 # Reply types.
 HELLO_OK = "HelloOk"
 SPAWNED = "Spawned"
@@ -125,6 +138,7 @@ OK = "Ok"
 TERMINATED = "Terminated"
 CHILDREN = "Children"
 LISTENING = "Listening"
+UPGRADING = "Upgrading"
 ERROR = "Error"
 # Unasked, launcher -> supervisor.
 EXITED = "Exited"
@@ -132,7 +146,7 @@ SHUTDOWN = "Shutdown"
 OUTPUT_DROPPED = "OutputDropped"
 
 REQUEST_TYPES = frozenset({HELLO, SPAWN, SIGNAL, TERMINATE, LIST, ACK, LISTEN, UNLISTEN,
-                           NOTIFY})
+                           NOTIFY, UPGRADE})
 
 # Error codes a person (or the supervisor) can act on.
 E_USER_NOT_FOUND = "UserNotFound"
@@ -142,6 +156,7 @@ E_NO_SUCH_PROCESS = "NoSuchProcess"
 E_BAD_REQUEST = "BadRequest"
 E_LISTEN_FAILED = "ListenFailed"
 E_INCOMPATIBLE = "Incompatible"
+E_UPGRADE_FAILED = "UpgradeFailed"
 
 # How Terminate ended.
 ALREADY_EXITED = "already_exited"
@@ -407,6 +422,16 @@ class Exited(TypedDict):
     seq: NotRequired[int]  # numbered by the launcher, acknowledged with Ack
 
 
+class Upgrading(TypedDict):
+    """The installed code passed its check: the launcher re-executes itself with it once
+    the supervisor that asked has exited."""
+
+    type: str
+    id: int | None
+    version: str  # the installed code's protocol version
+    corral_version: str  # and its release
+
+
 class Shutdown(TypedDict):
     type: str
 
@@ -431,4 +456,4 @@ class OutputDropped(TypedDict):
 
 
 #: What the launcher answers a request with.
-Reply = HelloOk | Spawned | Ok | Terminated | Children | Listening | Error
+Reply = HelloOk | Spawned | Ok | Terminated | Children | Listening | Upgrading | Error

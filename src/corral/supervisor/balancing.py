@@ -5,6 +5,9 @@ The balancer (``python -m corral.balancer``) is a child of the LAUNCHER, named
 so a supervisor crash, restart or upgrade never drops a connection.  It is started on the
 first ``configure`` or ``validate_bind`` that has a proxy-mode service, adopted after a
 supervisor restart, and restarted (0.1 s doubling to 5 s while it dies young) if it exits.
+One that runs another corral release than this supervisor (after ``sup upgrade``) is
+replaced by one of this release started with ``--take-over``: the running one hands it
+its listening sockets over its control socket, so no connection is refused.
 
 Interface (all the supervisor needs)::
 
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from corral import __version__
 from corral.balancer import proxy as balancer_proxy
 from corral.errors import CorralError, Unavailable
 from corral.protocol import framing, paths
@@ -60,6 +64,8 @@ RESTART_MAX = 5.0
 COOLDOWN = 10.0
 #: How often a drain asks whether the backend's connections are gone.
 DRAIN_POLL = 0.1
+#: The exit code of a balancer that could not take over (``corral.balancer.__main__``).
+EXIT_NO_TAKE_OVER = 3
 
 
 def control_path(state_dir: Path) -> Path:
@@ -123,14 +129,25 @@ class Balancer:
         self._wake = asyncio.Event()
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._replacing: int | None = None  # the old balancer's pid while one replaces it
+        self._not_replaced: tuple[int, Any] | None = None  # (pid, version) that stays
 
     # ------------------------------------------------------------ launcher hooks
     def adopt(self, child: Message) -> bool:
         """Called for each child the launcher lists: take it if it is the balancer."""
         if child.get("name") != NAME:
             return False
+        started_at = float(child.get("started_at", self._clock.time()))
+        if self.pid is not None and self.started_at is not None \
+                and started_at < self.started_at:
+            # An older one still finishing its connections after it handed over: its exit
+            # is reported like any replaced balancer's.
+            self._replacing = int(child["pid"])
+            return True
+        if self.pid is not None:
+            self._replacing = self.pid
         self.pid = int(child["pid"])
-        self.started_at = float(child.get("started_at", self._clock.time()))
+        self.started_at = started_at
         self._wanted = True  # it ran, so it was wanted; keep it until told otherwise
         return True
 
@@ -138,6 +155,17 @@ class Balancer:
         """Called for each exit the launcher reports: take it if it was the balancer's."""
         if exited.get("name") != NAME:
             return False
+        if exited.get("pid") == self._replacing:
+            self._replacing = None  # the replaced one, done with its last connections
+            return True
+        if (exited.get("exit_code") == EXIT_NO_TAKE_OVER and exited.get("pid") == self.pid
+                and self._replacing is not None):
+            # The running one would not hand over (an older balancer): it stays.
+            self._log("the new balancer could not take over from the running one, which "
+                      "stays; see " + str(self._log_path()))
+            self.pid, self._replacing = self._replacing, None
+            self._not_replaced = (self.pid, self._stats.get("version"))
+            return True
         if exited.get("pid") == self.pid or self.pid is None:
             ran = self._clock.time() - (self.started_at or self._clock.time())
             self._delay = (RESTART_MIN if ran > COOLDOWN
@@ -277,14 +305,15 @@ class Balancer:
                 self._delay = doubled(self._delay, RESTART_MIN, RESTART_MAX)
                 self._wake.set()
 
-    async def _spawn(self) -> None:
+    async def _spawn(self, take_over: bool = False) -> None:
         assert self._launcher is not None
-        if self.restarts or self.last_exit is not None:
+        if (self.restarts or self.last_exit is not None) and not take_over:
             await asyncio.sleep(self._delay)  # backoff while it keeps dying young
         self.control.parent.mkdir(parents=True, exist_ok=True)
         log = paths.service_log(self.state_dir, NAME)
+        argv = [*self.argv, "--control", str(self.control), *(["--take-over"] * take_over)]
         reply = await self._launcher.request({
-            "type": m.SPAWN, "name": NAME, "argv": [*self.argv, "--control", str(self.control)],
+            "type": m.SPAWN, "name": NAME, "argv": argv,
             "env": self.env, "cwd": str(self.state_dir), "user": None, "group": None,
             "umask": None, "rlimits": {},
             "log": {"path": str(log), "format": "stamped", "max_bytes": 10 * 1024 * 1024,
@@ -343,7 +372,34 @@ class Balancer:
                 self._stats.pop("id", None)
                 self._stats.pop("type", None)
                 self._stats_at = self._clock.time()
+                self._replace_if_old()
             await asyncio.sleep(STATS_EVERY)
+
+    def _replace_if_old(self) -> None:
+        """A balancer of another release than this supervisor's (an upgrade) is replaced
+        by one of this release, which takes its listening sockets over (``--take-over``):
+        no connection is refused.  Tried once per release it runs."""
+        version = self._stats.get("version")
+        if (version in (None, __version__) or self._replacing is not None
+                or self._launcher is None or self.pid is None
+                or self._not_replaced == (self.pid, version)):
+            return
+        self._replacing = self.pid
+        self._spawn_task(self._replace(str(version)))
+
+    async def _replace(self, version: str) -> None:
+        old = self._replacing
+        assert old is not None
+        self._log(f"replacing the balancer (pid {old}, corral {version}) with one of corral "
+                  f"{__version__}; it hands its listening sockets over")
+        restarts = self.restarts
+        try:
+            await self._spawn(take_over=True)
+            self.restarts = restarts  # a replacement, not a restart
+        except CorralError as exc:
+            self._log(f"cannot start a new balancer ({exc}); the running one stays")
+            self._not_replaced = (old, version)
+            self._replacing = None
 
     def _drop_connection(self) -> None:
         self._connected.clear()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from corral import __version__
-from corral.errors import Conflict, NotFound, SpecError
+from corral.errors import Conflict, NotFound, SpecError, Unavailable
 from corral.logs import reader
 from corral.protocol import messages as m
 from corral.protocol import paths
@@ -239,6 +239,23 @@ class Facade:
 
     def restart_supervisor(self) -> None:
         self._request_exit(0)
+
+    async def upgrade(self) -> dict[str, Any]:
+        """Upgrade the launcher in place to the installed corral (it checks that code
+        first; a refusal raises :class:`LauncherError` and changes nothing), then exit so
+        that the upgraded launcher starts a supervisor of that code, which replaces the
+        balancer too.  Returns the versions before and the installed one."""
+        self._sup.conflict_if_stopping()
+        launcher = self._sup.launcher
+        if launcher is None:
+            raise Unavailable("no launcher is connected")
+        before = self.versions()
+        installed = await launcher.upgrade()
+        self._request_exit(0)
+        return {"result": "upgrading", "launcher_pid": launcher.launcher_pid,
+                "supervisor_pid": os.getpid(), "from": before,
+                "to": {"corral": installed["corral_version"],
+                       "protocol": installed["version"]}}
 
     def stop_supervisor(self) -> None:
         self._request_exit(84)

@@ -195,6 +195,31 @@ class LauncherClient:
             message["status"] = status
         await self.request(message)
 
+    async def upgrade(self) -> Message:
+        """``Upgrade``: have the launcher check the installed corral and, once this
+        supervisor has exited, re-execute itself with it (same pid, same services).
+
+        Returns:
+            ``{"version", "corral_version"}`` of the installed code.
+        Raises:
+            LauncherError: ``Incompatible`` (another protocol major version),
+                ``UpgradeFailed`` (the installed code fails its check; the message has its
+                last line), or ``BadRequest`` (one is under way, or the launcher is too
+                old to upgrade in place).
+            Unavailable: the connection was lost first.
+        """
+        try:
+            reply = await self.request({"type": m.UPGRADE})
+        except LauncherError as exc:
+            if exc.launcher_code == m.E_BAD_REQUEST and "unknown message type" in str(exc):
+                which = f" (corral {self.launcher_version})" if self.launcher_version else ""
+                raise LauncherError(exc.launcher_code, (
+                    f"the launcher{which} cannot upgrade in place; restart it instead "
+                    "(corral sup stop, then corral sup run): its services restart too")) \
+                    from None
+            raise
+        return {"version": reply.get("version"), "corral_version": reply.get("corral_version")}
+
     def _lost(self) -> None:
         """The connection ended (EOF, an error, a bad frame or :meth:`close`)."""
         for future in self._pending.values():
