@@ -107,3 +107,32 @@ def wait_file(p: GroupProcess, name: str, contains: str, timeout: float = 20) ->
 def pid(c: Corral, name: str) -> int | None:
     value = c.status(name)["pid"]
     return int(value) if value is not None else None
+
+
+class ClusterHosts:
+    """Supervisors joined to one etcd, each with its own state directory and member name
+    (on loopback here; a namespace test starts its own with ``--advertise`` set)."""
+
+    def __init__(self, root: Path, etcd_url: str, ttl: str = "2") -> None:
+        self.root, self.etcd_url, self.ttl = root, etcd_url, ttl
+        self.made: list[Corral] = []
+
+    def start(self, member: str, *extra: str) -> Corral:
+        state = self.root / member / "state"
+        state.parent.mkdir(parents=True)
+        c = Corral(state)
+        self.made.append(c)
+        c.start("--cluster", self.etcd_url, "--member-name", member, "--advertise",
+                "127.0.0.1", "--cluster-ttl", self.ttl, *extra)
+        return c
+
+    def stop(self) -> None:
+        for c in self.made:
+            c.stop()
+
+
+def member(c: Corral, service_group: str, name: str) -> dict[str, Any] | None:
+    """One member of a service group as ``c``'s census shows it (None: not there)."""
+    data = json.loads(c.ok("census", "--json"))
+    found = [m for m in data["groups"].get(service_group, []) if m["member"] == name]
+    return found[0] if found else None

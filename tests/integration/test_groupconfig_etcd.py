@@ -1,0 +1,100 @@
+"""Group configuration and binds across supervisors joined to a real etcd (loopback): a
+config applied on one host renders on the member of another, secrets stay references in
+etcd, a member whose template fails refuses the config and keeps its files, and a
+consumer binds to a producer on another host."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import wait_for
+from .etcd_fixtures import EtcdMember, dump_keys
+from .groups import ClusterHosts, GroupProcess, events, member, pid, values_file, wait_file
+from .test_binds import consumer, producer
+
+SECRET = "s3cr3t-Value-91"
+TEMPLATE = ("greeting={{ cfg.greeting }}\npassword={{ cfg.password }}\n"
+            "{% if cfg.strict %}needs={{ cfg.required }}\n{% endif %}")
+
+
+@pytest.fixture
+def hosts(tmp_path: Path, etcd: EtcdMember) -> Iterator[ClusterHosts]:
+    made = ClusterHosts(tmp_path, etcd.url)
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+def test_config_applied_elsewhere_renders_here_without_secrets_in_etcd(
+        hosts: ClusterHosts, etcd: EtcdMember, tmp_path: Path) -> None:
+    """beta applies; alpha's member renders it (secret from alpha's own store) and runs
+    its reconfigure hook in the same process.  No key in etcd holds the secret.  A later
+    version alpha's template cannot render is refused on alpha: status and event say
+    where, and its files and process stay."""
+    alpha = hosts.start("alpha")
+    beta = hosts.start("beta")
+    alpha.ok("secret", "set", "DB_PASS", SECRET)
+    app = GroupProcess("app", tmp_path, templates={"app.conf.j2": TEMPLATE},
+                       config={"greeting": "hello", "password": "none", "strict": False},
+                       reconfigure="echo reconfigured $CORRAL_PID >> hook.log")
+    app.load(alpha)
+    alpha.wait_state("app", "up")
+    wait_file(app, "app.conf", "greeting=hello")
+    before = pid(alpha, "app")
+
+    beta.ok("config", "apply", "app.default", "1", str(values_file(
+        tmp_path, "v1.yaml", {"greeting": "bonjour", "password": "${DB_PASS}"})))
+    text = wait_file(app, "app.conf", "greeting=bonjour")
+    assert f"password={SECRET}" in text
+    wait_for(lambda: f"reconfigured {before}" in (app.file("hook.log") or ""),
+             what="the reconfigure hook")
+    assert pid(alpha, "app") == before
+    wait_for(lambda: (m := member(beta, "app.default", "alpha")) is not None
+             and m["config_version"] == 1, what="beta to see alpha at config version 1")
+    keys = dump_keys(etcd)
+    assert json.loads(keys["/corral/default/config/app.default"])["values"]["password"] == \
+        "${DB_PASS}"
+    assert not [k for k, v in keys.items() if SECRET in v or SECRET in k]
+    assert json.loads(alpha.ok("config", "show", "app.default", "--json"))["version"] == 1
+
+    refused = alpha.run("config", "apply", "app.default", "1",
+                        str(values_file(tmp_path, "again.yaml", {"greeting": "x"})))
+    assert refused.returncode == 1
+    assert "app.default is at config version 1" in refused.stderr
+
+    beta.ok("config", "apply", "app.default", "2",
+            str(values_file(tmp_path, "v2.yaml", {"strict": True})))
+    error = wait_for(lambda: alpha.status("app")["config"]["error"], what="alpha to refuse v2")
+    assert "group config v2 refused: app.conf.j2:3: cfg has no key 'required'" in error
+    assert "keep their files" in error and SECRET not in error
+    assert any("app.conf.j2:3" in e["reason"] for e in events(alpha, "app", "config"))
+    assert app.file("app.conf") == text and pid(alpha, "app") == before
+    assert alpha.status("app")["config"]["version"] == 1
+    assert SECRET not in alpha.ok("events", "--json", "-n", "1000")
+
+
+def test_bind_to_a_producer_on_another_host(hosts: ClusterHosts, tmp_path: Path) -> None:
+    """alpha's strict consumer waits for beta's producer, starts with its advertised
+    address and exported port, and is re-rendered when it stops."""
+    alpha = hosts.start("alpha")
+    beta = hosts.start("beta")
+    web = consumer(tmp_path)
+    web.load(alpha)
+    wait_for(lambda: "waiting for bind db" in alpha.status("web")["reason"],
+             what="web to wait for its bind")
+    producer(tmp_path).load(beta)
+    alpha.wait_state("web", "up", timeout=20)
+    assert wait_for(web.env, what="web's environment") == {
+        "CORRAL_BIND_DB_ADDRS": "127.0.0.1:5432"}
+    assert web.file("db.conf") == "db=127.0.0.1:5432\n"
+    before = pid(alpha, "web")
+    beta.ok("svc", "stop", "db")
+    wait_file(web, "db.conf", "db=none")
+    assert pid(alpha, "web") == before
+
+
