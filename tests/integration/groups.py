@@ -119,7 +119,7 @@ class ClusterHosts:
 
     def start(self, member: str, *extra: str) -> Corral:
         state = self.root / member / "state"
-        state.parent.mkdir(parents=True)
+        state.parent.mkdir(parents=True, exist_ok=True)
         c = Corral(state)
         self.made.append(c)
         c.start("--cluster", self.etcd_url, "--member-name", member, "--advertise",

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import wait_for
 from .etcd_fixtures import EtcdMember, dump_keys
@@ -98,3 +99,30 @@ def test_bind_to_a_producer_on_another_host(hosts: ClusterHosts, tmp_path: Path)
     assert pid(alpha, "web") == before
 
 
+
+
+def test_first_boot_renders_the_groups_config_and_secrets_re_render(
+        hosts: ClusterHosts, tmp_path: Path) -> None:
+    """A supervisor that boots with a target renders the group config already in etcd
+    from its first start (no restart to pick it up); a secret the values refer to
+    changing renders the files again."""
+    beta = hosts.start("beta")
+    beta.ok("config", "apply", "app.default", "3", str(values_file(
+        tmp_path, "v3.yaml", {"greeting": "from-the-group", "password": "${DB_PASS}"})))
+    app = GroupProcess("app", tmp_path / "gamma", templates={"app.conf.j2": TEMPLATE},
+                       config={"greeting": "hello", "password": "none", "strict": False},
+                       reconfigure="echo reconfigured $CORRAL_PID >> hook.log")
+    target = tmp_path / "target.yaml"
+    target.write_text(yaml.safe_dump({"processes": [app.spec()]}))
+    app.write()
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text(f"DB_PASS={SECRET}\n")
+    gamma = hosts.start("gamma", "--target", str(target), "--secrets-file", str(secrets))
+    status = gamma.wait_state("app", "up")
+    assert status["restarts"] == 0 and status["config"] == {"version": 3, "error": None}
+    assert app.file("app.conf") == f"greeting=from-the-group\npassword={SECRET}\n"
+    gamma.ok("secret", "set", "DB_PASS", "another-value")
+    wait_file(app, "app.conf", "password=another-value")
+    wait_for(lambda: f"reconfigured {status['pid']}" in (app.file("hook.log") or ""),
+             what="the reconfigure hook")
+    assert pid(gamma, "app") == status["pid"]

@@ -322,6 +322,9 @@ class Facade:
         self._sup.conflict_if_stopping()
         existed = name in self._sup.secrets
         changed, record = await self._sup.targets.set_secret(name, value)
+        if changed:  # config values may refer to it: their files render again
+            self._sup.groupconfig.refresh(list(self._sup.services.values()),
+                                          f"secret {name} changed")
         result = "unchanged" if not changed else "updated" if existed else "added"
         return {"name": name, "result": result, "used_by": self._sup.targets.secret_users(name),
                 "rollout": record.as_dict() if record is not None else None}

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from .loop import Supervisor
 
 
+#: How long a starting supervisor waits for the cluster's census and group configs.
+SYNC_WAIT = 3.0
+
+
 class Membership:
     """Registers the supervisor's processes with ``backend`` and answers census queries.
 
@@ -58,6 +62,8 @@ class Membership:
         if not self._opened:
             self._opened = True
             await self.backend.start(self)
+            # Briefly: a first boot renders with the group's config, not the defaults.
+            await self.backend.wait_synced(SYNC_WAIT)
 
     async def start(self) -> None:
         """Start the backend (unless :meth:`open` did) and register every loaded process
