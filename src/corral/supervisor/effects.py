@@ -146,7 +146,7 @@ class Effects:
             for ref in effective.resources:
                 await asyncio.to_thread(self._core.resources.place, ref.id, workdir, ref.file)
             # Rendered over placed resources: a template may be a resource itself.
-            await asyncio.to_thread(self._core.groupconfig.write, spec, workdir)
+            await self._core.groupconfig.write(spec, workdir)
         except (OSError, CorralError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) else str(exc)
             summary = f"cannot prepare {workdir}: {detail}"

@@ -293,19 +293,17 @@ class GroupConfigs:
         rendered = self._rendered.get(spec.name)
         return dict(rendered.env) if rendered is not None else {}
 
-    def write(self, spec: ProcessSpec, workdir: Path) -> None:
+    async def write(self, spec: ProcessSpec, workdir: Path) -> None:
         """Write the current render's files into ``workdir`` (each atomically, owned by
-        the process's user).  Blocking: run it in a thread."""
-        rendered = self._rendered.get(spec.name)
-        if rendered is None or rendered.spec is not spec:
-            rendered = self.current(spec)
-        if rendered is None:
-            return
-        for name, text in rendered.files.items():
-            path = workdir / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, text.encode(), 0o600)
-            give_workdir(path, spec)
+        the process's user), off the loop.
+
+        Raises:
+            SpecError: there is no render yet and rendering fails.  OSError /
+            StateWriteFailed: a file cannot be written.
+        """
+        rendered = self.current(spec)
+        if rendered is not None and rendered.files:
+            await asyncio.to_thread(_write_files, rendered, workdir)
 
     def waiting_binds(self, spec: ProcessSpec) -> tuple[str, ...]:
         """``bind NAME`` for each strict bind whose producer has no live member yet."""
@@ -431,7 +429,7 @@ class GroupConfigs:
             for inst in live:
                 workdir = Path(self._core.workdirs.cwd(inst, spec))
                 try:
-                    await asyncio.to_thread(self.write, spec, workdir)
+                    await self.write(spec, workdir)
                 except (OSError, CorralError) as exc:
                     detail = exc.strerror if isinstance(exc, OSError) else str(exc)
                     self._core.events.emit(spec.name, "config", f"cannot write the rendered "
@@ -477,3 +475,11 @@ class GroupConfigs:
 def _running(inst: Instance) -> bool:
     """Running, or starting: a process spawned may have read its files already."""
     return inst.pid is not None or inst.state is ServiceState.STARTING
+
+
+def _write_files(rendered: Rendered, workdir: Path) -> None:
+    for name, text in rendered.files.items():
+        path = workdir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, text.encode(), 0o600)
+        give_workdir(path, rendered.spec)
