@@ -63,6 +63,12 @@ def test_config_applied_elsewhere_renders_here_without_secrets_in_etcd(
     assert not [k for k, v in keys.items() if SECRET in v or SECRET in k]
     assert json.loads(alpha.ok("config", "show", "app.default", "--json"))["version"] == 1
 
+    clear = alpha.run("config", "apply", "app.default", "2", str(values_file(
+        tmp_path, "clear.yaml", {"password": f"prefix-{SECRET}"})))
+    assert clear.returncode == 1 and SECRET not in clear.stderr
+    assert "password: holds the value of secret 'DB_PASS'; write ${DB_PASS} instead" in \
+        clear.stderr
+
     refused = alpha.run("config", "apply", "app.default", "1",
                         str(values_file(tmp_path, "again.yaml", {"greeting": "x"})))
     assert refused.returncode == 1

@@ -344,6 +344,7 @@ class GroupConfigs:
             raise CorralError("this supervisor has no service groups")
         values = parse_values(text, fmt, source)
         secret_references(values, source)
+        self._refuse_secret_values(values, source)
         current = self.backend.group_config(service_group)
         candidate = GroupConfig(version, values)
         if current is None or current.version < version:
@@ -352,6 +353,19 @@ class GroupConfigs:
                     self.render(service.spec, config=candidate)
         await self.backend.apply_config(service_group, version, values)
         return {"service_group": service_group, "version": version}
+
+    def _refuse_secret_values(self, values: Mapping[str, Any], source: str) -> None:
+        """SpecError if a text value holds the value of one of this host's secrets (of 8
+        characters or more): group configs are stored in the cluster in clear, so a
+        secret goes there as its ``${NAME}`` reference.  The message names the secret,
+        never its value."""
+        secrets = {n: v for n, v in self._core.secrets.values().items() if len(v) >= 8}
+        for path, text in _texts(values, ""):
+            for name, value in secrets.items():
+                if value in text:
+                    raise SpecError(f"{source}: {path}: holds the value of secret {name!r}; "
+                                    f"write ${{{name}}} instead (a group config is stored "
+                                    "in the cluster in clear)")
 
     # ------------------------------------------------------------------ the listener
     def config_changed(self, service_group: str, config: GroupConfig | None) -> None:
@@ -483,3 +497,15 @@ def _write_files(rendered: Rendered, workdir: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, text.encode(), 0o600)
         give_workdir(path, rendered.spec)
+
+
+def _texts(value: Any, path: str) -> Iterable[tuple[str, str]]:
+    """``(dotted path, text)`` for every text value inside ``value``."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _texts(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _texts(item, f"{path}[{i}]")
