@@ -113,8 +113,9 @@ class ClusterHosts:
     """Supervisors joined to one etcd, each with its own state directory and member name
     (on loopback here; a namespace test starts its own with ``--advertise`` set)."""
 
-    def __init__(self, root: Path, etcd_url: str, ttl: str = "2") -> None:
-        self.root, self.etcd_url, self.ttl = root, etcd_url, ttl
+    def __init__(self, root: Path, etcd_url: str, ttl: str = "2",
+                 advertise: str = "127.0.0.1") -> None:
+        self.root, self.etcd_url, self.ttl, self.advertise = root, etcd_url, ttl, advertise
         self.made: list[Corral] = []
 
     def start(self, member: str, *extra: str) -> Corral:
@@ -123,7 +124,7 @@ class ClusterHosts:
         c = Corral(state)
         self.made.append(c)
         c.start("--cluster", self.etcd_url, "--member-name", member, "--advertise",
-                "127.0.0.1", "--cluster-ttl", self.ttl, *extra)
+                self.advertise, "--cluster-ttl", self.ttl, *extra)
         return c
 
     def stop(self) -> None:
