@@ -6,6 +6,7 @@ value came from."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .conftest import Corral, wait_for
@@ -119,3 +120,26 @@ def test_apply_without_a_hook_replaces_instances_one_at_a_time(corral: Corral,
              and s["config"]["version"] == 2, what="app replaced")
     assert any("replacing the instances one at a time" in e["reason"]
                for e in events(corral, "app", "config"))
+
+
+def test_a_new_supervisor_keeps_the_render_and_the_process(corral: Corral,
+                                                           tmp_path: Path) -> None:
+    """After a supervisor restart the adopted instance keeps its pid and files, and its
+    member shows the config version it runs at once."""
+    p = app(tmp_path, hook=True)
+    p.load(corral)
+    corral.wait_state("app", "up")
+    corral.ok("config", "apply", "app.default", "4",
+              str(values_file(tmp_path, "v4.yaml", {"greeting": "v4"})))
+    text = wait_file(p, "app.conf", "greeting=v4")
+    before, hooks = pid(corral, "app"), wait_for(lambda: p.file("hook.log"), what="hook")
+    old_sup = corral.sup_status()["supervisor_pid"]
+    corral.ok("sup", "restart")
+    wait_for(lambda: corral.answers() and corral.sup_status()["supervisor_pid"] != old_sup,
+             30, "a new supervisor")
+    status = wait_for(lambda: (s := corral.status("app"))["config"]["version"] == 4 and s,
+                      what="the render known again")
+    assert status["pid"] == before and p.file("app.conf") == text
+    census = json.loads(corral.ok("census", "--json", "app.default"))
+    assert census["groups"]["app.default"][0]["config_version"] == 4
+    assert p.file("hook.log") == hooks  # nothing was reconfigured again

@@ -25,6 +25,7 @@ every producer it binds to has a live member (:meth:`GroupConfigs.waiting_binds`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -381,6 +382,17 @@ class GroupConfigs:
         if any(s.spec.binds for s in affected):
             self._core.reconcile()  # a strict bind may be released
         self.refresh(affected, "members of " + ", ".join(sorted(service_groups)) + " changed")
+
+    def adopt(self) -> None:
+        """After the attach: render every process that has no render yet (its instances
+        were adopted from the last supervisor and run what it rendered), without acting
+        on them, so that the census shows the config version they run at once."""
+        self.active = True
+        for service in list(self._core.services.values()):
+            held = self._rendered.get(service.spec.name)
+            if service.spec.uses_groups and (held is None or held.spec is not service.spec):
+                with contextlib.suppress(SpecError):  # current() reports it
+                    self.current(service.spec)
 
     def refresh(self, services: Iterable[Service], why: str) -> None:
         """Render ``services`` again; act on those whose output changed."""

@@ -70,8 +70,8 @@ class Membership:
         (after the attach, so the instances' states are known).  Never fails because etcd
         is down."""
         await self.open()
+        self._core.groupconfig.adopt()
         self._started = True
-        self._core.groupconfig.active = True
         self._core.events.observers.append(self._observe)
         self.sync()
 
