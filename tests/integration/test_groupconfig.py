@@ -143,3 +143,35 @@ def test_a_new_supervisor_keeps_the_render_and_the_process(corral: Corral,
     census = json.loads(corral.ok("census", "--json", "app.default"))
     assert census["groups"]["app.default"][0]["config_version"] == 4
     assert p.file("hook.log") == hooks  # nothing was reconfigured again
+
+
+def test_a_resource_template_renders_into_each_instance_directory(corral: Corral,
+                                                                  tmp_path: Path) -> None:
+    """A template shipped as a resource renders into every instance's own fresh working
+    directory; an apply reconfigures each instance there."""
+    source = tmp_path / "web.conf.j2"
+    source.write_text("greeting={{ cfg.greeting }} instance-dir\n")
+    blob = corral.ok("resource", "up", str(source)).strip()
+    p = GroupProcess("web", tmp_path, config={"greeting": "hello"},
+                     templates={}, reconfigure="echo $CORRAL_PID > reconfigured",
+                     extra={"instances": 2, "templates": ["web.conf.j2"],
+                            "resources": [{"id": blob, "file": "web.conf.j2"}]})
+    spec = p.spec()
+    del spec["cwd"]
+    path = tmp_path / "web.yaml"
+    path.write_text(json.dumps(spec))
+    corral.ok("svc", "load", "-f", str(path))
+    corral.wait_state("web", "up")
+    dirs = [corral.state_dir / "run" / "web" / str(i) for i in (0, 1)]
+    for d in dirs:
+        assert (d / "web.conf").read_text() == "greeting=hello instance-dir\n"
+    pids = [i["pid"] for i in corral.status("web")["instance_list"]]
+    corral.ok("config", "apply", "web.default", "1",
+              str(values_file(tmp_path, "w1.yaml", {"greeting": "hi"})))
+    for d, want in zip(dirs, pids, strict=True):
+        wait_for(lambda d=d: (d / "web.conf").read_text() == "greeting=hi instance-dir\n",
+                 what=f"{d} re-rendered")
+        wait_for(lambda d=d, want=want: (d / "reconfigured").exists()
+                 and (d / "reconfigured").read_text().strip() == str(want),
+                 what=f"the hook in {d}")
+    assert [i["pid"] for i in corral.status("web")["instance_list"]] == pids
