@@ -6,6 +6,8 @@ consumer binds to a producer on another host."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,3 +134,31 @@ def test_first_boot_renders_the_groups_config_and_secrets_re_render(
     wait_for(lambda: f"reconfigured {status['pid']}" in (app.file("hook.log") or ""),
              what="the reconfigure hook")
     assert pid(gamma, "app") == status["pid"]
+
+
+def test_a_config_applied_around_a_supervisor_kill_is_not_lost(
+        hosts: ClusterHosts, tmp_path: Path) -> None:
+    """alpha's supervisor is killed and beta applies at once: whichever comes first, the
+    new supervisor ends with the new files in the same process (reconfigured, not
+    restarted), and the census shows the version it runs."""
+    alpha = hosts.start("alpha")
+    beta = hosts.start("beta")
+    app = GroupProcess("app", tmp_path, templates={"app.conf.j2": TEMPLATE},
+                       config={"greeting": "hello", "password": "none", "strict": False},
+                       reconfigure="echo reconfigured $CORRAL_PID >> hook.log")
+    app.load(alpha)
+    alpha.wait_state("app", "up")
+    wait_file(app, "app.conf", "greeting=hello")
+    before = pid(alpha, "app")
+    old_sup = alpha.sup_status()["supervisor_pid"]
+    os.kill(old_sup, signal.SIGKILL)
+    beta.ok("config", "apply", "app.default", "5",
+            str(values_file(tmp_path, "v5.yaml", {"greeting": "while-away"})))
+    wait_for(lambda: alpha.answers() and alpha.sup_status()["supervisor_pid"] != old_sup,
+             30, "a new supervisor")
+    wait_file(app, "app.conf", "greeting=while-away")
+    wait_for(lambda: f"reconfigured {before}" in (app.file("hook.log") or ""),
+             what="the reconfigure hook")
+    assert pid(alpha, "app") == before
+    wait_for(lambda: (m := member(beta, "app.default", "alpha")) is not None
+             and m["config_version"] == 5, what="alpha at config version 5")

@@ -25,7 +25,6 @@ every producer it binds to has a live member (:meth:`GroupConfigs.waiting_binds`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -107,6 +106,10 @@ class GroupConfigs:
         #: False until the membership has started (after the attach): until then each
         #: start renders, and nothing is re-rendered.
         self.active = False
+        #: Per process, the digest and version its running instances were given (kept in
+        #: ``run/rendered.json``, so that a new supervisor knows what its adopted
+        #: instances run, and acts on a change made while no supervisor was there).
+        self._given: dict[str, dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ host files
     def host_path(self, name: str) -> Path:
@@ -280,6 +283,7 @@ class GroupConfigs:
                 self._core.services[spec.name].spec is spec:
             self._rendered[spec.name] = rendered
             self._errors.pop(spec.name, None)
+            self._give(rendered)
         return rendered
 
     def env(self, spec: ProcessSpec) -> dict[str, str]:
@@ -388,11 +392,24 @@ class GroupConfigs:
         were adopted from the last supervisor and run what it rendered), without acting
         on them, so that the census shows the config version they run at once."""
         self.active = True
+        given = self._load_given()
         for service in list(self._core.services.values()):
-            held = self._rendered.get(service.spec.name)
-            if service.spec.uses_groups and (held is None or held.spec is not service.spec):
-                with contextlib.suppress(SpecError):  # current() reports it
-                    self.current(service.spec)
+            spec = service.spec
+            held = self._rendered.get(spec.name)
+            if not spec.uses_groups or (held is not None and held.spec is spec):
+                continue
+            before = given.get(spec.name)
+            try:
+                rendered = self.render(spec)
+            except SpecError as exc:
+                self._refused(spec.name, f"cannot render: {exc}")
+                continue
+            self._rendered[spec.name] = rendered
+            if before is not None and before.get("digest") != rendered.digest:
+                self._act(service, f"group config v{rendered.version} (changed while no "
+                          "supervisor ran)")
+            else:
+                self._give(rendered)
 
     def refresh(self, services: Iterable[Service], why: str) -> None:
         """Render ``services`` again; act on those whose output changed."""
@@ -413,25 +430,63 @@ class GroupConfigs:
             self._rendered[spec.name] = new
             if old is None or old.spec is not spec or old.digest == new.digest:
                 if old is None or old.version != new.version or old.exports != new.exports:
+                    self._give(new)
                     self._core.events.emit(spec.name, "config", f"{why}: rendered, nothing "
                                            "changed for the running instances")
                 continue
-            for inst in service.instances.values():
-                inst.spawn_request = None  # its environment may have changed
-            live = [i for i in service.instances.values() if _running(i)]
-            if not live or service.desired is Desired.DOWN:
-                self._core.events.emit(spec.name, "config", f"{why}: re-rendered; the next "
-                                       "start uses it")
-                continue
-            if spec.hooks.reconfigure is not None:
-                self._core.events.emit(spec.name, "config", f"{why}: re-rendered; running "
-                                       "the reconfigure hook")
-                self._core.background(self._reconfigure(service, new))
-            elif spec.name not in self._rolling:
-                self._core.events.emit(spec.name, "config", f"{why}: re-rendered; replacing "
-                                       "the instances one at a time")
-                self._rolling.add(spec.name)
-                self._core.background(self._roll(service, why))
+            self._act(service, why)
+
+    def _act(self, service: Service, why: str) -> None:
+        """The render of ``service`` changed: its next starts take it; running instances
+        get it through their reconfigure hook, or are replaced one at a time."""
+        spec = service.spec
+        new = self._rendered[spec.name]
+        self._give(new)
+        for inst in service.instances.values():
+            inst.spawn_request = None  # its environment may have changed
+        live = [i for i in service.instances.values() if _running(i)]
+        if not live or service.desired is Desired.DOWN:
+            self._core.events.emit(spec.name, "config", f"{why}: re-rendered; the next "
+                                   "start uses it")
+            return
+        if spec.hooks.reconfigure is not None:
+            self._core.events.emit(spec.name, "config", f"{why}: re-rendered; running "
+                                   "the reconfigure hook")
+            self._core.background(self._reconfigure(service, new))
+        elif spec.name not in self._rolling:
+            self._core.events.emit(spec.name, "config", f"{why}: re-rendered; replacing "
+                                   "the instances one at a time")
+            self._rolling.add(spec.name)
+            self._core.background(self._roll(service, why))
+
+    def _given_path(self) -> Path:
+        return self._core.state_dir / "run" / "rendered.json"
+
+    def _load_given(self) -> dict[str, dict[str, Any]]:
+        if self._given is None:
+            try:
+                data = json.loads(self._given_path().read_bytes())
+                self._given = {str(k): dict(v) for k, v in data["processes"].items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                self._given = {}  # none yet, or damaged: only a change made meanwhile is missed
+        return self._given
+
+    def _give(self, rendered: Rendered) -> None:
+        """Remember (on disk) what the instances of ``rendered.spec`` are given."""
+        given = self._load_given()
+        entry = {"digest": rendered.digest, "version": rendered.version}
+        name = rendered.spec.name
+        if given.get(name) == entry:
+            return
+        given[name] = entry
+        for gone in [n for n in given if n not in self._core.services]:
+            del given[gone]
+        data = {"format": 1, "processes": given}
+        try:
+            self._given_path().parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self._given_path(), json.dumps(data, sort_keys=True).encode())
+        except (OSError, StateWriteFailed) as exc:  # only a change made while away is missed
+            self._core.events.emit(name, "state_write", f"cannot save what was rendered: {exc}")
 
     def _refused(self, name: str, message: str) -> None:
         if self._errors.get(name) != message:
@@ -446,8 +501,9 @@ class GroupConfigs:
         try:
             if previous is not None:
                 await previous  # one reconfigure at a time, in order
-            if self._rendered.get(service.spec.name) is not rendered:
-                return  # a newer render came meanwhile: its own run does it
+            latest = self._rendered.get(service.spec.name)
+            if latest is None or latest.digest != rendered.digest:
+                return  # a different render came meanwhile: its own run does it
             spec = service.spec
             hook = spec.hooks.reconfigure
             assert hook is not None
