@@ -162,3 +162,41 @@ def test_a_config_applied_around_a_supervisor_kill_is_not_lost(
     assert pid(alpha, "app") == before
     wait_for(lambda: (m := member(beta, "app.default", "alpha")) is not None
              and m["config_version"] == 5, what="alpha at config version 5")
+
+
+def test_losing_etcd_re_renders_nothing(hosts: ClusterHosts, etcd: EtcdMember,
+                                        tmp_path: Path) -> None:
+    """With etcd gone every other member shows stale: a running instance whose template
+    lists who is alive keeps what it said, and is neither reconfigured nor restarted."""
+    alpha = hosts.start("alpha")
+    beta = hosts.start("beta")
+    source = tmp_path / "peers.j2"
+    source.write_text("{% for m in svc.members %}{{ m.member }}={{ m.alive }}\n{% endfor %}")
+    blob = alpha.ok("resource", "up", str(source)).strip()
+    flag = tmp_path / "healthy"
+    flag.touch()
+    app = GroupProcess("app", tmp_path, reconfigure="echo reconfigured >> hook.log",
+                       extra={"templates": ["peers.j2"],
+                              "resources": [{"id": blob, "file": "peers.j2"}],
+                              "health": {"exec": ["test", "-e", str(flag)], "interval": 0.2,
+                                         "retries": 1, "restart_on_unhealthy": False}})
+    spec = app.spec()
+    del spec["cwd"]
+    (tmp_path / "app.json").write_text(json.dumps(spec))
+    alpha.ok("svc", "load", "-f", str(tmp_path / "app.json"))
+    GroupProcess("app", tmp_path / "b").load(beta)
+    workdir = alpha.state_dir / "run" / "app" / "0"
+    text = wait_for(lambda: (t := (workdir / "peers").read_text()) == "alpha=True\nbeta=True\n"
+                    and t, what="alpha to list beta")
+    hooks, before = (workdir / "hook.log").read_text(), pid(alpha, "app")
+    etcd.kill()
+    wait_for(lambda: not alpha.sup_status()["cluster"]["connected"], what="the link down")
+    seen = len(events(alpha, "app"))
+    flag.unlink()  # alpha's own member changes (its health) while the census is stale
+    wait_for(lambda: (m := member(alpha, "app.default", "alpha")) is not None
+             and m["health"] != "ok", what="alpha's member unhealthy")
+    assert not [e for e in events(alpha, "app", "config")[seen:] if "re-rendered" in
+                e["reason"]]
+    assert (workdir / "peers").read_text() == text
+    assert (workdir / "hook.log").read_text() == hooks
+    assert pid(alpha, "app") == before

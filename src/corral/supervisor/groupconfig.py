@@ -380,6 +380,10 @@ class GroupConfigs:
                       if s.spec.service_group == service_group], why)
 
     def census_changed(self, service_groups: frozenset[str]) -> None:
+        if self.backend is not None and self.backend.census().stale:
+            # The link to etcd is down: what the templates say stays as it was (every
+            # other member now shows stale), so losing etcd restarts nothing.
+            return
         affected = [s for s in self._core.services.values()
                     if (s.spec.templates and s.spec.service_group in service_groups)
                     or any(g in service_groups for g in s.spec.binds.values())]
