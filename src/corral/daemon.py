@@ -215,6 +215,7 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
         on_shutdown=lambda: request_exit(m.EXIT_DONE),
         on_lost=lambda: finish(m.EXIT_FATAL), on_dropped=drops.on_message)
     await supervisor.check_boot_target(launcher)
+    await membership.open()
     await supervisor.attach(launcher)
     await membership.start()
     stoppers = _watch_sources(supervisor, secrets, fresh_secrets, watch_target)

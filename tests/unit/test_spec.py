@@ -607,7 +607,7 @@ def test_several_problems_are_reported_together() -> None:
         "cwd, resources, before, instances, receives, health, readiness, start_seconds, "
         "start_timeout, watchdog, restart, stop, "
         "logs, limits, hooks, rollout_timeout, replace, depends_on, user, group, umask, rlimits, "
-        "cluster)",
+        "cluster, config, templates, binds, binding_mode, exports)",
         "target.yaml:10: processes[2].name: duplicate name 'a' (also processes[0])",
         "target.yaml:11: processes[3].depends_on[0]: unknown process 'ghost'",
     ]
@@ -632,7 +632,8 @@ def test_dict_input_has_no_line_numbers() -> None:
         "instances, receives, health, readiness, start_seconds, start_timeout, watchdog, "
         "restart, stop, logs, limits, hooks, "
             "rollout_timeout, replace, "
-        "depends_on, user, group, umask, rlimits, cluster)",
+        "depends_on, user, group, umask, rlimits, cluster, config, templates, binds, "
+        "binding_mode, exports)",
     ]
     with pytest.raises(SpecError, match=r"^api: processes\[1\].name: duplicate name 'x'"):
         validate_target({"processes": [{"name": "x", "command": "a"}] * 2}, "api")
@@ -783,3 +784,24 @@ def test_start_and_exec_code_defaults() -> None:
         "cli: health.exec_codes: must be one of standard, habitat",
         "cli: start_timeout: must be greater than 0",
     ]
+
+
+def test_group_fields_are_checked_with_where() -> None:
+    """``config`` values JSON cannot carry, a bind that is not a service group, a template
+    read from cwd that its own output would overwrite: one line each, with the field."""
+    text = (P + "    cwd: /srv/app\n    templates: [app.conf]\n"
+            "    binds: {db: postgres}\n    config: {when: 2024-01-01}\n")
+    with pytest.raises(SpecError) as info:
+        load_target(text, "t.yaml")
+    assert sorted(p.split(": ", 1)[1] for p in info.value.problems) == [
+        "processes[0].binds.db: 'postgres' is not a service group (<process>.<cluster group>, "
+        "e.g. postgres.default)",
+        "processes[0].config.when: a date cannot be stored; use text, a number, true/false, "
+        "a list or a mapping",
+        "processes[0].templates[0]: 'app.conf' is read from cwd and would be overwritten by "
+        "its own output: name it app.conf.j2",
+    ]
+    spec = load_target(P + "    templates: [conf/app.conf.j2]\n    binding_mode: relaxed\n",
+                       "t.yaml").processes[0]
+    assert spec.template_files == {"conf/app.conf.j2": "conf/app.conf"}
+    assert spec.binding_mode == "relaxed" and spec.uses_groups

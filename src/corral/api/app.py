@@ -28,7 +28,7 @@ from corral.supervisor.facade import Facade
 from .auth import auth_routes
 from .health import health_router
 from .metrics import metrics_router
-from .models import ErrorResponse, LoadRequest, ScaleRequest
+from .models import ConfigApplyRequest, ErrorResponse, LoadRequest, ScaleRequest, ValuesFile
 from .stores import stores_router
 from .target import target_router
 from .ui import dashboard_router
@@ -118,6 +118,25 @@ def create_app(facade: Facade, remote: RemoteAccess | None = None) -> FastAPI:
     async def census_group(service_group: str) -> dict[str, Any]:
         """The members of one service group (404 when none is known)."""
         return facade.census(service_group)
+
+    @app.get("/v1/config/{service_group}", tags=["cluster"], responses=_ERRORS)
+    async def config_show(service_group: str) -> dict[str, Any]:
+        """A service group's config version and merged values, each with its source
+        (default, host file, group config); ``${SECRET}`` references as written."""
+        return facade.config_show(service_group)
+
+    @app.put("/v1/config/{service_group}", tags=["cluster"], responses=_ERRORS)
+    async def config_apply(service_group: str, body: ConfigApplyRequest) -> dict[str, Any]:
+        """Store a new version of the group's config (409 unless higher than the current
+        one; 422 when this host's process of the group does not render with it)."""
+        return await facade.config_apply(service_group, body.version, body.text,
+                                         body.format, body.source)
+
+    @app.put("/v1/services/{name}/config", tags=["services"], responses=_ERRORS)
+    async def host_config(name: str, body: ValuesFile) -> dict[str, Any]:
+        """Set this host's own values for a process (between its defaults and the group
+        config); 422 when it does not render with them."""
+        return facade.host_config_set(name, body.text, body.format, body.source)
 
     @app.post("/v1/supervisor/restart", status_code=HTTPStatus.ACCEPTED, tags=["supervisor"])
     async def restart_supervisor() -> dict[str, str]:

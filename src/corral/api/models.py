@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,22 @@ class ScaleRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     instances: int = Field(ge=0, le=1000)
+
+
+class ValuesFile(BaseModel):
+    """``PUT /v1/services/{name}/config``: a config file's text, its format and its name
+    (for messages and ``config show``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(max_length=1 << 20)
+    format: Literal["toml", "yaml", "json"]
+    source: str = Field(default="<api>", max_length=4096)
+
+
+class ConfigApplyRequest(ValuesFile):
+    """``PUT /v1/config/{service_group}``: a new version of a group's config."""
+
+    version: int = Field(ge=1, le=(1 << 63) - 1)
 
 
 class ErrorBody(BaseModel):

@@ -50,6 +50,7 @@ VERBS = {
     "resource": "upload and manage files placed in run dirs",
     "export": "print the target as another tool's files",
     "census": "show the members of every service group",
+    "config": "apply and show service groups' config",
 }
 _GLOBAL_OPTIONS_WITH_VALUE = ("--state-dir", "--override-name", "--remote")
 

@@ -64,6 +64,25 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("instances", metavar="N", type=non_negative_int, help="number of instances")
     p.set_defaults(handler=cmd_scale)
 
+    config = add_parser(verbs, "config", "set this host's own config values for a service",
+                        "The host's own layer of a service's config values: over its\n"
+                        "`config:` defaults, under its service group's applied config.",
+                        "\n  corral svc config set redis redis.toml", parents)
+    config_verbs = config.add_subparsers(dest="config_verb", metavar="SUBCOMMAND",
+                                         required=True)
+    p = add_parser(config_verbs, "set", "set this host's config values for a service",
+                   "Store FILE (TOML, YAML or JSON, by its suffix) as this host's values for\n"
+                   "the service (Habitat's user.toml): they override its `config:` defaults,\n"
+                   "and the group config (corral config apply) overrides them. The service\n"
+                   "renders its templates again, then runs its reconfigure hook or replaces\n"
+                   "its instances if its files changed. Refused, and nothing stored, when it\n"
+                   "does not render with them.",
+                   "\n  corral svc config set redis redis.toml\n"
+                   "  corral config show redis.default", parents)
+    p.add_argument("name", metavar="NAME", help="service name")
+    p.add_argument("file", metavar="FILE", help="a .toml, .yaml, .yml or .json file")
+    p.set_defaults(handler=cmd_config_set)
+
     p = add_parser(verbs, "status", "show services' states",
                    "A table of every service (or one), with one indented line per instance\n"
                    "for a service with several. With NAME, exits 1 if the service is not\n"
@@ -216,6 +235,17 @@ def cmd_action(args: argparse.Namespace, ctx: CommandContext) -> int:
     done = {"start": "started", "stop": "stopped", "restart": "restarted",
             "reload": "reloaded"}[args.action]
     ctx.out(f"{args.name}: {done}, {_state_pid(svc)}")
+    return EXIT_OK
+
+
+def cmd_config_set(args: argparse.Namespace, ctx: CommandContext) -> int:
+    """``PUT /v1/services/{name}/config``."""
+    from corral.cli.config import read_values_file
+
+    path = f"/v1/services/{quote_segment(args.name)}/config"
+    _, shown = ctx.client().request("PUT", path, read_values_file(args.file), timeout=None)
+    ctx.out(f"{args.name}: host config set from {args.file} (group "
+            f"{shown.get('service_group')}, config version {shown.get('version') or 'none'})")
     return EXIT_OK
 
 

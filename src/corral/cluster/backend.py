@@ -68,6 +68,11 @@ class ClusterBackend(Protocol):
         trying.
         """
 
+    async def wait_synced(self, timeout: float) -> None:
+        """Return once the census and group configs have been read from the cluster
+        after :meth:`start`, or after ``timeout`` seconds (etcd away: the last known
+        ones stay).  The local backend is synced at once."""
+
     async def close(self, *, leave: bool = False) -> None:
         """Stop.  ``leave``: drop this supervisor's members from the census now (a
         ``sup stop``); otherwise they stay until the lease runs out, so a restarted

@@ -50,6 +50,9 @@ class LocalBackend(BaseBackend):
         for group, config in self._configs.items():
             self._emit_config(group, config)
 
+    async def wait_synced(self, timeout: float) -> None:
+        return None
+
     async def close(self, *, leave: bool = False) -> None:
         self._listener = None
 

@@ -83,6 +83,7 @@ class EtcdBackend(BaseBackend):
         self._save_handle: asyncio.TimerHandle | None = None
         self._endpoints_file = endpoints_file
         self._endpoints_stamp: tuple[int, int] | None = _stamp(endpoints_file)
+        self._synced: asyncio.Event | None = None
 
     # ---------------------------------------------------------------- life cycle
     async def probe(self) -> None:
@@ -92,6 +93,7 @@ class EtcdBackend(BaseBackend):
     async def start(self, listener: ClusterListener) -> None:
         self._listener = listener
         self._wake = asyncio.Event()
+        self._synced = asyncio.Event()
         self._emit_link(self.link())
         self._load_cache()
         self._watch = self._client.watch_prefix(self.keys.root, self._on_batch)
@@ -115,6 +117,13 @@ class EtcdBackend(BaseBackend):
             self._save_cache()
         self._listener = None
         await self._client.aclose()
+
+    async def wait_synced(self, timeout: float) -> None:
+        # With a cache, the last known configs are there already: no wait (etcd may be
+        # away, and a supervisor restarted then must adopt its services at once).
+        if self._synced is not None and not self._view.revision:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._synced.wait(), timeout)
 
     # ------------------------------------------------------------------- reading
     def link(self) -> LinkStatus:
@@ -231,6 +240,8 @@ class EtcdBackend(BaseBackend):
     # -------------------------------------------------------------------- mirror
     def _on_batch(self, batch: WatchBatch) -> None:
         changes = self._view.apply(batch)
+        if self._view.synced and self._synced is not None:
+            self._synced.set()
         if changes.groups:
             self._emit_groups(changes.groups)
         for group in sorted(changes.configs):

@@ -7,6 +7,7 @@ Every model is frozen and forbids unknown fields; ``to_dict()`` leaves defaults 
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
 from typing import Annotated, Any, Literal, Self
@@ -88,12 +89,15 @@ class HooksSpec(SpecModel):
     """Shell commands around an instance's life (after Habitat's hooks), each bounded by
     ``timeout``: ``init`` before a start that a user or the target asked for (a failure
     backs off like a crash), ``post_run`` once ready, ``post_stop`` after a stop,
-    ``reload`` for ``svc reload`` (or ``reload_signal``, sent to the main process)."""
+    ``reload`` for ``svc reload`` (or ``reload_signal``, sent to the main process),
+    ``reconfigure`` in each running instance after its group config or binds changed
+    its rendered files (instead of a rolling restart)."""
 
     init: NonEmpty | None = None
     post_run: NonEmpty | None = None
     post_stop: NonEmpty | None = None
     reload: NonEmpty | None = None
+    reconfigure: NonEmpty | None = None
     reload_signal: Annotated[str, BeforeValidator(parse_signal)] | None = None
     timeout: Positive = 30.0
 
@@ -209,6 +213,32 @@ class ClusterSpec(SpecModel):
         return v
 
 
+#: Suffixes that mark a template; the rendered file is named without it.
+TEMPLATE_SUFFIXES = (".j2", ".jinja", ".jinja2", ".tmpl")
+_SERVICE_GROUP = re.compile(r"[a-z0-9][a-z0-9_.-]*\.[a-z0-9][a-z0-9_-]*")
+_BIND_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def _values_problems(value: Any, path: tuple[str | int, ...]) -> list[Problem]:
+    """What JSON (and so etcd) cannot carry in a ``config:`` mapping, with its path."""
+    if isinstance(value, dict):
+        out: list[Problem] = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                out.append((path, f"key {key!r} is not text"))
+            else:
+                out += _values_problems(item, (*path, key))
+        return out
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _values_problems(item, (*path, i))]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(path, "infinities and NaN cannot be stored")]
+    if value is None or isinstance(value, str | int | float | bool):
+        return []
+    return [(path, f"a {type(value).__name__} cannot be stored; use text, a number, "
+             "true/false, a list or a mapping")]
+
+
 class ProcessSpec(SpecModel):
     """One entry of the target's ``processes``: what to run, how many, and how to keep it up.
 
@@ -246,6 +276,11 @@ class ProcessSpec(SpecModel):
     umask: Umask | None = None
     rlimits: dict[RlimitName, RlimitValue] = Field(default_factory=dict)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    config: dict[str, Any] = Field(default_factory=dict)
+    templates: list[NonEmpty] = Field(default_factory=list)
+    binds: dict[str, str] = Field(default_factory=dict)
+    binding_mode: Literal["strict", "relaxed"] = "strict"
+    exports: dict[str, NonEmpty] = Field(default_factory=dict)
 
     @field_validator("command", mode="before")
     @classmethod
@@ -278,12 +313,57 @@ class ProcessSpec(SpecModel):
         ]
         if self.readiness == "health" and self.health is None:
             problems.append((("readiness",), "readiness 'health' needs a health check"))
+        problems += self._group_problems()
         http = self.health.http if self.health else None
         if http and http.service is not None and http.service not in self.receives:
             msg = f"service {http.service!r} is not one this process receives"
             problems.append((("health", "http", "service"), msg))
         fail(problems)
         return self
+
+    def _group_problems(self) -> list[Problem]:
+        """``config``, ``templates``, ``binds`` and ``exports``."""
+        problems = _values_problems(self.config, ("config",))
+        placed = {r.file for r in self.resources}
+        for k, name in enumerate(self.templates):
+            norm = posixpath.normpath(name)
+            if norm == ".." or norm.startswith("../") or "\0" in name:
+                problems.append((("templates", k), f"must stay inside the working directory, "
+                                 f"got {name!r}"))
+            elif name in self.templates[:k]:
+                problems.append((("templates", k), f"template {name!r} is listed twice"))
+            elif (self.cwd is not None and name not in placed
+                  and not name.endswith(TEMPLATE_SUFFIXES)):
+                problems.append((("templates", k), f"{name!r} is read from cwd and would be "
+                                 "overwritten by its own output: name it "
+                                 f"{posixpath.basename(name)}.j2"))
+        for bind, group in self.binds.items():
+            if not _BIND_NAME.fullmatch(bind):
+                problems.append((("binds", bind), "a bind name is a-z 0-9 _, starting with "
+                                 "a letter"))
+            elif not _SERVICE_GROUP.fullmatch(group):
+                problems.append((("binds", bind), f"{group!r} is not a service group "
+                                 "(<process>.<cluster group>, e.g. postgres.default)"))
+        for key in self.exports:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                problems.append((("exports", key), "an export name is letters, digits and _"))
+        return problems
+
+    @property
+    def template_files(self) -> dict[str, str]:
+        """Each template and the file it renders to (in the instance's working directory):
+        its name less a template suffix (``redis.conf.j2`` -> ``redis.conf``)."""
+        out = {}
+        for name in self.templates:
+            norm = posixpath.normpath(name)
+            target = next((norm[:-len(s)] for s in TEMPLATE_SUFFIXES if norm.endswith(s)), norm)
+            out[name] = target
+        return out
+
+    @property
+    def uses_groups(self) -> bool:
+        """Whether the process renders anything from group config or binds."""
+        return bool(self.templates or self.binds or self.exports or self.config)
 
     @property
     def replace_order(self) -> str:

@@ -89,7 +89,7 @@ class Effects:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         inst.spawned = done
         if ((spec.hooks.init is not None and not inst.init_done) or spec.resources
-                or spec.before is not None):
+                or spec.before is not None or spec.templates):
             self._core.background(self._guarded_prepare(inst, spec, done))
             return
         future = self._core.launcher.send_encoded(inst.spawn_request[1])
@@ -117,7 +117,7 @@ class Effects:
         result = HookResult(True, "", [])
         if spec.hooks.init is not None and not inst.init_done:
             result = await self.hook(inst, spec, "init", spec.hooks.init)
-        if result.ok and (spec.resources or spec.before is not None):
+        if result.ok and (spec.resources or spec.before is not None or spec.templates):
             result = await self._prepare_workdir(inst, spec)
         if inst.state is not ServiceState.STARTING or self._core.launcher is None:
             if not done.done():
@@ -135,7 +135,9 @@ class Effects:
             self._core.feed(inst, EXIT_TRIGGERS[decision.verdict], decision.reason)
             return
         inst.init_done = True
-        assert inst.spawn_request is not None
+        if inst.spawn_request is None or inst.spawn_request[0] is not spec:
+            # Dropped meanwhile: a group config or a bind changed its environment.
+            inst.spawn_request = (spec, self._spawn_request(inst, spec))
         future = self._core.launcher.send_encoded(inst.spawn_request[1])
         await self._spawned(inst, future, done)
 
@@ -148,6 +150,8 @@ class Effects:
             await asyncio.to_thread(self._core.workdirs.fresh, inst, spec, workdir)
             for ref in effective.resources:
                 await asyncio.to_thread(self._core.resources.place, ref.id, workdir, ref.file)
+            # Rendered over placed resources: a template may be a resource itself.
+            await self._core.groupconfig.write(spec, workdir)
         except (OSError, CorralError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) else str(exc)
             summary = f"cannot prepare {workdir}: {detail}"
@@ -160,6 +164,7 @@ class Effects:
     async def hook(self, inst: Instance, spec: ProcessSpec, hook: str,
                     command: str) -> HookResult:
         env = self._core.environment.of(inst, spec)
+        env.update(self._core.groupconfig.last_env(spec))
         if inst.pid is not None:
             env["CORRAL_PID"] = str(inst.pid)
         user, group = identity(spec)
@@ -184,6 +189,7 @@ class Effects:
             env["NOTIFY_SOCKET"] = notify.socket_name(self._core.state_dir, inst.launcher_name)
         if spec.watchdog is not None:
             env["WATCHDOG_USEC"] = str(int(spec.watchdog * 1_000_000))
+        env.update(self._core.groupconfig.env(spec))
         env.update(ports)
         user, group = identity(spec)
         return spawn_request.build(

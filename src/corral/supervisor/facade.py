@@ -69,6 +69,24 @@ class Facade:
             raise NotFound("this supervisor keeps no census")
         return self._membership.census(service_group)
 
+    # group configuration
+    def config_show(self, service_group: str) -> dict[str, Any]:
+        """``config show``: the group's config version and merged values with their
+        sources (NotFound: no config applied and no process of that group here)."""
+        return self._sup.groupconfig.show(service_group)
+
+    async def config_apply(self, service_group: str, version: int, text: str, fmt: str,
+                           source: str) -> dict[str, Any]:
+        """``config apply``: store a new version of the group's config (see
+        :meth:`corral.supervisor.groupconfig.GroupConfigs.apply`)."""
+        self._sup.conflict_if_stopping()
+        return await self._sup.groupconfig.apply(service_group, version, text, fmt, source)
+
+    def host_config_set(self, name: str, text: str, fmt: str, source: str) -> dict[str, Any]:
+        """``svc config set``: the host's own values for process ``name``."""
+        self._sup.conflict_if_stopping()
+        return self._sup.groupconfig.set_host_file(name, text, fmt, source)
+
     def versions(self) -> dict[str, Any]:
         """Each part's corral release (None where it is not known: no balancer running,
         or one too old to say) and the launcher protocol each side speaks."""
@@ -112,7 +130,11 @@ class Facade:
     def _with_traffic(self, entry: dict[str, Any]) -> dict[str, Any]:
         """Add ``traffic``: for each service this process receives, the balancer's figures
         with only this process's backends (``{}`` when it receives none)."""
-        receives = self._sup.services[entry["name"]].spec.receives
+        spec = self._sup.services[entry["name"]].spec
+        config = self._sup.groupconfig.status(spec)
+        if config is not None:
+            entry["config"] = config
+        receives = spec.receives
         if not receives:
             return entry
         mine = f"{entry['name']}/"
@@ -316,6 +338,9 @@ class Facade:
         self._sup.conflict_if_stopping()
         existed = name in self._sup.secrets
         changed, record = await self._sup.targets.set_secret(name, value)
+        if changed:  # config values may refer to it: their files render again
+            self._sup.groupconfig.refresh(list(self._sup.services.values()),
+                                          f"secret {name} changed")
         result = "unchanged" if not changed else "updated" if existed else "added"
         return {"name": name, "result": result, "used_by": self._sup.targets.secret_users(name),
                 "rollout": record.as_dict() if record is not None else None}

@@ -47,6 +47,7 @@ from .effects import EXIT_TRIGGERS, Effects, exit_record
 from .environment import Environment
 from .events import EventLog
 from .hooks import HookResult
+from .groupconfig import GroupConfigs
 from .instance import Instance, Service, parse_launcher_name
 from .launcher_client import LauncherClient, Message
 from .liveness import Liveness
@@ -116,6 +117,7 @@ class Supervisor:
         self.reattach = Reattach(self)
         self.liveness = Liveness(self)
         self.rollouts = RolloutRunner(self)
+        self.groupconfig = GroupConfigs(self)
         self.targets = Targets(self)
         self.commands = Commands(self)
         self._boot: tuple[Target, str, str] | None = None  # sup run --target, to check
@@ -410,7 +412,7 @@ class Supervisor:
         if self._booting or self.launcher is None or self.stopping_all:
             return
         wanted = {name: reconcile.Want(s.spec.instances, s.desired is Desired.UP,
-                                       graph.blocked_by(self.services, s))
+                                       self._start_blocked(s))
                   for name, s in self.services.items()}
         observed = {(name, i.index): reconcile.Seen(i.state, i.stays_down)
                     for name, s in self.services.items() for i in s.instances.values()}
@@ -419,7 +421,7 @@ class Supervisor:
             if step.verb is reconcile.Verb.WAIT:
                 inst = service.instances.setdefault(step.index,
                                                     service.new_instance(step.index))
-                inst.reason = "waiting for " + ", ".join(graph.blocked_by(self.services, service)) + \
+                inst.reason = "waiting for " + ", ".join(self._start_blocked(service)) + \
                     " to be ready"
             elif step.verb is reconcile.Verb.START:
                 inst = service.instances.setdefault(step.index,
@@ -433,6 +435,12 @@ class Supervisor:
                         self.forget(inst)
                     continue
                 self.feed(inst, Trigger.STOP, "stopping")
+
+    def _start_blocked(self, service: Service) -> tuple[str, ...]:
+        """What a start of ``service`` waits for: dependencies not ready, strict binds
+        whose producer has no live member (``bind db``)."""
+        return graph.blocked_by(self.services, service) + \
+            self.groupconfig.waiting_binds(service.spec)
 
     # ----------------------------------------------------------------- resources
 

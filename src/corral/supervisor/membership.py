@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from .loop import Supervisor
 
 
+#: How long a starting supervisor waits for the cluster's census and group configs.
+SYNC_WAIT = 3.0
+
+
 class Membership:
     """Registers the supervisor's processes with ``backend`` and answers census queries.
 
@@ -48,11 +52,25 @@ class Membership:
         self._pending = False
         self._started = False
         self._connected: bool | None = None
+        core.groupconfig.backend = backend
+        core.groupconfig.sync_members = self._sync_opened
+        self._opened = False
+
+    async def open(self) -> None:
+        """Start the backend, before the attach: group configs and the census are known
+        before the first process renders its templates.  Never fails because etcd is down."""
+        if not self._opened:
+            self._opened = True
+            await self.backend.start(self)
+            # Briefly: a first boot renders with the group's config, not the defaults.
+            await self.backend.wait_synced(SYNC_WAIT)
 
     async def start(self) -> None:
-        """Start the backend and register every loaded process (after the attach, so the
-        instances' states are known).  Never fails because etcd is down."""
-        await self.backend.start(self)
+        """Start the backend (unless :meth:`open` did) and register every loaded process
+        (after the attach, so the instances' states are known).  Never fails because etcd
+        is down."""
+        await self.open()
+        self._core.groupconfig.adopt()
         self._started = True
         self._core.events.observers.append(self._observe)
         self.sync()
@@ -62,6 +80,7 @@ class Membership:
         if self._observe in self._core.events.observers:
             self._core.events.observers.remove(self._observe)
         self._started = False
+        self._core.groupconfig.active = False
         await self.backend.close(leave=leave)
 
     # ------------------------------------------------------------------ registering
@@ -69,6 +88,17 @@ class Membership:
         if event["service"] and not self._pending:
             self._pending = True
             asyncio.get_running_loop().call_soon(self.sync)
+
+    def _sync_opened(self) -> None:
+        """:meth:`sync` once the backend is open (a process renders during the attach)."""
+        if self._opened and not self._started:
+            self._started = True
+            try:
+                self.sync()
+            finally:
+                self._started = False
+        elif self._started:
+            self.sync()
 
     def sync(self) -> None:
         """Register each loaded process's member as it is now; withdraw the removed ones."""
@@ -96,14 +126,18 @@ class Membership:
         for svc in self._core.traffic.target_services:
             if svc.name in service.spec.receives:
                 ports[svc.name] = svc.port
-        return MemberStatus(instances=instances, ports=ports, spec_generation=service.gen)
+        version, exports = self._core.groupconfig.member_fields(service.spec)
+        return MemberStatus(instances=instances, ports=ports, spec_generation=service.gen,
+                            config_version=version, exports=exports)
 
     # ------------------------------------------------------------------ the listener
     def census_changed(self, service_groups: frozenset[str]) -> None:
-        """Nothing renders from the census yet: ``census`` reads it when asked."""
+        """Re-render the processes that see these groups; release strict binds."""
+        self._core.groupconfig.census_changed(service_groups)
 
     def config_changed(self, service_group: str, config: GroupConfig | None) -> None:
-        """Group configs are not applied to processes yet."""
+        """Re-render the process of ``service_group``; reconfigure or replace it."""
+        self._core.groupconfig.config_changed(service_group, config)
 
     def link_changed(self, link: LinkStatus) -> None:
         """Record in the event log when the link to the cluster goes down or comes back."""
