@@ -52,11 +52,11 @@ from corral.render import (
 )
 from corral.spec import ProcessSpec
 from corral.states import Desired, ServiceState
-from corral.store.files import atomic_write
 
 from .identity import give_workdir
 from .instance import Instance, Service
 from .rollout import Phase
+from .statefile import atomic_write
 
 if TYPE_CHECKING:
     from .loop import Supervisor

@@ -46,8 +46,8 @@ from .commands import Commands
 from .effects import EXIT_TRIGGERS, Effects, exit_record
 from .environment import Environment
 from .events import EventLog
-from .hooks import HookResult
 from .groupconfig import GroupConfigs
+from .hooks import HookResult
 from .instance import Instance, Service, parse_launcher_name
 from .launcher_client import LauncherClient, Message
 from .liveness import Liveness
