@@ -65,6 +65,9 @@ def test_apply_reconfigures_in_place_and_layers_with_sources(corral: Corral,
     assert again.returncode == 1
     assert again.stderr.strip().splitlines() == [
         "corral: app.default is at config version 1: apply a version higher than 1 (got 1)"]
+    same = corral.run("config", "apply", "app.default", "1",
+                      str(values_file(tmp_path, "v1.yaml", {"greeting": "bonjour"})))
+    assert same.returncode == 1 and "apply a version higher than 1" in same.stderr
     assert config_show(corral, "app.default")["version"] == 1
 
 

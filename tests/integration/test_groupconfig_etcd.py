@@ -188,7 +188,10 @@ def test_losing_etcd_re_renders_nothing(hosts: ClusterHosts, etcd: EtcdMember,
     workdir = alpha.state_dir / "run" / "app" / "0"
     text = wait_for(lambda: (t := (workdir / "peers").read_text()) == "alpha=True\nbeta=True\n"
                     and t, what="alpha to list beta")
-    hooks, before = (workdir / "hook.log").read_text(), pid(alpha, "app")
+    # The hook runs once the new file is in place: wait for it too, not only the file.
+    hooks = wait_for(lambda: (workdir / "hook.log").exists()
+                     and (workdir / "hook.log").read_text(), what="the reconfigure hook")
+    before = pid(alpha, "app")
     etcd.kill()
     wait_for(lambda: not alpha.sup_status()["cluster"]["connected"], what="the link down")
     seen = len(events(alpha, "app"))

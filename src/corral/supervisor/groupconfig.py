@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.cluster import ClusterBackend, GroupConfig
+from corral.cluster.records import refuse_unless_newer
 from corral.errors import CorralError, NotFound, SpecError, StateWriteFailed
 from corral.render import (
     Context,
@@ -351,11 +352,13 @@ class GroupConfigs:
         secret_references(values, source)
         self._refuse_secret_values(values, source)
         current = self.backend.group_config(service_group)
+        # A user's apply of a version already stored is refused even with the same values
+        # (Habitat's rule); the backends accept that only for their own retried writes.
+        refuse_unless_newer(service_group, current, version)
         candidate = GroupConfig(version, values)
-        if current is None or current.version < version:
-            for service in self._core.services.values():
-                if service.spec.service_group == service_group and service.spec.uses_groups:
-                    self.render(service.spec, config=candidate)
+        for service in self._core.services.values():
+            if service.spec.service_group == service_group and service.spec.uses_groups:
+                self.render(service.spec, config=candidate)
         await self.backend.apply_config(service_group, version, values)
         return {"service_group": service_group, "version": version}
 
