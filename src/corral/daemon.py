@@ -38,7 +38,7 @@ from corral.protocol import paths
 from corral.states import Desired
 from corral.store.resources import ResourceStore
 from corral.store.secrets import SecretStore
-from corral.supervisor import formats
+from corral.supervisor import formats, statefile
 from corral.supervisor.announce import announce
 from corral.supervisor.balancing import Balancer
 from corral.supervisor.clock import SYSTEM, Clock
@@ -169,6 +169,7 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
     supervisor) an etcd that cannot be used raises :class:`ClusterError` before anything
     starts, while a later supervisor starts whatever etcd does.
     """
+    statefile.remove_leftovers(state_dir)
     try:
         formats.prepare(state_dir)
     except formats.TooNew as exc:

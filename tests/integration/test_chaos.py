@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 from bench.chaos import soak
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (needs root)")]
+from .conftest import Corral, wait_for
+
+pytestmark = pytest.mark.slow
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (needs root)")
 @pytest.mark.timeout(150)
 def test_services_outlive_supervisor_kills_stops_a_full_disk_and_flapping_health(
         tmp_path: Path) -> None:
@@ -39,3 +43,37 @@ def test_services_outlive_supervisor_kills_stops_a_full_disk_and_flapping_health
     assert log["torn"] == 0 and log["foreign"] == 0 and log["over_reported"] == 0, report
     assert outcome.requests_ok > 0 and outcome.requests_failed == 0, report
     assert outcome.state_files_loaded > 0 and outcome.state_files_unloadable == 0, report
+
+
+def test_temporary_files_of_writes_cut_by_a_kill_are_removed_by_the_next_supervisor(
+        corral: Corral, tmp_path: Path) -> None:
+    """A supervisor killed between creating a state file's temporary file and renaming it
+    leaves ``.<file>.tmp<its pid>``, which no later supervisor (another pid) would ever
+    write again: the soak found one per kill mid-write.  The next supervisor removes them;
+    a service's own files in its working directory are not the supervisor's and stay."""
+    corral.ok("svc", "load", "sleeper", "--", "sleep", "3600")
+    corral.wait_state("sleeper", "up")
+    dead = _dead_pid()
+    state = corral.state_dir
+    leftovers = [state / f".desired.json.tmp{dead}", state / "run" / f".ports.json.tmp{dead}",
+                 state / f".secrets.json.tmp{dead}", state / f".event-seq.json.tmp{dead}"]
+    for path in leftovers:
+        path.write_text('{"format": 1, "do')  # cut short, as a kill leaves it
+    workdir = state / "run" / "sleeper" / "0"
+    own = workdir / f".data.json.tmp{dead}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    own.write_text("the service's own")
+    before = corral.sup_status()["supervisor_pid"]
+    os.kill(before, signal.SIGKILL)
+    wait_for(lambda: corral.answers() and corral.sup_status()["supervisor_pid"] != before,
+             30, "a new supervisor")
+    assert [p.name for p in leftovers if p.exists()] == []
+    assert own.read_text() == "the service's own"
+    assert corral.status("sleeper")["restarts"] == 0
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
