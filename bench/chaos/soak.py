@@ -167,9 +167,18 @@ class Fault:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port in 20000-29999: below the kernel's ephemeral ports (an outgoing
+    connection can take one of those at any moment) and corral's instance ports (30000-)."""
+    pick = random.Random()  # not the soak's generator: its sequence stays the faults'
+    for _ in range(200):
+        port = pick.randrange(20000, 30000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-29999")
 
 
 @contextlib.contextmanager
@@ -228,6 +237,19 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def get_ok(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        resp.read()
+        return 200 <= resp.status < 300
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
 
 
 class Traffic:
@@ -383,10 +405,14 @@ class World:
             s = self.services()
             web = [i["health"] for i in s["web"]["instance_list"]]
             if (all(s[n]["state"] == "up" for n in ("counter", "web", "churn"))
-                    and web == ["ok", "ok"] and self.crash_starts() >= 2):
+                    and web == ["ok", "ok"] and self.crash_starts() >= 2
+                    and get_ok(self.port)):
                 return True
             raise RuntimeError(", ".join(f"{n} {s[n]['state']}" for n in s) + f"; web {web}")
-        wait(ready, 60, "every service to be up")
+        try:
+            wait(ready, 60, "every service to be up, and an answer through the balancer")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; {json.dumps(_diagnose(self))}") from None
 
     # ----- faults ------------------------------------------------------------------
     def _now(self) -> float:
@@ -620,6 +646,7 @@ class Outcome:
     down_worst: list[dict[str, Any]] = field(default_factory=list)
     supervisor_answers_max_s: float = 0.0
     chaos_requests: dict[str, int] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
     fault_log: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -680,6 +707,8 @@ def run(opts: Options) -> Outcome:
                         os.kill(pid, signal.SIGCONT)
                 out.seconds = round(time.monotonic() - w.t0, 1)
                 w.wait_answers()
+                if traffic.failed:
+                    out.diagnostics = _diagnose(w)
                 traffic.stop()
                 _finish(w, out, traffic)
                 if sub is not None:
@@ -718,6 +747,19 @@ def _finish(w: World, out: Outcome, traffic: Traffic) -> None:
         out.restarts_by_service[who] = max(0, len(pids) - 1)
         if not pids or not alive(pids[-1]):
             out.not_running_at_end.append(who)
+    # /proc: the launcher's children running each script, which must be the pids above.
+    copies: dict[str, list[int]] = {"counter": [], "web": []}
+    for pid in children_of(w.launcher_pid):
+        args = cmdline(pid)
+        for who in copies:
+            if str(w.dir / f"{who}.py") in args and alive(pid):
+                copies[who].append(pid)
+    recorded = {"counter": {starts.get("counter", [0])[-1]},
+                "web": {starts.get(f"web{i}", [0])[-1] for i in (0, 1)}}
+    for who, pids in copies.items():
+        if set(pids) != recorded[who]:
+            out.not_running_at_end.append(f"{who}: /proc shows {sorted(pids)}, the services "
+                                          f"recorded {sorted(recorded[who])}")
     out.corral_restarts = sum(out.restarts_by_service.values())
     out.crash_restarts = max(0, w.crash_starts() - 1)
     out.requests_ok, out.requests_failed = traffic.ok, traffic.failed
@@ -737,6 +779,21 @@ def _finish(w: World, out: Outcome, traffic: Traffic) -> None:
     out.fault_log = [{"kind": f.kind, "t0": f.t0, "t1": f.t1, **f.detail} for f in w.faults]
     out.supervisor_answers_max_s = round(max(w.recovery_s, default=0.0), 3)
     out.chaos_requests = dict(sorted(w.requests.items()))
+
+
+def _diagnose(w: World) -> dict[str, Any]:
+    """What the supervisor and the host say about the balancer, for a failed request."""
+    out: dict[str, Any] = {"port": w.port}
+    with contextlib.suppress(Exception):
+        out["status"] = json.loads(w.request("GET", "/v1/status")[1])
+    with contextlib.suppress(Exception):
+        out["listening"] = subprocess.run(["ss", "-ltnpH", f"sport = :{w.port}"],
+                                          capture_output=True, text=True).stdout
+    with contextlib.suppress(Exception):
+        out["launcher_out"] = (w.corral.scratch / "launcher.out").read_text()[-3000:]
+    with contextlib.suppress(Exception):
+        out["balancer_log"] = (w.logs / ".balancer.log").read_text()[-3000:]
+    return out
 
 
 def _stable(read: Callable[[], dict[int, int]]) -> bool:
