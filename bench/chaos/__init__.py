@@ -93,7 +93,12 @@ def render(o: Outcome, machine: dict[str, str], argv: str, load_at_end: str) -> 
            summary(o) + ". The API's answers to the soak's own requests (cut ones are those "
            "the kill landed on): " + ", ".join(f"`{k}` {v}" for k, v in
                                                o.chaos_requests.items()) + ".", "",
-           f"Downtime is measured from {o.down_method}.", "",
+           f"How long the crash-looper stayed down, from {o.down_method}, by what the "
+           "supervisor was going through when it exited:", "",
+           "| while | exits | p50 ms | max ms |", "|---|---:|---:|---:|",
+           *[f"| {k} | {v['n']:.0f} | {v['p50_ms']:,.1f} | {v['max_ms']:,.1f} |"
+             for k, v in sorted(o.down_by_cause.items())], "",
+           NOTES, "",
            "Machine: " + ", ".join(f"{k} {machine[k]}" for k in (
                "date (UTC)", "nproc", "cpu", "memory", "kernel", "os", "python", "git")
                if k in machine)
@@ -122,9 +127,33 @@ _METHOD = (
     "counter keeps, requests by the client itself.")
 
 
+# Hand-written from the runs of 2026-12-06; shown under the tables.  Re-read them when the
+# figures move (standing orders, item 2 of issue 15, are the change expected to move them).
+NOTES = """\
+**What the figures say.** Nothing the soak can see went wrong under the faults: no service
+was restarted by corral, every line the counter wrote is in its log once or counted in a
+drop record (written once the tmpfs had room again), no request through the balancer failed
+(the balancer is a process of its own: a supervisor killed or stopped leaves it serving with
+the backends it had, and web/0's failing check took it out of rotation while web/1 served),
+and every state file loaded after every kill. The down time does not meet item 2's goal yet:
+a service that exits while no supervisor runs, or while it is stopped, stays down until a
+supervisor decides (the launcher queues the exit), so its worst case is a supervisor's
+start-up (a few seconds here, where the load average was far above the 2 cores) or the length
+of a SIGSTOP. With a supervisor running, exit to exec took a few milliseconds (the table's
+last row), above 10 ms only in the tail. Standing orders (the launcher respawning on its
+own) are what should bring the first two rows down to the last.
+
+**Found by the soak, fixed:** a supervisor killed between creating a state file's temporary
+file (`.rollout.json.tmp<pid>`) and renaming it left that file behind for good, one per such
+kill (no later supervisor has its pid); a new supervisor now removes them at start
+(`statefile.remove_leftovers`; `tests/integration/test_chaos.py`)."""
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m bench chaos", description=__doc__.split("\n")[0],
+        prog="python -m bench chaos",
+        description="The chaos soak: services under corral while its supervisor is killed "
+                    "and stopped, its log disk fills and a health check flaps (needs root).",
         epilog="examples:\n  python -m bench chaos                 # 10 minutes\n"
                "  python -m bench chaos --minutes 3 --json\n"
                "  python -m bench chaos --minutes 1 --seed 7 --no-docs",
@@ -134,7 +163,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--json", action="store_true", help="print the outcome as JSON")
     ap.add_argument("--no-docs", action="store_true",
                     help="do not rewrite the section of docs/benchmarks.md")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                    help="the page whose \"Chaos soak\" section is rewritten")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench chaos: needs root (mount -t tmpfs, the proc connector)", file=sys.stderr)

@@ -644,6 +644,7 @@ class Outcome:
     down_max_quiet_ms: float = 0.0
     down_max_cause: str = ""
     down_worst: list[dict[str, Any]] = field(default_factory=list)
+    down_by_cause: dict[str, dict[str, float]] = field(default_factory=dict)
     supervisor_answers_max_s: float = 0.0
     chaos_requests: dict[str, int] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
@@ -714,7 +715,8 @@ def run(opts: Options) -> Outcome:
                 if sub is not None:
                     evs = [(e.ts_ns, "start" if e.kind == "exec" else "exit", e.pid)
                            for e in sub.drain()]
-                    _downtime(w, out, evs, "proc connector (kernel exit -> exec)", wall=False)
+                    _downtime(w, out, evs, "the kernel's proc connector (the timestamps of the "
+                              "crash-looper's exit and of the next one's exec)", wall=False)
                 else:
                     _downtime(w, out, _crash_times(w), "the crash-looper's own times "
                               "(bash $EPOCHREALTIME at its start and just before exit)",
@@ -837,4 +839,15 @@ def _downtime(w: World, out: Outcome, evs: list[tuple[int, str, int]], method: s
     out.down_max_ms = round(worst / 1e6, 2)
     out.down_max_cause = ", ".join(causes(worst_t, worst)) or "no supervisor fault under way"
     quiet = [d for t, d in downs if not causes(t, d)]
+    groups: dict[str, list[float]] = {}
+    for t, d in downs:
+        kinds = {c.split()[0] for c in causes(t, d)}
+        key = ("supervisor stopped (SIGSTOP)" if "stop" in kinds else
+               "supervisor killed, until a new one answers" if kinds else
+               "no supervisor fault under way")
+        groups.setdefault(key, []).append(d / 1e6)
+    for key, values in groups.items():
+        values.sort()
+        out.down_by_cause[key] = {"n": len(values), "p50_ms": round(values[len(values) // 2], 2),
+                                  "max_ms": round(values[-1], 2)}
     out.down_max_quiet_ms = round(max(quiet, default=0) / 1e6, 2)
