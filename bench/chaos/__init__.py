@@ -137,11 +137,12 @@ drop record (written once the tmpfs had room again), no request through the bala
 the backends it had, and web/0's failing check took it out of rotation while web/1 served),
 and every state file loaded after every kill. The down time does not meet item 2's goal yet:
 a service that exits while no supervisor runs, or while it is stopped, stays down until a
-supervisor decides (the launcher queues the exit), so its worst case is a supervisor's
-start-up (a few seconds here, where the load average was far above the 2 cores) or the length
-of a SIGSTOP. With a supervisor running, exit to exec took a few milliseconds (the table's
-last row), above 10 ms only in the tail. Standing orders (the launcher respawning on its
-own) are what should bring the first two rows down to the last.
+supervisor decides (the launcher queues the exit), so its worst case is the time a new
+supervisor takes to start and reattach (the second row; its start-up is mostly imports, and
+the load average here was several times the 2 cores) or the length of a SIGSTOP (the third
+row). With a supervisor running (the first row), exit to exec took a few milliseconds,
+above 10 ms only in the tail. Standing orders (the launcher respawning on its own) are what
+should bring the second and third rows down to the first.
 
 **Found by the soak, fixed:** a supervisor killed between creating a state file's temporary
 file (`.rollout.json.tmp<pid>`) and renaming it left that file behind for good, one per such
