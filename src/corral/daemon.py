@@ -69,7 +69,8 @@ def _bind_api(state_dir: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
-        sock.bind(str(path))
+        with paths.unix_address(path) as address:
+            sock.bind(address)
     finally:
         os.umask(old)
     os.chmod(path, 0o600)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from bench.chaos import soak
 
-from .conftest import Corral, wait_for
+from .conftest import PY, Corral, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +77,35 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_a_deep_state_directory_serves_the_api_and_the_balancer(tmp_path: Path) -> None:
+    """A Unix socket's path has room for 107 bytes.  A state directory deep enough that
+    ``run/balancer.sock`` passed that came up with every service "up" and a balancer that
+    died at every start ("AF_UNIX path too long"), so nothing listened on any service's
+    address (the soak met it through pytest's long temporary paths); ``api.sock`` 9 bytes
+    further and the supervisor could not start.  Both are reached through
+    ``/proc/self/fd`` now, as the CLI already connected."""
+    base = tmp_path / "s"
+    base.mkdir()
+    state = base / ("d" * (112 - len(str(base)) - len("/api.sock")))
+    assert 107 < len(str(state / "api.sock")) < len(str(state / "run" / "balancer.sock"))
+    c = Corral(state)
+    c.start()
+    try:
+        port = soak.free_port()
+        target = tmp_path / "target.yaml"
+        target.write_text(f"""\
+processes:
+  - name: web
+    command: [{PY}, -m, http.server, --bind, 127.0.0.1, "${{SERVICE_PORT_WEB}}"]
+    receives: [web]
+services:
+  - name: web
+    on: 127.0.0.1:{port}
+""")
+        c.ok("target", "set", str(target))
+        c.wait_state("web", "up")
+        wait_for(lambda: soak.get_ok(port), 30, "an answer through the balancer")
+    finally:
+        c.stop()
