@@ -144,10 +144,14 @@ row). With a supervisor running (the first row), exit to exec took a few millise
 above 10 ms only in the tail. Standing orders (the launcher respawning on its own) are what
 should bring the second and third rows down to the first.
 
-**Found by the soak, fixed:** a supervisor killed between creating a state file's temporary
-file (`.rollout.json.tmp<pid>`) and renaming it left that file behind for good, one per such
-kill (no later supervisor has its pid); a new supervisor now removes them at start
-(`statefile.remove_leftovers`; `tests/integration/test_chaos.py`)."""
+**Found by the soak, fixed** (each with a test in `tests/integration/test_chaos.py`): a
+supervisor killed between creating a state file's temporary file (`.rollout.json.tmp<pid>`)
+and renaming it left that file behind for good, one per such kill (no later supervisor has
+its pid); a new supervisor now removes them at start (`statefile.remove_leftovers`). And a
+state directory deep enough that `run/balancer.sock` passed the 107 bytes a Unix socket's
+path may have (pytest's temporary directories sometimes are) came up with every service
+"up" while the balancer died at each start, so every request was refused; the balancer's
+control socket and `api.sock` are now bound and reached through `/proc/self/fd`."""
 
 
 def main(argv: list[str]) -> int:
