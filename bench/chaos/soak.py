@@ -146,6 +146,8 @@ services:
 
 @dataclass
 class Options:
+    """What :func:`run` does: for how long, in what order (``seed``), at what rates."""
+
     seconds: float = 600.0
     seed: int = 1
     rate: int = 200              # counter lines a second
@@ -158,6 +160,9 @@ class Options:
 
 @dataclass
 class Fault:
+    """One fault done: what, when (it lasts until a supervisor answers again, for the
+    kills and stops), and what it met."""
+
     kind: str
     t0: float                    # monotonic seconds since the soak began
     t1: float = 0.0
@@ -271,7 +276,8 @@ class Traffic:
     def stop(self) -> None:
         self._stop.set()
         for t in self._threads:
-            t.join(30)
+            if t.is_alive():
+                t.join(30)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -668,6 +674,7 @@ def run(opts: Options) -> Outcome:
     base.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="soak-", dir=base))
     w = World(opts, scratch)
+    # The counter's log grows by about 0.65 MiB a minute; the rest is the launcher's own log.
     size = 8 + int(opts.seconds / 60) + 1
     listener = None
     sub = None
@@ -691,12 +698,13 @@ def run(opts: Options) -> Outcome:
             opts.say(f"no proc connector ({exc}): the crash-looper's own times are used")
             listener = None
     out = Outcome(seed=opts.seed)
+    traffic = Traffic(0, opts.request_rate, opts.clients)
     try:
         with tmpfs(w.logs, size):
             try:
                 w.start()
                 opts.say(f"up: launcher {w.launcher_pid}, balancer on 127.0.0.1:{w.port}")
-                traffic = Traffic(w.port, opts.request_rate, opts.clients)
+                traffic.port = w.port
                 traffic.start()
                 w.t0, w.t0_mono, w.t0_wall = time.monotonic(), time.monotonic_ns(), time.time_ns()
                 try:
@@ -722,6 +730,7 @@ def run(opts: Options) -> Outcome:
                               "(bash $EPOCHREALTIME at its start and just before exit)",
                               wall=True)
             finally:
+                traffic.stop()
                 w.corral.stop()
     finally:
         if listener is not None:
