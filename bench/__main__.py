@@ -3,6 +3,9 @@
 ``python -m bench balancer [--quick]``: corral's load balancer against HAProxy (see
 bench/balancer.py); it rewrites only its own section of docs/benchmarks.md.
 
+``python -m bench chaos [--minutes N]`` (bench/chaos/: the chaos soak) prints its table and
+rewrites its own section.
+
 ``python -m bench target [--quick]`` (bench/target.py: ``target plan/set`` at 1,000 processes),
 ``python -m bench api [--quick]`` (bench/api.py: ``GET /v1/services`` latency, supervisor
 RSS under followers) and ``python -m bench cluster [--quick]`` (bench/cluster.py: hosts in
@@ -57,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["cluster"]:  # service groups across hosts in namespaces (issue 14)
         from bench import cluster
         return cluster.main(argv[1:])
+    if argv[:1] == ["chaos"]:  # faults at random moments, judged by ground truth (issue 15)
+        from bench import chaos
+        return chaos.main(argv[1:])
     if argv[:1] == ["api"]:  # GET /v1/services latency and RSS under followers (issue 7)
         from bench import api
         return api.main(argv[1:])

@@ -38,7 +38,7 @@ from corral.protocol import paths
 from corral.states import Desired
 from corral.store.resources import ResourceStore
 from corral.store.secrets import SecretStore
-from corral.supervisor import formats
+from corral.supervisor import formats, statefile
 from corral.supervisor.announce import announce
 from corral.supervisor.balancing import Balancer
 from corral.supervisor.clock import SYSTEM, Clock
@@ -69,7 +69,8 @@ def _bind_api(state_dir: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
-        sock.bind(str(path))
+        with paths.unix_address(path) as address:
+            sock.bind(address)
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
@@ -169,6 +170,7 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
     supervisor) an etcd that cannot be used raises :class:`ClusterError` before anything
     starts, while a later supervisor starts whatever etcd does.
     """
+    statefile.remove_leftovers(state_dir)
     try:
         formats.prepare(state_dir)
     except formats.TooNew as exc:

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from corral.protocol import framing
+from corral.protocol import framing, paths
 
 from .choice import ACTIVE, BALANCES, DRAINING, Balance
 from .proxy import BackendConfig, Proxy, ServiceConfig
@@ -228,8 +228,9 @@ class ControlServer:
             self.path.unlink()
         old = os.umask(0o177)  # no window in which another user could connect
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path),
-                                                           limit=framing.MAX_FRAME)
+            with paths.unix_address(self.path) as address:
+                self._server = await asyncio.start_unix_server(self._serve, path=address,
+                                                               limit=framing.MAX_FRAME)
         finally:
             os.umask(old)
 

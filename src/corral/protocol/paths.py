@@ -8,10 +8,14 @@ The launcher, the supervisor and the CLI resolve the state directory the same wa
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 DEFAULT_NAME = "default"
+UNIX_PATH_MAX = 107
+"""Bytes of a Unix socket's path the kernel takes (``sun_path`` is 108 with its NUL)."""
 
 
 def resolve_state_dir(state_dir: str | None, name: str | None = None) -> Path:
@@ -52,3 +56,20 @@ def service_log(state_dir: Path, name: str) -> Path:
 def run_dir(state_dir: Path) -> Path:
     """Parent of every instance's fresh working directory."""
     return state_dir / "run"
+
+
+@contextlib.contextmanager
+def unix_address(path: Path | str) -> Iterator[str]:
+    """An address for the Unix socket at ``path`` that fits in :data:`UNIX_PATH_MAX`, to bind
+    or connect in this process while the context lasts: ``path`` itself when it fits,
+    else ``/proc/self/fd/<its directory, opened>/<its name>`` (a deep state directory
+    must not leave a socket in it unreachable)."""
+    text = str(path)
+    if len(os.fsencode(text)) <= UNIX_PATH_MAX or not os.path.isdir("/proc/self/fd"):
+        yield text
+        return
+    fd = os.open(os.path.dirname(text) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{os.path.basename(text)}"
+    finally:
+        os.close(fd)

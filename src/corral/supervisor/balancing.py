@@ -330,8 +330,9 @@ class Balancer:
         deadline = loop.time() + CONNECT_TIMEOUT
         while True:
             try:
-                reader, writer = await asyncio.open_unix_connection(
-                    str(self.control), limit=framing.MAX_FRAME)
+                with paths.unix_address(self.control) as address:
+                    reader, writer = await asyncio.open_unix_connection(
+                        address, limit=framing.MAX_FRAME)
                 break
             except OSError:
                 if loop.time() >= deadline or self.pid is None:

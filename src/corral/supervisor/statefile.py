@@ -8,6 +8,8 @@ caller refuses the change.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,39 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         atomic.write(path, data, mode)
     except OSError as exc:
         raise StateWriteFailed(path, exc) from None
+
+
+# ``.<name>.tmp<pid>``: what atomic_write here, the stores' and the event log's write.
+_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)$")
+# Where the supervisor and its stores keep files (never a service's working directory).
+_STATE_DIRS = (".", "run", "resources", "cluster", "tls")
+
+
+def remove_leftovers(state_dir: Path) -> list[Path]:
+    """Remove the temporary files of state writes that a kill cut short (a supervisor killed
+    between creating one and renaming it); returns what was removed.
+
+    Call it at start, before anything is written: a supervisor is the only writer of these
+    files and its predecessor is gone by then, so a temporary file of another pid is one
+    that nothing will ever finish or write again.
+    """
+    removed = []
+    for sub in _STATE_DIRS:
+        try:
+            names = os.listdir(state_dir / sub)
+        except OSError:
+            continue
+        for name in names:
+            match = _TEMPORARY.match(name)
+            if match is None or int(match.group(1)) == os.getpid():
+                continue
+            path = state_dir / sub / name
+            try:
+                path.unlink()
+            except OSError:
+                continue  # a directory, or already gone: nothing of ours to clean
+            removed.append(path)
+    return removed
 
 
 def read_json(path: Path, default: Any) -> Any:
