@@ -14,6 +14,10 @@ template file, its line and the key (``redis.conf:3: cfg.db has no key 'port' (i
 host, user)``), never silently empty text.  Messages name keys, never values, so a
 resolved secret cannot leak through an error.  Templates can ``{% include %}`` one
 another by name.
+
+Compiled templates and export expressions are kept (a bounded cache keyed by their
+sources, never by the values they are rendered with), so rendering a process again
+compiles nothing.
 """
 
 from __future__ import annotations
