@@ -84,6 +84,22 @@ def test_errors_never_show_values() -> None:
     assert str(failed.value) == "t:1: cfg.db has no key 'user' (it has: password)"
 
 
+def test_compiled_templates_are_reused_only_for_the_same_sources() -> None:
+    """Rendering again with other values, or with a changed source under the same name
+    (a template edited, an included file changed), gives what each asks for; an error
+    is raised again on every render."""
+    first = {"main": "{% include 'inc' %}", "inc": "port={{ cfg.port }}"}
+    assert render_templates(first, context({"port": 1})) == {"main": "port=1", "inc": "port=1"}
+    assert render_templates(first, context({"port": 2}))["main"] == "port=2"
+    edited = {**first, "inc": "listen={{ cfg.port }}"}
+    assert render_templates(edited, context({"port": 3}))["main"] == "listen=3"
+    for _ in range(2):
+        with pytest.raises(TemplateError, match="t:1: cfg has no key 'nope'"):
+            render_templates({"t": "{{ cfg.nope }}"}, context({"port": 1}))
+    assert compute_exports({"p": "cfg.port"}, {"port": 4}) == {"p": 4}
+    assert compute_exports({"p": "cfg.port"}, {"port": 5}) == {"p": 5}
+
+
 def test_exports_are_evaluated_against_cfg() -> None:
     """Expressions see cfg; references stay references; results are plain JSON values."""
     cfg = {"port": 5432, "db": {"user": "app", "password": "${DB_PASS}"}, "hosts": ["a"]}

@@ -14,10 +14,15 @@ template file, its line and the key (``redis.conf:3: cfg.db has no key 'port' (i
 host, user)``), never silently empty text.  Messages name keys, never values, so a
 resolved secret cannot leak through an error.  Templates can ``{% include %}`` one
 another by name.
+
+Compiled templates and export expressions are kept (a bounded cache keyed by their
+sources, never by the values they are rendered with), so rendering a process again
+compiles nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -103,6 +108,20 @@ def _environment(templates: Mapping[str, str]) -> jinja2.Environment:
         keep_trailing_newline=True, auto_reload=False)
 
 
+@functools.lru_cache(maxsize=128)
+def _compiled(templates: tuple[tuple[str, str], ...]) -> jinja2.Environment:
+    """The environment of ``templates`` (name, source pairs).  It keeps every template it
+    has compiled, and the same sources give the same environment back: a process rendered
+    again (a group config, a member coming or going) compiles nothing again."""
+    return _environment(dict(templates))
+
+
+@functools.lru_cache(maxsize=256)
+def _expression(source: str) -> Callable[..., Any]:
+    """``source`` compiled as one expression (an export), kept for the next render."""
+    return _environment({}).compile_expression(source, undefined_to_none=False)
+
+
 @dataclass(frozen=True)
 class Context:
     """What a template sees; see the module docstring for each name."""
@@ -127,7 +146,7 @@ def render_templates(templates: Mapping[str, str], context: Context) -> dict[str
             here, or the included file's) and line: a syntax error, a missing key, or an
             error raised while rendering (``{{ 1 / 0 }}``).
     """
-    env = _environment(templates)
+    env = _compiled(tuple(templates.items()))
     variables = context.variables()
     out: dict[str, str] = {}
     for name in templates:
@@ -170,13 +189,12 @@ def compute_exports(exports: Mapping[str, str], cfg: Mapping[str, Any]) -> dict[
         TemplateError: ``exports.<key>: reason`` for a syntax error, a missing key, or a
             result JSON cannot carry.
     """
-    env = _environment({})
     variables = {"cfg": wrap(cfg, "cfg")}
     out: dict[str, Any] = {}
     for key, source in exports.items():
         where = f"exports.{key}"
         try:
-            value = env.compile_expression(source, undefined_to_none=False)(**variables)
+            value = _expression(source)(**variables)
             if isinstance(value, jinja2.Undefined):
                 value._fail_with_undefined_error()
         except jinja2.TemplateSyntaxError as exc:

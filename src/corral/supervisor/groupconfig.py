@@ -491,7 +491,9 @@ class GroupConfigs:
         data = {"format": 1, "processes": given}
         try:
             self._given_path().parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self._given_path(), json.dumps(data, sort_keys=True).encode())
+            # Not fsynced: it describes running instances, and a power loss ends them.
+            atomic_write(self._given_path(), json.dumps(data, sort_keys=True).encode(),
+                         durable=False)
         except (OSError, StateWriteFailed) as exc:  # only a change made while away is missed
             self._core.events.emit(name, "state_write", f"cannot save what was rendered: {exc}")
 
@@ -570,7 +572,9 @@ def _write_files(rendered: Rendered, workdir: Path) -> None:
     for name, text in rendered.files.items():
         path = workdir / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, text.encode(), 0o600)
+        # Not fsynced: after a power loss the instance starts again, and its start
+        # renders its files again.
+        atomic_write(path, text.encode(), 0o600, durable=False)
         give_workdir(path, rendered.spec)
 
 

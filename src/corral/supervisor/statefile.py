@@ -17,15 +17,16 @@ from corral import atomic
 from corral.errors import StateWriteFailed
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically (file mode ``mode``); its directory is
-    created if it does not exist.
+    created if it does not exist.  ``durable=False``: no fsync, for a file that matters
+    only while processes it describes run (a power loss ends them, and it is made again).
 
     Raises:
         StateWriteFailed: nothing was replaced; the temp file is gone.
     """
     try:
-        atomic.write(path, data, mode)
+        atomic.write(path, data, mode, durable=durable)
     except OSError as exc:
         raise StateWriteFailed(path, exc) from None
 
