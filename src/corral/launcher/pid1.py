@@ -533,6 +533,11 @@ class Launcher:
             reader.drain()
         order = None if self.stopping else self.children.take_order(child)
         exited = self.children.exited(child, code, oom_killed, order)
+        if self.cgroups is not None and child.cgroup:
+            self.cgroups.release(child.cgroup, child.pid)  # a restart may reuse the leaf
+        # The restart path: the new process starts before the reports go out.
+        respawned = self.children.exits.add(self.dispatcher.respawn(child)) \
+            if order == 0 else None
         for rid in child.terminate_waiters:
             terminated: m.Terminated = {
                 "type": m.TERMINATED, "id": rid,
@@ -545,15 +550,14 @@ class Launcher:
             self.keeper.send(terminated)
         if self.keeper.sup is not None and self.keeper.sup.link.greeted:
             self.keeper.send(exited)
+            if respawned is not None:
+                self.keeper.send(respawned)
         if self.cgroups is not None and child.cgroup:
-            # After the report, and later still, so a restart can reuse the leaf.
-            self.cgroups.release(child.cgroup, child.pid)
+            # Removed later still (unless a restart owns it again meanwhile).
             leaf = child.cgroup
             self.reactor.call_later(CGROUP_LINGER,
                                     lambda: self._remove_cgroup(leaf, CGROUP_RMDIR_FIRST))
-        if order == 0:
-            self._respawn(child)
-        elif order is not None:
+        if order is not None and order > 0:
             self.respawn_later(Respawn(child, order, time.monotonic()))
         if self.stopping and not self.children and self.keeper.sup is None:
             self.exit_code = self.final_code
