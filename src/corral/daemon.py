@@ -215,7 +215,8 @@ async def serve(state_dir: Path, target_file: Path | None, listen_http: str | No
     launcher = await LauncherClient.connect(
         launcher_sock, supervisor.on_exit,
         on_shutdown=lambda: request_exit(m.EXIT_DONE),
-        on_lost=lambda: finish(m.EXIT_FATAL), on_dropped=drops.on_message)
+        on_lost=lambda: finish(m.EXIT_FATAL), on_dropped=drops.on_message,
+        on_respawned=supervisor.effects.orders.on_respawned)
     await supervisor.check_boot_target(launcher)
     await membership.open()
     await supervisor.attach(launcher)

@@ -547,7 +547,7 @@ def test_spawn_then_list_and_signal(launcher: Launcher, tmp_path: Path,
     listing = launcher.dispatcher.handle_request({"type": m.LIST, "id": 2})
     assert listing == {"type": m.CHILDREN, "id": 2, "children": [
         {"name": "web", "pid": pid, "started_at": reply["started_at"], "argv": [SLEEP, "60"],
-         "spawns": 1, "cgroup": None}], "listeners": []}
+         "spawns": 1, "cgroup": None, "on_exit": None}], "listeners": []}
 
     ok = launcher.dispatcher.handle_request({"type": m.SIGNAL, "id": 3, "pid": pid, "signal": "CONT"})
     assert ok == {"type": m.OK, "id": 3}

@@ -123,9 +123,9 @@ def test_restart_spawn_is_written_before_the_exit_is_recorded(tmp_path: Path) ->
         seen_at_spawn: list[list[str]] = []
         send = sup.launcher.send_encoded
 
-        def spy(body: bytes) -> asyncio.Future[Message]:
+        def spy(body: bytes, extra: bytes = b"") -> asyncio.Future[Message]:
             seen_at_spawn.append([e["kind"] for e in sup.events.recent(100, "s0")])
-            return send(body)
+            return send(body, extra)
 
         sup.launcher.send_encoded = spy  # type: ignore[method-assign]
         before = len(sup.events.recent(100, "s0"))

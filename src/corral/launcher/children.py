@@ -5,6 +5,11 @@ A :class:`ChildTable` maps the pid of every running service process to its
 :class:`Child`.  It also counts the spawns of each name (``List`` and ``Spawned`` report
 them), keeps the ``Exited`` messages the supervisor has not acknowledged (replayed after
 the next ``Hello``), and remembers recent exits for a ``Terminate`` that comes late.
+
+It keeps the **standing orders** too: a child's ``on_exit`` (``respawn_after_ms``, or None:
+wait for the supervisor) is for its next exit only; :meth:`ChildTable.take_order` hands
+it over at that exit, and a delayed respawn waits in ``respawns`` (by the old pid) until
+it is due, where :meth:`ChildTable.order` may still change or cancel it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from corral.protocol import messages as m
 
 from . import record
 from .output import PipeReader
-from .server import ExitQueue
+from .server import ExitQueue, Message
 
 # How many exits are remembered for a Terminate of a process that is already gone.
 RECENT_EXITS = 1000
@@ -41,6 +46,22 @@ class Child:
     mark: str = ""  # its CORRAL_INSTANCE_ID
     entry: record.Entry | None = None  # for the children record, once it is written
     strays: set[int] = field(default_factory=set)  # left-behind processes signalled
+    request: Message | None = None  # the Spawn that started it, for a respawn
+    on_exit: int | None = None  # its standing order: respawn after this many ms
+
+
+@dataclass
+class Respawn:
+    """A respawn waiting for its delay: the child that exited, the order's delay, and when
+    it exited (``time.monotonic()``)."""
+
+    child: Child
+    after_ms: int
+    exited_at: float
+
+    def due_in(self, now: float) -> float:
+        """Seconds until it is due (0 or less: now)."""
+        return self.exited_at + self.after_ms / 1000 - now
 
 
 class ChildTable(Mapping[int, Child]):
@@ -53,6 +74,7 @@ class ChildTable(Mapping[int, Child]):
         self.spawns: Counter[str] = Counter()
         self.exits = ExitQueue()
         self.recent_exits: dict[int, m.Exited] = {}
+        self.respawns: dict[int, Respawn] = {}  # exited pid -> its respawn, not yet due
 
     def __getitem__(self, pid: int) -> Child:
         return self._by_pid[pid]
@@ -73,9 +95,37 @@ class ChildTable(Mapping[int, Child]):
         """Forget the child ``pid`` (it was reaped)."""
         return self._by_pid.pop(pid)
 
-    def exited(self, child: Child, code: int, oom_killed: bool | None) -> m.Exited:
+    def order(self, pid: int, on_exit: int | None) -> bool:
+        """Make ``on_exit`` the standing order of the running child ``pid``, or of the
+        respawn that waits for its delay since ``pid`` exited (None cancels it there);
+        False when ``pid`` is neither."""
+        child = self._by_pid.get(pid)
+        if child is not None:
+            child.on_exit = on_exit
+            return True
+        waiting = self.respawns.get(pid)
+        if waiting is None:
+            return False
+        if on_exit is None:
+            del self.respawns[pid]
+        else:
+            waiting.after_ms = on_exit
+        return True
+
+    def cancel_order(self, pid: int) -> None:
+        """No standing order for ``pid`` any more, running or waiting (a stop)."""
+        self.order(pid, None)
+
+    def take_order(self, child: Child) -> int | None:
+        """The order for the exit of ``child`` that was just reaped (it is used up)."""
+        order, child.on_exit = child.on_exit, None
+        return order
+
+    def exited(self, child: Child, code: int, oom_killed: bool | None,
+               respawn_after_ms: int | None = None) -> m.Exited:
         """The ``Exited`` report of a child that was reaped with exit ``code`` (negative:
-        the signal), queued until the supervisor acknowledges it."""
+        the signal), queued until the supervisor acknowledges it; ``respawn_after_ms``:
+        the standing order the launcher carries out for this exit."""
         exited: m.Exited = {
             "type": m.EXITED, "name": child.name, "pid": child.pid, "at": time.time(),
             "exit_code": code if code >= 0 else None,
@@ -88,6 +138,8 @@ class ChildTable(Mapping[int, Child]):
             exited["oom_killed"] = oom_killed
         if child.strays:
             exited["strays"] = sorted(child.strays)
+        if respawn_after_ms is not None:
+            exited["respawn_after_ms"] = respawn_after_ms
         self.recent_exits[child.pid] = exited
         if len(self.recent_exits) > RECENT_EXITS:
             self.recent_exits.pop(next(iter(self.recent_exits)))
@@ -96,5 +148,6 @@ class ChildTable(Mapping[int, Child]):
     def listing(self) -> list[m.ChildInfo]:
         """The ``children`` of a ``Children`` reply."""
         return [{"name": c.name, "pid": c.pid, "started_at": c.started_at, "argv": c.argv,
-                 "spawns": self.spawns[c.name], "cgroup": c.cgroup}
+                 "spawns": self.spawns[c.name], "cgroup": c.cgroup,
+                 "on_exit": None if c.on_exit is None else {"respawn_after_ms": c.on_exit}}
                 for c in self._by_pid.values()]

@@ -16,7 +16,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import corral
 from corral.protocol import defaults
@@ -70,6 +70,8 @@ class Dispatcher:
             return self._notify(msg)
         if kind == m.UPGRADE:
             return launcher.upgrader.request(rid)
+        if kind == m.ORDER:
+            return self._order(msg)
         return m.error(rid, m.E_BAD_REQUEST, f"unknown message type {kind!r}")
 
     def _hello(self, rid: Any, theirs: Any) -> m.HelloOk | m.Error:
@@ -131,6 +133,7 @@ class Dispatcher:
         try:
             req = SpawnRequest.parse(msg)
             path, max_bytes, keep, stamped, to_stdout = log_settings(log)
+            on_exit = parse_on_exit(msg.get("on_exit"))
         except SpawnError as exc:
             return m.error(rid, exc.code, exc.message)
         mark = launcher.next_mark(req.name)
@@ -175,7 +178,7 @@ class Dispatcher:
             logfile.users += 1
             self.watch(reader)
         child = Child(name=req.name, pid=pid, argv=req.argv, started_at=time.time(),
-                      readers=readers, cgroup=leaf, mark=mark)
+                      readers=readers, cgroup=leaf, mark=mark, request=msg, on_exit=on_exit)
         spawns = launcher.children.add(child)
         launcher.record_later(pid, record.Entry(
             name=req.name, pid=pid, pgid=pid, start=0, mark=mark, stop_signal=req.stop_signal,
@@ -194,6 +197,41 @@ class Dispatcher:
         """Read the pipe whenever it has output, until its end."""
         self.launcher.reactor.sel.register(reader.fd, selectors.EVENT_READ,
                                            self._pipe_callback(reader))
+
+    def respawn(self, old: Child) -> m.Respawned:
+        """Carry out ``old``'s standing order: the same Spawn again (with no order: the
+        new child waits for the supervisor's); the ``Respawned`` report of it."""
+        assert old.request is not None
+        reply = self._spawn({**old.request, "on_exit": None})
+        report: m.Respawned = {"type": m.RESPAWNED, "name": old.name, "old_pid": old.pid}
+        if reply["type"] == m.ERROR:
+            refused = cast(m.Error, reply)
+            report["error"] = {"code": refused["code"], "message": refused["message"]}
+        else:
+            reply = cast(m.Spawned, reply)
+            report["pid"], report["started_at"] = reply["pid"], reply["started_at"]
+            report["spawns"] = reply.get("spawns", 0)
+            report["cgroup"] = reply.get("cgroup")
+        return report
+
+    def _order(self, msg: Message) -> m.Ok | m.Error:
+        """``Order{pid, on_exit}``: replace the standing order of a running child, or of
+        one waiting for its respawn's delay."""
+        rid, pid = msg.get("id"), msg.get("pid")
+        try:
+            on_exit = parse_on_exit(msg.get("on_exit"))
+        except SpawnError as exc:
+            return m.error(rid, exc.code, exc.message)
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            return m.error(rid, m.E_BAD_REQUEST, "Order needs a 'pid' (an integer)")
+        launcher = self.launcher
+        waiting = launcher.children.respawns.get(pid)
+        if not launcher.children.order(pid, on_exit):
+            return m.error(rid, m.E_NO_SUCH_PROCESS,
+                           f"no service process with pid {pid}, and no respawn of one waits")
+        if waiting is not None and on_exit is not None:
+            launcher.respawn_later(waiting)  # at its new time
+        return {"type": m.OK, "id": rid}
 
     def _pipe_callback(self, reader: PipeReader) -> Callable[[int], None]:
         sel = self.launcher.reactor.sel
@@ -232,6 +270,8 @@ class Dispatcher:
             return m.error(rid, m.E_BAD_REQUEST, str(exc))
         if not isinstance(timeout, (int, float)) or timeout < 0:
             return m.error(rid, m.E_BAD_REQUEST, "'timeout' must be a number >= 0")
+        if isinstance(pid, int):
+            launcher.children.cancel_order(pid)  # a stop cancels the order first
         child = launcher.children.get(pid) if isinstance(pid, int) else None
         if child is None:
             done = launcher.children.recent_exits.get(pid) if isinstance(pid, int) else None
@@ -268,6 +308,19 @@ def echo_label(name: str) -> bytes:
     service, _, instance = name.partition("/")
     instance = instance.partition("@")[0]
     return (f"{service}[{instance}]" if instance else service).encode(errors="replace")
+
+
+def parse_on_exit(value: Any) -> int | None:
+    """Check a standing order (``Spawn.on_exit``, ``Order.on_exit``): its
+    ``respawn_after_ms``, or None for null (wait for the supervisor)."""
+    if value is None:
+        return None
+    after = value.get("respawn_after_ms") if isinstance(value, dict) else None
+    if (not isinstance(after, int) or isinstance(after, bool) or after < 0
+            or set(value) != {"respawn_after_ms"}):
+        raise SpawnError(m.E_BAD_REQUEST, "'on_exit' must be null or "
+                         "{'respawn_after_ms': an integer >= 0}")
+    return after
 
 
 def log_settings(log: Any) -> tuple[str, int, int, bool, bool | None]:

@@ -57,7 +57,7 @@ from corral.protocol import paths
 
 from . import procs, record
 from .cgroup import Cgroups
-from .children import Child, ChildTable
+from .children import Child, ChildTable, Respawn
 from .console import LOG_NAME, Console
 from .dispatch import Dispatcher
 from .echo import Echo
@@ -596,7 +596,13 @@ class Launcher:
         self.kill_all(child)
         for reader in child.readers:
             reader.drain()
-        exited = self.children.exited(child, code, oom_killed)
+        order = None if self.stopping else self.children.take_order(child)
+        exited = self.children.exited(child, code, oom_killed, order)
+        if self.cgroups is not None and child.cgroup:
+            self.cgroups.release(child.cgroup, child.pid)  # a restart may reuse the leaf
+        # The restart path: the new process starts before the reports go out.
+        respawned = self.children.exits.add(self.dispatcher.respawn(child)) \
+            if order == 0 else None
         for rid in child.terminate_waiters:
             terminated: m.Terminated = {
                 "type": m.TERMINATED, "id": rid,
@@ -609,14 +615,36 @@ class Launcher:
             self.keeper.send(terminated)
         if self.keeper.sup is not None and self.keeper.sup.link.greeted:
             self.keeper.send(exited)
+            if respawned is not None:
+                self.keeper.send(respawned)
         if self.cgroups is not None and child.cgroup:
-            # After the report, and later still, so a restart can reuse the leaf.
-            self.cgroups.release(child.cgroup, child.pid)
+            # Removed later still (unless a restart owns it again meanwhile).
             leaf = child.cgroup
             self.reactor.call_later(CGROUP_LINGER,
                                     lambda: self._remove_cgroup(leaf, CGROUP_RMDIR_FIRST))
+        if order is not None and order > 0:
+            self.respawn_later(Respawn(child, order, time.monotonic()))
         if self.stopping and not self.children and self.keeper.sup is None:
             self.exit_code = self.final_code
+
+    # ---------------------------------------------------------- standing orders
+    def respawn_later(self, waiting: Respawn) -> None:
+        """Respawn ``waiting.child`` once its order's delay is over (unless the order
+        changes meanwhile: see :meth:`.children.ChildTable.order`)."""
+        self.children.respawns[waiting.child.pid] = waiting
+
+        def due() -> None:
+            if (self.children.respawns.get(waiting.child.pid) is waiting
+                    and waiting.due_in(time.monotonic()) <= 0):
+                del self.children.respawns[waiting.child.pid]
+                self._respawn(waiting.child)
+        self.reactor.call_later(max(0.0, waiting.due_in(time.monotonic())), due)
+
+    def _respawn(self, child: Child) -> None:
+        """Carry out ``child``'s standing order now, and report it like an exit."""
+        report = self.children.exits.add(self.dispatcher.respawn(child))
+        if self.keeper.sup is not None and self.keeper.sup.link.greeted:
+            self.keeper.send(report)
 
     # ------------------------------------------------------------------ shutdown
     final_code = 0

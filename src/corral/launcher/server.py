@@ -2,9 +2,9 @@
 
 :class:`Link` owns the socket: it decodes frames, hands each request to a handler, and
 buffers replies and unasked messages without ever blocking the launcher's loop.
-:class:`ExitQueue` keeps ``Exited`` messages until the supervisor acknowledges them, so
-an exit that happens while no supervisor is connected (or while one dies before it
-has processed the message) is replayed after the next ``Hello``.
+:class:`ExitQueue` keeps ``Exited`` (and ``Respawned``) messages until the supervisor
+acknowledges them, so an exit that happens while no supervisor is connected (or while one
+dies before it has processed the message) is replayed after the next ``Hello``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import socket
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from corral.protocol import framing
 from corral.protocol import messages as m
@@ -26,14 +26,19 @@ Message = dict[str, Any]
 MAX_QUEUED_EXITS = 100_000
 
 
+#: What the exit queue holds: the reports of exits and of what standing orders started.
+Report = TypeVar("Report", m.Exited, m.Respawned)
+
+
 class ExitQueue:
-    """``Exited`` messages not yet acknowledged, in order."""
+    """``Exited`` and ``Respawned`` messages not yet acknowledged, in order (one
+    numbering for both)."""
 
     def __init__(self) -> None:
-        self._pending: OrderedDict[int, m.Exited] = OrderedDict()
+        self._pending: OrderedDict[int, m.Exited | m.Respawned] = OrderedDict()
         self._seq = 0
 
-    def add(self, message: m.Exited) -> m.Exited:
+    def add(self, message: Report) -> Report:
         """Number ``message`` and keep it until acknowledged."""
         self._seq += 1
         message["seq"] = self._seq
@@ -49,7 +54,7 @@ class ExitQueue:
         for key in [k for k in self._pending if k <= seq]:
             del self._pending[key]
 
-    def pending(self) -> list[m.Exited]:
+    def pending(self) -> list[m.Exited | m.Respawned]:
         """The unacknowledged messages, oldest first."""
         return list(self._pending.values())
 

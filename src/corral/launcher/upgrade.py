@@ -66,7 +66,7 @@ import corral
 from corral.protocol import messages as m
 
 from . import record
-from .children import Child, ChildTable
+from .children import Child, ChildTable, Respawn
 from .echo import Echo
 from .logfile import LogFile
 from .output import RECENT, PipeReader
@@ -428,7 +428,14 @@ def capture(launcher: Launcher) -> tuple[dict[str, Any], list[int]]:
         kept += [r.fd for r in readers if r.fd >= 0]
         children.append(entry)
     extra = {k: encode(v) for k, v in vars(table).items()
-             if k not in ("_by_pid", "exits")}
+             if k not in ("_by_pid", "exits", "respawns")}
+    # Respawns waiting for their order's delay: the exited child's fields (its pipes are
+    # done) and when it exited; CLOCK_MONOTONIC runs on across the exec, so the timer is
+    # armed again for what is left of the delay.
+    respawns = [{"child": {f.name: encode(getattr(waiting.child, f.name))
+                           for f in dataclasses.fields(Child) if f.name != "readers"},
+                 "after_ms": waiting.after_ms, "exited_at": waiting.exited_at}
+                for waiting in table.respawns.values()]
     for log in [*launcher.logs.values(), *([console.log] if console.log else [])]:
         if log._fd >= 0:
             kept.append(log._fd)
@@ -459,6 +466,7 @@ def capture(launcher: Launcher) -> tuple[dict[str, Any], list[int]]:
         "logs": [_log_state(log) for log in launcher.logs.values()],
         "children": children,
         "table": extra,
+        "respawns": respawns,
         "exits": {"seq": table.exits._seq, "pending": encode(table.exits.pending())},
         "listeners": listeners,
         "cgroups": encode(launcher.cgroups) if launcher.cgroups is not None else None,
@@ -513,6 +521,10 @@ def restore(launcher: Launcher, state: dict[str, Any]) -> None:
     for key, value in state["table"].items():
         if hasattr(table, key):
             setattr(table, key, decode(value, _attr_hint(table, key)))
+    for saved in state.get("respawns", []):
+        fields = {k: decode(v, hints.get(k)) for k, v in saved["child"].items() if k in hints}
+        launcher.respawn_later(Respawn(Child(readers=[], **fields), int(saved["after_ms"]),
+                                       float(saved["exited_at"])))
     table.exits._seq = int(state["exits"]["seq"])
     for message in decode(state["exits"]["pending"]):
         table.exits._pending[int(message["seq"])] = message

@@ -8,7 +8,7 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
                                               | Error{Incompatible}
     Spawn{name, argv, env, cwd, user?, group?, umask?, rlimits?, memory_max?, cgroup?,
           listen_fds?, stop?{signal, timeout}, log{path, format, max_bytes, keep,
-          stdout?}}
+          stdout?}, on_exit?{respawn_after_ms} | null}
                                            -> Spawned{pid, started_at, cgroup, memory_max,
                                                       spawns}
                                               | Error{code, message}
@@ -24,8 +24,12 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
     Notify{ready?, status?}                -> Ok   (passed on to systemd; see below)
     Upgrade{}                              -> Upgrading{version, corral_version} (later)
                                               | Error{Incompatible | UpgradeFailed}
-    Exited{name, pid, exit_code?, signal?, at, oom_killed?, spawns, strays?}  (unasked;
-                                              queued while no supervisor is connected)
+    Order{pid, on_exit{respawn_after_ms} | null}  -> Ok | Error{NoSuchProcess}   (1.2)
+    Exited{name, pid, exit_code?, signal?, at, oom_killed?, spawns, strays?,
+           respawn_after_ms?}                         (unasked; queued while no supervisor
+                                                       is connected)
+    Respawned{name, old_pid, pid, started_at, spawns, cgroup?, error?{code, message}}
+                                                      (unasked, 1.2; queued like Exited)
     Shutdown{}                                          (unasked; stop everything, exit 84)
     OutputDropped{sink, bytes, records, error, total_bytes, total_records, path?, dropping?,
                   since?, until?, gone?, replay?}        (unasked; see below)
@@ -85,6 +89,20 @@ processes that carry it and left the process group are signalled with the instan
 ``{signal: TERM, timeout: 8}``) is how the next launcher stops the child if this one dies
 (see ``corral.launcher.record``).
 
+Standing orders (1.2, optional fields): ``Spawn.on_exit``, and ``Order`` at any time
+after, hand the launcher the decision for the child's next exit: ``{respawn_after_ms: N}``
+(start it again with the same Spawn request, at once for 0, else after N ms) or null
+(wait for the supervisor, the default).  An order is for one exit: the child it starts has
+none until the supervisor gives it one.  The launcher carries it out whether or not a
+supervisor is connected (never while it shuts down); the ``Exited`` of that exit says
+``respawn_after_ms``, and the new child is reported by an unasked ``Respawned{name,
+old_pid, pid, started_at, spawns}`` (``error{code, message}`` and no ``pid`` when the spawn
+failed), numbered and acknowledged like ``Exited`` and replayed after ``Hello``.  Until a
+delayed respawn fires, ``Order{pid: <old pid>}`` changes it (null cancels it).  A
+``Terminate`` cancels the order of its pid (and a pending respawn) before it signals.
+``Order`` for a pid that neither runs nor waits for a respawn is ``Error{NoSuchProcess}``.
+``Children[].on_exit`` is each child's order.
+
 Versions: ``Hello.version`` and ``HelloOk.version`` are ``"MAJOR.MINOR"``
 (:data:`PROTOCOL_VERSION`).  The launcher answers a ``Hello`` of another major version with
 ``Error{Incompatible}`` naming both, keeps its children, and starts no further supervisor
@@ -131,6 +149,7 @@ LISTEN = "Listen"
 UNLISTEN = "Unlisten"
 NOTIFY = "Notify"
 UPGRADE = "Upgrade"
+ORDER = "Order"
 # Reply types.
 HELLO_OK = "HelloOk"
 SPAWNED = "Spawned"
@@ -144,9 +163,10 @@ ERROR = "Error"
 EXITED = "Exited"
 SHUTDOWN = "Shutdown"
 OUTPUT_DROPPED = "OutputDropped"
+RESPAWNED = "Respawned"
 
 REQUEST_TYPES = frozenset({HELLO, SPAWN, SIGNAL, TERMINATE, LIST, ACK, LISTEN, UNLISTEN,
-                           NOTIFY, UPGRADE})
+                           NOTIFY, UPGRADE, ORDER})
 
 # Error codes a person (or the supervisor) can act on.
 E_USER_NOT_FOUND = "UserNotFound"
@@ -274,6 +294,12 @@ class SpawnStop(TypedDict, total=False):
     timeout: float
 
 
+class OnExit(TypedDict):
+    """A standing order for a child's next exit: start it again after this long."""
+
+    respawn_after_ms: int
+
+
 class Spawn(TypedDict):
     type: str
     id: int
@@ -290,6 +316,7 @@ class Spawn(TypedDict):
     cgroup: NotRequired[bool | None]
     listen_fds: NotRequired[list[str]]
     stop: NotRequired[SpawnStop]
+    on_exit: NotRequired[OnExit | None]  # 1.2
 
 
 class Spawned(TypedDict):
@@ -342,6 +369,7 @@ class ChildInfo(TypedDict):
     argv: list[str]
     spawns: NotRequired[int]
     cgroup: NotRequired[str | None]
+    on_exit: NotRequired[OnExit | None]  # 1.2
 
 
 class ListenerInfo(TypedDict):
@@ -388,6 +416,16 @@ class Notify(TypedDict):
     status: NotRequired[str]
 
 
+class Order(TypedDict):
+    """Replace the standing order of a running child, or of one waiting to be respawned
+    (1.2)."""
+
+    type: str
+    id: int
+    pid: int
+    on_exit: OnExit | None
+
+
 class Ack(TypedDict):
     """The supervisor has handled every ``Exited`` up to ``seq``."""
 
@@ -419,6 +457,7 @@ class Exited(TypedDict):
     spawns: NotRequired[int]
     oom_killed: NotRequired[bool]
     strays: NotRequired[list[int]]
+    respawn_after_ms: NotRequired[int]  # 1.2: the launcher carries out a standing order
     seq: NotRequired[int]  # numbered by the launcher, acknowledged with Ack
 
 
@@ -430,6 +469,26 @@ class Upgrading(TypedDict):
     id: int | None
     version: str  # the installed code's protocol version
     corral_version: str  # and its release
+
+
+class RespawnError(TypedDict):
+    code: str
+    message: str
+
+
+class Respawned(TypedDict):
+    """The launcher carried out a standing order (1.2); ``pid`` is absent and ``error``
+    says why when the spawn failed."""
+
+    type: str
+    name: str
+    old_pid: int
+    pid: NotRequired[int]
+    started_at: NotRequired[float]
+    spawns: NotRequired[int]
+    cgroup: NotRequired[str | None]
+    error: NotRequired[RespawnError]
+    seq: NotRequired[int]  # numbered with the exits, acknowledged with Ack
 
 
 class Shutdown(TypedDict):

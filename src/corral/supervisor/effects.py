@@ -1,7 +1,8 @@
 """The effects that talk to the launcher: spawning an instance (with what must happen
 before: the init hook, a fresh working directory, the ``before`` script), terminating
 it, and the backoff timer between a death and the next start.  The machine's actions
-(:class:`.machine.Action`) end up here."""
+(:class:`.machine.Action`) end up here; so do the standing orders (:mod:`.orders`) that
+go with a spawn, and the respawns the launcher carries out for them."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from .identity import identity
 from .instance import Instance
 from .launcher_client import Message, check
 from .machine import Trigger
+from .orders import Orders
 
 if TYPE_CHECKING:
     from .loop import Supervisor
@@ -59,11 +61,15 @@ class Effects:
     def __init__(self, core: Supervisor) -> None:
         self._core = core
         self.spawn_base = core.files.spawn_base()
+        self.orders = Orders(core)
 
     def spawn(self, inst: Instance) -> None:
         spec = self._core.spec_of(inst)
         assert self._core.launcher is not None
-        if inst.ports:
+        # The launcher carries out the standing order: no Spawn (and the new process may
+        # hold its ports already).
+        respawn = self.orders.respawn_of(inst)
+        if inst.ports and respawn is None:
             taken = [n for n, port in inst.ports.items() if port_taken(port)]
             if taken:  # another program took it while the instance was down
                 self._core.traffic.replace_ports(inst, taken)
@@ -88,11 +94,15 @@ class Effects:
         inst.next_restart_at = None
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         inst.spawned = done
+        if respawn is not None:
+            self._core.background(self._spawned(inst, respawn, done, respawned=True))
+            return
         if ((spec.hooks.init is not None and not inst.init_done) or spec.resources
                 or spec.before is not None or spec.templates):
             self._core.background(self._guarded_prepare(inst, spec, done))
             return
-        future = self._core.launcher.send_encoded(inst.spawn_request[1])
+        future = self._core.launcher.send_encoded(inst.spawn_request[1],
+                                                  self.orders.for_spawn(inst, spec))
         self._core.background(self._spawned(inst, future, done))
 
     async def _guarded_prepare(self, inst: Instance, spec: ProcessSpec,
@@ -138,7 +148,8 @@ class Effects:
         if inst.spawn_request is None or inst.spawn_request[0] is not spec:
             # Dropped meanwhile: a group config or a bind changed its environment.
             inst.spawn_request = (spec, self._spawn_request(inst, spec))
-        future = self._core.launcher.send_encoded(inst.spawn_request[1])
+        future = self._core.launcher.send_encoded(inst.spawn_request[1],
+                                                  self.orders.for_spawn(inst, spec))
         await self._spawned(inst, future, done)
 
     async def _prepare_workdir(self, inst: Instance, spec: ProcessSpec) -> HookResult:
@@ -198,7 +209,7 @@ class Effects:
             self._core.traffic.sockets_for(spec))
 
     async def _spawned(self, inst: Instance, reply: asyncio.Future[Message],
-                       done: asyncio.Future[None]) -> None:
+                       done: asyncio.Future[None], respawned: bool = False) -> None:
         try:
             answer = check(await reply)
         except CorralError as exc:
@@ -236,6 +247,7 @@ class Effects:
         self._core.events.emit(inst.service, "spawn", f"spawned pid {inst.pid}", instance=inst.index,
                          pid=inst.pid)
         spec = self._core.spec_of(inst)
+        self.orders.spawned(inst, spec, respawned)
         if spec.health is not None and inst.state is ServiceState.STARTING:
             self._core.liveness.watch(inst, spec)
         if spec.watchdog is not None and inst.state is ServiceState.STARTING:
@@ -273,6 +285,7 @@ class Effects:
 
     def terminate(self, inst: Instance) -> None:
         self._core.liveness.unwatch(inst)
+        self.orders.stopping(inst)
         if inst.pid is None:
             # The spawn has not answered yet; _spawned terminates once it has a pid.
             if inst.spawned is None or inst.spawned.done():
@@ -350,7 +363,7 @@ class Effects:
                                           "signal": stop.signal, "timeout": stop.timeout})
 
     def schedule(self, inst: Instance) -> None:
-        self.cancel(inst)
+        self._cancel_timer(inst)
         inst.next_restart_at = self._core.clock.time() + inst.delay
         inst.timer = asyncio.get_running_loop().call_later(inst.delay, self._backoff_over, inst)
         self._core.events.emit(inst.service, "restart_scheduled",
@@ -369,6 +382,12 @@ class Effects:
             self._core.feed(inst, Trigger.TIMER, "backoff over; restarting")
 
     def cancel(self, inst: Instance) -> None:
+        """Cancel the backoff timer and the standing order (and a respawn the launcher
+        waits to carry out for it)."""
+        self._cancel_timer(inst)
+        self.orders.cancel(inst)
+
+    def _cancel_timer(self, inst: Instance) -> None:
         if inst.timer is not None:
             inst.timer.cancel()
             inst.timer = None

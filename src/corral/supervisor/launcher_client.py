@@ -6,8 +6,9 @@ step, so a restart decided in the exit handler reaches the launcher without wait
 another turn of the loop.  Frames are decoded in the transport's ``data_received``
 callback itself, not in a reader task that callback would wake a loop turn later: that is
 the restart-latency path (``Exited`` in, ``Spawn`` out).  Unasked ``Exited`` frames are
-handed to ``on_exit`` and acknowledged after it returns; ``Shutdown`` calls ``on_shutdown``;
-``OutputDropped`` goes to ``on_dropped`` when one is given.
+handed to ``on_exit`` and acknowledged after it returns, ``Respawned`` frames likewise to
+``on_respawned``; ``Shutdown`` calls ``on_shutdown``; ``OutputDropped`` goes to
+``on_dropped`` when one is given.
 """
 
 from __future__ import annotations
@@ -70,9 +71,11 @@ class LauncherClient:
 
     def __init__(self, on_exit: Callable[[Message], None], on_shutdown: Callable[[], None],
                  on_lost: Callable[[], None],
-                 on_dropped: Callable[[Message], None] | None = None) -> None:
+                 on_dropped: Callable[[Message], None] | None = None,
+                 on_respawned: Callable[[Message], None] | None = None) -> None:
         self._transport: asyncio.WriteTransport | None = None  # set once connected
         self._on_exit = on_exit
+        self._on_respawned = on_respawned
         self._on_dropped = on_dropped
         self._on_shutdown = on_shutdown
         self._on_lost = on_lost
@@ -87,9 +90,10 @@ class LauncherClient:
     @classmethod
     async def connect(cls, sock: socket.socket, on_exit: Callable[[Message], None],
                       on_shutdown: Callable[[], None], on_lost: Callable[[], None],
-                      on_dropped: Callable[[Message], None] | None = None) -> LauncherClient:
+                      on_dropped: Callable[[Message], None] | None = None,
+                      on_respawned: Callable[[Message], None] | None = None) -> LauncherClient:
         """Wrap the inherited socket, start reading, and say ``Hello``."""
-        client = cls(on_exit, on_shutdown, on_lost, on_dropped)
+        client = cls(on_exit, on_shutdown, on_lost, on_dropped, on_respawned)
         await asyncio.get_running_loop().create_unix_connection(
             lambda: _Protocol(client), sock=sock)
         try:
@@ -121,16 +125,22 @@ class LauncherClient:
         transport.write(framing.encode(message))
         return future
 
-    def send_encoded(self, body: bytes) -> asyncio.Future[Message]:
+    def send_encoded(self, body: bytes, extra: bytes = b"") -> asyncio.Future[Message]:
         """Like :meth:`send_request` for a request already encoded as a JSON object
-        without ``id`` (the id is spliced in, so the body can be reused)."""
+        without ``id`` (the id is spliced in, so the body can be reused); ``extra``: more
+        encoded fields, each followed by a comma (``b'"on_exit":null,'``)."""
         transport = self._open()
         rid = next(self._ids)
-        framed = b'{"id":%d,' % rid + body[1:]
+        framed = b'{"id":%d,%s' % (rid, extra) + body[1:]
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         transport.write(struct.pack(">I", len(framed)) + framed)
         return future
+
+    def speaks(self, version: tuple[int, int]) -> bool:
+        """Whether the launcher speaks protocol ``version`` (``(1, 2)``) or a later minor."""
+        theirs = m.parse_version(self.launcher_protocol)
+        return theirs is not None and theirs[0] == version[0] and theirs[1] >= version[1]
 
     def _open(self) -> asyncio.WriteTransport:
         """The transport, if the connection is still open; else :class:`Unavailable`."""
@@ -235,8 +245,10 @@ class LauncherClient:
             future = self._pending.pop(rid)
             if not future.done():
                 future.set_result(message)
-        elif kind == m.EXITED:
-            self._on_exit(message)
+        elif kind in (m.EXITED, m.RESPAWNED):
+            handler = self._on_exit if kind == m.EXITED else self._on_respawned
+            if handler is not None:
+                handler(message)
             if self._transport is not None and not self._transport.is_closing():
                 self._transport.write(framing.encode({"type": m.ACK,
                                                       "seq": message.get("seq")}))

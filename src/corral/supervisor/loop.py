@@ -238,6 +238,8 @@ class Supervisor:
             self._early_exits[str(exited.get("name"))] = exited
             return
         inst = self._find(str(exited.get("name", "")), exited.get("pid"))
+        if inst is None and self.effects.orders.hold_exit(exited):
+            return  # a process the launcher respawned, dead before its pid was taken
         if inst is None:
             # A process that died at once: its Exited can be read before the coroutine
             # waiting for its Spawned reply has run.  Keep it for that coroutine.
@@ -259,8 +261,9 @@ class Supervisor:
             self.feed(inst, Trigger.EXIT_RETIRED, "exited while being replaced")
             return
         ran_for = self.clock.time() - (inst.started_at or self.clock.time())
-        decision = policy.decide(service.spec.restart, exited.get("exit_code"),
-                                 exited.get("signal"), ran_for, inst.streak, self.uniform)
+        decision = self.effects.orders.decision(inst, exited) or policy.decide(
+            service.spec.restart, exited.get("exit_code"), exited.get("signal"), ran_for,
+            inst.streak, self.uniform)
         inst.streak = decision.streak
         inst.delay = decision.delay
         inst.pid = None

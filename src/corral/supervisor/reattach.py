@@ -70,6 +70,7 @@ class Reattach:
             self.watch_after_attach.append(inst)
         self._core.events.emit(name, "adopt", f"adopted pid {pid} after a supervisor restart",
                          instance=index, pid=pid, to=inst.state.value)
+        self._core.effects.orders.adopted(inst, child)
 
     def replay_exit(self, exited: Message) -> None:
         """An instance exited while no supervisor ran: apply its restart policy now."""
@@ -77,6 +78,7 @@ class Reattach:
         if parsed is None:
             return
         name, index, gen = parsed
+        self._core.effects.orders.withdraw(exited)  # this supervisor decides afresh
         service = self._core.services.get(name)
         pinned = self._core.rollouts.pinned_spec(name, gen)  # an old instance of a resumed rollout
         if (service is None or service.desired is Desired.DOWN

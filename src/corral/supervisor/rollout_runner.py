@@ -334,6 +334,7 @@ class RolloutRunner:
                 assert old is not None
                 self._core.liveness.unwatch(old)  # its checks belong to its spec; it is leaving anyway
                 service.retiring[index] = old
+                self._core.effects.orders.cancel(old)  # a crash must not bring it back
                 service.instances[index] = new
                 step.detail = f"instance {index}: starting the new version beside pid {old.pid}"
                 self._core.events.emit(name, "rollout", step.detail, instance=index)
@@ -347,6 +348,7 @@ class RolloutRunner:
                     new.stays_down = True  # held: reconcile must not start it beside the old one
                     new.reason = f"waiting for pid {old.pid} to stop"
                     service.retiring[index] = old
+                    self._core.effects.orders.cancel(old)  # a crash must not bring it back
                     service.instances[index] = new
                     await self._core.traffic.drain(old)
                     await self._core.stop_instances(service, [old])

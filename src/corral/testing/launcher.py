@@ -139,8 +139,8 @@ class FakeLauncher(LauncherClient):
                                "message": f"the fake launcher does not answer {kind}"})
         return future
 
-    def send_encoded(self, body: bytes) -> asyncio.Future[Message]:
-        message: Message = json.loads(body)
+    def send_encoded(self, body: bytes, extra: bytes = b"") -> asyncio.Future[Message]:
+        message: Message = json.loads(b"{" + extra + body[1:])
         return self.send_request(message)
 
     def close(self) -> None:

@@ -1,0 +1,172 @@
+"""Standing orders: the launcher restarts a crashed service by itself, as the supervisor
+decided in advance, whether or not a supervisor is there to see it; and never restarts one
+the supervisor has decided to stop, to replace, or to give up on.
+
+Processes are found by a marker in their command line (``/proc/*/cmdline``), so a test can
+see what runs while the supervisor is stopped (SIGSTOP) and cannot answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import PY, Corral, pid_alive, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def running(marker: str) -> list[int]:
+    """Live processes whose command line holds ``marker`` as a whole argument."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in argv and pid_alive(int(name)):
+            found.append(int(name))
+    return found
+
+
+def events(corral: Corral, name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in
+            corral.ok("events", "--service", name, "-n", "1000", "--json").splitlines()]
+
+
+def spec_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_service_killed_while_the_supervisor_is_stopped_comes_back(corral: Corral) -> None:
+    """SIGSTOP the supervisor, kill a service: the launcher starts it again by itself (a
+    new pid).  Once the supervisor runs again it shows the new pid, one restart, and the
+    exit and the spawn as events, as for any restart."""
+    corral.ok("svc", "load", "victim", "--", "sleep", "4241")
+    old = corral.status("victim")["pid"]
+    sup = corral.sup_status()["supervisor_pid"]
+    os.kill(sup, signal.SIGSTOP)
+    try:
+        os.kill(old, signal.SIGKILL)
+        new = wait_for(lambda: [p for p in running("4241") if p != old], 15,
+                       "the launcher to start victim again")[0]
+    finally:
+        os.kill(sup, signal.SIGCONT)
+    status = wait_for(lambda: (s := corral.status("victim"))["pid"] == new
+                      and s["state"] == "up" and s, 15, "the supervisor to see the new pid")
+    assert status["restarts"] == 1
+    seen = [(e["kind"], e["pid"]) for e in events(corral, "victim")
+            if e["kind"] in ("exit", "spawn")]
+    assert seen == [("spawn", old), ("exit", old), ("spawn", new)]
+    assert running("4241") == [new]
+
+
+def test_a_service_killed_while_no_supervisor_runs_is_back_after_reattach(
+        corral: Corral) -> None:
+    """A service dies, is restarted by the launcher, and then the supervisor dies too: the
+    next supervisor adopts the new process with the right restart count, says what
+    happened, and gives it an order of its own (the next kill is restarted the same way)."""
+    corral.ok("svc", "load", "victim", "--", "sleep", "4242")
+    first = corral.status("victim")["pid"]
+    sup = corral.sup_status()["supervisor_pid"]
+    os.kill(sup, signal.SIGSTOP)
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(lambda: [p for p in running("4242") if p != first], 15,
+                      "the launcher to start victim again")[0]
+    os.kill(sup, signal.SIGKILL)
+    wait_for(lambda: corral.answers() and corral.sup_status()["supervisor_pid"] != sup,
+             30, "a new supervisor")
+    status = corral.status("victim")
+    assert (status["pid"], status["restarts"], status["state"]) == (second, 1, "up")
+    assert any(e["kind"] == "exit" and e["pid"] == first and "launcher restarted it" in
+               e["reason"] for e in events(corral, "victim"))
+
+    sup = corral.sup_status()["supervisor_pid"]
+    os.kill(sup, signal.SIGSTOP)
+    try:
+        os.kill(second, signal.SIGKILL)
+        third = wait_for(lambda: [p for p in running("4242") if p != second], 15,
+                         "the launcher to start victim a third time")[0]
+    finally:
+        os.kill(sup, signal.SIGCONT)
+    wait_for(lambda: (s := corral.status("victim"))["pid"] == third and s["restarts"] == 2,
+             15, "the supervisor to count the second restart")
+
+
+def test_a_service_being_stopped_is_not_restarted(corral: Corral, tmp_path: Path) -> None:
+    """A service that ignores SIGTERM is being stopped (`svc stop` waits out its stop
+    timeout) when it is killed: it stays down, no new process is started."""
+    code = "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(1000)"
+    corral.ok("svc", "load", "-f", spec_file(tmp_path, (
+        f"name: stubborn\ncommand: [{PY}, -c, '{code}', marker-4243]\n"
+        "stop: {timeout: 60s}\n")))
+    pid = corral.wait_state("stubborn", "up")["pid"]
+    stopping = subprocess.Popen([PY, "-m", "corral", "svc", "stop", "stubborn"], env=corral.env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        corral.wait_state("stubborn", "stopping")
+        os.kill(pid, signal.SIGKILL)
+        assert stopping.wait(30) == 0
+    finally:
+        if stopping.poll() is None:
+            stopping.kill()
+            stopping.wait()
+    status = corral.wait_state("stubborn", "down")
+    assert status["pid"] is None and status["restarts"] == 0
+    assert running("marker-4243") == []
+    # A respawn would have been stopped at once, but it would show in the events.
+    assert {e["pid"] for e in events(corral, "stubborn")} == {None, pid}
+
+
+def test_a_service_past_its_restart_limit_is_not_restarted(corral: Corral,
+                                                           tmp_path: Path) -> None:
+    """`max_restarts: 1`: the first quick death is restarted (by the launcher), the second
+    is not: the service is failed with one restart and no process left."""
+    corral.ok("svc", "load", "-f", spec_file(tmp_path, (
+        "name: fragile\ncommand: [sleep, '4244']\n"
+        "restart: {max_restarts: 1, backoff_min: 0s}\n")))
+    first = corral.wait_state("fragile", "up")["pid"]
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(lambda: (p := corral.status("fragile")["pid"]) not in (None, first)
+                      and p, 15, "the first restart")
+    corral.wait_state("fragile", "up")
+    os.kill(second, signal.SIGKILL)
+    status = corral.wait_state("fragile", "failed")
+    assert status["restarts"] == 1 and status["pid"] is None
+    assert running("4244") == []
+    assert {e["pid"] for e in events(corral, "fragile")} == {None, first, second}
+
+
+def test_an_instance_being_replaced_is_not_restarted(corral: Corral, tmp_path: Path) -> None:
+    """During a start-first rollout the old instance runs beside its replacement until
+    that one is ready; killed meanwhile, it is not started again: only the new version
+    runs afterwards."""
+    text = ("processes:\n  - name: api\n    command: [sleep, '{marker}']\n"
+            "    replace: start-first\n    readiness: started\n    start_seconds: {ready}\n"
+            "    rollout_timeout: 60s\n")
+    v1 = tmp_path / "v1.yaml"
+    v1.write_text(text.format(marker="4245", ready="0s"))
+    corral.ok("target", "set", str(v1))
+    old = corral.wait_state("api", "up")["pid"]
+    v2 = tmp_path / "v2.yaml"
+    v2.write_text(text.format(marker="4246", ready="3s"))
+    corral.ok("target", "set", "--no-wait", str(v2))
+    wait_for(lambda: any(i.get("retiring") and i["pid"] == old
+                         for i in corral.status("api")["instance_list"]), 15,
+             "the old instance to be retiring")
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: any(e["kind"] == "exit" and e["pid"] == old
+                         for e in events(corral, "api")), 15, "the old instance's exit")
+    new = corral.wait_state("api", "up", timeout=30)["pid"]
+    assert running("4246") == [new] and running("4245") == []
+    assert {e["pid"] for e in events(corral, "api")} == {None, old, new}
