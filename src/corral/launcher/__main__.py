@@ -24,6 +24,7 @@ from corral.protocol import paths
 from . import upgrade
 from .console import Console
 from .pid1 import Launcher, take_lock
+from .settings import LauncherSettings, SettingsError
 
 # What --check-upgrade imports besides the launcher: the supervisor and the balancer the
 # upgraded launcher will start (by name: the launcher itself never imports them).
@@ -74,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write every service's records to stdout (default: on as "
                              "PID 1 or under systemd)")
     args = parser.parse_args(argv)
+    try:
+        settings = LauncherSettings.from_environ(os.environ)
+    except SettingsError as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        return 2
     # From here on nothing is printed with a blocking or raising write (see .console).
     console = Console()
     console.install()
@@ -122,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         first.append("--cluster-probe")
     log_stdout = log_stdout_default() if args.log_stdout is None else args.log_stdout
     launcher = Launcher(state_dir, sup_args, first if resume is None else [], log_stdout,
-                        console)
+                        console, settings)
     launcher.lock_fd = lock
     try:
         return launcher.run(resume)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
-import shlex
 import signal
 import socket
 import subprocess
@@ -88,8 +87,7 @@ class SupervisorKeeper:
 
     def supervisor_argv(self) -> list[str]:
         """``CORRAL_SUP_BINARY`` (a path or a command line), else this Python's supervisor."""
-        override = os.environ.get(m.ENV_SUP_BINARY)
-        base = shlex.split(override) if override else [sys.executable, "-m", "corral.supervisor"]
+        base = self.launcher.settings.supervisor_base()
         first, self.first_sup_args = self.first_sup_args, []
         return [*base, "--state-dir", str(self.launcher.state_dir), *self.sup_args, *first]
 
@@ -135,7 +133,7 @@ class SupervisorKeeper:
         launcher.reactor.sel.register(link.fileno(), selectors.EVENT_READ, self._on_link)
         self._relay_output(out_r, proc.pid)
         sup = self.sup
-        launcher.reactor.call_later(hello_timeout(), lambda: self._hello_overdue(sup))
+        launcher.reactor.call_later(launcher.settings.hello_timeout, lambda: self._hello_overdue(sup))
 
     def _relay_output(self, fd: int, pid: int) -> None:
         os.set_blocking(fd, False)
@@ -160,7 +158,7 @@ class SupervisorKeeper:
         if self.sup is sup and sup.greeted_at is None and sup.proc.returncode is None:
             if self.refused is None:
                 print(f"corral-launcher: the supervisor (pid {sup.proc.pid}) did not say "
-                      f"Hello within {hello_timeout():g} s; killing it", file=sys.stderr)
+                      f"Hello within {self.launcher.settings.hello_timeout:g} s; killing it", file=sys.stderr)
             procs.kill(sup.proc.pid, signal.SIGKILL)
 
     def greeted(self) -> None:
@@ -273,15 +271,6 @@ class SupervisorKeeper:
         else:
             self.backoff = 0.0
         self.launcher.reactor.call_later(self.backoff, self.start)
-
-
-def hello_timeout() -> float:
-    """How long a new supervisor has to say ``Hello`` (``CORRAL_HELLO_TIMEOUT``)."""
-    try:
-        value = float(os.environ.get(m.ENV_HELLO_TIMEOUT, ""))
-    except ValueError:
-        return m.HELLO_TIMEOUT
-    return value if value > 0 else m.HELLO_TIMEOUT
 
 
 def describe(code: int) -> str:

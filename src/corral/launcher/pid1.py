@@ -67,6 +67,7 @@ from .logfile import DropReport, LogFile, rfc3339
 from .reactor import Reactor, guard
 from .sdnotify import Notifier
 from .server import Message
+from .settings import LauncherSettings
 from .upgrade import Upgrader, restore, unblock_signals
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -101,12 +102,15 @@ class Launcher:
         log_stdout: copy every service's records to the launcher's stdout (a Spawn's
             ``log.stdout`` overrides it for that process).
         console: the launcher's stdout, stderr and own log (made here if not given).
+        settings: its checked ``CORRAL_*`` environment (the defaults if not given).
     """
 
     def __init__(self, state_dir: Path, sup_args: list[str],
                  first_sup_args: list[str] | None = None, log_stdout: bool = False,
-                 console: Console | None = None) -> None:
+                 console: Console | None = None,
+                 settings: LauncherSettings | None = None) -> None:
         self.state_dir = state_dir
+        self.settings = settings if settings is not None else LauncherSettings()
         self.log_stdout = log_stdout
         self.console = console if console is not None else Console()
         self.reactor = Reactor()
@@ -666,7 +670,7 @@ class Launcher:
         self.stopping = True
         self.final_code = final_code
         self.tell(STOPPING="1", STATUS="stopping services")
-        bound = float(os.environ.get("CORRAL_SHUTDOWN_TIMEOUT", "90"))
+        bound = self.settings.shutdown_timeout
         if self.keeper.sup is not None and not self.keeper.sup.link.closed:
             # Queued now even before Hello: the supervisor reads it once it is greeted.
             if self.keeper.sup.link.greeted:
