@@ -162,17 +162,24 @@ class BaseBackend:
             out[(group, me)] = CensusMember(record, local=True)
         return out
 
+    def _group_records(self, service_group: str) -> tuple[MemberRecord, ...]:
+        """One group's records by member name (ours as registered): what
+        :meth:`_emit_groups` compares, without building the whole census."""
+        records = {r.member: r for r in self._known_records()
+                   if r.service_group == service_group}
+        mine = self._desired.get(service_group)
+        if mine is not None:
+            records[self._identity.member] = mine
+        return tuple(records[m] for m in sorted(records))
+
     # ------------------------------------------------------------------ listener
     def _emit_groups(self, groups: Iterable[str]) -> None:
         """Tell the listener about the groups whose records really changed since last told."""
         if self._listener is None:  # not started, or closed: nothing told, nothing to remember
             return
-        by_group: dict[str, list[MemberRecord]] = {}
-        for member in self._members().values():
-            by_group.setdefault(member.record.service_group, []).append(member.record)
         changed = set()
         for group in groups:
-            now = tuple(sorted(by_group.get(group, ()), key=lambda r: r.member))
+            now = self._group_records(group)
             if self._notified.get(group, ()) != now:
                 self._notified[group] = now
                 changed.add(group)

@@ -383,13 +383,15 @@ class GroupConfigs:
                       if s.spec.service_group == service_group], why)
 
     def census_changed(self, service_groups: frozenset[str]) -> None:
+        affected = [s for s in self._core.services.values()
+                    if (s.spec.templates and s.spec.service_group in service_groups)
+                    or any(g in service_groups for g in s.spec.binds.values())]
+        if not affected:
+            return
         if self.backend is not None and self.backend.census().stale:
             # The link to etcd is down: what the templates say stays as it was (every
             # other member now shows stale), so losing etcd restarts nothing.
             return
-        affected = [s for s in self._core.services.values()
-                    if (s.spec.templates and s.spec.service_group in service_groups)
-                    or any(g in service_groups for g in s.spec.binds.values())]
         if any(s.spec.binds for s in affected):
             self._core.reconcile()  # a strict bind may be released
         self.refresh(affected, "members of " + ", ".join(sorted(service_groups)) + " changed")

@@ -48,8 +48,11 @@ class Membership:
     def __init__(self, core: Supervisor, backend: ClusterBackend) -> None:
         self._core = core
         self.backend = backend
-        self._registered: set[str] = set()
+        self._registered: dict[str, str] = {}  # service name -> its registered group
         self._pending = False
+        # Services whose events came since the last sync: only their members are built
+        # again (a crash storm of many services must not rebuild every member per event).
+        self._dirty: set[str] = set()
         self._started = False
         self._connected: bool | None = None
         core.groupconfig.backend = backend
@@ -85,9 +88,35 @@ class Membership:
 
     # ------------------------------------------------------------------ registering
     def _observe(self, event: Event) -> None:
-        if event["service"] and not self._pending:
+        if not event["service"]:
+            return
+        self._dirty.add(event["service"])
+        if not self._pending:
             self._pending = True
-            asyncio.get_running_loop().call_soon(self.sync)
+            asyncio.get_running_loop().call_soon(self._sync_dirty)
+
+    def _sync_dirty(self) -> None:
+        """Register the members of the services with events since the last sync."""
+        self._pending = False
+        dirty, self._dirty = self._dirty, set()
+        if not self._started:
+            return
+        if any(n not in self._core.services and n not in self._registered for n in dirty):
+            self.sync()  # an event of something else (a balanced service): build them all
+            return
+        for name in dirty:
+            self._sync_one(name)
+
+    def _sync_one(self, name: str) -> None:
+        service = self._core.services.get(name)
+        group = service.spec.service_group if service is not None else None
+        old = self._registered.get(name)
+        if old is not None and old != group:
+            self.backend.withdraw(old)
+            del self._registered[name]
+        if service is not None and group is not None:
+            self.backend.register(group, self.status_of(service))
+            self._registered[name] = group
 
     def _sync_opened(self) -> None:
         """:meth:`sync` once the backend is open (a process renders during the attach)."""
@@ -102,17 +131,10 @@ class Membership:
 
     def sync(self) -> None:
         """Register each loaded process's member as it is now; withdraw the removed ones."""
-        self._pending = False
         if not self._started:
             return
-        groups: set[str] = set()
-        for service in self._core.services.values():
-            group = service.spec.service_group
-            groups.add(group)
-            self.backend.register(group, self.status_of(service))
-        for group in self._registered - groups:
-            self.backend.withdraw(group)
-        self._registered = groups
+        for name in set(self._registered) | set(self._core.services):
+            self._sync_one(name)
 
     def status_of(self, service: Service) -> MemberStatus:
         """What the member of ``service`` publishes: its instances, ports and generation."""
