@@ -115,8 +115,15 @@ def test_a_full_log_disk_never_blocks_a_service_nor_tears_a_record(tmp_path: Pat
             corral.wait_state("w", "down")
             total = progress(done)  # every line it wrote
             filler.unlink()  # no output comes any more: the launcher retries on its own
-            wait_for(lambda: "[corral] dropped" in (logs / "w.log").read_text()[-1000:],
-                     what="the record saying what was dropped")
+
+            def settled() -> bool:
+                # The file ends with the note of the last drop, or (when room came back
+                # before the writer stopped, e.g. from a rotation) with its last line.
+                text = (logs / "w.log").read_text()
+                last = RECORD.match(text.rstrip("\n").rsplit("\n", 1)[-1])
+                return "[corral] dropped" in text and last is not None and (
+                    last.group(3).startswith(("[corral] dropped", f"{total - 1:08d} ")))
+            wait_for(settled, what="the record saying what was dropped")
             lines = (logs / "w.log").read_text().splitlines()
             numbers: list[int] = []
             noted, after_note = 0, False

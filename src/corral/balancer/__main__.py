@@ -68,7 +68,7 @@ async def serve(control: Path, take_over: bool = False) -> None:
         if handed_over.is_set() else GRACE
     proxy.shutdown(grace)
     deadline = loop.time() + grace
-    while proxy.active and loop.time() < deadline:
+    while proxy.busy and loop.time() < deadline:
         await asyncio.sleep(0.05)  # bounded wait for connections to end, not a sync point
     print("corral-balancer: stopped", flush=True)
 

@@ -234,6 +234,11 @@ class ProxiedService:
         self._paused = False
         self._backoff = BACKOFF_MIN
 
+    @property
+    def connecting(self) -> int:
+        """Connections accepted and still being connected to a backend."""
+        return len(self._tasks)
+
     def shutdown(self, grace: float) -> None:
         """Stop listening and close every connection after ``grace`` seconds."""
         self.close()
@@ -430,5 +435,11 @@ class Proxy:
     @property
     def active(self) -> int:
         return sum(s.active for s in self.services.values())
+
+    @property
+    def busy(self) -> int:
+        """Open connections plus those accepted and still connecting to a backend (not
+        yet counted in :attr:`active`): what a balancer that stops must wait for."""
+        return sum(s.active + s.connecting for s in self.services.values())
 
 
