@@ -65,10 +65,10 @@ def replacing(path: Path | str, mode: int = 0o600, *, durable: bool = True,
             tmp.unlink()
         raise
     if durable:
-        try:
+        # The new file is in place either way; a failed directory fsync only leaves its
+        # durability across a power loss unsure, which is no reason to report the write failed.
+        with contextlib.suppress(OSError):
             fsync_dir(path.parent)
-        except OSError:
-            pass  # the new file is in place; only its durability across a power loss is unsure
 
 
 def fsync_dir(path: Path | str) -> None:

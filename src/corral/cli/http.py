@@ -115,8 +115,10 @@ def _chunks(f: BufferedReader) -> Iterator[bytes]:
         except ValueError:
             raise ProtocolError(f"bad chunk size {line[:40]!r}") from None
         if size == 0:
-            while f.readline(_MAX_LINE) not in (b"\r\n", b"\n", b""):
-                pass  # trailers
+            # Trailer fields (corral sends none) end at an empty line: read past them.
+            trailer = f.readline(_MAX_LINE)
+            while trailer not in (b"\r\n", b"\n", b""):
+                trailer = f.readline(_MAX_LINE)
             return
         data = f.read(size)
         if len(data) < size or f.readline(_MAX_LINE) not in (b"\r\n", b"\n"):

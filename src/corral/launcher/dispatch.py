@@ -82,7 +82,7 @@ class Dispatcher:
         keeper.greeted()
         call_later = launcher.reactor.call_later
         call_later(0, self._replay_exits)
-        call_later(0, launcher.replay_drops)
+        call_later(0, launcher.drops.replay)
         if launcher.stopping:
             call_later(0, lambda: keeper.send({"type": m.SHUTDOWN}))
         return {"type": m.HELLO_OK, "id": rid, "version": m.PROTOCOL_VERSION,
@@ -162,7 +162,7 @@ class Dispatcher:
         logfile = launcher.logs.get(path)
         if logfile is None:
             logfile = launcher.logs[path] = LogFile(path, max_bytes, keep)
-            logfile.on_drop = launcher.log_dropping
+            logfile.on_drop = launcher.drops.log_dropping
         logfile.max_bytes, logfile.keep = max_bytes, keep
         pid = started.pid
         recent: deque[bytes] = deque(maxlen=RECENT)

@@ -44,7 +44,6 @@ import errno
 import fcntl
 import itertools
 import os
-import selectors
 import signal
 import sys
 import time
@@ -60,13 +59,12 @@ from .cgroup import Cgroups
 from .children import Child, ChildTable, Respawn
 from .console import LOG_NAME, Console
 from .dispatch import Dispatcher
-from .echo import Echo
+from .drops import DropReports
 from .keeper import SUPERVISOR_NAME, SupervisorKeeper
 from .listeners import Listeners
-from .logfile import DropReport, LogFile, rfc3339
+from .logfile import LogFile
 from .reactor import Reactor, guard
 from .sdnotify import Notifier
-from .server import Message
 from .settings import LauncherSettings
 from .upgrade import Upgrader, restore, unblock_signals
 
@@ -80,12 +78,6 @@ CGROUP_RMDIR_LAST = 10.0
 # An exited instance's cgroup is kept this long first: a restart reuses it, which saves a
 # mkdir and an rmdir (0.05-0.1 ms) on the restart path.
 CGROUP_LINGER = 1.0
-# Records dropped on the launcher's stdout or stderr are reported at once, then at most
-# this often while the drops go on (a slow reader would otherwise fill the log with it).
-ECHO_REPORT_INTERVAL = 10.0
-# A log file that stopped taking output is tried again this often even when no output
-# comes, so that its record of what was dropped is written soon after there is room.
-LOG_RETRY_INTERVAL = 1.0
 #: The children record, under ``<state>/run/`` (see :mod:`.record`).
 RECORD_NAME = "launcher-children.jsonl"
 # Orphans re-parented a moment after their instance's exit was handled are looked for
@@ -124,7 +116,7 @@ class Launcher:
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.cgroups: Cgroups | None = None
         self.listeners = Listeners()
-        self._watched: set[int] = set()  # echo fds waited on for writability
+        self.drops = DropReports(self)
         self.notifier: Notifier | None = None  # systemd's NOTIFY_SOCKET, taken in run()
         self.pid = os.getpid()
         # "<pid>.<start time>": names this launcher in instance marks and in the record.
@@ -196,13 +188,7 @@ class Launcher:
     def _after_take_over(self) -> None:
         """After an upgrade in place: what the exec cut short (exits during it, timers)."""
         self.reap()
-        for echo in self.console.echoes():
-            if echo.buffer:
-                self._watch_echo(echo)
-        for log in self._all_logs():
-            if log.drop_since is not None:
-                self.log_dropping(log, DropReport(True, log.dropped_bytes, log.dropped_records,
-                                                  log.drop_since, log.drop_last, log.drop_error))
+        self.drops.resume()
         if self.notifier is not None and self.notifier.watchdog is not None:
             self._ping_watchdog()
         if self.cgroups is not None:
@@ -244,10 +230,10 @@ class Launcher:
         if console.log is None:
             console.open_log(str(paths.logs_dir(self.state_dir) / LOG_NAME))
         assert console.log is not None
-        console.log.on_drop = self.log_dropping
+        console.log.on_drop = self.drops.log_dropping
         for echo in console.echoes():
-            echo.on_drop = self._echo_dropped
-            echo.on_pending = self._watch_echo
+            echo.on_drop = self.drops.echo_dropped
+            echo.on_pending = self.drops.watch_echo
 
     # ------------------------------------------------------ the children record
     def _stop_leftovers(self) -> None:
@@ -375,82 +361,6 @@ class Launcher:
         """Notify the service manager, when there is one."""
         if self.notifier is not None:
             self.notifier.send(**fields)
-
-    # ------------------------------------------------------------ dropped output
-    def log_dropping(self, log: LogFile, report: DropReport) -> None:
-        """A log file stopped taking output, or takes it again (its own record says so)."""
-        if report.dropping:
-            print(f"corral-launcher: cannot write {log.path}: {report.error}; dropping output "
-                  "until it works again", file=sys.stderr)
-            self.reactor.call_later(LOG_RETRY_INTERVAL, lambda: self._retry_log(log))
-        else:
-            print(f"corral-launcher: writing {log.path} again; dropped {report.bytes} bytes "
-                  f"({report.records} records) of output from {rfc3339(report.since).decode()} "
-                  f"to {rfc3339(report.until).decode()}: {report.error}", file=sys.stderr)
-        self.keeper.send(_log_drop_message(log, report))
-
-    def _retry_log(self, log: LogFile) -> None:
-        if not log.retry():
-            self.reactor.call_later(LOG_RETRY_INTERVAL, lambda: self._retry_log(log))
-
-    def _echo_dropped(self, echo: Echo) -> None:
-        """Records were dropped on stdout or stderr: report it now, then at most every
-        ECHO_REPORT_INTERVAL while drops go on."""
-        if not echo.reporting:
-            echo.reporting = True
-            self._report_echo(echo)
-
-    def _report_echo(self, echo: Echo) -> None:
-        records = echo.dropped_records - echo.reported_records
-        size = echo.dropped_bytes - echo.reported_bytes
-        if records == 0 and size == 0:
-            echo.reporting = False
-            return
-        echo.reported_records, echo.reported_bytes = echo.dropped_records, echo.dropped_bytes
-        self.reactor.call_later(ECHO_REPORT_INTERVAL, lambda: self._report_echo(echo))
-        message = _echo_drop_message(echo, records, size)
-        if echo.gone and echo.reported_gone:
-            self.keeper.send(message)  # the totals only: its end was said once
-            return
-        echo.reported_gone = echo.gone
-        why = echo.error or "its reader does not keep up"
-        then = ("; it is gone: services' records go to their log files only from now on"
-                if echo.gone else "")
-        # Never said on the descriptor it is about: that would be one more drop.
-        self.console.say(f"corral-launcher: dropped {records} records ({size} bytes) of "
-                         f"output on the launcher's {echo.label} ({why}){then}; "
-                         f"{echo.dropped_records} records in all",
-                         to_stderr=echo is not self.console.stderr)
-        self.keeper.send(message)
-
-    def _watch_echo(self, echo: Echo) -> None:
-        """Records wait in the echo's buffer: send them once the descriptor takes them."""
-        if echo.pollable and echo.fd not in self._watched:
-            self._watched.add(echo.fd)
-            self.reactor.sel.register(echo.fd, selectors.EVENT_WRITE,
-                                      lambda mask: self._echo_writable(echo))
-
-    def _echo_writable(self, echo: Echo) -> None:
-        echo.flush()
-        if not echo.buffer and echo.fd in self._watched:
-            self._watched.discard(echo.fd)
-            self.reactor.sel.unregister(echo.fd)
-
-    def replay_drops(self) -> None:
-        """Tell a new supervisor what was dropped so far (its totals start from these)."""
-        for log in self._all_logs():
-            if log.dropped_bytes_total or log.drop_since is not None:
-                report = DropReport(log.drop_since is not None, log.dropped_bytes,
-                                    log.dropped_records, log.drop_since or log.drop_last,
-                                    log.drop_last, log.drop_error)
-                self.keeper.send({**_log_drop_message(log, report), "replay": True})
-        for echo in self.console.echoes():
-            if echo.dropped_records or echo.dropped_bytes:
-                self.keeper.send({**_echo_drop_message(echo, 0, 0), "replay": True})
-
-    def _all_logs(self) -> list[LogFile]:
-        console = self.console.log
-        return [*self.logs.values(), *([console] if console is not None else [])]
 
     # ------------------------------------------------------------ signalling
     def signal_all(self, child: Child, signum: int, strays: list[int]) -> None:
@@ -703,19 +613,6 @@ class Launcher:
             for child in self.children.values():
                 self.kill_all(child)
         self.reactor.call_later(FALLBACK_STOP_TIMEOUT, kill_rest)
-
-
-def _log_drop_message(log: LogFile, report: DropReport) -> Message:
-    return {"type": m.OUTPUT_DROPPED, "sink": "log", "path": log.path,
-            "dropping": report.dropping, "bytes": report.bytes, "records": report.records,
-            "since": report.since, "until": report.until, "error": report.error,
-            "total_bytes": log.dropped_bytes_total, "total_records": log.dropped_records_total}
-
-
-def _echo_drop_message(echo: Echo, records: int, size: int) -> Message:
-    return {"type": m.OUTPUT_DROPPED, "sink": echo.label, "bytes": size, "records": records,
-            "error": echo.error, "gone": echo.gone, "total_bytes": echo.dropped_bytes,
-            "total_records": echo.dropped_records}
 
 
 def _left_behind(name: str, pids: list[int]) -> str:

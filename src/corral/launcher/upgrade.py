@@ -500,7 +500,7 @@ def restore(launcher: Launcher, state: dict[str, Any]) -> None:
             _restore_echo(echo, saved)
     for saved in state["logs"]:
         log = _restore_log(saved)
-        log.on_drop = launcher.log_dropping
+        log.on_drop = launcher.drops.log_dropping
         launcher.logs[log.path] = log
     hints = typing.get_type_hints(Child)
     table = launcher.children
