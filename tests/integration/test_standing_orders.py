@@ -8,6 +8,7 @@ see what runs while the supervisor is stopped (SIGSTOP) and cannot answer.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -101,6 +102,96 @@ def test_a_service_killed_while_no_supervisor_runs_is_back_after_reattach(
         os.kill(sup, signal.SIGCONT)
     wait_for(lambda: (s := corral.status("victim"))["pid"] == third and s["restarts"] == 2,
              15, "the supervisor to count the second restart")
+
+
+def kill_while_stopped(corral: Corral, marker: str, first: int, times: int) -> list[int]:
+    """Kill the service process ``first`` (found by ``marker``), then each process the
+    launcher starts in its place, ``times`` kills in all; the pids killed, in order."""
+    killed, current = [], first
+    for n in range(times):
+        os.kill(current, signal.SIGKILL)
+        killed.append(current)
+        if n + 1 < times:
+            current = wait_for(lambda: [p for p in running(marker) if p not in killed], 15,
+                               f"the launcher to start the service again ({n + 1})")[0]
+    return killed
+
+
+def test_a_service_that_keeps_crashing_while_the_supervisor_is_stopped_keeps_coming_back(
+        corral: Corral, tmp_path: Path) -> None:
+    """The order covers every exit, not only the next one: killed four times in a row while
+    the supervisor is stopped (each process outlived the cooldown), the service comes back
+    each time.  The supervisor, running again, shows the last pid, four restarts, and every
+    exit and spawn in order."""
+    corral.ok("svc", "load", "-f", spec_file(tmp_path, (
+        "name: victim\ncommand: [sleep, '4246']\nrestart: {cooldown: 0s}\n")))
+    first = corral.wait_state("victim", "up")["pid"]
+    sup = corral.sup_status()["supervisor_pid"]
+    os.kill(sup, signal.SIGSTOP)
+    try:
+        killed = kill_while_stopped(corral, "4246", first, 4)
+        last = wait_for(lambda: [p for p in running("4246") if p not in killed], 15,
+                        "the launcher to start victim a fourth time")[0]
+    finally:
+        os.kill(sup, signal.SIGCONT)
+    status = wait_for(lambda: (s := corral.status("victim"))["pid"] == last
+                      and s["state"] == "up" and s, 15, "the supervisor to take the chain")
+    assert status["restarts"] == 4
+    seen = [(e["kind"], e["pid"]) for e in events(corral, "victim")
+            if e["kind"] in ("exit", "spawn")]
+    pids = [*killed, last]
+    assert seen == [("spawn", first)] + [step for old, new in itertools.pairwise(pids)
+                                         for step in (("exit", old), ("spawn", new))]
+    assert running("4246") == [last]
+    # The supervisor gave the last process an order of its own: one more kill, one more run.
+    os.kill(last, signal.SIGKILL)
+    wait_for(lambda: (s := corral.status("victim"))["restarts"] == 5 and s["state"] == "up",
+             15, "the fifth restart")
+
+
+def test_a_crash_loop_stops_at_its_restart_limit_while_the_supervisor_is_stopped(
+        corral: Corral, tmp_path: Path) -> None:
+    """Quick deaths while the supervisor is stopped follow the policy the supervisor drew
+    in advance: `max_restarts: 3` restarts three of them and not the fourth, and the
+    supervisor, running again, shows the service failed after three restarts."""
+    corral.ok("svc", "load", "-f", spec_file(tmp_path, (
+        "name: fragile\ncommand: [sleep, '4247']\n"
+        "restart: {max_restarts: 3, backoff_min: 0s, backoff_max: 0s}\n")))
+    first = corral.wait_state("fragile", "up")["pid"]
+    sup = corral.sup_status()["supervisor_pid"]
+    os.kill(sup, signal.SIGSTOP)
+    try:
+        killed = kill_while_stopped(corral, "4247", first, 4)
+    finally:
+        os.kill(sup, signal.SIGCONT)
+    status = corral.wait_state("fragile", "failed")
+    assert (status["restarts"], status["pid"]) == (3, None)
+    assert running("4247") == []
+    exits = [e["pid"] for e in events(corral, "fragile") if e["kind"] == "exit"]
+    assert exits == killed
+    assert {e["pid"] for e in events(corral, "fragile")} == {None, *killed}
+
+
+def test_restarts_made_while_no_supervisor_ran_are_told_after_reattach(
+        corral: Corral, tmp_path: Path) -> None:
+    """Three restarts by the launcher, then the supervisor is killed: the next one adopts
+    the fourth process with three restarts and says what became of each of the three."""
+    corral.ok("svc", "load", "-f", spec_file(tmp_path, (
+        "name: victim\ncommand: [sleep, '4248']\nrestart: {cooldown: 0s}\n")))
+    first = corral.wait_state("victim", "up")["pid"]
+    sup = corral.sup_status()["supervisor_pid"]
+    os.kill(sup, signal.SIGSTOP)
+    killed = kill_while_stopped(corral, "4248", first, 3)
+    last = wait_for(lambda: [p for p in running("4248") if p not in killed], 15,
+                    "the launcher to start victim a third time")[0]
+    os.kill(sup, signal.SIGKILL)
+    wait_for(lambda: corral.answers() and corral.sup_status()["supervisor_pid"] != sup,
+             30, "a new supervisor")
+    status = corral.status("victim")
+    assert (status["pid"], status["restarts"], status["state"]) == (last, 3, "up")
+    told = [e["pid"] for e in events(corral, "victim")
+            if e["kind"] == "exit" and "launcher restarted it" in e["reason"]]
+    assert told == killed
 
 
 def test_a_service_being_stopped_is_not_restarted(corral: Corral, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from corral.launcher.logfile import LogFile
 from corral.launcher.output import PipeReader
 from corral.launcher.pid1 import Launcher
 from corral.protocol import messages as m
+from corral.protocol.standing import StandingOrder
 
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 
@@ -30,7 +31,7 @@ def child(pid: int, on_exit: int | None = None) -> Child:
     """A child record with a pipe reader that never reads (no process, no file)."""
     reader = PipeReader(-1, pid, b"O", LogFile("/nonexistent/web.log", 4096, 1), True)
     return Child(name="web/0", pid=pid, argv=["sleep"], started_at=0.0, readers=[reader],
-                 on_exit=on_exit)
+                 on_exit=StandingOrder.lift(on_exit))
 
 
 # --------------------------------------------------------------------- the child table
@@ -39,8 +40,8 @@ def test_an_order_is_for_one_exit() -> None:
     table = ChildTable()
     web = child(10, on_exit=0)
     table.add(web)
-    assert table.take_order(web) == 0
-    assert table.take_order(web) is None
+    assert table.take_order(web, 10.0) == (0, None, False)
+    assert table.take_order(web, 10.0) == (None, None, False)
 
 
 def test_order_replaces_the_order_of_a_running_child() -> None:
@@ -48,7 +49,7 @@ def test_order_replaces_the_order_of_a_running_child() -> None:
     table = ChildTable()
     web = child(10)
     table.add(web)
-    assert table.order(10, 250) and web.on_exit == 250
+    assert table.order(10, StandingOrder(250)) and web.on_exit == StandingOrder(250)
     assert table.order(10, None) and web.on_exit is None
 
 
@@ -58,7 +59,7 @@ def test_order_changes_or_cancels_a_waiting_respawn() -> None:
     table = ChildTable()
     waiting = Respawn(child(10), 500, exited_at=100.0)
     table.respawns[10] = waiting
-    assert table.order(10, 2000) and waiting.after_ms == 2000
+    assert table.order(10, StandingOrder(2000)) and waiting.after_ms == 2000
     assert waiting.due_in(101.0) == pytest.approx(1.0)
     table.cancel_order(10)
     assert 10 not in table.respawns
@@ -66,7 +67,7 @@ def test_order_changes_or_cancels_a_waiting_respawn() -> None:
 
 def test_order_for_an_unknown_pid_is_refused() -> None:
     """A pid that neither runs nor waits for a respawn takes no order."""
-    assert not ChildTable().order(99, 0)
+    assert not ChildTable().order(99, StandingOrder(0))
 
 
 def test_listing_and_exit_report_show_the_order() -> None:
@@ -76,7 +77,7 @@ def test_listing_and_exit_report_show_the_order() -> None:
     table.add(web)
     assert table.listing()[0]["on_exit"] == {"respawn_after_ms": 0}
     table.remove(10)
-    exited = table.exited(web, 1, None, respawn_after_ms=table.take_order(web))
+    exited = table.exited(web, 1, None, respawn_after_ms=table.take_order(web, 10.0)[0])
     assert exited["respawn_after_ms"] == 0
     assert "respawn_after_ms" not in table.exited(web, 1, None)
 
@@ -122,7 +123,15 @@ def kill_and_reap(launcher: Launcher, pid: int) -> None:
 
 @pytest.mark.parametrize("on_exit", [{"respawn_after_ms": -1}, {"respawn_after_ms": "0"},
                                      {"respawn_after_ms": True}, {}, [0],
-                                     {"respawn_after_ms": 0, "when": "always"}])
+                                     {"respawn_after_ms": 0, "when": "always"},
+                                     {"respawn_after_ms": None},
+                                     {"respawn_after_ms": 0, "then": [], "cooldown_ms": 5,
+                                      "fresh": [0]},
+                                     {"respawn_after_ms": 0, "then": [1], "fresh": [0]},
+                                     {"respawn_after_ms": 0, "then": [1], "cooldown_ms": -1,
+                                      "fresh": [0]},
+                                     {"respawn_after_ms": 0, "then": ["1"], "cooldown_ms": 5,
+                                      "fresh": [0]}])
 def test_a_bad_order_is_refused_and_starts_nothing(launcher: Launcher, tmp_path: Path,
                                                    on_exit: Any) -> None:
     """A Spawn with a malformed on_exit is BadRequest and starts nothing; an Order with
@@ -136,7 +145,7 @@ def test_a_bad_order_is_refused_and_starts_nothing(launcher: Launcher, tmp_path:
     reply = launcher.dispatcher.handle_request({"type": m.ORDER, "id": 2, "pid": pid,
                                                 "on_exit": on_exit})
     assert reply is not None and reply["type"] == m.ERROR
-    assert launcher.children[pid].on_exit == 5
+    assert launcher.children[pid].on_exit == StandingOrder(5)
 
 
 def test_order_of_no_such_process(launcher: Launcher) -> None:
@@ -205,3 +214,48 @@ def test_delayed_respawn_fires_from_the_loop(launcher: Launcher, tmp_path: Path)
         launcher.reactor.turn(lambda signum: None)
     assert launcher.children.exits.pending()[-1]["type"] == m.RESPAWNED
     assert not launcher.children.respawns
+
+
+def test_a_sequence_goes_on_with_the_process_it_starts(launcher: Launcher,
+                                                        tmp_path: Path) -> None:
+    """A 1.3 order answers for the restarts after the first too: the process a young
+    death starts has the rest of ``then``; the last delay stands for the rest."""
+    order = {"respawn_after_ms": 0, "then": [0, 7], "cooldown_ms": 60_000, "fresh": [0, 9]}
+    first = spawn(launcher, tmp_path, on_exit=order)
+    kill_and_reap(launcher, first)
+    [second] = list(launcher.children)
+    assert launcher.children[second].on_exit == StandingOrder(0, (7,), 60_000, (0, 9))
+    kill_and_reap(launcher, second)
+    [third] = list(launcher.children)
+    assert launcher.children[third].on_exit == StandingOrder(7, (7,), 60_000, (0, 9))
+    kill_and_reap(launcher, third)
+    assert third in launcher.children.respawns and not launcher.children
+    assert launcher.children.respawns[third].then == StandingOrder(7, (7,), 60_000, (0, 9))
+    exits = [e for e in launcher.children.exits.pending() if e["type"] == m.EXITED]
+    assert [e.get("respawn_after_ms") for e in exits] == [0, 0, 7]
+    assert not any(e.get("cooled") for e in exits)
+
+
+def test_a_sequence_stops_at_null(launcher: Launcher, tmp_path: Path) -> None:
+    """Null in a sequence (past max_restarts): that young death is left to the
+    supervisor, and nothing is started."""
+    first = spawn(launcher, tmp_path, on_exit={"respawn_after_ms": 0, "then": [None],
+                                               "cooldown_ms": 60_000, "fresh": [0]})
+    kill_and_reap(launcher, first)
+    [second] = list(launcher.children)
+    kill_and_reap(launcher, second)
+    assert not launcher.children and not launcher.children.respawns
+    assert "respawn_after_ms" not in launcher.children.exits.pending()[-1]
+
+
+def test_a_process_past_the_cooldown_restarts_at_once_with_a_fresh_sequence(
+        launcher: Launcher, tmp_path: Path) -> None:
+    """A child that ran at least ``cooldown_ms`` is restarted at once even where its young
+    answer is to wait, its Exited says ``cooled``, and the new child follows ``fresh``."""
+    first = spawn(launcher, tmp_path, on_exit={"respawn_after_ms": None, "then": [None],
+                                               "cooldown_ms": 0, "fresh": [0, 5]})
+    kill_and_reap(launcher, first)
+    [second] = list(launcher.children)
+    exited = launcher.children.exits.pending()[0]
+    assert (exited["pid"], exited["respawn_after_ms"], exited["cooled"]) == (first, 0, True)
+    assert launcher.children[second].on_exit == StandingOrder(0, (5,), 0, (0, 5))

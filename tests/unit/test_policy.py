@@ -15,6 +15,7 @@ from corral.supervisor.policy import (
     decide_restart,
     decide_spawn_failure,
     describe_exit,
+    young_deaths,
 )
 
 
@@ -318,3 +319,24 @@ def test_policy_never_leaves_a_faulty_instance_down() -> None:
     decision = decide_restart(spec(policy="never"), "not ready within 60s", 60.0, Streak())
     assert decision.verdict is Verdict.STAY_DOWN
     assert decision.reason == "not ready within 60s; restart policy never"
+
+
+def test_young_deaths_are_drawn_in_advance_up_to_the_limit() -> None:
+    """The decisions for the next quick deaths in a row, as decide would give them one by
+    one: at once, then backoff, and None where max_restarts gives up."""
+    spec = RestartSpec(backoff_min=1.0, backoff_max=10.0, max_restarts=3)
+    drawn = young_deaths(spec, Streak(), 16, uniform=lambda a, b: b)
+    assert [None if d is None else (d.verdict, d.delay) for d in drawn] == [
+        (Verdict.RESTART_NOW, 0.0), (Verdict.RESTART_LATER, 3.0),
+        (Verdict.RESTART_LATER, 9.0), None]
+
+
+def test_young_deaths_cut_short_end_in_none_only_with_a_limit() -> None:
+    """A list cut at ``limit`` ends with None when max_restarts bounds the streak (whoever
+    follows it must not go past the limit); without one its last delay stands."""
+    limited = young_deaths(RestartSpec(backoff_min=0.0, max_restarts=100),
+                                  Streak(), 4, uniform=lambda a, b: b)
+    assert len(limited) == 5 and limited[-1] is None
+    unlimited = young_deaths(RestartSpec(backoff_min=0.0), Streak(), 4,
+                                    uniform=lambda a, b: b)
+    assert len(unlimited) == 4 and all(d is not None for d in unlimited)

@@ -6,10 +6,12 @@ A :class:`ChildTable` maps the pid of every running service process to its
 them), keeps the ``Exited`` messages the supervisor has not acknowledged (replayed after
 the next ``Hello``), and remembers recent exits for a ``Terminate`` that comes late.
 
-It keeps the **standing orders** too: a child's ``on_exit`` (``respawn_after_ms``, or None:
-wait for the supervisor) is for its next exit only; :meth:`ChildTable.take_order` hands
-it over at that exit, and a delayed respawn waits in ``respawns`` (by the old pid) until
-it is due, where :meth:`ChildTable.order` may still change or cancel it.
+It keeps the **standing orders** too: a child's ``on_exit`` (a
+:class:`~corral.protocol.standing.StandingOrder`, or None: wait for the supervisor) says
+what its next exit calls for, and what order the process started then gets;
+:meth:`ChildTable.take_order` hands it over at that exit, and a delayed respawn waits in
+``respawns`` (by the old pid) until it is due, where :meth:`ChildTable.order` may still
+change or cancel it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.protocol import messages as m
+from corral.protocol.standing import StandingOrder
 
 from . import record
 from .output import PipeReader
@@ -47,17 +50,20 @@ class Child:
     entry: record.Entry | None = None  # for the children record, once it is written
     strays: set[int] = field(default_factory=set)  # left-behind processes signalled
     request: Message | None = None  # the Spawn that started it, for a respawn
-    on_exit: int | None = None  # its standing order: respawn after this many ms
+    on_exit: StandingOrder | None = None  # its standing order
 
 
 @dataclass
 class Respawn:
-    """A respawn waiting for its delay: the child that exited, the order's delay, and when
-    it exited (``time.monotonic()``)."""
+    """A respawn waiting for its delay: the child that exited, the order's delay, when it
+    exited (``time.monotonic()``), how long it had run, and the order of the process the
+    respawn starts."""
 
     child: Child
     after_ms: int
     exited_at: float
+    ran_ms: float = 0.0
+    then: StandingOrder | None = None
 
     def due_in(self, now: float) -> float:
         """Seconds until it is due (0 or less: now)."""
@@ -95,10 +101,10 @@ class ChildTable(Mapping[int, Child]):
         """Forget the child ``pid`` (it was reaped)."""
         return self._by_pid.pop(pid)
 
-    def order(self, pid: int, on_exit: int | None) -> bool:
+    def order(self, pid: int, on_exit: StandingOrder | None) -> bool:
         """Make ``on_exit`` the standing order of the running child ``pid``, or of the
-        respawn that waits for its delay since ``pid`` exited (None cancels it there);
-        False when ``pid`` is neither."""
+        respawn that waits for its delay since ``pid`` exited (where it is applied to
+        that exit: None, or a delay of None, cancels it); False when ``pid`` is neither."""
         child = self._by_pid.get(pid)
         if child is not None:
             child.on_exit = on_exit
@@ -106,26 +112,32 @@ class ChildTable(Mapping[int, Child]):
         waiting = self.respawns.get(pid)
         if waiting is None:
             return False
-        if on_exit is None:
+        after, then, _ = (None, None, False) if on_exit is None else \
+            on_exit.at_exit(waiting.ran_ms)
+        if after is None:
             del self.respawns[pid]
         else:
-            waiting.after_ms = on_exit
+            waiting.after_ms, waiting.then = after, then
         return True
 
     def cancel_order(self, pid: int) -> None:
         """No standing order for ``pid`` any more, running or waiting (a stop)."""
         self.order(pid, None)
 
-    def take_order(self, child: Child) -> int | None:
-        """The order for the exit of ``child`` that was just reaped (it is used up)."""
+    def take_order(self, child: Child,
+                   ran_ms: float) -> tuple[int | None, StandingOrder | None, bool]:
+        """What the standing order of ``child``, just reaped after ``ran_ms``, says of this
+        exit (see :meth:`.StandingOrder.at_exit`; ``(None, None, False)`` without one).
+        The order is used up."""
         order, child.on_exit = child.on_exit, None
-        return order
+        return (None, None, False) if order is None else order.at_exit(ran_ms)
 
     def exited(self, child: Child, code: int, oom_killed: bool | None,
-               respawn_after_ms: int | None = None) -> m.Exited:
+               respawn_after_ms: int | None = None, cooled: bool = False) -> m.Exited:
         """The ``Exited`` report of a child that was reaped with exit ``code`` (negative:
         the signal), queued until the supervisor acknowledges it; ``respawn_after_ms``:
-        the standing order the launcher carries out for this exit."""
+        the standing order the launcher carries out for this exit (``cooled``: the one for
+        a child that outlived the order's cooldown)."""
         exited: m.Exited = {
             "type": m.EXITED, "name": child.name, "pid": child.pid, "at": time.time(),
             "exit_code": code if code >= 0 else None,
@@ -140,6 +152,8 @@ class ChildTable(Mapping[int, Child]):
             exited["strays"] = sorted(child.strays)
         if respawn_after_ms is not None:
             exited["respawn_after_ms"] = respawn_after_ms
+            if cooled:
+                exited["cooled"] = True
         self.recent_exits[child.pid] = exited
         if len(self.recent_exits) > RECENT_EXITS:
             self.recent_exits.pop(next(iter(self.recent_exits)))
@@ -149,5 +163,5 @@ class ChildTable(Mapping[int, Child]):
         """The ``children`` of a ``Children`` reply."""
         return [{"name": c.name, "pid": c.pid, "started_at": c.started_at, "argv": c.argv,
                  "spawns": self.spawns[c.name], "cgroup": c.cgroup,
-                 "on_exit": None if c.on_exit is None else {"respawn_after_ms": c.on_exit}}
+                 "on_exit": None if c.on_exit is None else c.on_exit.wire()}
                 for c in self._by_pid.values()]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 import corral
 from corral.protocol import defaults
 from corral.protocol import messages as m
+from corral.protocol.standing import BadOrder, StandingOrder
 
 from . import procs, record
 from .children import Child
@@ -124,7 +125,10 @@ class Dispatcher:
         for message in self.launcher.children.exits.pending():
             self.launcher.keeper.send(message)
 
-    def _spawn(self, msg: Message) -> m.Spawned | m.Error:
+    def _spawn(self, msg: Message, again: bool = False,
+               order: StandingOrder | None = None) -> m.Spawned | m.Error:
+        """Start the child ``msg`` asks for.  ``again``: a standing order starts it again
+        with ``msg``, with ``order`` as its order (``msg``'s own was for the first one)."""
         launcher = self.launcher
         rid = msg.get("id")
         if launcher.stopping:
@@ -133,7 +137,7 @@ class Dispatcher:
         try:
             req = SpawnRequest.parse(msg)
             path, max_bytes, keep, stamped, to_stdout = log_settings(log)
-            on_exit = parse_on_exit(msg.get("on_exit"))
+            on_exit = order if again else parse_on_exit(msg.get("on_exit"))
         except SpawnError as exc:
             return m.error(rid, exc.code, exc.message)
         mark = launcher.next_mark(req.name)
@@ -198,11 +202,12 @@ class Dispatcher:
         self.launcher.reactor.sel.register(reader.fd, selectors.EVENT_READ,
                                            self._pipe_callback(reader))
 
-    def respawn(self, old: Child) -> m.Respawned:
-        """Carry out ``old``'s standing order: the same Spawn again (with no order: the
-        new child waits for the supervisor's); the ``Respawned`` report of it."""
+    def respawn(self, old: Child, order: StandingOrder | None) -> m.Respawned:
+        """Carry out ``old``'s standing order: the same Spawn again, the new child with
+        ``order`` (what ``old``'s order said for it; None: it waits for the supervisor's);
+        the ``Respawned`` report of it."""
         assert old.request is not None
-        reply = self._spawn({**old.request, "on_exit": None})
+        reply = self._spawn(old.request, again=True, order=order)
         report: m.Respawned = {"type": m.RESPAWNED, "name": old.name, "old_pid": old.pid}
         if reply["type"] == m.ERROR:
             refused = cast(m.Error, reply)
@@ -229,7 +234,7 @@ class Dispatcher:
         if not launcher.children.order(pid, on_exit):
             return m.error(rid, m.E_NO_SUCH_PROCESS,
                            f"no service process with pid {pid}, and no respawn of one waits")
-        if waiting is not None and on_exit is not None:
+        if waiting is not None and launcher.children.respawns.get(pid) is waiting:
             launcher.respawn_later(waiting)  # at its new time
         return {"type": m.OK, "id": rid}
 
@@ -310,17 +315,13 @@ def echo_label(name: str) -> bytes:
     return (f"{service}[{instance}]" if instance else service).encode(errors="replace")
 
 
-def parse_on_exit(value: Any) -> int | None:
-    """Check a standing order (``Spawn.on_exit``, ``Order.on_exit``): its
-    ``respawn_after_ms``, or None for null (wait for the supervisor)."""
-    if value is None:
-        return None
-    after = value.get("respawn_after_ms") if isinstance(value, dict) else None
-    if (not isinstance(after, int) or isinstance(after, bool) or after < 0
-            or set(value) != {"respawn_after_ms"}):
-        raise SpawnError(m.E_BAD_REQUEST, "'on_exit' must be null or "
-                         "{'respawn_after_ms': an integer >= 0}")
-    return after
+def parse_on_exit(value: Any) -> StandingOrder | None:
+    """Check a standing order (``Spawn.on_exit``, ``Order.on_exit``); None for null (wait
+    for the supervisor)."""
+    try:
+        return StandingOrder.parse(value)
+    except BadOrder as exc:
+        raise SpawnError(m.E_BAD_REQUEST, str(exc)) from None
 
 
 def log_settings(log: Any) -> tuple[str, int, int, bool, bool | None]:

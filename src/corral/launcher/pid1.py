@@ -510,12 +510,14 @@ class Launcher:
         self.kill_all(child)
         for reader in child.readers:
             reader.drain()
-        order = None if self.stopping else self.children.take_order(child)
-        exited = self.children.exited(child, code, oom_killed, order)
+        ran_ms = (time.time() - child.started_at) * 1000
+        order, then, cooled = (None, None, False) if self.stopping else \
+            self.children.take_order(child, ran_ms)
+        exited = self.children.exited(child, code, oom_killed, order, cooled)
         if self.cgroups is not None and child.cgroup:
             self.cgroups.release(child.cgroup, child.pid)  # a restart may reuse the leaf
         # The restart path: the new process starts before the reports go out.
-        respawned = self.children.exits.add(self.dispatcher.respawn(child)) \
+        respawned = self.children.exits.add(self.dispatcher.respawn(child, then)) \
             if order == 0 else None
         for rid in child.terminate_waiters:
             terminated: m.Terminated = {
@@ -537,7 +539,7 @@ class Launcher:
             self.reactor.call_later(CGROUP_LINGER,
                                     lambda: self._remove_cgroup(leaf, CGROUP_RMDIR_FIRST))
         if order is not None and order > 0:
-            self.respawn_later(Respawn(child, order, time.monotonic()))
+            self.respawn_later(Respawn(child, order, time.monotonic(), ran_ms, then))
         if self.stopping and not self.children and self.keeper.sup is None:
             self.exit_code = self.final_code
 
@@ -551,12 +553,13 @@ class Launcher:
             if (self.children.respawns.get(waiting.child.pid) is waiting
                     and waiting.due_in(time.monotonic()) <= 0):
                 del self.children.respawns[waiting.child.pid]
-                self._respawn(waiting.child)
+                self._respawn(waiting)
         self.reactor.call_later(max(0.0, waiting.due_in(time.monotonic())), due)
 
-    def _respawn(self, child: Child) -> None:
-        """Carry out ``child``'s standing order now, and report it like an exit."""
-        report = self.children.exits.add(self.dispatcher.respawn(child))
+    def _respawn(self, waiting: Respawn) -> None:
+        """Carry out a standing order now, and report it like an exit."""
+        report = self.children.exits.add(self.dispatcher.respawn(waiting.child,
+                                                                 waiting.then))
         if self.keeper.sup is not None and self.keeper.sup.link.greeted:
             self.keeper.send(report)
 

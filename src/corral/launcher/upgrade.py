@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 import corral
 from corral.protocol import messages as m
+from corral.protocol.standing import StandingOrder
 
 from . import record
 from .children import Child, ChildTable, Respawn
@@ -434,7 +435,8 @@ def capture(launcher: Launcher) -> tuple[dict[str, Any], list[int]]:
     # armed again for what is left of the delay.
     respawns = [{"child": {f.name: encode(getattr(waiting.child, f.name))
                            for f in dataclasses.fields(Child) if f.name != "readers"},
-                 "after_ms": waiting.after_ms, "exited_at": waiting.exited_at}
+                 "after_ms": waiting.after_ms, "exited_at": waiting.exited_at,
+                 "ran_ms": waiting.ran_ms, "then": encode(waiting.then)}
                 for waiting in table.respawns.values()]
     for log in [*launcher.logs.values(), *([console.log] if console.log else [])]:
         if log._fd >= 0:
@@ -514,6 +516,7 @@ def restore(launcher: Launcher, state: dict[str, Any]) -> None:
         fields = {k: decode(v, hints.get(k)) for k, v in saved.items()
                   if k != "readers" and k in hints}
         child = Child(readers=readers, **fields)
+        child.on_exit = StandingOrder.lift(child.on_exit)  # a bare delay before 1.3
         table._by_pid[child.pid] = child
         for reader in readers:
             if reader.fd >= 0:
@@ -524,7 +527,9 @@ def restore(launcher: Launcher, state: dict[str, Any]) -> None:
     for saved in state.get("respawns", []):
         fields = {k: decode(v, hints.get(k)) for k, v in saved["child"].items() if k in hints}
         launcher.respawn_later(Respawn(Child(readers=[], **fields), int(saved["after_ms"]),
-                                       float(saved["exited_at"])))
+                                       float(saved["exited_at"]),
+                                       float(saved.get("ran_ms", 0.0)),
+                                       decode(saved.get("then"), StandingOrder | None)))
     table.exits._seq = int(state["exits"]["seq"])
     for message in decode(state["exits"]["pending"]):
         table.exits._pending[int(message["seq"])] = message

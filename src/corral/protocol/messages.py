@@ -8,7 +8,7 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
                                               | Error{Incompatible}
     Spawn{name, argv, env, cwd, user?, group?, umask?, rlimits?, memory_max?, cgroup?,
           listen_fds?, stop?{signal, timeout}, log{path, format, max_bytes, keep,
-          stdout?}, on_exit?{respawn_after_ms} | null}
+          stdout?}, on_exit?(see standing orders) | null}
                                            -> Spawned{pid, started_at, cgroup, memory_max,
                                                       spawns}
                                               | Error{code, message}
@@ -24,9 +24,9 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
     Notify{ready?, status?}                -> Ok   (passed on to systemd; see below)
     Upgrade{}                              -> Upgrading{version, corral_version} (later)
                                               | Error{Incompatible | UpgradeFailed}
-    Order{pid, on_exit{respawn_after_ms} | null}  -> Ok | Error{NoSuchProcess}   (1.2)
+    Order{pid, on_exit | null}             -> Ok | Error{NoSuchProcess}   (1.2)
     Exited{name, pid, exit_code?, signal?, at, oom_killed?, spawns, strays?,
-           respawn_after_ms?}                         (unasked; queued while no supervisor
+           respawn_after_ms?, cooled?}                (unasked; queued while no supervisor
                                                        is connected)
     Respawned{name, old_pid, pid, started_at, spawns, cgroup?, error?{code, message}}
                                                       (unasked, 1.2; queued like Exited)
@@ -103,6 +103,14 @@ delayed respawn fires, ``Order{pid: <old pid>}`` changes it (null cancels it).  
 ``Order`` for a pid that neither runs nor waits for a respawn is ``Error{NoSuchProcess}``.
 ``Children[].on_exit`` is each child's order.
 
+Sequences (1.3): ``on_exit`` may also be ``{respawn_after_ms: N | null, then: [...],
+cooldown_ms: C, fresh: [...]}``, the restart policy's next answers drawn in advance, so
+that a crash loop keeps its backoff and restart limit while no supervisor runs: an exit
+after C ms restarts at once (the ``Exited`` says ``cooled: true``) and the process it
+starts gets ``fresh`` as its sequence; an earlier exit waits ``respawn_after_ms`` (null:
+no respawn) and the process it starts gets ``then``; the last entry of a sequence repeats,
+null stops.  See :mod:`corral.protocol.standing`.
+
 Versions: ``Hello.version`` and ``HelloOk.version`` are ``"MAJOR.MINOR"``
 (:data:`PROTOCOL_VERSION`).  The launcher answers a ``Hello`` of another major version with
 ``Error{Incompatible}`` naming both, keeps its children, and starts no further supervisor
@@ -136,7 +144,7 @@ from typing import Any, NotRequired, TypedDict
 #: adds optional fields.  A launcher refuses a ``Hello`` of another major version with
 #: ``Error{Incompatible}`` (and keeps its children); a version 1 peer may send the bare
 #: integer ``1``, read as ``"1.0"``.
-PROTOCOL_VERSION = "1.2"
+PROTOCOL_VERSION = "1.3"
 
 # Request types.
 HELLO = "Hello"
@@ -295,9 +303,13 @@ class SpawnStop(TypedDict, total=False):
 
 
 class OnExit(TypedDict):
-    """A standing order for a child's next exit: start it again after this long."""
+    """A standing order (see :mod:`corral.protocol.standing`): after the child's next
+    exit, start it again after this long (null: wait); the 1.3 form adds the sequences."""
 
-    respawn_after_ms: int
+    respawn_after_ms: int | None
+    then: NotRequired[list[int | None]]  # 1.3
+    cooldown_ms: NotRequired[int]  # 1.3
+    fresh: NotRequired[list[int | None]]  # 1.3
 
 
 class Spawn(TypedDict):
@@ -458,6 +470,7 @@ class Exited(TypedDict):
     oom_killed: NotRequired[bool]
     strays: NotRequired[list[int]]
     respawn_after_ms: NotRequired[int]  # 1.2: the launcher carries out a standing order
+    cooled: NotRequired[bool]  # 1.3: the order's answer for a child past its cooldown
     seq: NotRequired[int]  # numbered by the launcher, acknowledged with Ack
 
 

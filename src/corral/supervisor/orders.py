@@ -23,6 +23,13 @@ what :func:`.policy.decide` says of a death *now*:
 - after a respawn the launcher carried out: the order for the new process (an order is
   for one exit).
 
+A launcher that speaks protocol 1.3 gets the policy's next answers in one order (see
+:mod:`corral.protocol.standing`): the delays of the next young deaths in a row, drawn
+now with their jitter and ending where ``max_restarts`` gives up, with the cooldown, so
+that a crash loop keeps its backoff and limit while no supervisor is connected.  The
+cooldown update is then the launcher's, and after each respawn it carried out the
+supervisor replaces the order with one drawn from the streak it has counted.
+
 It is withdrawn before it could fire whenever the decision changes: a stop's
 ``Terminate`` cancels it in the launcher; an instance being replaced (it is retiring) or
 whose backoff is cancelled (a stop or a start while it waits) gets ``Order{pid, null}``.
@@ -32,16 +39,22 @@ exit is decided as the order said, and the machine runs as for any restart, exce
 its spawn waits for the launcher's ``Respawned`` instead of sending a Spawn.  A
 ``Respawned`` nobody waits for (the instance was stopped or replaced meanwhile) is
 stopped at once; one replayed to a new supervisor before it has adopted the launcher's
-children is left to the adoption, which sees the new process in ``List``.
+children is left to the adoption, which sees the new process in ``List`` and tells each
+exit of the chain that led to it.  A chain read at once (a supervisor that was stopped
+while the launcher restarted a process several times) is taken one link at a time: the
+``Exited`` and ``Respawned`` of processes the instance has not taken yet wait in a
+backlog for the link before them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from corral.protocol import messages as m
+from corral.protocol.standing import StandingOrder, sequence_ms
 from corral.spec import ProcessSpec
 from corral.states import Desired, ServiceState
 
@@ -55,15 +68,21 @@ if TYPE_CHECKING:
 
 #: The first protocol version with standing orders.
 ORDERS_VERSION = (1, 2)
+#: The first with sequences (the policy's next answers in one order).
+SEQUENCES_VERSION = (1, 3)
+#: How many young deaths a sequence answers for before it waits for a supervisor.
+SEQUENCE = 16
 _GIVES = (policy.Verdict.RESTART_NOW, policy.Verdict.RESTART_LATER)
 
 
 @dataclass
 class _Held:
-    """The order the launcher holds for one process, and the decision behind it."""
+    """The order the launcher holds for one process, and the decision behind its first
+    answer (a young death's)."""
 
     pid: int | None  # None until the Spawn carrying it has answered
     decision: policy.Decision | None
+    order: StandingOrder | None = None
     cooldown: asyncio.TimerHandle | None = None
 
 
@@ -83,13 +102,12 @@ class Orders:
         self._core = core
         self._held: dict[str, _Held] = {}
         self._awaited: dict[str, _Awaited] = {}
-        # Respawned for an exit read before its Spawned reply (the exit waits there too),
-        # and the exit of the process it started, when that came first as well.
-        self._early: dict[str, Message] = {}
-        self._early_exits: dict[str, Message] = {}
-        # Replayed to a new supervisor: the exit and the Respawned of a process the
-        # launcher restarted while no supervisor ran, told when it is adopted.
-        self._while_away: dict[str, tuple[Message, Message]] = {}
+        # The links of a chain of respawns read before the instance took the one before:
+        # Respawned(a -> b), Exited(b), Respawned(b -> c), ... in the launcher's order.
+        self._backlog: dict[str, list[Message]] = {}
+        # Replayed to a new supervisor: each exit and Respawned of the processes the
+        # launcher restarted while no supervisor ran, told when the last one is adopted.
+        self._while_away: dict[str, list[tuple[Message, Message]]] = {}
 
     # ------------------------------------------------------------- giving orders
     def for_spawn(self, inst: Instance, spec: ProcessSpec) -> bytes:
@@ -97,10 +115,9 @@ class Orders:
         self._drop(inst)
         if not self._eligible(inst, spec):
             return b""
-        decision = self._decide(inst, spec, ran_for=0.0)
-        self._held[inst.launcher_name] = _Held(None, decision)  # null still gets a cooldown
-        return b"" if decision is None else \
-            b'"on_exit":{"respawn_after_ms":%d},' % _ms(decision)
+        held = self._hold(inst, spec, None, ran_for=0.0)  # null still gets a cooldown
+        return b"" if held.order is None else \
+            b'"on_exit":%s,' % json.dumps(held.order.wire()).encode()
 
     def spawned(self, inst: Instance, spec: ProcessSpec, respawned: bool) -> None:
         """``inst``'s new process is known (``inst.pid``): its order is in place (given
@@ -110,17 +127,38 @@ class Orders:
             return
         held = self._held.get(inst.launcher_name)
         if respawned:
-            held = _Held(inst.pid, self._decide(inst, spec, ran_for=0.0))
-            self._held[inst.launcher_name] = held
-            if held.decision is not None:
-                self._send(inst.pid, held.decision)
+            held = self._hold(inst, spec, inst.pid, ran_for=0.0)
+            if held.order is not None:
+                self._send(inst.pid, held.order)
         if held is None:
             return
         held.pid = inst.pid
         self._arm_cooldown(inst, spec, held)
 
+    def _hold(self, inst: Instance, spec: ProcessSpec, pid: int | None,
+              ran_for: float) -> _Held:
+        """Draw the order of ``inst``'s process ``pid`` and keep it as held."""
+        held = _Held(pid, None)
+        if self._sequences():
+            drawn = policy.young_deaths(spec.restart, inst.streak, SEQUENCE,
+                                        self._core.uniform) if self._eligible(inst, spec) \
+                else []
+            if drawn:
+                held.decision = drawn[0]
+                delays = sequence_ms([None if d is None else d.delay for d in drawn])
+                fresh = policy.young_deaths(spec.restart, policy.Streak(), SEQUENCE,
+                                            self._core.uniform)
+                held.order = StandingOrder(
+                    delays[0], tuple(delays[1:] or delays), round(spec.restart.cooldown * 1000),
+                    tuple(sequence_ms([None if d is None else d.delay for d in fresh])))
+        else:
+            held.decision = self._decide(inst, spec, ran_for)
+            held.order = _order(held.decision)
+        self._held[inst.launcher_name] = held
+        return held
+
     def _arm_cooldown(self, inst: Instance, spec: ProcessSpec, held: _Held) -> None:
-        if self._eligible(inst, spec):
+        if self._eligible(inst, spec) and not self._sequences():  # else the order has it
             held.cooldown = asyncio.get_running_loop().call_later(
                 max(0.0, spec.restart.cooldown - self._ran_for(inst)), self._cooled_down,
                 inst, held)
@@ -133,9 +171,10 @@ class Orders:
         spec = self._core.spec_of(inst)
         decision = self._decide(inst, spec, ran_for=max(spec.restart.cooldown,
                                                         self._ran_for(inst)))
-        before, held.decision = held.decision, decision
-        if held.pid is not None and _order(decision) != _order(before):
-            self._send(held.pid, decision)
+        before, held.decision = held.order, decision
+        held.order = _order(decision)
+        if held.pid is not None and held.order != before:
+            self._send(held.pid, held.order)
 
     def cancel(self, inst: Instance) -> None:
         """Withdraw ``inst``'s order, and a respawn the launcher waits to carry out (its
@@ -144,8 +183,9 @@ class Orders:
         if awaited is not None and awaited.inst is inst:
             self._send(awaited.old_pid, None)
         held = self._drop(inst)
-        if held is not None and held.pid is not None and held.decision is not None:
+        if held is not None and held.pid is not None and held.order is not None:
             self._send(held.pid, None)
+        self._flush(inst.launcher_name)
 
     def withdraw(self, exited: Message) -> None:
         """Cancel the delayed respawn an ``Exited`` replayed to a new supervisor says the
@@ -158,6 +198,7 @@ class Orders:
     def stopping(self, inst: Instance) -> None:
         """``inst`` is being stopped: its ``Terminate`` cancels the order in the launcher."""
         self._drop(inst)
+        self._flush(inst.launcher_name)
 
     # ----------------------------------------------------------- orders carried out
     def decision(self, inst: Instance, exited: Message) -> policy.Decision | None:
@@ -170,8 +211,11 @@ class Orders:
             return None
         pid = exited.get("pid")
         what = policy.describe_exit(exited.get("exit_code"), exited.get("signal"))
-        ran_for = self._ran_for(inst)
-        if (held is not None and held.pid == pid and held.decision is not None
+        at = exited.get("at")
+        ran_for = at - (inst.started_at or at) if isinstance(at, float) else self._ran_for(inst)
+        if exited.get("cooled"):  # it outlived the order's cooldown: a streak ends
+            streak = policy.Streak()
+        elif (held is not None and held.pid == pid and held.decision is not None
                 and _ms(held.decision) == after):
             streak = held.decision.streak
         else:  # an order another supervisor gave: count it as the policy would
@@ -180,9 +224,9 @@ class Orders:
                                    ran_for, inst.streak, self._core.uniform).streak
         reply: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._awaited[inst.launcher_name] = _Awaited(inst, int(pid or 0), reply)
-        early = self._early.pop(inst.launcher_name, None)
-        if early is not None and early.get("old_pid") == pid:
-            asyncio.get_running_loop().call_soon(self.on_respawned, early)
+        backlog = self._backlog.get(inst.launcher_name)
+        if backlog and backlog[0].get("type") == m.RESPAWNED and backlog[0].get("old_pid") == pid:
+            asyncio.get_running_loop().call_soon(self.on_respawned, self._next(inst.launcher_name))
         if after == 0:
             return policy.Decision(policy.Verdict.RESTART_NOW, 0.0, f"{what}; restarting",
                                    streak)
@@ -193,12 +237,12 @@ class Orders:
 
     def hold_exit(self, exited: Message) -> bool:
         """Keep the ``Exited`` of a process the launcher respawned, when it comes before
-        that ``Respawned`` was taken (everything died at once): True if it is kept."""
-        name = str(exited.get("name", ""))
-        early = self._early.get(name)
-        if early is None or early.get("pid") != exited.get("pid"):
+        that ``Respawned`` was taken (a chain read at once): True if it is kept."""
+        backlog = self._backlog.get(str(exited.get("name", "")))
+        if not backlog or backlog[-1].get("type") != m.RESPAWNED \
+                or backlog[-1].get("pid") != exited.get("pid"):
             return False
-        self._early_exits[name] = exited
+        backlog.append(exited)
         return True
 
     def respawn_of(self, inst: Instance) -> asyncio.Future[Message] | None:
@@ -219,9 +263,10 @@ class Orders:
                 {"type": m.SPAWNED, "pid": message.get("pid"),
                  "started_at": message.get("started_at"), "spawns": message.get("spawns")})
             inst = awaited.inst
-            exited = self._early_exits.pop(name, None)
-            if exited is not None and exited.get("pid") == message.get("pid"):
-                inst.early_exit = exited  # handled once the new pid is taken
+            backlog = self._backlog.get(name)
+            if backlog and backlog[0].get("type") == m.EXITED \
+                    and backlog[0].get("pid") == message.get("pid"):
+                inst.early_exit = self._next(name)  # handled once the new pid is taken
             if inst.state is ServiceState.BACKOFF and inst.timer is not None:
                 # The launcher's delay ran out first: the process already runs (the
                 # spawn this starts takes the reply above).
@@ -235,12 +280,17 @@ class Orders:
         if self._core._booting:  # adoption sees the new process in List
             exited = self._core._early_exits.get(name)
             if exited is not None and exited.get("pid") == message.get("old_pid"):
-                self._while_away[name] = (exited, message)
+                self._while_away.setdefault(name, []).append((exited, message))
+            return
+        backlog = self._backlog.get(name)
+        if backlog and backlog[-1].get("type") == m.EXITED \
+                and backlog[-1].get("pid") == message.get("old_pid"):
+            backlog.append(message)  # the chain goes on
             return
         spawning = self._core._spawning(name)
         if spawning is not None and spawning.early_exit is not None \
                 and spawning.early_exit.get("pid") == message.get("old_pid"):
-            self._early[name] = message  # its exit is handled once its Spawned is read
+            self._backlog[name] = [message]  # its exit is handled once its Spawned is read
             return
         if not isinstance(pid, int) or self._owned(pid):
             return
@@ -257,26 +307,41 @@ class Orders:
         spec = self._core.spec_of(inst)
         if inst.pid is None:
             return
-        away = self._while_away.pop(inst.launcher_name, None)
-        if away is not None and away[1].get("pid") == inst.pid:
-            from .effects import exit_record  # effects imports this module
-
-            exited = away[0]
-            inst.last_exit = exit_record(exited, None, self._core.clock)
-            what = policy.describe_exit(exited.get("exit_code"), exited.get("signal"))
-            self._core.events.emit(
-                inst.service, "exit", f"{what} while no supervisor ran; the launcher "
-                f"restarted it as pid {inst.pid}", instance=inst.index, pid=exited.get("pid"),
-                exit_code=exited.get("exit_code"), signal=exited.get("signal"))
-        decision = self._decide(inst, spec, ran_for=self._ran_for(inst))
-        held = _Held(inst.pid, decision)
-        self._held[inst.launcher_name] = held
+        self.tell_away(inst, inst.pid)
+        held = self._hold(inst, spec, inst.pid, ran_for=self._ran_for(inst))
         has = child.get("on_exit")
-        has_ms = has.get("respawn_after_ms") if isinstance(has, dict) else None
-        if _order(decision) != has_ms:
-            self._send(inst.pid, decision)
+        if (None if held.order is None else held.order.wire()) != has:
+            self._send(inst.pid, held.order)
         if self._ran_for(inst) < spec.restart.cooldown:
             self._arm_cooldown(inst, spec, held)
+
+    def tell_away(self, inst: Instance, pid: object) -> float | None:
+        """Tell each exit of ``inst`` the launcher restarted while no supervisor ran, when
+        the chain of them ends in its process ``pid`` (the one adopted, or the one whose
+        exit is being replayed), and take the streak of young deaths it ends with.
+        Returns when ``pid`` started (None: no such chain)."""
+        from .effects import exit_record  # effects imports this module
+
+        chain = self._while_away.pop(inst.launcher_name, [])
+        if not chain or chain[-1][1].get("pid") != pid:
+            return None
+        streak = policy.Streak()
+        for exited, respawned in chain:
+            inst.last_exit = exit_record(exited, None, self._core.clock)
+            what = policy.describe_exit(exited.get("exit_code"), exited.get("signal"))
+            after = exited.get("respawn_after_ms")
+            if exited.get("cooled") or not isinstance(after, int):
+                streak = policy.Streak()
+            else:
+                streak = policy.Streak(streak.young_deaths + 1, after / 1000)
+            self._core.events.emit(
+                inst.service, "exit", f"{what} while no supervisor ran; the launcher "
+                f"restarted it as pid {respawned.get('pid')}", instance=inst.index,
+                pid=exited.get("pid"), exit_code=exited.get("exit_code"),
+                signal=exited.get("signal"))
+        inst.streak = streak
+        started = chain[-1][1].get("started_at")
+        return float(started) if isinstance(started, (int, float)) else None
 
     # ------------------------------------------------------------------- helpers
     def _decide(self, inst: Instance, spec: ProcessSpec,
@@ -304,6 +369,29 @@ class Orders:
         now = self._core.clock.time()
         return now - (inst.started_at or now)
 
+    def _sequences(self) -> bool:
+        launcher = self._core.launcher
+        return launcher is not None and launcher.speaks(SEQUENCES_VERSION)
+
+    def _next(self, name: str) -> Message:
+        """Take the first link of ``name``'s backlog."""
+        backlog = self._backlog[name]
+        message = backlog.pop(0)
+        if not backlog:
+            del self._backlog[name]
+        return message
+
+    def _flush(self, name: str) -> None:
+        """Stop the processes a backlog of ``name`` says the launcher started: nobody
+        will take them now."""
+        for message in self._backlog.pop(name, []):
+            pid = message.get("pid")
+            if message.get("type") == m.RESPAWNED and isinstance(pid, int) \
+                    and not self._owned(pid):
+                parsed = parse_launcher_name(name)
+                service = self._core.services.get(parsed[0]) if parsed else None
+                self._core.effects.terminate_pid(pid, service.spec if service else None)
+
     def _drop(self, inst: Instance) -> _Held | None:
         held = self._held.pop(inst.launcher_name, None)
         if held is not None and held.cooldown is not None:
@@ -314,11 +402,11 @@ class Orders:
         return any(i.pid == pid for s in self._core.services.values()
                    for i in (*s.instances.values(), *s.retiring.values()))
 
-    def _send(self, pid: int, decision: policy.Decision | None) -> None:
+    def _send(self, pid: int, order: StandingOrder | None) -> None:
         launcher = self._core.launcher
         if launcher is None:
             return
-        on_exit = None if decision is None else {"respawn_after_ms": _ms(decision)}
+        on_exit = None if order is None else order.wire()
         try:
             reply = launcher.send_request({"type": m.ORDER, "pid": pid, "on_exit": on_exit})
         except Exception:  # the connection is closed: the supervisor is going away
@@ -331,6 +419,7 @@ def _ms(decision: policy.Decision) -> int:
     return round(decision.delay * 1000)
 
 
-def _order(decision: policy.Decision | None) -> int | None:
-    return None if decision is None else _ms(decision)
+def _order(decision: policy.Decision | None) -> StandingOrder | None:
+    """The one-exit order (protocol 1.2) of ``decision``."""
+    return None if decision is None else StandingOrder(_ms(decision))
 

@@ -118,6 +118,25 @@ def _again(spec: RestartSpec, what: str, ran_for: float, streak: Streak,
                     Streak(deaths, delay))
 
 
+def young_deaths(spec: RestartSpec, streak: Streak, limit: int,
+                 uniform: Uniform = random.uniform) -> list[Decision | None]:
+    """The decisions for the next young deaths in a row of an instance with ``streak``,
+    drawn in advance (None: the policy gives up there, and the list ends).
+
+    At most ``limit`` are drawn; a list cut short there ends with None when
+    ``max_restarts`` bounds the streak (whoever follows it must not restart past the
+    limit), and without one its last delay stands for the rest.
+    """
+    drawn: list[Decision | None] = []
+    for _ in range(limit):
+        decision = _again(spec, "a young death", 0.0, streak, uniform)
+        if decision.verdict is Verdict.GIVE_UP:
+            return [*drawn, None]
+        drawn.append(decision)
+        streak = decision.streak
+    return [*drawn, None] if spec.max_restarts is not None else drawn
+
+
 def decide_spawn_failure(spec: RestartSpec, streak: Streak, why: str,
                          uniform: Uniform = random.uniform) -> Decision:
     """A spawn was refused (e.g. the binary vanished): back off, never retry at once."""

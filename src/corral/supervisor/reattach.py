@@ -87,13 +87,18 @@ class Reattach:
             return
         inst = service.instances.setdefault(index, Instance(service=name, index=index,
                                                             gen=gen, spec=pinned))
+        # The restarts that led to it, and how long it ran when the launcher started it.
+        started = self._core.effects.orders.tell_away(inst, exited.get("pid"))
+        at = exited.get("at")
+        ran_for = service.spec.restart.cooldown if started is None or \
+            not isinstance(at, (int, float)) else at - started
         # The run that ended counts: its restart, if any, is one more.
         spawns = exited.get("spawns")
         inst.spawns = (int(spawns) - self._core.effects.spawn_base.get(inst.launcher_name, 0)
                        if isinstance(spawns, int) else max(inst.spawns, 1))
         decision = policy.decide(service.spec.restart, exited.get("exit_code"),
-                                 exited.get("signal"), service.spec.restart.cooldown,
-                                 inst.streak, self._core.uniform)
+                                 exited.get("signal"), ran_for, inst.streak,
+                                 self._core.uniform)
         inst.last_exit = exit_record(exited, None, self._core.clock)
         inst.reason = decision.reason
         away = _AWAY.get(decision.verdict)
