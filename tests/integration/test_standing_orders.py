@@ -194,6 +194,34 @@ def test_restarts_made_while_no_supervisor_ran_are_told_after_reattach(
     assert told == killed
 
 
+def test_a_new_supervisor_waits_for_the_respawn_the_launcher_is_about_to_make(
+        corral: Corral, tmp_path: Path) -> None:
+    """A quick second death is restarted by the launcher after the backoff the supervisor
+    drew; the supervisor is killed during that wait.  The next one shows the service in
+    backoff (it does not start a second process beside the one on its way), then takes the
+    launcher's process: one process, two restarts, nothing stopped as unwanted."""
+    corral.ok("svc", "load", "-f", spec_file(tmp_path, (
+        "name: slow\ncommand: [sleep, '4249']\n"
+        "restart: {backoff_min: 8s, backoff_max: 8s}\n")))
+    first = corral.wait_state("slow", "up")["pid"]
+    os.kill(first, signal.SIGKILL)  # a young death: at once
+    second = wait_for(lambda: [p for p in running("4249") if p != first], 15,
+                      "the first restart")[0]
+    corral.wait_state("slow", "up")
+    os.kill(second, signal.SIGKILL)  # the second: after 8 s
+    corral.wait_state("slow", "backoff")
+    sup = corral.sup_status()["supervisor_pid"]
+    os.kill(sup, signal.SIGKILL)
+    wait_for(lambda: corral.answers() and corral.sup_status()["supervisor_pid"] != sup,
+             30, "a new supervisor")
+    status = corral.status("slow")
+    assert status["state"] == "backoff" and running("4249") == []
+    third = corral.wait_state("slow", "up", timeout=30)["pid"]
+    assert running("4249") == [third] and third not in (first, second)
+    assert corral.status("slow")["restarts"] == 2
+    assert not [e for e in events(corral, "slow") if e["kind"] == "stop"]
+
+
 def test_a_service_being_stopped_is_not_restarted(corral: Corral, tmp_path: Path) -> None:
     """A service that ignores SIGTERM is being stopped (`svc stop` waits out its stop
     timeout) when it is killed: it stays down, no new process is started."""

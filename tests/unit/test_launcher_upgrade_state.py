@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from corral.launcher import record
 from corral.launcher.upgrade import decode, encode
+from corral.protocol.standing import StandingOrder
 
 
 @dataclass
@@ -55,3 +56,12 @@ def test_fields_the_reader_does_not_know_are_left_out() -> None:
         name: str
 
     assert round_trip(Record("web/0", carry=b"x"), Older) == Older("web/0")
+
+
+def test_a_standing_order_travels_and_a_bare_delay_becomes_one() -> None:
+    """A child's sequence order comes back whole (its tuples included); the bare delay a
+    launcher before sequences kept is read as the one-exit order it was."""
+    order = StandingOrder(0, (100, None), 60_000, (0, 100))
+    back = round_trip(order, StandingOrder | None)
+    assert back == order and isinstance(back, StandingOrder) and back.then == (100, None)
+    assert StandingOrder.lift(round_trip(250, StandingOrder | None)) == StandingOrder(250)

@@ -159,6 +159,18 @@ class ChildTable(Mapping[int, Child]):
             self.recent_exits.pop(next(iter(self.recent_exits)))
         return self.exits.add(exited)
 
+    def waiting(self, now: float) -> list[m.WaitingRespawn]:
+        """The ``respawns`` of a ``Children`` reply (``now``: ``time.monotonic()``)."""
+        found: list[m.WaitingRespawn] = []
+        for pid, waiting in self.respawns.items():
+            entry: m.WaitingRespawn = {"name": waiting.child.name, "old_pid": pid,
+                                       "due_in_ms": max(0, round(waiting.due_in(now) * 1000))}
+            exited = self.recent_exits.get(pid)
+            if exited is not None:
+                entry["exited"] = exited
+            found.append(entry)
+        return found
+
     def listing(self) -> list[m.ChildInfo]:
         """The ``children`` of a ``Children`` reply."""
         return [{"name": c.name, "pid": c.pid, "started_at": c.started_at, "argv": c.argv,

@@ -56,7 +56,8 @@ class Dispatcher:
             return self._terminate(msg)
         if kind == m.LIST:
             return {"type": m.CHILDREN, "id": rid, "children": launcher.children.listing(),
-                    "listeners": launcher.listeners.describe()}
+                    "listeners": launcher.listeners.describe(),
+                    "respawns": launcher.children.waiting(time.monotonic())}
         if kind == m.LISTEN:
             return self._listen(msg)
         if kind == m.UNLISTEN:

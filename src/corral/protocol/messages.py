@@ -17,7 +17,9 @@ may be pipelined.  Unasked messages (launcher -> supervisor) carry no ``id``::
                                                          oom_killed?, strays?}
     List{}                                 -> Children{children: [{name, pid, started_at,
                                                                    argv, spawns, cgroup}],
-                                                       listeners: [{name, host, port}]}
+                                                       listeners: [{name, host, port}],
+                                                       respawns?: [{name, old_pid,
+                                                                    due_in_ms, exited?}]}
     Listen{name, host, port}               -> Listening{name, host, port}
                                               | Error{ListenFailed | BadRequest, message}
     Unlisten{name}                         -> Ok{existed}
@@ -101,7 +103,9 @@ failed), numbered and acknowledged like ``Exited`` and replayed after ``Hello``.
 delayed respawn fires, ``Order{pid: <old pid>}`` changes it (null cancels it).  A
 ``Terminate`` cancels the order of its pid (and a pending respawn) before it signals.
 ``Order`` for a pid that neither runs nor waits for a respawn is ``Error{NoSuchProcess}``.
-``Children[].on_exit`` is each child's order.
+``Children[].on_exit`` is each child's order; ``Children.respawns`` (1.3) the respawns
+waiting for their delay, so that a new supervisor can wait for them rather than start a
+second process.
 
 Sequences (1.3): ``on_exit`` may also be ``{respawn_after_ms: N | null, then: [...],
 cooldown_ms: C, fresh: [...]}``, the restart policy's next answers drawn in advance, so
@@ -397,6 +401,16 @@ class Children(TypedDict):
     id: int | None
     children: list[ChildInfo]
     listeners: NotRequired[list[ListenerInfo]]
+    respawns: NotRequired[list[WaitingRespawn]]  # 1.3
+
+
+class WaitingRespawn(TypedDict):
+    """A respawn a standing order called for, waiting for its delay (1.3)."""
+
+    name: str
+    old_pid: int
+    due_in_ms: int
+    exited: NotRequired[Exited]  # the exit that led to it, while the launcher recalls it
 
 
 class Listen(TypedDict):

@@ -160,9 +160,15 @@ class LauncherClient:
         return check(await self.send_request(message))
 
     async def list_children(self) -> list[Message]:
+        return (await self.inventory())[0]
+
+    async def inventory(self) -> tuple[list[Message], list[Message]]:
+        """The launcher's children, and the respawns it waits to carry out (protocol 1.3:
+        ``{name, old_pid, due_in_ms, exited?}``; none from an older launcher)."""
         reply = await self.request({"type": m.LIST})
-        children = reply.get("children", [])
-        return children if isinstance(children, list) else []
+        children, waiting = reply.get("children", []), reply.get("respawns", [])
+        return (children if isinstance(children, list) else [],
+                waiting if isinstance(waiting, list) else [])
 
     async def listen(self, name: str, host: str, port: int) -> Message:
         """Have the launcher bind ``host:port`` once and hold it as ``name`` (socket mode).

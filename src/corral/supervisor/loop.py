@@ -192,7 +192,7 @@ class Supervisor:
     async def attach(self, launcher: LauncherClient) -> None:
         """Adopt the launcher's children (same PIDs, no restart), then reconcile."""
         self.launcher = launcher
-        children = await launcher.list_children()
+        children, waiting = await launcher.inventory()
         for child in children:
             if not self.traffic.balancer.adopt(child):
                 self.reattach.adopt(child)
@@ -208,7 +208,12 @@ class Supervisor:
         for name, exited in self._early_exits.items():
             if name not in running:
                 self.reattach.replay_exit(exited)
+        for respawn in waiting:  # unless its exit was just replayed (that cancelled it)
+            replayed = self._early_exits.get(str(respawn.get("name")))
+            if replayed is None or replayed.get("pid") != respawn.get("old_pid"):
+                self.reattach.resume_respawn(respawn)
         self._early_exits.clear()
+        self.effects.orders.attached()
         for inst in self.reattach.watch_after_attach:
             spec = self.spec_of(inst)
             self.liveness.watch(inst, spec)

@@ -16,7 +16,9 @@ stop is classified by the same policy (``STOPPED_RESTART``, ``STOPPED_BACKOFF``,
 A new supervisor builds its records from the launcher: a child it keeps is ``ADOPTED``
 (up, as it was), and an exit the launcher saw while no supervisor ran is replayed as
 ``AWAY_DOWN`` or ``AWAY_GIVE_UP`` when the policy leaves it down (an exit it restarts
-needs no trigger: the instance is down and reconcile starts it).
+needs no trigger: the instance is down and reconcile starts it), and a respawn the launcher
+waits to carry out for the last supervisor is ``AWAY_BACKOFF``: in backoff for the rest of
+its delay.
 
 Actions come in a fixed order (the order :class:`Action` declares them): the flags a
 transition sets, then what talks to the launcher or the timers, then the bookkeeping (the
@@ -60,6 +62,7 @@ class Trigger(StrEnum):
     ADOPTED = "adopted"        # a new supervisor keeps a child the launcher still runs
     AWAY_DOWN = "away_down"    # exited while no supervisor ran; the policy leaves it down
     AWAY_GIVE_UP = "away_give_up"          # ... the policy gives up on it
+    AWAY_BACKOFF = "away_backoff"          # ... the launcher restarts it after a delay
 
 
 class Action(StrEnum):
@@ -118,6 +121,7 @@ TABLE: dict[tuple[S, Trigger], tuple[S, tuple[Action, ...]]] = {
     (S.DOWN, Trigger.ADOPTED): _to(S.UP),
     (S.DOWN, Trigger.AWAY_DOWN): _to(S.DOWN, A.KEEP_DOWN),
     (S.DOWN, Trigger.AWAY_GIVE_UP): _to(S.FAILED, A.KEEP_DOWN),
+    (S.DOWN, Trigger.AWAY_BACKOFF): _to(S.BACKOFF, A.SCHEDULE, A.ANNOUNCE),
     (S.FAILED, Trigger.START): _to(S.STARTING, A.FRESH_START, A.SPAWN, A.ANNOUNCE),
     (S.FAILED, Trigger.STOP): _to(S.DOWN, *_ENDED),
     (S.BACKOFF, Trigger.TIMER): _to(S.STARTING, A.SPAWN, A.ANNOUNCE),

@@ -108,6 +108,9 @@ class Orders:
         # Replayed to a new supervisor: each exit and Respawned of the processes the
         # launcher restarted while no supervisor ran, told when the last one is adopted.
         self._while_away: dict[str, list[tuple[Message, Message]]] = {}
+        # Read while a new supervisor attaches, for no exit it was told: a respawn that
+        # fired between the launcher's List and the attach taking it up.
+        self._unclaimed: dict[str, Message] = {}
 
     # ------------------------------------------------------------- giving orders
     def for_spawn(self, inst: Instance, spec: ProcessSpec) -> bytes:
@@ -195,6 +198,19 @@ class Orders:
         if isinstance(after, int) and after > 0 and isinstance(pid, int):
             self._send(pid, None)
 
+    def await_respawn(self, inst: Instance, old_pid: int) -> None:
+        """A new supervisor takes up a respawn of ``inst`` the launcher waits to carry
+        out since ``old_pid`` exited: its next spawn takes the launcher's process."""
+        reply: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._awaited[inst.launcher_name] = _Awaited(inst, old_pid, reply)
+        fired = self._unclaimed.pop(inst.launcher_name, None)
+        if fired is not None and fired.get("old_pid") == old_pid:
+            asyncio.get_running_loop().call_soon(self.on_respawned, fired)
+
+    def attached(self) -> None:
+        """A new supervisor is attached: a respawn nobody took up was in ``List``."""
+        self._unclaimed.clear()
+
     def stopping(self, inst: Instance) -> None:
         """``inst`` is being stopped: its ``Terminate`` cancels the order in the launcher."""
         self._drop(inst)
@@ -281,6 +297,8 @@ class Orders:
             exited = self._core._early_exits.get(name)
             if exited is not None and exited.get("pid") == message.get("old_pid"):
                 self._while_away.setdefault(name, []).append((exited, message))
+            else:  # or it fired after List: see await_respawn
+                self._unclaimed[name] = message
             return
         backlog = self._backlog.get(name)
         if backlog and backlog[-1].get("type") == m.EXITED \

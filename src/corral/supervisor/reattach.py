@@ -72,6 +72,38 @@ class Reattach:
                          instance=index, pid=pid, to=inst.state.value)
         self._core.effects.orders.adopted(inst, child)
 
+    def resume_respawn(self, waiting: Message) -> None:
+        """The launcher waits out the delay of a respawn the last supervisor ordered
+        (``waiting``: a ``Children.respawns`` entry): the instance is in backoff for the
+        rest of it, and its start takes the process the launcher starts then.  A respawn
+        no longer wanted (unloaded, stopped, scaled down, replaced) is cancelled."""
+        parsed = parse_launcher_name(str(waiting.get("name", "")))
+        old_pid, due_in = waiting.get("old_pid"), waiting.get("due_in_ms")
+        if parsed is None or not isinstance(old_pid, int) or not isinstance(due_in, int):
+            return
+        name, index, gen = parsed
+        orders = self._core.effects.orders
+        service = self._core.services.get(name)
+        pinned = self._core.rollouts.pinned_spec(name, gen)
+        if (service is None or service.desired is Desired.DOWN
+                or (gen != service.gen and pinned is None)
+                or index >= service.spec.instances or index in service.instances):
+            orders.withdraw({"pid": old_pid, "respawn_after_ms": max(1, due_in)})
+            return
+        inst = Instance(service=name, index=index, gen=gen, spec=pinned)
+        service.instances[index] = inst
+        exited = waiting.get("exited")
+        if isinstance(exited, dict):
+            inst.last_exit = exit_record(exited, None, self._core.clock)
+            spawns = exited.get("spawns")
+            if isinstance(spawns, int):
+                inst.spawns = spawns - self._core.effects.spawn_base.get(inst.launcher_name, 0)
+        inst.delay = due_in / 1000
+        orders.await_respawn(inst, old_pid)
+        self._core.feed(inst, Trigger.AWAY_BACKOFF,
+                        f"the launcher restarts it in {inst.delay:.1f}s, as ordered before "
+                        "this supervisor started")
+
     def replay_exit(self, exited: Message) -> None:
         """An instance exited while no supervisor ran: apply its restart policy now."""
         parsed = parse_launcher_name(str(exited.get("name", "")))
