@@ -322,21 +322,24 @@ def test_policy_never_leaves_a_faulty_instance_down() -> None:
 
 
 def test_young_deaths_are_drawn_in_advance_up_to_the_limit() -> None:
-    """The decisions for the next quick deaths in a row, as decide would give them one by
+    """The delays of the next quick deaths in a row, as decide would give them one by
     one: at once, then backoff, and None where max_restarts gives up."""
     spec = RestartSpec(backoff_min=1.0, backoff_max=10.0, max_restarts=3)
-    drawn = young_deaths(spec, Streak(), 16, uniform=lambda a, b: b)
-    assert [None if d is None else (d.verdict, d.delay) for d in drawn] == [
-        (Verdict.RESTART_NOW, 0.0), (Verdict.RESTART_LATER, 3.0),
-        (Verdict.RESTART_LATER, 9.0), None]
+    assert young_deaths(spec, Streak(), 16, uniform=lambda a, b: b) == [0.0, 3.0, 9.0, None]
+    streak, one_by_one = Streak(), []
+    for _ in range(4):
+        decision = decide(spec, 1, None, 0.0, streak, uniform=lambda a, b: b)
+        one_by_one.append(None if decision.verdict is Verdict.GIVE_UP else decision.delay)
+        streak = decision.streak
+    assert one_by_one == [0.0, 3.0, 9.0, None]
 
 
 def test_young_deaths_cut_short_end_in_none_only_with_a_limit() -> None:
     """A list cut at ``limit`` ends with None when max_restarts bounds the streak (whoever
     follows it must not go past the limit); without one its last delay stands."""
-    limited = young_deaths(RestartSpec(backoff_min=0.0, max_restarts=100),
-                                  Streak(), 4, uniform=lambda a, b: b)
+    limited = young_deaths(RestartSpec(backoff_min=0.0, max_restarts=100), Streak(), 4,
+                           uniform=lambda a, b: b)
     assert len(limited) == 5 and limited[-1] is None
-    unlimited = young_deaths(RestartSpec(backoff_min=0.0), Streak(), 4,
-                                    uniform=lambda a, b: b)
+    unlimited = young_deaths(RestartSpec(backoff_min=0.0), Streak(), 4, uniform=lambda a, b: b)
     assert len(unlimited) == 4 and all(d is not None for d in unlimited)
+    assert young_deaths(RestartSpec(cooldown=0.0, max_restarts=1), Streak(), 4) == [0.0]

@@ -77,12 +77,12 @@ _GIVES = (policy.Verdict.RESTART_NOW, policy.Verdict.RESTART_LATER)
 
 @dataclass
 class _Held:
-    """The order the launcher holds for one process, and the decision behind its first
-    answer (a young death's)."""
+    """The order the launcher holds for one process, and the streak its first answer
+    leaves (None: that answer is no restart)."""
 
     pid: int | None  # None until the Spawn carrying it has answered
-    decision: policy.Decision | None
     order: StandingOrder | None = None
+    streak: policy.Streak | None = None
     cooldown: asyncio.TimerHandle | None = None
 
 
@@ -141,22 +141,25 @@ class Orders:
     def _hold(self, inst: Instance, spec: ProcessSpec, pid: int | None,
               ran_for: float) -> _Held:
         """Draw the order of ``inst``'s process ``pid`` and keep it as held."""
-        held = _Held(pid, None)
-        if self._sequences():
-            drawn = policy.young_deaths(spec.restart, inst.streak, SEQUENCE,
-                                        self._core.uniform) if self._eligible(inst, spec) \
-                else []
-            if drawn:
-                held.decision = drawn[0]
-                delays = sequence_ms([None if d is None else d.delay for d in drawn])
-                fresh = policy.young_deaths(spec.restart, policy.Streak(), SEQUENCE,
-                                            self._core.uniform)
-                held.order = StandingOrder(
-                    delays[0], tuple(delays[1:] or delays), round(spec.restart.cooldown * 1000),
-                    tuple(sequence_ms([None if d is None else d.delay for d in fresh])))
-        else:
-            held.decision = self._decide(inst, spec, ran_for)
-            held.order = _order(held.decision)
+        held = _Held(pid)
+        if not self._sequences():
+            decision = self._decide(inst, spec, ran_for)
+            held.order = _order(decision)
+            held.streak = None if decision is None else decision.streak
+        elif self._eligible(inst, spec):
+            uniform = self._core.uniform
+            drawn = policy.young_deaths(spec.restart, inst.streak, SEQUENCE, uniform)
+            first = drawn[0]
+            if first is not None:
+                deaths = inst.streak.young_deaths + 1
+                held.streak = policy.Streak(deaths, first if deaths > 1 else 0.0)
+            delays = sequence_ms(drawn)
+            # A fresh streak's sequence is the one just drawn when the streak is fresh
+            # (a first start, or after a death past the cooldown): half the draws.
+            fresh = delays if inst.streak == policy.Streak() else sequence_ms(
+                policy.young_deaths(spec.restart, policy.Streak(), SEQUENCE, uniform))
+            held.order = StandingOrder(delays[0], tuple(delays[1:] or delays),
+                                       round(spec.restart.cooldown * 1000), tuple(fresh))
         self._held[inst.launcher_name] = held
         return held
 
@@ -174,8 +177,8 @@ class Orders:
         spec = self._core.spec_of(inst)
         decision = self._decide(inst, spec, ran_for=max(spec.restart.cooldown,
                                                         self._ran_for(inst)))
-        before, held.decision = held.order, decision
-        held.order = _order(decision)
+        before, held.order = held.order, _order(decision)
+        held.streak = None if decision is None else decision.streak
         if held.pid is not None and held.order != before:
             self._send(held.pid, held.order)
 
@@ -231,9 +234,9 @@ class Orders:
         ran_for = at - (inst.started_at or at) if isinstance(at, float) else self._ran_for(inst)
         if exited.get("cooled"):  # it outlived the order's cooldown: a streak ends
             streak = policy.Streak()
-        elif (held is not None and held.pid == pid and held.decision is not None
-                and _ms(held.decision) == after):
-            streak = held.decision.streak
+        elif (held is not None and held.pid == pid and held.streak is not None
+                and held.order is not None and held.order.after_ms == after):
+            streak = held.streak
         else:  # an order another supervisor gave: count it as the policy would
             spec = self._core.spec_of(inst)
             streak = policy.decide(spec.restart, exited.get("exit_code"), exited.get("signal"),

@@ -105,35 +105,51 @@ def _again(spec: RestartSpec, what: str, ran_for: float, streak: Streak,
     if ran_for >= spec.cooldown:
         return Decision(Verdict.RESTART_NOW, 0.0, f"{what}; restarting", Streak())
     deaths = streak.young_deaths + 1
-    if spec.max_restarts is not None and deaths > spec.max_restarts:
+    delay = _young_delay(spec, deaths, streak.last_delay, uniform)
+    if delay is None:
         return Decision(Verdict.GIVE_UP, 0.0,
                         f"{what}; gave up after {spec.max_restarts} quick restarts in a row",
                         Streak(deaths, streak.last_delay))
     if deaths == 1:
         return Decision(Verdict.RESTART_NOW, 0.0, f"{what}; restarting", Streak(deaths, 0.0))
-    previous = max(streak.last_delay, spec.backoff_min)
-    delay = min(spec.backoff_max, uniform(spec.backoff_min, previous * 3))
     return Decision(Verdict.RESTART_LATER, delay,
                     f"{what} after {ran_for:.1f}s; restarting in {delay:.1f}s",
                     Streak(deaths, delay))
 
 
+def _young_delay(spec: RestartSpec, deaths: int, last_delay: float,
+                 uniform: Uniform) -> float | None:
+    """The delay before the restart after the ``deaths``-th young death in a row (None:
+    past ``max_restarts``)."""
+    if spec.max_restarts is not None and deaths > spec.max_restarts:
+        return None
+    if deaths == 1:
+        return 0.0
+    previous = max(last_delay, spec.backoff_min)
+    return min(spec.backoff_max, uniform(spec.backoff_min, previous * 3))
+
+
 def young_deaths(spec: RestartSpec, streak: Streak, limit: int,
-                 uniform: Uniform = random.uniform) -> list[Decision | None]:
-    """The decisions for the next young deaths in a row of an instance with ``streak``,
-    drawn in advance (None: the policy gives up there, and the list ends).
+                 uniform: Uniform = random.uniform) -> list[float | None]:
+    """The delays :func:`decide` would give the next young deaths in a row of an
+    instance with ``streak``, drawn in advance (None: it gives up there, and the list
+    ends).  A death is young when ``cooldown`` is above zero.
 
     At most ``limit`` are drawn; a list cut short there ends with None when
     ``max_restarts`` bounds the streak (whoever follows it must not restart past the
     limit), and without one its last delay stands for the rest.
     """
-    drawn: list[Decision | None] = []
+    if spec.cooldown <= 0:
+        return [0.0]  # every death is past the cooldown: at once, always
+    drawn: list[float | None] = []
+    deaths, last = streak.young_deaths, streak.last_delay
     for _ in range(limit):
-        decision = _again(spec, "a young death", 0.0, streak, uniform)
-        if decision.verdict is Verdict.GIVE_UP:
-            return [*drawn, None]
-        drawn.append(decision)
-        streak = decision.streak
+        deaths += 1
+        delay = _young_delay(spec, deaths, last, uniform)
+        drawn.append(delay)
+        if delay is None:
+            return drawn
+        last = delay
     return [*drawn, None] if spec.max_restarts is not None else drawn
 
 
