@@ -294,7 +294,6 @@ class Orders:
                 self._core.feed(inst, Trigger.TIMER, "backoff over; restarted by the launcher")
             self._awaited.pop(name, None)
             return
-        parsed = parse_launcher_name(name)
         pid = message.get("pid")
         if self._core._booting:  # adoption sees the new process in List
             exited = self._core._early_exits.get(name)
@@ -313,14 +312,7 @@ class Orders:
                 and spawning.early_exit.get("pid") == message.get("old_pid"):
             self._backlog[name] = [message]  # its exit is handled once its Spawned is read
             return
-        if not isinstance(pid, int) or self._owned(pid):
-            return
-        service = self._core.services.get(parsed[0]) if parsed else None
-        self._core.events.emit(parsed[0] if parsed else "", "stop",
-                               f"stopping pid {pid}: the launcher restarted it after it was "
-                               "no longer wanted", instance=parsed[1] if parsed else None,
-                               pid=pid)
-        self._core.effects.terminate_pid(pid, service.spec if service else None)
+        self._stop_unwanted(name, pid)
 
     def adopted(self, inst: Instance, child: Message) -> None:
         """A new supervisor adopted ``inst`` (``child``: its ``List`` entry): give it the
@@ -406,12 +398,21 @@ class Orders:
         """Stop the processes a backlog of ``name`` says the launcher started: nobody
         will take them now."""
         for message in self._backlog.pop(name, []):
-            pid = message.get("pid")
-            if message.get("type") == m.RESPAWNED and isinstance(pid, int) \
-                    and not self._owned(pid):
-                parsed = parse_launcher_name(name)
-                service = self._core.services.get(parsed[0]) if parsed else None
-                self._core.effects.terminate_pid(pid, service.spec if service else None)
+            if message.get("type") == m.RESPAWNED:
+                self._stop_unwanted(name, message.get("pid"))
+
+    def _stop_unwanted(self, name: str, pid: object) -> None:
+        """Stop ``pid``, a process the launcher restarted as ``name`` that no instance
+        wants (it was stopped or replaced meanwhile)."""
+        if not isinstance(pid, int) or self._owned(pid):
+            return
+        parsed = parse_launcher_name(name)
+        service = self._core.services.get(parsed[0]) if parsed else None
+        self._core.events.emit(parsed[0] if parsed else "", "stop",
+                               f"stopping pid {pid}: the launcher restarted it after it was "
+                               "no longer wanted", instance=parsed[1] if parsed else None,
+                               pid=pid)
+        self._core.effects.terminate_pid(pid, service.spec if service else None)
 
     def _drop(self, inst: Instance) -> _Held | None:
         held = self._held.pop(inst.launcher_name, None)
