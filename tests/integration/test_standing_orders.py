@@ -104,7 +104,13 @@ def test_a_service_killed_while_no_supervisor_runs_is_back_after_reattach(
              15, "the supervisor to count the second restart")
 
 
-def kill_while_stopped(corral: Corral, marker: str, first: int, times: int) -> list[int]:
+def started_after(marker: str, gone: list[int], what: str) -> int:
+    """The pid of the process with ``marker`` that is none of ``gone``, once one runs."""
+    found: list[int] = wait_for(lambda: [p for p in running(marker) if p not in gone], 15, what)
+    return found[0]
+
+
+def kill_while_stopped(marker: str, first: int, times: int) -> list[int]:
     """Kill the service process ``first`` (found by ``marker``), then each process the
     launcher starts in its place, ``times`` kills in all; the pids killed, in order."""
     killed, current = [], first
@@ -112,8 +118,7 @@ def kill_while_stopped(corral: Corral, marker: str, first: int, times: int) -> l
         os.kill(current, signal.SIGKILL)
         killed.append(current)
         if n + 1 < times:
-            current = wait_for(lambda: [p for p in running(marker) if p not in killed], 15,
-                               f"the launcher to start the service again ({n + 1})")[0]
+            current = started_after(marker, killed, f"the launcher to restart it ({n + 1})")
     return killed
 
 
@@ -129,9 +134,8 @@ def test_a_service_that_keeps_crashing_while_the_supervisor_is_stopped_keeps_com
     sup = corral.sup_status()["supervisor_pid"]
     os.kill(sup, signal.SIGSTOP)
     try:
-        killed = kill_while_stopped(corral, "4246", first, 4)
-        last = wait_for(lambda: [p for p in running("4246") if p not in killed], 15,
-                        "the launcher to start victim a fourth time")[0]
+        killed = kill_while_stopped("4246", first, 4)
+        last = started_after("4246", killed, "the launcher to start victim a fourth time")
     finally:
         os.kill(sup, signal.SIGCONT)
     status = wait_for(lambda: (s := corral.status("victim"))["pid"] == last
@@ -161,7 +165,7 @@ def test_a_crash_loop_stops_at_its_restart_limit_while_the_supervisor_is_stopped
     sup = corral.sup_status()["supervisor_pid"]
     os.kill(sup, signal.SIGSTOP)
     try:
-        killed = kill_while_stopped(corral, "4247", first, 4)
+        killed = kill_while_stopped("4247", first, 4)
     finally:
         os.kill(sup, signal.SIGCONT)
     status = corral.wait_state("fragile", "failed")
@@ -181,9 +185,8 @@ def test_restarts_made_while_no_supervisor_ran_are_told_after_reattach(
     first = corral.wait_state("victim", "up")["pid"]
     sup = corral.sup_status()["supervisor_pid"]
     os.kill(sup, signal.SIGSTOP)
-    killed = kill_while_stopped(corral, "4248", first, 3)
-    last = wait_for(lambda: [p for p in running("4248") if p not in killed], 15,
-                    "the launcher to start victim a third time")[0]
+    killed = kill_while_stopped("4248", first, 3)
+    last = started_after("4248", killed, "the launcher to start victim a third time")
     os.kill(sup, signal.SIGKILL)
     wait_for(lambda: corral.answers() and corral.sup_status()["supervisor_pid"] != sup,
              30, "a new supervisor")
@@ -205,8 +208,7 @@ def test_a_new_supervisor_waits_for_the_respawn_the_launcher_is_about_to_make(
         "restart: {backoff_min: 8s, backoff_max: 8s}\n")))
     first = corral.wait_state("slow", "up")["pid"]
     os.kill(first, signal.SIGKILL)  # a young death: at once
-    second = wait_for(lambda: [p for p in running("4249") if p != first], 15,
-                      "the first restart")[0]
+    second = started_after("4249", [first], "the first restart")
     corral.wait_state("slow", "up")
     os.kill(second, signal.SIGKILL)  # the second: after 8 s
     corral.wait_state("slow", "backoff")
