@@ -9,6 +9,8 @@ which the launcher reads once when it starts."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 from corral import __version__
@@ -218,3 +220,31 @@ def test_upgrade_keeps_held_sockets_and_cgroups(corral_factory: object,
     assert base.is_dir()
     assert corral.stop() == 0
     wait_for(lambda: not base.exists(), what="corral's cgroups to be removed")
+
+
+def test_upgrade_keeps_a_respawn_waiting_for_its_delay(corral_factory: object,
+                                                        tmp_path: Path) -> None:
+    """A quick second death waits out its backoff in the launcher when `sup upgrade`
+    re-executes it: the respawn survives the exec with its order, the new supervisor shows
+    the service in backoff meanwhile, and then takes the one process the launcher starts."""
+    new = build(tmp_path, "next", f"{MAJOR}.99", "9.9.1")
+    corral = started(corral_factory, new)
+    spec = tmp_path / "slow.yaml"
+    spec.write_text("name: slow\ncommand: [sleep, '4250']\n"
+                    "restart: {backoff_min: 8s, backoff_max: 8s}\n")
+    corral.ok("svc", "load", "-f", str(spec))
+    first = corral.wait_state("slow", "up")["pid"]
+    os.kill(first, signal.SIGKILL)  # a young death: at once
+    second = wait_for(lambda: (p := corral.status("slow")["pid"]) not in (None, first) and p,
+                      what="the first restart")
+    corral.wait_state("slow", "up")
+    os.kill(second, signal.SIGKILL)  # the second waits 8 s in the launcher
+    corral.wait_state("slow", "backoff")
+    result = corral.run("sup", "upgrade", "--json")
+    assert result.returncode == 0, result.stderr
+    assert corral.status("slow")["state"] == "backoff"
+    third = corral.wait_state("slow", "up", timeout=30)["pid"]
+    assert third not in (first, second) and pid_alive(third)
+    status = corral.status("slow")
+    assert status["restarts"] == 2
+    assert corral.sup_status()["versions"]["launcher"] == "9.9.1"
