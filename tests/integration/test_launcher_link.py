@@ -222,7 +222,8 @@ def test_unknown_message_type_gets_error_and_link_stays_open(
     error, children = peer.receive(2)
     assert (error["type"], error["id"], error["code"]) == (m.ERROR, 7, m.E_BAD_REQUEST)
     assert "Frobnicate" in error["message"]
-    assert children == {"type": m.CHILDREN, "id": 8, "children": [], "listeners": []}
+    assert children == {"type": m.CHILDREN, "id": 8, "children": [], "listeners": [],
+                        "respawns": []}
     assert not link.closed
 
 
@@ -449,7 +450,7 @@ def test_terminate_with_bad_fields_is_bad_request(launcher: Launcher,
 def test_list_without_children(launcher: Launcher) -> None:
     """List on a fresh launcher answers Children with an empty list."""
     assert launcher.dispatcher.handle_request({"type": m.LIST, "id": 7}) == {
-        "type": m.CHILDREN, "id": 7, "children": [], "listeners": []}
+        "type": m.CHILDREN, "id": 7, "children": [], "listeners": [], "respawns": []}
 
 
 def test_ack_forgets_exits_and_sends_no_reply(launcher: Launcher) -> None:
@@ -547,7 +548,8 @@ def test_spawn_then_list_and_signal(launcher: Launcher, tmp_path: Path,
     listing = launcher.dispatcher.handle_request({"type": m.LIST, "id": 2})
     assert listing == {"type": m.CHILDREN, "id": 2, "children": [
         {"name": "web", "pid": pid, "started_at": reply["started_at"], "argv": [SLEEP, "60"],
-         "spawns": 1, "cgroup": None, "on_exit": None}], "listeners": []}
+         "spawns": 1, "cgroup": None, "on_exit": None}], "listeners": [],
+        "respawns": []}
 
     ok = launcher.dispatcher.handle_request({"type": m.SIGNAL, "id": 3, "pid": pid, "signal": "CONT"})
     assert ok == {"type": m.OK, "id": 3}

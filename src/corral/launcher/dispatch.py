@@ -285,8 +285,8 @@ class Dispatcher:
                     "exit_code": done.get("exit_code") if done else None,
                     "signal": done.get("signal") if done else None}
         child.terminate_waiters.append(rid)
-        strays = launcher.strays(child)
-        launcher.note_strays(child, strays)
+        strays = launcher.strays.of(child)
+        launcher.strays.note(child, strays)
         launcher.signal_all(child, signum, strays)
         if signum not in (signal.SIGKILL, signal.SIGCONT):
             # A stopped process must see the signal.

@@ -60,12 +60,13 @@ from .children import Child, ChildTable, Respawn
 from .console import LOG_NAME, Console
 from .dispatch import Dispatcher
 from .drops import DropReports
-from .keeper import SUPERVISOR_NAME, SupervisorKeeper
+from .keeper import SupervisorKeeper
 from .listeners import Listeners
 from .logfile import LogFile
 from .reactor import Reactor, guard
 from .sdnotify import Notifier
 from .settings import LauncherSettings
+from .strays import Strays
 from .upgrade import Upgrader, restore, unblock_signals
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -80,11 +81,6 @@ CGROUP_RMDIR_LAST = 10.0
 CGROUP_LINGER = 1.0
 #: The children record, under ``<state>/run/`` (see :mod:`.record`).
 RECORD_NAME = "launcher-children.jsonl"
-# Orphans re-parented a moment after their instance's exit was handled are looked for
-# this long after an orphan is reaped (its children come to the launcher then).
-SWEEP_DELAY = 0.05
-# At exit, how long the launcher waits for the strays it killed to be reaped.
-FINAL_WAIT = 2.0
 
 
 class Launcher:
@@ -128,8 +124,7 @@ class Launcher:
         # Spawned this loop turn, recorded at its end: (pid, what to record).
         self._record_new: list[tuple[int, record.Entry]] = []
         self._record_failed: int | None = None  # errno of the last failed write (said once)
-        self._orphan_marks: dict[int, str | None] = {}  # re-parented pid -> its mark
-        self._sweep_pending = False
+        self.strays = Strays(self)
         self.upgrader = Upgrader(self)
         self.lock_fd: int | None = None  # <state>/LOCK, held for life (kept by an upgrade)
 
@@ -162,7 +157,7 @@ class Launcher:
             self.reactor.turn(self._on_signal)
             if self._record_new:
                 guard(self._write_record)
-        guard(self._final_sweep)
+        guard(self.strays.final_sweep)
         if self.cgroups is not None:
             self.cgroups.close()
         if self.record is not None:
@@ -197,7 +192,7 @@ class Launcher:
             for path in self.cgroups.stale():
                 if path not in busy:
                     self._remove_cgroup(path, CGROUP_RMDIR_FIRST)
-        self._sweep_soon()
+        self.strays.sweep_soon()
 
     def resumed(self, previous: dict[str, Any]) -> None:
         """Say that this launcher took over from ``previous`` (its release and protocol)."""
@@ -376,103 +371,13 @@ class Launcher:
 
     def kill_all(self, child: Child) -> None:
         """SIGKILL the child's process group, its strays and its whole cgroup."""
-        strays = self.strays(child)  # found first, while the process tree is intact
-        self.note_strays(child, strays)
+        strays = self.strays.of(child)  # found first, while the process tree is intact
+        self.strays.note(child, strays)
         if self.cgroups is not None and child.cgroup:
             self.cgroups.kill(child.cgroup)
         procs.killpg(child.pid, signal.SIGKILL)
         for pid in strays:
             procs.kill(pid, signal.SIGKILL)
-
-    # -------------------------------------------------------------------- strays
-    def strays(self, child: Child) -> list[int]:
-        """Processes of ``child``'s instance that a signal to its process group misses:
-        descendants of its main process that left the group (while it runs), and
-        processes re-parented to the launcher that carry its mark, with their
-        descendants.  None with a cgroup: the cgroup holds them all."""
-        if child.cgroup:
-            return []
-        roots = [pid for pid in self._orphans() if self._mark(pid) == child.mark]
-        if self.children.get(child.pid) is child:  # not reaped: its pid is still its own
-            roots.extend(procs.children(child.pid))
-        else:
-            # It exited: what it forked in its group came to us and dies with the group;
-            # a daemon one of those forked comes to us when it dies, and the sweep its
-            # reaping starts kills it (a service with many workers pays no walk per exit).
-            roots = [pid for pid in roots if _group(pid) != child.pid]
-        if not roots:
-            return []
-        return [pid for pid in procs.subtree(roots) if _group(pid) not in (child.pid, None)]
-
-    def _orphans(self) -> list[int]:
-        """The launcher's children that it did not start: processes re-parented to it."""
-        listed = procs.children_text(self.pid)
-        if listed.count(b" ") <= len(self.children) + (self.keeper.sup is not None):
-            return []  # the common case, with no pid parsed (1,000 services: ~100 us less)
-        sup = self.keeper.sup.proc.pid if self.keeper.sup is not None else None
-        return [pid for pid in map(int, listed.split())
-                if pid not in self.children and pid != sup]
-
-    def _mark(self, orphan: int) -> str | None:
-        """An orphan's instance mark (cached: the pid stays the orphan's until we reap it)."""
-        if orphan not in self._orphan_marks:
-            self._orphan_marks[orphan] = procs.mark_of(orphan)
-        return self._orphan_marks[orphan]
-
-    def note_strays(self, child: Child, strays: list[int]) -> None:
-        """Say (once per process) that ``child`` left processes behind; they are reported
-        with its exit."""
-        new = [pid for pid in strays if pid not in child.strays]
-        if new:
-            child.strays.update(new)
-            print(f"corral-launcher: {_left_behind(child.name, new)}; stopping "
-                  f"{_them(new)} with the instance", file=sys.stderr)
-
-    def _sweep_soon(self) -> None:
-        if not self._sweep_pending:
-            self._sweep_pending = True
-            self.reactor.call_later(SWEEP_DELAY, self._sweep)
-
-    def _sweep(self) -> None:
-        """Kill orphans whose instance has already ended (re-parented after its exit was
-        handled).  The supervisor's own (a hook, a check) are left to finish."""
-        self._sweep_pending = False
-        live = {child.mark for child in self.children.values()}
-        ended: dict[str, list[int]] = {}
-        for pid in self._orphans():
-            mark = self._mark(pid)
-            parsed = procs.parse_mark(mark) if mark else None
-            if (mark and parsed and parsed[1] == self.ident and mark not in live
-                    and parsed[0] != SUPERVISOR_NAME):
-                ended.setdefault(mark, []).append(pid)
-        for mark, roots in ended.items():
-            pids = procs.subtree(roots)
-            line = _left_behind(mark.rpartition("@")[0], pids)
-            for pid in pids:
-                procs.kill(pid, signal.SIGKILL)
-            print(f"corral-launcher: {line} after it ended; killed {_them(pids)}",
-                  file=sys.stderr)
-
-    def _final_sweep(self) -> None:
-        """At exit: kill whatever is still in the launcher's process tree (every service
-        has stopped: what is left was left behind), say whose it was, and reap it."""
-        pids = procs.subtree(procs.children(self.pid))
-        if not pids:
-            return
-        owners: dict[str, list[int]] = {}
-        for pid in pids:
-            mark = procs.mark_of(pid)
-            owners.setdefault(mark.rpartition("@")[0] if mark else "", []).append(pid)
-        lines = [f"{_left_behind(name or 'a process without an instance mark', left)}; "
-                 f"killed {_them(left)}" for name, left in owners.items()]
-        for pid in pids:
-            procs.kill(pid, signal.SIGKILL)
-        for line in lines:
-            print(f"corral-launcher: at exit, {line}", file=sys.stderr)
-        deadline = time.monotonic() + FINAL_WAIT
-        while procs.children(self.pid) and time.monotonic() < deadline:
-            self.reap()
-            time.sleep(0.005)  # exiting: nothing else to wait on
 
     # ------------------------------------------------------------------- reaping
     def reap(self) -> None:
@@ -491,11 +396,7 @@ class Launcher:
             elif pid in self.children:
                 self._on_child_exit(self.children.remove(pid), status)
             else:
-                # An orphan that was re-parented to us: nothing to tell, but its own
-                # children are ours now, and may belong to an instance that has ended.
-                self._orphan_marks.pop(pid, None)
-                if not self.stopping:
-                    self._sweep_soon()
+                self.strays.reaped(pid)
 
     def _on_child_exit(self, child: Child, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
@@ -607,8 +508,8 @@ class Launcher:
                 self.exit_code = self.final_code
             return
         for child in reversed(list(self.children.values())):
-            strays = self.strays(child)
-            self.note_strays(child, strays)
+            strays = self.strays.of(child)
+            self.strays.note(child, strays)
             self.signal_all(child, signal.SIGTERM, strays)
             self.signal_all(child, signal.SIGCONT, strays)
 
@@ -616,22 +517,6 @@ class Launcher:
             for child in self.children.values():
                 self.kill_all(child)
         self.reactor.call_later(FALLBACK_STOP_TIMEOUT, kill_rest)
-
-
-def _left_behind(name: str, pids: list[int]) -> str:
-    """``web/0 left 2 processes behind (pid 7 sleep, pid 9 sh)``."""
-    listed = ", ".join(f"pid {pid} {procs.command(pid)}" for pid in pids)
-    return f"{name} left {len(pids)} process{'es' if len(pids) != 1 else ''} behind ({listed})"
-
-
-def _them(pids: list[int]) -> str:
-    return "it" if len(pids) == 1 else "them"
-
-
-def _group(pid: int) -> int | None:
-    """The process group of a live process; None when it is gone or a zombie."""
-    stat = procs.read_stat(pid)
-    return stat.pgrp if stat is not None and stat.alive else None
 
 
 def _close_inherited_on_exec() -> None:
