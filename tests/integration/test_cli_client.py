@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -12,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import pytest
@@ -20,6 +22,7 @@ from corral.cli.client import Client
 from corral.cli.errors import ApiError, CliError, ProtocolError, UnreachableError
 from corral.cli.http import sse_events
 from corral.cli.main import run
+from corral.protocol import paths
 
 Writer = Callable[[BinaryIO], None]
 
@@ -114,13 +117,17 @@ def state_dir() -> Iterator[str]:
 
 @pytest.fixture
 def server(state_dir: str) -> Iterator[FakeServer]:
-    """A fake supervisor API on ``<state_dir>/api.sock``."""
+    """A fake supervisor API on ``<state_dir>/api.sock``, with the state directory's lock
+    held as a running launcher holds it (a follower ends a cut stream without one)."""
+    lock = os.open(paths.lock_file(Path(state_dir)), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
     srv = FakeServer(os.path.join(state_dir, "api.sock"))
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02})
     thread.start()
     yield srv
     srv.stop()
     thread.join()
+    os.close(lock)
 
 
 def cli(state_dir: str, *argv: str) -> tuple[int, str, str]:
@@ -417,6 +424,18 @@ def test_follow_gives_up_after_its_patience(server: FakeServer, state_dir: str) 
     with pytest.raises(CliError, match=r"could not resume it within 5 s \(cannot reach"):
         list(follow)
     assert pauses[:5] == [0.1, 0.2, 0.4, 0.8, 1.0] and 5 <= sum(pauses) < 6
+
+
+def test_follow_ends_without_retrying_once_corral_has_stopped(server: FakeServer) -> None:
+    """A cut stream with ``stopped`` saying corral has stopped (no launcher holds its
+    state directory) ends the iteration: no retry, no error."""
+    server.routes[("GET", "/v1/events?follow=1")] = cut_answer(
+        [b'id: 3\ndata: {"seq": 3}\n\n'])
+    pauses: list[float] = []
+    follow = Client(server.path).follow("/v1/events?follow=1", sleep=pauses.append,
+                                        stopped=lambda: True)
+    assert list(follow) == [{"seq": 3}] and pauses == []
+    assert len(server.requests) == 1
 
 
 def test_sse_events_in_small_pieces() -> None:

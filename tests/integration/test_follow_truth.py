@@ -228,3 +228,23 @@ def test_events_follow_continues_across_the_supervisor(corral: Corral,
     assert follower.alive() and "cut short" not in "\n".join(follower.err)
     if how == "restart":
         assert follower.err == []
+
+
+@pytest.mark.parametrize("what", [("logs", "steady", "-f"), ("events", "-f")])
+def test_a_follower_ends_when_corral_stops(corral: Corral, followers: Callable[..., Follower],
+                                           what: tuple[str, ...]) -> None:
+    """`sup stop` while `logs -f` / `events -f` follow: once corral has stopped, the
+    follower ends with exit 0 and one line saying so (it used to retry for 30 s and then
+    fail, as if the supervisor had crashed); the service's last words are printed first."""
+    corral.ok("svc", "load", "steady", "--", "sh", "-c",
+              "trap 'echo bye; exit 0' TERM; echo hello; while :; do sleep 0.1; done")
+    wait_for(lambda: "hello" in corral.ok("logs", "steady"), what="the service's first line")
+    follower = followers(corral, *what)
+    wait_for(lambda: follower.out, 15, "the follower's first output")
+    assert corral.ok("sup", "stop").strip() == "stopped"
+    wait_for(lambda: not follower.alive(), 20, "the follower to end")
+    assert follower.proc.returncode == 0, follower.err
+    follower.stop()
+    assert follower.err == [f"corral on {corral.state_dir} stopped; the stream ends here"]
+    if what[0] == "logs":
+        assert any(line.endswith("bye") for line in follower.out), follower.out

@@ -115,7 +115,8 @@ class Client:
 
     def follow(self, path: str, patience: float = RECONNECT_FOR,
                sleep: Callable[[float], None] | None = None,
-               clock: Callable[[], float] | None = None) -> Iterator[Json]:
+               clock: Callable[[], float] | None = None,
+               stopped: Callable[[], bool] | None = None) -> Iterator[Json]:
         """Like :meth:`stream`, for as long as the stream can be had: when it is cut (the
         supervisor restarted or was killed, or dropped a slow reader), connect again and
         resume just after the last event ``id`` received (``Last-Event-ID``), so nothing
@@ -123,7 +124,8 @@ class Client:
         ``patience`` seconds without a connection it gives up with one :class:`CliError`.
         An error answer (an unknown service, a refused token) raises at once.  A stream
         that never sent an id (an older server) cannot be resumed: its end raises
-        :class:`ProtocolError` as :meth:`stream` would.
+        :class:`ProtocolError` as :meth:`stream` would.  ``stopped`` says whether corral
+        itself has stopped (no launcher runs): then a cut stream just ends, with no retry.
         """
         pause = sleep or time.sleep
         now = clock or time.monotonic
@@ -145,6 +147,8 @@ class Client:
                 if last_id is None:
                     raise
                 reason = str(exc)
+            if stopped is not None and stopped():
+                return
             if failing_since is None:
                 failing_since = now()
             elif now() - failing_since >= patience:

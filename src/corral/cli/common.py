@@ -14,12 +14,13 @@ import argparse
 import os
 import sys
 
-from corral.cli.errors import UsageError
+from corral.cli.errors import EXIT_OK, UsageError
 from corral.protocol import binding
 from corral.protocol.paths import api_socket, resolve_state_dir
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing slows every command's start
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
     from typing import Any, NoReturn, TextIO
 
@@ -164,6 +165,22 @@ class CommandContext:
         if getattr(self.args, "state_dir", None):
             return None
         return os.environ.get("CORRAL_REMOTE") or None
+
+    def stopped(self) -> Callable[[], bool] | None:
+        """For :meth:`Client.follow`: whether the local corral has stopped (no launcher
+        holds its state directory); None for a remote, which cannot be seen from here."""
+        if self.remote:
+            return None
+        from corral.cli import statelock
+
+        state_dir = self.state_dir
+        return lambda: statelock.held(state_dir) is False
+
+    def stream_ended(self) -> int:
+        """End a followed stream because corral stopped: say so, exit 0."""
+        self.stdout.flush()
+        self.stderr.write(f"corral on {self.state_dir} stopped; the stream ends here\n")
+        return EXIT_OK
 
     def client(self) -> Client:
         """A client for the remote named by :attr:`remote`, else for ``api.sock``."""

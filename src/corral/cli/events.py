@@ -14,7 +14,7 @@ import argparse
 import json
 
 from corral.cli.common import CommandContext, add_parser, non_negative_int, quote_segment
-from corral.cli.errors import EXIT_OK, CliError
+from corral.cli.errors import EXIT_OK
 from corral.cli.render import event_line
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing slows every command's start
@@ -38,7 +38,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
   corral events --service web -n 10
   corral events -f
   corral events -f --json | jq 'select(.kind == "exit")'""", parents)
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events, across supervisor restarts, "
+                   "until corral stops")
     p.add_argument("--service", metavar="NAME", help="only this service's events")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("-n", "--lines", metavar="N", type=non_negative_int, default=None,
@@ -62,8 +63,8 @@ def cmd_events(args: argparse.Namespace, ctx: CommandContext) -> int:
         _, answer = client.request("GET", path)
         _print(ctx, answer.get("events", []), args.json, follow=False)
         return EXIT_OK
-    _print(ctx, client.follow(path), args.json, follow=True)
-    raise CliError("the event stream ended")  # follow() ends only by raising
+    _print(ctx, client.follow(path, stopped=ctx.stopped()), args.json, follow=True)
+    return ctx.stream_ended()  # follow() ends only when corral stopped
 
 
 def _print(ctx: CommandContext, events: Iterable[Json], as_json: bool, follow: bool) -> None:

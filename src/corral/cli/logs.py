@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from corral.cli.common import CommandContext, add_parser, non_negative_int, quote_segment
-from corral.cli.errors import EXIT_OK, CliError
+from corral.cli.errors import EXIT_OK
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing slows every command's start
 if TYPE_CHECKING:
@@ -38,7 +38,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
   corral logs web -f
   corral logs web -f -n 0 | grep ERROR""", parents)
     p.add_argument("name", metavar="NAME", help="service name")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new records, across supervisor restarts, "
+                   "until corral stops")
     p.add_argument("-n", "--lines", metavar="N", type=non_negative_int, default=DEFAULT_LINES,
                    help=f"how many past records to print first (default {DEFAULT_LINES})")
     p.set_defaults(handler=cmd_logs)
@@ -53,7 +54,7 @@ def cmd_logs(args: argparse.Namespace, ctx: CommandContext) -> int:
         for line in answer.get("lines", []):
             ctx.stdout.write(f"{line}\n")
         return EXIT_OK
-    for event in client.follow(path + "&follow=1"):
+    for event in client.follow(path + "&follow=1", stopped=ctx.stopped()):
         lines = event.get("lines")
         if isinstance(lines, list):
             if lines:
@@ -65,7 +66,7 @@ def cmd_logs(args: argparse.Namespace, ctx: CommandContext) -> int:
             ctx.stderr.write(_skipped(args.name, event["skipped"].get("bytes")) + "\n")
             ctx.stderr.flush()
         ctx.stdout.flush()
-    raise CliError("the log stream ended")  # follow() ends only by raising
+    return ctx.stream_ended()  # follow() ends only when corral stopped
 
 
 def _skipped(name: str, size: object) -> str:
