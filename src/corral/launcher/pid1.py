@@ -508,6 +508,7 @@ class Launcher:
             if now is not None and child.oom_base is not None:
                 oom_killed = now > child.oom_base
         self.kill_all(child)
+        checked = self.dispatcher.exited(child.pid)  # its pipes can reach end of file now
         for reader in child.readers:
             reader.drain()
         order = None if self.stopping else self.children.take_order(child)
@@ -515,7 +516,7 @@ class Launcher:
         if self.cgroups is not None and child.cgroup:
             self.cgroups.release(child.cgroup, child.pid)  # a restart may reuse the leaf
         # The restart path: the new process starts before the reports go out.
-        respawned = self.children.exits.add(self.dispatcher.respawn(child)) \
+        respawned = self.children.exits.add(self.dispatcher.respawn(child, checked)) \
             if order == 0 else None
         for rid in child.terminate_waiters:
             terminated: m.Terminated = {
