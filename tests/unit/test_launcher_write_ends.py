@@ -1,6 +1,7 @@
-"""The launcher's copies of its children's pipe write ends, and the respawn of a checked
-Spawn: a child's death is no end of file until the launcher has handled its exit, and
-nothing its pipes held is lost to that; each respawn is a process of its own.
+"""The launcher's restart path: its copies of its children's pipe write ends (a child's
+death is no end of file until the launcher has handled its exit, and nothing its pipes
+held is lost to that), the respawn of a checked Spawn (each respawn is a process of its
+own), and its cheap listing of its own children.
 
 Real children are started in-process (no supervisor, no socket), as in
 ``test_launcher_orders``; every child is killed and reaped at the end.
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,3 +129,33 @@ def test_each_respawn_is_an_instance_of_its_own(launcher: Launcher, tmp_path: Pa
     assert f"{procs.ENV_INSTANCE_ID}={marks[-1]}".encode() in environ
     assert launcher.children[pid].argv == [SLEEP, "60"]
     assert launcher.children.spawns["web/0"] == 3
+
+
+def test_own_children_lists_what_proc_lists() -> None:
+    """The launcher's cheap listing of its own children says what /proc's full walk says,
+    with one thread and with several (then it takes the full walk); run in a process of
+    its own, which starts with one thread."""
+    script = f"""
+import os, subprocess, threading
+from corral.launcher import procs
+own = procs.OwnChildren()
+listed = lambda: sorted(int(pid) for pid in own.read().split())
+assert os.fstat(os.open("/proc/self/task", os.O_RDONLY)).st_nlink == 3, "one thread"
+kids = [subprocess.Popen([{SLEEP!r}, "60"]) for _ in range(3)]
+expected = sorted(procs.children(os.getpid()))
+assert sorted(k.pid for k in kids) == expected == listed(), (expected, listed())
+stop = threading.Event()
+thread = threading.Thread(target=stop.wait)
+thread.start()
+assert listed() == expected
+stop.set()
+thread.join()
+for kid in kids:
+    kid.kill()
+    kid.wait()
+assert listed() == [], listed()
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "ok\n", "")

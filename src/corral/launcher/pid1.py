@@ -129,6 +129,7 @@ class Launcher:
         self._record_new: list[tuple[int, record.Entry]] = []
         self._record_failed: int | None = None  # errno of the last failed write (said once)
         self._orphan_marks: dict[int, str | None] = {}  # re-parented pid -> its mark
+        self._own_children = procs.OwnChildren()
         self._sweep_pending = False
         self.upgrader = Upgrader(self)
         self.lock_fd: int | None = None  # <state>/LOCK, held for life (kept by an upgrade)
@@ -406,7 +407,7 @@ class Launcher:
 
     def _orphans(self) -> list[int]:
         """The launcher's children that it did not start: processes re-parented to it."""
-        listed = procs.children_text(self.pid)
+        listed = self._own_children.read()
         if listed.count(b" ") <= len(self.children) + (self.keeper.sup is not None):
             return []  # the common case, with no pid parsed (1,000 services: ~100 us less)
         sup = self.keeper.sup.proc.pid if self.keeper.sup is not None else None
