@@ -11,7 +11,6 @@ See :mod:`corral.protocol.messages` for the messages.
 from __future__ import annotations
 
 import os
-import resource
 import selectors
 import signal
 import time
@@ -48,55 +47,16 @@ class Checked:
     log: LogSettings
 
 
-class WriteEnds:
-    """The launcher's own copies of its children's pipe write ends, while descriptors
-    are plentiful.
-
-    Why: a dying child closes its pipes, and the end of file wakes the launcher in the
-    middle of the child's exit, on the child's CPU (a pipe's wake-up is a "sync" one);
-    the child's exit then waits for the launcher's turn, ~0.1 ms a restart on the bench
-    host.  While the launcher holds a write end there is no end of file: the launcher
-    wakes once, on SIGCHLD, and closes its copies (:meth:`release`) before it drains
-    the pipes, so what the child and its group write still ends in end of file.
-
-    Two more descriptors a child: taken only while the launcher would still use under
-    half of its ``RLIMIT_NOFILE`` with them (3 a child counted: two read ends, a log
-    file); past that every kept copy is closed at once, and children go on without.
-    Nothing else depends on them: an upgrade in place drops them (close-on-exec).
-    """
-
-    def __init__(self) -> None:
-        self.by_pid: dict[int, tuple[int, ...]] = {}
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self.budget = soft // 2 if soft != resource.RLIM_INFINITY else 1 << 20
-
-    def wanted(self, children: int) -> bool:
-        """Whether the next child, with ``children`` running, gets its copies kept;
-        False also closes every copy kept so far (descriptors are getting scarce)."""
-        if 3 * (children + 1) + 2 * (len(self.by_pid) + 1) <= self.budget:
-            return True
-        for pid in list(self.by_pid):
-            self.release(pid)
-        return False
-
-    def release(self, pid: int) -> None:
-        """Close the copies kept for ``pid`` (it exited), if any."""
-        for fd in self.by_pid.pop(pid, ()):
-            os.close(fd)
-
-
 class Dispatcher:
     """Answers the supervisor's requests on behalf of ``launcher``."""
 
     def __init__(self, launcher: Launcher) -> None:
         self.launcher = launcher
         self.escalations: dict[int, float] = {}  # pid -> when a Terminate escalates to KILL
-        self.write_ends = WriteEnds()
         self.checked: dict[int, Checked] = {}  # pid -> its Spawn, checked
 
     def exited(self, pid: int) -> Checked | None:
-        """The child ``pid`` was reaped: close what was kept for it; its checked Spawn."""
-        self.write_ends.release(pid)
+        """The child ``pid`` was reaped: its Spawn as checked, for a respawn."""
         return self.checked.pop(pid, None)
 
     def handle_request(self, msg: Message) -> m.Reply | None:
@@ -214,7 +174,7 @@ class Dispatcher:
         try:
             started = spawn(req, launcher.devnull,
                             cgroups.inside(leaf) if cgroups is not None and leaf else None,
-                            sockets, self.write_ends.wanted(len(launcher.children)))
+                            sockets)
         except SpawnError as exc:
             if cgroups is not None and leaf:
                 cgroups.remove(leaf)
@@ -228,8 +188,6 @@ class Dispatcher:
             logfile.on_drop = launcher.drops.log_dropping
         logfile.max_bytes, logfile.keep = max_bytes, keep
         pid = started.pid
-        if started.write_ends:
-            self.write_ends.by_pid[pid] = started.write_ends
         self.checked[pid] = checked
         recent: deque[bytes] = deque(maxlen=RECENT)
         console = launcher.console

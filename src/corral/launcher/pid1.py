@@ -509,7 +509,7 @@ class Launcher:
             if now is not None and child.oom_base is not None:
                 oom_killed = now > child.oom_base
         self.kill_all(child)
-        checked = self.dispatcher.exited(child.pid)  # its pipes can reach end of file now
+        checked = self.dispatcher.exited(child.pid)
         for reader in child.readers:
             reader.drain()
         order = None if self.stopping else self.children.take_order(child)

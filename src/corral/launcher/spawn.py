@@ -140,13 +140,11 @@ def _stop(stop: Any) -> tuple[str, float]:
 
 @dataclass
 class Started:
-    """A freshly spawned child, the read ends of its output pipes and, when asked for,
-    the launcher's own copies of their write ends (close-on-exec; see :func:`spawn`)."""
+    """A freshly spawned child and the read ends of its output pipes."""
 
     pid: int
     stdout: int
     stderr: int
-    write_ends: tuple[int, ...] = ()
 
 
 def _rlimit_setter(limits: dict[str, int]) -> Callable[[], None]:
@@ -224,16 +222,13 @@ def _executable(req: SpawnRequest) -> str:
 
 def spawn(req: SpawnRequest, devnull: int,
           around: AbstractContextManager[None] | None = None,
-          sockets: list[int] | None = None, keep_write_ends: bool = False) -> Started:
+          sockets: list[int] | None = None) -> Started:
     """Start ``req`` and return the child's pid with its pipes (non-blocking read ends).
 
     ``around`` is entered just around the fork/exec (the launcher steps into the
     child's cgroup there, so the child starts inside it; see :mod:`.cgroup`).
     ``sockets`` are the listening fds for ``req.listen_fds``, handed over as 3.. with
     ``LISTEN_FDS``/``LISTEN_PID``/``LISTEN_FDNAMES`` (see :mod:`.listeners`).
-    ``keep_write_ends``: the launcher keeps its copies of the pipes' write ends (in
-    ``Started.write_ends``, for the caller to close), so that the child's death is no
-    end of file on them: see :class:`.dispatch.WriteEnds` for why.
 
     Error handling: an unknown user or group, a missing or non-executable binary, or a
     missing working directory raise :class:`SpawnError` before any child runs.
@@ -250,16 +245,15 @@ def spawn(req: SpawnRequest, devnull: int,
             else:
                 pid = _popen(req, devnull, out_w, err_w, sockets)
     except BaseException:
-        for fd in (out_r, err_r, out_w, err_w):
-            os.close(fd)
+        os.close(out_r)
+        os.close(err_r)
         raise
-    if not keep_write_ends:
+    finally:
         os.close(out_w)
         os.close(err_w)
     os.set_blocking(out_r, False)
     os.set_blocking(err_r, False)
-    return Started(pid=pid, stdout=out_r, stderr=err_r,
-                   write_ends=(out_w, err_w) if keep_write_ends else ())
+    return Started(pid=pid, stdout=out_r, stderr=err_r)
 
 
 # (program, PATH, cwd) -> absolute path: a restart storm must not stat every PATH

@@ -1,7 +1,6 @@
-"""The launcher's restart path: its copies of its children's pipe write ends (a child's
-death is no end of file until the launcher has handled its exit, and nothing its pipes
-held is lost to that), the respawn of a checked Spawn (each respawn is a process of its
-own), and its cheap listing of its own children.
+"""The launcher's restart path: the exit report of a child whose exit is handled before
+its pipes' end of file is seen, the respawn of a checked Spawn (each respawn is a process
+of its own), and the launcher's cheap listing of its own children.
 
 Real children are started in-process (no supervisor, no socket), as in
 ``test_launcher_orders``; every child is killed and reaped at the end.
@@ -39,7 +38,6 @@ def launcher(tmp_path: Path) -> Iterator[Launcher]:
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
-        launcher.dispatcher.exited(pid)
     for child in launcher.children.values():
         for reader in child.readers:
             if reader.fd >= 0:
@@ -77,37 +75,16 @@ def run_loop_until(launcher: Launcher, done: Any) -> None:
 
 def test_an_unfinished_last_line_is_in_the_exit_report_and_the_log(
         launcher: Launcher, tmp_path: Path) -> None:
-    """A child killed right after writing half a line: the exit report's last lines and
-    the log have it, and its pipes reach end of file once the exit is handled."""
+    """A child killed right after writing half a line, reaped before the loop saw its
+    pipes' end of file: the exit report's last lines and the log have the half line."""
     pid = spawn(launcher, tmp_path, [SH, "-c", "echo ready; printf 'half a line'; kill -9 $$"])
     child = launcher.children[pid]
-    assert pid in launcher.dispatcher.write_ends.by_pid  # the child's death is no EOF yet
     reap_when_dead(launcher, pid)
-    assert pid not in launcher.dispatcher.write_ends.by_pid
     [exited] = launcher.children.exits.pending()
     assert (exited["signal"], exited["last_lines"]) == ("KILL", ["ready", "half a line"])
     run_loop_until(launcher, lambda: all(reader.fd < 0 for reader in child.readers))
     log = (tmp_path / "web.log").read_bytes()
     assert b" O ready\n" in log and log.endswith(b" O half a line\n")
-
-
-def test_copies_are_kept_only_while_descriptors_are_plentiful(
-        launcher: Launcher, tmp_path: Path) -> None:
-    """Past the budget, every kept copy is closed and children start without; their
-    output is still logged to the end."""
-    ends = launcher.dispatcher.write_ends
-    ends.budget = 3 * 2 + 2 * 2  # room for two children with copies
-    first = spawn(launcher, tmp_path, [SLEEP, "60"])
-    second = spawn(launcher, tmp_path, [SLEEP, "60"])
-    assert set(ends.by_pid) == {first, second}
-    before = len(os.listdir("/proc/self/fd"))
-    third = spawn(launcher, tmp_path, [SH, "-c", "echo third; kill -9 $$"])
-    assert not ends.by_pid
-    assert len(os.listdir("/proc/self/fd")) == before - 4 + 2  # the copies, its read ends
-    child = launcher.children[third]
-    reap_when_dead(launcher, third)
-    run_loop_until(launcher, lambda: all(reader.fd < 0 for reader in child.readers))
-    assert (tmp_path / "web.log").read_bytes().endswith(f" {third} O third\n".encode())
 
 
 def test_each_respawn_is_an_instance_of_its_own(launcher: Launcher, tmp_path: Path) -> None:
