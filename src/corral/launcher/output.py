@@ -91,7 +91,9 @@ class PipeReader:
         return True
 
     def drain(self) -> None:
-        """Read everything already in the pipe without waiting (used when the child exits).
+        """Read everything already in the pipe without waiting (used when the child exits);
+        at end of file, a held partial last line is written too, so that it is among
+        the exit report's last lines (the loop still sees the end of file, and closes).
 
         Nothing once the pipe is closed (end of file seen): its fd number may already
         belong to another pipe by now."""
@@ -103,6 +105,7 @@ class PipeReader:
             except OSError:
                 return
             if not chunk:
+                self.flush()
                 return
             if self.stamped:
                 self._stamp(chunk)

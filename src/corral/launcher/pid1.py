@@ -409,6 +409,7 @@ class Launcher:
             if now is not None and child.oom_base is not None:
                 oom_killed = now > child.oom_base
         self.kill_all(child)
+        checked = self.dispatcher.exited(child.pid)
         for reader in child.readers:
             reader.drain()
         ran_ms = (time.time() - child.started_at) * 1000
@@ -418,8 +419,8 @@ class Launcher:
         if self.cgroups is not None and child.cgroup:
             self.cgroups.release(child.cgroup, child.pid)  # a restart may reuse the leaf
         # The restart path: the new process starts before the reports go out.
-        respawned = self.children.exits.add(self.dispatcher.respawn(child, then)) \
-            if order == 0 else None
+        respawned = self.children.exits.add(
+            self.dispatcher.respawn(child, then, checked)) if order == 0 else None
         for rid in child.terminate_waiters:
             terminated: m.Terminated = {
                 "type": m.TERMINATED, "id": rid,

@@ -119,6 +119,40 @@ def children_text(pid: int) -> bytes:
     return b"".join(found)
 
 
+class OwnChildren:
+    """:func:`children_text` of the calling process, cheaply: every exit of a service asks
+    whether orphans came to the launcher, and a listing of ``/proc/<pid>/task`` then
+    opening and closing a ``children`` file costs ~50 µs after idle, against ~5 for two
+    calls on descriptors kept open (the ``task`` directory's link count is 2 + its
+    threads; with one thread, its one ``children`` file is read from offset 0 again)."""
+
+    _SIZE = 256 * 1024  # 30,000 children and more; a fuller listing is read the long way
+
+    def __init__(self) -> None:
+        self._pid = 0
+        self._task = self._children = -1
+
+    def read(self) -> bytes:
+        pid = os.getpid()
+        if pid != self._pid:  # first use, or a forked copy of the caller
+            self._pid = pid
+            try:
+                self._task = os.open(f"/proc/{pid}/task", os.O_RDONLY | os.O_DIRECTORY
+                                     | os.O_CLOEXEC)
+                self._children = os.open(f"/proc/{pid}/task/{pid}/children",
+                                         os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self._task = self._children = -1
+        try:
+            if self._children >= 0 and os.fstat(self._task).st_nlink == 3:
+                listed = os.pread(self._children, self._SIZE, 0)
+                if len(listed) < self._SIZE:
+                    return listed
+        except OSError:
+            pass
+        return children_text(pid)
+
+
 def subtree(roots: list[int]) -> list[int]:
     """``roots`` and all their descendants, each once (parents before children)."""
     seen: set[int] = set()

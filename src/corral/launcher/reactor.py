@@ -68,9 +68,10 @@ class Reactor:
         self.signals.append(signum)  # only record: the loop dispatches
 
     def _drain_wakeup(self, mask: int) -> None:
+        # One read: the signals themselves are recorded by the handlers; a fuller pipe
+        # (4,096 signals in one turn) is still readable, and read on the next turn.
         try:
-            while os.read(self._wake_r, 4096):
-                pass
+            os.read(self._wake_r, 4096)
         except BlockingIOError:
             pass
 

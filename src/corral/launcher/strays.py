@@ -38,6 +38,7 @@ class Strays:
     def __init__(self, launcher: Launcher) -> None:
         self._launcher = launcher
         self._marks: dict[int, str | None] = {}  # re-parented pid -> its mark
+        self._own_children = procs.OwnChildren()
         self._sweep_pending = False
 
     def of(self, child: Child) -> list[int]:
@@ -62,7 +63,7 @@ class Strays:
     def _orphans(self) -> list[int]:
         """The launcher's children that it did not start: processes re-parented to it."""
         launcher = self._launcher
-        listed = procs.children_text(launcher.pid)
+        listed = self._own_children.read()
         if listed.count(b" ") <= len(launcher.children) + (launcher.keeper.sup is not None):
             return []  # the common case, with no pid parsed (1,000 services: ~100 us less)
         sup = launcher.keeper.sup.proc.pid if launcher.keeper.sup is not None else None
