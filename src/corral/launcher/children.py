@@ -133,18 +133,20 @@ class ChildTable(Mapping[int, Child]):
         return (None, None, False) if order is None else order.at_exit(ran_ms)
 
     def exited(self, child: Child, code: int, oom_killed: bool | None,
-               respawn_after_ms: int | None = None, cooled: bool = False) -> m.Exited:
+               respawn_after_ms: int | None = None, cooled: bool = False,
+               spawns: int | None = None) -> m.Exited:
         """The ``Exited`` report of a child that was reaped with exit ``code`` (negative:
         the signal), queued until the supervisor acknowledges it; ``respawn_after_ms``:
         the standing order the launcher carries out for this exit (``cooled``: the one for
-        a child that outlived the order's cooldown)."""
+        a child that outlived the order's cooldown); ``spawns``: its name's count when it
+        exited (given when a respawn was counted first)."""
         exited: m.Exited = {
             "type": m.EXITED, "name": child.name, "pid": child.pid, "at": time.time(),
             "exit_code": code if code >= 0 else None,
             "signal": m.signal_name(-code) if code < 0 else None,
             "last_lines": [line[:1000].decode(errors="replace")
                            for line in child.readers[0].recent if line],
-            "spawns": self.spawns[child.name],
+            "spawns": self.spawns[child.name] if spawns is None else spawns,
         }
         if oom_killed is not None:
             exited["oom_killed"] = oom_killed

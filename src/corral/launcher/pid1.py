@@ -410,17 +410,20 @@ class Launcher:
                 oom_killed = now > child.oom_base
         self.kill_all(child)
         checked = self.dispatcher.exited(child.pid)
-        for reader in child.readers:
-            reader.drain()
         ran_ms = (time.time() - child.started_at) * 1000
         order, then, cooled = (None, None, False) if self.stopping else \
             self.children.take_order(child, ran_ms)
-        exited = self.children.exited(child, code, oom_killed, order, cooled)
         if self.cgroups is not None and child.cgroup:
             self.cgroups.release(child.cgroup, child.pid)  # a restart may reuse the leaf
-        # The restart path: the new process starts before the reports go out.
-        respawned = self.children.exits.add(
-            self.dispatcher.respawn(child, then, checked)) if order == 0 else None
+        # The restart path: the new process starts first, then the old one's pipes are
+        # drained (its last lines still reach the log before any of the new one's, which
+        # are read on a later turn) and the reports are made, in their order.
+        spawns = self.children.spawns[child.name]
+        report = self.dispatcher.respawn(child, then, checked) if order == 0 else None
+        for reader in child.readers:
+            reader.drain()
+        exited = self.children.exited(child, code, oom_killed, order, cooled, spawns)
+        respawned = self.children.exits.add(report) if report is not None else None
         for rid in child.terminate_waiters:
             terminated: m.Terminated = {
                 "type": m.TERMINATED, "id": rid,
