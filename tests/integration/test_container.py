@@ -67,8 +67,8 @@ processes:
   - name: web
     command: {web}
     stop: {{timeout: 5s}}
-  - name: stubborn
-    command: {stubborn}
+  - name: deaf
+    command: {deaf}
     stop: {{timeout: 1s}}
 """
 #: Says hello on stdout, and goodbye when TERM comes.
@@ -78,8 +78,8 @@ WEB = ("import signal, sys, time\n"
        "print('hello from web', flush=True)\n"
        "while True: time.sleep(1)")
 #: Ignores TERM: only the KILL after its stop timeout ends it.
-STUBBORN = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "print('stubborn is up', flush=True)\nwhile True: time.sleep(1)")
+DEAF_TO_TERM = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('deaf is up', flush=True)\nwhile True: time.sleep(1)")
 
 
 class Pod:
@@ -133,7 +133,7 @@ def pod(tmp_path: Path) -> Iterator[Pod]:
     volume = tmp_path / "volume"
     volume.mkdir()
     (volume / "target.yaml").write_text(TARGET.format(web=json.dumps(python_cmd(WEB)),
-                                                      stubborn=json.dumps(python_cmd(STUBBORN))))
+                                                      deaf=json.dumps(python_cmd(DEAF_TO_TERM))))
     started = Pod(volume, tmp_path / "stdout")
     try:
         yield started
@@ -149,7 +149,7 @@ def test_entrypoint_as_pid1_starts_services_and_stops_on_sigterm(pod: Pod) -> No
     """1. The image's entrypoint runs as PID 1 (NSpid 1) with the target from the volume.
     2. Both services come up; the state is on the volume.
     3. SIGTERM to PID 1 from outside (`docker stop`): web says goodbye (graceful), the
-       stubborn one is killed after its 1 s stop timeout, and PID 1 exits 0 well within
+       deaf one is killed after its 1 s stop timeout, and PID 1 exits 0 well within
        the sum of the stop timeouts plus the launcher's start-up."""
     wait_for(lambda: pod.proc.poll() is not None or up(pod), 60, "both services up")
     assert pod.proc.poll() is None, pod.err.read_text()
@@ -172,15 +172,15 @@ def test_service_output_reaches_the_containers_stdout(pod: Pod) -> None:
     shows), prefixed with the service and instance; and the files keep it too."""
     # Two services start side by side: wait for both lines, in whatever order they come.
     wait_for(lambda: "hello from web" in (text := pod.out.read_text())
-             and "stubborn is up" in text, 60, "both services' lines on stdout")
+             and "deaf is up" in text, 60, "both services' lines on stdout")
     lines = pod.out.read_text().splitlines()
     assert any(ln.startswith("web[0]") and ln.endswith("hello from web") for ln in lines), lines
-    assert any(ln.startswith("stubborn[0]") and ln.endswith("stubborn is up") for ln in lines)
+    assert any(ln.startswith("deaf[0]") and ln.endswith("deaf is up") for ln in lines)
     os.kill(pod.pid1(), signal.SIGTERM)
     assert pod.proc.wait(30) == 0
     logs = pod.out.parent / "volume" / "state" / "logs"
     assert "hello from web" in (logs / "web.log").read_text()
-    assert "stubborn is up" in (logs / "stubborn.log").read_text()
+    assert "deaf is up" in (logs / "deaf.log").read_text()
 
 
 def test_pid1_upgrades_in_place(tmp_path: Path) -> None:
@@ -198,7 +198,7 @@ def test_pid1_upgrades_in_place(tmp_path: Path) -> None:
     volume = tmp_path / "volume"
     volume.mkdir()
     (volume / "target.yaml").write_text(TARGET.format(web=json.dumps(python_cmd(WEB)),
-                                                      stubborn=json.dumps(python_cmd(STUBBORN))))
+                                                      deaf=json.dumps(python_cmd(DEAF_TO_TERM))))
     pod = Pod(volume, tmp_path / "stdout", {"CORRAL_UPGRADE_PYTHONPATH": str(new)})
     try:
         wait_for(lambda: pod.proc.poll() is not None or up(pod), 60, "both services up")

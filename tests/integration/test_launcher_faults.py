@@ -195,7 +195,7 @@ services:
 
 
 # Ignores TERM and INT (writes each down) and goes on: only KILL stops it.
-STUBBORN = """\
+DEAF_TO_TERM = """\
 import signal, sys, time
 def note(signum, frame):
     with open(sys.argv[1], "a") as f:
@@ -213,24 +213,24 @@ def test_leftovers_get_their_own_stop_signal_then_kill(leftovers: list[int | Pat
     """A service whose stop is `{signal: INT, timeout: 1s}` and that ignores it, left by
     a launcher killed with SIGKILL: the next launcher sends it INT, KILLs it after its
     timeout, says so, and only then starts the new copy."""
-    notes, script = tmp_path / "signals", tmp_path / "stubborn.py"
-    script.write_text(STUBBORN)
-    spec = tmp_path / "stubborn.yaml"
-    spec.write_text(f"name: stubborn\ncommand: [{PY}, {script}, {notes}]\n"
+    notes, script = tmp_path / "signals", tmp_path / "deaf.py"
+    script.write_text(DEAF_TO_TERM)
+    spec = tmp_path / "deaf.yaml"
+    spec.write_text(f"name: deaf\ncommand: [{PY}, {script}, {notes}]\n"
                     "stop: {signal: INT, timeout: 1s}\n")
     corral.ok("svc", "load", "-f", str(spec))
-    old = corral.wait_state("stubborn", "up")["pid"]
+    old = corral.wait_state("deaf", "up")["pid"]
     leftovers.append(old)
     assert corral.proc is not None
     os.kill(corral.proc.pid, signal.SIGKILL)
     corral.proc.wait()
     assert pid_alive(old)
     corral.start()
-    new = corral.wait_state("stubborn", "up")["pid"]
+    new = corral.wait_state("deaf", "up")["pid"]
     assert new != old and not pid_alive(old)
     assert notes.read_text() == "SIGINT\n"
     said = corral.output.read_text()
-    assert "stubborn/0 (1)" in said
+    assert "deaf/0 (1)" in said
     killed = re.search(r"on their stop signal, (\d+) killed", said)
     assert killed and int(killed.group(1)) >= 1, said
 

@@ -123,14 +123,14 @@ def test_stop_start_and_stop_results(corral: Corral) -> None:
     code = ("import os,signal,subprocess,sys,time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
             "c=subprocess.Popen(['sleep','1000']); print('child', c.pid, flush=True);"
             "time.sleep(1000)")
-    corral.ok("svc", "load", "stubborn", "--stop-timeout", "0.5s", "--", PY, "-c", code)
-    line = wait_for(lambda: [x for x in corral.log_lines("stubborn") if " child " in x],
+    corral.ok("svc", "load", "deaf", "--stop-timeout", "0.5s", "--", PY, "-c", code)
+    line = wait_for(lambda: [x for x in corral.log_lines("deaf") if " child " in x],
                     what="the grandchild's pid")[0]
     grandchild = int(line.rsplit(" ", 1)[1])
-    parent = corral.status("stubborn")["pid"]
-    corral.wait_state("stubborn", "up")
-    corral.ok("svc", "stop", "stubborn")
-    status = corral.status("stubborn")
+    parent = corral.status("deaf")["pid"]
+    corral.wait_state("deaf", "up")
+    corral.ok("svc", "stop", "deaf")
+    status = corral.status("deaf")
     assert status["state"] == "down" and status["desired"] == "down"
     assert status["last_exit"]["stop"] == "killed"
     assert not pid_alive(parent) and not pid_alive(grandchild)

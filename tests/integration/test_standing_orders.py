@@ -229,24 +229,24 @@ def test_a_service_being_stopped_is_not_restarted(corral: Corral, tmp_path: Path
     timeout) when it is killed: it stays down, no new process is started."""
     code = "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(1000)"
     corral.ok("svc", "load", "-f", spec_file(tmp_path, (
-        f"name: stubborn\ncommand: [{PY}, -c, '{code}', marker-4243]\n"
+        f"name: deaf\ncommand: [{PY}, -c, '{code}', marker-4243]\n"
         "stop: {timeout: 60s}\n")))
-    pid = corral.wait_state("stubborn", "up")["pid"]
-    stopping = subprocess.Popen([PY, "-m", "corral", "svc", "stop", "stubborn"], env=corral.env,
+    pid = corral.wait_state("deaf", "up")["pid"]
+    stopping = subprocess.Popen([PY, "-m", "corral", "svc", "stop", "deaf"], env=corral.env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        corral.wait_state("stubborn", "stopping")
+        corral.wait_state("deaf", "stopping")
         os.kill(pid, signal.SIGKILL)
         assert stopping.wait(30) == 0
     finally:
         if stopping.poll() is None:
             stopping.kill()
             stopping.wait()
-    status = corral.wait_state("stubborn", "down")
+    status = corral.wait_state("deaf", "down")
     assert status["pid"] is None and status["restarts"] == 0
     assert running("marker-4243") == []
     # A respawn would have been stopped at once, but it would show in the events.
-    assert {e["pid"] for e in events(corral, "stubborn")} == {None, pid}
+    assert {e["pid"] for e in events(corral, "deaf")} == {None, pid}
 
 
 def test_a_service_past_its_restart_limit_is_not_restarted(corral: Corral,
