@@ -49,29 +49,6 @@ def spec_file(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-def test_a_service_killed_while_the_supervisor_is_stopped_comes_back(corral: Corral) -> None:
-    """SIGSTOP the supervisor, kill a service: the launcher starts it again by itself (a
-    new pid).  Once the supervisor runs again it shows the new pid, one restart, and the
-    exit and the spawn as events, as for any restart."""
-    corral.ok("svc", "load", "victim", "--", "sleep", "4241")
-    old = corral.status("victim")["pid"]
-    sup = corral.sup_status()["supervisor_pid"]
-    os.kill(sup, signal.SIGSTOP)
-    try:
-        os.kill(old, signal.SIGKILL)
-        new = wait_for(lambda: [p for p in running("4241") if p != old], 15,
-                       "the launcher to start victim again")[0]
-    finally:
-        os.kill(sup, signal.SIGCONT)
-    status = wait_for(lambda: (s := corral.status("victim"))["pid"] == new
-                      and s["state"] == "up" and s, 15, "the supervisor to see the new pid")
-    assert status["restarts"] == 1
-    seen = [(e["kind"], e["pid"]) for e in events(corral, "victim")
-            if e["kind"] in ("exit", "spawn")]
-    assert seen == [("spawn", old), ("exit", old), ("spawn", new)]
-    assert running("4241") == [new]
-
-
 def test_a_service_killed_while_no_supervisor_runs_is_back_after_reattach(
         corral: Corral) -> None:
     """A service dies, is restarted by the launcher, and then the supervisor dies too: the
@@ -82,8 +59,7 @@ def test_a_service_killed_while_no_supervisor_runs_is_back_after_reattach(
     sup = corral.sup_status()["supervisor_pid"]
     os.kill(sup, signal.SIGSTOP)
     os.kill(first, signal.SIGKILL)
-    second = wait_for(lambda: [p for p in running("4242") if p != first], 15,
-                      "the launcher to start victim again")[0]
+    second = started_after("4242", [first], "the launcher to start victim again")
     os.kill(sup, signal.SIGKILL)
     wait_for(lambda: corral.answers() and corral.sup_status()["supervisor_pid"] != sup,
              30, "a new supervisor")
@@ -96,8 +72,7 @@ def test_a_service_killed_while_no_supervisor_runs_is_back_after_reattach(
     os.kill(sup, signal.SIGSTOP)
     try:
         os.kill(second, signal.SIGKILL)
-        third = wait_for(lambda: [p for p in running("4242") if p != second], 15,
-                         "the launcher to start victim a third time")[0]
+        third = started_after("4242", [second], "the launcher to start victim a third time")
     finally:
         os.kill(sup, signal.SIGCONT)
     wait_for(lambda: (s := corral.status("victim"))["pid"] == third and s["restarts"] == 2,

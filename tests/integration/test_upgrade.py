@@ -43,6 +43,15 @@ def assert_counted(corral: Corral) -> None:
     assert seen == list(range(seen[0], seen[0] + len(seen))), "gap or duplicate in the log"
 
 
+def refusal(corral: Corral) -> str:
+    """`sup upgrade`, refused: its one line on stderr (and a non-zero exit)."""
+    result = corral.run("sup", "upgrade")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
 def test_upgrade_keeps_pids_and_every_line(corral_factory: object, tmp_path: Path) -> None:
     """Under a counter writing a line a millisecond: `sup upgrade` into a build of the next
     minor version keeps the launcher's pid and the service's, restarts nothing, `sup
@@ -88,12 +97,9 @@ def test_incompatible_upgrade_is_refused(corral_factory: object, tmp_path: Path)
     corral = started(corral_factory, new)
     pid = corral.status("counter")["pid"]
     before = corral.sup_status()
-    result = corral.run("sup", "upgrade")
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "incompatible" in lines[0] and f"'{int(MAJOR) + 1}.0'" in lines[0]
-    assert "nothing was changed" in lines[0]
+    line = refusal(corral)
+    assert "incompatible" in line and f"'{int(MAJOR) + 1}.0'" in line
+    assert "nothing was changed" in line
     after = corral.sup_status()
     assert after["supervisor_pid"] == before["supervisor_pid"]
     assert after["launcher_pid"] == before["launcher_pid"]
@@ -110,11 +116,8 @@ def test_broken_installed_code_is_refused(corral_factory: object, tmp_path: Path
     corral = started(corral_factory, new)
     pid = corral.status("counter")["pid"]
     before = corral.sup_status()
-    result = corral.run("sup", "upgrade")
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "fails its check" in lines[0] and "ModuleNotFoundError" in lines[0]
+    line = refusal(corral)
+    assert "fails its check" in line and "ModuleNotFoundError" in line
     after = corral.sup_status()
     assert after["supervisor_pid"] == before["supervisor_pid"]
     assert corral.status("counter")["pid"] == pid
