@@ -1,8 +1,9 @@
 """The launcher's event loop: one selector, timers, and signals that only record.  STDLIB ONLY.
 
 A :class:`Reactor` waits on one ``selectors`` selector.  Each :meth:`Reactor.turn` runs
-the callbacks of the ready file descriptors, then the timers that are due, then the
-signals that arrived, in that order.  Signal handlers only append the signal number to
+the signals that arrived, then the callbacks of the ready file descriptors, then the
+timers that are due, then the signals that arrived meanwhile, in that order (a child's
+SIGCHLD first: see :meth:`Reactor.turn`).  Signal handlers only append the signal number to
 a list and wake the selector through a self-pipe (``signal.set_wakeup_fd``); the turn
 dispatches them.  Every callback runs under :func:`guard`: a bug in one is printed,
 never fatal.
@@ -80,14 +81,22 @@ class Reactor:
         heapq.heappush(self.timers, (time.monotonic() + delay, next(self._timer_ids), callback))
 
     def turn(self, on_signal: Callable[[int], None]) -> None:
-        """Wait for the next event or timer, then run what is ready: file descriptor
-        callbacks, due timers, and ``on_signal(signum)`` for each signal received."""
+        """Wait for the next event or timer, then run what is ready: ``on_signal(signum)``
+        for each signal received, file descriptor callbacks, due timers, and the signals
+        received meanwhile."""
         timeout = None
         if self.timers:
             timeout = max(0.0, self.timers[0][0] - time.monotonic())
-        for key, mask in self.sel.select(timeout):
+        ready = self.sel.select(timeout)
+        # Signals first: a child's exit (SIGCHLD) comes with the end of file of its
+        # pipes, and its restart must not wait while those are read and closed.
+        self._dispatch_signals(on_signal)
+        for key, mask in ready:
             guard(key.data, mask)
         self._run_timers()
+        self._dispatch_signals(on_signal)  # those that came meanwhile
+
+    def _dispatch_signals(self, on_signal: Callable[[int], None]) -> None:
         while self.signals:
             signum = self.signals.pop(0)
             guard(on_signal, signum)
