@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from corral.launcher.pid1 import _close_inherited_on_exec as close_inherited_on_exec
+from corral.launcher.pipes import SPARES, SparePipes
 from corral.launcher.spawn import SpawnError, SpawnRequest, spawn
 from corral.protocol import messages as m
 
@@ -199,3 +200,48 @@ def test_an_rlimit_that_cannot_be_set_is_one_line_naming_it(tmp_path: Path,
     assert err.value.code == m.E_EXEC_FAILED
     assert err.value.message == (f"rlimit nofile {ceiling + 1} is above the kernel's "
                                  f"ceiling fs.nr_open = {ceiling}")
+
+
+def test_a_program_moved_to_another_path_directory_is_found_there(
+        tmp_path: Path, devnull: int) -> None:
+    """The path found for a program is used again without a check; when the program has
+    gone from there, the next spawn looks it up again and starts the one now found."""
+    first = _program(tmp_path / "a", "moving")
+    later = tmp_path / "b"
+    later.mkdir()
+    req = SpawnRequest.parse({"name": "p/0", "argv": ["moving"],
+                              "env": {"PATH": f"{first.parent}:{later}:/usr/bin:/bin"}})
+    _run(req, devnull)
+    first.unlink()
+    moved = later / "moving"
+    moved.write_text("#!/bin/sh\necho where=b\n" + PROBE)
+    moved.chmod(0o755)
+    facts, _ = _run(req, devnull)
+    assert facts["where"] == "b"
+
+
+def test_a_spawn_takes_spare_pipes_made_in_advance(tmp_path: Path, devnull: int) -> None:
+    """The output pipes made before the spawn are the child's: it writes into them, the
+    read ends are non-blocking and its stdout is not."""
+    spares = SparePipes()
+    spares.refill()
+    assert len(spares) == SPARES
+    req = SpawnRequest.parse({"name": "p/0", "argv": ["sh", "-c", "echo out; echo err >&2;"
+                                                      " cat /proc/self/fdinfo/1"],
+                              "env": {"PATH": "/usr/bin:/bin"}})
+    started = spawn(req, devnull, spares=spares)
+    assert len(spares) == 0
+    assert not os.get_blocking(started.stdout) and not os.get_blocking(started.stderr)
+    out = b""
+    while chunk := _read_blocking(started.stdout):
+        out += chunk
+    assert _read_blocking(started.stderr) == b"err\n"
+    os.close(started.stdout)
+    os.close(started.stderr)
+    os.waitpid(started.pid, 0)
+    lines = out.decode().splitlines()
+    assert lines[0] == "out"
+    flags = int(next(line for line in lines if line.startswith("flags:")).split()[1], 8)
+    assert flags & os.O_NONBLOCK == 0  # the child's stdout blocks, as anywhere else
+    spawn(req, devnull, spares=spares)  # none left: it makes its own
+    os.wait()

@@ -176,7 +176,7 @@ class Dispatcher:
         try:
             started = spawn(req, launcher.devnull,
                             cgroups.inside(leaf) if cgroups is not None and leaf else None,
-                            sockets)
+                            sockets, launcher.spare_pipes)
         except SpawnError as exc:
             if cgroups is not None and leaf:
                 cgroups.remove(leaf)

@@ -20,7 +20,7 @@ composition root of its parts:
 
 What stays here: reaping, stopping what an instance left behind, the children record,
 reports of dropped output, and shutdown.  Exits are found by reaping on SIGCHLD, never by
-polling.  Reaping uses ``waitpid(-1, WNOHANG)`` until nothing is left, so orphaned
+polling.  Reaping looks at each exit (``waitid(WNOWAIT)``) until nothing is left, so orphaned
 grandchildren (the launcher is a child subreaper, or PID 1) are reaped too, and the status
 of a managed child is looked up by pid and never lost to the orphan reaper.
 
@@ -63,6 +63,8 @@ from .drops import DropReports
 from .keeper import SupervisorKeeper
 from .listeners import Listeners
 from .logfile import LogFile
+from .pipes import SPARES as SPARE_PIPES
+from .pipes import SparePipes
 from .reactor import Reactor, guard
 from .sdnotify import Notifier
 from .settings import LauncherSettings
@@ -125,6 +127,7 @@ class Launcher:
         self._record_new: list[tuple[int, record.Entry]] = []
         self._record_failed: int | None = None  # errno of the last failed write (said once)
         self.strays = Strays(self)
+        self.spare_pipes = SparePipes()  # the next spawn's output pipes, made in advance
         self.upgrader = Upgrader(self)
         self.lock_fd: int | None = None  # <state>/LOCK, held for life (kept by an upgrade)
 
@@ -157,6 +160,8 @@ class Launcher:
             self.reactor.turn(self._on_signal)
             if self._record_new:
                 guard(self._write_record)
+            if len(self.spare_pipes) < SPARE_PIPES and not self.stopping:
+                self.spare_pipes.refill()
         guard(self.strays.final_sweep)
         if self.cgroups is not None:
             self.cgroups.close()
@@ -369,9 +374,10 @@ class Launcher:
             for pid in self.cgroups.procs(child.cgroup):
                 procs.kill(pid, signum)
 
-    def kill_all(self, child: Child) -> None:
-        """SIGKILL the child's process group, its strays and its whole cgroup."""
-        strays = self.strays.of(child)  # found first, while the process tree is intact
+    def kill_all(self, child: Child, exiting: bool = False) -> None:
+        """SIGKILL the child's process group, its strays and its whole cgroup.
+        ``exiting``: its main process has exited and is not reaped yet."""
+        strays = self.strays.of(child, exiting)  # found first, while the tree is intact
         self.strays.note(child, strays)
         if self.cgroups is not None and child.cgroup:
             self.cgroups.kill(child.cgroup)
@@ -381,25 +387,38 @@ class Launcher:
 
     # ------------------------------------------------------------------- reaping
     def reap(self) -> None:
-        """Reap every child that has exited: supervisor, services and orphans alike."""
+        """Reap every child that has exited: supervisor, services and orphans alike.
+
+        Each exit is looked at before it is reaped (``WNOWAIT``): a service's restart
+        starts first (see :meth:`_on_child_exit`), and the others are reaped at once."""
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if pid == 0:
+            if found is None:
                 return
+            pid = found.si_pid
+            if pid in self.children:
+                self._on_child_exit(self.children.remove(pid))
+                continue
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+            if reaped != pid:
+                return  # not ours to reap after all (cannot happen): never spin on it
             if self.keeper.sup is not None and pid == self.keeper.sup.proc.pid:
                 self.keeper.on_exit(status)
             elif pid == self.upgrader.checking:
                 self.upgrader.on_check_exit(status)
-            elif pid in self.children:
-                self._on_child_exit(self.children.remove(pid), status)
             else:
                 self.strays.reaped(pid)
 
-    def _on_child_exit(self, child: Child, status: int) -> None:
-        code = os.waitstatus_to_exitcode(status)
+    def _on_child_exit(self, child: Child) -> None:
+        """A service process exited: carry out its standing order, reap it, report it.
+
+        The restart path: the exited process is still a zombie while its restart starts,
+        so that nothing but what the restart needs comes first (its reaping, pipes and
+        reports follow), and so that its pid and process group id cannot be reused by then.
+        """
         # Leftovers of the process group (grandchildren) go with their leader, as with
         # systemd's control-group kill: a restarted service must find its ports free.
         # With a cgroup, that is every descendant, daemons that called setsid() included.
@@ -408,18 +427,20 @@ class Launcher:
             now = self.cgroups.oom_kills(child.cgroup)
             if now is not None and child.oom_base is not None:
                 oom_killed = now > child.oom_base
-        self.kill_all(child)
+        self.kill_all(child, exiting=True)
         checked = self.dispatcher.exited(child.pid)
         ran_ms = (time.time() - child.started_at) * 1000
         order, then, cooled = (None, None, False) if self.stopping else \
             self.children.take_order(child, ran_ms)
         if self.cgroups is not None and child.cgroup:
             self.cgroups.release(child.cgroup, child.pid)  # a restart may reuse the leaf
-        # The restart path: the new process starts first, then the old one's pipes are
-        # drained (its last lines still reach the log before any of the new one's, which
-        # are read on a later turn) and the reports are made, in their order.
         spawns = self.children.spawns[child.name]
         report = self.dispatcher.respawn(child, then, checked) if order == 0 else None
+        # Then the old process is reaped, its pipes drained (its last lines still reach
+        # the log before any of the new one's, which are read on a later turn), and the
+        # reports made, in their order.
+        _, status = os.waitpid(child.pid, 0)  # a zombie: it returns at once
+        code = os.waitstatus_to_exitcode(status)
         for reader in child.readers:
             reader.drain()
         exited = self.children.exited(child, code, oom_killed, order, cooled, spawns)

@@ -35,7 +35,7 @@ from corral.protocol import defaults
 from corral.protocol import messages as m
 
 from .listeners import exec_with_sockets
-from .output import enlarge_pipe
+from .pipes import SparePipes
 
 RLIMITS = {
     "nofile": resource.RLIMIT_NOFILE,
@@ -222,23 +222,31 @@ def _executable(req: SpawnRequest) -> str:
 
 def spawn(req: SpawnRequest, devnull: int,
           around: AbstractContextManager[None] | None = None,
-          sockets: list[int] | None = None) -> Started:
+          sockets: list[int] | None = None, spares: SparePipes | None = None) -> Started:
     """Start ``req`` and return the child's pid with its pipes (non-blocking read ends).
 
     ``around`` is entered just around the fork/exec (the launcher steps into the
     child's cgroup there, so the child starts inside it; see :mod:`.cgroup`).
     ``sockets`` are the listening fds for ``req.listen_fds``, handed over as 3.. with
     ``LISTEN_FDS``/``LISTEN_PID``/``LISTEN_FDNAMES`` (see :mod:`.listeners`).
+    ``spares``: where the output pipes are taken from (made here without it).
 
     Error handling: an unknown user or group, a missing or non-executable binary, or a
     missing working directory raise :class:`SpawnError` before any child runs.
     """
     _check_identity(req)
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pipes = spares if spares is not None else SparePipes()
     try:
-        enlarge_pipe(out_r)
-        enlarge_pipe(err_r)
+        out_r, out_w = pipes.take()
+    except OSError as exc:
+        raise _failure(req, exc) from None
+    try:
+        err_r, err_w = pipes.take()
+    except OSError as exc:
+        os.close(out_r)
+        os.close(out_w)
+        raise _failure(req, exc) from None
+    try:
         with around if around is not None else nullcontext():
             if req.user is None and req.group is None and not req.rlimits and not sockets:
                 pid = _posix_spawn(req, devnull, out_w, err_w)
@@ -251,13 +259,13 @@ def spawn(req: SpawnRequest, devnull: int,
     finally:
         os.close(out_w)
         os.close(err_w)
-    os.set_blocking(out_r, False)
-    os.set_blocking(err_r, False)
     return Started(pid=pid, stdout=out_r, stderr=err_r)
 
 
 # (program, PATH, cwd) -> absolute path: a restart storm must not stat every PATH
-# directory per spawn; one access() check says whether the path found last time still works.
+# directory per spawn.  The path found last time is used without a check (an access()
+# costs ~10 µs on the restart path); if the spawn fails there, the program is looked up
+# again and the spawn tried once more.
 _found: dict[tuple[str, str, str | None], str] = {}
 _HOME = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # where the launcher runs
 # Python ignores these two; an exec keeps ignored signals ignored, so reset them as
@@ -267,21 +275,34 @@ _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 def _posix_spawn(req: SpawnRequest, devnull: int, out_w: int, err_w: int) -> int:
     key = (req.argv[0], req.env.get("PATH", os.defpath), req.cwd)
-    actions = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
-               (os.POSIX_SPAWN_DUP2, err_w, 2)]
+    options: dict[str, Any] = {
+        "file_actions": [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
+                         (os.POSIX_SPAWN_DUP2, err_w, 2)],
+        "setsid": True, "setsigdef": _DEFAULT_SIGNALS}
     old_umask = os.umask(req.umask) if req.umask is not None else None
     try:
         if req.cwd is not None:
             os.chdir(req.cwd)
-        path = _found.get(key)
-        if path is None or not os.access(path, os.X_OK):
-            path = _found[key] = _executable(req)
+        cached = _found.get(key)
+        path = cached if cached is not None else _executable(req)
         # Every fd the launcher holds is close-on-exec (Python's default, and what it
         # inherited is marked so at start), so the child gets stdin, stdout and stderr.
-        return os.posix_spawn(path, req.argv, req.env, file_actions=actions,
-                              setsid=True, setsigdef=_DEFAULT_SIGNALS)
+        try:
+            pid = os.posix_spawn(path, req.argv, req.env, **options)
+        except OSError:
+            if cached is None:
+                raise
+            # The program found last time is gone or changed: look for it again, once.
+            del _found[key]
+            path = _executable(req)
+            pid = os.posix_spawn(path, req.argv, req.env, **options)
+        _found[key] = path
+        # The child is in the middle of its exec, and often on this CPU: let it finish
+        # first (what follows a restart's spawn is bookkeeping that can wait ~0.1 ms;
+        # run first, it delays the new process's exec by that much, or more).
+        os.sched_yield()
+        return pid
     except OSError as exc:
-        _found.pop(key, None)
         raise _failure(req, exc) from None
     finally:
         if req.cwd is not None:

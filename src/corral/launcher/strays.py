@@ -41,14 +41,17 @@ class Strays:
         self._own_children = procs.OwnChildren()
         self._sweep_pending = False
 
-    def of(self, child: Child) -> list[int]:
+    def of(self, child: Child, exiting: bool = False) -> list[int]:
         """Processes of ``child``'s instance that a signal to its process group misses:
         descendants of its main process that left the group (while it runs), and
         processes re-parented to the launcher that carry its mark, with their
-        descendants.  None with a cgroup: the cgroup holds them all."""
+        descendants.  None with a cgroup: the cgroup holds them all.  ``exiting``: its
+        main process has exited and is not reaped yet (a child of the launcher, not an
+        orphan)."""
         if child.cgroup:
             return []
-        roots = [pid for pid in self._orphans() if self._mark(pid) == child.mark]
+        roots = [pid for pid in self._orphans(child.pid if exiting else None)
+                 if self._mark(pid) == child.mark]
         if self._launcher.children.get(child.pid) is child:  # not reaped: its pid is still its own
             roots.extend(procs.children(child.pid))
         else:
@@ -60,15 +63,18 @@ class Strays:
             return []
         return [pid for pid in procs.subtree(roots) if _group(pid) not in (child.pid, None)]
 
-    def _orphans(self) -> list[int]:
-        """The launcher's children that it did not start: processes re-parented to it."""
+    def _orphans(self, unreaped: int | None = None) -> list[int]:
+        """The launcher's children that it did not start: processes re-parented to it.
+        ``unreaped``: a child that has exited and is not in the child table any more."""
         launcher = self._launcher
         listed = self._own_children.read()
-        if listed.count(b" ") <= len(launcher.children) + (launcher.keeper.sup is not None):
+        known = len(launcher.children) + (launcher.keeper.sup is not None) + \
+            (unreaped is not None)
+        if listed.count(b" ") <= known:
             return []  # the common case, with no pid parsed (1,000 services: ~100 us less)
         sup = launcher.keeper.sup.proc.pid if launcher.keeper.sup is not None else None
         return [pid for pid in map(int, listed.split())
-                if pid not in launcher.children and pid != sup]
+                if pid not in launcher.children and pid != sup and pid != unreaped]
 
     def _mark(self, orphan: int) -> str | None:
         """An orphan's instance mark (cached: the pid stays the orphan's until we reap it)."""
