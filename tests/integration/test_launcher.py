@@ -343,3 +343,18 @@ def test_fds_the_launcher_inherited_do_not_reach_services(tmp_path: Path) -> Non
     finally:
         assert launcher.close() == 0
         os.close(keep_r)
+
+
+def test_the_launcher_runs_batch_and_what_it_starts_does_not(corral: Corral) -> None:
+    """The launcher never preempts a dying service (SCHED_BATCH); the supervisor, the
+    services and their restarts run the default policy."""
+    corral.ok("svc", "load", "plain", "--", "sleep", "4243")
+    first = corral.wait_state("plain", "up")["pid"]
+    status = corral.sup_status()
+    assert os.sched_getscheduler(status["launcher_pid"]) == os.SCHED_BATCH
+    assert os.sched_getscheduler(status["supervisor_pid"]) == os.SCHED_OTHER
+    assert os.sched_getscheduler(first) == os.SCHED_OTHER
+    os.kill(first, signal.SIGKILL)
+    again = wait_for(lambda: (pid := corral.status("plain").get("pid")) not in (None, first)
+                     and pid, 15, "the restart")
+    assert os.sched_getscheduler(again) == os.SCHED_OTHER

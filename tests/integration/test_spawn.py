@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.launcher import sched
 from corral.launcher.pid1 import _close_inherited_on_exec as close_inherited_on_exec
 from corral.launcher.pipes import SPARES, SparePipes
 from corral.launcher.spawn import SpawnError, SpawnRequest, spawn
@@ -245,3 +246,29 @@ def test_a_spawn_takes_spare_pipes_made_in_advance(tmp_path: Path, devnull: int)
     assert flags & os.O_NONBLOCK == 0  # the child's stdout blocks, as anywhere else
     spawn(req, devnull, spares=spares)  # none left: it makes its own
     os.wait()
+
+
+@pytest.mark.parametrize("extra", [{}, {"rlimits": {"nofile": 1024}}])
+def test_a_child_does_not_inherit_the_launchers_batch_policy(
+        tmp_path: Path, devnull: int, extra: dict[str, object]) -> None:
+    """The launcher runs SCHED_BATCH (it never preempts a dying service); what it starts,
+    on either spawn path, runs the default policy."""
+    if not sched.lower_wakeups():
+        pytest.skip("this process does not run the default policy")
+    try:
+        assert os.sched_getscheduler(0) == os.SCHED_BATCH
+        req = SpawnRequest.parse({"name": "p/0", "argv": ["sh", "-c", "read x"],
+                                  "env": {"PATH": "/usr/bin:/bin"}, **extra})
+        write_end, stdin = os.pipe()
+        started = spawn(req, stdin)
+        try:
+            assert os.sched_getscheduler(started.pid) == os.SCHED_OTHER
+        finally:
+            os.close(write_end)
+            os.close(stdin)
+            os.waitpid(started.pid, 0)
+            os.close(started.stdout)
+            os.close(started.stderr)
+    finally:
+        sched.restore()
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import corral
 from corral.protocol import messages as m
 
-from . import procs, record
+from . import procs, record, sched
 from .output import PipeReader
 from .server import Link
 
@@ -121,6 +121,7 @@ class SupervisorKeeper:
             os.close(out_w)
             self._schedule(young=True)
             return
+        sched.reset(proc.pid)
         theirs.close()
         os.close(out_w)
         link = Link(ours, launcher.dispatcher.handle_request)

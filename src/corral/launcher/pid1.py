@@ -54,7 +54,7 @@ import corral
 from corral.protocol import messages as m
 from corral.protocol import paths
 
-from . import procs, record
+from . import procs, record, sched
 from .cgroup import Cgroups
 from .children import Child, ChildTable, Respawn
 from .console import LOG_NAME, Console
@@ -154,6 +154,7 @@ class Launcher:
             self._setup_cgroups()
         else:
             self._after_take_over()
+        sched.lower_wakeups()  # before the supervisor starts: see :mod:`.sched`
         unblock_signals()  # held across an upgrade's exec; nothing is blocked otherwise
         self.keeper.start()
         while self.exit_code is None:

@@ -34,6 +34,7 @@ from typing import Any
 from corral.protocol import defaults
 from corral.protocol import messages as m
 
+from . import sched
 from .listeners import exec_with_sockets
 from .pipes import SparePipes
 
@@ -279,6 +280,9 @@ def _posix_spawn(req: SpawnRequest, devnull: int, out_w: int, err_w: int) -> int
         "file_actions": [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
                          (os.POSIX_SPAWN_DUP2, err_w, 2)],
         "setsid": True, "setsigdef": _DEFAULT_SIGNALS}
+    policy = sched.for_children()
+    if policy is not None:  # (os.posix_spawn refuses an explicit None)
+        options["scheduler"] = policy
     old_umask = os.umask(req.umask) if req.umask is not None else None
     try:
         if req.cwd is not None:
@@ -341,6 +345,7 @@ def _popen(req: SpawnRequest, devnull: int, out_w: int, err_w: int,
     # The launcher reaps with waitpid(-1); a Popen that looks unfinished when collected
     # would be queued for a waitpid of subprocess's own, which could take the exit first.
     proc.returncode = 0
+    sched.reset(proc.pid)
     return proc.pid
 
 

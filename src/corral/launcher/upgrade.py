@@ -66,7 +66,7 @@ import corral
 from corral.protocol import messages as m
 from corral.protocol.standing import StandingOrder
 
-from . import record
+from . import record, sched
 from .children import Child, ChildTable, Respawn
 from .echo import Echo
 from .logfile import LogFile
@@ -278,9 +278,11 @@ class Upgrader:
         env[ENV_FALLBACK] = json.dumps(back)
         argv = [sys.executable, "-c", BOOTSTRAP, "-m", "corral.launcher", *sys.argv[1:]]
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+        sched.restore()  # the next build starts as a fresh launcher does
         try:
             os.execve(sys.executable, argv, env)
         except OSError as exc:
+            sched.lower_wakeups()
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             for each in kept:
                 with contextlib.suppress(OSError):
