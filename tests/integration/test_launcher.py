@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from corral.protocol import framing
+from corral.protocol import messages as m
 
 from .conftest import PY, Corral, pid_alive, wait_for
 
@@ -110,6 +111,22 @@ def test_hup_is_forwarded_to_the_supervisor(tmp_path: Path) -> None:
     wait_for(lambda: (fake / "starts").exists(), what="the supervisor to start")
     wait_for(lambda: (proc.send_signal(signal.SIGHUP), (fake / "hup").exists())[1],
              what="the supervisor to see SIGHUP", interval=0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_hup_while_an_incompatible_supervisor_exits_tries_again(tmp_path: Path) -> None:
+    """A supervisor that cannot work with this launcher or state says so, closes its API and
+    exits; a SIGHUP sent in that moment (after a compatible corral was installed) is the
+    cue to try again, not lost to the process on its way out."""
+    proc, fake = launcher(tmp_path, f"{m.EXIT_INCOMPATIBLE} -1", wait=True)
+    wait_for(lambda: (fake / "ready").exists(), what="the supervisor to be greeted")
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: (fake / "hup").exists(), what="the supervisor to see SIGHUP")
+    (fake / "wait").unlink()  # now it exits: it cannot work with this launcher
+    wait_for(lambda: len((fake / "starts").read_text().split()) == 2,
+             what="a second supervisor")
+    assert "until the launcher gets SIGHUP" not in (tmp_path / "launcher.err").read_text()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
 

@@ -62,6 +62,7 @@ class SupervisorProc:
     greeted_at: float | None = None
     output: PipeReader | None = None  # its stdout and stderr, relayed by the launcher
     entry: record.Entry | None = None  # for the children record, once it is written
+    hangup: bool = False  # the launcher got SIGHUP while it ran (passed on to it)
 
 
 class SupervisorKeeper:
@@ -182,9 +183,11 @@ class SupervisorKeeper:
         return m.error(rid, m.E_INCOMPATIBLE, line)
 
     def on_hangup(self) -> None:
-        """SIGHUP: pass it on to the supervisor, or try again to start a held one."""
+        """SIGHUP: pass it on to the supervisor, or try again to start a held one (also when
+        the supervisor it was passed to then exits as one this launcher must hold)."""
         if self.sup is not None:
             procs.kill(self.sup.proc.pid, signal.SIGHUP)
+            self.sup.hangup = True
         elif self.held:
             # A compatible supervisor may have been installed meanwhile: try again.
             self.held = False
@@ -245,6 +248,12 @@ class SupervisorKeeper:
         if launcher.upgrader.on_supervisor_exit():
             return  # it made way for the upgrade, which starts the next one
         if self.refused is not None or code == m.EXIT_INCOMPATIBLE:
+            if sup.hangup:
+                # The cue to try again came while this one was on its way out (it had said
+                # why, and closed its API, before it exited): take it now.
+                self.refused = None
+                self.start()
+                return
             if self.refused is None:  # it found out itself (this launcher is older)
                 print(f"corral-launcher: the supervisor cannot work with this launcher or "
                       f"its state directory (launcher protocol {m.PROTOCOL_VERSION}, corral "
