@@ -375,3 +375,11 @@ def test_the_launcher_runs_batch_and_what_it_starts_does_not(corral: Corral) -> 
     again = wait_for(lambda: (pid := corral.status("plain").get("pid")) not in (None, first)
                      and pid, 15, "the restart")
     assert os.sched_getscheduler(again) == os.SCHED_OTHER
+
+
+def test_a_launcher_told_to_inherit_keeps_its_policy(corral_factory: Callable[[], Corral]) -> None:
+    """``CORRAL_LAUNCHER_SCHED=inherit``: the launcher keeps the default policy."""
+    corral = corral_factory()
+    corral.start(env={"CORRAL_LAUNCHER_SCHED": "inherit"})
+    assert os.sched_getscheduler(corral.sup_status()["launcher_pid"]) == os.SCHED_OTHER
+

@@ -13,13 +13,16 @@ def test_defaults_when_nothing_is_set() -> None:
     settings = LauncherSettings.from_environ({})
     assert settings.shutdown_timeout == 90.0 and settings.hello_timeout == 10.0
     assert settings.supervisor_base() == [sys.executable, "-m", "corral.supervisor"]
+    assert settings.batch
 
 
 def test_values_are_taken() -> None:
     settings = LauncherSettings.from_environ({
         "CORRAL_SHUTDOWN_TIMEOUT": "2.5", "CORRAL_HELLO_TIMEOUT": " 30 ",
-        "CORRAL_SUP_BINARY": "/opt/sup --flag 'a b'", "CORRAL_CGROUP": "all"})
+        "CORRAL_SUP_BINARY": "/opt/sup --flag 'a b'", "CORRAL_CGROUP": "all",
+        "CORRAL_LAUNCHER_SCHED": "inherit"})
     assert settings.shutdown_timeout == 2.5 and settings.hello_timeout == 30.0
+    assert not settings.batch
     assert settings.supervisor_base() == ["/opt/sup", "--flag", "a b"]
 
 
@@ -31,6 +34,8 @@ def test_values_are_taken() -> None:
     ({"CORRAL_HELLO_TIMEOUT": "inf"},
      "CORRAL_HELLO_TIMEOUT='inf': give a number of seconds above 0 (default 10)"),
     ({"CORRAL_CGROUP": "sometimes"}, "CORRAL_CGROUP='sometimes': use off, all, or leave it unset"),
+    ({"CORRAL_LAUNCHER_SCHED": "fifo"},
+     "CORRAL_LAUNCHER_SCHED='fifo': use batch or inherit (default batch)"),
     ({"CORRAL_SUP_BINARY": "/opt/sup 'unclosed"},
      "CORRAL_SUP_BINARY=\"/opt/sup 'unclosed\": No closing quotation (give a path or a "
      "shell-quoted command line)"),

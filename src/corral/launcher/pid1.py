@@ -154,7 +154,8 @@ class Launcher:
             self._setup_cgroups()
         else:
             self._after_take_over()
-        sched.lower_wakeups()  # before the supervisor starts: see :mod:`.sched`
+        if self.settings.batch:
+            sched.lower_wakeups()  # before the supervisor starts: see :mod:`.sched`
         unblock_signals()  # held across an upgrade's exec; nothing is blocked otherwise
         self.keeper.start()
         while self.exit_code is None:

@@ -11,6 +11,7 @@ leaves the services running.
 | ``CORRAL_HELLO_TIMEOUT`` | seconds a new supervisor has to say ``Hello`` | 10 |
 | ``CORRAL_SUP_BINARY`` | the supervisor's command line (a path or a shell-quoted command) | this Python's ``corral.supervisor`` |
 | ``CORRAL_CGROUP`` | ``off``, ``all`` or unset (only the instances that ask) | unset |
+| ``CORRAL_LAUNCHER_SCHED`` | ``batch`` (the launcher runs ``SCHED_BATCH``, see :mod:`.sched`) or ``inherit`` (it keeps the policy it was started with) | ``batch`` |
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from corral.protocol import messages as m
 from .cgroup import ENV_CGROUP
 
 ENV_SHUTDOWN_TIMEOUT = "CORRAL_SHUTDOWN_TIMEOUT"
+ENV_SCHED = "CORRAL_LAUNCHER_SCHED"
 SHUTDOWN_TIMEOUT = 90.0
 CGROUP_CHOICES = ("", "off", "no", "0", "false", "all")
 
@@ -41,6 +43,7 @@ class LauncherSettings:
     shutdown_timeout: float = SHUTDOWN_TIMEOUT
     hello_timeout: float = m.HELLO_TIMEOUT
     sup_argv: tuple[str, ...] = ()  # empty: this Python's supervisor
+    batch: bool = True  # run SCHED_BATCH (see .sched); False: keep the policy it got
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> LauncherSettings:
@@ -58,10 +61,13 @@ class LauncherSettings:
         choice = env.get(ENV_CGROUP, "").strip()
         if choice.lower() not in CGROUP_CHOICES:
             raise SettingsError(f"{ENV_CGROUP}={choice!r}: use off, all, or leave it unset")
+        sched = env.get(ENV_SCHED, "").strip()
+        if sched.lower() not in ("", "batch", "inherit"):
+            raise SettingsError(f"{ENV_SCHED}={sched!r}: use batch or inherit (default batch)")
         return cls(
             shutdown_timeout=_seconds(env, ENV_SHUTDOWN_TIMEOUT, SHUTDOWN_TIMEOUT),
             hello_timeout=_seconds(env, m.ENV_HELLO_TIMEOUT, m.HELLO_TIMEOUT),
-            sup_argv=sup_argv)
+            sup_argv=sup_argv, batch=sched.lower() != "inherit")
 
     def supervisor_base(self) -> list[str]:
         """The supervisor's command before its options."""

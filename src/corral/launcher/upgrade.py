@@ -278,11 +278,13 @@ class Upgrader:
         env[ENV_FALLBACK] = json.dumps(back)
         argv = [sys.executable, "-c", BOOTSTRAP, "-m", "corral.launcher", *sys.argv[1:]]
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+        lowered = sched.for_children() is not None
         sched.restore()  # the next build starts as a fresh launcher does
         try:
             os.execve(sys.executable, argv, env)
         except OSError as exc:
-            sched.lower_wakeups()
+            if lowered:
+                sched.lower_wakeups()
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             for each in kept:
                 with contextlib.suppress(OSError):
