@@ -12,6 +12,10 @@ RSS under followers) and ``python -m bench cluster [--quick]`` (bench/cluster.py
 network namespaces joining and leaving the census, RSS with 100 members) likewise rewrite
 only their own sections.
 
+``python -m bench busy [--kills N] [--runs R]`` (bench/busy.py: restart latency with every
+CPU held by a busy loop, the launcher's SCHED_BATCH against ``CORRAL_LAUNCHER_SCHED=inherit``)
+rewrites its own section.
+
 Installs or finds the peers under /tmp/corral-bench (supervisor and circus in their own
 venvs, pm2 from npm, s6 and runit from apt, corral from this tree in a venv), runs the
 workloads on each and writes docs/benchmarks.md. Needs root (proc connector, apt-get).
@@ -63,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["chaos"]:  # faults at random moments, judged by ground truth (issue 15)
         from bench import chaos
         return chaos.main(argv[1:])
+    if argv[:1] == ["busy"]:  # restart latency with every CPU busy: the launcher's policy
+        from bench import busy
+        return busy.main(argv[1:])
     if argv[:1] == ["api"]:  # GET /v1/services latency and RSS under followers (issue 7)
         from bench import api
         return api.main(argv[1:])
