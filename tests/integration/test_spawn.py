@@ -244,8 +244,11 @@ def test_a_spawn_takes_spare_pipes_made_in_advance(tmp_path: Path, devnull: int)
     assert lines[0] == "out"
     flags = int(next(line for line in lines if line.startswith("flags:")).split()[1], 8)
     assert flags & os.O_NONBLOCK == 0  # the child's stdout blocks, as anywhere else
-    spawn(req, devnull, spares=spares)  # none left: it makes its own
-    os.wait()
+    again = spawn(req, devnull, spares=spares)  # none left: it makes its own
+    assert _read_blocking(again.stdout).startswith(b"out\n")
+    for fd in (again.stdout, again.stderr):
+        os.close(fd)
+    os.waitpid(again.pid, 0)
 
 
 @pytest.mark.parametrize("extra", [{}, {"rlimits": {"nofile": 1024}}])

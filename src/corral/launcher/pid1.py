@@ -63,7 +63,6 @@ from .drops import DropReports
 from .keeper import SupervisorKeeper
 from .listeners import Listeners
 from .logfile import LogFile
-from .pipes import SPARES as SPARE_PIPES
 from .pipes import SparePipes
 from .reactor import Reactor, guard
 from .sdnotify import Notifier
@@ -162,8 +161,8 @@ class Launcher:
             self.reactor.turn(self._on_signal)
             if self._record_new:
                 guard(self._write_record)
-            if len(self.spare_pipes) < SPARE_PIPES and not self.stopping:
-                self.spare_pipes.refill()
+            if not self.stopping:
+                self.spare_pipes.refill()  # nothing to do when it is full
         guard(self.strays.final_sweep)
         if self.cgroups is not None:
             self.cgroups.close()
