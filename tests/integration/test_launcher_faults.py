@@ -363,6 +363,30 @@ def test_restart_always_of_a_daemonizing_service_leaves_no_strays(
              what="every daemon to be gone")
 
 
+def test_a_restart_takes_the_old_daemon_along_and_leaves_the_new_instance_alone(
+        leftovers: list[int | Path], no_cgroups: Corral, tmp_path: Path) -> None:
+    """Without cgroups: 1. a running service left a setsid() daemon behind; 2. kill -9 its
+    main process; 3. the launcher starts it again at once (its standing order) and kills
+    the old instance's daemon, which the exit reports; the new instance and its own daemon
+    are left alone (the launcher looks for strays after the new process has started)."""
+    corral = no_cgroups
+    pidfile = load_daemonizer(corral, tmp_path, restart="{policy: always, backoff_min: 0s}")
+    leftovers.append(pidfile)
+    first = corral.wait_state("daemonizer", "up")["pid"]
+    old_daemon = wait_for(lambda: daemons(pidfile), what="the daemon")[0]
+    os.kill(first, signal.SIGKILL)
+    new_daemon = wait_for(lambda: daemons(pidfile)[1:], 30, "the new instance's daemon")[0]
+    wait_for(lambda: not pid_alive(old_daemon), what="the old daemon to die")
+    status = corral.status("daemonizer")
+    assert status["pid"] != first and pid_alive(status["pid"])
+    assert status["restarts"] == 1
+    assert pid_alive(new_daemon)
+    [event] = wait_for(lambda: stray_events(corral), what="the strays event")
+    assert event["reason"] == f"killed 1 process it left behind (pid {old_daemon})"
+    corral.ok("svc", "stop", "daemonizer")
+    wait_for(lambda: not pid_alive(new_daemon), what="the new daemon to die with its stop")
+
+
 # ----------------------------------------------------------------- as a non-root user
 SYSTEM_PY = "/usr/bin/python3"
 

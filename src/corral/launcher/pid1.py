@@ -375,14 +375,21 @@ class Launcher:
             for pid in self.cgroups.procs(child.cgroup):
                 procs.kill(pid, signum)
 
-    def kill_all(self, child: Child, exiting: bool = False) -> None:
-        """SIGKILL the child's process group, its strays and its whole cgroup.
-        ``exiting``: its main process has exited and is not reaped yet."""
-        strays = self.strays.of(child, exiting)  # found first, while the tree is intact
+    def kill_all(self, child: Child) -> None:
+        """SIGKILL the running child's process group, its strays and its whole cgroup."""
+        strays = self.strays.of(child)  # found first, while the tree is intact
         self.strays.note(child, strays)
         if self.cgroups is not None and child.cgroup:
             self.cgroups.kill(child.cgroup)
         procs.killpg(child.pid, signal.SIGKILL)
+        for pid in strays:
+            procs.kill(pid, signal.SIGKILL)
+
+    def _kill_strays(self, child: Child) -> None:
+        """SIGKILL what is left of the exited ``child``'s instance outside its process
+        group (see :meth:`.Strays.of`); its main process is not reaped yet."""
+        strays = self.strays.of(child, exiting=True)
+        self.strays.note(child, strays)
         for pid in strays:
             procs.kill(pid, signal.SIGKILL)
 
@@ -417,18 +424,21 @@ class Launcher:
         """A service process exited: carry out its standing order, reap it, report it.
 
         The restart path: the exited process is still a zombie while its restart starts,
-        so that nothing but what the restart needs comes first (its reaping, pipes and
-        reports follow), and so that its pid and process group id cannot be reused by then.
+        so that nothing but what the restart needs comes first (its strays, reaping, pipes
+        and reports follow), and so that its pid and process group id cannot be reused by
+        then.
         """
         # Leftovers of the process group (grandchildren) go with their leader, as with
         # systemd's control-group kill: a restarted service must find its ports free.
-        # With a cgroup, that is every descendant, daemons that called setsid() included.
+        # With a cgroup, that is every descendant, daemons that called setsid() included
+        # (and before a restart may reuse the leaf).
         oom_killed: bool | None = None
         if self.cgroups is not None and child.cgroup:
             now = self.cgroups.oom_kills(child.cgroup)
             if now is not None and child.oom_base is not None:
                 oom_killed = now > child.oom_base
-        self.kill_all(child, exiting=True)
+            self.cgroups.kill(child.cgroup)
+        procs.killpg(child.pid, signal.SIGKILL)
         checked = self.dispatcher.exited(child.pid)
         ran_ms = (time.time() - child.started_at) * 1000
         order, then, cooled = (None, None, False) if self.stopping else \
@@ -437,6 +447,13 @@ class Launcher:
             self.cgroups.release(child.cgroup, child.pid)  # a restart may reuse the leaf
         spawns = self.children.spawns[child.name]
         report = self.dispatcher.respawn(child, then, checked) if order == 0 else None
+        # Without a cgroup, what the instance left outside its group (a daemon that called
+        # setsid()) is looked for among the launcher's orphans once the restart has started:
+        # that look cost a restart ~0.05 ms before its spawn.  Its SIGKILL still comes
+        # before the new process has finished its exec, and the new process is a known
+        # child by then (never taken for an orphan: it carries a mark of its own).
+        if not child.cgroup:
+            self._kill_strays(child)
         # Then the old process is reaped, its pipes drained (its last lines still reach
         # the log before any of the new one's, which are read on a later turn), and the
         # reports made, in their order.
