@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from corral.launcher import sched
-from corral.launcher.pid1 import _close_inherited_on_exec as close_inherited_on_exec
 from corral.launcher.pipes import SPARES, SparePipes
 from corral.launcher.spawn import SpawnError, SpawnRequest, spawn
+from corral.launcher.startup import close_inherited_on_exec
 from corral.protocol import messages as m
 
 # Prints what the process was started with, one fact a line.

@@ -23,8 +23,9 @@ from corral.protocol import paths
 
 from . import upgrade
 from .console import Console
-from .pid1 import Launcher, take_lock
+from .pid1 import Launcher
 from .settings import LauncherSettings, SettingsError
+from .startup import take_lock
 
 # What --check-upgrade imports besides the launcher: the supervisor and the balancer the
 # upgraded launcher will start (by name: the launcher itself never imports them).

@@ -38,10 +38,7 @@ Nothing a launcher started outlives it, and nothing runs twice:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import errno
-import fcntl
 import itertools
 import os
 import signal
@@ -54,7 +51,7 @@ import corral
 from corral.protocol import messages as m
 from corral.protocol import paths
 
-from . import procs, record, sched
+from . import procs, record, sched, startup
 from .cgroup import Cgroups
 from .children import Child, ChildTable, Respawn
 from .console import LOG_NAME, Console
@@ -70,7 +67,6 @@ from .settings import LauncherSettings
 from .strays import Strays
 from .upgrade import Upgrader, restore, unblock_signals
 
-_PR_SET_CHILD_SUBREAPER = 36
 # Fallback stop when no supervisor can do it: TERM, then KILL after this long.
 FALLBACK_STOP_TIMEOUT = 10.0
 # Removing a killed cgroup waits for its processes to die: retried from this delay,
@@ -144,9 +140,9 @@ class Launcher:
                                       signal.SIGHUP, signal.SIGQUIT])
         if resume is None:
             self._setup_notify()
-        _close_inherited_on_exec()
+        startup.close_inherited_on_exec()
         if os.getpid() != 1:
-            _set_child_subreaper()
+            startup.set_child_subreaper()
         if resume is None:
             self._stop_leftovers()
             self._open_record()
@@ -560,48 +556,3 @@ class Launcher:
             for child in self.children.values():
                 self.kill_all(child)
         self.reactor.call_later(FALLBACK_STOP_TIMEOUT, kill_rest)
-
-
-def _close_inherited_on_exec() -> None:
-    """Mark every fd above stdio close-on-exec.
-
-    Services are started with ``posix_spawn``, which passes on whatever is inheritable;
-    an fd the launcher itself inherited (from a shell, an init system, a test harness)
-    must not reach them, as ``close_fds`` guaranteed with ``subprocess``.
-    """
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2:
-            with contextlib.suppress(OSError):  # the listing's own fd, closed by now
-                os.set_inheritable(fd, False)
-
-
-def _set_child_subreaper() -> None:
-    """Become the reaper of orphaned descendants (what PID 1 does for everyone)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        print("corral-launcher: cannot become a child subreaper; orphaned grandchildren "
-              "will be reaped by init", file=sys.stderr)
-
-
-def take_lock(state_dir: Path) -> int:
-    """Hold ``<state>/LOCK`` for the launcher's lifetime; one launcher per directory.
-
-    Error handling: if another launcher holds it, print one line and exit 1.
-    """
-    fd = os.open(paths.lock_file(state_dir), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise
-        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        print(f"corral: another launcher (pid {other}) is already running on {state_dir}; "
-              "stop it first with: corral sup stop --state-dir " + str(state_dir),
-              file=sys.stderr)
-        raise SystemExit(1) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
