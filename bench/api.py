@@ -39,15 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import sysinfo
+from bench.page import ROOT, publish, write_section
 from bench.target import (
-    ROOT,
     Corral,
     Http,
     percentiles,
     scratch_dir,
     target_yaml,
     wait,
-    write_section,
 )
 
 BEGIN = "<!-- api:begin -->"
@@ -384,12 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench api: wrote {args.out}")
         return 0
     res = run(args.quick, args.processes)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    saved = ROOT / "bench" / "results" / f"api-{stamp}.json"
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(res, indent=1))
-    write_section(render(res, notes), args.out, BEGIN, END)
-    print(f"bench api: wrote {args.out} and {saved}")
+    publish("api", res, render(res, notes), args.out, BEGIN, END)
     return 0
 
 

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import sysinfo
+from bench.page import ROOT, publish
 
-ROOT = Path(__file__).resolve().parents[1]
 BEGIN = "<!-- balancer:begin -->"
 END = "<!-- balancer:end -->"
 
@@ -399,18 +399,6 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_section(section: str, out: Path) -> None:
-    """Replace the balancer section of ``out`` (append it if absent); nothing else."""
-    text = out.read_text() if out.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    out.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench balancer",
                                  description="corral's load balancer against HAProxy")
@@ -418,12 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args(argv)
     res = run(args.quick)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    saved = ROOT / "bench" / "results" / f"balancer-{stamp}.json"
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(res, indent=1))
-    write_section(render(res), args.out)
-    print(f"bench balancer: wrote {args.out} and {saved}")
+    publish("balancer", res, render(res), args.out, BEGIN, END)
     return 0
 
 

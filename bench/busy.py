@@ -17,7 +17,6 @@ Writes ``bench/results/busy-<stamp>.json`` and the "Restart with every CPU busy"
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -29,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import sysinfo
+from bench.page import ROOT, publish
 from bench.peers.base import sleep_service
 from bench.peers.corral import Corral
 from bench.procconn import ProcListener
-from bench.target import ROOT, write_section
 from bench.workloads.common import allocate_markers, cold_start, is_sleep_exec, percentile
 
 BEGIN = "<!-- busy:begin -->"
@@ -136,12 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     res = run(args.kills, args.runs)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    saved = ROOT / "bench" / "results" / f"busy-{stamp}.json"
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(res, indent=1))
-    write_section(render(res), args.out, BEGIN, END)
-    print(f"bench busy: wrote {args.out} and {saved}")
+    publish("busy", res, render(res), args.out, BEGIN, END)
     return 0
 
 

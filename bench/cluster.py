@@ -75,7 +75,8 @@ from tests.integration.netns import Host, Network, why_not
 
 from bench import sysinfo
 from bench.api import rss_kib
-from bench.target import ROOT, Corral, Http, percentiles, scratch_dir, wait, write_section
+from bench.page import ROOT, publish, write_section
+from bench.target import Corral, Http, percentiles, scratch_dir, wait
 
 BEGIN = "<!-- cluster:begin -->"
 END = "<!-- cluster:end -->"
@@ -656,12 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench cluster: {problem}", file=sys.stderr)
         return 2
     res = run(args.quick, only)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    saved = ROOT / "bench" / "results" / f"cluster-{stamp}.json"
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(res, indent=1))
-    write_section(render(res), args.out, BEGIN, END)
-    print(f"bench cluster: wrote {args.out} and {saved}")
+    publish("cluster", res, render(res), args.out, BEGIN, END)
     return 0
 
 

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import sysinfo
+from bench.page import ROOT, publish, write_section
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = Path("/tmp/corral-bench")
 BEGIN = "<!-- target:begin -->"
 END = "<!-- target:end -->"
@@ -388,19 +388,6 @@ def _short(argv: str) -> str:
     return argv.replace(sys.executable, "python") if argv else "python -m corral sup run"
 
 
-def write_section(section: str, out: Path, begin: str = BEGIN, end: str = END) -> None:
-    """Replace the section between ``begin`` and ``end`` in ``out`` (append it if absent);
-    nothing else of the page changes."""
-    text = out.read_text() if out.exists() else ""
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        tail = rest.split(end, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    out.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench target",
@@ -424,16 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.render:
         res = json.loads(args.render.read_text())
-        write_section(render(res, notes), args.out)
+        write_section(render(res, notes), args.out, BEGIN, END)
         print(f"bench target: wrote {args.out}")
         return 0
     res = run(args.quick, args.processes)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    saved = ROOT / "bench" / "results" / f"target-{stamp}.json"
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(res, indent=1))
-    write_section(render(res, notes), args.out)
-    print(f"bench target: wrote {args.out} and {saved}")
+    publish("target", res, render(res, notes), args.out, BEGIN, END)
     return 0
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from bench import sysinfo
 from bench.chaos.soak import Options, Outcome, run
-from bench.target import ROOT, write_section
+from bench.page import ROOT, write_section
 
 BEGIN = "<!-- chaos:begin -->"
 END = "<!-- chaos:end -->"
